@@ -1,0 +1,268 @@
+//! The kernel-user ABI of envfence: every map name, key, value and event that
+//! crosses between the eBPF programs (`src/main.rs`) and the agent lives here,
+//! and only here.
+//!
+//! The crate is `no_std` so the eBPF side can use it; the `user` feature adds
+//! the `aya::Pod` impls the agent needs to read and write the maps.
+#![no_std]
+
+/// Bumped whenever a map layout, key, value or event below changes. Pinned
+/// state lives in a directory named after it.
+pub const ABI_VERSION: u32 = 1;
+
+/// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
+/// policy calls it `world`).
+pub const MAX_ENVS: u32 = 64;
+/// Number of verdict values (see [`verdict`]).
+pub const NUM_VERDICTS: u32 = 4;
+
+/// Verdicts, ordered from the most to the least permissive: the stricter of
+/// two verdicts is the larger number.
+pub mod verdict {
+    /// Pass, no event.
+    pub const ALLOW: u8 = 0;
+    /// Pass and report the flow.
+    pub const LOG: u8 = 1;
+    /// Would drop: pass and report the flow (rule verdict `audit`, or any
+    /// drop under global mode `audit`).
+    pub const AUDIT: u8 = 2;
+    /// Drop and report the flow.
+    pub const DROP: u8 = 3;
+}
+
+/// Rule id used when no rule decided (the policy's `default`).
+pub const RULE_DEFAULT: u16 = 0;
+
+/// Map names, as the eBPF object names them (at most 15 bytes each).
+pub mod map_names {
+    /// LPM trie: IPv4 prefix -> environment id.
+    pub const ENV_V4: &str = "EF_ENV_V4";
+    /// LPM trie: IPv6 prefix -> environment id.
+    pub const ENV_V6: &str = "EF_ENV_V6";
+    /// Array indexed by [`super::pair_index`]: verdict of an environment pair.
+    pub const PAIRS: &str = "EF_PAIRS";
+    /// Hash: [`super::PortKey`] -> [`super::RuleVerdict`], the port rules.
+    pub const PORTS: &str = "EF_PORTS";
+    /// Per-CPU array indexed by [`super::counter_index`]: [`super::Counter`].
+    pub const COUNTERS: &str = "EF_COUNTERS";
+    /// Per-CPU array indexed by [`super::stat`]: u64 datapath statistics.
+    pub const STATS: &str = "EF_STATS";
+    /// Array with one [`super::Config`].
+    pub const CONFIG: &str = "EF_CONFIG";
+    /// Hash: ifindex -> 1 for every interface envfence is attached to.
+    pub const ATTACHED: &str = "EF_ATTACHED";
+    /// LRU hash: [`super::FlowKey`] -> [`super::FlowState`], when a reported
+    /// flow was last reported and what it did since.
+    pub const FLOWS: &str = "EF_FLOWS";
+    /// Ring buffer of [`super::Event`].
+    pub const EVENTS: &str = "EF_EVENTS";
+}
+
+/// Program names (the functions in `src/main.rs`).
+pub mod program_names {
+    pub const INGRESS: &str = "envfence_ingress";
+    pub const EGRESS: &str = "envfence_egress";
+}
+
+/// Capacities of the maps.
+pub mod capacity {
+    pub const ENV_V4: u32 = 262_144;
+    pub const ENV_V6: u32 = 262_144;
+    pub const PORTS: u32 = 65_536;
+    pub const ATTACHED: u32 = 4_096;
+    pub const FLOWS: u32 = 65_536;
+    /// Bytes of the event ring buffer (a power of two, multiple of the page).
+    pub const EVENTS_BYTES: u32 = 1 << 22;
+}
+
+/// Indexes of the per-CPU statistics array.
+pub mod stat {
+    /// Events written to the ring buffer.
+    pub const EVENTS_EMITTED: u32 = 0;
+    /// Events that could not be reserved in the ring buffer (lost).
+    pub const EVENTS_LOST: u32 = 1;
+    /// Frames that are not IPv4 or IPv6 (ARP, LLDP, ...): passed.
+    pub const NON_IP: u32 = 2;
+    /// IP frames whose headers are inconsistent or truncated before the
+    /// addresses: dropped in enforce mode, passed in audit mode.
+    pub const MALFORMED: u32 = 3;
+    /// Frames with more VLAN tags than the parser walks: treated as malformed.
+    pub const VLAN_TOO_DEEP: u32 = 4;
+    /// Packets passed by egress because their ingress interface already
+    /// judged them (counted once per node).
+    pub const EGRESS_SKIPPED: u32 = 5;
+    /// Number of statistics.
+    pub const COUNT: u32 = 6;
+}
+
+/// IP protocol numbers the datapath knows.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+}
+
+/// Address family tags used in keys and events.
+pub mod family {
+    pub const V4: u8 = 4;
+    pub const V6: u8 = 6;
+}
+
+/// Event directions.
+pub mod direction {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+/// Index of an environment pair in the [`map_names::PAIRS`] array.
+#[inline(always)]
+pub const fn pair_index(src_env: u32, dst_env: u32) -> u32 {
+    src_env * MAX_ENVS + dst_env
+}
+
+/// Index of a (src env, dst env, verdict) cell in [`map_names::COUNTERS`].
+#[inline(always)]
+pub const fn counter_index(src_env: u32, dst_env: u32, verdict: u32) -> u32 {
+    pair_index(src_env, dst_env) * NUM_VERDICTS + verdict
+}
+
+/// Number of entries of the [`map_names::PAIRS`] array.
+pub const PAIRS_LEN: u32 = MAX_ENVS * MAX_ENVS;
+/// Number of entries of the [`map_names::COUNTERS`] array.
+pub const COUNTERS_LEN: u32 = PAIRS_LEN * NUM_VERDICTS;
+
+/// The compiled verdict of one (src env, dst env) pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairVerdict {
+    /// Verdict when no port rule matches (or the protocol has no ports).
+    pub verdict: u8,
+    /// Verdict for a port-bearing protocol whose ports cannot be read (a
+    /// non-first fragment, a truncated or unwalked L4 header): the strictest
+    /// of `verdict` and every port rule of the pair, so that neither a pair
+    /// rule nor a port rule can be walked around by hiding the ports.
+    pub no_port_verdict: u8,
+    /// 1 when [`map_names::PORTS`] holds entries for this pair.
+    pub has_port_rules: u8,
+    pub _pad: u8,
+    /// Rule that decided `verdict` ([`RULE_DEFAULT`] for the default).
+    pub rule: u16,
+    /// Rule that decided `no_port_verdict`.
+    pub no_port_rule: u16,
+}
+
+/// Key of a port rule: destination port of TCP, UDP or SCTP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub src_env: u8,
+    pub dst_env: u8,
+    pub proto: u8,
+    pub _pad: u8,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub _pad2: u16,
+}
+
+/// Value of a port rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleVerdict {
+    pub verdict: u8,
+    pub _pad: u8,
+    pub rule: u16,
+}
+
+/// Exact packet and byte counts of one counter cell (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    /// Bytes as the kernel sees them at TC (`skb->len`, L2 header included).
+    pub bytes: u64,
+}
+
+/// Global datapath configuration (entry 0 of [`map_names::CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// A reported flow is reported again at most once per this interval.
+    pub report_interval_ns: u64,
+    /// Policy generation, for the agent's bookkeeping.
+    pub generation: u32,
+    /// 1 when the global mode is `audit` (already folded into the tables;
+    /// decides what happens to malformed frames).
+    pub audit_mode: u32,
+}
+
+/// Identity of a reported flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// IPv4 addresses use the first 4 bytes; the rest are zero.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Ports (host order); for ICMP the type and code; 0 when unknown.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub verdict: u8,
+    pub _pad: u8,
+}
+
+/// What a reported flow did since its last report.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub last_report_ns: u64,
+    /// Packets and bytes seen since the last report, not yet reported.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One reported flow (log, audit or drop), written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the packet that reported.
+    pub ts_ns: u64,
+    /// Packets and bytes of the flow since its previous report, this packet
+    /// included.
+    pub packets: u64,
+    pub bytes: u64,
+    pub flow: FlowKey,
+    pub ifindex: u32,
+    pub rule: u16,
+    pub src_env: u8,
+    pub dst_env: u8,
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made of integers and byte arrays,
+    // with explicit padding fields: every bit pattern is valid.
+    unsafe impl aya::Pod for PairVerdict {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for RuleVerdict {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Event {}
+}
+
+// Layout checks: the kernel and the agent must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<Event>() == 80);

@@ -1,0 +1,1 @@
+//! Policy: the YAML model, its validation, and its compilation to map entries.
