@@ -1,1 +1,19 @@
-fn main() {}
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("ENVFENCE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let cli = envfence::cli::Cli::parse();
+    match envfence::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("envfence: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

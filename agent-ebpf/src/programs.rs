@@ -1,0 +1,267 @@
+//! The maps and the two TC programs (tcx ingress and egress).
+
+use aya_ebpf::{
+    bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use envfence_ebpf::{
+    capacity, counter_index, direction, pair_index, stat, verdict, Config, Counter, Event, FlowKey,
+    FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
+};
+
+use crate::parse::{parse, Packet, Parsed, L4};
+
+#[map(name = "EF_ENV_V4")]
+static ENV_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(capacity::ENV_V4, 0);
+#[map(name = "EF_ENV_V6")]
+static ENV_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(capacity::ENV_V6, 0);
+#[map(name = "EF_PAIRS")]
+static PAIRS: Array<PairVerdict> = Array::with_max_entries(PAIRS_LEN, 0);
+#[map(name = "EF_PORTS")]
+static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(capacity::PORTS, 0);
+#[map(name = "EF_COUNTERS")]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+#[map(name = "EF_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+#[map(name = "EF_CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map(name = "EF_ATTACHED")]
+static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
+#[map(name = "EF_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+#[map(name = "EF_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Headers envfence reads live in the first bytes; make sure they are in the
+/// linear part of the skb so direct packet access sees them.
+const PULL_LEN: u32 = 128;
+const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
+
+#[classifier]
+pub fn envfence_ingress(ctx: TcContext) -> i32 {
+    judge(&ctx, direction::INGRESS)
+}
+
+#[classifier]
+pub fn envfence_egress(ctx: TcContext) -> i32 {
+    // Each packet is judged once per node: a packet that entered through an
+    // attached interface was judged at that ingress already.
+    // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    if iif != 0 && unsafe { ATTACHED.get(&iif) }.is_some() {
+        bump_stat(stat::EGRESS_SKIPPED);
+        return TCX_NEXT;
+    }
+    judge(&ctx, direction::EGRESS)
+}
+
+#[inline(always)]
+fn bump_stat(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, TC programs do not migrate while running.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn audit_mode() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.audit_mode != 0)
+}
+
+#[inline(always)]
+fn judge(ctx: &TcContext, dir: u8) -> i32 {
+    let len = ctx.len();
+    if ((ctx.data_end() - ctx.data()) as u32) < len.min(PULL_LEN) {
+        // Ignore failure: the parser then sees what is linear and decides
+        // explicitly on what it cannot read.
+        let _ = ctx.pull_data(len.min(PULL_LEN));
+    }
+    let pkt = match parse(ctx) {
+        Parsed::Ip(pkt) => pkt,
+        Parsed::NonIp => {
+            bump_stat(stat::NON_IP);
+            return TCX_NEXT;
+        }
+        Parsed::Malformed => return malformed(stat::MALFORMED),
+        Parsed::VlanTooDeep => return malformed(stat::VLAN_TOO_DEEP),
+    };
+    let src_env = lookup_env(pkt.family, &pkt.src);
+    let dst_env = lookup_env(pkt.family, &pkt.dst);
+    let (v, rule) = decide(src_env, dst_env, &pkt);
+
+    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
+    }
+    if v != verdict::ALLOW {
+        report(ctx, &pkt, src_env, dst_env, v, rule, dir, len);
+    }
+    if v == verdict::DROP {
+        TC_ACT_SHOT as i32
+    } else {
+        TCX_NEXT
+    }
+}
+
+/// A frame that claims to be IP but cannot be read up to its addresses:
+/// no address can be trusted, so it is dropped (a well-formed stack would
+/// drop it too), except in audit mode where nothing is dropped.
+#[inline(always)]
+fn malformed(index: u32) -> i32 {
+    bump_stat(index);
+    if audit_mode() {
+        TCX_NEXT
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+#[inline(always)]
+fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
+    let id = if fam == envfence_ebpf::family::V4 || is_v4_mapped(addr) {
+        let off = if fam == envfence_ebpf::family::V4 {
+            0
+        } else {
+            12
+        };
+        let key = Key::new(32, [addr[off], addr[off + 1], addr[off + 2], addr[off + 3]]);
+        ENV_V4.get(&key).copied().unwrap_or(0)
+    } else {
+        let key = Key::new(128, *addr);
+        ENV_V6.get(&key).copied().unwrap_or(0)
+    };
+    id & (MAX_ENVS - 1)
+}
+
+/// `::ffff:a.b.c.d` is judged as the IPv4 address it carries.
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+#[inline(always)]
+fn decide(src_env: u32, dst_env: u32, pkt: &Packet) -> (u8, u16) {
+    let Some(pair) = PAIRS.get(pair_index(src_env, dst_env)) else {
+        // Unreachable (ids are masked below MAX_ENVS); never a way through.
+        return (verdict::DROP, envfence_ebpf::RULE_DEFAULT);
+    };
+    match pkt.l4 {
+        L4::Ports => {
+            if pair.has_port_rules != 0 {
+                let key = PortKey {
+                    src_env: src_env as u8,
+                    dst_env: dst_env as u8,
+                    proto: pkt.proto,
+                    _pad: 0,
+                    port: pkt.dport,
+                    _pad2: 0,
+                };
+                // SAFETY: the value is read at once, not kept.
+                if let Some(rv) = unsafe { PORTS.get(&key) } {
+                    return (rv.verdict, rv.rule);
+                }
+            }
+            (pair.verdict, pair.rule)
+        }
+        L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule),
+        L4::Other => (pair.verdict, pair.rule),
+    }
+}
+
+/// Reports the flow at most once per interval: the LRU map remembers when it
+/// was last reported and what it did since. A full ring buffer costs the
+/// event (counted as lost), never the verdict, and the packets it carried are
+/// kept for the next report.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn report(
+    ctx: &TcContext,
+    pkt: &Packet,
+    src_env: u32,
+    dst_env: u32,
+    v: u8,
+    rule: u16,
+    dir: u8,
+    len: u32,
+) {
+    let flow = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        verdict: v,
+        _pad: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let interval = CONFIG
+        .get(0)
+        .map_or(DEFAULT_REPORT_INTERVAL_NS, |c| c.report_interval_ns);
+    let mut packets = 1u64;
+    let mut bytes = len as u64;
+    match FLOWS.get_ptr_mut(&flow) {
+        Some(st) => {
+            // SAFETY: pointer to a live map value. Plain (not atomic) updates:
+            // two CPUs racing on one flow may misplace a packet between two
+            // reports; the exact figures are the per-CPU counters.
+            unsafe {
+                if now.wrapping_sub((*st).last_report_ns) < interval {
+                    (*st).packets += 1;
+                    (*st).bytes += len as u64;
+                    return;
+                }
+                (*st).last_report_ns = now;
+                packets += (*st).packets;
+                bytes += (*st).bytes;
+                (*st).packets = 0;
+                (*st).bytes = 0;
+            }
+        }
+        None => {
+            let st = FlowState {
+                last_report_ns: now,
+                packets: 0,
+                bytes: 0,
+            };
+            let _ = FLOWS.insert(&flow, &st, 0);
+        }
+    }
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                ts_ns: now,
+                packets,
+                bytes,
+                flow,
+                // SAFETY: reading a field of the context.
+                ifindex: unsafe { (*ctx.skb.skb).ifindex },
+                rule,
+                src_env: src_env as u8,
+                dst_env: dst_env as u8,
+                direction: dir,
+                _pad: [0; 7],
+            });
+            entry.submit(0);
+            bump_stat(stat::EVENTS_EMITTED);
+        }
+        None => {
+            bump_stat(stat::EVENTS_LOST);
+            // Keep what this event carried for the flow's next report.
+            if let Some(st) = FLOWS.get_ptr_mut(&flow) {
+                // SAFETY: pointer to a live map value.
+                unsafe {
+                    (*st).packets += packets;
+                    (*st).bytes += bytes;
+                    (*st).last_report_ns = 0;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+use aya::maps::{Map, MapData, PerCpuArray};
+use envfence_ebpf::{counter_index, map_names, stat, Counter, MAX_ENVS, NUM_VERDICTS};
+
+use super::DatapathError;
+
+/// Exact packet and byte counts of one (src env, dst env, verdict) cell,
+/// summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairCount {
+    pub src_env: u32,
+    pub dst_env: u32,
+    pub verdict: u8,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the kernel's per-CPU counters (owned maps, shareable across
+/// threads: reads take `&self`).
+pub struct CounterReader {
+    counters: PerCpuArray<MapData, Counter>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl CounterReader {
+    pub(super) fn new(counters: Map, stats: Map) -> Result<Self, DatapathError> {
+        Ok(Self {
+            counters: PerCpuArray::try_from(counters)
+                .map_err(DatapathError::map(map_names::COUNTERS))?,
+            stats: PerCpuArray::try_from(stats).map_err(DatapathError::map(map_names::STATS))?,
+        })
+    }
+
+    /// One cell, summed over CPUs.
+    pub fn cell(&self, src_env: u32, dst_env: u32, verdict: u8) -> Result<Counter, DatapathError> {
+        let values = self
+            .counters
+            .get(&counter_index(src_env, dst_env, u32::from(verdict)), 0)
+            .map_err(DatapathError::map(map_names::COUNTERS))?;
+        Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+    }
+
+    /// Every non-zero cell among environment ids `0..env_count`.
+    pub fn pairs(&self, env_count: u32) -> Result<Vec<PairCount>, DatapathError> {
+        let n = env_count.min(MAX_ENVS);
+        let mut out = Vec::new();
+        for src_env in 0..n {
+            for dst_env in 0..n {
+                for verdict in 0..NUM_VERDICTS as u8 {
+                    let c = self.cell(src_env, dst_env, verdict)?;
+                    if c.packets != 0 {
+                        out.push(PairCount {
+                            src_env,
+                            dst_env,
+                            verdict,
+                            packets: c.packets,
+                            bytes: c.bytes,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The datapath statistics, indexed by `envfence_ebpf::stat`.
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], DatapathError> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(DatapathError::map(map_names::STATS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,43 @@
+use thiserror::Error;
+
+/// What can go wrong between the agent and the kernel.
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no {kind} named {name}: it does not match this agent's ABI")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("loading program {name} into the kernel failed: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("writing map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("interface {ifname:?}: {message}")]
+    Interface { ifname: String, message: String },
+    #[error("attaching {hook} to interface {ifname:?} failed: {source}")]
+    Attach {
+        ifname: String,
+        hook: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+impl DatapathError {
+    pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Self {
+        move |source| DatapathError::Map {
+            map,
+            source: Box::new(source),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use envfence_ebpf::{direction, family, proto, Event};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{CompiledPolicy, Verdict};
+
+/// One reported flow, as written to stdout (one JSON object per line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRecord {
+    /// RFC 3339 UTC time of the packet that triggered the report.
+    pub time: String,
+    pub node: String,
+    pub interface: String,
+    pub ifindex: u32,
+    pub direction: String,
+    pub family: String,
+    pub proto: String,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub src_env: String,
+    pub dst_env: String,
+    pub verdict: String,
+    /// The rule that decided (`default` when none did).
+    pub rule: String,
+    /// Packets and bytes of the flow since its previous report.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What turns a raw event into a record: names of environments, rules and
+/// interfaces, the node name, and the monotonic-to-wall-clock offset.
+pub struct EventContext {
+    pub node: String,
+    pub env_names: Vec<String>,
+    pub rule_names: Vec<String>,
+    pub interfaces: HashMap<u32, String>,
+}
+
+impl EventContext {
+    pub fn from_policy(node: String, policy: &CompiledPolicy) -> Self {
+        Self {
+            node,
+            env_names: policy.env_names.clone(),
+            rule_names: policy.rule_names.clone(),
+            interfaces: HashMap::new(),
+        }
+    }
+
+    pub fn record(&self, ev: &Event) -> EventRecord {
+        let f = &ev.flow;
+        let (src, dst) = if f.family == family::V4 {
+            (v4(&f.src), v4(&f.dst))
+        } else {
+            (
+                IpAddr::V6(Ipv6Addr::from(f.src)),
+                IpAddr::V6(Ipv6Addr::from(f.dst)),
+            )
+        };
+        EventRecord {
+            time: wall_clock(ev.ts_ns),
+            node: self.node.clone(),
+            interface: self
+                .interfaces
+                .get(&ev.ifindex)
+                .cloned()
+                .unwrap_or_else(|| format!("if{}", ev.ifindex)),
+            ifindex: ev.ifindex,
+            direction: if ev.direction == direction::EGRESS {
+                "egress"
+            } else {
+                "ingress"
+            }
+            .to_owned(),
+            family: if f.family == family::V4 {
+                "ipv4"
+            } else {
+                "ipv6"
+            }
+            .to_owned(),
+            proto: proto_name(f.proto),
+            src,
+            sport: f.sport,
+            dst,
+            dport: f.dport,
+            src_env: name_of(&self.env_names, usize::from(ev.src_env)),
+            dst_env: name_of(&self.env_names, usize::from(ev.dst_env)),
+            verdict: Verdict::from_u8(f.verdict)
+                .map_or("unknown", Verdict::as_str)
+                .to_owned(),
+            rule: name_of(&self.rule_names, usize::from(ev.rule)),
+            packets: ev.packets,
+            bytes: ev.bytes,
+        }
+    }
+}
+
+fn v4(a: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+}
+
+fn name_of(names: &[String], i: usize) -> String {
+    names
+        .get(i)
+        .cloned()
+        .unwrap_or_else(|| format!("unknown({i})"))
+}
+
+/// IANA protocol name, or the number.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        proto::ICMP => "icmp".into(),
+        proto::TCP => "tcp".into(),
+        proto::UDP => "udp".into(),
+        proto::ICMPV6 => "icmpv6".into(),
+        proto::SCTP => "sctp".into(),
+        other => other.to_string(),
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; the clocks used always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Converts a `bpf_ktime_get_ns()` timestamp to RFC 3339 wall-clock time.
+fn wall_clock(ktime_ns: u64) -> String {
+    let mono_now = clock_ns(libc::CLOCK_MONOTONIC);
+    let age = Duration::from_nanos(mono_now.saturating_sub(ktime_ns));
+    let when = SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(when).to_string()
+}

@@ -1,0 +1,116 @@
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    core::{Collector, Desc},
+    proto::MetricFamily,
+    IntCounterVec, Opts,
+};
+
+use crate::{datapath::CounterReader, policy::Verdict};
+
+/// Environment names by id (index 0 is `world`), for the labels.
+pub type EnvNames = Arc<Vec<String>>;
+
+/// Reads the kernel counters at every scrape.
+pub struct DatapathCollector {
+    reader: Arc<CounterReader>,
+    envs: EnvNames,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    stats: IntCounterVec,
+    /// Serialises scrapes: the vectors are refilled from the kernel on each.
+    lock: Mutex<()>,
+}
+
+/// (stat index, metric label) of the datapath statistics exported.
+const STAT_LABELS: [(u32, &str); 6] = [
+    (envfence_ebpf::stat::EVENTS_EMITTED, "events_emitted"),
+    (envfence_ebpf::stat::EVENTS_LOST, "events_lost"),
+    (envfence_ebpf::stat::NON_IP, "non_ip"),
+    (envfence_ebpf::stat::MALFORMED, "malformed"),
+    (envfence_ebpf::stat::VLAN_TOO_DEEP, "vlan_too_deep"),
+    (envfence_ebpf::stat::EGRESS_SKIPPED, "egress_already_judged"),
+];
+
+impl DatapathCollector {
+    pub fn new(reader: Arc<CounterReader>, envs: EnvNames) -> Result<Self, prometheus::Error> {
+        let labels = ["src_env", "dst_env", "verdict"];
+        Ok(Self {
+            reader,
+            envs,
+            packets: IntCounterVec::new(
+                Opts::new(
+                    "envfence_packets_total",
+                    "Packets judged by envfence, by source and destination environment and verdict (exact, from the kernel's per-CPU counters).",
+                ),
+                &labels,
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new(
+                    "envfence_bytes_total",
+                    "Bytes (skb length at TC, L2 header included) judged by envfence, by source and destination environment and verdict.",
+                ),
+                &labels,
+            )?,
+            stats: IntCounterVec::new(
+                Opts::new(
+                    "envfence_datapath_total",
+                    "Datapath statistics: events emitted and lost, frames not judged by policy (non_ip passed; malformed and vlan_too_deep dropped in enforce mode), egress packets already judged at an attached ingress.",
+                ),
+                &["kind"],
+            )?,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn env_name(&self, id: u32) -> String {
+        self.envs
+            .get(id as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("unknown({id})"))
+    }
+
+    fn refresh(&self) -> Result<(), crate::datapath::DatapathError> {
+        self.packets.reset();
+        self.bytes.reset();
+        self.stats.reset();
+        let env_count = u32::try_from(self.envs.len()).unwrap_or(u32::MAX);
+        for cell in self.reader.pairs(env_count)? {
+            let verdict = Verdict::from_u8(cell.verdict).map_or("unknown", Verdict::as_str);
+            let src = self.env_name(cell.src_env);
+            let dst = self.env_name(cell.dst_env);
+            let labels = [src.as_str(), dst.as_str(), verdict];
+            self.packets.with_label_values(&labels).inc_by(cell.packets);
+            self.bytes.with_label_values(&labels).inc_by(cell.bytes);
+        }
+        let stats = self.reader.stats()?;
+        for (index, label) in STAT_LABELS {
+            let value = stats.get(index as usize).copied().unwrap_or(0);
+            self.stats.with_label_values(&[label]).inc_by(value);
+        }
+        Ok(())
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        [&self.packets, &self.bytes, &self.stats]
+            .into_iter()
+            .flat_map(|v| v.desc())
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.refresh() {
+            // Better no sample than a wrong one: Prometheus sees the series
+            // vanish and the error is in the log.
+            tracing::error!("reading kernel counters failed: {e}");
+            return Vec::new();
+        }
+        [&self.packets, &self.bytes, &self.stats]
+            .into_iter()
+            .flat_map(|v| v.collect())
+            .collect()
+    }
+}

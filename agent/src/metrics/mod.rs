@@ -1,0 +1,74 @@
+//! Prometheus metrics. Packet and byte counters are read from the kernel's
+//! per-CPU maps at scrape time, so they are exact whatever happens to events.
+
+mod collector;
+mod server;
+
+pub use collector::{DatapathCollector, EnvNames};
+pub use server::serve;
+
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::policy::CompiledPolicy;
+
+/// The agent's registry and the gauges it sets itself.
+pub struct Metrics {
+    pub registry: Registry,
+    pub attached_interfaces: IntGauge,
+    policy_info: IntGaugeVec,
+}
+
+/// Errors setting up metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("registering metric failed: {0}")]
+    Register(#[from] prometheus::Error),
+}
+
+impl Metrics {
+    pub fn new(collector: DatapathCollector) -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        registry.register(Box::new(collector))?;
+        let attached_interfaces = IntGauge::new(
+            "envfence_attached_interfaces",
+            "Interfaces envfence's programs are attached to (ingress and egress).",
+        )?;
+        registry.register(Box::new(attached_interfaces.clone()))?;
+        let policy_info = IntGaugeVec::new(
+            Opts::new(
+                "envfence_policy_info",
+                "The policy loaded in the kernel (value 1): generation, mode and SHA-256 of the file.",
+            ),
+            &["generation", "mode", "sha256"],
+        )?;
+        registry.register(Box::new(policy_info.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("envfence_build_info", "envfence build (value 1)."),
+            &["version", "abi"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &envfence_ebpf::ABI_VERSION.to_string(),
+            ])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            registry,
+            attached_interfaces,
+            policy_info,
+        })
+    }
+
+    /// Records the policy now loaded in the kernel.
+    pub fn set_policy(&self, generation: u64, policy: &CompiledPolicy) {
+        self.policy_info.reset();
+        self.policy_info
+            .with_label_values(&[
+                generation.to_string().as_str(),
+                &policy.mode.to_string(),
+                &policy.source_sha256,
+            ])
+            .set(1);
+    }
+}

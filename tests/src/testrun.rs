@@ -1,0 +1,246 @@
+//! Runs crafted frames through the real eBPF programs with BPF_PROG_TEST_RUN
+//! and reports what the kernel did: its TC action and which counter cell
+//! moved by how much. Also a small frame builder.
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions},
+};
+use envfence::{
+    datapath::{CounterReader, Datapath, Hook},
+    events::{drain, EventContext, EventRecord},
+    policy::CompiledPolicy,
+};
+use envfence_ebpf::{stat, NUM_VERDICTS};
+
+/// `TCX_NEXT` as the kernel returns it through TestRun.
+pub const ACTION_NEXT: u32 = u32::MAX;
+/// `TC_ACT_SHOT`.
+pub const ACTION_SHOT: u32 = 2;
+
+/// The real programs loaded with a policy, ready for TestRun.
+pub struct KernelHarness {
+    dp: Datapath,
+    counters: CounterReader,
+    events: RingBuf<MapData>,
+    pub policy: CompiledPolicy,
+}
+
+/// What the kernel did with one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelResult {
+    pub action: u32,
+    /// Counter cells that moved: (src env, dst env, verdict, packets, bytes).
+    pub moved: Vec<(u32, u32, u8, u64, u64)>,
+    /// Statistics that moved: (stat index, delta).
+    pub stats_moved: Vec<(u32, u64)>,
+}
+
+impl KernelHarness {
+    /// Loads the programs and writes `policy` into their maps. Needs root.
+    pub fn new(policy: CompiledPolicy) -> anyhow::Result<Self> {
+        let mut dp = Datapath::load().context("loading the eBPF programs (root needed)")?;
+        dp.apply_policy(&policy, std::time::Duration::from_secs(3600))?;
+        let counters = dp.take_counters()?;
+        let events = dp.take_events()?;
+        Ok(Self {
+            dp,
+            counters,
+            events,
+            policy,
+        })
+    }
+
+    fn snapshot(&self) -> anyhow::Result<(Vec<(u32, u32, u8, u64, u64)>, Vec<u64>)> {
+        let n = u32::try_from(self.policy.env_names.len())?;
+        let mut cells = Vec::with_capacity((n * n * NUM_VERDICTS) as usize);
+        for s in 0..n {
+            for d in 0..n {
+                for v in 0..NUM_VERDICTS as u8 {
+                    let c = self.counters.cell(s, d, v)?;
+                    cells.push((s, d, v, c.packets, c.bytes));
+                }
+            }
+        }
+        Ok((cells, self.counters.stats()?.to_vec()))
+    }
+
+    /// Runs one frame through the program of `hook`.
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<KernelResult> {
+        let (before, stats_before) = self.snapshot()?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        let out = self
+            .dp
+            .program(hook)?
+            .test_run(opts)
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {} failed", hook.as_str()))?;
+        let (after, stats_after) = self.snapshot()?;
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| b != a)
+            .map(|(b, a)| (a.0, a.1, a.2, a.3 - b.3, a.4 - b.4))
+            .collect();
+        let stats_moved = stats_before
+            .iter()
+            .zip(&stats_after)
+            .enumerate()
+            .filter(|(_, (b, a))| b != a)
+            .map(|(i, (b, a))| (i as u32, a - b))
+            .collect();
+        Ok(KernelResult {
+            action: out.return_value,
+            moved,
+            stats_moved,
+        })
+    }
+
+    /// Per-packet cost of `frame` (kernel-measured, `repeat` runs).
+    pub fn time(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<std::time::Duration> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let out = self.dp.program(hook)?.test_run(opts)?;
+        Ok(out.duration)
+    }
+
+    /// Every event the kernel wrote so far, as the agent would print them.
+    pub fn events(&mut self) -> anyhow::Result<Vec<EventRecord>> {
+        let ctx = EventContext::from_policy("testrun".into(), &self.policy);
+        let mut buf = Vec::new();
+        drain(&mut self.events, &ctx, &mut buf)?;
+        let mut out = Vec::new();
+        for line in String::from_utf8(buf)?.lines() {
+            out.push(serde_json::from_str(line).with_context(|| format!("bad event {line}"))?);
+        }
+        Ok(out)
+    }
+
+    /// The current value of one statistic.
+    pub fn stat(&self, index: u32) -> anyhow::Result<u64> {
+        let stats = self.counters.stats()?;
+        match stats.get(index as usize) {
+            Some(v) if index < stat::COUNT => Ok(*v),
+            _ => bail!("no statistic {index}"),
+        }
+    }
+}
+
+/// Builds Ethernet frames for tests (checksums are not computed: TC
+/// programs do not check them).
+pub mod frame {
+    use std::net::IpAddr;
+
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+
+    /// An Ethernet header with `vlans` tags (outer first) and `ethertype`.
+    pub fn eth(vlans: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+        for (tpid, vid) in vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    /// L4 payloads.
+    pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 20];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = 0x02;
+        h
+    }
+
+    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 8];
+        h[0..2].copy_from_slice(&sport.to_be_bytes());
+        h[2..4].copy_from_slice(&dport.to_be_bytes());
+        let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
+        h[4..6].copy_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// ICMP (v4: type 8) or ICMPv6 (type 128) echo request.
+    pub fn echo(v6: bool) -> Vec<u8> {
+        vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1]
+    }
+
+    /// An IPv4 header (with `options` bytes, a multiple of 4) followed by
+    /// `l4`; `frag_off` is the raw flags+offset field.
+    pub fn ipv4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        options: &[u8],
+        frag_off: u16,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        let ihl = 5 + options.len() / 4;
+        let tot = u16::try_from(ihl * 4 + l4.len()).unwrap_or(u16::MAX);
+        let mut h = vec![0u8; 20];
+        h[0] = 0x40 | u8::try_from(ihl).unwrap_or(15);
+        h[2..4].copy_from_slice(&tot.to_be_bytes());
+        h[6..8].copy_from_slice(&frag_off.to_be_bytes());
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        h.extend_from_slice(options);
+        h.extend_from_slice(l4);
+        h
+    }
+
+    /// An IPv6 header with next header `next` followed by `rest`.
+    pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+        let mut h = vec![0u8; 40];
+        h[0] = 0x60;
+        let plen = u16::try_from(rest.len()).unwrap_or(u16::MAX);
+        h[4..6].copy_from_slice(&plen.to_be_bytes());
+        h[6] = next;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&src);
+        h[24..40].copy_from_slice(&dst);
+        h.extend_from_slice(rest);
+        h
+    }
+
+    /// A whole frame: Ethernet (no VLAN) + IP of `src`'s family + `l4`.
+    /// `src` and `dst` must be of one family (an IPv4-mapped IPv6 address
+    /// counts as IPv6).
+    pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut f = eth(&[], ETH_P_IP);
+                f.extend(ipv4(s.octets(), d.octets(), proto, &[], 0, l4));
+                f
+            }
+            (s, d) => {
+                let mut f = eth(&[], ETH_P_IPV6);
+                f.extend(ipv6(v6(s), v6(d), proto, l4));
+                f
+            }
+        }
+    }
+
+    fn v6(a: IpAddr) -> [u8; 16] {
+        match a {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        }
+    }
+}
