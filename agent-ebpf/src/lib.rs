@@ -58,6 +58,31 @@ pub mod map_names {
     pub const EVENTS: &str = "EF_EVENTS";
 }
 
+/// Global variables of the eBPF object, set at load time.
+pub mod globals {
+    /// `u32`; when non-zero, every packet's decision is written into
+    /// `skb->mark` (see [`super::tag`]). For tests, benchmarks and debugging
+    /// only: it overwrites the whole mark, which other programs may use.
+    pub const DEBUG_TAG_DECISION: &str = "DEBUG_TAG_DECISION";
+}
+
+/// Encoding of the decision written into `skb->mark` under
+/// [`globals::DEBUG_TAG_DECISION`].
+pub mod tag {
+    /// High byte of a judged packet's tag; then verdict, src env, dst env.
+    pub const JUDGED: u32 = 0xEF00_0000;
+    /// High byte of a frame not judged by policy; the low byte says why.
+    pub const UNJUDGED: u32 = 0xEE00_0000;
+    pub const REASON_NON_IP: u32 = 1;
+    pub const REASON_MALFORMED: u32 = 2;
+    pub const REASON_VLAN_TOO_DEEP: u32 = 3;
+
+    #[inline(always)]
+    pub const fn judged(verdict: u8, src_env: u32, dst_env: u32) -> u32 {
+        JUDGED | ((verdict as u32) << 16) | ((src_env & 0xff) << 8) | (dst_env & 0xff)
+    }
+}
+
 /// Program names (the functions in `src/main.rs`).
 pub mod program_names {
     pub const INGRESS: &str = "envfence_ingress";

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, pair_index, stat, verdict, Config, Counter, Event, FlowKey,
-    FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
+    capacity, counter_index, direction, pair_index, stat, tag, verdict, Config, Counter, Event,
+    FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
 };
 
 use crate::parse::{parse, Packet, Parsed, L4};
@@ -34,6 +34,19 @@ static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHE
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+/// Set at load time; see `envfence_ebpf::globals::DEBUG_TAG_DECISION`. Read
+/// from .rodata, so the verifier removes the tagging code when it is 0.
+#[unsafe(no_mangle)]
+static DEBUG_TAG_DECISION: u32 = 0;
+
+#[inline(always)]
+fn tag(ctx: &TcContext, mark: u32) {
+    // SAFETY: reading a global the loader may have overridden.
+    if unsafe { core::ptr::read_volatile(&DEBUG_TAG_DECISION) } != 0 {
+        ctx.set_mark(mark);
+    }
+}
 
 /// Headers envfence reads live in the first bytes; make sure they are in the
 /// linear part of the skb so direct packet access sees them.
@@ -83,14 +96,22 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         Parsed::Ip(pkt) => pkt,
         Parsed::NonIp => {
             bump_stat(stat::NON_IP);
+            tag(ctx, tag::UNJUDGED | tag::REASON_NON_IP);
             return TCX_NEXT;
         }
-        Parsed::Malformed => return malformed(stat::MALFORMED),
-        Parsed::VlanTooDeep => return malformed(stat::VLAN_TOO_DEEP),
+        Parsed::Malformed => {
+            tag(ctx, tag::UNJUDGED | tag::REASON_MALFORMED);
+            return malformed(stat::MALFORMED);
+        }
+        Parsed::VlanTooDeep => {
+            tag(ctx, tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP);
+            return malformed(stat::VLAN_TOO_DEEP);
+        }
     };
     let src_env = lookup_env(pkt.family, &pkt.src);
     let dst_env = lookup_env(pkt.family, &pkt.dst);
     let (v, rule) = decide(src_env, dst_env, &pkt);
+    tag(ctx, tag::judged(v, src_env, dst_env));
 
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)) {
         // SAFETY: per-CPU slot.

@@ -8,11 +8,16 @@ use aya::{
     programs::{TestRun as _, TestRunOptions},
 };
 use envfence::{
-    datapath::{CounterReader, Datapath, Hook},
+    datapath::{CounterReader, Datapath, Hook, LoadOptions},
     events::{drain, EventContext, EventRecord},
     policy::CompiledPolicy,
 };
 use envfence_ebpf::{stat, NUM_VERDICTS};
+
+/// `sizeof(struct __sk_buff)` and the offsets TestRun lets us set or read.
+const SKB_CTX_LEN: usize = 192;
+const SKB_MARK: usize = 8;
+const SKB_INGRESS_IFINDEX: usize = 36;
 
 /// `TCX_NEXT` as the kernel returns it through TestRun.
 pub const ACTION_NEXT: u32 = u32::MAX;
@@ -31,6 +36,8 @@ pub struct KernelHarness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelResult {
     pub action: u32,
+    /// `skb->mark` after the run: the decision tag (`envfence_ebpf::tag`).
+    pub mark: u32,
     /// Counter cells that moved: (src env, dst env, verdict, packets, bytes).
     pub moved: Vec<(u32, u32, u8, u64, u64)>,
     /// Statistics that moved: (stat index, delta).
@@ -40,7 +47,10 @@ pub struct KernelResult {
 impl KernelHarness {
     /// Loads the programs and writes `policy` into their maps. Needs root.
     pub fn new(policy: CompiledPolicy) -> anyhow::Result<Self> {
-        let mut dp = Datapath::load().context("loading the eBPF programs (root needed)")?;
+        let mut dp = Datapath::load_with(LoadOptions {
+            debug_tag_decision: true,
+        })
+        .context("loading the eBPF programs (root needed)")?;
         dp.apply_policy(&policy, std::time::Duration::from_secs(3600))?;
         let counters = dp.take_counters()?;
         let events = dp.take_events()?;
@@ -66,16 +76,41 @@ impl KernelHarness {
         Ok((cells, self.counters.stats()?.to_vec()))
     }
 
-    /// Runs one frame through the program of `hook`.
-    pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<KernelResult> {
-        let (before, stats_before) = self.snapshot()?;
+    /// Runs one frame through the program of `hook`; returns the TC action
+    /// and the decision tag. `ingress_ifindex` is what the skb says it
+    /// entered through (0: locally generated).
+    pub fn run_tagged(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> anyhow::Result<(u32, u32)> {
+        let mut ctx_in = [0u8; SKB_CTX_LEN];
+        ctx_in[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
+            .copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_CTX_LEN];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
         let out = self
             .dp
             .program(hook)?
             .test_run(opts)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {} failed", hook.as_str()))?;
+        let mark = u32::from_ne_bytes(
+            ctx_out[SKB_MARK..SKB_MARK + 4]
+                .try_into()
+                .context("mark bytes")?,
+        );
+        Ok((out.return_value, mark))
+    }
+
+    /// Runs one frame through the program of `hook` and reports which
+    /// counters moved.
+    pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<KernelResult> {
+        let (before, stats_before) = self.snapshot()?;
+        let (action, mark) = self.run_tagged(hook, frame, 0)?;
         let (after, stats_after) = self.snapshot()?;
         let moved = before
             .iter()
@@ -91,7 +126,8 @@ impl KernelHarness {
             .map(|(i, (b, a))| (i as u32, a - b))
             .collect();
         Ok(KernelResult {
-            action: out.return_value,
+            action,
+            mark,
             moved,
             stats_moved,
         })

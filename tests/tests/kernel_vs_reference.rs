@@ -9,7 +9,7 @@ use envfence::{
     datapath::Hook,
     policy::{self, reference, CompiledPolicy, Mode},
 };
-use envfence_ebpf::{proto, stat, verdict};
+use envfence_ebpf::{proto, stat, tag, verdict};
 use envfence_tests::testrun::{frame, KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
 
 fn compiled(mode: Mode) -> CompiledPolicy {
@@ -75,6 +75,15 @@ fn expected_action(outcome: &reference::Outcome, mode: Mode) -> u32 {
     }
 }
 
+fn expected_tag(outcome: &reference::Outcome) -> u32 {
+    match outcome {
+        reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
+        reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
+        reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
+    }
+}
+
 /// Asserts kernel == reference for one frame on both hooks.
 fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> reference::Outcome {
     let outcome = reference::classify(f, &h.policy);
@@ -82,6 +91,7 @@ fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> reference::Outc
         let got: KernelResult = h.run(hook, f).expect("test run");
         let ctx = format!("{what} on {} ({outcome:?}): kernel {got:?}", hook.as_str());
         assert_eq!(got.action, expected_action(&outcome, mode), "action: {ctx}");
+        assert_eq!(got.mark, expected_tag(&outcome), "decision tag: {ctx}");
         match &outcome {
             reference::Outcome::Judged(j) => {
                 assert_eq!(
@@ -422,4 +432,26 @@ fn malformed_dropped_only_in_enforce() {
         assert_eq!(got.action, action, "{mode}");
         assert_eq!(h.stat(stat::MALFORMED).expect("stat"), before + 1);
     }
+}
+
+/// Egress judges what did not come through an attached interface: a packet
+/// whose ingress interface is not one envfence is attached to (here: none
+/// is attached at all) is judged and counted at egress.
+#[test]
+fn egress_judges_packets_from_unattached_interfaces() {
+    let h = harness(Mode::Enforce);
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let f = frame::ip_frame(
+        ip("10.30.1.2"),
+        ip("10.10.1.2"),
+        proto::TCP,
+        &frame::tcp_syn(9, 80),
+    );
+    let (action, mark) = h.run_tagged(Hook::Egress, &f, 1).expect("run");
+    assert_eq!(action, ACTION_SHOT);
+    let (test, prod) = (
+        h.policy.env_id("test").expect("test"),
+        h.policy.env_id("production").expect("production"),
+    );
+    assert_eq!(mark, tag::judged(verdict::DROP, test, prod));
 }

@@ -5,7 +5,7 @@ use aya::{
     programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
-use envfence_ebpf::{map_names, program_names, Config, PairVerdict, PortKey, RuleVerdict};
+use envfence_ebpf::{globals, map_names, program_names, Config, PairVerdict, PortKey, RuleVerdict};
 
 use super::{attach::Attachment, counters::CounterReader, DatapathError, EBPF_OBJECT};
 use crate::policy::{CompiledPolicy, Mode};
@@ -42,6 +42,14 @@ impl Hook {
     }
 }
 
+/// Load-time switches of the eBPF object.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Write every decision into `skb->mark` (`envfence_ebpf::tag`): for
+    /// tests and benchmarks; it overwrites marks other programs may use.
+    pub debug_tag_decision: bool,
+}
+
 /// The loaded eBPF object: programs, maps, and the interfaces it is attached
 /// to. Dropping it detaches everything.
 pub struct Datapath {
@@ -53,7 +61,14 @@ impl Datapath {
     /// Loads the eBPF object and its programs into the kernel (nothing is
     /// attached yet).
     pub fn load() -> Result<Self, DatapathError> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// [`Datapath::load`] with options.
+    pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
+        let tag = u32::from(options.debug_tag_decision);
         let mut ebpf = EbpfLoader::new()
+            .override_global(globals::DEBUG_TAG_DECISION, &tag, true)
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for hook in Hook::ALL {

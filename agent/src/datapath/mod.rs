@@ -10,7 +10,7 @@ mod loader;
 pub use attach::{list_interfaces, Attachment};
 pub use counters::{CounterReader, PairCount};
 pub use error::DatapathError;
-pub use loader::{Datapath, Hook};
+pub use loader::{Datapath, Hook, LoadOptions};
 
 /// The compiled eBPF object (built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] =
