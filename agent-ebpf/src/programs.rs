@@ -48,6 +48,11 @@ fn tag(ctx: &TcContext, mark: u32) {
     }
 }
 
+/// `TC_ACT_SHOT` as the program returns it (the bindings' type differs by
+/// target architecture).
+#[allow(clippy::unnecessary_cast)]
+const ACT_SHOT: i32 = TC_ACT_SHOT as i32;
+
 /// Headers envfence reads live in the first bytes; make sure they are in the
 /// linear part of the skb so direct packet access sees them.
 const PULL_LEN: u32 = 128;
@@ -64,7 +69,7 @@ pub fn envfence_egress(ctx: TcContext) -> i32 {
     // attached interface was judged at that ingress already.
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel handed us.
     let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    if iif != 0 && unsafe { ATTACHED.get(&iif) }.is_some() {
+    if iif != 0 && unsafe { ATTACHED.get(iif) }.is_some() {
         bump_stat(stat::EGRESS_SKIPPED);
         return TCX_NEXT;
     }
@@ -124,7 +129,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         report(ctx, &pkt, src_env, dst_env, v, rule, dir, len);
     }
     if v == verdict::DROP {
-        TC_ACT_SHOT as i32
+        ACT_SHOT
     } else {
         TCX_NEXT
     }
@@ -139,7 +144,7 @@ fn malformed(index: u32) -> i32 {
     if audit_mode() {
         TCX_NEXT
     } else {
-        TC_ACT_SHOT as i32
+        ACT_SHOT
     }
 }
 
@@ -184,7 +189,7 @@ fn decide(src_env: u32, dst_env: u32, pkt: &Packet) -> (u8, u16) {
                     _pad2: 0,
                 };
                 // SAFETY: the value is read at once, not kept.
-                if let Some(rv) = unsafe { PORTS.get(&key) } {
+                if let Some(rv) = unsafe { PORTS.get(key) } {
                     return (rv.verdict, rv.rule);
                 }
             }
@@ -227,7 +232,7 @@ fn report(
         .map_or(DEFAULT_REPORT_INTERVAL_NS, |c| c.report_interval_ns);
     let mut packets = 1u64;
     let mut bytes = len as u64;
-    match FLOWS.get_ptr_mut(&flow) {
+    match FLOWS.get_ptr_mut(flow) {
         Some(st) => {
             // SAFETY: pointer to a live map value. Plain (not atomic) updates:
             // two CPUs racing on one flow may misplace a packet between two
@@ -251,7 +256,7 @@ fn report(
                 packets: 0,
                 bytes: 0,
             };
-            let _ = FLOWS.insert(&flow, &st, 0);
+            let _ = FLOWS.insert(flow, st, 0);
         }
     }
     match EVENTS.reserve::<Event>(0) {
@@ -275,7 +280,7 @@ fn report(
         None => {
             bump_stat(stat::EVENTS_LOST);
             // Keep what this event carried for the flow's next report.
-            if let Some(st) = FLOWS.get_ptr_mut(&flow) {
+            if let Some(st) = FLOWS.get_ptr_mut(flow) {
                 // SAFETY: pointer to a live map value.
                 unsafe {
                     (*st).packets += packets;

@@ -1,6 +1,6 @@
 //! envfence: keeps environments apart on the network, enforced by eBPF.
-pub mod policy;
+pub mod cli;
 pub mod datapath;
 pub mod events;
 pub mod metrics;
-pub mod cli;
+pub mod policy;

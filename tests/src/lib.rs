@@ -1,0 +1,15 @@
+//! envfence-tests: the network-namespace lab, the helpers that drive the
+//! agent inside it, and the demo (`src/bin/envfence-demo.rs`).
+//!
+//! Everything here needs root (namespaces, veths, eBPF); see `tests/tests/`
+//! for the privileged integration tests and `cargo xtask demo`.
+
+pub mod agent;
+pub mod expect;
+pub mod lab;
+pub mod netns;
+pub mod prom;
+pub mod testrun;
+
+pub use lab::{http_get, sweep_leftovers, wait_until, Family, Lab, PodSpec};
+pub use prom::metric_value;

@@ -32,6 +32,9 @@ pub struct KernelHarness {
     pub policy: CompiledPolicy,
 }
 
+/// A counter cell: (src env, dst env, verdict, packets, bytes).
+pub type Cell = (u32, u32, u8, u64, u64);
+
 /// What the kernel did with one frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelResult {
@@ -39,7 +42,7 @@ pub struct KernelResult {
     /// `skb->mark` after the run: the decision tag (`envfence_ebpf::tag`).
     pub mark: u32,
     /// Counter cells that moved: (src env, dst env, verdict, packets, bytes).
-    pub moved: Vec<(u32, u32, u8, u64, u64)>,
+    pub moved: Vec<Cell>,
     /// Statistics that moved: (stat index, delta).
     pub stats_moved: Vec<(u32, u64)>,
 }
@@ -62,7 +65,7 @@ impl KernelHarness {
         })
     }
 
-    fn snapshot(&self) -> anyhow::Result<(Vec<(u32, u32, u8, u64, u64)>, Vec<u64>)> {
+    fn snapshot(&self) -> anyhow::Result<(Vec<Cell>, Vec<u64>)> {
         let n = u32::try_from(self.policy.env_names.len())?;
         let mut cells = Vec::with_capacity((n * n * NUM_VERDICTS) as usize);
         for s in 0..n {
