@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
@@ -56,6 +56,8 @@ pub mod map_names {
     pub const FLOWS: &str = "EF_FLOWS";
     /// Ring buffer of [`super::Event`].
     pub const EVENTS: &str = "EF_EVENTS";
+    /// Per-CPU scratch space of the parser (kernel-internal).
+    pub const SCRATCH: &str = "EF_SCRATCH";
 }
 
 /// Global variables of the eBPF object, set at load time.
@@ -76,6 +78,7 @@ pub mod tag {
     pub const REASON_NON_IP: u32 = 1;
     pub const REASON_MALFORMED: u32 = 2;
     pub const REASON_VLAN_TOO_DEEP: u32 = 3;
+    pub const REASON_TUNNEL_TOO_DEEP: u32 = 4;
 
     #[inline(always)]
     pub const fn judged(verdict: u8, src_env: u32, dst_env: u32) -> u32 {
@@ -111,22 +114,61 @@ pub mod stat {
     /// IP frames whose headers are inconsistent or truncated before the
     /// addresses: dropped in enforce mode, passed in audit mode.
     pub const MALFORMED: u32 = 3;
-    /// Frames with more VLAN tags than the parser walks: treated as malformed.
+    /// Frames with more VLAN tags than the parser walks: treated as
+    /// malformed.
     pub const VLAN_TOO_DEEP: u32 = 4;
     /// Packets passed by egress because their ingress interface already
     /// judged them (counted once per node).
     pub const EGRESS_SKIPPED: u32 = 5;
+    /// Non-first fragments: judged on addresses with the pair's strictest
+    /// verdict.
+    pub const FRAGMENTS: u32 = 6;
+    /// IPv6 packets whose extension-header chain is longer than the parser
+    /// walks: judged on addresses with the pair's strictest verdict.
+    pub const IPV6_EXT_TOO_DEEP: u32 = 7;
+    /// Tunnels inside tunnels: treated as malformed.
+    pub const TUNNEL_TOO_DEEP: u32 = 8;
+    /// Tunnelled packets whose inner addresses were judged too.
+    pub const TUNNELED: u32 = 9;
     /// Number of statistics.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 10;
 }
 
 /// IP protocol numbers the datapath knows.
 pub mod proto {
+    pub const HOPOPTS: u8 = 0;
     pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const GRE: u8 = 47;
+    pub const ESP: u8 = 50;
+    pub const AH: u8 = 51;
     pub const ICMPV6: u8 = 58;
+    pub const DSTOPTS: u8 = 60;
     pub const SCTP: u8 = 132;
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+}
+
+/// Bounds of the header walk (the kernel parser and the reference
+/// classifier share them).
+pub mod parse_limits {
+    /// Headers are read only within this many bytes of the frame start;
+    /// beyond, they count as truncated.
+    pub const MAX_OFFSET: usize = 448;
+    /// Bytes pulled into the linear skb area before parsing.
+    pub const PULL_LEN: u32 = 512;
+    /// IPv6 extension headers walked before the chain counts as too deep.
+    pub const MAX_IPV6_EXT: usize = 6;
+    /// UDP destination port of VXLAN.
+    pub const VXLAN_PORT: u16 = 4789;
+    /// UDP destination port of Geneve.
+    pub const GENEVE_PORT: u16 = 6081;
 }
 
 /// Address family tags used in keys and events.

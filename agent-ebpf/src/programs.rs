@@ -8,11 +8,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, pair_index, stat, tag, verdict, Config, Counter, Event,
-    FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
+    capacity, counter_index, direction, pair_index, parse_limits, stat, tag, verdict, Config,
+    Counter, Event, FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS,
+    PAIRS_LEN,
 };
 
-use crate::parse::{parse, Packet, Parsed, L4};
+use crate::parse::{parse, Layer, Packet, Reject, L4};
 
 #[map(name = "EF_ENV_V4")]
 static ENV_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(capacity::ENV_V4, 0);
@@ -32,6 +33,9 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
 #[map(name = "EF_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+/// Per-CPU scratch space for the parsed packet (too big for the stack).
+#[map(name = "EF_SCRATCH")]
+static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
@@ -53,9 +57,6 @@ fn tag(ctx: &TcContext, mark: u32) {
 #[allow(clippy::unnecessary_cast)]
 const ACT_SHOT: i32 = TC_ACT_SHOT as i32;
 
-/// Headers envfence reads live in the first bytes; make sure they are in the
-/// linear part of the skb so direct packet access sees them.
-const PULL_LEN: u32 = 128;
 const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 
 #[classifier]
@@ -92,30 +93,54 @@ fn audit_mode() -> bool {
 #[inline(always)]
 fn judge(ctx: &TcContext, dir: u8) -> i32 {
     let len = ctx.len();
-    if ((ctx.data_end() - ctx.data()) as u32) < len.min(PULL_LEN) {
+    if ((ctx.data_end() - ctx.data()) as u32) < len.min(parse_limits::PULL_LEN) {
         // Ignore failure: the parser then sees what is linear and decides
         // explicitly on what it cannot read.
-        let _ = ctx.pull_data(len.min(PULL_LEN));
+        let _ = ctx.pull_data(len.min(parse_limits::PULL_LEN));
     }
-    let pkt = match parse(ctx) {
-        Parsed::Ip(pkt) => pkt,
-        Parsed::NonIp => {
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        // Unreachable: a one-entry per-CPU array always has its entry.
+        return malformed(stat::MALFORMED);
+    };
+    // SAFETY: this CPU's scratch slot; TC programs do not migrate.
+    let pkt = unsafe { &mut *pkt };
+    match parse(ctx, pkt) {
+        Ok(()) => {}
+        Err(Reject::NonIp) => {
             bump_stat(stat::NON_IP);
             tag(ctx, tag::UNJUDGED | tag::REASON_NON_IP);
             return TCX_NEXT;
         }
-        Parsed::Malformed => {
+        Err(Reject::Malformed) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_MALFORMED);
             return malformed(stat::MALFORMED);
         }
-        Parsed::VlanTooDeep => {
+        Err(Reject::VlanTooDeep) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP);
             return malformed(stat::VLAN_TOO_DEEP);
         }
-    };
-    let src_env = lookup_env(pkt.family, &pkt.src);
-    let dst_env = lookup_env(pkt.family, &pkt.dst);
-    let (v, rule) = decide(src_env, dst_env, &pkt);
+        Err(Reject::TunnelTooDeep) => {
+            tag(ctx, tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP);
+            return malformed(stat::TUNNEL_TOO_DEEP);
+        }
+    }
+    // The outer packet is judged; a tunnel's inner packet too, and the
+    // stricter of the two verdicts applies (the outer one on a tie).
+    let mut j = judge_layer(&pkt.outer);
+    if pkt.has_inner {
+        bump_stat(stat::TUNNELED);
+        let ji = judge_layer(&pkt.inner);
+        if ji.verdict > j.verdict {
+            j = ji;
+        }
+    }
+    let Judged {
+        layer,
+        src_env,
+        dst_env,
+        verdict: v,
+        rule,
+    } = j;
     tag(ctx, tag::judged(v, src_env, dst_env));
 
     if let Some(c) = COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)) {
@@ -126,7 +151,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
     if v != verdict::ALLOW {
-        report(ctx, &pkt, src_env, dst_env, v, rule, dir, len);
+        report(ctx, layer, src_env, dst_env, v, rule, dir, len);
     }
     if v == verdict::DROP {
         ACT_SHOT
@@ -171,8 +196,37 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
+/// The decision on one IP layer.
+struct Judged<'a> {
+    layer: &'a Layer,
+    src_env: u32,
+    dst_env: u32,
+    verdict: u8,
+    rule: u16,
+}
+
 #[inline(always)]
-fn decide(src_env: u32, dst_env: u32, pkt: &Packet) -> (u8, u16) {
+fn judge_layer(layer: &Layer) -> Judged<'_> {
+    if layer.fragment {
+        bump_stat(stat::FRAGMENTS);
+    }
+    if layer.ext_too_deep {
+        bump_stat(stat::IPV6_EXT_TOO_DEEP);
+    }
+    let src_env = lookup_env(layer.family, &layer.src);
+    let dst_env = lookup_env(layer.family, &layer.dst);
+    let (verdict, rule) = decide(src_env, dst_env, layer);
+    Judged {
+        layer,
+        src_env,
+        dst_env,
+        verdict,
+        rule,
+    }
+}
+
+#[inline(always)]
+fn decide(src_env: u32, dst_env: u32, pkt: &Layer) -> (u8, u16) {
     let Some(pair) = PAIRS.get(pair_index(src_env, dst_env)) else {
         // Unreachable (ids are masked below MAX_ENVS); never a way through.
         return (verdict::DROP, envfence_ebpf::RULE_DEFAULT);
@@ -208,7 +262,7 @@ fn decide(src_env: u32, dst_env: u32, pkt: &Packet) -> (u8, u16) {
 #[allow(clippy::too_many_arguments)]
 fn report(
     ctx: &TcContext,
-    pkt: &Packet,
+    pkt: &Layer,
     src_env: u32,
     dst_env: u32,
     v: u8,

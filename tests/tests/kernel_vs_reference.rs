@@ -81,6 +81,7 @@ fn expected_tag(outcome: &reference::Outcome) -> u32 {
         reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
         reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
         reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
+        reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
     }
 }
 
@@ -105,6 +106,7 @@ fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> reference::Outc
                 let index = match other {
                     reference::Outcome::NonIp => stat::NON_IP,
                     reference::Outcome::Malformed => stat::MALFORMED,
+                    reference::Outcome::TunnelTooDeep => stat::TUNNEL_TOO_DEEP,
                     _ => stat::VLAN_TOO_DEEP,
                 };
                 assert!(
@@ -404,20 +406,207 @@ fn header_shapes() {
             "{o:?}"
         );
 
-        // IPv6 extension header (hop-by-hop) in front of DNS: not walked
-        // yet, so the pair's strictest verdict applies.
+        // IPv6 extension headers are walked: DNS behind hop-by-hop and
+        // destination options still meets the port rule.
         let t6: std::net::Ipv6Addr = "fd00:30::2".parse().expect("v6");
         let p6: std::net::Ipv6Addr = "fd00:10::2".parse().expect("v6");
-        let mut hbh = vec![proto::UDP, 0, 0, 0, 0, 0, 0, 0];
-        hbh.extend(&dns);
+        let mut chain = vec![60u8, 0, 0, 0, 0, 0, 0, 0];
+        chain.extend([proto::UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        chain.extend(&dns);
         let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(t6.octets(), p6.octets(), 0, &hbh));
-        let o = check(&h, mode, "ipv6 hop-by-hop", &f);
+        f.extend(frame::ipv6(t6.octets(), p6.octets(), 0, &chain));
+        let o = check(&h, mode, "ipv6 hop-by-hop + dstopts, dns", &f);
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict),
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.dport == 53),
             "{o:?}"
         );
+
+        // A chain longer than the walk bound: strictest verdict.
+        let mut chain = Vec::new();
+        for _ in 0..7 {
+            chain.extend([60u8, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let last = chain.len() - 8;
+        chain[last] = proto::UDP;
+        chain.extend(&dns);
+        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
+        f.extend(frame::ipv6(t6.octets(), p6.octets(), 60, &chain));
+        let o = check(&h, mode, "ipv6 chain too deep", &f);
+        assert!(
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.ext_too_deep),
+            "{o:?}"
+        );
+
+        // IPv6 non-first fragment of DNS: strictest verdict.
+        let mut fragment = vec![proto::UDP, 0, 0x05, 0x00, 0, 0, 0, 1];
+        fragment.extend(&dns);
+        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
+        f.extend(frame::ipv6(
+            t6.octets(),
+            p6.octets(),
+            proto::FRAGMENT,
+            &fragment,
+        ));
+        let o = check(&h, mode, "ipv6 non-first fragment", &f);
+        assert!(
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.fragment),
+            "{o:?}"
+        );
+
+        // Headers past byte 448 are not read: DNS behind a 480-byte
+        // hop-by-hop header gets the strictest verdict.
+        let mut chain = vec![proto::UDP, 59];
+        chain.resize(480, 0);
+        chain.extend(&dns);
+        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
+        f.extend(frame::ipv6(t6.octets(), p6.octets(), 0, &chain));
+        let o = check(&h, mode, "l4 past the read limit", &f);
+        assert!(
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.l4 == reference::L4Seen::NoPorts),
+            "{o:?}"
+        );
+
+        tunnels(&h, mode);
     }
+}
+
+/// Tunnels whose outer addresses are allowed (production to production)
+/// carrying test -> production: the inner verdict, stricter, applies.
+fn tunnels(h: &KernelHarness, mode: Mode) {
+    let strict = if mode == Mode::Audit {
+        verdict::AUDIT
+    } else {
+        verdict::DROP
+    };
+    let prod_a = [10, 10, 1, 2];
+    let prod_b = [10, 10, 2, 2];
+    let inner4 = frame::ipv4(
+        [10, 30, 1, 2],
+        [10, 10, 1, 2],
+        proto::TCP,
+        &[],
+        0,
+        &frame::tcp_syn(5, 22),
+    );
+    let t6: std::net::Ipv6Addr = "fd00:30::2".parse().expect("v6");
+    let p6: std::net::Ipv6Addr = "fd00:10::2".parse().expect("v6");
+    let inner6 = frame::ipv6(t6.octets(), p6.octets(), proto::TCP, &frame::tcp_syn(5, 22));
+    let mut inner_eth = frame::eth(&[], frame::ETH_P_IP);
+    inner_eth.extend(&inner4);
+    let allowed_inner = frame::ipv4(
+        [10, 10, 3, 3],
+        [10, 10, 4, 4],
+        proto::TCP,
+        &[],
+        0,
+        &frame::tcp_syn(5, 22),
+    );
+
+    let outer4 = |p: u8, payload: &[u8]| {
+        let mut f = frame::eth(&[], frame::ETH_P_IP);
+        f.extend(frame::ipv4(prod_a, prod_b, p, &[], 0, payload));
+        f
+    };
+    let gre = |flags: u16, ethertype: u16, extra: usize, payload: &[u8]| {
+        let mut g = flags.to_be_bytes().to_vec();
+        g.extend(ethertype.to_be_bytes());
+        g.extend(vec![0u8; extra]);
+        g.extend(payload);
+        g
+    };
+    let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+    vxlan.extend(&inner_eth);
+    let mut geneve = vec![0x01, 0, 0x65, 0x58, 0, 0, 0x2a, 0, 0, 0, 0, 0];
+    geneve.extend(&inner_eth);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ipip", outer4(proto::IPIP, &inner4)),
+        ("ipv6 in ipv4", outer4(proto::IPV6, &inner6)),
+        (
+            "gre ipv4",
+            outer4(proto::GRE, &gre(0, frame::ETH_P_IP, 0, &inner4)),
+        ),
+        (
+            "gre key+seq ipv6",
+            outer4(proto::GRE, &gre(0x3000, frame::ETH_P_IPV6, 8, &inner6)),
+        ),
+        (
+            "gre teb",
+            outer4(proto::GRE, &gre(0x8000, 0x6558, 4, &inner_eth)),
+        ),
+        ("vxlan", outer4(proto::UDP, &frame::udp(1000, 4789, &vxlan))),
+        (
+            "geneve with options",
+            outer4(proto::UDP, &frame::udp(1000, 6081, &geneve)),
+        ),
+        ("ipv4 in ipv6", {
+            let a: std::net::Ipv6Addr = "fd00:10::a".parse().expect("v6");
+            let b: std::net::Ipv6Addr = "fd00:10::b".parse().expect("v6");
+            let mut f = frame::eth(&[], frame::ETH_P_IPV6);
+            f.extend(frame::ipv6(a.octets(), b.octets(), proto::IPIP, &inner4));
+            f
+        }),
+    ];
+    for (what, f) in cases {
+        let o = check(h, mode, what, &f);
+        assert!(
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.by_inner && j.tunneled),
+            "{what}: {o:?}"
+        );
+    }
+    // Allowed inside allowed: passes, judged on the outer.
+    let o = check(
+        h,
+        mode,
+        "ipip allowed",
+        &outer4(proto::IPIP, &allowed_inner),
+    );
+    assert!(
+        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.tunneled && !j.by_inner),
+        "{o:?}"
+    );
+    // GRE version 1 and non-IP inside VXLAN carry nothing Linux would
+    // decapsulate into IP: judged on the outer packet.
+    let o = check(
+        h,
+        mode,
+        "gre v1",
+        &outer4(proto::GRE, &gre(0x0001, frame::ETH_P_IP, 0, &inner4)),
+    );
+    assert!(
+        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
+        "{o:?}"
+    );
+    let mut arp_in_vxlan = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
+    arp_in_vxlan.extend(frame::eth(&[], frame::ETH_P_ARP));
+    arp_in_vxlan.extend([0u8; 28]);
+    let o = check(
+        h,
+        mode,
+        "arp in vxlan",
+        &outer4(proto::UDP, &frame::udp(1000, 4789, &arp_in_vxlan)),
+    );
+    assert!(
+        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
+        "{o:?}"
+    );
+    // A tunnel in a tunnel is not walked: handled like malformed.
+    let mut nested = frame::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &inner4);
+    nested = frame::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &nested);
+    let mut f = frame::eth(&[], frame::ETH_P_IP);
+    f.extend(nested);
+    assert_eq!(
+        check(h, mode, "ipip in ipip", &f),
+        reference::Outcome::TunnelTooDeep
+    );
+    // A tunnel whose inner header is cut short is malformed.
+    let o = check(
+        h,
+        mode,
+        "truncated vxlan",
+        &outer4(proto::UDP, &frame::udp(1000, 4789, &vxlan[..20])),
+    );
+    assert_eq!(o, reference::Outcome::Malformed);
 }
 
 /// The mode's effect on malformed frames is what the README documents.

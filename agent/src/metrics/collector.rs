@@ -23,13 +23,17 @@ pub struct DatapathCollector {
 }
 
 /// (stat index, metric label) of the datapath statistics exported.
-const STAT_LABELS: [(u32, &str); 6] = [
+const STAT_LABELS: [(u32, &str); 10] = [
     (envfence_ebpf::stat::EVENTS_EMITTED, "events_emitted"),
     (envfence_ebpf::stat::EVENTS_LOST, "events_lost"),
     (envfence_ebpf::stat::NON_IP, "non_ip"),
     (envfence_ebpf::stat::MALFORMED, "malformed"),
     (envfence_ebpf::stat::VLAN_TOO_DEEP, "vlan_too_deep"),
     (envfence_ebpf::stat::EGRESS_SKIPPED, "egress_already_judged"),
+    (envfence_ebpf::stat::FRAGMENTS, "fragments"),
+    (envfence_ebpf::stat::IPV6_EXT_TOO_DEEP, "ipv6_ext_too_deep"),
+    (envfence_ebpf::stat::TUNNEL_TOO_DEEP, "tunnel_too_deep"),
+    (envfence_ebpf::stat::TUNNELED, "tunneled"),
 ];
 
 impl DatapathCollector {
