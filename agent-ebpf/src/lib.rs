@@ -8,13 +8,19 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
 pub const MAX_ENVS: u32 = 64;
 /// Number of verdict values (see [`verdict`]).
 pub const NUM_VERDICTS: u32 = 4;
+
+/// The policy maps hold two policies, slot 0 and slot 1; the datapath reads
+/// the slot [`Config::active_slot`] names, once per packet. A reload writes
+/// the other slot, then flips `active_slot`: no packet is ever judged by a
+/// mix of two policies.
+pub const SLOTS: u32 = 2;
 
 /// Verdicts, ordered from the most to the least permissive: the stricter of
 /// two verdicts is the larger number.
@@ -35,11 +41,13 @@ pub const RULE_DEFAULT: u16 = 0;
 
 /// Map names, as the eBPF object names them (at most 15 bytes each).
 pub mod map_names {
-    /// LPM trie: IPv4 prefix -> environment id.
+    /// LPM trie: (slot, IPv4 prefix) -> environment id; key data is the
+    /// slot byte then the address, prefix length 8 + the prefix's.
     pub const ENV_V4: &str = "EF_ENV_V4";
-    /// LPM trie: IPv6 prefix -> environment id.
+    /// LPM trie: (slot, IPv6 prefix) -> environment id, keyed like ENV_V4.
     pub const ENV_V6: &str = "EF_ENV_V6";
-    /// Array indexed by [`super::pair_index`]: verdict of an environment pair.
+    /// Array indexed by [`super::slot_pair_index`]: verdict of an
+    /// environment pair.
     pub const PAIRS: &str = "EF_PAIRS";
     /// Hash: [`super::PortKey`] -> [`super::RuleVerdict`], the port rules.
     pub const PORTS: &str = "EF_PORTS";
@@ -92,10 +100,10 @@ pub mod program_names {
     pub const EGRESS: &str = "envfence_egress";
 }
 
-/// Capacities of the maps.
+/// Capacities: what one policy may hold (the maps hold two slots of it).
 pub mod capacity {
-    pub const ENV_V4: u32 = 262_144;
-    pub const ENV_V6: u32 = 262_144;
+    pub const ENV_V4: u32 = 131_072;
+    pub const ENV_V6: u32 = 131_072;
     pub const PORTS: u32 = 65_536;
     pub const ATTACHED: u32 = 4_096;
     pub const FLOWS: u32 = 65_536;
@@ -195,7 +203,13 @@ pub const fn counter_index(src_env: u32, dst_env: u32, verdict: u32) -> u32 {
     pair_index(src_env, dst_env) * NUM_VERDICTS + verdict
 }
 
-/// Number of entries of the [`map_names::PAIRS`] array.
+/// Index of an environment pair of policy `slot` in [`map_names::PAIRS`].
+#[inline(always)]
+pub const fn slot_pair_index(slot: u32, src_env: u32, dst_env: u32) -> u32 {
+    slot * PAIRS_LEN + pair_index(src_env, dst_env)
+}
+
+/// Number of pairs of one policy.
 pub const PAIRS_LEN: u32 = MAX_ENVS * MAX_ENVS;
 /// Number of entries of the [`map_names::COUNTERS`] array.
 pub const COUNTERS_LEN: u32 = PAIRS_LEN * NUM_VERDICTS;
@@ -227,7 +241,8 @@ pub struct PortKey {
     pub src_env: u8,
     pub dst_env: u8,
     pub proto: u8,
-    pub _pad: u8,
+    /// Policy slot (0 or 1).
+    pub slot: u8,
     /// Destination port, host byte order.
     pub port: u16,
     pub _pad2: u16,
@@ -257,11 +272,16 @@ pub struct Counter {
 pub struct Config {
     /// A reported flow is reported again at most once per this interval.
     pub report_interval_ns: u64,
-    /// Policy generation, for the agent's bookkeeping.
+    /// The policy slot the datapath judges with (0 or 1).
+    pub active_slot: u32,
+    /// Number of policies installed so far (grows by one per reload; kept
+    /// across agent restarts with the pinned map).
     pub generation: u32,
-    /// 1 when the global mode is `audit` (already folded into the tables;
-    /// decides what happens to malformed frames).
-    pub audit_mode: u32,
+    /// Generation of the policy in each slot.
+    pub slot_generation: [u32; 2],
+    /// Per slot: 1 when the policy's mode is `audit` (already folded into
+    /// the tables; decides what happens to malformed frames).
+    pub slot_audit_mode: [u32; 2],
 }
 
 /// Identity of a reported flow.
@@ -306,7 +326,9 @@ pub struct Event {
     pub src_env: u8,
     pub dst_env: u8,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    /// Policy slot that judged the packet (names its rule and environments).
+    pub slot: u8,
+    pub _pad: [u8; 6],
 }
 
 #[cfg(feature = "user")]
@@ -329,7 +351,7 @@ const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);

@@ -8,21 +8,21 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, pair_index, parse_limits, stat, tag, verdict, Config,
+    capacity, counter_index, direction, parse_limits, slot_pair_index, stat, tag, verdict, Config,
     Counter, Event, FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS,
-    PAIRS_LEN,
+    PAIRS_LEN, SLOTS,
 };
 
 use crate::parse::{parse, Layer, Packet, Reject, L4};
 
 #[map(name = "EF_ENV_V4")]
-static ENV_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(capacity::ENV_V4, 0);
+static ENV_V4: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V4, 0);
 #[map(name = "EF_ENV_V6")]
-static ENV_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(capacity::ENV_V6, 0);
+static ENV_V6: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V6, 0);
 #[map(name = "EF_PAIRS")]
-static PAIRS: Array<PairVerdict> = Array::with_max_entries(PAIRS_LEN, 0);
+static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0);
 #[map(name = "EF_PORTS")]
-static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(capacity::PORTS, 0);
+static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
 #[map(name = "EF_COUNTERS")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 #[map(name = "EF_STATS")]
@@ -85,9 +85,22 @@ fn bump_stat(index: u32) {
     }
 }
 
+/// The active policy slot and whether its mode is audit, read once per
+/// packet: everything about one packet is decided by one policy.
 #[inline(always)]
-fn audit_mode() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.audit_mode != 0)
+fn active_policy() -> (u32, bool) {
+    match CONFIG.get(0) {
+        Some(c) => {
+            let slot = c.active_slot & 1;
+            let audit = if slot == 0 {
+                c.slot_audit_mode[0]
+            } else {
+                c.slot_audit_mode[1]
+            };
+            (slot, audit != 0)
+        }
+        None => (0, false),
+    }
 }
 
 #[inline(always)]
@@ -98,9 +111,10 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         // explicitly on what it cannot read.
         let _ = ctx.pull_data(len.min(parse_limits::PULL_LEN));
     }
+    let (slot, audit) = active_policy();
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         // Unreachable: a one-entry per-CPU array always has its entry.
-        return malformed(stat::MALFORMED);
+        return malformed(stat::MALFORMED, audit);
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let pkt = unsafe { &mut *pkt };
@@ -113,23 +127,23 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         }
         Err(Reject::Malformed) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_MALFORMED);
-            return malformed(stat::MALFORMED);
+            return malformed(stat::MALFORMED, audit);
         }
         Err(Reject::VlanTooDeep) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP);
-            return malformed(stat::VLAN_TOO_DEEP);
+            return malformed(stat::VLAN_TOO_DEEP, audit);
         }
         Err(Reject::TunnelTooDeep) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP);
-            return malformed(stat::TUNNEL_TOO_DEEP);
+            return malformed(stat::TUNNEL_TOO_DEEP, audit);
         }
     }
     // The outer packet is judged; a tunnel's inner packet too, and the
     // stricter of the two verdicts applies (the outer one on a tie).
-    let mut j = judge_layer(&pkt.outer);
+    let mut j = judge_layer(&pkt.outer, slot);
     if pkt.has_inner {
         bump_stat(stat::TUNNELED);
-        let ji = judge_layer(&pkt.inner);
+        let ji = judge_layer(&pkt.inner, slot);
         if ji.verdict > j.verdict {
             j = ji;
         }
@@ -151,7 +165,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         }
     }
     if v != verdict::ALLOW {
-        report(ctx, layer, src_env, dst_env, v, rule, dir, len);
+        report(ctx, layer, src_env, dst_env, v, rule, dir, len, slot);
     }
     if v == verdict::DROP {
         ACT_SHOT
@@ -164,9 +178,9 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
 /// no address can be trusted, so it is dropped (a well-formed stack would
 /// drop it too), except in audit mode where nothing is dropped.
 #[inline(always)]
-fn malformed(index: u32) -> i32 {
+fn malformed(index: u32, audit: bool) -> i32 {
     bump_stat(index);
-    if audit_mode() {
+    if audit {
         TCX_NEXT
     } else {
         ACT_SHOT
@@ -174,17 +188,24 @@ fn malformed(index: u32) -> i32 {
 }
 
 #[inline(always)]
-fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
+fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
+    let s = slot as u8;
     let id = if fam == envfence_ebpf::family::V4 || is_v4_mapped(addr) {
         let off = if fam == envfence_ebpf::family::V4 {
             0
         } else {
             12
         };
-        let key = Key::new(32, [addr[off], addr[off + 1], addr[off + 2], addr[off + 3]]);
+        let key = Key::new(
+            40,
+            [s, addr[off], addr[off + 1], addr[off + 2], addr[off + 3]],
+        );
         ENV_V4.get(&key).copied().unwrap_or(0)
     } else {
-        let key = Key::new(128, *addr);
+        let mut data = [0u8; 17];
+        data[0] = s;
+        data[1..].copy_from_slice(addr);
+        let key = Key::new(136, data);
         ENV_V6.get(&key).copied().unwrap_or(0)
     };
     id & (MAX_ENVS - 1)
@@ -206,16 +227,16 @@ struct Judged<'a> {
 }
 
 #[inline(always)]
-fn judge_layer(layer: &Layer) -> Judged<'_> {
+fn judge_layer(layer: &Layer, slot: u32) -> Judged<'_> {
     if layer.fragment {
         bump_stat(stat::FRAGMENTS);
     }
     if layer.ext_too_deep {
         bump_stat(stat::IPV6_EXT_TOO_DEEP);
     }
-    let src_env = lookup_env(layer.family, &layer.src);
-    let dst_env = lookup_env(layer.family, &layer.dst);
-    let (verdict, rule) = decide(src_env, dst_env, layer);
+    let src_env = lookup_env(layer.family, &layer.src, slot);
+    let dst_env = lookup_env(layer.family, &layer.dst, slot);
+    let (verdict, rule) = decide(src_env, dst_env, layer, slot);
     Judged {
         layer,
         src_env,
@@ -226,8 +247,8 @@ fn judge_layer(layer: &Layer) -> Judged<'_> {
 }
 
 #[inline(always)]
-fn decide(src_env: u32, dst_env: u32, pkt: &Layer) -> (u8, u16) {
-    let Some(pair) = PAIRS.get(pair_index(src_env, dst_env)) else {
+fn decide(src_env: u32, dst_env: u32, pkt: &Layer, slot: u32) -> (u8, u16) {
+    let Some(pair) = PAIRS.get(slot_pair_index(slot, src_env, dst_env)) else {
         // Unreachable (ids are masked below MAX_ENVS); never a way through.
         return (verdict::DROP, envfence_ebpf::RULE_DEFAULT);
     };
@@ -238,7 +259,7 @@ fn decide(src_env: u32, dst_env: u32, pkt: &Layer) -> (u8, u16) {
                     src_env: src_env as u8,
                     dst_env: dst_env as u8,
                     proto: pkt.proto,
-                    _pad: 0,
+                    slot: slot as u8,
                     port: pkt.dport,
                     _pad2: 0,
                 };
@@ -269,6 +290,7 @@ fn report(
     rule: u16,
     dir: u8,
     len: u32,
+    slot: u32,
 ) {
     let flow = FlowKey {
         src: pkt.src,
@@ -326,7 +348,8 @@ fn report(
                 src_env: src_env as u8,
                 dst_env: dst_env as u8,
                 direction: dir,
-                _pad: [0; 7],
+                slot: slot as u8,
+                _pad: [0; 6],
             });
             entry.submit(0);
             bump_stat(stat::EVENTS_EMITTED);

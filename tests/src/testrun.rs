@@ -27,7 +27,7 @@ pub const ACTION_SHOT: u32 = 2;
 /// The real programs loaded with a policy, ready for TestRun.
 pub struct KernelHarness {
     dp: Datapath,
-    counters: CounterReader,
+    counters: std::sync::Arc<CounterReader>,
     events: RingBuf<MapData>,
     pub policy: CompiledPolicy,
 }
@@ -52,10 +52,11 @@ impl KernelHarness {
     pub fn new(policy: CompiledPolicy) -> anyhow::Result<Self> {
         let mut dp = Datapath::load_with(LoadOptions {
             debug_tag_decision: true,
+            pin_root: None,
         })
         .context("loading the eBPF programs (root needed)")?;
-        dp.apply_policy(&policy, std::time::Duration::from_secs(3600))?;
-        let counters = dp.take_counters()?;
+        dp.apply_policy(&policy, &[], std::time::Duration::from_secs(3600))?;
+        let counters = dp.counters();
         let events = dp.take_events()?;
         Ok(Self {
             dp,

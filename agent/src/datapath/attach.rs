@@ -1,4 +1,4 @@
-use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::links::FdLink;
 
 use super::DatapathError;
 
@@ -7,8 +7,8 @@ use super::DatapathError;
 pub struct Attachment {
     pub ifname: String,
     pub ifindex: u32,
-    pub(super) ingress: SchedClassifierLinkId,
-    pub(super) egress: SchedClassifierLinkId,
+    pub(super) ingress: FdLink,
+    pub(super) egress: FdLink,
 }
 
 /// Every interface of the current network namespace: (name, ifindex).

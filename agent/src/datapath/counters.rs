@@ -1,4 +1,6 @@
-use aya::maps::{Map, MapData, PerCpuArray};
+use std::sync::Mutex;
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use envfence_ebpf::{counter_index, map_names, stat, Counter, MAX_ENVS, NUM_VERDICTS};
 
 use super::DatapathError;
@@ -17,15 +19,16 @@ pub struct PairCount {
 /// Reads the kernel's per-CPU counters (owned maps, shareable across
 /// threads: reads take `&self`).
 pub struct CounterReader {
-    counters: PerCpuArray<MapData, Counter>,
+    counters: Mutex<PerCpuArray<MapData, Counter>>,
     stats: PerCpuArray<MapData, u64>,
 }
 
 impl CounterReader {
     pub(super) fn new(counters: Map, stats: Map) -> Result<Self, DatapathError> {
         Ok(Self {
-            counters: PerCpuArray::try_from(counters)
-                .map_err(DatapathError::map(map_names::COUNTERS))?,
+            counters: Mutex::new(
+                PerCpuArray::try_from(counters).map_err(DatapathError::map(map_names::COUNTERS))?,
+            ),
             stats: PerCpuArray::try_from(stats).map_err(DatapathError::map(map_names::STATS))?,
         })
     }
@@ -34,6 +37,8 @@ impl CounterReader {
     pub fn cell(&self, src_env: u32, dst_env: u32, verdict: u8) -> Result<Counter, DatapathError> {
         let values = self
             .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(&counter_index(src_env, dst_env, u32::from(verdict)), 0)
             .map_err(DatapathError::map(map_names::COUNTERS))?;
         Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
@@ -63,6 +68,36 @@ impl CounterReader {
             }
         }
         Ok(out)
+    }
+
+    /// Zeroes every cell of environment `id` (as source or destination), for
+    /// an id that starts to name another environment.
+    pub(super) fn zero_env(&self, id: u32) -> Result<(), DatapathError> {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Interface {
+            ifname: String::from("*"),
+            message: format!("counting CPUs ({what}): {e}"),
+        })?;
+        for other in 0..MAX_ENVS {
+            for verdict in 0..NUM_VERDICTS {
+                for index in [
+                    counter_index(id, other, verdict),
+                    counter_index(other, id, verdict),
+                ] {
+                    let zeros =
+                        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| {
+                            DatapathError::Interface {
+                                ifname: String::from("*"),
+                                message: format!("per-CPU zeros: {e}"),
+                            }
+                        })?;
+                    counters
+                        .set(index, zeros, 0)
+                        .map_err(DatapathError::map(map_names::COUNTERS))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The datapath statistics, indexed by `envfence_ebpf::stat`.

@@ -1,14 +1,24 @@
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fs, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, RingBuf},
-    programs::{tc::TcAttachOptions, LinkOrder, SchedClassifier, TcAttachType},
+    maps::{HashMap, MapData, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
     Ebpf, EbpfLoader,
 };
-use envfence_ebpf::{globals, map_names, program_names, Config, PairVerdict, PortKey, RuleVerdict};
+use envfence_ebpf::{globals, map_names, program_names, Config};
 
-use super::{attach::Attachment, counters::CounterReader, DatapathError, EBPF_OBJECT};
-use crate::policy::{CompiledPolicy, Mode};
+use super::{
+    attach::Attachment,
+    counters::CounterReader,
+    pins::{self, PinLayout, PINNED_MAPS},
+    policy_maps::{self, typed_map, Installed},
+    DatapathError, EBPF_OBJECT,
+};
+use crate::policy::CompiledPolicy;
 
 /// The two tcx hooks envfence attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,32 +53,51 @@ impl Hook {
 }
 
 /// Load-time switches of the eBPF object.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Write every decision into `skb->mark` (`envfence_ebpf::tag`): for
     /// tests and benchmarks; it overwrites marks other programs may use.
     pub debug_tag_decision: bool,
+    /// Pin maps and links under this bpffs directory (versioned by ABI
+    /// inside it), and adopt what a previous agent pinned there. `None`:
+    /// nothing is pinned and everything goes with the process.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// The loaded eBPF object: programs, maps, and the interfaces it is attached
-/// to. Dropping it detaches everything.
+/// to. Dropping it leaves pinned links in place (enforcement goes on);
+/// unpinned ones go with it.
 pub struct Datapath {
     ebpf: Ebpf,
+    counters: Arc<CounterReader>,
     attachments: BTreeMap<String, Attachment>,
+    pins: Option<PinLayout>,
+    was_pinned: bool,
 }
 
 impl Datapath {
     /// Loads the eBPF object and its programs into the kernel (nothing is
-    /// attached yet).
+    /// attached yet, nothing pinned).
     pub fn load() -> Result<Self, DatapathError> {
         Self::load_with(LoadOptions::default())
     }
 
-    /// [`Datapath::load`] with options.
+    /// [`Datapath::load`] with options. With a pin root, maps pinned by a
+    /// previous agent of this ABI are reopened with their contents (policy,
+    /// counters, events not yet read).
     pub fn load_with(options: LoadOptions) -> Result<Self, DatapathError> {
         let tag = u32::from(options.debug_tag_decision);
-        let mut ebpf = EbpfLoader::new()
-            .override_global(globals::DEBUG_TAG_DECISION, &tag, true)
+        let pins = options.pin_root.map(PinLayout::new);
+        let was_pinned = pins.as_ref().is_some_and(PinLayout::is_pinned);
+        let mut loader = EbpfLoader::new();
+        loader.override_global(globals::DEBUG_TAG_DECISION, &tag, true);
+        if let Some(p) = &pins {
+            p.create()?;
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, p.map_path(name));
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for hook in Hook::ALL {
@@ -80,73 +109,51 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
         }
+        let counters = Arc::new(CounterReader::new(
+            take_map(&mut ebpf, map_names::COUNTERS)?,
+            take_map(&mut ebpf, map_names::STATS)?,
+        )?);
         Ok(Self {
             ebpf,
+            counters,
             attachments: BTreeMap::new(),
+            pins,
+            was_pinned,
         })
     }
 
-    /// Writes a compiled policy into freshly loaded maps.
+    /// Whether a previous agent's state (policy, counters, links) was found
+    /// pinned and adopted.
+    pub fn was_pinned(&self) -> bool {
+        self.was_pinned
+    }
+
+    /// The pin layout, when pinning.
+    pub fn pins(&self) -> Option<&PinLayout> {
+        self.pins.as_ref()
+    }
+
+    /// The datapath configuration in force (generation, active slot ...).
+    pub fn config(&mut self) -> Result<Config, DatapathError> {
+        policy_maps::current_config(&mut self.ebpf)
+    }
+
+    /// Installs a compiled policy atomically (the inactive slot is written,
+    /// then the datapath switches to it). `prior_envs`: the environment names
+    /// by id of the policy in force before, if any.
     pub fn apply_policy(
         &mut self,
         policy: &CompiledPolicy,
+        prior_envs: &[String],
         report_interval: Duration,
-    ) -> Result<(), DatapathError> {
-        {
-            let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> =
-                typed_map(&mut self.ebpf, map_names::ENV_V4)?;
-            for (net, id) in &policy.v4 {
-                v4.insert(
-                    &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                    id,
-                    0,
-                )
-                .map_err(DatapathError::map(map_names::ENV_V4))?;
-            }
-        }
-        {
-            let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> =
-                typed_map(&mut self.ebpf, map_names::ENV_V6)?;
-            for (net, id) in &policy.v6 {
-                v6.insert(
-                    &Key::new(u32::from(net.prefix_len()), net.network().octets()),
-                    id,
-                    0,
-                )
-                .map_err(DatapathError::map(map_names::ENV_V6))?;
-            }
-        }
-        {
-            let mut pairs: Array<&mut MapData, PairVerdict> =
-                typed_map(&mut self.ebpf, map_names::PAIRS)?;
-            for (i, pv) in policy.pairs.iter().enumerate() {
-                let index = u32::try_from(i).map_err(|_| DatapathError::Missing {
-                    kind: "pair slot",
-                    name: map_names::PAIRS,
-                })?;
-                pairs
-                    .set(index, pv, 0)
-                    .map_err(DatapathError::map(map_names::PAIRS))?;
-            }
-        }
-        {
-            let mut ports: HashMap<&mut MapData, PortKey, RuleVerdict> =
-                typed_map(&mut self.ebpf, map_names::PORTS)?;
-            for (key, value) in &policy.ports {
-                ports
-                    .insert(key, value, 0)
-                    .map_err(DatapathError::map(map_names::PORTS))?;
-            }
-        }
-        let mut config: Array<&mut MapData, Config> = typed_map(&mut self.ebpf, map_names::CONFIG)?;
-        let cfg = Config {
-            report_interval_ns: u64::try_from(report_interval.as_nanos()).unwrap_or(u64::MAX),
-            generation: 1,
-            audit_mode: u32::from(policy.mode == Mode::Audit),
-        };
-        config
-            .set(0, cfg, 0)
-            .map_err(DatapathError::map(map_names::CONFIG))
+    ) -> Result<Installed, DatapathError> {
+        policy_maps::install(
+            &mut self.ebpf,
+            &self.counters,
+            policy,
+            prior_envs,
+            report_interval,
+        )
     }
 
     /// The loaded program of a hook (for tests and benchmarks: TestRun).
@@ -161,13 +168,9 @@ impl Datapath {
             })
     }
 
-    /// Takes the counter maps out of the object, for the metrics collector.
-    /// Works once.
-    pub fn take_counters(&mut self) -> Result<CounterReader, DatapathError> {
-        CounterReader::new(
-            take_map(&mut self.ebpf, map_names::COUNTERS)?,
-            take_map(&mut self.ebpf, map_names::STATS)?,
-        )
+    /// The counters, shared with the metrics collector.
+    pub fn counters(&self) -> Arc<CounterReader> {
+        Arc::clone(&self.counters)
     }
 
     /// Takes the event ring buffer out of the object. Works once.
@@ -176,7 +179,11 @@ impl Datapath {
             .map_err(DatapathError::map(map_names::EVENTS))
     }
 
-    /// Attaches both programs to `ifname`, first in each tcx chain.
+    /// Attaches both programs to `ifname`, first in each tcx chain. With
+    /// pinning, a link a previous agent pinned for this interface (of this
+    /// ABI or another) is adopted and switched to this agent's program
+    /// atomically (`bpf_link_update`): the interface is never without
+    /// envfence, and never has two.
     pub fn attach(&mut self, ifname: &str) -> Result<&Attachment, DatapathError> {
         if self.attachments.contains_key(ifname) {
             return self
@@ -186,12 +193,11 @@ impl Datapath {
         }
         let ifindex = nix::net::if_::if_nametoindex(ifname)
             .map_err(|e| interface_error(ifname, &format!("no such interface ({e})")))?;
-        let ingress = attach_hook(&mut self.ebpf, ifname, Hook::Ingress)?;
-        let egress = match attach_hook(&mut self.ebpf, ifname, Hook::Egress) {
-            Ok(id) => id,
+        let ingress = self.attach_hook(ifname, ifindex, Hook::Ingress)?;
+        let egress = match self.attach_hook(ifname, ifindex, Hook::Egress) {
+            Ok(link) => link,
             Err(e) => {
-                let _ = classifier_mut(&mut self.ebpf, Hook::Ingress.program_name())
-                    .map(|p| p.detach(ingress));
+                self.release_link(ifindex, Hook::Ingress, ingress);
                 return Err(e);
             }
         };
@@ -209,7 +215,100 @@ impl Datapath {
         Ok(self.attachments.entry(ifname.to_owned()).or_insert(att))
     }
 
-    /// Detaches from `ifname` (a no-op when not attached).
+    fn attach_hook(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<FdLink, DatapathError> {
+        let attach_error = |e| DatapathError::Attach {
+            ifname: ifname.to_owned(),
+            hook: hook.as_str(),
+            source: Box::new(e),
+        };
+        let pins = self.pins.clone();
+        if let Some(pins) = &pins {
+            let mine = pins.link_path(ifindex, hook);
+            let candidates = std::iter::once(mine.clone()).chain(
+                pins.other_versions()
+                    .into_iter()
+                    .map(|dir| pins::link_path_in(&dir, ifindex, hook)),
+            );
+            for pin in candidates.filter(|p| p.exists()) {
+                match self.adopt(&pin, hook) {
+                    Ok(link) => {
+                        if pin != mine {
+                            // Migrated from another ABI: re-pin under ours.
+                            let _ = fs::remove_file(&mine);
+                            let link = link.pin(&mine).map_err(|e| {
+                                pins::pin_error(&mine, &std::io::Error::other(e.to_string()))
+                            })?;
+                            let _ = fs::remove_file(&pin);
+                            return Ok(FdLink::from(link));
+                        }
+                        return Ok(link);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "pinned link {} could not be adopted ({e}); replacing it",
+                            pin.display()
+                        );
+                        let _ = fs::remove_file(&pin);
+                    }
+                }
+            }
+        }
+        let prog = classifier_mut(&mut self.ebpf, hook.program_name())?;
+        let id = prog
+            .attach_with_options(
+                ifname,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(attach_error)?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(attach_error)?)
+            .map_err(|e| interface_error(ifname, &format!("tcx link: {e}")))?;
+        match &pins {
+            Some(pins) => {
+                let path = pins.link_path(ifindex, hook);
+                let pinned = link
+                    .pin(&path)
+                    .map_err(|e| pins::pin_error(&path, &std::io::Error::other(e.to_string())))?;
+                Ok(FdLink::from(pinned))
+            }
+            None => Ok(link),
+        }
+    }
+
+    /// Switches the pinned link at `pin` to this agent's program.
+    fn adopt(&mut self, pin: &std::path::Path, hook: Hook) -> Result<FdLink, String> {
+        let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+        let prog =
+            classifier_mut(&mut self.ebpf, hook.program_name()).map_err(|e| e.to_string())?;
+        let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        FdLink::try_from(link).map_err(|e| e.to_string())
+    }
+
+    /// Detaches one of our links: through its pin when pinned (so that no
+    /// other holder keeps it alive), by dropping the last fd otherwise.
+    fn release_link(&mut self, ifindex: u32, hook: Hook, link: FdLink) {
+        if let Some(pins) = &self.pins {
+            let pin = pins.link_path(ifindex, hook);
+            if let Err(e) = pins::force_detach(&pin) {
+                if e.raw_os_error() != Some(libc::ENOLINK) {
+                    tracing::warn!("detaching {}: {e}", pin.display());
+                }
+            }
+            let _ = fs::remove_file(&pin);
+        }
+        drop(link);
+    }
+
+    /// Detaches from `ifname` and removes its pins (a no-op when not
+    /// attached).
     pub fn detach(&mut self, ifname: &str) -> Result<(), DatapathError> {
         let Some(att) = self.attachments.remove(ifname) else {
             return Ok(());
@@ -218,16 +317,31 @@ impl Datapath {
             typed_map(&mut self.ebpf, map_names::ATTACHED)?;
         // The interface may be gone already; then so is its entry's purpose.
         let _ = attached.remove(&att.ifindex);
-        for (hook, id) in [(Hook::Ingress, att.ingress), (Hook::Egress, att.egress)] {
-            let name = hook.program_name();
-            classifier_mut(&mut self.ebpf, name)?
-                .detach(id)
-                .map_err(|e| DatapathError::Attach {
-                    ifname: ifname.to_owned(),
-                    hook: hook.as_str(),
-                    source: Box::new(e),
-                })?;
+        self.release_link(att.ifindex, Hook::Ingress, att.ingress);
+        self.release_link(att.ifindex, Hook::Egress, att.egress);
+        Ok(())
+    }
+
+    /// Forgets an interface that is gone: its links went with it; removes
+    /// the pins and the `ATTACHED` entry.
+    pub fn forget(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let names: Vec<String> = self
+            .attachments
+            .values()
+            .filter(|a| a.ifindex == ifindex)
+            .map(|a| a.ifname.clone())
+            .collect();
+        for name in names {
+            self.detach(&name)?;
         }
+        if let Some(pins) = &self.pins {
+            for hook in Hook::ALL {
+                let _ = fs::remove_file(pins.link_path(ifindex, hook));
+            }
+        }
+        let mut attached: HashMap<&mut MapData, u32, u32> =
+            typed_map(&mut self.ebpf, map_names::ATTACHED)?;
+        let _ = attached.remove(&ifindex);
         Ok(())
     }
 
@@ -239,6 +353,44 @@ impl Datapath {
             .iter()
             .filter_map(|name| self.detach(name).err())
             .collect()
+    }
+
+    /// Pinned links of interfaces this agent did not attach (gone, or no
+    /// longer matching): (ifindex, hook, path).
+    pub fn stale_pins(&self) -> Vec<std::path::PathBuf> {
+        let Some(pins) = &self.pins else {
+            return Vec::new();
+        };
+        let ours: Vec<PathBuf> = self
+            .attachments
+            .values()
+            .flat_map(|a| Hook::ALL.map(|h| pins.link_path(a.ifindex, h)))
+            .collect();
+        let mut dirs = vec![pins.dir()];
+        dirs.extend(pins.other_versions());
+        dirs.iter()
+            .filter_map(|d| fs::read_dir(d.join("links")).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| !ours.contains(p))
+            .collect()
+    }
+
+    /// Detaches and unpins the links [`Datapath::stale_pins`] lists, and
+    /// removes other ABI versions' directories once they hold no link.
+    pub fn remove_stale(&mut self) -> usize {
+        let stale = self.stale_pins();
+        for pin in &stale {
+            let _ = pins::force_detach(pin);
+            let _ = fs::remove_file(pin);
+        }
+        if let Some(pins) = &self.pins {
+            for dir in pins.other_versions() {
+                let _ = pins::cleanup_version_dir(&dir);
+            }
+        }
+        stale.len()
     }
 
     /// The interfaces envfence is attached to.
@@ -254,24 +406,6 @@ fn interface_error(ifname: &str, message: &str) -> DatapathError {
     }
 }
 
-fn attach_hook(
-    ebpf: &mut Ebpf,
-    ifname: &str,
-    hook: Hook,
-) -> Result<aya::programs::tc::SchedClassifierLinkId, DatapathError> {
-    classifier_mut(ebpf, hook.program_name())?
-        .attach_with_options(
-            ifname,
-            hook.attach_type(),
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        )
-        .map_err(|e| DatapathError::Attach {
-            ifname: ifname.to_owned(),
-            hook: hook.as_str(),
-            source: Box::new(e),
-        })
-}
-
 fn classifier_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
@@ -282,16 +416,6 @@ fn classifier_mut<'a>(
             kind: "program",
             name,
         })
-}
-
-fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, DatapathError>
-where
-    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DatapathError::Missing { kind: "map", name })?;
-    T::try_from(map).map_err(DatapathError::map(name))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {

@@ -6,11 +6,14 @@ mod attach;
 mod counters;
 mod error;
 mod loader;
+pub mod pins;
+mod policy_maps;
 
 pub use attach::{list_interfaces, Attachment};
 pub use counters::{CounterReader, PairCount};
 pub use error::DatapathError;
 pub use loader::{Datapath, Hook, LoadOptions};
+pub use policy_maps::Installed;
 
 /// The compiled eBPF object (built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] =

@@ -3,6 +3,8 @@
 
 mod reader;
 mod record;
+mod sink;
 
 pub use reader::{drain, EventStream};
-pub use record::{EventContext, EventRecord};
+pub use record::{EventContext, EventRecord, SlotNames};
+pub use sink::{EventSink, Optional, Tee};

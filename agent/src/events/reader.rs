@@ -1,10 +1,8 @@
-use std::io::Write;
-
 use aya::maps::{MapData, RingBuf};
 use envfence_ebpf::Event;
 use tokio::io::{unix::AsyncFd, Interest};
 
-use super::EventContext;
+use super::{EventContext, EventSink};
 
 /// The kernel's event ring buffer, readable from tokio.
 pub struct EventStream {
@@ -20,9 +18,13 @@ impl EventStream {
         Ok(Self { ring })
     }
 
-    /// Waits for events and writes each as a JSON line to `out`, forever
-    /// (or until the ring buffer's fd fails).
-    pub async fn run<W: Write>(&mut self, ctx: &EventContext, out: &mut W) -> std::io::Result<()> {
+    /// Waits for events and gives each to `out` (a writer gets JSON lines),
+    /// forever (or until the ring buffer's fd or `out` fails).
+    pub async fn run<S: EventSink + ?Sized>(
+        &mut self,
+        ctx: &EventContext,
+        out: &mut S,
+    ) -> std::io::Result<()> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
             drain(guard.get_inner_mut(), ctx, out)?;
@@ -30,21 +32,37 @@ impl EventStream {
         }
     }
 
+    /// Waits until events are there, then gives them to `out`, naming them
+    /// with the context as it is at that moment (it changes on reloads).
+    pub async fn next_batch<S: EventSink + ?Sized>(
+        &mut self,
+        ctx: &std::sync::RwLock<EventContext>,
+        out: &mut S,
+    ) -> std::io::Result<usize> {
+        let mut guard = self.ring.readable_mut().await?;
+        let n = {
+            let ctx = ctx.read().unwrap_or_else(|p| p.into_inner());
+            drain(guard.get_inner_mut(), &ctx, out)?
+        };
+        guard.clear_ready();
+        Ok(n)
+    }
+
     /// Writes whatever is in the ring buffer now.
-    pub fn drain_now<W: Write>(
+    pub fn drain_now<S: EventSink + ?Sized>(
         &mut self,
         ctx: &EventContext,
-        out: &mut W,
+        out: &mut S,
     ) -> std::io::Result<usize> {
         drain(self.ring.get_mut(), ctx, out)
     }
 }
 
-/// Writes every event currently in `ring` to `out`; returns how many.
-pub fn drain<W: Write>(
+/// Gives every event currently in `ring` to `out`; returns how many.
+pub fn drain<S: EventSink + ?Sized>(
     ring: &mut RingBuf<MapData>,
     ctx: &EventContext,
-    out: &mut W,
+    out: &mut S,
 ) -> std::io::Result<usize> {
     let mut n = 0;
     while let Some(item) = ring.next() {
@@ -56,10 +74,9 @@ pub fn drain<W: Write>(
         // unaligned because the ring buffer gives no alignment guarantee.
         let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
         let record = ctx.record(&ev);
-        serde_json::to_writer(&mut *out, &record)?;
-        out.write_all(b"\n")?;
+        out.record(&record)?;
         n += 1;
     }
-    out.flush()?;
+    EventSink::flush(out)?;
     Ok(n)
 }

@@ -34,27 +34,47 @@ pub struct EventRecord {
     pub bytes: u64,
 }
 
-/// What turns a raw event into a record: names of environments, rules and
-/// interfaces, the node name, and the monotonic-to-wall-clock offset.
-pub struct EventContext {
-    pub node: String,
+/// Environment and rule names of the policy in one slot.
+#[derive(Clone, Debug, Default)]
+pub struct SlotNames {
     pub env_names: Vec<String>,
     pub rule_names: Vec<String>,
+}
+
+/// What turns a raw event into a record: names of environments, rules (per
+/// policy slot: an event read just after a reload names the rule of the
+/// policy that judged it) and interfaces, and the node name.
+pub struct EventContext {
+    pub node: String,
+    pub slots: [SlotNames; 2],
     pub interfaces: HashMap<u32, String>,
 }
 
 impl EventContext {
+    /// A context whose two slots both hold `policy`'s names.
     pub fn from_policy(node: String, policy: &CompiledPolicy) -> Self {
-        Self {
-            node,
+        let names = SlotNames {
             env_names: policy.env_names.clone(),
             rule_names: policy.rule_names.clone(),
+        };
+        Self {
+            node,
+            slots: [names.clone(), names],
             interfaces: HashMap::new(),
         }
     }
 
+    /// Records the names of the policy installed in `slot`.
+    pub fn set_slot(&mut self, slot: u32, policy: &CompiledPolicy) {
+        self.slots[(slot & 1) as usize] = SlotNames {
+            env_names: policy.env_names.clone(),
+            rule_names: policy.rule_names.clone(),
+        };
+    }
+
     pub fn record(&self, ev: &Event) -> EventRecord {
         let f = &ev.flow;
+        let names = &self.slots[usize::from(ev.slot & 1)];
         let (src, dst) = if f.family == family::V4 {
             (v4(&f.src), v4(&f.dst))
         } else {
@@ -89,12 +109,12 @@ impl EventContext {
             sport: f.sport,
             dst,
             dport: f.dport,
-            src_env: name_of(&self.env_names, usize::from(ev.src_env)),
-            dst_env: name_of(&self.env_names, usize::from(ev.dst_env)),
+            src_env: name_of(&names.env_names, usize::from(ev.src_env)),
+            dst_env: name_of(&names.env_names, usize::from(ev.dst_env)),
             verdict: Verdict::from_u8(f.verdict)
                 .map_or("unknown", Verdict::as_str)
                 .to_owned(),
-            rule: name_of(&self.rule_names, usize::from(ev.rule)),
+            rule: name_of(&names.rule_names, usize::from(ev.rule)),
             packets: ev.packets,
             bytes: ev.bytes,
         }
@@ -106,10 +126,10 @@ fn v4(a: &[u8; 16]) -> IpAddr {
 }
 
 fn name_of(names: &[String], i: usize) -> String {
-    names
-        .get(i)
-        .cloned()
-        .unwrap_or_else(|| format!("unknown({i})"))
+    match names.get(i) {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => format!("unknown({i})"),
+    }
 }
 
 /// IANA protocol name, or the number.

@@ -1,4 +1,4 @@
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::{
     core::{Collector, Desc},
@@ -8,8 +8,9 @@ use prometheus::{
 
 use crate::{datapath::CounterReader, policy::Verdict};
 
-/// Environment names by id (index 0 is `world`), for the labels.
-pub type EnvNames = Arc<Vec<String>>;
+/// Environment names by id (index 0 is `world`; "" for an unused id), for
+/// the labels; replaced on every policy reload.
+pub type EnvNames = Arc<RwLock<Vec<String>>>;
 
 /// Reads the kernel counters at every scrape.
 pub struct DatapathCollector {
@@ -67,22 +68,20 @@ impl DatapathCollector {
         })
     }
 
-    fn env_name(&self, id: u32) -> String {
-        self.envs
-            .get(id as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("unknown({id})"))
-    }
-
     fn refresh(&self) -> Result<(), crate::datapath::DatapathError> {
         self.packets.reset();
         self.bytes.reset();
         self.stats.reset();
-        let env_count = u32::try_from(self.envs.len()).unwrap_or(u32::MAX);
+        let envs = self.envs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let env_count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
+        let name = |id: u32| envs.get(id as usize).filter(|n| !n.is_empty());
         for cell in self.reader.pairs(env_count)? {
+            // Cells of ids no environment holds now (a removed environment)
+            // are not exported.
+            let (Some(src), Some(dst)) = (name(cell.src_env), name(cell.dst_env)) else {
+                continue;
+            };
             let verdict = Verdict::from_u8(cell.verdict).map_or("unknown", Verdict::as_str);
-            let src = self.env_name(cell.src_env);
-            let dst = self.env_name(cell.dst_env);
             let labels = [src.as_str(), dst.as_str(), verdict];
             self.packets.with_label_values(&labels).inc_by(cell.packets);
             self.bytes.with_label_values(&labels).inc_by(cell.bytes);

@@ -2,12 +2,14 @@
 //! per-CPU maps at scrape time, so they are exact whatever happens to events.
 
 mod collector;
+mod health;
 mod server;
 
 pub use collector::{DatapathCollector, EnvNames};
+pub use health::Health;
 pub use server::serve;
 
-use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::policy::CompiledPolicy;
 
@@ -15,6 +17,14 @@ use crate::policy::CompiledPolicy;
 pub struct Metrics {
     pub registry: Registry,
     pub attached_interfaces: IntGauge,
+    /// Interface attach attempts that failed (retried).
+    pub attach_failures: IntCounter,
+    /// Policy loads and reloads by result (`success`, `failure`).
+    pub reloads: IntCounterVec,
+    /// Unix time of the last successful policy load.
+    pub last_reload: Gauge,
+    /// Generation of the policy in force.
+    pub generation: IntGauge,
     policy_info: IntGaugeVec,
 }
 
@@ -53,15 +63,47 @@ impl Metrics {
             ])
             .set(1);
         registry.register(Box::new(build_info))?;
+        let attach_failures = IntCounter::new(
+            "envfence_interface_attach_failures_total",
+            "Attempts to attach to an interface that failed (each is retried).",
+        )?;
+        registry.register(Box::new(attach_failures.clone()))?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "envfence_policy_reloads_total",
+                "Policy loads and reloads by result: success, or failure (the file was refused and the policy in force kept).",
+            ),
+            &["result"],
+        )?;
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(reloads.clone()))?;
+        let last_reload = Gauge::new(
+            "envfence_policy_last_reload_success_timestamp_seconds",
+            "Unix time of the last policy load or reload that succeeded.",
+        )?;
+        registry.register(Box::new(last_reload.clone()))?;
+        let generation = IntGauge::new(
+            "envfence_policy_generation",
+            "Generation of the policy in force (grows by one per reload; kept across restarts).",
+        )?;
+        registry.register(Box::new(generation.clone()))?;
         Ok(Self {
             registry,
             attached_interfaces,
+            attach_failures,
+            reloads,
+            last_reload,
+            generation,
             policy_info,
         })
     }
 
     /// Records the policy now loaded in the kernel.
     pub fn set_policy(&self, generation: u64, policy: &CompiledPolicy) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.policy_info.reset();
         self.policy_info
             .with_label_values(&[

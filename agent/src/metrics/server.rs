@@ -5,13 +5,15 @@ use axum::{http::header, response::IntoResponse, routing::get, Router};
 use prometheus::{Encoder as _, TextEncoder};
 use tokio::net::TcpListener;
 
-use super::Metrics;
+use super::{Health, Metrics};
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until `shutdown`
-/// resolves. Returns once bound, with the server running on a task.
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until
+/// `shutdown` resolves. Returns once bound, with the server running on a
+/// task.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr)
@@ -26,7 +28,20 @@ pub async fn serve(
                 async move { render(&metrics) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", {
+            let health = Arc::clone(&health);
+            get(move || {
+                let health = Arc::clone(&health);
+                async move { status(health.live()) }
+            })
+        })
+        .route(
+            "/readyz",
+            get(move || {
+                let health = Arc::clone(&health);
+                async move { status(health.ready()) }
+            }),
+        );
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -49,4 +64,13 @@ fn render(metrics: &Metrics) -> axum::response::Response {
         )
             .into_response(),
     }
+}
+
+fn status((ok, text): (bool, String)) -> axum::response::Response {
+    let code = if ok {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, text).into_response()
 }

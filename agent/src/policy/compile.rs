@@ -93,12 +93,23 @@ pub struct Decision {
     pub rule: u16,
 }
 
-/// Compiles a validated policy.
+/// Compiles a validated policy, numbering its environments afresh
+/// (`world` = 0, then the names sorted).
 pub fn compile(policy: &Policy) -> CompiledPolicy {
-    let env_names = env_names(policy);
+    compile_with_ids(policy, &[])
+}
+
+/// Compiles a validated policy keeping the environment ids of `prior` (the
+/// `env_names` of the policy compiled before it): an environment keeps its id
+/// across reloads and restarts, a new one takes the lowest id no current
+/// environment holds. Ids of environments that are gone stay in
+/// `env_names` as empty strings until reused.
+pub fn compile_with_ids(policy: &Policy, prior: &[String]) -> CompiledPolicy {
+    let env_names = stable_env_names(&env_names(policy), prior);
     let ids: HashMap<&str, u32> = env_names
         .iter()
         .enumerate()
+        .filter(|(_, name)| !name.is_empty())
         .filter_map(|(id, name)| Some((name.as_str(), u32::try_from(id).ok()?)))
         .collect();
     let (v4, v6) = prefixes(policy, &ids);
@@ -136,6 +147,30 @@ fn env_names(policy: &Policy) -> Vec<String> {
         .chain(names)
         .map(str::to_owned)
         .collect()
+}
+
+/// Lays `sorted` (`world` first) out by id, keeping the ids of `prior`.
+fn stable_env_names(sorted: &[String], prior: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = vec![String::new(); prior.len().max(1)];
+    out[0] = WORLD.to_owned();
+    let mut fresh = Vec::new();
+    for name in sorted.iter().skip(1) {
+        match prior.iter().skip(1).position(|p| p == name) {
+            Some(i) => out[i + 1] = name.clone(),
+            None => fresh.push(name.clone()),
+        }
+    }
+    for name in fresh {
+        match out.iter().skip(1).position(String::is_empty) {
+            Some(i) => out[i + 1] = name,
+            None => out.push(name),
+        }
+    }
+    // Trailing retired ids carry nothing.
+    while out.len() > 1 && out.last().is_some_and(String::is_empty) {
+        out.pop();
+    }
+    out
 }
 
 type Prefixes = (Vec<(Ipv4Net, u32)>, Vec<(Ipv6Net, u32)>);
@@ -239,7 +274,8 @@ fn verdicts(
                 src_env,
                 dst_env,
                 proto,
-                _pad: 0,
+                // The datapath sets the slot it writes the entry into.
+                slot: 0,
                 port,
                 _pad2: 0,
             };
@@ -268,6 +304,9 @@ impl CompiledPolicy {
         if name == WORLD {
             return Some(0);
         }
+        if name.is_empty() {
+            return None;
+        }
         let index = self.env_names.iter().position(|n| n == name)?;
         u32::try_from(index).ok()
     }
@@ -276,7 +315,8 @@ impl CompiledPolicy {
     /// the policy does not have.
     pub fn env_name(&self, id: u32) -> &str {
         match usize::try_from(id).ok().and_then(|i| self.env_names.get(i)) {
-            Some(name) => name,
+            Some(name) if !name.is_empty() => name,
+            Some(_) => unknown_name(id),
             None if id == 0 => WORLD,
             None => unknown_name(id),
         }

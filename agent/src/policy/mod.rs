@@ -25,7 +25,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-pub use compile::{compile, fold_audit, CompiledPolicy, Decision, L4};
+pub use compile::{compile, compile_with_ids, fold_audit, CompiledPolicy, Decision, L4};
 pub use environments::MAX_DEFINED_ENVS;
 pub use error::{PolicyError, PolicyErrors};
 pub use model::{

@@ -101,7 +101,7 @@ fn example_test_to_production() {
         src_env: 5,
         dst_env: 3,
         proto: proto::UDP,
-        _pad: 0,
+        slot: 0,
         port: 53,
         _pad2: 0,
     };
@@ -403,4 +403,34 @@ fn l4_of() {
     assert_eq!(L4::of(proto::SCTP, None), L4::NoPorts);
     assert_eq!(L4::of(proto::ICMP, Some(3)), L4::Other);
     assert_eq!(L4::of(proto::ICMPV6, None), L4::Other);
+}
+
+#[test]
+fn environment_ids_are_stable_across_recompiles() {
+    let first = crate::policy::parse(
+        "environments:\n  production: [10.10.0.0/16]\n  staging: [10.20.0.0/16]\n  test: [10.30.0.0/16]\n",
+        "a",
+    )
+    .expect("valid");
+    let a = compile(&first);
+    assert_eq!(a.env_names, ["world", "production", "staging", "test"]);
+    // staging goes, aaa and zzz come: production and test keep their ids,
+    // aaa takes the freed id, zzz a new one.
+    let second = crate::policy::parse(
+        "environments:\n  aaa: [10.1.0.0/16]\n  production: [10.10.0.0/16]\n  test: [10.30.0.0/16]\n  zzz: [10.9.0.0/16]\n",
+        "b",
+    )
+    .expect("valid");
+    let b = crate::policy::compile_with_ids(&second, &a.env_names);
+    assert_eq!(b.env_names, ["world", "production", "aaa", "test", "zzz"]);
+    assert_eq!(b.lookup_env("10.30.1.1".parse().expect("ip")).0, 3);
+    assert_eq!(b.lookup_env("10.1.1.1".parse().expect("ip")).0, 2);
+    // Only test left: a gap where production was, and no trailing gaps.
+    let third =
+        crate::policy::parse("environments:\n  test: [10.30.0.0/16]\n", "c").expect("valid");
+    let c = crate::policy::compile_with_ids(&third, &b.env_names);
+    assert_eq!(c.env_names, ["world", "", "", "test"]);
+    assert_eq!(c.env_id(""), None);
+    assert_eq!(c.env_name(1), "unknown(1)");
+    assert_eq!(c.env_id("test"), Some(3));
 }

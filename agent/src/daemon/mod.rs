@@ -1,0 +1,601 @@
+//! The node agent's life: start (adopting what a previous agent pinned),
+//! reload policies atomically, follow interfaces as they come and go, and
+//! stop without lifting enforcement (unless asked to).
+
+pub mod state;
+mod watch;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Context as _};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch as tokio_watch,
+};
+
+use crate::{
+    datapath::{list_interfaces, Datapath, LoadOptions},
+    events::{EventContext, EventSink, EventStream},
+    metrics::{self, DatapathCollector, Health, Metrics},
+    netwatch::{Link, LinkEvent, LinkWatcher},
+    policy::{self, CompiledPolicy, Policy, PolicyErrors},
+};
+use state::SavedPolicy;
+
+/// Where the policy comes from.
+#[derive(Clone, Debug)]
+pub enum PolicySource {
+    File(PathBuf),
+    /// The example embedded in the binary.
+    Example,
+}
+
+impl PolicySource {
+    fn origin(&self) -> String {
+        match self {
+            PolicySource::File(p) => p.display().to_string(),
+            PolicySource::Example => policy::EXAMPLE_ORIGIN.to_owned(),
+        }
+    }
+
+    /// The policy's text.
+    fn text(&self) -> Result<String, PolicyErrors> {
+        match self {
+            PolicySource::File(path) => std::fs::read_to_string(path).map_err(|e| {
+                PolicyErrors::from(policy::PolicyError::without_place(
+                    path.display().to_string(),
+                    format!("cannot read the policy file: {e}"),
+                ))
+            }),
+            PolicySource::Example => Ok(policy::EXAMPLE_POLICY.to_owned()),
+        }
+    }
+
+    /// Reads and validates the policy: (policy, source text).
+    fn read(&self) -> Result<(Policy, String), PolicyErrors> {
+        let text = self.text()?;
+        let p = policy::parse(&text, &self.origin())?;
+        Ok((p, text))
+    }
+}
+
+/// Everything the agent is started with.
+pub struct DaemonOptions {
+    pub policy: PolicySource,
+    pub metrics_addr: SocketAddr,
+    pub report_interval: Duration,
+    pub node: String,
+    /// bpffs root of the pins; `None`: pin nothing (enforcement ends with
+    /// the process).
+    pub pin_root: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// On SIGTERM/SIGINT, detach and remove every pin (default: leave
+    /// enforcement running in the kernel).
+    pub detach_on_exit: bool,
+    /// Reload when the policy file changes (SIGHUP always reloads).
+    pub watch_config: bool,
+}
+
+/// How often interfaces that failed to attach are retried.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs the agent until SIGTERM or SIGINT. `sink` receives every event;
+/// it is handed back at the end, flushed.
+pub async fn run<S>(opts: DaemonOptions, sink: S) -> anyhow::Result<S>
+where
+    S: EventSink + Send + 'static,
+{
+    let origin = opts.policy.origin();
+    let first = opts.policy.read();
+    let saved = state::load(&opts.state_dir);
+    let pinned_before = opts
+        .pin_root
+        .as_ref()
+        .is_some_and(|r| crate::datapath::pins::PinLayout::new(r).is_pinned());
+    if let Err(errors) = &first {
+        eprintln!("{errors}");
+        if !pinned_before {
+            bail!(
+                "policy {origin} has {} error(s); nothing was loaded (no policy is pinned from a previous run to keep enforcing)",
+                errors.0.len()
+            );
+        }
+        tracing::error!(
+            "policy {origin} has {} error(s): keeping the policy pinned in the kernel (generation {}) and waiting for a good file",
+            errors.0.len(),
+            saved.as_ref().map_or(0, |s| s.generation)
+        );
+    }
+
+    // Name a missing capability before the kernel answers a bare EPERM.
+    crate::caps::preflight()?;
+    let mut dp = Datapath::load_with(LoadOptions {
+        debug_tag_decision: false,
+        pin_root: opts.pin_root.clone(),
+    })
+    .context("loading envfence's eBPF programs")?;
+    if dp.was_pinned() {
+        tracing::info!(
+            "adopting the state a previous agent pinned under {}",
+            dp.pins()
+                .map_or_else(String::new, |p| p.dir().display().to_string())
+        );
+    }
+    let counters = dp.counters();
+    let env_names = Arc::new(RwLock::new(vec![policy::WORLD.to_owned()]));
+    let metrics = Arc::new(Metrics::new(DatapathCollector::new(
+        Arc::clone(&counters),
+        Arc::clone(&env_names),
+    )?)?);
+    let health = Arc::new(Health::new(Some(counters)));
+
+    let events = EventStream::new(dp.take_events()?).context("watching the event ring buffer")?;
+    let mut agent = Agent {
+        dp,
+        opts,
+        current: None,
+        ctx: Arc::new(RwLock::new(EventContext {
+            node: String::new(),
+            slots: Default::default(),
+            interfaces: HashMap::new(),
+        })),
+        env_names,
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        links: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        last_text: None,
+    };
+    agent.ctx_mut().node = agent.opts.node.clone();
+
+    // Watch links first, so that nothing appearing from now on is missed.
+    let (mut watcher, links) = LinkWatcher::new()
+        .await
+        .context("watching network interfaces (netlink)")?;
+    agent.links = links.into_iter().map(|l| (l.ifindex, l)).collect();
+    for (name, ifindex) in list_interfaces()? {
+        agent.ctx_mut().interfaces.insert(ifindex, name);
+    }
+
+    match first {
+        Ok((p, text)) => {
+            let prior = saved
+                .as_ref()
+                .map(|s| s.env_names.clone())
+                .unwrap_or_default();
+            agent.last_text = Some(policy_text_digest(&text));
+            agent.install(&p, text, &prior)?;
+        }
+        Err(_) => {
+            agent.last_text = agent
+                .opts
+                .policy
+                .text()
+                .ok()
+                .map(|t| policy_text_digest(&t));
+            agent.metrics.reloads.with_label_values(&["failure"]).inc();
+            agent.adopt_saved(saved)?;
+        }
+    }
+    agent.reconcile();
+    let removed = if agent.current.is_some() {
+        agent.dp.remove_stale()
+    } else {
+        0
+    };
+    if removed > 0 {
+        tracing::info!(
+            "removed {removed} stale pinned link(s) of interfaces gone or no longer selected"
+        );
+    }
+
+    let (stop_tx, stop_rx) = tokio_watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let (bound, server) = metrics::serve(
+        agent.opts.metrics_addr,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+        async move {
+            let _ = server_stop.changed().await;
+        },
+    )
+    .await?;
+    let event_task = tokio::spawn(read_events(events, Arc::clone(&agent.ctx), sink, stop_rx));
+
+    let mut config_watch = match (&agent.opts.policy, agent.opts.watch_config) {
+        (PolicySource::File(path), true) => match watch::watch(path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "not watching {} for changes ({e}); SIGHUP reloads",
+                    path.display()
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    tracing::info!(
+        metrics = %bound,
+        interfaces = agent.dp.attachments().count(),
+        pending = agent.pending.len(),
+        generation = agent.metrics.generation.get(),
+        pinned = agent.dp.pins().is_some(),
+        "envfence ready"
+    );
+
+    let reason = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                agent.reload(true);
+            }
+            Some(()) = next_change(&mut config_watch) => {
+                // Let a burst of changes (a ConfigMap swap) settle.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Some(w) = config_watch.as_mut() {
+                    while w.changes.try_recv().is_ok() {}
+                }
+                agent.reload(false);
+            }
+            event = watcher.next() => match event {
+                Ok(event) => agent.on_link_event(event),
+                Err(e) => {
+                    tracing::error!("interface watch failed: {e}; re-listing interfaces");
+                    agent.resync_links();
+                }
+            },
+            _ = retry.tick() => {
+                if !agent.pending.is_empty() {
+                    agent.reconcile();
+                }
+            }
+        }
+    };
+    tracing::info!("{reason}: stopping");
+    if agent.opts.detach_on_exit {
+        for e in agent.dp.detach_all() {
+            tracing::error!("detaching: {e}");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let sink = event_task
+        .await
+        .context("the event reader task failed")?
+        .context("reading events")?;
+    let _ = server.await;
+    let pin_root = agent.dp.pins().map(|p| p.root().to_path_buf());
+    let state_dir = agent.opts.state_dir.clone();
+    let detach = agent.opts.detach_on_exit;
+    drop(agent);
+    match (detach, pin_root) {
+        (true, Some(root)) => {
+            let done = crate::datapath::pins::cleanup(&root);
+            state::remove_all(&state_dir);
+            tracing::info!(
+                "detached and removed every pin ({} links, {} pins)",
+                done.links_detached,
+                done.files_removed
+            );
+            for e in done.errors {
+                tracing::warn!("cleanup: {e}");
+            }
+        }
+        (true, None) => tracing::info!("detached (nothing was pinned)"),
+        (false, Some(root)) => tracing::info!(
+            "exiting: the kernel keeps enforcing the policy pinned under {} (`envfence cleanup` removes it)",
+            root.display()
+        ),
+        (false, None) => tracing::info!("exiting: nothing was pinned, enforcement ends with the process"),
+    }
+    Ok(sink)
+}
+
+async fn next_change(w: &mut Option<watch::ConfigWatch>) -> Option<()> {
+    match w {
+        Some(w) => w.changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads events until told to stop, then drains what is left and hands the
+/// sink back.
+async fn read_events<S: EventSink + Send>(
+    mut events: EventStream,
+    ctx: Arc<RwLock<EventContext>>,
+    mut sink: S,
+    mut stop: tokio_watch::Receiver<bool>,
+) -> std::io::Result<S> {
+    loop {
+        tokio::select! {
+            r = events.next_batch(&ctx, &mut sink) => { r?; }
+            _ = stop.changed() => break,
+        }
+    }
+    {
+        let ctx = ctx.read().unwrap_or_else(|p| p.into_inner());
+        events.drain_now(&ctx, &mut sink)?;
+    }
+    EventSink::flush(&mut sink)?;
+    Ok(sink)
+}
+
+struct Agent {
+    dp: Datapath,
+    opts: DaemonOptions,
+    /// The policy in force, when this agent knows it.
+    current: Option<CompiledPolicy>,
+    ctx: Arc<RwLock<EventContext>>,
+    env_names: Arc<RwLock<Vec<String>>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// Every interface of the namespace, by ifindex.
+    links: BTreeMap<u32, Link>,
+    /// Selected interfaces that failed to attach: ifindex -> last error.
+    pending: BTreeMap<u32, String>,
+    /// Digest of the policy text last tried.
+    last_text: Option<u64>,
+}
+
+impl Agent {
+    fn ctx_mut(&self) -> std::sync::RwLockWriteGuard<'_, EventContext> {
+        self.ctx.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compiles (keeping environment ids) and installs a checked policy.
+    fn install(&mut self, p: &Policy, source: String, prior: &[String]) -> anyhow::Result<()> {
+        let compiled = policy::compile_with_ids(p, prior);
+        let installed = self
+            .dp
+            .apply_policy(&compiled, prior, self.opts.report_interval)
+            .context("writing the policy into the kernel maps")?;
+        self.ctx_mut().set_slot(installed.slot, &compiled);
+        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = compiled.env_names.clone();
+        self.metrics
+            .set_policy(u64::from(installed.generation), &compiled);
+        self.metrics.reloads.with_label_values(&["success"]).inc();
+        self.metrics.last_reload.set(unix_now());
+        let saved = SavedPolicy {
+            abi: envfence_ebpf::ABI_VERSION,
+            origin: self.opts.policy.origin(),
+            source,
+            env_names: compiled.env_names.clone(),
+            generation: installed.generation,
+        };
+        if let Err(e) = state::save(&self.opts.state_dir, &saved) {
+            tracing::warn!(
+                "could not save the policy state in {}: {e} (a restart with a bad file would not know the names)",
+                self.opts.state_dir.display()
+            );
+        }
+        tracing::info!(
+            generation = installed.generation,
+            slot = installed.slot,
+            mode = %compiled.mode,
+            sha256 = %compiled.source_sha256,
+            "policy installed"
+        );
+        self.current = Some(compiled);
+        Ok(())
+    }
+
+    /// Starting with a bad file over pinned state: the kernel keeps the
+    /// pinned policy; names come from the saved copy.
+    fn adopt_saved(&mut self, saved: Option<SavedPolicy>) -> anyhow::Result<()> {
+        let config = self.dp.config()?;
+        let Some(saved) = saved else {
+            tracing::warn!("no saved copy of the pinned policy: names in metrics and events are ids until a good policy is loaded; links are left as they are");
+            self.metrics.generation.set(i64::from(config.generation));
+            return Ok(());
+        };
+        let p = policy::parse(&saved.source, &saved.origin)
+            .map_err(|e| anyhow::anyhow!("the saved policy no longer parses: {e}"))?;
+        let compiled = policy::compile_with_ids(&p, &saved.env_names);
+        for slot in 0..2 {
+            self.ctx_mut().set_slot(slot, &compiled);
+        }
+        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = compiled.env_names.clone();
+        self.metrics
+            .set_policy(u64::from(config.generation), &compiled);
+        self.current = Some(compiled);
+        Ok(())
+    }
+
+    /// Re-reads the policy; a bad file changes nothing in the kernel. A
+    /// file-change reload of text already tried (good or bad) does nothing;
+    /// SIGHUP always tries.
+    fn reload(&mut self, forced: bool) {
+        let text = self.opts.policy.text();
+        if let Ok(text) = &text {
+            let seen = Some(policy_text_digest(text));
+            if !forced && seen == self.last_text {
+                return;
+            }
+            self.last_text = seen;
+        }
+        let parsed = text
+            .and_then(|text| policy::parse(&text, &self.opts.policy.origin()).map(|p| (p, text)));
+        let (p, text) = match parsed {
+            Ok(x) => x,
+            Err(errors) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!("policy reload refused, the policy in force stays:\n{errors}");
+                return;
+            }
+        };
+        let prior = self
+            .current
+            .as_ref()
+            .map(|c| c.env_names.clone())
+            .unwrap_or_default();
+        if let Err(e) = self.install(&p, text, &prior) {
+            self.metrics.reloads.with_label_values(&["failure"]).inc();
+            tracing::error!("policy reload failed, the policy in force stays: {e:#}");
+            return;
+        }
+        self.reconcile();
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Added(link) => {
+                self.ctx_mut()
+                    .interfaces
+                    .insert(link.ifindex, link.name.clone());
+                // A rename: the old name's attachment moves with the ifindex.
+                if let Some(old) = self.links.insert(link.ifindex, link.clone()) {
+                    if old.name != link.name {
+                        let _ = self.dp.detach(&old.name);
+                    }
+                }
+                self.reconcile();
+            }
+            LinkEvent::Removed { name, ifindex } => {
+                self.links.remove(&ifindex);
+                self.pending.remove(&ifindex);
+                self.ctx_mut().interfaces.remove(&ifindex);
+                if let Err(e) = self.dp.forget(ifindex) {
+                    tracing::warn!("forgetting {name} ({ifindex}): {e}");
+                } else {
+                    tracing::info!(interface = %name, ifindex, "interface gone: detached");
+                }
+                self.reconcile();
+            }
+            LinkEvent::Resync(links) => {
+                self.links = links.into_iter().map(|l| (l.ifindex, l)).collect();
+                self.forget_vanished();
+                self.reconcile();
+            }
+        }
+    }
+
+    fn resync_links(&mut self) {
+        match list_interfaces() {
+            Ok(list) => {
+                self.links = list
+                    .into_iter()
+                    .map(|(name, ifindex)| {
+                        (
+                            ifindex,
+                            Link {
+                                name,
+                                ifindex,
+                                up: true,
+                            },
+                        )
+                    })
+                    .collect();
+                self.forget_vanished();
+                self.reconcile();
+            }
+            Err(e) => tracing::error!("listing interfaces: {e}"),
+        }
+    }
+
+    fn forget_vanished(&mut self) {
+        let gone: Vec<u32> = self
+            .dp
+            .attachments()
+            .map(|a| a.ifindex)
+            .filter(|i| !self.links.contains_key(i))
+            .collect();
+        for ifindex in gone {
+            let _ = self.dp.forget(ifindex);
+        }
+    }
+
+    /// Attaches to every selected interface, detaches from the others,
+    /// and updates readiness.
+    fn reconcile(&mut self) {
+        let Some(current) = &self.current else {
+            self.health.set_ready(
+                false,
+                "no policy known to this agent (the pinned one is enforced)",
+            );
+            return;
+        };
+        let selector = current.interfaces.clone();
+        let attached: Vec<(String, u32)> = self
+            .dp
+            .attachments()
+            .map(|a| (a.ifname.clone(), a.ifindex))
+            .collect();
+        for (name, ifindex) in attached {
+            let still = self
+                .links
+                .get(&ifindex)
+                .is_some_and(|l| l.name == name && selector.matches(&name));
+            if !still {
+                if let Err(e) = self.dp.detach(&name) {
+                    tracing::warn!("detaching {name}: {e}");
+                } else {
+                    tracing::info!(interface = %name, "no longer selected: detached");
+                }
+            }
+        }
+        self.pending.clear();
+        let wanted: Vec<Link> = self
+            .links
+            .values()
+            .filter(|l| selector.matches(&l.name))
+            .cloned()
+            .collect();
+        for link in wanted {
+            if self.dp.attachments().any(|a| a.ifindex == link.ifindex) {
+                continue;
+            }
+            match self.dp.attach(&link.name) {
+                Ok(att) => tracing::info!(
+                    interface = %att.ifname,
+                    ifindex = att.ifindex,
+                    "attached (tcx ingress and egress, first in chain)"
+                ),
+                Err(e) => {
+                    self.metrics.attach_failures.inc();
+                    tracing::error!("{e} (retrying every {RETRY_EVERY:?})");
+                    self.pending.insert(link.ifindex, e.to_string());
+                }
+            }
+        }
+        let count = self.dp.attachments().count();
+        self.metrics
+            .attached_interfaces
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        if self.pending.is_empty() {
+            self.health.set_ready(true, "");
+        } else {
+            let why = self
+                .pending
+                .iter()
+                .map(|(i, e)| format!("ifindex {i}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.health.set_ready(false, format!("not attached: {why}"));
+        }
+    }
+}
+
+fn policy_text_digest(text: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,173 @@
+//! Writing a compiled policy into the kernel maps without a moment of mixed
+//! verdicts: the maps hold two policy slots; the new policy is written into
+//! the slot the datapath does not read, then `active_slot` is flipped with
+//! one map update. The slot left behind is cleared at the next install, not
+//! right after the flip, so a packet that read the old slot just before the
+//! flip still finds all of it.
+
+use std::time::Duration;
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    Ebpf,
+};
+use envfence_ebpf::{map_names, slot_pair_index, Config, PairVerdict, PortKey, RuleVerdict};
+
+use super::{counters::CounterReader, DatapathError};
+use crate::policy::{CompiledPolicy, Mode};
+
+/// What an install did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The generation of the policy now in force.
+    pub generation: u32,
+    /// The slot it is in.
+    pub slot: u32,
+}
+
+/// The datapath's configuration as the kernel holds it now.
+pub(super) fn current_config(ebpf: &mut Ebpf) -> Result<Config, DatapathError> {
+    let config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
+    config
+        .get(&0, 0)
+        .map_err(DatapathError::map(map_names::CONFIG))
+}
+
+/// Installs `policy` into the inactive slot and flips to it.
+/// `prior_envs` are the environment names by id of the policy in force (or
+/// last in force), so that an id that now names another environment has
+/// its counters zeroed before any packet is counted under the new name.
+pub(super) fn install(
+    ebpf: &mut Ebpf,
+    counters: &CounterReader,
+    policy: &CompiledPolicy,
+    prior_envs: &[String],
+    report_interval: Duration,
+) -> Result<Installed, DatapathError> {
+    let current = current_config(ebpf)?;
+    let target = 1 - (current.active_slot & 1);
+    clear_slot(ebpf, target)?;
+    write_slot(ebpf, policy, target)?;
+    for (id, name) in policy.env_names.iter().enumerate().skip(1) {
+        let renamed = prior_envs.get(id).is_none_or(|prior| prior != name);
+        if !name.is_empty() && renamed {
+            counters.zero_env(u32::try_from(id).unwrap_or(u32::MAX))?;
+        }
+    }
+    let generation = current.generation.wrapping_add(1);
+    let mut next = current;
+    next.report_interval_ns = u64::try_from(report_interval.as_nanos()).unwrap_or(u64::MAX);
+    next.generation = generation;
+    next.slot_generation[target as usize] = generation;
+    next.slot_audit_mode[target as usize] = u32::from(policy.mode == Mode::Audit);
+    let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
+    // First the new slot's parameters (the datapath does not read them yet),
+    // then the flip.
+    config
+        .set(0, next, 0)
+        .map_err(DatapathError::map(map_names::CONFIG))?;
+    next.active_slot = target;
+    config
+        .set(0, next, 0)
+        .map_err(DatapathError::map(map_names::CONFIG))?;
+    Ok(Installed {
+        generation,
+        slot: target,
+    })
+}
+
+/// Removes every LPM and port entry of `slot`.
+fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
+    let s = slot as u8;
+    {
+        let mut v4: LpmTrie<&mut MapData, [u8; 5], u32> = typed_map(ebpf, map_names::ENV_V4)?;
+        let stale: Vec<Key<[u8; 5]>> = v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[0] == s)
+            .collect();
+        for key in &stale {
+            v4.remove(key)
+                .map_err(DatapathError::map(map_names::ENV_V4))?;
+        }
+    }
+    {
+        let mut v6: LpmTrie<&mut MapData, [u8; 17], u32> = typed_map(ebpf, map_names::ENV_V6)?;
+        let stale: Vec<Key<[u8; 17]>> = v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[0] == s)
+            .collect();
+        for key in &stale {
+            v6.remove(key)
+                .map_err(DatapathError::map(map_names::ENV_V6))?;
+        }
+    }
+    let mut ports: HashMap<&mut MapData, PortKey, RuleVerdict> = typed_map(ebpf, map_names::PORTS)?;
+    let stale: Vec<PortKey> = ports
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| k.slot == s)
+        .collect();
+    for key in &stale {
+        ports
+            .remove(key)
+            .map_err(DatapathError::map(map_names::PORTS))?;
+    }
+    Ok(())
+}
+
+fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(), DatapathError> {
+    let s = slot as u8;
+    {
+        let mut v4: LpmTrie<&mut MapData, [u8; 5], u32> = typed_map(ebpf, map_names::ENV_V4)?;
+        for (net, id) in &policy.v4 {
+            let o = net.network().octets();
+            let key = Key::new(8 + u32::from(net.prefix_len()), [s, o[0], o[1], o[2], o[3]]);
+            v4.insert(&key, id, 0)
+                .map_err(DatapathError::map(map_names::ENV_V4))?;
+        }
+    }
+    {
+        let mut v6: LpmTrie<&mut MapData, [u8; 17], u32> = typed_map(ebpf, map_names::ENV_V6)?;
+        for (net, id) in &policy.v6 {
+            let mut data = [0u8; 17];
+            data[0] = s;
+            data[1..].copy_from_slice(&net.network().octets());
+            let key = Key::new(8 + u32::from(net.prefix_len()), data);
+            v6.insert(&key, id, 0)
+                .map_err(DatapathError::map(map_names::ENV_V6))?;
+        }
+    }
+    {
+        let mut pairs: Array<&mut MapData, PairVerdict> = typed_map(ebpf, map_names::PAIRS)?;
+        for (i, pv) in policy.pairs.iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| DatapathError::Missing {
+                kind: "pair slot",
+                name: map_names::PAIRS,
+            })?;
+            let (src, dst) = (i / envfence_ebpf::MAX_ENVS, i % envfence_ebpf::MAX_ENVS);
+            pairs
+                .set(slot_pair_index(slot, src, dst), pv, 0)
+                .map_err(DatapathError::map(map_names::PAIRS))?;
+        }
+    }
+    let mut ports: HashMap<&mut MapData, PortKey, RuleVerdict> = typed_map(ebpf, map_names::PORTS)?;
+    for (key, value) in &policy.ports {
+        let key = PortKey { slot: s, ..*key };
+        ports
+            .insert(key, value, 0)
+            .map_err(DatapathError::map(map_names::PORTS))?;
+    }
+    Ok(())
+}
+
+pub(super) fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(DatapathError::map(name))
+}

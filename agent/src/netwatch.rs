@@ -1,0 +1,849 @@
+//! Watching the network interfaces of a namespace over rtnetlink.
+//!
+//! [`LinkWatcher`] subscribes to the kernel's `RTNLGRP_LINK` multicast group
+//! (the `RTM_NEWLINK` / `RTM_DELLINK` notifications) and turns them into
+//! [`LinkEvent`]s. Nothing is polled: the watcher sleeps in the tokio reactor
+//! until the kernel queues a notification.
+//!
+//! # Guarantees
+//!
+//! * **Nothing is missed between the snapshot and the stream.** [`LinkWatcher::new`]
+//!   subscribes first and dumps the current links second, so a link that
+//!   appears while the dump runs is in the dump, in the stream, or in both.
+//!   Duplicates are harmless because every event is idempotent (below).
+//! * **Nothing is silently lost.** When the kernel could not queue a
+//!   notification (the socket's receive buffer overflowed, `ENOBUFS`) or a
+//!   notification could not be decoded, the watcher discards what is still
+//!   queued, dumps the links again and emits [`LinkEvent::Resync`] with the
+//!   complete current set: the consumer reconciles against it. Events that
+//!   follow a `Resync` may predate it; applied in order they converge to the
+//!   kernel's state.
+//! * **Events are idempotent.** The kernel sends `RTM_NEWLINK` for every
+//!   change of a link (creation, up/down, rename, MTU, carrier, master, …),
+//!   so [`LinkEvent::Added`] repeats for the same ifindex. A rename shows as
+//!   `Added` carrying the **new** name and the **same** ifindex. Consumers key
+//!   their state by ifindex and treat `Added` as "insert or update".
+//! * **Only the kernel is listened to.** Both sockets are connected to the
+//!   kernel (port 0), so the kernel refuses unicasts to them from other
+//!   processes, and datagrams from any other sender are dropped as well: a
+//!   local process cannot forge a `RTM_DELLINK` to make the agent detach.
+//!
+//! # Network namespace
+//!
+//! Netlink sockets belong to the network namespace of the thread that
+//! creates them. [`LinkWatcher::new`] creates both of its sockets, so it
+//! watches the namespace its calling thread is in at that moment; the
+//! watcher may be moved to and polled from any thread afterwards.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
+    NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use tokio::io::unix::AsyncFd;
+
+/// Receive buffer requested for the notification socket, in bytes (the
+/// kernel doubles it for bookkeeping). About 2 000 link notifications fit
+/// before the kernel has to drop one; a drop is not a loss (see
+/// [`LinkEvent::Resync`]), only a more expensive path.
+pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// How many times a link dump interrupted by a concurrent change
+/// (`NLM_F_DUMP_INTR`) is retried before [`NetwatchError::DumpInterrupted`].
+const MAX_DUMP_ATTEMPTS: u32 = 8;
+
+/// `RTM_NEWLINK` (`linux/rtnetlink.h`).
+const RTM_NEWLINK: u16 = 16;
+/// `RTM_DELLINK` (`linux/rtnetlink.h`).
+const RTM_DELLINK: u16 = 17;
+/// `RTNLGRP_LINK` (`linux/rtnetlink.h`).
+const RTNLGRP_LINK: u32 = 1;
+/// `IFLA_IFNAME` (`linux/if_link.h`).
+const IFLA_IFNAME: u16 = 3;
+/// `IFF_UP` (`linux/if.h`).
+const IFF_UP: u32 = 1;
+/// Length of `struct ifinfomsg`.
+const IFINFOMSG_LEN: usize = 16;
+
+/// A network interface as the kernel reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Link {
+    /// Interface name (`IFLA_IFNAME`). A name that is not UTF-8 (Linux
+    /// allows it) is converted lossily; key state by [`Link::ifindex`].
+    pub name: String,
+    /// Interface index, unique in its namespace while the link exists (the
+    /// kernel may reuse it for a later link).
+    pub ifindex: u32,
+    /// Administratively up (`IFF_UP`), whether or not it has a carrier.
+    pub up: bool,
+}
+
+/// A change of the namespace's links. See the [module docs](self) for the
+/// idempotence and ordering rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A link was created or changed (`RTM_NEWLINK`): up/down, renamed (new
+    /// name, same ifindex), or any other attribute. Repeats for the same
+    /// ifindex; treat as "insert or update".
+    Added(Link),
+    /// A link was deleted (`RTM_DELLINK`), or moved to another namespace.
+    Removed {
+        /// Its last name.
+        name: String,
+        /// Its ifindex (which the kernel may later reuse).
+        ifindex: u32,
+    },
+    /// Notifications were lost (receive buffer overflow) or undecodable:
+    /// this is the complete set of links after the loss, sorted by ifindex.
+    /// Replace the consumer's view with it: links known to the consumer
+    /// but absent here are gone.
+    Resync(Vec<Link>),
+}
+
+/// Errors of the link watcher.
+#[derive(Debug, thiserror::Error)]
+pub enum NetwatchError {
+    /// [`LinkWatcher::new`] was called outside a tokio runtime.
+    #[error("the link watcher must be created inside a tokio runtime")]
+    NoRuntime,
+    /// A netlink socket operation failed.
+    #[error("netlink: {op}: {source}")]
+    Socket {
+        /// What was being done.
+        op: &'static str,
+        /// The system error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused the link dump request.
+    #[error("the kernel refused the link dump: {0}")]
+    DumpRefused(#[source] io::Error),
+    /// The link dump kept being interrupted by concurrent link changes.
+    #[error("the link dump was interrupted by concurrent changes {attempts} times in a row")]
+    DumpInterrupted {
+        /// Dumps attempted.
+        attempts: u32,
+    },
+    /// The kernel sent a link dump message that cannot be decoded.
+    #[error("undecodable link dump message: {0}")]
+    Malformed(String),
+}
+
+fn socket_error(op: &'static str) -> impl FnOnce(io::Error) -> NetwatchError {
+    move |source| NetwatchError::Socket { op, source }
+}
+
+/// Watches the links of one network namespace. See the [module docs](self).
+pub struct LinkWatcher {
+    /// Subscribed to `RTNLGRP_LINK`; never sends.
+    events: AsyncFd<Socket>,
+    /// Sends the `RTM_GETLINK` dumps; subscribed to nothing.
+    dumper: AsyncFd<Socket>,
+    events_buf: Vec<u8>,
+    dump_buf: Vec<u8>,
+    /// Decoded events not yet returned by [`LinkWatcher::next`].
+    pending: VecDeque<LinkEvent>,
+    /// Set when notifications were lost; cleared once the `Resync` is
+    /// queued, so an interrupted resync (error, cancelled future) is redone.
+    resync_needed: bool,
+    /// Sequence number of a dump whose answer was not read to the end
+    /// (cancelled or failed); it is read out before the next dump, since
+    /// the kernel runs one dump per socket at a time.
+    dump_in_flight: Option<u32>,
+    seq: u32,
+    resyncs: u64,
+    receive_buffer: usize,
+}
+
+impl std::fmt::Debug for LinkWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkWatcher")
+            .field("pending", &self.pending.len())
+            .field("resync_needed", &self.resync_needed)
+            .field("resyncs", &self.resyncs)
+            .field("receive_buffer", &self.receive_buffer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkWatcher {
+    /// Subscribes to the link notifications of the calling thread's network
+    /// namespace, then dumps its links, with the
+    /// [default receive buffer](DEFAULT_RECEIVE_BUFFER). Returns the watcher
+    /// and the current links, sorted by ifindex.
+    ///
+    /// Must be called inside a tokio runtime whose I/O driver is enabled
+    /// (tokio panics otherwise), by a thread that is in the namespace to
+    /// watch.
+    pub async fn new() -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
+        LinkWatcher::with_receive_buffer(DEFAULT_RECEIVE_BUFFER).await
+    }
+
+    /// Like [`LinkWatcher::new`] with a receive buffer of `bytes` for the
+    /// notification socket. Set with `SO_RCVBUFFORCE` (which needs
+    /// CAP_NET_ADMIN), falling back to `SO_RCVBUF` (capped by
+    /// `net.core.rmem_max`).
+    pub async fn with_receive_buffer(
+        bytes: usize,
+    ) -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(NetwatchError::NoRuntime);
+        }
+        let kernel = SocketAddr::new(0, 0);
+
+        // Subscribe first: from here on every change is queued for us.
+        let mut events =
+            Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the event socket"))?;
+        let receive_buffer = set_receive_buffer(&events, bytes)?;
+        events
+            .bind_auto()
+            .map_err(socket_error("binding the event socket"))?;
+        events
+            .add_membership(RTNLGRP_LINK)
+            .map_err(socket_error("joining RTNLGRP_LINK"))?;
+        events
+            .connect(&kernel)
+            .map_err(socket_error("connecting the event socket to the kernel"))?;
+        events
+            .set_non_blocking(true)
+            .map_err(socket_error("making the event socket non-blocking"))?;
+
+        let mut dumper =
+            Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
+        dumper
+            .bind_auto()
+            .map_err(socket_error("binding the dump socket"))?;
+        dumper
+            .connect(&kernel)
+            .map_err(socket_error("connecting the dump socket to the kernel"))?;
+        dumper
+            .set_non_blocking(true)
+            .map_err(socket_error("making the dump socket non-blocking"))?;
+
+        let mut watcher = LinkWatcher {
+            events: register(events).map_err(socket_error("registering the event socket"))?,
+            dumper: register(dumper).map_err(socket_error("registering the dump socket"))?,
+            events_buf: Vec::with_capacity(64 << 10),
+            dump_buf: Vec::with_capacity(64 << 10),
+            pending: VecDeque::new(),
+            resync_needed: false,
+            dump_in_flight: None,
+            seq: 0,
+            resyncs: 0,
+            receive_buffer,
+        };
+        let links = watcher.dump().await?;
+        Ok((watcher, links))
+    }
+
+    /// The next link event. Waits (without polling) until there is one.
+    ///
+    /// Cancel-safe: dropping the future (as `tokio::select!` and
+    /// `tokio::time::timeout` do) loses nothing; an interrupted resync is
+    /// redone by the next call. An error is not fatal either: a failed
+    /// resync is retried by the next call.
+    pub async fn next(&mut self) -> Result<LinkEvent, NetwatchError> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            if self.resync_needed {
+                self.resync().await?;
+                continue;
+            }
+            let from = match recv_datagram(&self.events, &mut self.events_buf).await {
+                Ok(from) => from,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    tracing::warn!(
+                        "link notifications were dropped by the kernel (receive buffer full); \
+                         resynchronising"
+                    );
+                    self.resync_needed = true;
+                    continue;
+                }
+                Err(e) => return Err(socket_error("receiving link notifications")(e)),
+            };
+            if from.port_number() != 0 {
+                tracing::warn!(
+                    port = from.port_number(),
+                    "dropping a netlink datagram not sent by the kernel"
+                );
+                continue;
+            }
+            let (messages, malformed) = parse_datagram(&self.events_buf);
+            for message in messages {
+                match message.body {
+                    Body::NewLink(link) => self.pending.push_back(LinkEvent::Added(link)),
+                    Body::DelLink(link) => self.pending.push_back(LinkEvent::Removed {
+                        name: link.name,
+                        ifindex: link.ifindex,
+                    }),
+                    Body::Overrun => self.resync_needed = true,
+                    Body::Done(_) | Body::Error(_) | Body::Ignored => {}
+                }
+            }
+            if let Some(reason) = malformed {
+                tracing::warn!("undecodable link notification ({reason}); resynchronising");
+                self.resync_needed = true;
+            }
+        }
+    }
+
+    /// How many [`LinkEvent::Resync`]s this watcher has emitted.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
+    /// The effective receive buffer of the notification socket, in bytes, as
+    /// the kernel reports it (twice the requested size).
+    pub fn receive_buffer(&self) -> usize {
+        self.receive_buffer
+    }
+
+    /// Discards the queued notifications (they may precede lost ones, which
+    /// would make them lie), dumps the links and queues the `Resync`.
+    async fn resync(&mut self) -> Result<(), NetwatchError> {
+        let discarded = drain(self.events.get_ref());
+        let links = self.dump().await?;
+        tracing::info!(
+            discarded,
+            links = links.len(),
+            "link watcher resynchronised"
+        );
+        self.resync_needed = false;
+        self.resyncs += 1;
+        self.pending.push_back(LinkEvent::Resync(links));
+        Ok(())
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    /// Dumps the links, retrying dumps interrupted by concurrent changes.
+    async fn dump(&mut self) -> Result<Vec<Link>, NetwatchError> {
+        if let Some(seq) = self.dump_in_flight {
+            self.read_dump(seq).await?;
+        }
+        for _ in 0..MAX_DUMP_ATTEMPTS {
+            let seq = self.next_seq();
+            let request = dump_request(seq);
+            send(&self.dumper, &request)
+                .await
+                .map_err(socket_error("sending the link dump request"))?;
+            self.dump_in_flight = Some(seq);
+            let (links, interrupted) = self.read_dump(seq).await?;
+            if !interrupted {
+                return Ok(links);
+            }
+            tracing::debug!("link dump interrupted by a concurrent change; retrying");
+        }
+        Err(NetwatchError::DumpInterrupted {
+            attempts: MAX_DUMP_ATTEMPTS,
+        })
+    }
+
+    /// Reads the answer to dump `seq` up to its end. Returns the links and
+    /// whether the kernel flagged the dump as inconsistent.
+    async fn read_dump(&mut self, seq: u32) -> Result<(Vec<Link>, bool), NetwatchError> {
+        let mut links = BTreeMap::new();
+        let mut interrupted = false;
+        loop {
+            let from = recv_datagram(&self.dumper, &mut self.dump_buf)
+                .await
+                .map_err(socket_error("receiving the link dump"))?;
+            if from.port_number() != 0 {
+                continue;
+            }
+            let (messages, malformed) = parse_datagram(&self.dump_buf);
+            if let Some(reason) = malformed {
+                // The rest of the dump (and its end) may be in the datagram
+                // that could not be decoded: the socket cannot be trusted to
+                // be at a message boundary of this dump any more.
+                self.dump_in_flight = None;
+                return Err(NetwatchError::Malformed(reason));
+            }
+            for message in messages {
+                if message.seq != seq {
+                    continue; // the tail of an abandoned earlier dump
+                }
+                if message.flags & NLM_F_DUMP_INTR != 0 {
+                    interrupted = true;
+                }
+                match message.body {
+                    Body::NewLink(link) => {
+                        links.insert(link.ifindex, link);
+                    }
+                    Body::Done(0) | Body::Error(None) => {
+                        self.dump_in_flight = None;
+                        return Ok((links.into_values().collect(), interrupted));
+                    }
+                    Body::Done(code) | Body::Error(Some(code)) => {
+                        self.dump_in_flight = None;
+                        return Err(NetwatchError::DumpRefused(io::Error::from_raw_os_error(
+                            code.saturating_neg(),
+                        )));
+                    }
+                    Body::DelLink(_) | Body::Overrun | Body::Ignored => {}
+                }
+            }
+        }
+    }
+}
+
+/// Registers `socket` with the tokio reactor of the current runtime.
+fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+    // SAFETY: `Socket` owns its descriptor (it closes it on drop, never
+    // earlier), its `as_raw_fd` always returns that same descriptor, and
+    // nothing here replaces or closes it while the `AsyncFd` owns it.
+    unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)
+}
+
+/// Sets the receive buffer of `socket` and returns the effective size.
+fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<usize, NetwatchError> {
+    if let Err(errno) = setsockopt(socket, sockopt::RcvBufForce, &bytes) {
+        tracing::debug!(%errno, "SO_RCVBUFFORCE refused; using SO_RCVBUF");
+        setsockopt(socket, sockopt::RcvBuf, &bytes)
+            .map_err(|e| socket_error("setting SO_RCVBUF")(e.into()))?;
+    }
+    getsockopt(socket, sockopt::RcvBuf).map_err(|e| socket_error("reading SO_RCVBUF")(e.into()))
+}
+
+/// The `RTM_GETLINK` dump request with sequence number `seq`.
+fn dump_request(seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut message = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+    );
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    buf
+}
+
+async fn send(socket: &AsyncFd<Socket>, data: &[u8]) -> io::Result<()> {
+    loop {
+        let mut guard = socket.writable().await?;
+        match guard.try_io(|s| s.get_ref().send(data, 0)) {
+            Ok(result) => {
+                let sent = result?;
+                if sent != data.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("sent {sent} of {} bytes", data.len()),
+                    ));
+                }
+                return Ok(());
+            }
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Receives one datagram into `buf` (grown to fit it, so nothing is ever
+/// truncated) and returns its sender.
+async fn recv_datagram(socket: &AsyncFd<Socket>, buf: &mut Vec<u8>) -> io::Result<SocketAddr> {
+    loop {
+        let mut guard = socket.readable().await?;
+        match guard.try_io(|s| recv_whole(s.get_ref(), buf)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Non-blocking: peeks at the size of the next datagram, makes room for it
+/// in `buf` and reads it.
+fn recv_whole(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<SocketAddr> {
+    let mut probe: &mut [u8] = &mut [];
+    let size = socket.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
+    buf.clear();
+    buf.reserve(size);
+    let (len, from) = socket.recv_from(buf, libc::MSG_TRUNC)?;
+    if len > buf.len() {
+        // Cannot happen with a single reader; never hand out a partial one.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "netlink datagram truncated ({len} bytes, {} read)",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(from)
+}
+
+/// Reads and discards every queued datagram of the non-blocking `socket`.
+/// Returns how many were discarded.
+fn drain(socket: &Socket) -> usize {
+    let mut scratch: &mut [u8] = &mut [];
+    let mut discarded = 0;
+    loop {
+        match socket.recv(&mut scratch, libc::MSG_TRUNC) {
+            Ok(_) => discarded += 1,
+            // Another overflow while draining: what it lost is older than
+            // the dump that follows.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return discarded, // WouldBlock: empty
+        }
+    }
+}
+
+/// One decoded netlink message.
+#[derive(Debug, PartialEq, Eq)]
+struct Message {
+    seq: u32,
+    flags: u16,
+    body: Body,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    NewLink(Link),
+    DelLink(Link),
+    /// `NLMSG_DONE` with its error code (0 or a negative errno).
+    Done(i32),
+    /// `NLMSG_ERROR`: `None` for an ACK, else the negative errno.
+    Error(Option<i32>),
+    Overrun,
+    /// Anything else, and link messages of other families (`AF_BRIDGE`
+    /// port notifications, whose `RTM_DELLINK` does not delete a link).
+    Ignored,
+}
+
+/// Decodes the messages of one datagram. Returns those decoded before the
+/// first undecodable one, and why that one was undecodable.
+fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
+    let mut messages = Vec::new();
+    let mut offset = 0;
+    while offset < buf.len() {
+        let nl = match NetlinkBuffer::new_checked(&buf[offset..]) {
+            Ok(nl) => nl,
+            Err(e) => return (messages, Some(e.to_string())),
+        };
+        let length = nl.length() as usize;
+        let payload = &buf[offset + 16..offset + length];
+        let body = match parse_body(nl.message_type(), payload) {
+            Ok(body) => body,
+            Err(e) => return (messages, Some(e)),
+        };
+        messages.push(Message {
+            seq: nl.sequence_number(),
+            flags: nl.flags(),
+            body,
+        });
+        // NLMSG_ALIGN; `length` is at least the 16-byte header.
+        offset += (length + 3) & !3;
+    }
+    (messages, None)
+}
+
+fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
+    let code = || -> Result<i32, String> {
+        payload
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_ne_bytes)
+            .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
+    };
+    Ok(match message_type {
+        RTM_NEWLINK => parse_link(payload)?.map_or(Body::Ignored, Body::NewLink),
+        RTM_DELLINK => parse_link(payload)?.map_or(Body::Ignored, Body::DelLink),
+        // The kernel may send an empty NLMSG_DONE.
+        NLMSG_DONE if payload.is_empty() => Body::Done(0),
+        NLMSG_DONE => Body::Done(code()?),
+        NLMSG_ERROR => Body::Error(Some(code()?).filter(|&c| c != 0)),
+        NLMSG_OVERRUN => Body::Overrun,
+        _ => Body::Ignored,
+    })
+}
+
+/// Decodes an `RTM_NEWLINK`/`RTM_DELLINK` payload with netlink-packet-route;
+/// if that fails (an attribute it does not understand), decodes only the
+/// header and `IFLA_IFNAME`, so a link event is never lost to an exotic
+/// attribute. `None` for families other than `AF_UNSPEC`.
+fn parse_link(payload: &[u8]) -> Result<Option<Link>, String> {
+    let typed_error = match LinkMessage::parse(payload) {
+        Ok(message) => {
+            if message.header.interface_family != AddressFamily::Unspec {
+                return Ok(None);
+            }
+            let name = message.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            return match name {
+                Some(name) => Ok(Some(Link {
+                    name,
+                    ifindex: message.header.index,
+                    up: message.header.flags.contains(LinkFlags::Up),
+                })),
+                None => Err(format!(
+                    "link message for ifindex {} without IFLA_IFNAME",
+                    message.header.index
+                )),
+            };
+        }
+        Err(e) => e.to_string(),
+    };
+    match parse_link_minimal(payload) {
+        Ok(link) => {
+            tracing::debug!(
+                error = %typed_error,
+                "link message decoded from its header and name only"
+            );
+            Ok(link)
+        }
+        Err(e) => Err(format!("{typed_error}; minimal decode: {e}")),
+    }
+}
+
+/// `struct ifinfomsg` and `IFLA_IFNAME`, nothing else.
+fn parse_link_minimal(payload: &[u8]) -> Result<Option<Link>, String> {
+    let header = payload
+        .get(..IFINFOMSG_LEN)
+        .ok_or_else(|| format!("link message of {} bytes", payload.len()))?;
+    if header[0] != libc::AF_UNSPEC as u8 {
+        return Ok(None);
+    }
+    let word = |at: usize| {
+        u32::from_ne_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let ifindex = word(4);
+    let flags = word(8);
+    for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
+        let nla = nla.map_err(|e| e.to_string())?;
+        if nla.kind() == IFLA_IFNAME {
+            let value = nla.value();
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return Ok(Some(Link {
+                name: String::from_utf8_lossy(&value[..end]).into_owned(),
+                ifindex,
+                up: flags & IFF_UP != 0,
+            }));
+        }
+    }
+    Err(format!(
+        "link message for ifindex {ifindex} without IFLA_IFNAME"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::Emitable;
+    use netlink_packet_route::link::LinkHeader;
+
+    /// A netlink message of `message_type` around `payload`.
+    fn frame(message_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&message_type.to_ne_bytes());
+        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&seq.to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend_from_slice(payload);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out
+    }
+
+    fn link_payload(family: AddressFamily, index: u32, up: bool, name: &str) -> Vec<u8> {
+        let mut header = LinkHeader::default();
+        header.interface_family = family;
+        header.index = index;
+        if up {
+            header.flags = LinkFlags::Up | LinkFlags::Running;
+        }
+        let mut message = LinkMessage::default();
+        message.header = header;
+        message.attributes = vec![
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::IfName(name.to_string()),
+        ];
+        let mut buf = vec![0; message.buffer_len()];
+        message.emit(&mut buf);
+        buf
+    }
+
+    fn raw_nla(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out
+    }
+
+    fn link(name: &str, ifindex: u32, up: bool) -> Link {
+        Link {
+            name: name.to_string(),
+            ifindex,
+            up,
+        }
+    }
+
+    #[test]
+    fn new_and_del_link_notifications() {
+        let mut datagram = frame(
+            RTM_NEWLINK,
+            0,
+            0,
+            &link_payload(AddressFamily::Unspec, 7, true, "veth0"),
+        );
+        datagram.extend(frame(
+            RTM_DELLINK,
+            0,
+            0,
+            &link_payload(AddressFamily::Unspec, 8, false, "veth1"),
+        ));
+        let (messages, malformed) = parse_datagram(&datagram);
+        assert_eq!(malformed, None);
+        let bodies: Vec<Body> = messages.into_iter().map(|m| m.body).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                Body::NewLink(link("veth0", 7, true)),
+                Body::DelLink(link("veth1", 8, false)),
+            ]
+        );
+    }
+
+    #[test]
+    fn bridge_port_messages_are_ignored() {
+        // `RTM_DELLINK` with AF_BRIDGE: a port left a bridge, the link lives.
+        let datagram = frame(
+            RTM_DELLINK,
+            0,
+            0,
+            &link_payload(AddressFamily::Bridge, 9, true, "veth2"),
+        );
+        let (messages, malformed) = parse_datagram(&datagram);
+        assert_eq!(malformed, None);
+        assert_eq!(messages[0].body, Body::Ignored);
+    }
+
+    #[test]
+    fn undecodable_attribute_falls_back_to_header_and_name() {
+        // IFLA_MTU (4) with 2 bytes instead of 4: netlink-packet-route
+        // rejects the message, the minimal decoder still finds the link.
+        let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&42u32.to_ne_bytes());
+        payload[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
+        payload.extend(raw_nla(4, &[1, 2]));
+        payload.extend(raw_nla(IFLA_IFNAME, b"eth9\0"));
+        assert!(LinkMessage::parse(&payload[..]).is_err());
+        let (messages, malformed) = parse_datagram(&frame(RTM_NEWLINK, 0, 0, &payload));
+        assert_eq!(malformed, None);
+        assert_eq!(messages[0].body, Body::NewLink(link("eth9", 42, true)));
+    }
+
+    #[test]
+    fn truly_malformed_messages_are_reported() {
+        // No name at all.
+        let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&5u32.to_ne_bytes());
+        let good = frame(
+            RTM_NEWLINK,
+            0,
+            0,
+            &link_payload(AddressFamily::Unspec, 1, true, "lo"),
+        );
+        let mut datagram = good.clone();
+        datagram.extend(frame(RTM_NEWLINK, 0, 0, &payload));
+        let (messages, malformed) = parse_datagram(&datagram);
+        assert_eq!(messages.len(), 1, "the message before the bad one is kept");
+        assert!(malformed.is_some_and(|m| m.contains("IFLA_IFNAME")));
+
+        // A length field beyond the datagram.
+        let mut cut = good.clone();
+        cut.truncate(good.len() - 8);
+        let (messages, malformed) = parse_datagram(&cut);
+        assert!(messages.is_empty());
+        assert!(malformed.is_some());
+
+        // A link header cut short.
+        let (_, malformed) = parse_datagram(&frame(RTM_DELLINK, 0, 0, &[0; 8]));
+        assert!(malformed.is_some());
+    }
+
+    #[test]
+    fn done_error_and_dump_flags() {
+        let mut datagram = frame(
+            RTM_NEWLINK,
+            NLM_F_DUMP_INTR,
+            5,
+            &link_payload(AddressFamily::Unspec, 1, true, "lo"),
+        );
+        datagram.extend(frame(NLMSG_DONE, 0, 5, &0i32.to_ne_bytes()));
+        datagram.extend(frame(NLMSG_DONE, 0, 6, &[]));
+        datagram.extend(frame(NLMSG_DONE, 0, 7, &(-libc::EBUSY).to_ne_bytes()));
+        datagram.extend(frame(NLMSG_ERROR, 0, 8, &[0; 20]));
+        let mut nack = (-libc::EPERM).to_ne_bytes().to_vec();
+        nack.extend([0; 16]);
+        datagram.extend(frame(NLMSG_ERROR, 0, 9, &nack));
+        let (messages, malformed) = parse_datagram(&datagram);
+        assert_eq!(malformed, None);
+        assert_eq!(messages[0].seq, 5);
+        assert_ne!(messages[0].flags & NLM_F_DUMP_INTR, 0);
+        let bodies: Vec<Body> = messages.into_iter().skip(1).map(|m| m.body).collect();
+        assert_eq!(
+            bodies,
+            vec![
+                Body::Done(0),
+                Body::Done(0),
+                Body::Done(-libc::EBUSY),
+                Body::Error(None),
+                Body::Error(Some(-libc::EPERM)),
+            ]
+        );
+    }
+
+    #[test]
+    fn dump_request_is_a_getlink_dump() {
+        let request = dump_request(77);
+        let nl = NetlinkBuffer::new_checked(&request[..]).expect("valid request");
+        assert_eq!(nl.message_type(), 18); // RTM_GETLINK
+        assert_eq!(nl.flags(), NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(nl.sequence_number(), 77);
+        assert_eq!(nl.length() as usize, request.len());
+    }
+
+    #[tokio::test]
+    async fn works_in_a_runtime_and_refuses_outside_one() {
+        // Inside a runtime it works without privileges (any user may read
+        // the links of its namespace) and sees at least `lo`.
+        let (_watcher, links) = LinkWatcher::new().await.expect("watcher");
+        assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
+        let outside = std::thread::spawn(|| {
+            use std::future::Future;
+            let fut = LinkWatcher::new();
+            // Poll once without a runtime.
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            let mut fut = std::pin::pin!(fut);
+            match fut.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(Err(NetwatchError::NoRuntime)) => true,
+                _ => false,
+            }
+        })
+        .join()
+        .expect("thread");
+        assert!(outside);
+    }
+}

@@ -1,0 +1,1484 @@
+//! Packet generator for the differential suite: every header shape the
+//! datapath has to decide on, with addresses drawn from the example policy's
+//! environments and from outside them.
+//!
+//! A packet is first described as a [`FrameSpec`] (a tree: Ethernet, VLAN
+//! tags, IPv4 / IPv6 with options and extension headers, L4, tunnels with
+//! their own inner packets), then serialized with [`FrameSpec::build`],
+//! which also records every header boundary. [`Gen`] draws random specs and
+//! turns some of the frames into truncations (at a header boundary),
+//! byte-level mutations of valid frames and pure random bytes.
+//!
+//! Everything is deterministic for a seed ([`Rng`] is xoshiro256**), so a
+//! seed printed by a failing run reproduces it.
+//!
+//! [`diff`] is the differential engine (kernel vs reference) used by
+//! `tests/tests/differential.rs` and the `envfence-fuzz` binary; [`pcap`]
+//! reads and writes the capture files of `tests/corpus/`.
+
+pub mod diff;
+pub mod pcap;
+
+use std::net::Ipv4Addr;
+
+/// Largest frame the generator produces (an Ethernet MTU frame).
+pub const MAX_FRAME: usize = 1500;
+/// Smallest frame BPF_PROG_TEST_RUN accepts at all.
+pub const MIN_FRAME: usize = 14;
+
+/// EtherTypes.
+pub mod ethertype {
+    pub const IPV4: u16 = 0x0800;
+    pub const ARP: u16 = 0x0806;
+    pub const VLAN: u16 = 0x8100;
+    pub const QINQ: u16 = 0x88a8;
+    pub const IPV6: u16 = 0x86dd;
+    pub const TEB: u16 = 0x6558;
+    pub const LLDP: u16 = 0x88cc;
+    pub const MPLS: u16 = 0x8847;
+    pub const PPP: u16 = 0x880b;
+}
+
+/// IP protocol numbers.
+pub mod ipproto {
+    pub const HOPOPTS: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const GRE: u8 = 47;
+    pub const ESP: u8 = 50;
+    pub const AH: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const NONE: u8 = 59;
+    pub const DSTOPTS: u8 = 60;
+    pub const SCTP: u8 = 132;
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+}
+
+/// UDP ports of the tunnels the datapath decapsulates.
+pub const VXLAN_PORT: u16 = 4789;
+pub const GENEVE_PORT: u16 = 6081;
+
+// ---------------------------------------------------------------------------
+// Random numbers
+
+/// xoshiro256** seeded through SplitMix64: small, fast and the same on every
+/// platform and version, so a printed seed always reproduces a run.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        debug_assert!(n > 0);
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u32) -> bool {
+        self.below(100) < percent as usize
+    }
+
+    pub fn u8(&mut self) -> u8 {
+        self.next_u64() as u8
+    }
+
+    pub fn u16(&mut self) -> u16 {
+        self.next_u64() as u16
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+
+    /// Picks an item with probability proportional to its weight.
+    pub fn weighted<T: Copy>(&mut self, items: &[(u32, T)]) -> T {
+        let total: u32 = items.iter().map(|(w, _)| w).sum();
+        let mut x = self.below(total as usize) as u32;
+        for (w, t) in items {
+            if x < *w {
+                return *t;
+            }
+            x -= w;
+        }
+        items[items.len() - 1].1
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8()).collect()
+    }
+
+    /// Fewer than `max` random bytes.
+    pub fn bytes_below(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max);
+        self.bytes(n)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Packet descriptions
+
+/// A length field: right, or deliberately wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LenField {
+    /// What the bytes that follow say.
+    Exact,
+    /// The right value plus this (may be negative); clamped to 0..=65535.
+    Delta(i32),
+    /// A fixed value.
+    Value(u16),
+}
+
+impl LenField {
+    fn apply(self, exact: usize) -> u16 {
+        match self {
+            LenField::Exact => exact.min(65535) as u16,
+            LenField::Delta(d) => (exact as i64 + i64::from(d)).clamp(0, 65535) as u16,
+            LenField::Value(v) => v,
+        }
+    }
+}
+
+/// An Ethernet frame.
+#[derive(Clone, Debug)]
+pub struct FrameSpec {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// VLAN tags, outermost first: (TPID, TCI).
+    pub vlans: Vec<(u16, u16)>,
+    pub l3: L3Spec,
+    /// Zero-pad the frame to this length (Ethernet's 60-byte minimum).
+    pub pad_to: usize,
+}
+
+/// What the Ethernet frame carries.
+#[derive(Clone, Debug)]
+pub enum L3Spec {
+    V4(Box<Ip4Spec>),
+    V6(Box<Ip6Spec>),
+    /// Any other EtherType with raw bytes (ARP, LLDP, an 802.3 length ...).
+    Other { ethertype: u16, bytes: Vec<u8> },
+}
+
+/// An IPv4 packet.
+#[derive(Clone, Debug)]
+pub struct Ip4Spec {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Options (padded to a multiple of 4 when built).
+    pub options: Vec<u8>,
+    /// The raw flags + fragment offset field.
+    pub frag: u16,
+    /// IHL to write instead of the right one.
+    pub ihl: Option<u8>,
+    pub version: u8,
+    pub tot_len: LenField,
+    pub id: u16,
+    pub payload: L4Spec,
+    /// Keep only this many bytes of the payload (the length fields follow:
+    /// a consistent truncation of the L4 header or what is tunnelled).
+    pub cut: Option<usize>,
+}
+
+/// An IPv6 packet.
+#[derive(Clone, Debug)]
+pub struct Ip6Spec {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub ext: Vec<ExtSpec>,
+    pub payload_len: LenField,
+    pub version: u8,
+    pub payload: L4Spec,
+    /// As [`Ip4Spec::cut`], applied to everything after the fixed header.
+    pub cut: Option<usize>,
+}
+
+/// One IPv6 extension header.
+#[derive(Clone, Debug)]
+pub struct ExtSpec {
+    /// Its protocol number (hop-by-hop, routing, fragment, dest opts, AH,
+    /// ESP, mobility, HIP, shim6).
+    pub kind: u8,
+    /// The header's length field (8-byte units past the first 8, AH: 4-byte
+    /// units minus 2); ignored for the fragment header and ESP.
+    pub units: u8,
+    /// Fragment header: offset (in 8-byte units) << 3 | M flag.
+    pub frag: u16,
+    pub fill: u8,
+}
+
+/// What an IP packet carries.
+#[derive(Clone, Debug)]
+pub enum L4Spec {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        data: usize,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        body: UdpBody,
+        /// The UDP length field.
+        len: LenField,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        v6: bool,
+        ty: u8,
+        code: u8,
+    },
+    /// IPv4 inside (protocol 4).
+    Ip4(Box<Ip4Spec>),
+    /// IPv6 inside (protocol 41).
+    Ip6(Box<Ip6Spec>),
+    Gre(Box<GreSpec>),
+    /// Any protocol number with raw bytes.
+    Raw { proto: u8, bytes: Vec<u8> },
+}
+
+/// A UDP payload.
+#[derive(Clone, Debug)]
+pub enum UdpBody {
+    Data(Vec<u8>),
+    /// VXLAN (flags, VNI) and an Ethernet frame.
+    Vxlan { flags: u8, vni: u32, inner: Inner },
+    /// Geneve with `opt_words` 4-byte words of options, protocol type and
+    /// what follows.
+    Geneve {
+        opt_words: u8,
+        proto: u16,
+        inner: Inner,
+    },
+}
+
+/// GRE: the first 16 bits (C R K S, recursion, flags, version), the
+/// protocol type, and what follows the optional fields.
+#[derive(Clone, Debug)]
+pub struct GreSpec {
+    pub flags: u16,
+    pub proto: u16,
+    pub inner: Inner,
+}
+
+/// What a tunnel carries.
+#[derive(Clone, Debug)]
+pub enum Inner {
+    Eth(Box<FrameSpec>),
+    Ip4(Box<Ip4Spec>),
+    Ip6(Box<Ip6Spec>),
+    Raw(Vec<u8>),
+}
+
+/// Serialized bytes and the offsets where each header starts.
+struct Built {
+    bytes: Vec<u8>,
+    marks: Vec<usize>,
+}
+
+impl Built {
+    fn new(bytes: Vec<u8>) -> Built {
+        Built {
+            bytes,
+            marks: vec![0],
+        }
+    }
+    /// Puts `header` in front.
+    fn prepend(mut self, header: &[u8]) -> Built {
+        let mut bytes = Vec::with_capacity(header.len() + self.bytes.len());
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&self.bytes);
+        for m in &mut self.marks {
+            *m += header.len();
+        }
+        self.marks.insert(0, 0);
+        Built {
+            bytes,
+            marks: self.marks,
+        }
+    }
+    fn cut(&mut self, n: Option<usize>) {
+        if let Some(n) = n {
+            self.bytes.truncate(n);
+            self.marks.retain(|m| *m <= n);
+        }
+    }
+}
+
+impl FrameSpec {
+    /// The frame's bytes.
+    pub fn build(&self) -> Vec<u8> {
+        self.build_marked().0
+    }
+
+    /// The frame's bytes and the offset of every header boundary in it
+    /// (where truncations are most interesting).
+    pub fn build_marked(&self) -> (Vec<u8>, Vec<usize>) {
+        let b = self.built();
+        let mut marks = b.marks;
+        marks.sort_unstable();
+        marks.dedup();
+        (b.bytes, marks)
+    }
+
+    fn built(&self) -> Built {
+        let (ethertype, body) = match &self.l3 {
+            L3Spec::V4(ip) => (ethertype::IPV4, ip.built()),
+            L3Spec::V6(ip) => (ethertype::IPV6, ip.built()),
+            L3Spec::Other { ethertype, bytes } => (*ethertype, Built::new(bytes.clone())),
+        };
+        let mut b = body;
+        // Innermost tag first, so the outermost ends up first.
+        let mut next = ethertype;
+        for (tpid, tci) in self.vlans.iter().rev() {
+            let mut tag = tci.to_be_bytes().to_vec();
+            tag.extend_from_slice(&next.to_be_bytes());
+            b = b.prepend(&tag);
+            next = *tpid;
+        }
+        let mut eth = Vec::with_capacity(14);
+        eth.extend_from_slice(&self.dst_mac);
+        eth.extend_from_slice(&self.src_mac);
+        eth.extend_from_slice(&next.to_be_bytes());
+        let mut b = b.prepend(&eth);
+        if b.bytes.len() < self.pad_to {
+            b.bytes.resize(self.pad_to, 0);
+        }
+        b
+    }
+}
+
+/// IPv4 header checksum (also right for any even-length header).
+pub fn ip_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in header.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl Ip4Spec {
+    /// The packet's bytes (IP header included).
+    pub fn build(&self) -> Vec<u8> {
+        self.built().bytes
+    }
+
+    fn built(&self) -> Built {
+        let mut body = self.payload.built(false);
+        body.cut(self.cut);
+        let mut options = self.options.clone();
+        while options.len() % 4 != 0 {
+            options.push(0);
+        }
+        options.truncate(40);
+        let hlen = 20 + options.len();
+        let ihl = self.ihl.unwrap_or((hlen / 4) as u8);
+        let mut h = vec![0u8; 20];
+        h[0] = (self.version << 4) | (ihl & 0x0f);
+        let tot = self.tot_len.apply(hlen + body.bytes.len());
+        h[2..4].copy_from_slice(&tot.to_be_bytes());
+        h[4..6].copy_from_slice(&self.id.to_be_bytes());
+        h[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        h[8] = 64;
+        h[9] = self.payload.proto();
+        h[12..16].copy_from_slice(&self.src);
+        h[16..20].copy_from_slice(&self.dst);
+        h.extend_from_slice(&options);
+        let csum = ip_checksum(&h);
+        h[10..12].copy_from_slice(&csum.to_be_bytes());
+        body.prepend(&h)
+    }
+}
+
+impl Ip6Spec {
+    /// The packet's bytes (IP header included).
+    pub fn build(&self) -> Vec<u8> {
+        self.built().bytes
+    }
+
+    fn built(&self) -> Built {
+        let mut b = self.payload.built(true);
+        let mut next = self.payload.proto();
+        for e in self.ext.iter().rev() {
+            let header = e.bytes(next);
+            b = b.prepend(&header);
+            next = e.kind;
+        }
+        b.cut(self.cut);
+        let mut h = vec![0u8; 40];
+        h[0] = self.version << 4;
+        let plen = self.payload_len.apply(b.bytes.len());
+        h[4..6].copy_from_slice(&plen.to_be_bytes());
+        h[6] = next;
+        h[7] = 64;
+        h[8..24].copy_from_slice(&self.src);
+        h[24..40].copy_from_slice(&self.dst);
+        b.prepend(&h)
+    }
+}
+
+impl ExtSpec {
+    /// The header's bytes, with `next` as its next header.
+    fn bytes(&self, next: u8) -> Vec<u8> {
+        match self.kind {
+            ipproto::FRAGMENT => {
+                let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
+                h[2..4].copy_from_slice(&self.frag.to_be_bytes());
+                h[4..8].copy_from_slice(&[0x12, 0x34, 0x56, self.fill]);
+                h
+            }
+            ipproto::ESP => {
+                // SPI and sequence number; what follows is "encrypted".
+                vec![0, 0, 0x10, self.fill, 0, 0, 0, 1]
+            }
+            ipproto::AH => {
+                let len = (usize::from(self.units) + 2) * 4;
+                let mut h = vec![self.fill; len];
+                h[0] = next;
+                h[1] = self.units;
+                h
+            }
+            _ => {
+                let len = (usize::from(self.units) + 1) * 8;
+                // PadN options so the contents look real.
+                let mut h = vec![0u8; len];
+                h[0] = next;
+                h[1] = self.units;
+                if len > 2 {
+                    h[2] = 1;
+                    h[3] = (len - 4) as u8;
+                    for b in h.iter_mut().skip(4) {
+                        *b = self.fill;
+                    }
+                }
+                h
+            }
+        }
+    }
+}
+
+impl L4Spec {
+    /// The IP protocol number.
+    pub fn proto(&self) -> u8 {
+        match self {
+            L4Spec::Tcp { .. } => ipproto::TCP,
+            L4Spec::Udp { .. } => ipproto::UDP,
+            L4Spec::Sctp { .. } => ipproto::SCTP,
+            L4Spec::Icmp { v6: false, .. } => ipproto::ICMP,
+            L4Spec::Icmp { v6: true, .. } => ipproto::ICMPV6,
+            L4Spec::Ip4(_) => ipproto::IPIP,
+            L4Spec::Ip6(_) => ipproto::IPV6,
+            L4Spec::Gre(_) => ipproto::GRE,
+            L4Spec::Raw { proto, .. } => *proto,
+        }
+    }
+
+    fn built(&self, _v6: bool) -> Built {
+        match self {
+            L4Spec::Tcp { sport, dport, data } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = 0x02;
+                h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                Built::new(vec![0x61; *data]).prepend(&h)
+            }
+            L4Spec::Udp {
+                sport,
+                dport,
+                body,
+                len,
+            } => {
+                let b = body.built();
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                let l = len.apply(8 + b.bytes.len());
+                h[4..6].copy_from_slice(&l.to_be_bytes());
+                b.prepend(&h)
+            }
+            L4Spec::Sctp { sport, dport } => {
+                let mut h = vec![0u8; 12];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+                // An INIT chunk header.
+                Built::new(vec![1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1])
+                    .prepend(&h)
+            }
+            L4Spec::Icmp { ty, code, .. } => {
+                Built::new(vec![*ty, *code, 0, 0, 0x12, 0x34, 0, 1, 0x61, 0x62, 0x63, 0x64])
+            }
+            L4Spec::Ip4(ip) => ip.built(),
+            L4Spec::Ip6(ip) => ip.built(),
+            L4Spec::Gre(g) => g.built(),
+            L4Spec::Raw { bytes, .. } => Built::new(bytes.clone()),
+        }
+    }
+}
+
+impl UdpBody {
+    fn built(&self) -> Built {
+        match self {
+            UdpBody::Data(d) => Built::new(d.clone()),
+            UdpBody::Vxlan { flags, vni, inner } => {
+                let mut h = vec![*flags, 0, 0, 0, 0, 0, 0, 0];
+                h[4..7].copy_from_slice(&vni.to_be_bytes()[1..4]);
+                inner.built().prepend(&h)
+            }
+            UdpBody::Geneve {
+                opt_words,
+                proto,
+                inner,
+            } => {
+                let mut h = vec![opt_words & 0x3f, 0, 0, 0, 0, 0, 0x2a, 0];
+                h[2..4].copy_from_slice(&proto.to_be_bytes());
+                // Options: class 0x0102, type 0x80, length in words - 1.
+                let mut opts = Vec::new();
+                let mut left = usize::from(opt_words & 0x3f);
+                while left > 0 {
+                    let words = left.min(8);
+                    opts.extend_from_slice(&[0x01, 0x02, 0x80, (words - 1) as u8]);
+                    opts.extend(std::iter::repeat_n(0x5a, (words - 1) * 4));
+                    left -= words;
+                }
+                h.extend_from_slice(&opts);
+                inner.built().prepend(&h)
+            }
+        }
+    }
+}
+
+impl GreSpec {
+    fn built(&self) -> Built {
+        let mut h = Vec::with_capacity(16);
+        h.extend_from_slice(&self.flags.to_be_bytes());
+        h.extend_from_slice(&self.proto.to_be_bytes());
+        if self.flags & 0x8000 != 0 {
+            h.extend_from_slice(&[0xc5, 0xc5, 0, 0]);
+        }
+        if self.flags & 0x2000 != 0 {
+            h.extend_from_slice(&[0, 0, 0x30, 0x39]);
+        }
+        if self.flags & 0x1000 != 0 {
+            h.extend_from_slice(&[0, 0, 0, 7]);
+        }
+        self.inner.built().prepend(&h)
+    }
+}
+
+impl Inner {
+    fn built(&self) -> Built {
+        match self {
+            Inner::Eth(f) => f.built(),
+            Inner::Ip4(ip) => ip.built(),
+            Inner::Ip6(ip) => ip.built(),
+            Inner::Raw(b) => Built::new(b.clone()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Addresses
+
+/// The example policy's environments (agent/policy/example.yaml), as the
+/// generator draws from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Env {
+    Production,
+    Staging,
+    Test,
+    Dev,
+    Ops,
+    /// In no environment.
+    World,
+}
+
+impl Env {
+    pub const ALL: [Env; 6] = [
+        Env::Production,
+        Env::Staging,
+        Env::Test,
+        Env::Dev,
+        Env::Ops,
+        Env::World,
+    ];
+}
+
+/// An IPv4 address of `env` (World: one of several near misses and
+/// unrelated addresses).
+pub fn v4_in(rng: &mut Rng, env: Env) -> [u8; 4] {
+    let (a, b) = (rng.u8(), rng.u8());
+    match env {
+        Env::Production => [10, 10, a, b],
+        Env::Staging => [10, 20, a, b],
+        Env::Test => [10, 30, a, b],
+        Env::Dev => [10, 40, a, b],
+        Env::Ops => [10, 0, 0, b],
+        Env::World => match rng.below(8) {
+            0 => [10, 0, 1 + rng.below(255) as u8, b],
+            1 => [10, 11, a, b],
+            2 => [10, 31, a, b],
+            3 => [192, 0, 2, b],
+            4 => [0, 0, 0, 0],
+            5 => [255, 255, 255, 255],
+            6 => [10, 9, 255, 255],
+            _ => {
+                let x = rng.u32();
+                // Anything outside 10/8.
+                let x = if x >> 24 == 10 { x ^ 0x8000_0000 } else { x };
+                Ipv4Addr::from(x).octets()
+            }
+        },
+    }
+}
+
+/// An IPv6 address of `env` (sometimes IPv4-mapped, which the datapath
+/// judges as the IPv4 address; World: near misses, IPv4-compatible and
+/// NAT64 forms that must *not* be judged as IPv4, and random ones).
+pub fn v6_in(rng: &mut Rng, env: Env) -> [u8; 16] {
+    if env != Env::World && rng.chance(15) {
+        return mapped(v4_in(rng, env));
+    }
+    let mut a = [0u8; 16];
+    for b in a.iter_mut().skip(4) {
+        *b = rng.u8();
+    }
+    let prefix: [u8; 4] = match env {
+        Env::Production => [0xfd, 0, 0, 0x10],
+        Env::Staging => [0xfd, 0, 0, 0x20],
+        Env::Test => [0xfd, 0, 0, 0x30],
+        Env::Dev => [0xfd, 0, 0, 0x40],
+        Env::Ops => {
+            a[..8].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 1]);
+            return a;
+        }
+        Env::World => {
+            let env = rng.pick(&Env::ALL);
+            let v4 = v4_in(rng, env);
+            match rng.below(9) {
+                0 => {
+                    a[..8].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 2]);
+                    return a;
+                }
+                1 => [0xfd, 0, 0, 0x11],
+                2 => [0xfd, 0, 0, 0x31],
+                3 => {
+                    // ::ffff:0:a.b.c.d (SIIT), not mapped.
+                    let mut x = [0u8; 16];
+                    x[8..10].copy_from_slice(&[0xff, 0xff]);
+                    x[12..].copy_from_slice(&v4);
+                    return x;
+                }
+                4 => {
+                    // ::a.b.c.d (IPv4-compatible), not mapped.
+                    let mut x = [0u8; 16];
+                    x[12..].copy_from_slice(&v4);
+                    return x;
+                }
+                5 => {
+                    // 64:ff9b::a.b.c.d (NAT64).
+                    let mut x = [0u8; 16];
+                    x[..4].copy_from_slice(&[0, 0x64, 0xff, 0x9b]);
+                    x[12..].copy_from_slice(&v4);
+                    return x;
+                }
+                6 => {
+                    // ::fffe:a.b.c.d: one bit off mapped.
+                    let mut x = mapped(v4);
+                    x[11] = 0xfe;
+                    return x;
+                }
+                7 => [0x20, 0x01, 0x0d, 0xb8],
+                _ => {
+                    for b in a.iter_mut().take(4) {
+                        *b = rng.u8();
+                    }
+                    return a;
+                }
+            }
+        }
+    };
+    a[..4].copy_from_slice(&prefix);
+    a
+}
+
+/// `::ffff:a.b.c.d`.
+pub fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12..].copy_from_slice(&v4);
+    a
+}
+
+/// Environments weighted toward the pair the policy cares most about.
+fn draw_env(rng: &mut Rng) -> Env {
+    rng.weighted(&[
+        (30, Env::Test),
+        (30, Env::Production),
+        (8, Env::Staging),
+        (8, Env::Dev),
+        (8, Env::Ops),
+        (16, Env::World),
+    ])
+}
+
+/// A destination port that often hits the policy's port rules (53) and the
+/// tunnel ports.
+fn draw_port(rng: &mut Rng) -> u16 {
+    let any = rng.u16();
+    rng.weighted(&[
+        (35, 53u16),
+        (10, 80),
+        (5, 443),
+        (5, 8080),
+        (5, VXLAN_PORT),
+        (5, GENEVE_PORT),
+        (3, 0),
+        (3, 54),
+        (3, 52),
+        (3, 65535),
+        (23, any),
+    ])
+}
+
+// ---------------------------------------------------------------------------
+// The generator
+
+/// What kind of case a generated frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A frame built from a spec (which may itself be deliberately
+    /// inconsistent: wrong lengths, IHL < 5, cut headers ...).
+    Built,
+    /// A built frame cut at (or next to) a header boundary.
+    Truncated,
+    /// A built frame with bytes flipped, replaced, inserted or removed.
+    Mutated,
+    /// Random bytes.
+    Random,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Built, Kind::Truncated, Kind::Mutated, Kind::Random];
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Built => "built",
+            Kind::Truncated => "truncated",
+            Kind::Mutated => "mutated",
+            Kind::Random => "random",
+        }
+    }
+}
+
+/// One generated frame.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub frame: Vec<u8>,
+    pub kind: Kind,
+}
+
+/// Random packets of every shape. See the module docs.
+pub struct Gen {
+    pub rng: Rng,
+}
+
+/// Deepest tunnel nesting generated (3 = a tunnel in a tunnel in a tunnel).
+const MAX_DEPTH: u32 = 3;
+
+impl Gen {
+    pub fn new(seed: u64) -> Gen {
+        Gen {
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// The next case.
+    pub fn case(&mut self) -> Case {
+        let kind = self.rng.weighted(&[
+            (55, Kind::Built),
+            (15, Kind::Truncated),
+            (22, Kind::Mutated),
+            (8, Kind::Random),
+        ]);
+        let frame = match kind {
+            Kind::Built => self.frame(),
+            Kind::Truncated => {
+                let (f, marks) = self.frame_marked();
+                self.truncate(f, &marks)
+            }
+            Kind::Mutated => {
+                let (f, marks) = self.frame_marked();
+                self.mutate(f, &marks)
+            }
+            Kind::Random => self.random_bytes(),
+        };
+        Case { frame, kind }
+    }
+
+    /// A frame from a random spec, at most [`MAX_FRAME`] bytes.
+    pub fn frame(&mut self) -> Vec<u8> {
+        self.frame_marked().0
+    }
+
+    fn frame_marked(&mut self) -> (Vec<u8>, Vec<usize>) {
+        loop {
+            let spec = self.frame_spec(0);
+            let (f, marks) = spec.build_marked();
+            if f.len() <= MAX_FRAME {
+                return (f, marks);
+            }
+        }
+    }
+
+    /// A random Ethernet frame spec; `depth` is the number of tunnels
+    /// around it.
+    pub fn frame_spec(&mut self, depth: u32) -> FrameSpec {
+        let r = &mut self.rng;
+        let tags = r.weighted(&[(55, 0usize), (18, 1), (17, 2), (7, 3), (3, 4)]);
+        let vlans = (0..tags)
+            .map(|_| {
+                let tpid = r.weighted(&[
+                    (60, ethertype::VLAN),
+                    (35, ethertype::QINQ),
+                    (5, 0x9100u16),
+                ]);
+                let tci = if r.chance(20) { 0 } else { r.u16() };
+                (tpid, tci)
+            })
+            .collect();
+        let mut dst_mac = [0x02, 0, 0, 0, 0, 1];
+        let mut src_mac = [0x02, 0, 0, 0, 0, 2];
+        if r.chance(10) {
+            dst_mac = [0xff; 6];
+        } else if r.chance(10) {
+            dst_mac = [0x01, 0x00, 0x5e, 0, 0, 0xfb];
+        }
+        src_mac[5] = r.u8();
+        dst_mac[4] = r.u8() & 0x0f;
+        let pad_to = if r.chance(30) { 60 } else { 0 };
+        let l3 = self.l3(depth);
+        FrameSpec {
+            dst_mac,
+            src_mac,
+            vlans,
+            l3,
+            pad_to,
+        }
+    }
+
+    fn l3(&mut self, depth: u32) -> L3Spec {
+        match self.rng.weighted(&[(46, 4u8), (46, 6), (8, 0)]) {
+            4 => L3Spec::V4(Box::new(self.ip4(depth))),
+            6 => L3Spec::V6(Box::new(self.ip6(depth))),
+            _ => {
+                let r = &mut self.rng;
+                let ethertype = r.weighted(&[
+                    (40, ethertype::ARP),
+                    (15, ethertype::LLDP),
+                    (10, ethertype::MPLS),
+                    (10, 0x0060u16),
+                    (10, ethertype::TEB),
+                    (15, 0x1234),
+                ]);
+                let n = r.range(0, 60);
+                L3Spec::Other {
+                    ethertype,
+                    bytes: r.bytes(n),
+                }
+            }
+        }
+    }
+
+    /// A random IPv4 packet.
+    pub fn ip4(&mut self, depth: u32) -> Ip4Spec {
+        let r = &mut self.rng;
+        let (se, de) = (draw_env(r), draw_env(r));
+        let src = v4_in(r, se);
+        let dst = v4_in(r, de);
+        let options = if r.chance(15) {
+            let words = r.range(1, 10);
+            let mut o = Vec::with_capacity(words * 4);
+            for _ in 0..words * 4 {
+                let any = r.u8();
+                o.push(r.weighted(&[(40, 1u8), (20, 0), (40, any)]));
+            }
+            o
+        } else {
+            Vec::new()
+        };
+        let (off1, off2, any) = (r.range(1, 0x1fff) as u16, r.range(1, 0x1fff) as u16, r.u16());
+        let frag = r.weighted(&[
+            (45, 0u16),
+            (25, 0x4000),
+            (8, 0x2000),
+            (8, 0x2000 | off1),
+            (8, off2),
+            (3, 0x8000),
+            (3, any),
+        ]);
+        let ihl = if r.chance(3) {
+            Some(r.below(5) as u8)
+        } else if r.chance(2) {
+            Some(r.range(5, 15) as u8)
+        } else {
+            None
+        };
+        let version = if r.chance(2) { r.below(16) as u8 } else { 4 };
+        let tot_len = self.len_field();
+        let payload = self.l4(depth, false);
+        let cut = self.cut();
+        Ip4Spec {
+            src,
+            dst,
+            options,
+            frag,
+            ihl,
+            version,
+            tot_len,
+            id: self.rng.u16(),
+            payload,
+            cut,
+        }
+    }
+
+    /// A random IPv6 packet.
+    pub fn ip6(&mut self, depth: u32) -> Ip6Spec {
+        let r = &mut self.rng;
+        let (se, de) = (draw_env(r), draw_env(r));
+        let src = v6_in(r, se);
+        let dst = v6_in(r, de);
+        let n_ext = if r.chance(45) {
+            r.weighted(&[
+                (30, 1usize),
+                (20, 2),
+                (10, 3),
+                (8, 4),
+                (6, 5),
+                (8, 6),
+                (10, 7),
+                (8, 8),
+            ])
+        } else {
+            0
+        };
+        let ext = (0..n_ext).map(|_| self.ext()).collect();
+        let version = if self.rng.chance(2) {
+            self.rng.below(16) as u8
+        } else {
+            6
+        };
+        let payload_len = self.len_field();
+        let payload = self.l4(depth, true);
+        let cut = self.cut();
+        Ip6Spec {
+            src,
+            dst,
+            ext,
+            payload_len,
+            version,
+            payload,
+            cut,
+        }
+    }
+
+    fn ext(&mut self) -> ExtSpec {
+        let r = &mut self.rng;
+        let kind = r.weighted(&[
+            (20, ipproto::HOPOPTS),
+            (15, ipproto::ROUTING),
+            (20, ipproto::DSTOPTS),
+            (20, ipproto::FRAGMENT),
+            (10, ipproto::AH),
+            (5, ipproto::ESP),
+            (4, ipproto::MOBILITY),
+            (3, ipproto::HIP),
+            (3, ipproto::SHIM6),
+        ]);
+        let units = if r.chance(5) {
+            r.range(8, 60) as u8
+        } else {
+            r.below(4) as u8
+        };
+        let frag = match r.below(4) {
+            0 => 0,
+            1 => 1,
+            _ => ((r.range(1, 0x1fff) as u16) << 3) | (r.below(2) as u16),
+        };
+        ExtSpec {
+            kind,
+            units,
+            frag,
+            fill: r.u8(),
+        }
+    }
+
+    fn len_field(&mut self) -> LenField {
+        let r = &mut self.rng;
+        match r.below(100) {
+            0..=87 => LenField::Exact,
+            88..=93 => LenField::Delta(r.range(0, 16) as i32 - 8),
+            94..=96 => LenField::Delta(-(r.range(1, 60) as i32)),
+            _ => LenField::Value(r.u16()),
+        }
+    }
+
+    /// A consistent truncation of a layer's payload, sometimes.
+    fn cut(&mut self) -> Option<usize> {
+        if self.rng.chance(6) {
+            let r = &mut self.rng;
+            let (a, b, c) = (r.below(4), r.below(12), r.below(60));
+            Some(r.weighted(&[(30, a), (30, b), (40, c)]))
+        } else {
+            None
+        }
+    }
+
+    fn l4(&mut self, depth: u32, v6: bool) -> L4Spec {
+        let tunnel_weight = match depth {
+            0 => 28,
+            1 => 10,
+            d if d < MAX_DEPTH => 4,
+            _ => 0,
+        };
+        let choice = self.rng.weighted(&[
+            (20, 0u8),
+            (28, 1),
+            (6, 2),
+            (10, 3),
+            (tunnel_weight, 4),
+            (6, 5),
+        ]);
+        let r = &mut self.rng;
+        match choice {
+            0 => L4Spec::Tcp {
+                sport: r.u16(),
+                dport: draw_port(r),
+                data: if r.chance(70) { 0 } else { r.below(40) },
+            },
+            1 => {
+                let sport = if r.chance(5) { VXLAN_PORT } else { r.u16() };
+                let dport = draw_port(r);
+                let body = if dport == VXLAN_PORT || dport == GENEVE_PORT {
+                    if r.chance(85) {
+                        self.udp_tunnel(depth, dport)
+                    } else {
+                        let n = self.rng.below(24);
+                        UdpBody::Data(self.rng.bytes(n))
+                    }
+                } else {
+                    let n = r.below(32);
+                    UdpBody::Data(r.bytes(n))
+                };
+                let len = if self.rng.chance(5) {
+                    LenField::Value(self.rng.u16())
+                } else {
+                    LenField::Exact
+                };
+                L4Spec::Udp {
+                    sport,
+                    dport,
+                    body,
+                    len,
+                }
+            }
+            2 => L4Spec::Sctp {
+                sport: r.u16(),
+                dport: draw_port(r),
+            },
+            3 => L4Spec::Icmp {
+                v6: if r.chance(90) { v6 } else { !v6 },
+                ty: if r.chance(90) {
+                    r.pick(&[8u8, 0, 3, 11, 128, 129, 135, 136])
+                } else {
+                    r.u8()
+                },
+                code: if r.chance(80) { 0 } else { r.u8() },
+            },
+            4 => self.ip_tunnel(depth),
+            _ => {
+                let any = r.u8();
+                let proto = r.weighted(&[
+                    (30, any),
+                    (10, ipproto::ESP),
+                    (10, ipproto::AH),
+                    (10, ipproto::HOPOPTS),
+                    (10, ipproto::FRAGMENT),
+                    (10, ipproto::NONE),
+                    (10, ipproto::ROUTING),
+                    (10, 2u8),
+                ]);
+                let n = r.below(40);
+                L4Spec::Raw {
+                    proto,
+                    bytes: r.bytes(n),
+                }
+            }
+        }
+    }
+
+    /// IPIP, IPv6-in-IP or GRE around a random inner packet.
+    fn ip_tunnel(&mut self, depth: u32) -> L4Spec {
+        match self.rng.weighted(&[(25, 0u8), (25, 1), (50, 2)]) {
+            0 => L4Spec::Ip4(Box::new(self.ip4(depth + 1))),
+            1 => L4Spec::Ip6(Box::new(self.ip6(depth + 1))),
+            _ => {
+                let r = &mut self.rng;
+                let mut flags = 0u16;
+                for bit in [0x8000u16, 0x2000, 0x1000] {
+                    if r.chance(35) {
+                        flags |= bit;
+                    }
+                }
+                if r.chance(5) {
+                    flags |= 0x4000; // routing present: not decapsulated
+                }
+                if r.chance(8) {
+                    flags |= 1; // version 1 (PPTP)
+                } else if r.chance(3) {
+                    flags |= r.range(2, 7) as u16;
+                }
+                if r.chance(5) {
+                    flags |= (r.u16() & 0x0ff8) | 0x0100;
+                }
+                let any = r.u16();
+                let proto = r.weighted(&[
+                    (35, ethertype::IPV4),
+                    (25, ethertype::IPV6),
+                    (25, ethertype::TEB),
+                    (5, ethertype::PPP),
+                    (5, ethertype::VLAN),
+                    (5, any),
+                ]);
+                let inner = self.inner_for(proto, depth + 1);
+                L4Spec::Gre(Box::new(GreSpec { flags, proto, inner }))
+            }
+        }
+    }
+
+    fn udp_tunnel(&mut self, depth: u32, dport: u16) -> UdpBody {
+        if dport == VXLAN_PORT {
+            let flags = if self.rng.chance(90) { 0x08 } else { self.rng.u8() };
+            let vni = self.rng.u32() & 0xff_ffff;
+            let inner = if self.rng.chance(95) {
+                Inner::Eth(Box::new(self.frame_spec(depth + 1)))
+            } else {
+                Inner::Raw(self.rng.bytes_below(20))
+            };
+            UdpBody::Vxlan { flags, vni, inner }
+        } else {
+            let r = &mut self.rng;
+            let (few, many, any) = (r.range(1, 8) as u8, r.range(9, 63) as u8, r.u16());
+            let opt_words = r.weighted(&[(50, 0u8), (30, few), (20, many)]);
+            let proto = r.weighted(&[
+                (60, ethertype::TEB),
+                (15, ethertype::IPV4),
+                (15, ethertype::IPV6),
+                (10, any),
+            ]);
+            let inner = self.inner_for(proto, depth + 1);
+            UdpBody::Geneve {
+                opt_words,
+                proto,
+                inner,
+            }
+        }
+    }
+
+    /// A packet of the kind `proto` (an EtherType) announces, usually.
+    fn inner_for(&mut self, proto: u16, depth: u32) -> Inner {
+        if self.rng.chance(7) {
+            return Inner::Raw(self.rng.bytes_below(48));
+        }
+        match proto {
+            ethertype::IPV4 => Inner::Ip4(Box::new(self.ip4(depth))),
+            ethertype::IPV6 => Inner::Ip6(Box::new(self.ip6(depth))),
+            ethertype::TEB => Inner::Eth(Box::new(self.frame_spec(depth))),
+            _ => Inner::Raw(self.rng.bytes_below(48)),
+        }
+    }
+
+    /// Cuts `frame` at a header boundary, give or take a few bytes.
+    pub fn truncate(&mut self, mut frame: Vec<u8>, marks: &[usize]) -> Vec<u8> {
+        let r = &mut self.rng;
+        let base = if marks.is_empty() || r.chance(10) {
+            r.below(frame.len().max(1))
+        } else {
+            r.pick(marks)
+        };
+        let step = r.range(1, 4) as i64;
+        let delta = r.weighted(&[(50, 0i64), (30, step), (20, -step)]);
+        let at = (base as i64 + delta).clamp(MIN_FRAME as i64, frame.len() as i64) as usize;
+        frame.truncate(at);
+        frame
+    }
+
+    /// Changes a few bytes of `frame` (mostly in the headers).
+    pub fn mutate(&mut self, mut frame: Vec<u8>, marks: &[usize]) -> Vec<u8> {
+        let r = &mut self.rng;
+        let rounds = r.range(1, 4);
+        for _ in 0..rounds {
+            if frame.is_empty() {
+                break;
+            }
+            let hot = frame.len().min(160);
+            let at = if !marks.is_empty() && r.chance(50) {
+                (r.pick(marks) + r.below(4)).min(frame.len() - 1)
+            } else if r.chance(80) {
+                r.below(hot)
+            } else {
+                r.below(frame.len())
+            };
+            match r.below(6) {
+                0 => frame[at] ^= 1 << r.below(8),
+                1 => frame[at] = r.u8(),
+                2 => {
+                    frame[at] = r.pick(&[
+                        0u8, 0xff, 0x45, 0x46, 0x4f, 0x60, 0x81, 0x88, 0xa8, 0x86, 0xdd, 0x08, 0x11,
+                        0x06, 0x2f, 0x04, 0x29, 0x2c, 0x32, 0x33, 0x3c, 0x12, 0xb5, 0x17, 0xc1,
+                    ])
+                }
+                3 => {
+                    // A 4-byte insert: often a whole extra VLAN tag.
+                    let ins: Vec<u8> = if r.chance(50) {
+                        vec![0x81, 0x00, 0, r.u8()]
+                    } else {
+                        r.bytes(4)
+                    };
+                    let at = at.min(frame.len());
+                    frame.splice(at..at, ins);
+                }
+                4 => {
+                    let n = r.range(1, 8).min(frame.len() - at);
+                    frame.drain(at..at + n);
+                }
+                _ => {
+                    // Swap in an EtherType / next-header value.
+                    if at + 1 < frame.len() {
+                        let v = r.pick(&[
+                            ethertype::IPV4,
+                            ethertype::IPV6,
+                            ethertype::VLAN,
+                            ethertype::QINQ,
+                            ethertype::TEB,
+                            VXLAN_PORT,
+                            GENEVE_PORT,
+                            53,
+                        ]);
+                        frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
+                    }
+                }
+            }
+        }
+        if frame.len() < MIN_FRAME {
+            frame.resize(MIN_FRAME, 0);
+        }
+        frame.truncate(MAX_FRAME);
+        frame
+    }
+
+    /// Random bytes, often behind an IP or VLAN EtherType so that the
+    /// parser gets past Ethernet.
+    pub fn random_bytes(&mut self) -> Vec<u8> {
+        let r = &mut self.rng;
+        let n = if r.chance(90) {
+            r.range(MIN_FRAME, 200)
+        } else {
+            r.range(MIN_FRAME, MAX_FRAME)
+        };
+        let mut f = r.bytes(n);
+        if r.chance(70) {
+            let et = r.pick(&[
+                ethertype::IPV4,
+                ethertype::IPV6,
+                ethertype::VLAN,
+                ethertype::QINQ,
+            ]);
+            f[12..14].copy_from_slice(&et.to_be_bytes());
+            if f.len() > 14 && r.chance(60) {
+                f[14] = match et {
+                    ethertype::IPV4 => 0x40 | (f[14] & 0x0f),
+                    ethertype::IPV6 => 0x60 | (f[14] & 0x0f),
+                    _ => f[14],
+                };
+            }
+        }
+        f
+    }
+}
+
+/// Whether BPF_PROG_TEST_RUN refuses `frame` (EINVAL) before the program
+/// runs: shorter than Ethernet, or an untagged IPv4 / IPv6 frame too short
+/// for the IP header (the kernel pulls it into the linear area first).
+pub fn kernel_refuses(frame: &[u8]) -> bool {
+    if frame.len() < MIN_FRAME {
+        return true;
+    }
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        ethertype::IPV4 => frame.len() < 14 + 20,
+        ethertype::IPV6 => frame.len() < 14 + 40,
+        _ => false,
+    }
+}
+
+/// FNV-1a (64 bits) of `bytes`: names regression files.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Lowercase hex of `bytes`.
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Bytes of a hex string (whitespace ignored).
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    digits
+        .chunks(2)
+        .map(|c| u8::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_deterministic() {
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        for _ in 0..100 {
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        assert_ne!(Rng::new(7).next_u64(), Rng::new(8).next_u64());
+    }
+
+    #[test]
+    fn frames_are_bounded_and_reproducible() {
+        let mut g = Gen::new(1);
+        let mut h = Gen::new(1);
+        for _ in 0..5000 {
+            let c = g.case();
+            assert!(c.frame.len() >= MIN_FRAME && c.frame.len() <= MAX_FRAME);
+            assert_eq!(c.frame, h.case().frame);
+        }
+    }
+
+    #[test]
+    fn vlan_tags_in_order() {
+        let spec = FrameSpec {
+            dst_mac: [1; 6],
+            src_mac: [2; 6],
+            vlans: vec![(ethertype::QINQ, 5), (ethertype::VLAN, 6)],
+            l3: L3Spec::Other {
+                ethertype: ethertype::ARP,
+                bytes: vec![9],
+            },
+            pad_to: 0,
+        };
+        let f = spec.build();
+        assert_eq!(
+            &f[12..],
+            &[0x88, 0xa8, 0, 5, 0x81, 0x00, 0, 6, 0x08, 0x06, 9]
+        );
+    }
+
+    #[test]
+    fn ipv4_checksum_verifies() {
+        let ip = Ip4Spec {
+            src: [10, 30, 1, 2],
+            dst: [10, 10, 1, 2],
+            options: vec![1, 1, 1, 0],
+            frag: 0,
+            ihl: None,
+            version: 4,
+            tot_len: LenField::Exact,
+            id: 1,
+            payload: L4Spec::Icmp {
+                v6: false,
+                ty: 8,
+                code: 0,
+            },
+            cut: None,
+        };
+        let b = ip.build();
+        assert_eq!(b[0], 0x46);
+        assert_eq!(ip_checksum(&b[..24]), 0);
+        assert_eq!(u16::from_be_bytes([b[2], b[3]]) as usize, b.len());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let b = vec![0u8, 1, 0xab, 0xff];
+        assert_eq!(from_hex(&to_hex(&b)).unwrap(), b);
+        assert_eq!(from_hex("00 01\nab ff").unwrap(), b);
+        assert!(from_hex("abc").is_none());
+    }
+}

@@ -1,0 +1,569 @@
+//! The differential engine: frames through the real eBPF programs
+//! (BPF_PROG_TEST_RUN, one syscall each) and through the reference
+//! classifier, under the example policy in enforce and in audit mode; the
+//! TC action and the decision tag (verdict, source and destination
+//! environment, or why the frame was not judged) must agree.
+//!
+//! Used by `tests/tests/differential.rs` (a fixed number of cases every
+//! `cargo test`, and every saved regression case), `tests/tests/corpus.rs`
+//! (the pcap corpus) and the `envfence-fuzz` binary (`cargo xtask fuzz`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use envfence::datapath::Hook;
+use envfence::policy::{self, reference, CompiledPolicy, Mode};
+use envfence_ebpf::{tag, verdict};
+
+use super::{fnv1a, from_hex, kernel_refuses, to_hex, Gen, Kind};
+use crate::decode;
+use crate::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
+
+/// Seed of a run when none is given (`ENVFENCE_FUZZ_SEED` overrides it in
+/// the tests).
+pub const DEFAULT_SEED: u64 = 0x00ef_2026_0003;
+
+/// Where regression cases live: `tests/corpus/regressions/`.
+pub fn regressions_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/regressions")
+}
+
+/// The example policy compiled in `mode`.
+pub fn example_policy(mode: Mode) -> Result<CompiledPolicy> {
+    let src = match mode {
+        Mode::Enforce => policy::EXAMPLE_POLICY.to_owned(),
+        Mode::Audit => policy::EXAMPLE_POLICY.replacen("mode: enforce", "mode: audit", 1),
+    };
+    let p = policy::parse(&src, policy::EXAMPLE_ORIGIN)
+        .map_err(|e| anyhow::anyhow!("example policy: {e}"))?;
+    if p.mode != mode {
+        bail!("the example policy did not switch to {mode} mode");
+    }
+    Ok(policy::compile(&p))
+}
+
+/// The (action, tag) the kernel must produce for `outcome` under `mode`.
+pub fn expected(outcome: &reference::Outcome, mode: Mode) -> (u32, u32) {
+    let action = if outcome.passes(mode) {
+        ACTION_NEXT
+    } else {
+        ACTION_SHOT
+    };
+    let t = match outcome {
+        reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
+        reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
+        reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
+        reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
+    };
+    (action, t)
+}
+
+fn action_name(a: u32) -> String {
+    match a {
+        ACTION_NEXT => "TCX_NEXT (pass)".into(),
+        ACTION_SHOT => "TC_ACT_SHOT (drop)".into(),
+        other => format!("{other:#x} (?)"),
+    }
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::ALLOW => "allow",
+        verdict::LOG => "log",
+        verdict::AUDIT => "audit",
+        verdict::DROP => "drop",
+        _ => "?",
+    }
+}
+
+/// A decision tag in words, with the policy's environment names.
+pub fn describe_tag(t: u32, policy: &CompiledPolicy) -> String {
+    match t & 0xff00_0000 {
+        tag::JUDGED => {
+            let v = ((t >> 16) & 0xff) as u8;
+            let (s, d) = ((t >> 8) & 0xff, t & 0xff);
+            format!(
+                "{t:#010x} judged {} {} -> {}",
+                verdict_name(v),
+                policy.env_name(s),
+                policy.env_name(d)
+            )
+        }
+        tag::UNJUDGED => {
+            let reason = match t & 0xff {
+                tag::REASON_NON_IP => "non-ip",
+                tag::REASON_MALFORMED => "malformed",
+                tag::REASON_VLAN_TOO_DEEP => "vlan-too-deep",
+                tag::REASON_TUNNEL_TOO_DEEP => "tunnel-too-deep",
+                _ => "unknown reason",
+            };
+            format!("{t:#010x} not judged: {reason}")
+        }
+        _ => format!("{t:#010x} (no decision tag written)"),
+    }
+}
+
+/// A frame on which kernel and reference disagree.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    pub frame: Vec<u8>,
+    /// How it was generated (None: a corpus or regression frame).
+    pub kind: Option<Kind>,
+    /// Where it came from (seed and case number, a file, a pcap packet).
+    pub origin: String,
+    pub mode: Mode,
+    pub hook: Hook,
+    pub ingress_ifindex: u32,
+    /// What the reference says: (action, tag).
+    pub expected: (u32, u32),
+    /// What the kernel did: (action, tag).
+    pub got: (u32, u32),
+    /// The reference's outcome, `Debug`-printed.
+    pub outcome: String,
+}
+
+impl Mismatch {
+    /// Everything a reader needs: what differs, the frame in hex and as a
+    /// decoded header stack.
+    pub fn report(&self, policy: &CompiledPolicy) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "MISMATCH ({}) {} mode, {} hook (ingress_ifindex {}), {} bytes{}",
+            self.origin,
+            self.mode,
+            self.hook.as_str(),
+            self.ingress_ifindex,
+            self.frame.len(),
+            self.kind.map(|k| format!(", {} case", k.name())).unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "  reference: {} / {}",
+            action_name(self.expected.0),
+            describe_tag(self.expected.1, policy)
+        );
+        let _ = writeln!(
+            s,
+            "  kernel:    {} / {}",
+            action_name(self.got.0),
+            describe_tag(self.got.1, policy)
+        );
+        let _ = writeln!(s, "  reference outcome: {}", self.outcome);
+        let _ = writeln!(s, "  hex: {}", to_hex(&self.frame));
+        s.push_str(&decode::describe(&self.frame));
+        s
+    }
+
+    /// Saves the frame as `<dir>/<fnv1a of the frame>.hex` with the report
+    /// as `#` comments (kept as is when the file exists). Returns the path.
+    pub fn save(&self, dir: &Path, policy: &CompiledPolicy) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{:016x}.hex", fnv1a(&self.frame)));
+        if path.exists() {
+            return Ok(path);
+        }
+        let mut text = String::from("# envfence differential regression case: kernel and reference disagreed.\n");
+        for line in self.report(policy).lines() {
+            let _ = writeln!(text, "# {line}");
+        }
+        for chunk in self.frame.chunks(32) {
+            let _ = writeln!(text, "{}", to_hex(chunk));
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Reads every `*.hex` regression case of `dir` (sorted by name): lines
+/// starting with `#` are comments, the rest is the frame in hex.
+pub fn load_regressions(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "hex") {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let hex: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect();
+        let frame =
+            from_hex(&hex).with_context(|| format!("{}: not hex", path.display()))?;
+        out.push((path, frame));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// What one frame did.
+#[derive(Debug)]
+pub enum Checked {
+    /// Kernel and reference agree on every run; the reference's outcome
+    /// under the enforce policy.
+    Agreed(reference::Outcome),
+    /// BPF_PROG_TEST_RUN refused the frame (EINVAL), as predicted by
+    /// [`kernel_refuses`]: nothing to compare.
+    Refused,
+    Mismatched(Vec<Mismatch>),
+}
+
+/// Whether `err` is the EINVAL of a refused BPF_PROG_TEST_RUN.
+fn is_einval(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// The example policy loaded twice into the real programs: in enforce mode
+/// and in audit mode.
+pub struct Engine {
+    pub enforce: KernelHarness,
+    pub audit: KernelHarness,
+}
+
+impl Engine {
+    /// Loads both datapaths. Needs root.
+    pub fn new() -> Result<Engine> {
+        Ok(Engine {
+            enforce: KernelHarness::new(example_policy(Mode::Enforce)?)?,
+            audit: KernelHarness::new(example_policy(Mode::Audit)?)?,
+        })
+    }
+
+    /// Runs `frame` through the ingress program of both modes, and through
+    /// egress too when `egress` (with `ingress_ifindex` 0 or, when
+    /// `foreign_iif`, an interface envfence is not attached to: judged
+    /// either way). `Err` is reserved for failures of the harness itself,
+    /// including an EINVAL the prediction did not expect or a predicted
+    /// refusal the kernel did not make.
+    pub fn check(&self, frame: &[u8], egress: bool, foreign_iif: bool) -> Result<Checked> {
+        if kernel_refuses(frame) {
+            match self.enforce.run_tagged(Hook::Ingress, frame, 0) {
+                Err(e) if is_einval(&e) => return Ok(Checked::Refused),
+                Err(e) => return Err(e),
+                Ok(r) => bail!(
+                    "BPF_PROG_TEST_RUN accepted a frame predicted to be refused (result {r:?}): {}",
+                    to_hex(frame)
+                ),
+            }
+        }
+        let outcome_enforce = reference::classify(frame, &self.enforce.policy);
+        let outcome_audit = reference::classify(frame, &self.audit.policy);
+        let mut mismatches = Vec::new();
+        for (mode, h, outcome) in [
+            (Mode::Enforce, &self.enforce, &outcome_enforce),
+            (Mode::Audit, &self.audit, &outcome_audit),
+        ] {
+            let want = expected(outcome, mode);
+            let mut runs = vec![(Hook::Ingress, 0u32)];
+            if egress {
+                runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }));
+            }
+            for (hook, iif) in runs {
+                let got = match h.run_tagged(hook, frame, iif) {
+                    Ok(got) => got,
+                    Err(e) if is_einval(&e) => bail!(
+                        "BPF_PROG_TEST_RUN refused (EINVAL) a frame not predicted to be refused: {}",
+                        to_hex(frame)
+                    ),
+                    Err(e) => return Err(e),
+                };
+                if got != want {
+                    mismatches.push(Mismatch {
+                        frame: frame.to_vec(),
+                        kind: None,
+                        origin: String::new(),
+                        mode,
+                        hook,
+                        ingress_ifindex: iif,
+                        expected: want,
+                        got,
+                        outcome: format!("{outcome:?}"),
+                    });
+                }
+            }
+        }
+        Ok(if mismatches.is_empty() {
+            Checked::Agreed(outcome_enforce)
+        } else {
+            Checked::Mismatched(mismatches)
+        })
+    }
+}
+
+/// Coverage classes of the reference's outcome (enforce mode): the suite
+/// requires every one of them to be hit, so that zero mismatches cannot come
+/// from a generator that misses a shape.
+pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
+    use reference::{L4Seen, Outcome};
+    match o {
+        Outcome::NonIp => vec!["non-ip"],
+        Outcome::Malformed => vec!["malformed"],
+        Outcome::VlanTooDeep => vec!["vlan-too-deep"],
+        Outcome::TunnelTooDeep => vec!["tunnel-too-deep"],
+        Outcome::Judged(j) => {
+            let mut c = vec![match j.verdict {
+                verdict::ALLOW => "verdict-allow",
+                verdict::LOG => "verdict-log",
+                verdict::AUDIT => "verdict-audit",
+                _ => "verdict-drop",
+            }];
+            c.push(match j.l4 {
+                L4Seen::Ports => "l4-ports",
+                L4Seen::NoPorts => "l4-no-ports",
+                L4Seen::Other => "l4-other",
+            });
+            if j.family == envfence_ebpf::family::V4 {
+                c.push("ipv4");
+            } else {
+                c.push("ipv6");
+            }
+            if j.fragment {
+                c.push("fragment");
+            }
+            if j.ext_too_deep {
+                c.push("ipv6-ext-too-deep");
+            }
+            if j.tunneled {
+                c.push("tunneled");
+            }
+            if j.by_inner {
+                c.push("decided-by-inner");
+            }
+            let mapped = |a: &std::net::IpAddr| match a {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+                _ => false,
+            };
+            if mapped(&j.src) || mapped(&j.dst) {
+                c.push("v4-mapped");
+            }
+            if j.l4 == L4Seen::Ports && j.dport == 53 && j.src_env != j.dst_env {
+                c.push("port-53-across-envs");
+            }
+            c
+        }
+    }
+}
+
+/// Every class [`outcome_classes`] can return.
+pub const ALL_CLASSES: &[&str] = &[
+    "non-ip",
+    "malformed",
+    "vlan-too-deep",
+    "tunnel-too-deep",
+    "verdict-allow",
+    "verdict-log",
+    "verdict-audit",
+    "verdict-drop",
+    "l4-ports",
+    "l4-no-ports",
+    "l4-other",
+    "ipv4",
+    "ipv6",
+    "fragment",
+    "ipv6-ext-too-deep",
+    "tunneled",
+    "decided-by-inner",
+    "v4-mapped",
+    "port-53-across-envs",
+];
+
+/// How to run [`run_differential`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Cases to compare (refused frames do not count).
+    pub cases: u64,
+    pub seed: u64,
+    /// Run the egress program too for one case in this many.
+    pub egress_every: u64,
+    /// Save mismatches here (None: do not save).
+    pub save_dir: Option<PathBuf>,
+    /// Keep at most this many mismatches in the report (all are counted and
+    /// saved).
+    pub keep: usize,
+    /// Print a progress line to stderr this often.
+    pub progress: Option<Duration>,
+}
+
+impl Options {
+    pub fn new(cases: u64, seed: u64) -> Options {
+        Options {
+            cases,
+            seed,
+            egress_every: 8,
+            save_dir: None,
+            keep: 20,
+            progress: None,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    /// Cases compared.
+    pub cases: u64,
+    /// Frames generated (compared + refused).
+    pub generated: u64,
+    /// Frames BPF_PROG_TEST_RUN refused (as predicted).
+    pub skipped: u64,
+    /// BPF_PROG_TEST_RUN calls that were compared.
+    pub kernel_runs: u64,
+    pub elapsed: Duration,
+    /// Cases with at least one disagreeing run.
+    pub mismatched_cases: u64,
+    /// The first [`Options::keep`] mismatches.
+    pub mismatches: Vec<Mismatch>,
+    /// Files written for mismatches.
+    pub saved: Vec<PathBuf>,
+    /// Compared cases per generator kind.
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Compared cases per outcome class (see [`outcome_classes`]).
+    pub classes: BTreeMap<&'static str, u64>,
+}
+
+impl Report {
+    pub fn cases_per_sec(&self) -> f64 {
+        self.cases as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Outcome classes never hit.
+    pub fn missing_classes(&self) -> Vec<&'static str> {
+        ALL_CLASSES
+            .iter()
+            .filter(|c| self.classes.get(*c).copied().unwrap_or(0) == 0)
+            .copied()
+            .collect()
+    }
+
+    /// A human summary.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "seed {:#x}: {} cases compared ({} kernel runs) in {:.1?} = {:.0} cases/s; {} skipped (refused by BPF_PROG_TEST_RUN); {} mismatches",
+            self.seed,
+            self.cases,
+            self.kernel_runs,
+            self.elapsed,
+            self.cases_per_sec(),
+            self.skipped,
+            self.mismatched_cases
+        );
+        let kinds: Vec<String> = self.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  by kind: {}", kinds.join(", "));
+        let classes: Vec<String> = self.classes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  outcomes: {}", classes.join(", "));
+        s
+    }
+}
+
+/// The differential run: `opts.cases` generated frames compared.
+pub fn run_differential(engine: &Engine, opts: &Options) -> Result<Report> {
+    let mut gen = Gen::new(opts.seed);
+    let mut report = Report {
+        seed: opts.seed,
+        ..Report::default()
+    };
+    let start = Instant::now();
+    let mut last_progress = start;
+    let egress_every = opts.egress_every.max(1);
+    while report.cases < opts.cases {
+        let case = gen.case();
+        let n = report.generated;
+        report.generated += 1;
+        let egress = n % egress_every == 0;
+        let foreign = (n / egress_every) % 2 == 1;
+        match engine.check(&case.frame, egress, foreign)? {
+            Checked::Refused => {
+                report.skipped += 1;
+                continue;
+            }
+            Checked::Agreed(outcome) => {
+                for c in outcome_classes(&outcome) {
+                    *report.classes.entry(c).or_default() += 1;
+                }
+            }
+            Checked::Mismatched(ms) => {
+                report.mismatched_cases += 1;
+                for mut m in ms {
+                    m.kind = Some(case.kind);
+                    m.origin = format!("seed {:#x} case {n}", opts.seed);
+                    if let Some(dir) = &opts.save_dir {
+                        let p = m.save(dir, policy_of(engine, m.mode))?;
+                        if !report.saved.contains(&p) {
+                            report.saved.push(p);
+                        }
+                    }
+                    if report.mismatches.len() < opts.keep {
+                        report.mismatches.push(m);
+                    }
+                }
+            }
+        }
+        report.cases += 1;
+        report.kernel_runs += if egress { 4 } else { 2 };
+        *report.by_kind.entry(case.kind.name()).or_default() += 1;
+        if let Some(every) = opts.progress {
+            if last_progress.elapsed() >= every {
+                last_progress = Instant::now();
+                let el = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "  {} / {} cases, {:.0} cases/s, {} skipped, {} mismatches",
+                    report.cases,
+                    opts.cases,
+                    report.cases as f64 / el.max(1e-9),
+                    report.skipped,
+                    report.mismatched_cases
+                );
+            }
+        }
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// The compiled policy of `mode`'s datapath.
+pub fn policy_of(engine: &Engine, mode: Mode) -> &CompiledPolicy {
+    match mode {
+        Mode::Enforce => &engine.enforce.policy,
+        Mode::Audit => &engine.audit.policy,
+    }
+}
+
+/// Checks a list of frames from a corpus (both hooks, both modes): the
+/// mismatches, and how many were compared and refused.
+pub fn check_frames(
+    engine: &Engine,
+    frames: &[(String, Vec<u8>)],
+) -> Result<(Vec<Mismatch>, u64, u64)> {
+    let mut mismatches = Vec::new();
+    let (mut compared, mut refused) = (0, 0);
+    for (origin, frame) in frames {
+        match engine.check(frame, true, false)? {
+            Checked::Refused => refused += 1,
+            Checked::Agreed(_) => compared += 1,
+            Checked::Mismatched(ms) => {
+                compared += 1;
+                for mut m in ms {
+                    m.origin.clone_from(origin);
+                    mismatches.push(m);
+                }
+            }
+        }
+    }
+    Ok((mismatches, compared, refused))
+}

@@ -1,0 +1,359 @@
+//! Least privilege, proved in the lab. The agent runs in the node namespace
+//! the way the DaemonSet runs it in a cluster: uid 0 with every capability
+//! dropped but those of deploy/capabilities.txt (bounding, permitted and
+//! effective sets; nothing inheritable or ambient, as containerd does),
+//! no_new_privs (allowPrivilegeEscalation: false), a read-only root
+//! filesystem (readOnlyRootFilesystem: true) and a read-only /sys (what a
+//! container that is not privileged gets), the ConfigMap's policy. Then:
+//!
+//! - with exactly that set it enforces: test -> production is dropped,
+//!   production -> production passes;
+//! - with any one capability of the set removed it refuses to start, naming
+//!   the missing capability (the agent's preflight check, agent/src/caps.rs);
+//! - with that check skipped, the kernel refuses too: each capability is
+//!   really needed (if one stops being needed, this test says so);
+//! - CAP_SYS_ADMIN alone passes the check and works, as the kernel accepts it
+//!   for all three: the check does not refuse what the kernel allows.
+//!
+//! Needs root (CI runs as root) and `setpriv` (util-linux).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use envfence::caps::{self, CapSet};
+use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
+use envfence_tests::lab::{require_root, wait_until, Family, Lab, LabProcess, PodSpec, NODE};
+
+/// One agent at a time: loading is CPU-heavy on a 2-CPU machine.
+static AGENT_LOCK: Mutex<()> = Mutex::new(());
+
+fn agent_lock() -> MutexGuard<'static, ()> {
+    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn root() {
+    if let Err(e) = require_root() {
+        panic!("{e:#}");
+    }
+}
+
+fn workspace() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
+}
+
+/// The DaemonSet's capabilities (deploy/capabilities.txt), as numbers.
+fn deployed() -> Vec<u8> {
+    let path = workspace().join("deploy/capabilities.txt");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            caps::from_name(l)
+                .unwrap_or_else(|| panic!("{}: unknown capability {l}", path.display()))
+        })
+        .collect()
+}
+
+/// `CAP_NET_ADMIN` -> `net_admin` (setpriv's spelling).
+fn setpriv_name(cap: u8) -> String {
+    caps::name(cap)
+        .trim_start_matches("CAP_")
+        .to_ascii_lowercase()
+}
+
+/// A launcher script that starts the agent binary confined as in the
+/// DaemonSet, with `keep` as its only capabilities. It runs in the private
+/// mount namespace [`Lab::spawn_in_ns`] gives every process, so its
+/// read-only remounts touch nothing outside.
+struct Launcher {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Launcher {
+    fn new(name: &str, keep: &[u8]) -> Result<Launcher> {
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .context("setpriv (util-linux) is needed to drop capabilities")?;
+        let bin = agent_binary()?;
+        let dir = std::env::temp_dir().join(format!(
+            "envfence-caps-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bounding: String = keep
+            .iter()
+            .map(|&c| format!(",+{}", setpriv_name(c)))
+            .collect();
+        let script = format!(
+            "#!/bin/sh\n\
+             set -e\n\
+             # readOnlyRootFilesystem: true, and the read-only /sys of a container\n\
+             # that is not privileged (/sys/fs/bpf stays a writable mount of its own).\n\
+             mount -o remount,bind,ro /\n\
+             mount -o remount,bind,ro /sys\n\
+             # uid 0; bounding = permitted = effective = the kept set, nothing\n\
+             # inheritable or ambient; no_new_privs.\n\
+             exec {setpriv} --no-new-privs --inh-caps=-all --ambient-caps=-all \
+             --bounding-set=-all{bounding} -- {bin} \"$@\"\n",
+            bin = bin.display()
+        );
+        let path = dir.join("confined-envfence");
+        std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        Ok(Launcher { dir, path })
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn policy_args() -> Vec<String> {
+    vec![
+        "--config".into(),
+        workspace()
+            .join("deploy/base/policy.yaml")
+            .display()
+            .to_string(),
+    ]
+}
+
+/// Starts the launcher in the node namespace with the agent's arguments.
+fn spawn(lab: &Lab, launcher: &Launcher, skip_check: bool) -> Result<LabProcess> {
+    let mut cmd = Command::new(&launcher.path);
+    cmd.arg("agent")
+        .args(policy_args())
+        .args(["--metrics-addr", METRICS_ADDR])
+        .env("NO_COLOR", "1");
+    if skip_check {
+        cmd.env(caps::SKIP_ENV, "1");
+    }
+    lab.spawn_in_ns(NODE, cmd)
+}
+
+/// What became of an agent that should not enforce.
+enum Outcome {
+    /// It exited (status, its stderr).
+    Exited(ExitStatus, String),
+    /// It started but attached to nothing.
+    AttachedNothing(String),
+}
+
+/// Waits until the agent exits, or is ready; fails if it enforces.
+fn must_not_enforce(lab: &Lab, p: &LabProcess) -> Result<Outcome> {
+    let settled = wait_until(Duration::from_secs(60), || {
+        !p.is_running() || p.stderr_lines().iter().any(|l| l.contains(READY_LINE))
+    });
+    ensure!(settled, "the agent neither exited nor became ready");
+    if let Some(status) = p.wait_timeout(Duration::from_millis(200))? {
+        return Ok(Outcome::Exited(status, p.stderr_tail(40)));
+    }
+    let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
+    let attached = envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[])
+        .unwrap_or(0.0);
+    if attached == 0.0 {
+        return Ok(Outcome::AttachedNothing(p.stderr_tail(40)));
+    }
+    bail!(
+        "the agent enforces ({attached} interfaces attached): the capability removed is not \
+         needed; its stderr:\n{}",
+        p.stderr_tail(40)
+    )
+}
+
+/// The capability sets of a process, from /proc/PID/status.
+fn proc_caps(pid: u32) -> Result<(String, [CapSet; 5])> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |f: &str| CapSet::from_status(&status, f);
+    Ok((
+        status,
+        [
+            get("CapEff")?,
+            get("CapPrm")?,
+            get("CapBnd")?,
+            get("CapInh")?,
+            get("CapAmb")?,
+        ],
+    ))
+}
+
+const BLOCKED: Duration = Duration::from_millis(1000);
+const PASSES: Duration = Duration::from_secs(5);
+
+#[test]
+fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
+    root();
+    let _guard = agent_lock();
+    let set = deployed();
+    let launcher = Launcher::new("exact", &set)?;
+    let lab = Lab::example()?;
+    let opts = AgentOptions {
+        policy_args: policy_args(),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
+    let pid = agent.process().pid();
+
+    // It runs confined exactly as intended.
+    let (status, [eff, prm, bnd, inh, amb]) = proc_caps(pid)?;
+    let want = CapSet::of(&set);
+    assert_eq!(eff, want, "effective: {eff}");
+    assert_eq!(prm, want, "permitted: {prm}");
+    assert_eq!(bnd, want, "bounding: {bnd}");
+    assert_eq!(inh, CapSet(0), "inheritable: {inh}");
+    assert_eq!(amb, CapSet(0), "ambient: {amb}");
+    assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "{status}");
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t0\t0\t0\t0")),
+        "uid 0: {status}"
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let root_mount = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .context("no / in mountinfo")?;
+    assert!(
+        root_mount
+            .split_whitespace()
+            .nth(5)
+            .is_some_and(|o| o.split(',').any(|x| x == "ro")),
+        "the root filesystem is not read-only: {root_mount}"
+    );
+
+    // And it enforces.
+    assert!(agent.metric("envfence_attached_interfaces", &[])? >= 7.0);
+    for family in [Family::V4, Family::V6] {
+        let prod1 = lab.pod("prod1")?.ip(family);
+        let _l = lab.tcp_listen("prod1", prod1, 8080)?;
+        assert!(
+            !lab.tcp_connect("test1", prod1, 8080, BLOCKED)?,
+            "test1 -> prod1 tcp/8080 connected ({family:?})"
+        );
+        assert!(
+            lab.tcp_connect("prod2", prod1, 8080, PASSES)?,
+            "prod2 -> prod1 tcp/8080 did not connect ({family:?})"
+        );
+        let test1 = lab.pod("test1")?.ip(family);
+        let dropped = wait_until(Duration::from_secs(5), || {
+            agent.events().iter().any(|e| {
+                e.src == test1 && e.dst == prod1 && e.verdict == "drop" && e.rule == "test-to-prod"
+            })
+        });
+        assert!(dropped, "no drop event for test1 -> prod1 ({family:?})");
+    }
+    let status = agent.stop(Duration::from_secs(10))?;
+    assert!(
+        status.success(),
+        "exit {status}: {}",
+        agent.process().stderr_tail(20)
+    );
+    Ok(())
+}
+
+#[test]
+fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
+    root();
+    let _guard = agent_lock();
+    let set = deployed();
+    let lab = Lab::new(&PodSpec::example_pods()[..2])?;
+    for &gone in &set {
+        let keep: Vec<u8> = set.iter().copied().filter(|&c| c != gone).collect();
+        let launcher = Launcher::new(&setpriv_name(gone), &keep)?;
+
+        // The agent's check names the missing capability, and only it.
+        let p = spawn(&lab, &launcher, false)?;
+        let status = p
+            .wait_timeout(Duration::from_secs(30))?
+            .context("the agent should exit at once")?;
+        let stderr = p.stderr_tail(20);
+        assert!(!status.success(), "started without {}", caps::name(gone));
+        let expected = format!(
+            "envfence needs capability {} (",
+            caps::name(gone)
+        );
+        assert!(
+            stderr.contains(&expected),
+            "without {} the agent should say {expected:?}; it says:\n{stderr}",
+            caps::name(gone)
+        );
+        assert!(
+            stderr.contains(&format!("it has: {}", CapSet::of(&keep))),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("envfence needs capability").count(), 1, "{stderr}");
+        assert!(!stderr.contains(READY_LINE), "{stderr}");
+
+        // With the check skipped, the kernel refuses: the capability is
+        // needed, not just asked for.
+        let p = spawn(&lab, &launcher, true)?;
+        match must_not_enforce(&lab, &p)? {
+            Outcome::Exited(status, stderr) => {
+                assert!(!status.success(), "{stderr}");
+                let why = stderr
+                    .lines()
+                    .find(|l| l.contains("error"))
+                    .unwrap_or("")
+                    .chars()
+                    .take(300)
+                    .collect::<String>();
+                eprintln!("without {}, the kernel: {why}", caps::name(gone));
+            }
+            Outcome::AttachedNothing(stderr) => {
+                eprintln!(
+                    "without {}, the agent attached nothing:\n{stderr}",
+                    caps::name(gone)
+                );
+                p.terminate(Duration::from_secs(10))?;
+            }
+        }
+    }
+
+    // No capability at all: all of them named.
+    let launcher = Launcher::new("none", &[])?;
+    let p = spawn(&lab, &launcher, false)?;
+    p.wait_timeout(Duration::from_secs(30))?
+        .context("the agent should exit at once")?;
+    let stderr = p.stderr_tail(20);
+    for &c in &set {
+        assert!(
+            stderr.contains(&format!("envfence needs capability {} (", caps::name(c))),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("it has: none"), "{stderr}");
+    Ok(())
+}
+
+/// CAP_SYS_ADMIN alone passes the check, and the kernel agrees (it accepts
+/// it for bpf, perfmon and net-admin program types): the check refuses
+/// nothing the kernel allows.
+#[test]
+fn sys_admin_alone_is_accepted_as_the_kernel_accepts_it() -> Result<()> {
+    root();
+    let _guard = agent_lock();
+    let launcher = Launcher::new("sys_admin", &[caps::CAP_SYS_ADMIN])?;
+    let lab = Lab::new(&PodSpec::example_pods()[..2])?;
+    let opts = AgentOptions {
+        policy_args: policy_args(),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
+    let (_, [eff, ..]) = proc_caps(agent.process().pid())?;
+    assert_eq!(eff, CapSet::of(&[caps::CAP_SYS_ADMIN]));
+    assert_eq!(agent.metric("envfence_attached_interfaces", &[])?, 2.0);
+    let status = agent.stop(Duration::from_secs(10))?;
+    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    Ok(())
+}

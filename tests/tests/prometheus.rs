@@ -1,0 +1,698 @@
+//! The alerting rules (deploy/prometheus) and the dashboard (deploy/grafana):
+//! checked statically (promtool check + unit tests, the metrics every
+//! expression uses), and end to end against a real Prometheus (Debian's
+//! package) that scrapes a real agent in the lab.
+//!
+//! The end-to-end test runs the Prometheus server inside the lab's node
+//! namespace, on that namespace's loopback, where the agent's metrics
+//! endpoint is; its API is queried from inside the namespace too. Nothing
+//! touches the host's interfaces.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR};
+use envfence_tests::lab::{require_root, wait_until, Family, Lab, LabProcess, NODE};
+use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Every metric the agent exports today (agent/src/metrics/). The
+/// end-to-end test checks that each one is really on /metrics.
+const EXPORTED: &[&str] = &[
+    "envfence_packets_total",
+    "envfence_bytes_total",
+    "envfence_datapath_total",
+    "envfence_attached_interfaces",
+    "envfence_policy_info",
+    "envfence_build_info",
+];
+/// Metrics Prometheus itself makes for every target.
+const PROMETHEUS_MADE: &[&str] = &["up"];
+/// Metrics the rules use before the agent exports them (the policy reload
+/// work adds them); the dashboard must not use them yet.
+const PENDING: &[&str] = &["envfence_policy_reloads_total"];
+
+/// The alerts deploy/prometheus/envfence-rules.yml must have.
+const ALERTS: &[&str] = &[
+    "EnvfenceForbiddenFlowDropped",
+    "EnvfenceForbiddenFlowPassedInAudit",
+    "EnvfenceAgentDown",
+    "EnvfenceAgentAbsent",
+    "EnvfenceEventsLost",
+    "EnvfencePolicyReloadFailing",
+    "EnvfenceNoInterfaceAttached",
+    "EnvfenceAuditModeUnexpected",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+fn rules_file() -> PathBuf {
+    repo().join("deploy/prometheus/envfence-rules.yml")
+}
+
+fn rule_tests() -> Result<Vec<PathBuf>> {
+    let dir = repo().join("deploy/prometheus/tests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yml" || x == "yaml"))
+        .collect();
+    files.sort();
+    ensure!(!files.is_empty(), "no promtool tests in {}", dir.display());
+    Ok(files)
+}
+
+fn promtool(args: &[&std::ffi::OsStr]) -> Result<String> {
+    let out = Command::new("promtool")
+        .args(args)
+        .output()
+        .context("running promtool (Debian package `prometheus`; `cargo xtask setup` installs it)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    Ok(text)
+}
+
+fn load_yaml(path: &Path) -> Result<Yaml> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut docs =
+        YamlLoader::load_from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    ensure!(docs.len() == 1, "{}: one YAML document", path.display());
+    Ok(docs.remove(0))
+}
+
+/// (alert name, rule) of every alerting rule.
+fn alert_rules() -> Result<Vec<(String, Yaml)>> {
+    let doc = load_yaml(&rules_file())?;
+    let mut out = Vec::new();
+    for group in doc["groups"].as_vec().context("no groups")? {
+        for rule in group["rules"].as_vec().context("group without rules")? {
+            let name = rule["alert"]
+                .as_str()
+                .context("a rule without `alert` (recording rules are not expected)")?;
+            out.push((name.to_string(), rule.clone()));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// Metric names in PromQL.
+
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+const KEYWORDS: &[&str] = &["offset", "bool", "and", "or", "unless", "atan2", "inf", "nan"];
+
+/// The metric names a PromQL expression (or a Grafana `label_values(…)`
+/// query) selects. Strings, label matchers, ranges, Grafana variables,
+/// function names, keywords and grouping label lists are not metric names.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let expr = expr.trim();
+    if let Some(inner) = expr
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+    {
+        // label_values(selector, label): only the selector names metrics.
+        let selector = inner.rsplit_once(',').map_or(inner, |(sel, _)| sel);
+        return metric_names(selector);
+    }
+    // Blank out strings, {…} and […].
+    let mut clean = String::with_capacity(expr.len());
+    let mut chars = expr.chars().peekable();
+    let mut depth_brace = 0;
+    let mut depth_bracket = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' | '`' => {
+                while let Some(d) = chars.next() {
+                    if d == '\\' && c != '`' {
+                        chars.next();
+                    } else if d == c {
+                        break;
+                    }
+                }
+                clean.push(' ');
+            }
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            '$' => {
+                // A Grafana variable: $name or ${name}.
+                while chars
+                    .peek()
+                    .is_some_and(|d| d.is_alphanumeric() || "_{}:".contains(*d))
+                {
+                    chars.next();
+                }
+                clean.push(' ');
+            }
+            _ => clean.push(c),
+        }
+    }
+    let bytes: Vec<char> = clean.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    let next_non_space = |mut j: usize| {
+        while j < bytes.len() && bytes[j].is_whitespace() {
+            j += 1;
+        }
+        j
+    };
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_digit() || (c == '.' && bytes.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // A number or a duration (5m, 1e3, 0.5).
+            while i < bytes.len() && (bytes[i].is_alphanumeric() || bytes[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
+            {
+                i += 1;
+            }
+            let word: String = bytes[start..i].iter().collect();
+            let j = next_non_space(i);
+            let paren = bytes.get(j) == Some(&'(');
+            if GROUPING.contains(&word.as_str()) {
+                if paren {
+                    // Skip the label list.
+                    while i < bytes.len() && bytes[i] != ')' {
+                        i += 1;
+                    }
+                }
+            } else if paren || KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+                // A function or an operator keyword.
+            } else {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+#[test]
+fn metric_names_are_found_in_promql() {
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        metric_names(
+            r#"sum by (src_env, dst_env) (increase(envfence_packets_total{verdict="drop"}[5m])) > 0
+               or sum by (job) (envfence_packets_total{verdict="drop"} unless envfence_packets_total offset 5m)"#
+        ),
+        set(&["envfence_packets_total"])
+    );
+    assert_eq!(
+        metric_names(
+            r#"topk(10, sum without(instance) (rate(envfence_bytes_total{job=~"$job", x="a{b}"}[$__rate_interval]))) / on(job) group_left(mode) envfence_policy_info"#
+        ),
+        set(&["envfence_bytes_total", "envfence_policy_info"])
+    );
+    assert_eq!(
+        metric_names(r#"count(up{job=~"$job"} == 0) or vector(0)"#),
+        set(&["up"])
+    );
+    assert_eq!(
+        metric_names(r#"absent(up{job=~".*envfence.*"})"#),
+        set(&["up"])
+    );
+    assert_eq!(
+        metric_names(r#"label_values(envfence_build_info{job=~"$job"}, instance)"#),
+        set(&["envfence_build_info"])
+    );
+    assert_eq!(
+        metric_names("node_cpu_seconds_total * 1e3 + something_else"),
+        set(&["node_cpu_seconds_total", "something_else"])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Static checks.
+
+#[test]
+fn rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
+    let rules = rules_file();
+    let out = promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()])?;
+    println!("{out}");
+    ensure!(
+        out.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
+        "{out}"
+    );
+    ensure!(
+        !out.to_ascii_lowercase().contains("warning"),
+        "promtool warns:\n{out}"
+    );
+    let tests = rule_tests()?;
+    let mut args: Vec<&std::ffi::OsStr> = vec!["test".as_ref(), "rules".as_ref()];
+    args.extend(tests.iter().map(|p| p.as_os_str()));
+    let out = promtool(&args)?;
+    println!("{out}");
+    ensure!(out.contains("SUCCESS"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
+    let rules = alert_rules()?;
+    let names: BTreeSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ALERTS.iter().copied().collect::<BTreeSet<_>>());
+    let allowed: BTreeSet<&str> = EXPORTED
+        .iter()
+        .chain(PROMETHEUS_MADE)
+        .chain(PENDING)
+        .copied()
+        .collect();
+    for (name, rule) in &rules {
+        let severity = rule["labels"]["severity"].as_str().unwrap_or("");
+        assert!(
+            ["warning", "critical"].contains(&severity),
+            "{name}: severity {severity:?}"
+        );
+        let summary = rule["annotations"]["summary"].as_str().unwrap_or("");
+        let description = rule["annotations"]["description"].as_str().unwrap_or("");
+        assert!(
+            !summary.is_empty() && !description.is_empty(),
+            "{name}: summary and description"
+        );
+        let expr = rule["expr"].as_str().context("expr")?;
+        if expr.contains("envfence_packets_total") {
+            for label in ["src_env", "dst_env"] {
+                assert!(
+                    expr.contains(&format!("by (job, instance, src_env, dst_env)"))
+                        && summary.contains(&format!("$labels.{label}"))
+                        && description.contains(&format!("$labels.{label}")),
+                    "{name}: keeps and names {label}"
+                );
+            }
+        }
+        for metric in metric_names(expr) {
+            assert!(
+                allowed.contains(metric.as_str()),
+                "{name}: {metric} is not a metric the agent exports"
+            );
+        }
+    }
+    // Each alert: a promtool case where it fires and one where it does not.
+    let mut fires = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for file in rule_tests()? {
+        let doc = load_yaml(&file)?;
+        for test in doc["tests"].as_vec().context("tests")? {
+            for case in test["alert_rule_test"].as_vec().into_iter().flatten() {
+                let alert = case["alertname"].as_str().context("alertname")?.to_string();
+                if case["exp_alerts"].as_vec().is_some_and(|v| !v.is_empty()) {
+                    fires.insert(alert);
+                } else {
+                    silent.insert(alert);
+                }
+            }
+        }
+    }
+    for alert in ALERTS {
+        assert!(fires.contains(*alert), "no promtool case where {alert} fires");
+        assert!(
+            silent.contains(*alert),
+            "no promtool case where {alert} stays silent"
+        );
+    }
+    Ok(())
+}
+
+/// Every `expr` of the dashboard's panels and every query of its variables.
+fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    ("query", Value::String(s)) if s.contains('(') => out.push(s.clone()),
+                    _ => dashboard_queries(x, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| dashboard_queries(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
+    let path = repo().join("deploy/grafana/envfence-dashboard.json");
+    let text = std::fs::read_to_string(&path)?;
+    let dash: Value = serde_json::from_str(&text).context("dashboard JSON")?;
+    ensure!(dash["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let panels = dash["panels"].as_array().context("panels")?;
+    let mut ids = BTreeSet::new();
+    for p in panels {
+        ensure!(ids.insert(p["id"].as_u64().context("panel id")?), "duplicate panel id");
+        if p["type"] != "row" {
+            ensure!(
+                p["targets"].as_array().is_some_and(|t| !t.is_empty()),
+                "panel {} has no query",
+                p["title"]
+            );
+        }
+    }
+    let mut queries = Vec::new();
+    dashboard_queries(&dash, &mut queries);
+    let allowed: BTreeSet<&str> = EXPORTED.iter().chain(PROMETHEUS_MADE).copied().collect();
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        let names = metric_names(q);
+        ensure!(!names.is_empty(), "query names no metric: {q}");
+        for name in names {
+            ensure!(
+                allowed.contains(name.as_str()),
+                "dashboard query uses {name}, which the agent does not export: {q}"
+            );
+            used.insert(name);
+        }
+    }
+    println!(
+        "{} queries over {} panels, metrics: {used:?}",
+        queries.len(),
+        panels.len()
+    );
+    // What the dashboard is for: verdicts by pair, lost events, health.
+    for needed in [
+        "envfence_packets_total",
+        "envfence_datapath_total",
+        "envfence_attached_interfaces",
+        "envfence_policy_info",
+        "up",
+    ] {
+        ensure!(used.contains(needed), "the dashboard does not show {needed}");
+    }
+    ensure!(
+        queries
+            .iter()
+            .any(|q| q.contains("src_env, dst_env, verdict") && q.contains("envfence_packets_total")),
+        "no panel of verdicts by environment pair"
+    );
+    ensure!(
+        queries.iter().any(|q| q.contains("events_lost")),
+        "no panel of lost events"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// End to end with a real Prometheus.
+
+/// Port of the Prometheus server on the node namespace's loopback.
+const PROM_ADDR: &str = "127.0.0.1:9090";
+/// What the test copy of the rules uses for every `for:` (the real ones wait
+/// minutes).
+const TEST_FOR: &str = "1s";
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+struct Prometheus<'a> {
+    lab: &'a Lab,
+    process: LabProcess,
+    config: PathBuf,
+}
+
+impl Prometheus<'_> {
+    fn api(&self, path: &str) -> Result<Value> {
+        let body = self.lab.http_get(NODE, PROM_ADDR, path)?;
+        let v: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
+        ensure!(v["status"] == "success", "{path}: {v}");
+        Ok(v["data"].clone())
+    }
+
+    /// The instant vector of `query`: (labels, value) per series.
+    fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
+        let data = self.api(&format!("/api/v1/query?query={}", url_encode(query)))?;
+        let mut out = Vec::new();
+        for r in data["result"].as_array().context("result")? {
+            let value: f64 = r["value"][1]
+                .as_str()
+                .context("value")?
+                .parse()
+                .context("value")?;
+            out.push((r["metric"].clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// The value of a query that returns at most one series (0 when none).
+    fn scalar(&self, query: &str) -> Result<f64> {
+        let r = self.query(query)?;
+        ensure!(r.len() <= 1, "{query}: {r:?}");
+        Ok(r.first().map_or(0.0, |(_, v)| *v))
+    }
+
+    /// Alerts in `state` named `name` whose labels include `labels`.
+    fn alerts(&self, name: &str, state: &str, labels: &[(&str, &str)]) -> Result<Vec<Value>> {
+        let data = self.api("/api/v1/alerts")?;
+        Ok(data["alerts"]
+            .as_array()
+            .context("alerts")?
+            .iter()
+            .filter(|a| {
+                a["labels"]["alertname"] == name
+                    && a["state"] == state
+                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+            })
+            .cloned()
+            .collect())
+    }
+
+    fn wait_alert(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        loop {
+            if let Some(a) = self.alerts(name, "firing", labels)?.into_iter().next() {
+                println!("{name} firing after {:.1?}: {a}", start.elapsed());
+                return Ok(a);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{name} {labels:?} not firing within {timeout:?}; alerts: {}; prometheus stderr:\n{}",
+                    self.api("/api/v1/alerts")?,
+                    self.process.stderr_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Rewrites the configuration and makes Prometheus reload it (SIGHUP).
+    fn reconfigure(&self, config: &str) -> Result<()> {
+        std::fs::write(&self.config, config)?;
+        self.process.signal(nix::sys::signal::Signal::SIGHUP)
+    }
+}
+
+fn prometheus_config(rules: &Path, scrape_agent: bool) -> String {
+    let scrape = if scrape_agent {
+        format!(
+            "scrape_configs:\n  - job_name: envfence\n    static_configs:\n      - targets: ['{METRICS_ADDR}']\n"
+        )
+    } else {
+        "scrape_configs: []\n".to_string()
+    };
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nrule_files:\n  - {}\n{scrape}",
+        rules.display()
+    )
+}
+
+/// The deploy rules with every `for:` set to [`TEST_FOR`].
+fn test_copy_of_rules() -> Result<String> {
+    let text = std::fs::read_to_string(rules_file())?;
+    let mut out = String::new();
+    let mut changed = 0;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("for: ") {
+            ensure!(!rest.trim().is_empty(), "empty for: {line}");
+            let indent = &line[..line.len() - trimmed.len()];
+            out.push_str(&format!("{indent}for: {TEST_FOR}\n"));
+            changed += 1;
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    ensure!(changed >= 2, "expected `for:` in the down and absent rules");
+    Ok(out)
+}
+
+#[test]
+fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
+    const N: usize = 37;
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("envfence-rules.yml");
+    std::fs::write(&rules, test_copy_of_rules()?)?;
+    promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()])?;
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, prometheus_config(&rules, true))?;
+
+    let bin = agent_binary()?;
+    let lab = Lab::example()?;
+    let agent = Agent::start_with(
+        &lab,
+        &bin,
+        &AgentOptions {
+            report_interval_ms: 200,
+            ..AgentOptions::default()
+        },
+    )?;
+    // The exported list is the truth: every metric in it is on /metrics.
+    let text = agent.metrics()?;
+    for m in EXPORTED {
+        ensure!(
+            text.lines().any(|l| l.starts_with(&format!("# TYPE {m} "))),
+            "{m} is not on /metrics:\n{text}"
+        );
+    }
+
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={PROM_ADDR}"))
+        .arg("--log.level=warn");
+    let process = lab
+        .spawn_in_ns(NODE, cmd)
+        .context("starting prometheus (`cargo xtask setup` installs it)")?;
+    let prom = Prometheus {
+        lab: &lab,
+        process,
+        config: config.clone(),
+    };
+    let ready = wait_until(Duration::from_secs(30), || {
+        lab.http_get(NODE, PROM_ADDR, "/-/ready").is_ok() || !prom.process.is_running()
+    });
+    ensure!(
+        ready && prom.process.is_running(),
+        "prometheus did not become ready: {}",
+        prom.process.stderr_tail(30)
+    );
+    let scraped = wait_until(Duration::from_secs(20), || {
+        prom.scalar(r#"up{job="envfence"}"#).is_ok_and(|v| v == 1.0)
+    });
+    ensure!(scraped, "prometheus never scraped the agent");
+
+    let series = r#"envfence_packets_total{job="envfence",src_env="test",dst_env="production",verdict="drop"}"#;
+    let before = prom.scalar(series)?;
+    ensure!(
+        before == 0.0,
+        "test -> production drops before anything was sent: {before}"
+    );
+    // Exactly N packets test1 -> prod1: UDP gets no answer, and the node
+    // drops them at the ingress of veth-test1.
+    let prod1 = lab.pod("prod1")?.ip(Family::V4);
+    lab.udp_send("test1", prod1, 9000, b"forbidden", N)?;
+    let start = Instant::now();
+    let counted = wait_until(Duration::from_secs(20), || {
+        prom.scalar(series).is_ok_and(|v| v >= N as f64)
+    });
+    ensure!(
+        counted,
+        "prometheus has {} for {series}, want {N}",
+        prom.scalar(series)?
+    );
+    println!(
+        "prometheus has the {N} dropped packets after {:.1?}",
+        start.elapsed()
+    );
+    // Several more scrapes: still exactly N (nothing else, nothing late).
+    std::thread::sleep(Duration::from_secs(3));
+    let got = prom.scalar(series)?;
+    assert_eq!(got, N as f64, "Prometheus' dropped test -> production series");
+    assert_eq!(
+        agent.metric(
+            "envfence_packets_total",
+            &[
+                ("src_env", "test"),
+                ("dst_env", "production"),
+                ("verdict", "drop")
+            ]
+        )?,
+        N as f64,
+        "the agent's own /metrics"
+    );
+
+    let alert = prom.wait_alert(
+        "EnvfenceForbiddenFlowDropped",
+        &[("src_env", "test"), ("dst_env", "production")],
+        Duration::from_secs(20),
+    )?;
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["labels"]["instance"], METRICS_ADDR);
+    let summary = alert["annotations"]["summary"].as_str().unwrap_or("");
+    assert!(summary.contains("test -> production"), "{summary}");
+    // Negative controls while the agent runs.
+    for quiet in [
+        "EnvfenceAgentDown",
+        "EnvfenceAgentAbsent",
+        "EnvfenceNoInterfaceAttached",
+        "EnvfenceAuditModeUnexpected",
+        "EnvfenceEventsLost",
+    ] {
+        let firing = prom.alerts(quiet, "firing", &[])?;
+        assert!(firing.is_empty(), "{quiet} fires: {firing:?}");
+    }
+    assert!(prom
+        .alerts(
+            "EnvfenceForbiddenFlowPassedInAudit",
+            "firing",
+            &[("src_env", "test")]
+        )?
+        .is_empty());
+
+    // The agent stops: its target is down.
+    let status = agent.stop(Duration::from_secs(10))?;
+    ensure!(status.success(), "agent exit {status}");
+    let down = prom.wait_alert(
+        "EnvfenceAgentDown",
+        &[("job", "envfence"), ("instance", METRICS_ADDR)],
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(down["labels"]["severity"], "critical");
+    // No target at all any more: absent.
+    prom.reconfigure(&prometheus_config(&rules, false))?;
+    prom.wait_alert("EnvfenceAgentAbsent", &[], Duration::from_secs(30))?;
+    drop(prom);
+    drop(lab);
+    Ok(())
+}
