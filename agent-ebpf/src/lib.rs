@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
@@ -66,6 +66,9 @@ pub mod map_names {
     pub const EVENTS: &str = "EF_EVENTS";
     /// Per-CPU scratch space of the parser (kernel-internal).
     pub const SCRATCH: &str = "EF_SCRATCH";
+    /// Per-CPU LRU hash: [`super::VerdictKey`] -> [`super::CachedVerdict`],
+    /// the verdict of a recent flow under a policy generation.
+    pub const VERDICTS: &str = "EF_VERDICTS";
 }
 
 /// Global variables of the eBPF object, set at load time.
@@ -74,6 +77,8 @@ pub mod globals {
     /// `skb->mark` (see [`super::tag`]). For tests, benchmarks and debugging
     /// only: it overwrites the whole mark, which other programs may use.
     pub const DEBUG_TAG_DECISION: &str = "DEBUG_TAG_DECISION";
+    /// `u32`; when 0 the verdict cache is not used (benchmarks compare).
+    pub const VERDICT_CACHE: &str = "VERDICT_CACHE";
 }
 
 /// Encoding of the decision written into `skb->mark` under
@@ -98,6 +103,8 @@ pub mod tag {
 pub mod program_names {
     pub const INGRESS: &str = "envfence_ingress";
     pub const EGRESS: &str = "envfence_egress";
+    /// An empty TC program (returns TCX_NEXT), the benchmarks' baseline.
+    pub const EMPTY: &str = "envfence_empty";
 }
 
 /// Capacities: what one policy may hold (the maps hold two slots of it).
@@ -107,6 +114,8 @@ pub mod capacity {
     pub const PORTS: u32 = 65_536;
     pub const ATTACHED: u32 = 4_096;
     pub const FLOWS: u32 = 65_536;
+    /// Flows whose verdict is cached, per CPU.
+    pub const VERDICTS: u32 = 65_536;
     /// Bytes of the event ring buffer (a power of two, multiple of the page).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -300,6 +309,35 @@ pub struct FlowKey {
     pub _pad: u8,
 }
 
+/// Key of the verdict cache: what decides a simple packet's verdict (its
+/// addresses, protocol and destination port), under one policy generation
+/// (so that a reload invalidates every entry at once).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VerdictKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Destination port of TCP/UDP/SCTP; 0 for protocols without ports.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub generation: u32,
+}
+
+/// A cached decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedVerdict {
+    pub src_env: u8,
+    pub dst_env: u8,
+    pub verdict: u8,
+    /// 1 in a filled entry. A per-CPU entry created on one CPU is zero on
+    /// the others: zero means "not cached here".
+    pub filled: u8,
+    pub rule: u16,
+    pub _pad2: u16,
+}
+
 /// What a reported flow did since its last report.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -344,6 +382,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for VerdictKey {}
+    unsafe impl aya::Pod for CachedVerdict {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -354,4 +394,6 @@ const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<Config>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<VerdictKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CachedVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);

@@ -4,13 +4,15 @@ use aya_ebpf::{
     bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+    },
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, parse_limits, slot_pair_index, stat, tag, verdict, Config,
-    Counter, Event, FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict, COUNTERS_LEN, MAX_ENVS,
-    PAIRS_LEN, SLOTS,
+    capacity, counter_index, direction, parse_limits, slot_pair_index, stat, tag, verdict,
+    CachedVerdict, Config, Counter, Event, FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict,
+    VerdictKey, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, SLOTS,
 };
 
 use crate::parse::{parse, Layer, Packet, Reject, L4};
@@ -36,6 +38,10 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capa
 /// Per-CPU scratch space for the parsed packet (too big for the stack).
 #[map(name = "EF_SCRATCH")]
 static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+/// Recent flows' verdicts (see `envfence_ebpf::VerdictKey`).
+#[map(name = "EF_VERDICTS")]
+static VERDICTS: LruPerCpuHashMap<VerdictKey, CachedVerdict> =
+    LruPerCpuHashMap::with_max_entries(capacity::VERDICTS, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
@@ -43,6 +49,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 /// from .rodata, so the verifier removes the tagging code when it is 0.
 #[unsafe(no_mangle)]
 static DEBUG_TAG_DECISION: u32 = 0;
+
+/// Set at load time; see `envfence_ebpf::globals::VERDICT_CACHE`.
+#[unsafe(no_mangle)]
+static VERDICT_CACHE: u32 = 1;
 
 #[inline(always)]
 fn tag(ctx: &TcContext, mark: u32) {
@@ -62,6 +72,12 @@ const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 #[classifier]
 pub fn envfence_ingress(ctx: TcContext) -> i32 {
     judge(&ctx, direction::INGRESS)
+}
+
+/// Does nothing: the baseline benchmarks compare envfence against.
+#[classifier]
+pub fn envfence_empty(_ctx: TcContext) -> i32 {
+    TCX_NEXT
 }
 
 #[classifier]
@@ -85,21 +101,36 @@ fn bump_stat(index: u32) {
     }
 }
 
-/// The active policy slot and whether its mode is audit, read once per
-/// packet: everything about one packet is decided by one policy.
+/// The policy in force, read once per packet: everything about one packet
+/// is decided by one policy.
+#[derive(Clone, Copy)]
+struct Active {
+    slot: u32,
+    audit: bool,
+    generation: u32,
+}
+
 #[inline(always)]
-fn active_policy() -> (u32, bool) {
+fn active_policy() -> Active {
     match CONFIG.get(0) {
         Some(c) => {
             let slot = c.active_slot & 1;
-            let audit = if slot == 0 {
-                c.slot_audit_mode[0]
+            let (audit, generation) = if slot == 0 {
+                (c.slot_audit_mode[0], c.slot_generation[0])
             } else {
-                c.slot_audit_mode[1]
+                (c.slot_audit_mode[1], c.slot_generation[1])
             };
-            (slot, audit != 0)
+            Active {
+                slot,
+                audit: audit != 0,
+                generation,
+            }
         }
-        None => (0, false),
+        None => Active {
+            slot: 0,
+            audit: false,
+            generation: 0,
+        },
     }
 }
 
@@ -111,7 +142,8 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         // explicitly on what it cannot read.
         let _ = ctx.pull_data(len.min(parse_limits::PULL_LEN));
     }
-    let (slot, audit) = active_policy();
+    let active = active_policy();
+    let (slot, audit) = (active.slot, active.audit);
     let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
         // Unreachable: a one-entry per-CPU array always has its entry.
         return malformed(stat::MALFORMED, audit);
@@ -140,10 +172,10 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     }
     // The outer packet is judged; a tunnel's inner packet too, and the
     // stricter of the two verdicts applies (the outer one on a tie).
-    let mut j = judge_layer(&pkt.outer, slot);
+    let mut j = judge_layer(&pkt.outer, active, !pkt.has_inner);
     if pkt.has_inner {
         bump_stat(stat::TUNNELED);
-        let ji = judge_layer(&pkt.inner, slot);
+        let ji = judge_layer(&pkt.inner, active, false);
         if ji.verdict > j.verdict {
             j = ji;
         }
@@ -227,16 +259,58 @@ struct Judged<'a> {
 }
 
 #[inline(always)]
-fn judge_layer(layer: &Layer, slot: u32) -> Judged<'_> {
+fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
     if layer.fragment {
         bump_stat(stat::FRAGMENTS);
     }
     if layer.ext_too_deep {
         bump_stat(stat::IPV6_EXT_TOO_DEEP);
     }
-    let src_env = lookup_env(layer.family, &layer.src, slot);
-    let dst_env = lookup_env(layer.family, &layer.dst, slot);
-    let (verdict, rule) = decide(src_env, dst_env, layer, slot);
+    // Simple packets (not tunnelled, ports read or no ports by nature) are
+    // decided by their addresses, protocol and destination port alone: a
+    // flow's verdict is cached per CPU under the policy generation.
+    // SAFETY: reading a global the loader may have overridden.
+    let use_cache = cacheable
+        && layer.l4 != L4::NoPorts
+        && unsafe { core::ptr::read_volatile(&VERDICT_CACHE) } != 0;
+    let key = VerdictKey {
+        src: layer.src,
+        dst: layer.dst,
+        dport: if layer.l4 == L4::Ports {
+            layer.dport
+        } else {
+            0
+        },
+        proto: layer.proto,
+        family: layer.family,
+        generation: active.generation,
+    };
+    if use_cache {
+        // SAFETY: the value is copied out at once.
+        if let Some(c) = unsafe { VERDICTS.get(key) }.filter(|c| c.filled != 0) {
+            return Judged {
+                layer,
+                src_env: u32::from(c.src_env),
+                dst_env: u32::from(c.dst_env),
+                verdict: c.verdict,
+                rule: c.rule,
+            };
+        }
+    }
+    let src_env = lookup_env(layer.family, &layer.src, active.slot);
+    let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
+    let (verdict, rule) = decide(src_env, dst_env, layer, active.slot);
+    if use_cache {
+        let value = CachedVerdict {
+            src_env: src_env as u8,
+            dst_env: dst_env as u8,
+            verdict,
+            filled: 1,
+            rule,
+            _pad2: 0,
+        };
+        let _ = VERDICTS.insert(key, value, 0);
+    }
     Judged {
         layer,
         src_env,

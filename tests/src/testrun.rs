@@ -53,6 +53,7 @@ impl KernelHarness {
         let mut dp = Datapath::load_with(LoadOptions {
             debug_tag_decision: true,
             pin_root: None,
+            no_verdict_cache: false,
         })
         .context("loading the eBPF programs (root needed)")?;
         dp.apply_policy(&policy, &[], std::time::Duration::from_secs(3600))?;
@@ -78,6 +79,17 @@ impl KernelHarness {
             }
         }
         Ok((cells, self.counters.stats()?.to_vec()))
+    }
+
+    /// Installs another policy the way a reload does (inactive slot, then
+    /// the flip); the harness then compares against it.
+    pub fn reload(&mut self, policy: &envfence::policy::Policy) -> anyhow::Result<()> {
+        let prior = self.policy.env_names.clone();
+        let policy = envfence::policy::compile_with_ids(policy, &prior);
+        self.dp
+            .apply_policy(&policy, &prior, std::time::Duration::from_secs(3600))?;
+        self.policy = policy;
+        Ok(())
     }
 
     /// Runs one frame through the program of `hook`; returns the TC action

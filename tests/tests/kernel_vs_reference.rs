@@ -644,3 +644,45 @@ fn egress_judges_packets_from_unattached_interfaces() {
     );
     assert_eq!(mark, tag::judged(verdict::DROP, test, prod));
 }
+
+/// A reload takes effect at once for flows already seen: the verdict cache
+/// is keyed by the policy generation.
+#[test]
+fn reload_invalidates_cached_verdicts() {
+    let mut h = harness(Mode::Enforce);
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let f = frame::ip_frame(
+        ip("10.20.1.2"),
+        ip("10.10.1.2"),
+        proto::TCP,
+        &frame::tcp_syn(7, 443),
+    );
+    for _ in 0..3 {
+        let o = check(&h, Mode::Enforce, "staging -> production before", &f);
+        assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));
+    }
+    let stricter = policy::EXAMPLE_POLICY.replacen(
+        "    to: [production]\n    verdict: audit",
+        "    to: [production]\n    verdict: drop",
+        1,
+    );
+    assert_ne!(
+        stricter,
+        policy::EXAMPLE_POLICY,
+        "the example changed: update this test"
+    );
+    h.reload(&policy::parse(&stricter, "stricter").expect("valid"))
+        .expect("reload");
+    for _ in 0..3 {
+        let o = check(&h, Mode::Enforce, "staging -> production after", &f);
+        assert!(
+            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::DROP),
+            "{o:?}"
+        );
+    }
+    // And back: the older generation's cache entries are not revived.
+    h.reload(&policy::parse(policy::EXAMPLE_POLICY, "example").expect("valid"))
+        .expect("reload");
+    let o = check(&h, Mode::Enforce, "staging -> production restored", &f);
+    assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));
+}

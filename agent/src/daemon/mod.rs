@@ -118,6 +118,7 @@ where
     let mut dp = Datapath::load_with(LoadOptions {
         debug_tag_decision: false,
         pin_root: opts.pin_root.clone(),
+        no_verdict_cache: false,
     })
     .context("loading envfence's eBPF programs")?;
     if dp.was_pinned() {

@@ -62,6 +62,8 @@ pub struct LoadOptions {
     /// inside it), and adopt what a previous agent pinned there. `None`:
     /// nothing is pinned and everything goes with the process.
     pub pin_root: Option<PathBuf>,
+    /// Turn the per-CPU verdict cache off (benchmarks compare with it).
+    pub no_verdict_cache: bool,
 }
 
 /// The loaded eBPF object: programs, maps, and the interfaces it is attached
@@ -90,7 +92,9 @@ impl Datapath {
         let pins = options.pin_root.map(PinLayout::new);
         let was_pinned = pins.as_ref().is_some_and(PinLayout::is_pinned);
         let mut loader = EbpfLoader::new();
+        let cache = u32::from(!options.no_verdict_cache);
         loader.override_global(globals::DEBUG_TAG_DECISION, &tag, true);
+        loader.override_global(globals::VERDICT_CACHE, &cache, true);
         if let Some(p) = &pins {
             p.create()?;
             for name in PINNED_MAPS {
@@ -159,6 +163,25 @@ impl Datapath {
     /// The loaded program of a hook (for tests and benchmarks: TestRun).
     pub fn program(&self, hook: Hook) -> Result<&SchedClassifier, DatapathError> {
         let name = hook.program_name();
+        self.ebpf
+            .program(name)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .ok_or(DatapathError::Missing {
+                kind: "program",
+                name,
+            })
+    }
+
+    /// The empty baseline program (loaded on first use), for benchmarks.
+    pub fn empty_program(&mut self) -> Result<&SchedClassifier, DatapathError> {
+        let name = program_names::EMPTY;
+        let prog = classifier_mut(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| DatapathError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+        }
         self.ebpf
             .program(name)
             .and_then(|p| <&SchedClassifier>::try_from(p).ok())
