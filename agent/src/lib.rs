@@ -8,3 +8,6 @@ pub mod policy;
 pub mod audit;
 pub mod netwatch;
 pub mod daemon;
+pub mod status;
+pub mod store;
+pub mod api;

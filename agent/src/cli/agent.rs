@@ -57,6 +57,22 @@ pub struct AgentArgs {
     /// Do not watch the policy file for changes (SIGHUP still reloads).
     #[arg(long)]
     pub no_watch: bool,
+    /// Unix socket of the local read-only API the CLI uses.
+    #[arg(
+        long,
+        default_value = "/run/envfence/envfence.sock",
+        value_name = "PATH"
+    )]
+    pub api_socket: PathBuf,
+    /// Group owning the API socket (default: root's group).
+    #[arg(long, value_name = "GROUP")]
+    pub api_group: Option<String>,
+    /// Serve no local API.
+    #[arg(long)]
+    pub no_api: bool,
+    /// Recent events kept in memory for `envfence flows`.
+    #[arg(long, default_value_t = crate::store::DEFAULT_CAPACITY, value_name = "N")]
+    pub event_store: usize,
     /// Rotated audit files kept (FILE.1 … FILE.N); older ones are deleted.
     #[arg(long, default_value_t = 10, value_name = "N", requires = "audit_file",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -111,6 +127,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         detach_on_exit: args.detach_on_exit,
         watch_config: !args.no_watch,
+        api: (!args.no_api).then(|| crate::api::ApiOptions {
+            socket: args.api_socket.clone(),
+            group: args.api_group.clone(),
+        }),
+        event_store_capacity: args.event_store,
     };
     // Every record to stdout and to the audit log.
     let sink = Tee {

@@ -21,10 +21,13 @@ use tokio::{
 
 use crate::{
     datapath::{list_interfaces, Datapath, LoadOptions},
+    events::Tee,
     events::{EventContext, EventSink, EventStream},
     metrics::{self, DatapathCollector, Health, Metrics},
     netwatch::{Link, LinkEvent, LinkWatcher},
     policy::{self, CompiledPolicy, Policy, PolicyErrors},
+    status::{InterfaceStatus, Status},
+    store::{EventStore, StoreSink},
 };
 use state::SavedPolicy;
 
@@ -80,6 +83,10 @@ pub struct DaemonOptions {
     pub detach_on_exit: bool,
     /// Reload when the policy file changes (SIGHUP always reloads).
     pub watch_config: bool,
+    /// The local API (Unix socket) for the CLI; `None`: no API.
+    pub api: Option<crate::api::ApiOptions>,
+    /// Events kept in memory for `envfence flows`.
+    pub event_store_capacity: usize,
 }
 
 /// How often interfaces that failed to attach are retried.
@@ -134,7 +141,19 @@ where
         Arc::clone(&counters),
         Arc::clone(&env_names),
     )?)?);
-    let health = Arc::new(Health::new(Some(counters)));
+    let health = Arc::new(Health::new(Some(Arc::clone(&counters))));
+    let status = Arc::new(Status::default());
+    let store = EventStore::new(opts.event_store_capacity);
+    status.update(|s| {
+        s.version = env!("CARGO_PKG_VERSION").to_owned();
+        s.abi = envfence_ebpf::ABI_VERSION;
+        s.node = opts.node.clone();
+        s.started_at = unix_now();
+        s.pin_dir = dp
+            .pins()
+            .map_or_else(String::new, |p| p.dir().display().to_string());
+        s.metrics_addr = opts.metrics_addr.to_string();
+    });
 
     let events = EventStream::new(dp.take_events()?).context("watching the event ring buffer")?;
     let mut agent = Agent {
@@ -152,6 +171,8 @@ where
         links: BTreeMap::new(),
         pending: BTreeMap::new(),
         last_text: None,
+        status: Arc::clone(&status),
+        counters,
     };
     agent.ctx_mut().node = agent.opts.node.clone();
 
@@ -181,6 +202,10 @@ where
                 .ok()
                 .map(|t| policy_text_digest(&t));
             agent.metrics.reloads.with_label_values(&["failure"]).inc();
+            if let Err(errors) = &first {
+                let text = errors.to_string();
+                agent.status.update(|s| s.last_reload_error = Some(text));
+            }
             agent.adopt_saved(saved)?;
         }
     }
@@ -207,6 +232,28 @@ where
         },
     )
     .await?;
+    let sink = Tee {
+        first: sink,
+        second: StoreSink(Arc::clone(&store)),
+    };
+    let api_task = match agent.opts.api.clone() {
+        Some(api_opts) => {
+            let mut api_stop = stop_rx.clone();
+            let ctx = crate::api::ApiContext {
+                status: Arc::clone(&status),
+                store: Arc::clone(&store),
+                pin_root: agent.opts.pin_root.clone(),
+            };
+            Some(
+                crate::api::serve(api_opts, ctx, async move {
+                    let _ = api_stop.changed().await;
+                })
+                .await
+                .context("starting the local API")?,
+            )
+        }
+        None => None,
+    };
     let event_task = tokio::spawn(read_events(events, Arc::clone(&agent.ctx), sink, stop_rx));
 
     let mut config_watch = match (&agent.opts.policy, agent.opts.watch_config) {
@@ -275,8 +322,12 @@ where
     let sink = event_task
         .await
         .context("the event reader task failed")?
-        .context("reading events")?;
+        .context("reading events")?
+        .first;
     let _ = server.await;
+    if let Some(task) = api_task {
+        let _ = task.await;
+    }
     let pin_root = agent.dp.pins().map(|p| p.root().to_path_buf());
     let state_dir = agent.opts.state_dir.clone();
     let detach = agent.opts.detach_on_exit;
@@ -348,6 +399,8 @@ struct Agent {
     pending: BTreeMap<u32, String>,
     /// Digest of the policy text last tried.
     last_text: Option<u64>,
+    status: Arc<Status>,
+    counters: Arc<crate::datapath::CounterReader>,
 }
 
 impl Agent {
@@ -381,6 +434,21 @@ impl Agent {
                 self.opts.state_dir.display()
             );
         }
+        self.status.update(|s| {
+            s.mode = compiled.mode.to_string();
+            s.generation = installed.generation;
+            s.policy_origin = self.opts.policy.origin();
+            s.policy_sha256 = compiled.source_sha256.clone();
+            s.policy_loaded_at = unix_now();
+            s.last_reload_error = None;
+            s.environments = compiled
+                .env_names
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect();
+            s.rules = compiled.rule_names.clone();
+        });
         tracing::info!(
             generation = installed.generation,
             slot = installed.slot,
@@ -410,6 +478,19 @@ impl Agent {
         *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = compiled.env_names.clone();
         self.metrics
             .set_policy(u64::from(config.generation), &compiled);
+        self.status.update(|s| {
+            s.mode = compiled.mode.to_string();
+            s.generation = config.generation;
+            s.policy_origin = format!("{} (saved copy of the pinned policy)", saved.origin);
+            s.policy_sha256 = compiled.source_sha256.clone();
+            s.environments = compiled
+                .env_names
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect();
+            s.rules = compiled.rule_names.clone();
+        });
         self.current = Some(compiled);
         Ok(())
     }
@@ -433,6 +514,8 @@ impl Agent {
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
                 tracing::error!("policy reload refused, the policy in force stays:\n{errors}");
+                self.status
+                    .update(|s| s.last_reload_error = Some(errors.to_string()));
                 return;
             }
         };
@@ -444,6 +527,8 @@ impl Agent {
         if let Err(e) = self.install(&p, text, &prior) {
             self.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!("policy reload failed, the policy in force stays: {e:#}");
+            self.status
+                .update(|s| s.last_reload_error = Some(format!("{e:#}")));
             return;
         }
         self.reconcile();
@@ -517,9 +602,51 @@ impl Agent {
         }
     }
 
+    /// Publishes the agent's state for `envfence status`.
+    fn publish_status(&self) {
+        let (ready, why) = self.health.ready();
+        let interfaces = self
+            .dp
+            .attachments()
+            .map(|a| InterfaceStatus {
+                name: a.ifname.clone(),
+                ifindex: a.ifindex,
+                hooks: vec!["ingress".into(), "egress".into()],
+            })
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .map(|(i, e)| {
+                let name = self.links.get(i).map_or("?", |l| l.name.as_str());
+                format!("{name} ({i}): {e}")
+            })
+            .collect();
+        let stats = self.counters.stats().ok();
+        self.status.update(|s| {
+            s.ready = ready;
+            s.not_ready_reason = if ready {
+                String::new()
+            } else {
+                why.trim().to_owned()
+            };
+            s.interfaces = interfaces;
+            s.pending_interfaces = pending;
+            if let Some(st) = stats {
+                s.events_emitted = st[envfence_ebpf::stat::EVENTS_EMITTED as usize];
+                s.events_lost = st[envfence_ebpf::stat::EVENTS_LOST as usize];
+            }
+        });
+    }
+
     /// Attaches to every selected interface, detaches from the others,
-    /// and updates readiness.
+    /// updates readiness and the published status.
     fn reconcile(&mut self) {
+        self.reconcile_links();
+        self.publish_status();
+    }
+
+    fn reconcile_links(&mut self) {
         let Some(current) = &self.current else {
             self.health.set_ready(
                 false,
