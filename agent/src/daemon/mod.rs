@@ -178,7 +178,6 @@ where
 
     // Watch links first, so that nothing appearing from now on is missed.
     let (mut watcher, links) = LinkWatcher::new()
-        .await
         .context("watching network interfaces (netlink)")?;
     agent.links = links.into_iter().map(|l| (l.ifindex, l)).collect();
     for (name, ifindex) in list_interfaces()? {
