@@ -53,6 +53,9 @@ pub mod map_names {
     pub const PORTS: &str = "EF_PORTS";
     /// Per-CPU array indexed by [`super::counter_index`]: [`super::Counter`].
     pub const COUNTERS: &str = "EF_COUNTERS";
+    /// Per-CPU array indexed by [`super::rule_counter_index`]:
+    /// [`super::Counter`] per deciding rule and verdict.
+    pub const RULE_COUNTERS: &str = "EF_RULE_CNT";
     /// Per-CPU array indexed by [`super::stat`]: u64 datapath statistics.
     pub const STATS: &str = "EF_STATS";
     /// Array with one [`super::Config`].
@@ -220,6 +223,24 @@ pub const fn slot_pair_index(slot: u32, src_env: u32, dst_env: u32) -> u32 {
 
 /// Number of pairs of one policy.
 pub const PAIRS_LEN: u32 = MAX_ENVS * MAX_ENVS;
+/// Rule ids with a counter of their own in [`map_names::RULE_COUNTERS`];
+/// higher ids share the last one.
+pub const COUNTED_RULES: u32 = 1024;
+
+/// Index of a (rule, verdict) cell in [`map_names::RULE_COUNTERS`].
+#[inline(always)]
+pub const fn rule_counter_index(rule: u32, verdict: u32) -> u32 {
+    let r = if rule < COUNTED_RULES {
+        rule
+    } else {
+        COUNTED_RULES - 1
+    };
+    r * NUM_VERDICTS + verdict
+}
+
+/// Number of entries of the [`map_names::RULE_COUNTERS`] array.
+pub const RULE_COUNTERS_LEN: u32 = COUNTED_RULES * NUM_VERDICTS;
+
 /// Number of entries of the [`map_names::COUNTERS`] array.
 pub const COUNTERS_LEN: u32 = PAIRS_LEN * NUM_VERDICTS;
 

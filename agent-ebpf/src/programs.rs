@@ -10,9 +10,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, parse_limits, slot_pair_index, stat, tag, verdict,
-    CachedVerdict, Config, Counter, Event, FlowKey, FlowState, PairVerdict, PortKey, RuleVerdict,
-    VerdictKey, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, SLOTS,
+    capacity, counter_index, direction, parse_limits, rule_counter_index, slot_pair_index, stat,
+    tag, verdict, CachedVerdict, Config, Counter, Event, FlowKey, FlowState, PairVerdict, PortKey,
+    RuleVerdict, VerdictKey, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN, SLOTS,
 };
 
 use crate::parse::{parse, Layer, Packet, Reject, L4};
@@ -27,6 +27,8 @@ static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0)
 static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
 #[map(name = "EF_COUNTERS")]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+#[map(name = "EF_RULE_CNT")]
+static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS_LEN, 0);
 #[map(name = "EF_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map(name = "EF_CONFIG")]
@@ -189,13 +191,14 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     } = j;
     tag(ctx, tag::judged(v, src_env, dst_env));
 
-    if let Some(c) = COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)) {
-        // SAFETY: per-CPU slot.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len as u64;
-        }
-    }
+    count(
+        COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)),
+        len,
+    );
+    count(
+        RULE_COUNTERS.get_ptr_mut(rule_counter_index(rule as u32, v as u32)),
+        len,
+    );
     if v != verdict::ALLOW {
         report(ctx, layer, src_env, dst_env, v, rule, dir, len, slot);
     }
@@ -203,6 +206,17 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         ACT_SHOT
     } else {
         TCX_NEXT
+    }
+}
+
+#[inline(always)]
+fn count(cell: Option<*mut Counter>, len: u32) {
+    if let Some(c) = cell {
+        // SAFETY: per-CPU slot, TC programs do not migrate while running.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
     }
 }
 

@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
+use std::time::Duration;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
@@ -46,6 +47,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 use tokio::io::unix::AsyncFd;
 
 /// Receive buffer requested for the notification socket, in bytes (the
@@ -53,6 +55,9 @@ use tokio::io::unix::AsyncFd;
 /// before the kernel has to drop one; a drop is not a loss (see
 /// [`LinkEvent::Resync`]), only a more expensive path.
 pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// How long the initial (blocking) dump may wait for the kernel.
+pub const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many times a link dump interrupted by a concurrent change
 /// (`NLM_F_DUMP_INTR`) is retried before [`NetwatchError::DumpInterrupted`].
@@ -180,18 +185,19 @@ impl LinkWatcher {
     ///
     /// Must be called inside a tokio runtime whose I/O driver is enabled
     /// (tokio panics otherwise), by a thread that is in the namespace to
-    /// watch.
-    pub async fn new() -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
-        LinkWatcher::with_receive_buffer(DEFAULT_RECEIVE_BUFFER).await
+    /// watch: both sockets are created during this call. The initial dump
+    /// blocks the calling thread while the kernel answers from memory (a few
+    /// milliseconds for hundreds of links; given up after
+    /// [`DUMP_TIMEOUT`]).
+    pub fn new() -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
+        LinkWatcher::with_receive_buffer(DEFAULT_RECEIVE_BUFFER)
     }
 
     /// Like [`LinkWatcher::new`] with a receive buffer of `bytes` for the
     /// notification socket. Set with `SO_RCVBUFFORCE` (which needs
     /// CAP_NET_ADMIN), falling back to `SO_RCVBUF` (capped by
     /// `net.core.rmem_max`).
-    pub async fn with_receive_buffer(
-        bytes: usize,
-    ) -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
+    pub fn with_receive_buffer(bytes: usize) -> Result<(LinkWatcher, Vec<Link>), NetwatchError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(NetwatchError::NoRuntime);
         }
@@ -214,6 +220,7 @@ impl LinkWatcher {
             .set_non_blocking(true)
             .map_err(socket_error("making the event socket non-blocking"))?;
 
+        // Then dump, on a socket of its own (blocking for this first dump).
         let mut dumper =
             Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
         dumper
@@ -222,23 +229,31 @@ impl LinkWatcher {
         dumper
             .connect(&kernel)
             .map_err(socket_error("connecting the dump socket to the kernel"))?;
+        let timeout = TimeVal::new(
+            DUMP_TIMEOUT.as_secs() as libc::time_t,
+            libc::suseconds_t::from(DUMP_TIMEOUT.subsec_micros()),
+        );
+        setsockopt(&dumper, sockopt::ReceiveTimeout, &timeout)
+            .map_err(|e| socket_error("setting SO_RCVTIMEO")(e.into()))?;
+        let mut seq = 0;
+        let mut dump_buf = Vec::with_capacity(64 << 10);
+        let links = dump_blocking(&dumper, &mut dump_buf, &mut seq)?;
         dumper
             .set_non_blocking(true)
             .map_err(socket_error("making the dump socket non-blocking"))?;
 
-        let mut watcher = LinkWatcher {
+        let watcher = LinkWatcher {
             events: register(events).map_err(socket_error("registering the event socket"))?,
             dumper: register(dumper).map_err(socket_error("registering the dump socket"))?,
             events_buf: Vec::with_capacity(64 << 10),
-            dump_buf: Vec::with_capacity(64 << 10),
+            dump_buf,
             pending: VecDeque::new(),
             resync_needed: false,
             dump_in_flight: None,
-            seq: 0,
+            seq,
             resyncs: 0,
             receive_buffer,
         };
-        let links = watcher.dump().await?;
         Ok((watcher, links))
     }
 
@@ -276,7 +291,7 @@ impl LinkWatcher {
                 );
                 continue;
             }
-            let (messages, malformed) = parse_datagram(&self.events_buf);
+            let (messages, broken) = parse_datagram(&self.events_buf);
             for message in messages {
                 match message.body {
                     Body::NewLink(link) => self.pending.push_back(LinkEvent::Added(link)),
@@ -284,12 +299,16 @@ impl LinkWatcher {
                         name: link.name,
                         ifindex: link.ifindex,
                     }),
+                    Body::Malformed(reason) => {
+                        tracing::warn!("undecodable link notification ({reason}); resynchronising");
+                        self.resync_needed = true;
+                    }
                     Body::Overrun => self.resync_needed = true,
                     Body::Done(_) | Body::Error(_) | Body::Ignored => {}
                 }
             }
-            if let Some(reason) = malformed {
-                tracing::warn!("undecodable link notification ({reason}); resynchronising");
+            if let Some(reason) = broken {
+                tracing::warn!("undecodable netlink datagram ({reason}); resynchronising");
                 self.resync_needed = true;
             }
         }
@@ -322,39 +341,37 @@ impl LinkWatcher {
         Ok(())
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
-    }
-
     /// Dumps the links, retrying dumps interrupted by concurrent changes.
     async fn dump(&mut self) -> Result<Vec<Link>, NetwatchError> {
         if let Some(seq) = self.dump_in_flight {
-            self.read_dump(seq).await?;
+            // Read out the abandoned dump: the kernel runs one per socket.
+            match self.read_dump(seq).await {
+                Ok(_) | Err(NetwatchError::Malformed(_) | NetwatchError::DumpRefused(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         for _ in 0..MAX_DUMP_ATTEMPTS {
-            let seq = self.next_seq();
+            let seq = next_seq(&mut self.seq);
             let request = dump_request(seq);
             send(&self.dumper, &request)
                 .await
                 .map_err(socket_error("sending the link dump request"))?;
             self.dump_in_flight = Some(seq);
-            let (links, interrupted) = self.read_dump(seq).await?;
-            if !interrupted {
-                return Ok(links);
+            match self.read_dump(seq).await? {
+                DumpOutcome::Complete(links) => return Ok(links),
+                DumpOutcome::Interrupted => {
+                    tracing::debug!("link dump interrupted by a concurrent change; retrying");
+                }
             }
-            tracing::debug!("link dump interrupted by a concurrent change; retrying");
         }
         Err(NetwatchError::DumpInterrupted {
             attempts: MAX_DUMP_ATTEMPTS,
         })
     }
 
-    /// Reads the answer to dump `seq` up to its end. Returns the links and
-    /// whether the kernel flagged the dump as inconsistent.
-    async fn read_dump(&mut self, seq: u32) -> Result<(Vec<Link>, bool), NetwatchError> {
-        let mut links = BTreeMap::new();
-        let mut interrupted = false;
+    /// Reads the answer to dump `seq` up to its end.
+    async fn read_dump(&mut self, seq: u32) -> Result<DumpOutcome, NetwatchError> {
+        let mut reader = DumpReader::new(seq);
         loop {
             let from = recv_datagram(&self.dumper, &mut self.dump_buf)
                 .await
@@ -362,39 +379,137 @@ impl LinkWatcher {
             if from.port_number() != 0 {
                 continue;
             }
-            let (messages, malformed) = parse_datagram(&self.dump_buf);
-            if let Some(reason) = malformed {
-                // The rest of the dump (and its end) may be in the datagram
-                // that could not be decoded: the socket cannot be trusted to
-                // be at a message boundary of this dump any more.
+            if let Some(outcome) = reader.feed(&self.dump_buf) {
                 self.dump_in_flight = None;
-                return Err(NetwatchError::Malformed(reason));
-            }
-            for message in messages {
-                if message.seq != seq {
-                    continue; // the tail of an abandoned earlier dump
-                }
-                if message.flags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match message.body {
-                    Body::NewLink(link) => {
-                        links.insert(link.ifindex, link);
-                    }
-                    Body::Done(0) | Body::Error(None) => {
-                        self.dump_in_flight = None;
-                        return Ok((links.into_values().collect(), interrupted));
-                    }
-                    Body::Done(code) | Body::Error(Some(code)) => {
-                        self.dump_in_flight = None;
-                        return Err(NetwatchError::DumpRefused(io::Error::from_raw_os_error(
-                            code.saturating_neg(),
-                        )));
-                    }
-                    Body::DelLink(_) | Body::Overrun | Body::Ignored => {}
-                }
+                return outcome;
             }
         }
+    }
+}
+
+fn next_seq(seq: &mut u32) -> u32 {
+    *seq = seq.wrapping_add(1).max(1);
+    *seq
+}
+
+/// The first dump, on the still blocking dump socket.
+fn dump_blocking(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    seq: &mut u32,
+) -> Result<Vec<Link>, NetwatchError> {
+    for _ in 0..MAX_DUMP_ATTEMPTS {
+        let seq = next_seq(seq);
+        let request = dump_request(seq);
+        let sent = socket
+            .send(&request, 0)
+            .map_err(socket_error("sending the link dump request"))?;
+        if sent != request.len() {
+            return Err(socket_error("sending the link dump request")(
+                io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("sent {sent} of {} bytes", request.len()),
+                ),
+            ));
+        }
+        let mut reader = DumpReader::new(seq);
+        let outcome = loop {
+            let from = recv_whole(socket, buf).map_err(|e| {
+                let e = if e.kind() == io::ErrorKind::WouldBlock {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from the kernel within {DUMP_TIMEOUT:?}"),
+                    )
+                } else {
+                    e
+                };
+                socket_error("receiving the link dump")(e)
+            })?;
+            if from.port_number() != 0 {
+                continue;
+            }
+            if let Some(outcome) = reader.feed(buf) {
+                break outcome?;
+            }
+        };
+        match outcome {
+            DumpOutcome::Complete(links) => return Ok(links),
+            DumpOutcome::Interrupted => {
+                tracing::debug!("link dump interrupted by a concurrent change; retrying");
+            }
+        }
+    }
+    Err(NetwatchError::DumpInterrupted {
+        attempts: MAX_DUMP_ATTEMPTS,
+    })
+}
+
+/// How a link dump ended.
+#[derive(Debug, PartialEq, Eq)]
+enum DumpOutcome {
+    /// Every link, sorted by ifindex.
+    Complete(Vec<Link>),
+    /// The kernel flagged the dump as inconsistent (`NLM_F_DUMP_INTR`).
+    Interrupted,
+}
+
+/// Collects the answer to one link dump from the datagrams fed to it.
+struct DumpReader {
+    seq: u32,
+    links: BTreeMap<u32, Link>,
+    interrupted: bool,
+    malformed: Option<String>,
+}
+
+impl DumpReader {
+    fn new(seq: u32) -> DumpReader {
+        DumpReader {
+            seq,
+            links: BTreeMap::new(),
+            interrupted: false,
+            malformed: None,
+        }
+    }
+
+    /// Takes one datagram; returns how the dump ended once its end is seen.
+    fn feed(&mut self, datagram: &[u8]) -> Option<Result<DumpOutcome, NetwatchError>> {
+        let (messages, broken) = parse_datagram(datagram);
+        for message in messages {
+            if message.seq != self.seq {
+                continue; // the tail of an abandoned earlier dump
+            }
+            if message.flags & NLM_F_DUMP_INTR != 0 {
+                self.interrupted = true;
+            }
+            match message.body {
+                Body::NewLink(link) => {
+                    self.links.insert(link.ifindex, link);
+                }
+                Body::Malformed(reason) => {
+                    // Read on to the end of the dump, then report it.
+                    self.malformed.get_or_insert(reason);
+                }
+                Body::Done(0) | Body::Error(None) => {
+                    return Some(match self.malformed.take() {
+                        Some(reason) => Err(NetwatchError::Malformed(reason)),
+                        None if self.interrupted => Ok(DumpOutcome::Interrupted),
+                        None => Ok(DumpOutcome::Complete(
+                            std::mem::take(&mut self.links).into_values().collect(),
+                        )),
+                    });
+                }
+                Body::Done(code) | Body::Error(Some(code)) => {
+                    return Some(Err(NetwatchError::DumpRefused(
+                        io::Error::from_raw_os_error(code.saturating_neg()),
+                    )));
+                }
+                Body::DelLink(_) | Body::Overrun | Body::Ignored => {}
+            }
+        }
+        // The end of the dump may be in what could not be framed: give up
+        // on it (a next dump on this socket may then be refused with EBUSY
+        // until the kernel is done with this one).
+        broken.map(|reason| Err(NetwatchError::Malformed(reason)))
     }
 }
 
@@ -517,13 +632,16 @@ enum Body {
     /// `NLMSG_ERROR`: `None` for an ACK, else the negative errno.
     Error(Option<i32>),
     Overrun,
+    /// A message whose header is sound but whose payload is not.
+    Malformed(String),
     /// Anything else, and link messages of other families (`AF_BRIDGE`
     /// port notifications, whose `RTM_DELLINK` does not delete a link).
     Ignored,
 }
 
-/// Decodes the messages of one datagram. Returns those decoded before the
-/// first undecodable one, and why that one was undecodable.
+/// Decodes the messages of one datagram. A message whose payload cannot be
+/// decoded is returned as [`Body::Malformed`]; if the framing itself is
+/// broken, returns the messages before it and why.
 fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
     let mut messages = Vec::new();
     let mut offset = 0;
@@ -534,10 +652,7 @@ fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
         };
         let length = nl.length() as usize;
         let payload = &buf[offset + 16..offset + length];
-        let body = match parse_body(nl.message_type(), payload) {
-            Ok(body) => body,
-            Err(e) => return (messages, Some(e)),
-        };
+        let body = parse_body(nl.message_type(), payload).unwrap_or_else(Body::Malformed);
         messages.push(Message {
             seq: nl.sequence_number(),
             flags: nl.flags(),
@@ -642,7 +757,7 @@ fn parse_link_minimal(payload: &[u8]) -> Result<Option<Link>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::Emitable;
+    use netlink_packet_core::{Emitable, NLM_F_MULTIPART};
     use netlink_packet_route::link::LinkHeader;
 
     /// A netlink message of `message_type` around `payload`.
@@ -662,12 +777,16 @@ mod tests {
     }
 
     fn link_payload(family: AddressFamily, index: u32, up: bool, name: &str) -> Vec<u8> {
-        let mut header = LinkHeader::default();
-        header.interface_family = family;
-        header.index = index;
-        if up {
-            header.flags = LinkFlags::Up | LinkFlags::Running;
-        }
+        let header = LinkHeader {
+            interface_family: family,
+            index,
+            flags: if up {
+                LinkFlags::Up | LinkFlags::Running
+            } else {
+                LinkFlags::empty()
+            },
+            ..LinkHeader::default()
+        };
         let mut message = LinkMessage::default();
         message.header = header;
         message.attributes = vec![
@@ -766,9 +885,17 @@ mod tests {
         );
         let mut datagram = good.clone();
         datagram.extend(frame(RTM_NEWLINK, 0, 0, &payload));
-        let (messages, malformed) = parse_datagram(&datagram);
-        assert_eq!(messages.len(), 1, "the message before the bad one is kept");
-        assert!(malformed.is_some_and(|m| m.contains("IFLA_IFNAME")));
+        datagram.extend(good.clone());
+        let (messages, broken) = parse_datagram(&datagram);
+        assert_eq!(broken, None);
+        assert_eq!(
+            messages.len(),
+            3,
+            "the messages around the bad one are kept"
+        );
+        assert_eq!(messages[0].body, Body::NewLink(link("lo", 1, true)));
+        assert!(matches!(&messages[1].body, Body::Malformed(m) if m.contains("IFLA_IFNAME")));
+        assert_eq!(messages[2].body, Body::NewLink(link("lo", 1, true)));
 
         // A length field beyond the datagram.
         let mut cut = good.clone();
@@ -778,8 +905,9 @@ mod tests {
         assert!(malformed.is_some());
 
         // A link header cut short.
-        let (_, malformed) = parse_datagram(&frame(RTM_DELLINK, 0, 0, &[0; 8]));
-        assert!(malformed.is_some());
+        let (messages, broken) = parse_datagram(&frame(RTM_DELLINK, 0, 0, &[0; 8]));
+        assert_eq!(broken, None);
+        assert!(matches!(messages[0].body, Body::Malformed(_)));
     }
 
     #[test]
@@ -828,22 +956,80 @@ mod tests {
     async fn works_in_a_runtime_and_refuses_outside_one() {
         // Inside a runtime it works without privileges (any user may read
         // the links of its namespace) and sees at least `lo`.
-        let (_watcher, links) = LinkWatcher::new().await.expect("watcher");
+        let (_watcher, links) = LinkWatcher::new().expect("watcher");
         assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
-        let outside = std::thread::spawn(|| {
-            use std::future::Future;
-            let fut = LinkWatcher::new();
-            // Poll once without a runtime.
-            let waker = std::task::Waker::noop();
-            let mut cx = std::task::Context::from_waker(waker);
-            let mut fut = std::pin::pin!(fut);
-            match fut.as_mut().poll(&mut cx) {
-                std::task::Poll::Ready(Err(NetwatchError::NoRuntime)) => true,
-                _ => false,
-            }
-        })
-        .join()
-        .expect("thread");
-        assert!(outside);
+        let outside = std::thread::spawn(LinkWatcher::new).join().expect("thread");
+        assert!(matches!(outside, Err(NetwatchError::NoRuntime)));
+    }
+
+    #[test]
+    fn dump_reader_outcomes() {
+        let lo = frame(
+            RTM_NEWLINK,
+            NLM_F_MULTIPART,
+            3,
+            &link_payload(AddressFamily::Unspec, 1, true, "lo"),
+        );
+        let eth = frame(
+            RTM_NEWLINK,
+            NLM_F_MULTIPART,
+            3,
+            &link_payload(AddressFamily::Unspec, 2, false, "eth0"),
+        );
+        let stale = frame(
+            RTM_NEWLINK,
+            NLM_F_MULTIPART,
+            2,
+            &link_payload(AddressFamily::Unspec, 9, false, "old"),
+        );
+        let done = frame(NLMSG_DONE, NLM_F_MULTIPART, 3, &0i32.to_ne_bytes());
+
+        // Two datagrams, a stale part of an earlier dump skipped.
+        let mut reader = DumpReader::new(3);
+        let mut first = stale.clone();
+        first.extend(eth.clone());
+        assert!(reader.feed(&first).is_none());
+        let mut second = lo.clone();
+        second.extend(done.clone());
+        let outcome = reader.feed(&second).expect("end").expect("complete");
+        assert_eq!(
+            outcome,
+            DumpOutcome::Complete(vec![link("lo", 1, true), link("eth0", 2, false)])
+        );
+
+        // NLM_F_DUMP_INTR on any part.
+        let mut reader = DumpReader::new(3);
+        let mut datagram = frame(
+            RTM_NEWLINK,
+            NLM_F_MULTIPART | NLM_F_DUMP_INTR,
+            3,
+            &link_payload(AddressFamily::Unspec, 1, true, "lo"),
+        );
+        datagram.extend(done.clone());
+        let outcome = reader.feed(&datagram).expect("end").expect("outcome");
+        assert_eq!(outcome, DumpOutcome::Interrupted);
+
+        // A refusal.
+        let mut reader = DumpReader::new(3);
+        let refused = frame(
+            NLMSG_DONE,
+            NLM_F_MULTIPART,
+            3,
+            &(-libc::EBUSY).to_ne_bytes(),
+        );
+        assert!(matches!(
+            reader.feed(&refused),
+            Some(Err(NetwatchError::DumpRefused(e))) if e.raw_os_error() == Some(libc::EBUSY)
+        ));
+
+        // A malformed part is reported once the end is read.
+        let mut reader = DumpReader::new(3);
+        let mut datagram = frame(RTM_NEWLINK, NLM_F_MULTIPART, 3, &[0; 8]);
+        datagram.extend(lo);
+        assert!(reader.feed(&datagram).is_none());
+        assert!(matches!(
+            reader.feed(&done),
+            Some(Err(NetwatchError::Malformed(_)))
+        ));
     }
 }

@@ -56,7 +56,7 @@ impl KernelHarness {
             no_verdict_cache: false,
         })
         .context("loading the eBPF programs (root needed)")?;
-        dp.apply_policy(&policy, &[], std::time::Duration::from_secs(3600))?;
+        dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;
         let counters = dp.counters();
         let events = dp.take_events()?;
         Ok(Self {
@@ -84,10 +84,16 @@ impl KernelHarness {
     /// Installs another policy the way a reload does (inactive slot, then
     /// the flip); the harness then compares against it.
     pub fn reload(&mut self, policy: &envfence::policy::Policy) -> anyhow::Result<()> {
-        let prior = self.policy.env_names.clone();
-        let policy = envfence::policy::compile_with_ids(policy, &prior);
-        self.dp
-            .apply_policy(&policy, &prior, std::time::Duration::from_secs(3600))?;
+        let policy = envfence::policy::compile_with_ids(
+            policy,
+            &self.policy.env_names,
+            &self.policy.rule_names,
+        );
+        self.dp.apply_policy(
+            &policy,
+            Some(&self.policy),
+            std::time::Duration::from_secs(3600),
+        )?;
         self.policy = policy;
         Ok(())
     }

@@ -207,7 +207,7 @@ fn truncation_mid_record_and_at_the_end_is_found() {
     // Mid-record: cut inside the last line.
     std::fs::write(&base, &full[..full.len() - 30]).unwrap();
     let b = broken(&verify(&base)).clone();
-    assert_eq!(b.line, 11, "{b}");
+    assert_eq!((b.line, b.seq), (11, Some(10)), "{b}");
     assert_eq!(b.problem, Problem::Truncated);
     // Whole records cut from the end: only the head can tell.
     std::fs::write(&base, &full).unwrap();
@@ -252,7 +252,11 @@ fn rotation_keeps_the_chain_across_files() {
     let files = discover(&base).unwrap();
     assert!(files.len() > 5, "{files:?}");
     for f in &files {
-        assert!(std::fs::metadata(f).unwrap().len() <= 4096, "{}", f.display());
+        assert!(
+            std::fs::metadata(f).unwrap().len() <= 4096,
+            "{}",
+            f.display()
+        );
         let first: serde_json::Value = serde_json::from_str(&lines(f)[0]).unwrap();
         assert_eq!(first["audit"], "file_start", "{}", f.display());
     }

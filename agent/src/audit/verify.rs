@@ -254,7 +254,7 @@ pub fn discover(base: &Path) -> std::io::Result<Vec<PathBuf>> {
             }
         }
     }
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     files.push(base.to_path_buf());
     Ok(files)
@@ -278,6 +278,13 @@ fn first_seq(path: &Path) -> Option<u64> {
         .read_until(b'\n', &mut line)
         .ok()?;
     decode_line(line.strip_suffix(b"\n")?).ok().map(|d| d.seq)
+}
+
+/// The seq a damaged line claims, when it still begins like a record.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 /// Reads on in `reader` for the record `seq`; returns how many lines
@@ -368,10 +375,10 @@ impl Verifier {
             }
             line_no += 1;
             let Some(line) = buf.strip_suffix(b"\n") else {
-                let seq = decode_line(&buf).ok().map(|d| d.seq);
-                return Err(at(line_no, seq, Problem::Truncated));
+                return Err(at(line_no, leading_seq(&buf), Problem::Truncated));
             };
-            let d = decode_line(line).map_err(|e| at(line_no, None, Problem::NotARecord(e)))?;
+            let d = decode_line(line)
+                .map_err(|e| at(line_no, leading_seq(line), Problem::NotARecord(e)))?;
             let here = |p: Problem| at(line_no, Some(d.seq), p);
             if !d.hash_ok() {
                 return Err(here(Problem::HashMismatch {

@@ -23,7 +23,7 @@ use crate::{
     datapath::{list_interfaces, Datapath, LoadOptions},
     events::Tee,
     events::{EventContext, EventSink, EventStream},
-    metrics::{self, DatapathCollector, Health, Metrics},
+    metrics::{self, DatapathCollector, Health, Metrics, PolicyNames},
     netwatch::{Link, LinkEvent, LinkWatcher},
     policy::{self, CompiledPolicy, Policy, PolicyErrors},
     status::{InterfaceStatus, Status},
@@ -136,7 +136,10 @@ where
         );
     }
     let counters = dp.counters();
-    let env_names = Arc::new(RwLock::new(vec![policy::WORLD.to_owned()]));
+    let env_names = Arc::new(RwLock::new(PolicyNames {
+        envs: vec![policy::WORLD.to_owned()],
+        rules: vec![policy::DEFAULT_RULE.to_owned()],
+    }));
     let metrics = Arc::new(Metrics::new(DatapathCollector::new(
         Arc::clone(&counters),
         Arc::clone(&env_names),
@@ -177,8 +180,8 @@ where
     agent.ctx_mut().node = agent.opts.node.clone();
 
     // Watch links first, so that nothing appearing from now on is missed.
-    let (mut watcher, links) = LinkWatcher::new()
-        .context("watching network interfaces (netlink)")?;
+    let (mut watcher, links) =
+        LinkWatcher::new().context("watching network interfaces (netlink)")?;
     agent.links = links.into_iter().map(|l| (l.ifindex, l)).collect();
     for (name, ifindex) in list_interfaces()? {
         agent.ctx_mut().interfaces.insert(ifindex, name);
@@ -186,12 +189,9 @@ where
 
     match first {
         Ok((p, text)) => {
-            let prior = saved
-                .as_ref()
-                .map(|s| s.env_names.clone())
-                .unwrap_or_default();
+            let prior: Option<CompiledPolicy> = saved.as_ref().and_then(compile_saved);
             agent.last_text = Some(policy_text_digest(&text));
-            agent.install(&p, text, &prior)?;
+            agent.install(&p, text, prior.as_ref())?;
         }
         Err(_) => {
             agent.last_text = agent
@@ -272,6 +272,7 @@ where
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
+    let mut ticks: u64 = 0;
     tracing::info!(
         metrics = %bound,
         interfaces = agent.dp.attachments().count(),
@@ -302,11 +303,24 @@ where
                 Err(e) => {
                     tracing::error!("interface watch failed: {e}; re-listing interfaces");
                     agent.resync_links();
+                    // Do not spin on an error that repeats.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
             _ = retry.tick() => {
                 if !agent.pending.is_empty() {
                     agent.reconcile();
+                }
+                ticks += 1;
+                if ticks % 10 == 1 {
+                    agent.publish_status();
+                    if let Ok(n) = agent.dp.flow_entries() {
+                        agent
+                            .metrics
+                            .map_entries
+                            .with_label_values(&[envfence_ebpf::map_names::FLOWS])
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
                 }
             }
         }
@@ -389,7 +403,7 @@ struct Agent {
     /// The policy in force, when this agent knows it.
     current: Option<CompiledPolicy>,
     ctx: Arc<RwLock<EventContext>>,
-    env_names: Arc<RwLock<Vec<String>>>,
+    env_names: crate::metrics::EnvNames,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Every interface of the namespace, by ifindex.
@@ -408,14 +422,27 @@ impl Agent {
     }
 
     /// Compiles (keeping environment ids) and installs a checked policy.
-    fn install(&mut self, p: &Policy, source: String, prior: &[String]) -> anyhow::Result<()> {
-        let compiled = policy::compile_with_ids(p, prior);
+    /// `prior`: the policy in force before, if known (its ids are kept).
+    fn install(
+        &mut self,
+        p: &Policy,
+        source: String,
+        prior: Option<&CompiledPolicy>,
+    ) -> anyhow::Result<()> {
+        let compiled = policy::compile_with_ids(
+            p,
+            prior.map_or(&[][..], |c| &c.env_names),
+            prior.map_or(&[][..], |c| &c.rule_names),
+        );
         let installed = self
             .dp
             .apply_policy(&compiled, prior, self.opts.report_interval)
             .context("writing the policy into the kernel maps")?;
         self.ctx_mut().set_slot(installed.slot, &compiled);
-        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = compiled.env_names.clone();
+        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = PolicyNames {
+            envs: compiled.env_names.clone(),
+            rules: compiled.rule_names.clone(),
+        };
         self.metrics
             .set_policy(u64::from(installed.generation), &compiled);
         self.metrics.reloads.with_label_values(&["success"]).inc();
@@ -425,6 +452,7 @@ impl Agent {
             origin: self.opts.policy.origin(),
             source,
             env_names: compiled.env_names.clone(),
+            rule_names: compiled.rule_names.clone(),
             generation: installed.generation,
         };
         if let Err(e) = state::save(&self.opts.state_dir, &saved) {
@@ -433,6 +461,23 @@ impl Agent {
                 self.opts.state_dir.display()
             );
         }
+        let both = |f: fn(&CompiledPolicy) -> usize| {
+            let n = f(&compiled) + prior.map_or(0, f);
+            i64::try_from(n).unwrap_or(i64::MAX)
+        };
+        let entries = &self.metrics.map_entries;
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::ENV_V4])
+            .set(both(|c| c.v4.len()));
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::ENV_V6])
+            .set(both(|c| c.v6.len()));
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::PORTS])
+            .set(both(|c| c.ports.len()));
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::PAIRS])
+            .set(i64::from(envfence_ebpf::SLOTS * envfence_ebpf::PAIRS_LEN));
         self.status.update(|s| {
             s.mode = compiled.mode.to_string();
             s.generation = installed.generation;
@@ -468,13 +513,15 @@ impl Agent {
             self.metrics.generation.set(i64::from(config.generation));
             return Ok(());
         };
-        let p = policy::parse(&saved.source, &saved.origin)
-            .map_err(|e| anyhow::anyhow!("the saved policy no longer parses: {e}"))?;
-        let compiled = policy::compile_with_ids(&p, &saved.env_names);
+        let compiled = compile_saved(&saved)
+            .ok_or_else(|| anyhow::anyhow!("the saved policy {} no longer parses", saved.origin))?;
         for slot in 0..2 {
             self.ctx_mut().set_slot(slot, &compiled);
         }
-        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = compiled.env_names.clone();
+        *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = PolicyNames {
+            envs: compiled.env_names.clone(),
+            rules: compiled.rule_names.clone(),
+        };
         self.metrics
             .set_policy(u64::from(config.generation), &compiled);
         self.status.update(|s| {
@@ -518,12 +565,8 @@ impl Agent {
                 return;
             }
         };
-        let prior = self
-            .current
-            .as_ref()
-            .map(|c| c.env_names.clone())
-            .unwrap_or_default();
-        if let Err(e) = self.install(&p, text, &prior) {
+        let prior = self.current.clone();
+        if let Err(e) = self.install(&p, text, prior.as_ref()) {
             self.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!("policy reload failed, the policy in force stays: {e:#}");
             self.status
@@ -700,6 +743,10 @@ impl Agent {
         self.metrics
             .attached_interfaces
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.metrics
+            .map_entries
+            .with_label_values(&[envfence_ebpf::map_names::ATTACHED])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
         if self.pending.is_empty() {
             self.health.set_ready(true, "");
         } else {
@@ -712,6 +759,16 @@ impl Agent {
             self.health.set_ready(false, format!("not attached: {why}"));
         }
     }
+}
+
+/// The saved policy, compiled with its own ids.
+fn compile_saved(saved: &SavedPolicy) -> Option<CompiledPolicy> {
+    let p = policy::parse(&saved.source, &saved.origin).ok()?;
+    Some(policy::compile_with_ids(
+        &p,
+        &saved.env_names,
+        &saved.rule_names,
+    ))
 }
 
 fn policy_text_digest(text: &str) -> u64 {

@@ -24,6 +24,9 @@ pub struct SavedPolicy {
     pub source: String,
     /// Environment names by id as installed.
     pub env_names: Vec<String>,
+    /// Rule names by id as installed.
+    #[serde(default)]
+    pub rule_names: Vec<String>,
     pub generation: u32,
 }
 

@@ -1,7 +1,10 @@
 use std::sync::Mutex;
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use envfence_ebpf::{counter_index, map_names, stat, Counter, MAX_ENVS, NUM_VERDICTS};
+use envfence_ebpf::{
+    counter_index, map_names, rule_counter_index, stat, Counter, COUNTED_RULES, MAX_ENVS,
+    NUM_VERDICTS,
+};
 
 use super::DatapathError;
 
@@ -20,12 +23,27 @@ pub struct PairCount {
 /// threads: reads take `&self`).
 pub struct CounterReader {
     counters: Mutex<PerCpuArray<MapData, Counter>>,
+    rules: Mutex<PerCpuArray<MapData, Counter>>,
     stats: PerCpuArray<MapData, u64>,
 }
 
+/// Exact packet and byte counts of one (rule, verdict) cell, summed over
+/// CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCount {
+    pub rule: u16,
+    pub verdict: u8,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 impl CounterReader {
-    pub(super) fn new(counters: Map, stats: Map) -> Result<Self, DatapathError> {
+    pub(super) fn new(counters: Map, rules: Map, stats: Map) -> Result<Self, DatapathError> {
         Ok(Self {
+            rules: Mutex::new(
+                PerCpuArray::try_from(rules)
+                    .map_err(DatapathError::map(map_names::RULE_COUNTERS))?,
+            ),
             counters: Mutex::new(
                 PerCpuArray::try_from(counters).map_err(DatapathError::map(map_names::COUNTERS))?,
             ),
@@ -74,30 +92,52 @@ impl CounterReader {
     /// an id that starts to name another environment.
     pub(super) fn zero_env(&self, id: u32) -> Result<(), DatapathError> {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Interface {
-            ifname: String::from("*"),
-            message: format!("counting CPUs ({what}): {e}"),
-        })?;
+        let mut cells = Vec::new();
         for other in 0..MAX_ENVS {
             for verdict in 0..NUM_VERDICTS {
-                for index in [
-                    counter_index(id, other, verdict),
-                    counter_index(other, id, verdict),
-                ] {
-                    let zeros =
-                        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| {
-                            DatapathError::Interface {
-                                ifname: String::from("*"),
-                                message: format!("per-CPU zeros: {e}"),
-                            }
-                        })?;
-                    counters
-                        .set(index, zeros, 0)
-                        .map_err(DatapathError::map(map_names::COUNTERS))?;
+                cells.push(counter_index(id, other, verdict));
+                cells.push(counter_index(other, id, verdict));
+            }
+        }
+        zero(&mut counters, &cells, map_names::COUNTERS)
+    }
+
+    /// Zeroes the cells of rule `id`, for an id that starts to name another
+    /// rule (ids past the counted ones share a cell, which is left alone).
+    pub(super) fn zero_rule(&self, id: u32) -> Result<(), DatapathError> {
+        if id >= COUNTED_RULES - 1 {
+            return Ok(());
+        }
+        let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let cells: Vec<u32> = (0..NUM_VERDICTS)
+            .map(|v| rule_counter_index(id, v))
+            .collect();
+        zero(&mut rules, &cells, map_names::RULE_COUNTERS)
+    }
+
+    /// Every non-zero (rule, verdict) cell among rule ids `0..rule_count`.
+    pub fn rules(&self, rule_count: u32) -> Result<Vec<RuleCount>, DatapathError> {
+        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for rule in 0..rule_count.min(COUNTED_RULES) {
+            for verdict in 0..NUM_VERDICTS as u8 {
+                let values = rules
+                    .get(&rule_counter_index(rule, u32::from(verdict)), 0)
+                    .map_err(DatapathError::map(map_names::RULE_COUNTERS))?;
+                let (packets, bytes) = values
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                if packets != 0 {
+                    out.push(RuleCount {
+                        rule: u16::try_from(rule).unwrap_or(u16::MAX),
+                        verdict,
+                        packets,
+                        bytes,
+                    });
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The datapath statistics, indexed by `envfence_ebpf::stat`.
@@ -113,4 +153,25 @@ impl CounterReader {
         }
         Ok(out)
     }
+}
+
+fn zero(
+    map: &mut PerCpuArray<MapData, Counter>,
+    cells: &[u32],
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::Interface {
+        ifname: String::from("*"),
+        message: format!("counting CPUs ({what}): {e}"),
+    })?;
+    for &index in cells {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| {
+            DatapathError::Interface {
+                ifname: String::from("*"),
+                message: format!("per-CPU zeros: {e}"),
+            }
+        })?;
+        map.set(index, zeros, 0).map_err(DatapathError::map(name))?;
+    }
+    Ok(())
 }

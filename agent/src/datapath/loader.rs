@@ -115,6 +115,7 @@ impl Datapath {
         }
         let counters = Arc::new(CounterReader::new(
             take_map(&mut ebpf, map_names::COUNTERS)?,
+            take_map(&mut ebpf, map_names::RULE_COUNTERS)?,
             take_map(&mut ebpf, map_names::STATS)?,
         )?);
         Ok(Self {
@@ -143,19 +144,20 @@ impl Datapath {
     }
 
     /// Installs a compiled policy atomically (the inactive slot is written,
-    /// then the datapath switches to it). `prior_envs`: the environment names
-    /// by id of the policy in force before, if any.
+    /// then the datapath switches to it). `prior`: the policy in force
+    /// before, if known: counters of ids that now name something else are
+    /// zeroed first.
     pub fn apply_policy(
         &mut self,
         policy: &CompiledPolicy,
-        prior_envs: &[String],
+        prior: Option<&CompiledPolicy>,
         report_interval: Duration,
     ) -> Result<Installed, DatapathError> {
         policy_maps::install(
             &mut self.ebpf,
             &self.counters,
             policy,
-            prior_envs,
+            prior,
             report_interval,
         )
     }
@@ -414,6 +416,14 @@ impl Datapath {
             }
         }
         stale.len()
+    }
+
+    /// Entries of the reported-flows LRU map (walks its keys: up to its
+    /// capacity in syscalls; call now and then, not per scrape).
+    pub fn flow_entries(&mut self) -> Result<usize, DatapathError> {
+        let flows: HashMap<&mut MapData, envfence_ebpf::FlowKey, envfence_ebpf::FlowState> =
+            typed_map(&mut self.ebpf, map_names::FLOWS)?;
+        Ok(flows.keys().filter(Result::is_ok).count())
     }
 
     /// The interfaces envfence is attached to.

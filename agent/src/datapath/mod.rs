@@ -10,7 +10,7 @@ pub mod pins;
 mod policy_maps;
 
 pub use attach::{list_interfaces, Attachment};
-pub use counters::{CounterReader, PairCount};
+pub use counters::{CounterReader, PairCount, RuleCount};
 pub use error::DatapathError;
 pub use loader::{Datapath, Hook, LoadOptions};
 pub use policy_maps::Installed;
@@ -18,3 +18,35 @@ pub use policy_maps::Installed;
 /// The compiled eBPF object (built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/envfence-ebpf"));
+
+/// (map, max entries) of the maps whose fill is exported.
+pub const MAP_CAPACITIES: [(&str, u32); 7] = [
+    (
+        envfence_ebpf::map_names::ENV_V4,
+        envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V4,
+    ),
+    (
+        envfence_ebpf::map_names::ENV_V6,
+        envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V6,
+    ),
+    (
+        envfence_ebpf::map_names::PORTS,
+        envfence_ebpf::SLOTS * envfence_ebpf::capacity::PORTS,
+    ),
+    (
+        envfence_ebpf::map_names::PAIRS,
+        envfence_ebpf::SLOTS * envfence_ebpf::PAIRS_LEN,
+    ),
+    (
+        envfence_ebpf::map_names::ATTACHED,
+        envfence_ebpf::capacity::ATTACHED,
+    ),
+    (
+        envfence_ebpf::map_names::FLOWS,
+        envfence_ebpf::capacity::FLOWS,
+    ),
+    (
+        envfence_ebpf::map_names::VERDICTS,
+        envfence_ebpf::capacity::VERDICTS,
+    ),
+];

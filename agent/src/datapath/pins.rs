@@ -18,12 +18,13 @@ use super::{loader::Hook, DatapathError};
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 
 /// The maps that are pinned (all of them but the parser's scratch space).
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
     map_names::PAIRS,
     map_names::PORTS,
     map_names::COUNTERS,
+    map_names::RULE_COUNTERS,
     map_names::STATS,
     map_names::CONFIG,
     map_names::ATTACHED,

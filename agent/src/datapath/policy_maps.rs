@@ -33,17 +33,19 @@ pub(super) fn current_config(ebpf: &mut Ebpf) -> Result<Config, DatapathError> {
         .map_err(DatapathError::map(map_names::CONFIG))
 }
 
-/// Installs `policy` into the inactive slot and flips to it.
-/// `prior_envs` are the environment names by id of the policy in force (or
-/// last in force), so that an id that now names another environment has
-/// its counters zeroed before any packet is counted under the new name.
+/// Installs `policy` into the inactive slot and flips to it. `prior` is the
+/// policy in force (or last in force), so that an environment or rule id
+/// that now names something else has its counters zeroed before any packet
+/// is counted under the new name.
 pub(super) fn install(
     ebpf: &mut Ebpf,
     counters: &CounterReader,
     policy: &CompiledPolicy,
-    prior_envs: &[String],
+    prior: Option<&CompiledPolicy>,
     report_interval: Duration,
 ) -> Result<Installed, DatapathError> {
+    let prior_envs: &[String] = prior.map_or(&[], |p| &p.env_names);
+    let prior_rules: &[String] = prior.map_or(&[], |p| &p.rule_names);
     let current = current_config(ebpf)?;
     let target = 1 - (current.active_slot & 1);
     clear_slot(ebpf, target)?;
@@ -52,6 +54,12 @@ pub(super) fn install(
         let renamed = prior_envs.get(id).is_none_or(|prior| prior != name);
         if !name.is_empty() && renamed {
             counters.zero_env(u32::try_from(id).unwrap_or(u32::MAX))?;
+        }
+    }
+    for (id, name) in policy.rule_names.iter().enumerate() {
+        let renamed = prior_rules.get(id).is_none_or(|prior| prior != name);
+        if !name.is_empty() && renamed {
+            counters.zero_rule(u32::try_from(id).unwrap_or(u32::MAX))?;
         }
     }
     let generation = current.generation.wrapping_add(1);

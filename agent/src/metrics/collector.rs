@@ -8,9 +8,17 @@ use prometheus::{
 
 use crate::{datapath::CounterReader, policy::Verdict};
 
-/// Environment names by id (index 0 is `world`; "" for an unused id), for
-/// the labels; replaced on every policy reload.
-pub type EnvNames = Arc<RwLock<Vec<String>>>;
+/// Names by id for the labels, replaced on every policy reload.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyNames {
+    /// Environment names by id (0 is `world`; "" for an unused id).
+    pub envs: Vec<String>,
+    /// Rule names by id (0 is `default`; "" for an unused id).
+    pub rules: Vec<String>,
+}
+
+/// The shared, replaceable names.
+pub type EnvNames = Arc<RwLock<PolicyNames>>;
 
 /// Reads the kernel counters at every scrape.
 pub struct DatapathCollector {
@@ -19,6 +27,8 @@ pub struct DatapathCollector {
     packets: IntCounterVec,
     bytes: IntCounterVec,
     stats: IntCounterVec,
+    rule_packets: IntCounterVec,
+    rule_bytes: IntCounterVec,
     /// Serialises scrapes: the vectors are refilled from the kernel on each.
     lock: Mutex<()>,
 }
@@ -64,6 +74,20 @@ impl DatapathCollector {
                 ),
                 &["kind"],
             )?,
+            rule_packets: IntCounterVec::new(
+                Opts::new(
+                    "envfence_rule_packets_total",
+                    "Packets by the rule that decided them (`default` when no rule did) and verdict; rule ids past 1022 share the series of the rule with id 1023.",
+                ),
+                &["rule", "verdict"],
+            )?,
+            rule_bytes: IntCounterVec::new(
+                Opts::new(
+                    "envfence_rule_bytes_total",
+                    "Bytes by the rule that decided them and verdict.",
+                ),
+                &["rule", "verdict"],
+            )?,
             lock: Mutex::new(()),
         })
     }
@@ -72,7 +96,10 @@ impl DatapathCollector {
         self.packets.reset();
         self.bytes.reset();
         self.stats.reset();
-        let envs = self.envs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.rule_packets.reset();
+        self.rule_bytes.reset();
+        let names = self.envs.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let envs = &names.envs;
         let env_count = u32::try_from(envs.len()).unwrap_or(u32::MAX);
         let name = |id: u32| envs.get(id as usize).filter(|n| !n.is_empty());
         for cell in self.reader.pairs(env_count)? {
@@ -86,6 +113,24 @@ impl DatapathCollector {
             self.packets.with_label_values(&labels).inc_by(cell.packets);
             self.bytes.with_label_values(&labels).inc_by(cell.bytes);
         }
+        let rule_count = u32::try_from(names.rules.len()).unwrap_or(u32::MAX);
+        for cell in self.reader.rules(rule_count)? {
+            let Some(rule) = names
+                .rules
+                .get(usize::from(cell.rule))
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
+            let verdict = Verdict::from_u8(cell.verdict).map_or("unknown", Verdict::as_str);
+            let labels = [rule.as_str(), verdict];
+            self.rule_packets
+                .with_label_values(&labels)
+                .inc_by(cell.packets);
+            self.rule_bytes
+                .with_label_values(&labels)
+                .inc_by(cell.bytes);
+        }
         let stats = self.reader.stats()?;
         for (index, label) in STAT_LABELS {
             let value = stats.get(index as usize).copied().unwrap_or(0);
@@ -97,10 +142,16 @@ impl DatapathCollector {
 
 impl Collector for DatapathCollector {
     fn desc(&self) -> Vec<&Desc> {
-        [&self.packets, &self.bytes, &self.stats]
-            .into_iter()
-            .flat_map(|v| v.desc())
-            .collect()
+        [
+            &self.packets,
+            &self.bytes,
+            &self.stats,
+            &self.rule_packets,
+            &self.rule_bytes,
+        ]
+        .into_iter()
+        .flat_map(|v| v.desc())
+        .collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -111,9 +162,15 @@ impl Collector for DatapathCollector {
             tracing::error!("reading kernel counters failed: {e}");
             return Vec::new();
         }
-        [&self.packets, &self.bytes, &self.stats]
-            .into_iter()
-            .flat_map(|v| v.collect())
-            .collect()
+        [
+            &self.packets,
+            &self.bytes,
+            &self.stats,
+            &self.rule_packets,
+            &self.rule_bytes,
+        ]
+        .into_iter()
+        .flat_map(|v| v.collect())
+        .collect()
     }
 }

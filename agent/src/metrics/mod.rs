@@ -5,7 +5,7 @@ mod collector;
 mod health;
 mod server;
 
-pub use collector::{DatapathCollector, EnvNames};
+pub use collector::{DatapathCollector, EnvNames, PolicyNames};
 pub use health::Health;
 pub use server::serve;
 
@@ -25,6 +25,10 @@ pub struct Metrics {
     pub last_reload: Gauge,
     /// Generation of the policy in force.
     pub generation: IntGauge,
+    /// Entries in each kernel map.
+    pub map_entries: IntGaugeVec,
+    /// Capacity (max entries) of each kernel map.
+    pub map_capacity: IntGaugeVec,
     policy_info: IntGaugeVec,
 }
 
@@ -89,8 +93,26 @@ impl Metrics {
             "Generation of the policy in force (grows by one per reload; kept across restarts).",
         )?;
         registry.register(Box::new(generation.clone()))?;
+        let map_entries = IntGaugeVec::new(
+            Opts::new(
+                "envfence_map_entries",
+                "Entries in each kernel map (policy maps: both policy slots).",
+            ),
+            &["map"],
+        )?;
+        registry.register(Box::new(map_entries.clone()))?;
+        let map_capacity = IntGaugeVec::new(
+            Opts::new("envfence_map_capacity", "Capacity of each kernel map."),
+            &["map"],
+        )?;
+        registry.register(Box::new(map_capacity.clone()))?;
+        for (map, cap) in crate::datapath::MAP_CAPACITIES {
+            map_capacity.with_label_values(&[map]).set(i64::from(cap));
+        }
         Ok(Self {
             registry,
+            map_entries,
+            map_capacity,
             attached_interfaces,
             attach_failures,
             reloads,

@@ -96,16 +96,21 @@ pub struct Decision {
 /// Compiles a validated policy, numbering its environments afresh
 /// (`world` = 0, then the names sorted).
 pub fn compile(policy: &Policy) -> CompiledPolicy {
-    compile_with_ids(policy, &[])
+    compile_with_ids(policy, &[], &[])
 }
 
-/// Compiles a validated policy keeping the environment ids of `prior` (the
-/// `env_names` of the policy compiled before it): an environment keeps its id
-/// across reloads and restarts, a new one takes the lowest id no current
-/// environment holds. Ids of environments that are gone stay in
-/// `env_names` as empty strings until reused.
-pub fn compile_with_ids(policy: &Policy, prior: &[String]) -> CompiledPolicy {
-    let env_names = stable_env_names(&env_names(policy), prior);
+/// Compiles a validated policy keeping the environment and rule ids of the
+/// policy compiled before it (`prior_envs`, `prior_rules`: its `env_names`
+/// and `rule_names`): an environment or rule keeps its id across reloads and
+/// restarts, a new one takes the lowest id nothing current holds. Ids of
+/// environments and rules that are gone stay as empty strings until reused.
+/// (Counters are kept per id: stable ids keep them meaningful.)
+pub fn compile_with_ids(
+    policy: &Policy,
+    prior_envs: &[String],
+    prior_rules: &[String],
+) -> CompiledPolicy {
+    let env_names = stable_names(&env_names(policy), prior_envs, WORLD);
     let ids: HashMap<&str, u32> = env_names
         .iter()
         .enumerate()
@@ -113,10 +118,23 @@ pub fn compile_with_ids(policy: &Policy, prior: &[String]) -> CompiledPolicy {
         .filter_map(|(id, name)| Some((name.as_str(), u32::try_from(id).ok()?)))
         .collect();
     let (v4, v6) = prefixes(policy, &ids);
-    let rule_names = std::iter::once(DEFAULT_RULE.to_owned())
+    let in_file: Vec<String> = std::iter::once(DEFAULT_RULE.to_owned())
         .chain(policy.rules.iter().map(|r| r.name.clone()))
         .collect();
-    let (pairs, ports) = verdicts(policy, &ids);
+    let rule_names = stable_names(&in_file, prior_rules, DEFAULT_RULE);
+    // The id of each rule, in file order.
+    let rule_ids: Vec<u16> = policy
+        .rules
+        .iter()
+        .map(|r| {
+            rule_names
+                .iter()
+                .position(|n| *n == r.name)
+                .and_then(|i| u16::try_from(i).ok())
+                .unwrap_or(u16::MAX)
+        })
+        .collect();
+    let (pairs, ports) = verdicts(policy, &ids, &rule_ids);
     CompiledPolicy {
         mode: policy.mode,
         default: policy.default,
@@ -149,10 +167,12 @@ fn env_names(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
-/// Lays `sorted` (`world` first) out by id, keeping the ids of `prior`.
-fn stable_env_names(sorted: &[String], prior: &[String]) -> Vec<String> {
+/// Lays `names` (`zero`, the name of id 0, first) out by id, keeping the
+/// ids of `prior`; new names take the lowest free ids, in the given order.
+fn stable_names(names: &[String], prior: &[String], zero: &str) -> Vec<String> {
+    let sorted = names;
     let mut out: Vec<String> = vec![String::new(); prior.len().max(1)];
-    out[0] = WORLD.to_owned();
+    out[0] = zero.to_owned();
     let mut fresh = Vec::new();
     for name in sorted.iter().skip(1) {
         match prior.iter().skip(1).position(|p| p == name) {
@@ -203,13 +223,11 @@ type Claim = (Verdict, u16);
 fn verdicts(
     policy: &Policy,
     ids: &HashMap<&str, u32>,
+    rule_ids: &[u16],
 ) -> (Vec<PairVerdict>, Vec<(PortKey, RuleVerdict)>) {
     let mut pair_claims: Vec<Option<Claim>> = vec![None; PAIRS_LEN as usize];
     let mut port_claims: BTreeMap<(u8, u8, u8, u16), Claim> = BTreeMap::new();
-    for (index, rule) in policy.rules.iter().enumerate() {
-        let Ok(rule_id) = u16::try_from(index + 1) else {
-            break;
-        };
+    for (rule, &rule_id) in policy.rules.iter().zip(rule_ids) {
         let claim = (rule.verdict, rule_id);
         for from in rule.from.iter().filter_map(|name| ids.get(name.as_str())) {
             for to in rule.to.iter().filter_map(|name| ids.get(name.as_str())) {
@@ -233,13 +251,15 @@ fn verdicts(
         }
     }
 
-    // The strictest port verdict of each pair; of equals, the lowest rule id.
+    // The strictest port verdict of each pair; of equals, the rule first in
+    // the file.
+    let file_order = |id: u16| rule_ids.iter().position(|&r| r == id).unwrap_or(usize::MAX);
     let mut strictest: Vec<Option<Claim>> = vec![None; PAIRS_LEN as usize];
     for (&(src, dst, _, _), &(verdict, rule)) in &port_claims {
         let slot = &mut strictest[pair_index(src.into(), dst.into()) as usize];
         let better = match *slot {
             None => true,
-            Some((v, r)) => verdict > v || (verdict == v && rule < r),
+            Some((v, r)) => verdict > v || (verdict == v && file_order(rule) < file_order(r)),
         };
         if better {
             *slot = Some((verdict, rule));

@@ -421,16 +421,50 @@ fn environment_ids_are_stable_across_recompiles() {
         "b",
     )
     .expect("valid");
-    let b = crate::policy::compile_with_ids(&second, &a.env_names);
+    let b = crate::policy::compile_with_ids(&second, &a.env_names, &a.rule_names);
     assert_eq!(b.env_names, ["world", "production", "aaa", "test", "zzz"]);
     assert_eq!(b.lookup_env("10.30.1.1".parse().expect("ip")).0, 3);
     assert_eq!(b.lookup_env("10.1.1.1".parse().expect("ip")).0, 2);
     // Only test left: a gap where production was, and no trailing gaps.
     let third =
         crate::policy::parse("environments:\n  test: [10.30.0.0/16]\n", "c").expect("valid");
-    let c = crate::policy::compile_with_ids(&third, &b.env_names);
+    let c = crate::policy::compile_with_ids(&third, &b.env_names, &b.rule_names);
     assert_eq!(c.env_names, ["world", "", "", "test"]);
     assert_eq!(c.env_id(""), None);
     assert_eq!(c.env_name(1), "unknown(1)");
     assert_eq!(c.env_id("test"), Some(3));
+}
+
+#[test]
+fn rule_ids_are_stable_across_recompiles() {
+    let env = "environments:\n  a: [10.1.0.0/16]\n  b: [10.2.0.0/16]\n  c: [10.3.0.0/16]\n";
+    let first = crate::policy::parse(
+        &format!("{env}rules:\n  - {{name: one, from: [a], to: [b], verdict: drop}}\n  - {{name: two, from: [b], to: [a], verdict: log}}\n"),
+        "a",
+    )
+    .expect("valid");
+    let a = compile(&first);
+    assert_eq!(a.rule_names, ["default", "one", "two"]);
+    // `one` goes, `three` comes first in the file: `two` keeps id 2, `three`
+    // takes the freed id 1.
+    let second = crate::policy::parse(
+        &format!("{env}rules:\n  - {{name: three, from: [c], to: [a], verdict: audit}}\n  - {{name: two, from: [b], to: [a], verdict: log}}\n"),
+        "b",
+    )
+    .expect("valid");
+    let b = crate::policy::compile_with_ids(&second, &a.env_names, &a.rule_names);
+    assert_eq!(b.rule_names, ["default", "three", "two"]);
+    let (ea, eb, ec) = (
+        b.env_id("a").expect("a"),
+        b.env_id("b").expect("b"),
+        b.env_id("c").expect("c"),
+    );
+    assert_eq!(
+        b.decide(eb, ea, L4::Other),
+        (crate::policy::Verdict::Log.as_u8(), 2)
+    );
+    assert_eq!(
+        b.decide(ec, ea, L4::Other),
+        (crate::policy::Verdict::Audit.as_u8(), 1)
+    );
 }

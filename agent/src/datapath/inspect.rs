@@ -1,0 +1,478 @@
+//! Reading envfence's state straight from the maps pinned in bpffs, without
+//! the agent process: what `envfence explain` decides from, and what
+//! `envfence status` shows when the agent is down. Nothing here writes.
+//!
+//! The decision is computed exactly as the datapath computes it
+//! (`agent-ebpf/src/programs.rs`): the active slot of `CONFIG`, a
+//! longest-prefix lookup of each address in `ENV_V4`/`ENV_V6` (an
+//! IPv4-mapped IPv6 address is looked up as IPv4), the pair entry of
+//! `PAIRS`, and the port rule of `PORTS` when the pair has port rules.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+};
+use envfence_ebpf::{
+    counter_index, map_names, slot_pair_index, stat, Config, Counter, PairVerdict, PortKey,
+    RuleVerdict, MAX_ENVS, NUM_VERDICTS,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::{pins, Hook};
+use crate::policy::L4;
+
+/// Why the pinned state cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(
+        "nothing is pinned at {} (no envfence agent of ABI v{} ran on this node since boot, it runs with --no-pin, or its pins are elsewhere: --pin-root; is bpffs mounted at /sys/fs/bpf?)",
+        .dir.display(),
+        envfence_ebpf::ABI_VERSION
+    )]
+    NotPinned { dir: PathBuf },
+    #[error(
+        "opening the pinned map {}: permission denied (reading the kernel's maps needs root)",
+        .path.display()
+    )]
+    Permission { path: PathBuf },
+    #[error("opening the pinned map {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("reading the pinned map {map}: {source}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+}
+
+fn read_error(map: &'static str) -> impl FnOnce(MapError) -> InspectError {
+    move |source| InspectError::Read {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// The maps of one pinned envfence, opened.
+pub struct PinnedState {
+    dir: PathBuf,
+    config: Array<MapData, Config>,
+    v4: LpmTrie<MapData, [u8; 5], u32>,
+    v6: LpmTrie<MapData, [u8; 17], u32>,
+    pairs: Array<MapData, PairVerdict>,
+    ports: HashMap<MapData, PortKey, RuleVerdict>,
+    attached: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+/// The environment an address is in, as the kernel's LPM trie says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvMatch {
+    /// Environment id (0: `world`, in none).
+    pub id: u32,
+    /// The longest pinned prefix of the active slot holding the address.
+    pub prefix: Option<IpNet>,
+}
+
+/// What decided a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// A port rule: (protocol, destination port).
+    PortRule { proto: u8, port: u16 },
+    /// The pair's verdict (no port rule matched, or no ports).
+    Pair,
+    /// The pair's strictest verdict (ports unreadable).
+    NoPorts,
+}
+
+/// A decision read from the pinned maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelDecision {
+    pub config: Config,
+    /// The slot the datapath judges with now.
+    pub slot: u32,
+    pub src: EnvMatch,
+    pub dst: EnvMatch,
+    /// The verdict ([`envfence_ebpf::verdict`]), audit mode folded in.
+    pub verdict: u8,
+    /// The rule id that decided.
+    pub rule: u16,
+    pub by: DecidedBy,
+    /// The pair's entry.
+    pub pair: PairVerdict,
+}
+
+/// One of envfence's pinned tcx links.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkReport {
+    pub hook: &'static str,
+    pub path: PathBuf,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    pub program_name: Option<String>,
+    /// Why the link could not be read.
+    pub error: Option<String>,
+}
+
+/// Packets and bytes of one verdict, summed over environments and CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictTotals {
+    pub packets: [u64; NUM_VERDICTS as usize],
+    pub bytes: [u64; NUM_VERDICTS as usize],
+}
+
+/// (stat index, name) of the datapath statistics, named as in the metrics.
+pub const STAT_NAMES: [(u32, &str); 10] = [
+    (stat::EVENTS_EMITTED, "events_emitted"),
+    (stat::EVENTS_LOST, "events_lost"),
+    (stat::NON_IP, "non_ip"),
+    (stat::MALFORMED, "malformed"),
+    (stat::VLAN_TOO_DEEP, "vlan_too_deep"),
+    (stat::EGRESS_SKIPPED, "egress_already_judged"),
+    (stat::FRAGMENTS, "fragments"),
+    (stat::IPV6_EXT_TOO_DEEP, "ipv6_ext_too_deep"),
+    (stat::TUNNEL_TOO_DEEP, "tunnel_too_deep"),
+    (stat::TUNNELED, "tunneled"),
+];
+
+impl PinnedState {
+    /// Opens the maps pinned under `pin_root` (this ABI's directory in it).
+    pub fn open(pin_root: &Path) -> Result<Self, InspectError> {
+        let layout = pins::PinLayout::new(pin_root);
+        let dir = layout.dir();
+        if !layout.is_pinned() {
+            return Err(InspectError::NotPinned { dir });
+        }
+        Ok(Self {
+            config: open_typed(&layout, map_names::CONFIG)?,
+            v4: open_typed(&layout, map_names::ENV_V4)?,
+            v6: open_typed(&layout, map_names::ENV_V6)?,
+            pairs: open_typed(&layout, map_names::PAIRS)?,
+            ports: open_typed(&layout, map_names::PORTS)?,
+            attached: open_typed(&layout, map_names::ATTACHED)?,
+            stats: open_typed(&layout, map_names::STATS)?,
+            counters: open_typed(&layout, map_names::COUNTERS)?,
+            dir,
+        })
+    }
+
+    /// The directory of the pins (`<root>/v<ABI>`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The datapath configuration in force.
+    pub fn config(&self) -> Result<Config, InspectError> {
+        self.config
+            .get(&0, 0)
+            .map_err(read_error(map_names::CONFIG))
+    }
+
+    /// The ifindexes envfence is attached to (the `ATTACHED` map), sorted.
+    pub fn attached(&self) -> Result<Vec<u32>, InspectError> {
+        let mut out = Vec::new();
+        for key in self.attached.keys() {
+            out.push(key.map_err(read_error(map_names::ATTACHED))?);
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The tcx links pinned for `ifindex`, with their program ids.
+    pub fn links(&self, ifindex: u32) -> Vec<LinkReport> {
+        Hook::ALL
+            .iter()
+            .map(|&hook| read_link(&pins::link_path_in(&self.dir, ifindex, hook), hook))
+            .collect()
+    }
+
+    /// The environment of `ip` in policy slot `slot`.
+    pub fn lookup_env(&self, ip: IpAddr, slot: u32) -> Result<EnvMatch, InspectError> {
+        let s = (slot & 1) as u8;
+        let v4 = match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(a) => a.to_ipv4_mapped(),
+        };
+        match (v4, ip) {
+            (Some(a), _) => self.lookup_v4(a, s),
+            (None, IpAddr::V6(a)) => self.lookup_v6(a, s),
+            // An IPv4 address always has `v4`.
+            (None, IpAddr::V4(a)) => self.lookup_v4(a, s),
+        }
+    }
+
+    fn lookup_v4(&self, a: Ipv4Addr, s: u8) -> Result<EnvMatch, InspectError> {
+        let o = a.octets();
+        let id = match self.v4.get(&Key::new(40, [s, o[0], o[1], o[2], o[3]]), 0) {
+            Ok(id) => id & (MAX_ENVS - 1),
+            Err(MapError::KeyNotFound) => 0,
+            Err(e) => return Err(read_error(map_names::ENV_V4)(e)),
+        };
+        let mut best: Option<Ipv4Net> = None;
+        for key in self.v4.keys() {
+            let key = key.map_err(read_error(map_names::ENV_V4))?;
+            let d = key.data();
+            let Some(len) = key.prefix_len().checked_sub(8) else {
+                continue;
+            };
+            let Ok(len) = u8::try_from(len) else { continue };
+            if d[0] != s {
+                continue;
+            }
+            let Ok(net) = Ipv4Net::new(Ipv4Addr::new(d[1], d[2], d[3], d[4]), len) else {
+                continue;
+            };
+            if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
+                best = Some(net);
+            }
+        }
+        Ok(EnvMatch {
+            id,
+            prefix: best.map(IpNet::V4),
+        })
+    }
+
+    fn lookup_v6(&self, a: Ipv6Addr, s: u8) -> Result<EnvMatch, InspectError> {
+        let mut data = [0u8; 17];
+        data[0] = s;
+        data[1..].copy_from_slice(&a.octets());
+        let id = match self.v6.get(&Key::new(136, data), 0) {
+            Ok(id) => id & (MAX_ENVS - 1),
+            Err(MapError::KeyNotFound) => 0,
+            Err(e) => return Err(read_error(map_names::ENV_V6)(e)),
+        };
+        let mut best: Option<Ipv6Net> = None;
+        for key in self.v6.keys() {
+            let key = key.map_err(read_error(map_names::ENV_V6))?;
+            let d = key.data();
+            let Some(len) = key.prefix_len().checked_sub(8) else {
+                continue;
+            };
+            let Ok(len) = u8::try_from(len) else { continue };
+            if d[0] != s {
+                continue;
+            }
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&d[1..]);
+            let Ok(net) = Ipv6Net::new(Ipv6Addr::from(octets), len) else {
+                continue;
+            };
+            if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
+                best = Some(net);
+            }
+        }
+        Ok(EnvMatch {
+            id,
+            prefix: best.map(IpNet::V6),
+        })
+    }
+
+    /// The pair entry of (src, dst) in `slot`.
+    pub fn pair(&self, slot: u32, src_env: u32, dst_env: u32) -> Result<PairVerdict, InspectError> {
+        self.pairs
+            .get(
+                &slot_pair_index(slot & 1, src_env & (MAX_ENVS - 1), dst_env & (MAX_ENVS - 1)),
+                0,
+            )
+            .map_err(read_error(map_names::PAIRS))
+    }
+
+    /// The port rule of (src, dst, proto, port) in `slot`, if there is one.
+    pub fn port_rule(
+        &self,
+        slot: u32,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<RuleVerdict>, InspectError> {
+        let key = PortKey {
+            src_env: u8::try_from(src_env & (MAX_ENVS - 1)).unwrap_or(0),
+            dst_env: u8::try_from(dst_env & (MAX_ENVS - 1)).unwrap_or(0),
+            proto,
+            slot: (slot & 1) as u8,
+            port,
+            _pad2: 0,
+        };
+        match self.ports.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_error(map_names::PORTS)(e)),
+        }
+    }
+
+    /// Every port rule of the pair (src, dst) in `slot`, sorted by
+    /// (protocol, port).
+    pub fn port_rules_of(
+        &self,
+        slot: u32,
+        src_env: u32,
+        dst_env: u32,
+    ) -> Result<Vec<(PortKey, RuleVerdict)>, InspectError> {
+        let mut out = Vec::new();
+        for item in self.ports.iter() {
+            let (k, v) = item.map_err(read_error(map_names::PORTS))?;
+            if u32::from(k.slot) == (slot & 1)
+                && u32::from(k.src_env) == src_env
+                && u32::from(k.dst_env) == dst_env
+            {
+                out.push((k, v));
+            }
+        }
+        out.sort_by_key(|(k, _)| (k.proto, k.port));
+        Ok(out)
+    }
+
+    /// Decides a flow from `src` to `dst` with the policy the datapath uses
+    /// now, exactly as the datapath does.
+    pub fn decide(&self, src: IpAddr, dst: IpAddr, l4: L4) -> Result<KernelDecision, InspectError> {
+        let config = self.config()?;
+        let slot = config.active_slot & 1;
+        let s = self.lookup_env(src, slot)?;
+        let d = self.lookup_env(dst, slot)?;
+        let pair = self.pair(slot, s.id, d.id)?;
+        let (verdict, rule, by) = match l4 {
+            L4::Ports { proto, dport } => {
+                let port_rule = if pair.has_port_rules != 0 {
+                    self.port_rule(slot, s.id, d.id, proto, dport)?
+                } else {
+                    None
+                };
+                match port_rule {
+                    Some(rv) => (
+                        rv.verdict,
+                        rv.rule,
+                        DecidedBy::PortRule { proto, port: dport },
+                    ),
+                    None => (pair.verdict, pair.rule, DecidedBy::Pair),
+                }
+            }
+            L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, DecidedBy::NoPorts),
+            L4::Other => (pair.verdict, pair.rule, DecidedBy::Pair),
+        };
+        Ok(KernelDecision {
+            config,
+            slot,
+            src: s,
+            dst: d,
+            verdict,
+            rule,
+            by,
+            pair,
+        })
+    }
+
+    /// The datapath statistics, summed over CPUs, indexed by
+    /// [`envfence_ebpf::stat`].
+    pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], InspectError> {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let values = self
+                .stats
+                .get(&index, 0)
+                .map_err(read_error(map_names::STATS))?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Packets and bytes judged, by verdict, over environment ids
+    /// `0..env_count` (every id when `env_count` is 0 or too large).
+    pub fn verdict_totals(&self, env_count: u32) -> Result<VerdictTotals, InspectError> {
+        let n = if env_count == 0 || env_count > MAX_ENVS {
+            MAX_ENVS
+        } else {
+            env_count
+        };
+        let mut out = VerdictTotals::default();
+        for src in 0..n {
+            for dst in 0..n {
+                for v in 0..NUM_VERDICTS {
+                    let values = self
+                        .counters
+                        .get(&counter_index(src, dst, v), 0)
+                        .map_err(read_error(map_names::COUNTERS))?;
+                    for c in values.iter() {
+                        out.packets[v as usize] += c.packets;
+                        out.bytes[v as usize] += c.bytes;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn open_typed<T>(layout: &pins::PinLayout, name: &'static str) -> Result<T, InspectError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = layout.map_path(name);
+    let data = MapData::from_pin(&path).map_err(|e| open_error(&path, e))?;
+    let map = Map::from_map_data(data).map_err(|e| open_error(&path, e))?;
+    T::try_from(map).map_err(|e| open_error(&path, e))
+}
+
+fn open_error(path: &Path, e: MapError) -> InspectError {
+    if let MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) = &e {
+        if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+            return InspectError::Permission {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    InspectError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    }
+}
+
+/// Reads the link pinned at `path` (its id, its program's id and name).
+pub fn read_link(path: &Path, hook: Hook) -> LinkReport {
+    let mut out = LinkReport {
+        hook: hook.as_str(),
+        path: path.to_path_buf(),
+        link_id: None,
+        program_id: None,
+        program_name: None,
+        error: None,
+    };
+    if !path.exists() {
+        out.error = Some("not pinned".to_owned());
+        return out;
+    }
+    let link = match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(l) => aya::programs::links::FdLink::from(l),
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    };
+    match link.info() {
+        Ok(info) => {
+            out.link_id = Some(info.id());
+            out.program_id = Some(info.program_id());
+            out.program_name = program_name(info.program_id());
+        }
+        Err(e) => out.error = Some(e.to_string()),
+    }
+    out
+}
+
+/// The name of the loaded program with id `id`.
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+}

@@ -1,0 +1,515 @@
+//! a. Per-packet cost by `BPF_PROG_TEST_RUN`: envfence's ingress program
+//! and the empty TC program (returns `TCX_NEXT`), loaded side by side from
+//! one object and run interleaved on the same frames.
+//!
+//! - hot: one flow repeated `hot_repeat` times in the kernel; the median of
+//!   `hot_runs` runs, each run a different flow of the set (so the runs
+//!   together still touch many prefixes);
+//! - spread: `spread_flows` distinct flows over random prefixes of the whole
+//!   table, each run `spread_repeat` times; the mean of the kernel-reported
+//!   per-run duration over the set, median of `spread_rounds` rounds. The
+//!   first pass over a fresh datapath is the "first packet" figure (every
+//!   flow new: caches miss, dropped flows emit their event); the rounds
+//!   after it are steady state. The empty program's spread figure is the
+//!   per-call overhead of a TestRun of one packet (timer, skb setup), and
+//!   is subtracted.
+//!
+//! Every packet's TC action is checked (allowed: `TCX_NEXT`, dropped:
+//! `TC_ACT_SHOT`) so the figures are of the path they claim. The debug
+//! decision tag is compiled out (`debug_tag_decision: false`). The report
+//! interval is 1 h: a dropped flow's event is written on its first packet,
+//! not on the measured steady-state packets.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use envfence::datapath::{Datapath, Hook, LoadOptions};
+
+use super::synth::{self, Flow, Kind, SynthPolicy};
+use super::table::{delta, fmt, median, ratio, thousands, Table};
+use super::{Goal, Section};
+use crate::lab::Family;
+use crate::testrun::{ACTION_NEXT, ACTION_SHOT};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Policy sizes (CIDRs per family).
+    pub sizes: Vec<usize>,
+    pub hot_repeat: u32,
+    pub hot_runs: usize,
+    pub spread_flows: usize,
+    pub spread_repeat: u32,
+    pub spread_rounds: usize,
+    pub seed: u64,
+}
+
+impl Params {
+    /// The published benchmark.
+    pub fn full() -> Params {
+        Params {
+            sizes: vec![10, 1_000, 10_000, 100_000],
+            hot_repeat: 1_000_000,
+            hot_runs: 5,
+            spread_flows: 20_000,
+            spread_repeat: 1,
+            spread_rounds: 5,
+            seed: 1,
+        }
+    }
+    /// `--quick`: a smoke run of every code path.
+    pub fn quick() -> Params {
+        Params {
+            sizes: vec![10, 1_000, 10_000],
+            hot_repeat: 100_000,
+            hot_runs: 3,
+            spread_flows: 2_000,
+            spread_repeat: 1,
+            spread_rounds: 3,
+            seed: 1,
+        }
+    }
+    /// The smallest run that exercises everything (the smoke test).
+    pub fn smoke() -> Params {
+        Params {
+            sizes: vec![10, 200],
+            hot_repeat: 1_000,
+            hot_runs: 2,
+            spread_flows: 100,
+            spread_repeat: 1,
+            spread_rounds: 2,
+            seed: 1,
+        }
+    }
+}
+
+/// The figures of one (family, packet kind, size), ns per packet.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub family: Family,
+    pub kind: Kind,
+    pub cidrs: usize,
+    pub hot_empty: f64,
+    pub hot_envfence: f64,
+    pub hot_no_cache: f64,
+    pub spread_empty: f64,
+    pub spread_envfence: f64,
+    pub spread_no_cache: f64,
+    pub first_envfence: f64,
+    pub first_no_cache: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Results {
+    pub params: Params,
+    pub rows: Vec<Row>,
+    /// (CIDRs, time to write the policy into the maps).
+    pub apply_times: Vec<(usize, Duration)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Prog {
+    Empty,
+    Envfence,
+    /// envfence loaded with its verdict cache turned off.
+    NoCache,
+}
+
+impl Prog {
+    const ALL: [Prog; 3] = [Prog::Empty, Prog::Envfence, Prog::NoCache];
+    fn name(self) -> &'static str {
+        match self {
+            Prog::Empty => "empty",
+            Prog::Envfence => "envfence",
+            Prog::NoCache => "envfence without cache",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Two datapaths with one policy: the shipping one and one with the
+/// verdict cache off. The empty program comes from the first.
+struct Loaded {
+    dp: Datapath,
+    no_cache: Datapath,
+}
+
+impl Loaded {
+    fn prog(&mut self, which: Prog) -> Result<&SchedClassifier> {
+        Ok(match which {
+            Prog::Empty => self.dp.empty_program()?,
+            Prog::Envfence => self.dp.program(Hook::Ingress)?,
+            Prog::NoCache => self.no_cache.program(Hook::Ingress)?,
+        })
+    }
+}
+
+fn load(no_verdict_cache: bool) -> Result<Datapath> {
+    Datapath::load_with(LoadOptions {
+        debug_tag_decision: false,
+        pin_root: None,
+        no_verdict_cache,
+    })
+    .context("loading the eBPF programs (root needed)")
+}
+
+/// One TestRun: (TC action, kernel-measured ns per run).
+fn run_one(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    let out = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    Ok((out.return_value, out.duration.as_nanos() as f64))
+}
+
+fn expected_action(which: Prog, kind: Kind) -> u32 {
+    match (which, kind) {
+        (Prog::Envfence | Prog::NoCache, Kind::Dropped) => ACTION_SHOT,
+        _ => ACTION_NEXT,
+    }
+}
+
+/// Runs every flow once (each `repeat` times); returns the mean ns per run.
+fn pass(l: &mut Loaded, which: Prog, flows: &[Flow], repeat: u32, kind: Kind) -> Result<f64> {
+    let want = expected_action(which, kind);
+    let prog = l.prog(which)?;
+    let mut total = 0.0;
+    for f in flows {
+        let (action, ns) = run_one(prog, &f.frame, repeat)?;
+        if action != want {
+            bail!(
+                "{}: {} -> {} (tcp {}): TC action {action:#x}, expected {want:#x}",
+                which.name(),
+                f.src,
+                f.dst,
+                f.dport
+            );
+        }
+        total += ns;
+    }
+    Ok(total / flows.len().max(1) as f64)
+}
+
+fn drain(events: &mut [RingBuf<MapData>]) {
+    for e in events {
+        while e.next().is_some() {}
+    }
+}
+
+/// The programs in a rotating order (round `r`), so none always goes first.
+fn order(r: usize) -> [Prog; 3] {
+    let mut o = Prog::ALL;
+    o.rotate_left(r % 3);
+    o
+}
+
+/// Keeps the calling thread on the CPU it runs on for its lifetime (the
+/// verdict cache is per CPU, as a real flow stays on one CPU), restoring
+/// the previous affinity when dropped.
+struct Pinned(Option<nix::sched::CpuSet>);
+
+impl Pinned {
+    fn here() -> Pinned {
+        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let before = sched_getaffinity(Pid::from_raw(0)).ok();
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        let mut set = CpuSet::new();
+        if cpu >= 0
+            && set.set(cpu as usize).is_ok()
+            && sched_setaffinity(Pid::from_raw(0), &set).is_ok()
+        {
+            Pinned(before)
+        } else {
+            Pinned(None)
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(set) = &self.0 {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set);
+        }
+    }
+}
+
+/// Measures every (size, family, kind); `log` gets a line per row.
+pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
+    let _pinned = Pinned::here();
+    let mut rows = Vec::new();
+    let mut apply_times = Vec::new();
+    for &n in &p.sizes {
+        let policy = SynthPolicy::generate(n, p.seed)?;
+        let mut l = Loaded {
+            dp: load(false)?,
+            no_cache: load(true)?,
+        };
+        let t = Instant::now();
+        l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+        apply_times.push((n, t.elapsed()));
+        l.no_cache
+            .apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+        let mut events = [l.dp.take_events()?, l.no_cache.take_events()?];
+        for family in [Family::V4, Family::V6] {
+            for kind in Kind::ALL {
+                let flows = synth::flows(&policy, family, kind, p.spread_flows, p.seed)?;
+                // First packets: every flow is new to the datapaths.
+                let mut first = [f64::NAN; 3];
+                for which in [Prog::Envfence, Prog::NoCache] {
+                    first[which.index()] = pass(&mut l, which, &flows, 1, kind)?;
+                }
+                drain(&mut events);
+                // Steady state, interleaved.
+                let mut spread: [Vec<f64>; 3] = Default::default();
+                for r in 0..p.spread_rounds {
+                    for which in order(r) {
+                        spread[which.index()].push(pass(
+                            &mut l,
+                            which,
+                            &flows,
+                            p.spread_repeat,
+                            kind,
+                        )?);
+                    }
+                    drain(&mut events);
+                }
+                // Hot: one flow repeated, a different flow each run.
+                let mut hot: [Vec<f64>; 3] = Default::default();
+                for r in 0..p.hot_runs {
+                    let f = &flows[r * flows.len() / p.hot_runs.max(1)];
+                    for which in order(r) {
+                        let (action, ns) = run_one(l.prog(which)?, &f.frame, p.hot_repeat)?;
+                        let want = expected_action(which, kind);
+                        if action != want {
+                            bail!(
+                                "hot run of {} -> {} ({}): TC action {action:#x}, expected {want:#x}",
+                                f.src,
+                                f.dst,
+                                which.name()
+                            );
+                        }
+                        hot[which.index()].push(ns);
+                    }
+                    drain(&mut events);
+                }
+                let m = |v: &[Vec<f64>; 3], w: Prog| median(&v[w.index()]);
+                let row = Row {
+                    family,
+                    kind,
+                    cidrs: n,
+                    hot_empty: m(&hot, Prog::Empty),
+                    hot_envfence: m(&hot, Prog::Envfence),
+                    hot_no_cache: m(&hot, Prog::NoCache),
+                    spread_empty: m(&spread, Prog::Empty),
+                    spread_envfence: m(&spread, Prog::Envfence),
+                    spread_no_cache: m(&spread, Prog::NoCache),
+                    first_envfence: first[Prog::Envfence.index()],
+                    first_no_cache: first[Prog::NoCache.index()],
+                };
+                log(&format!(
+                    "testrun: {:>7} CIDRs {} {:<7}  hot {:.0}/{:.0}/{:.0} ns  spread {:.0}/{:.0}/{:.0} ns  first packet {:.0}/{:.0} ns  (empty/envfence/no cache)",
+                    thousands(n as f64),
+                    family.name(),
+                    kind.name(),
+                    row.hot_empty,
+                    row.hot_envfence,
+                    row.hot_no_cache,
+                    row.spread_empty,
+                    row.spread_envfence,
+                    row.spread_no_cache,
+                    row.first_envfence,
+                    row.first_no_cache,
+                ));
+                rows.push(row);
+            }
+        }
+    }
+    Ok(Results {
+        params: p.clone(),
+        rows,
+        apply_times,
+    })
+}
+
+impl Results {
+    fn base(&self, r: &Row) -> Option<&Row> {
+        let smallest = *self.params.sizes.iter().min()?;
+        self.rows
+            .iter()
+            .find(|b| b.family == r.family && b.kind == r.kind && b.cidrs == smallest)
+    }
+
+    pub fn tables(&self) -> Vec<Table> {
+        let p = &self.params;
+        let smallest = p.sizes.iter().min().copied().unwrap_or(0);
+        let base_col = format!("ratio to {smallest}");
+        let headers = [
+            "family",
+            "packet",
+            "CIDRs",
+            "empty",
+            "envfence",
+            "Δ over empty",
+            base_col.as_str(),
+            "without cache",
+            "Δ over empty",
+            base_col.as_str(),
+        ];
+        let mut hot = Table::new(
+            format!(
+                "a1. TestRun hot: one flow repeated ×{} in the kernel, median of {} runs (a different flow each run), ns/packet",
+                thousands(f64::from(p.hot_repeat)),
+                p.hot_runs
+            ),
+            &headers,
+        );
+        let mut spread = Table::new(
+            format!(
+                "a2. TestRun spread, steady state: {} distinct flows over the whole table, each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
+                thousands(p.spread_flows as f64),
+                p.spread_repeat,
+                p.spread_rounds
+            ),
+            &headers,
+        );
+        spread.headers[3] = "empty (per-call overhead)".into();
+        let mut first = Table::new(
+            format!(
+                "a3. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",
+                thousands(p.spread_flows as f64)
+            ),
+            &[
+                "family",
+                "packet",
+                "CIDRs",
+                "empty (per-call overhead)",
+                "envfence",
+                "Δ over empty",
+                "without cache",
+                "Δ over empty",
+            ],
+        );
+        for r in &self.rows {
+            let base = self.base(r);
+            let cells = |empty: f64, env: f64, nc: f64, benv: Option<f64>, bnc: Option<f64>| {
+                vec![
+                    r.family.name().to_string(),
+                    r.kind.name().to_string(),
+                    thousands(r.cidrs as f64),
+                    fmt(empty, 0),
+                    fmt(env, 0),
+                    delta(env - empty),
+                    ratio(benv.map_or(f64::NAN, |b| env / b)),
+                    fmt(nc, 0),
+                    delta(nc - empty),
+                    ratio(bnc.map_or(f64::NAN, |b| nc / b)),
+                ]
+            };
+            hot.row(cells(
+                r.hot_empty,
+                r.hot_envfence,
+                r.hot_no_cache,
+                base.map(|b| b.hot_envfence),
+                base.map(|b| b.hot_no_cache),
+            ));
+            spread.row(cells(
+                r.spread_empty,
+                r.spread_envfence,
+                r.spread_no_cache,
+                base.map(|b| b.spread_envfence),
+                base.map(|b| b.spread_no_cache),
+            ));
+            first.row(vec![
+                r.family.name().into(),
+                r.kind.name().into(),
+                thousands(r.cidrs as f64),
+                fmt(r.spread_empty, 0),
+                fmt(r.first_envfence, 0),
+                delta(r.first_envfence - r.spread_empty),
+                fmt(r.first_no_cache, 0),
+                delta(r.first_no_cache - r.spread_empty),
+            ]);
+        }
+        hot.note("CIDRs: prefixes per family (the policy holds as many IPv4 as IPv6 prefixes), mixed lengths /16–/32 and /32–/128 over 5 environments.");
+        hot.note("Allowed packets: any environment pair but test → production, TCP SYN; dropped: test → production. Every packet's TC action is checked.");
+        hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet does both LPM lookups). Ratio: the figure at this size over the same program's at the smallest size.");
+        hot.note("The bench thread is pinned to one CPU while measuring (the cache is per CPU, as a flow stays on one CPU).");
+        spread.note("Steady state: each round runs every flow once more after the first pass. The empty program's figure is TestRun's own per-call cost (timer, skb set-up) and is subtracted in Δ.");
+        first.note("The first pass over freshly loaded datapaths: every flow is new (the cache misses and is filled; a dropped flow writes its event, report interval 1 h).");
+        vec![hot, spread, first]
+    }
+
+    /// The goals at the largest size measured.
+    pub fn goals(&self) -> Vec<Goal> {
+        let Some(&largest) = self.params.sizes.iter().max() else {
+            return Vec::new();
+        };
+        let at = if largest == 100_000 {
+            String::new()
+        } else {
+            format!(" (measured at {}, not 100,000)", thousands(largest as f64))
+        };
+        let mut goals = Vec::new();
+        for r in self.rows.iter().filter(|r| r.cidrs == largest) {
+            let what = format!("{} {}", r.family.name(), r.kind.name());
+            for (measure, env, empty) in [
+                ("hot", r.hot_envfence, r.hot_empty),
+                ("spread", r.spread_envfence, r.spread_empty),
+            ] {
+                let d = env - empty;
+                goals.push(Goal::new(
+                    format!("adds ≤ 50 ns over empty at 100,000 CIDRs{at}: {what}, {measure}"),
+                    format!("{d:+.1} ns"),
+                    d <= 50.0,
+                ));
+            }
+            if let Some(b) = self.base(r) {
+                for (measure, env, base) in [
+                    ("hot", r.hot_envfence, b.hot_envfence),
+                    ("spread", r.spread_envfence, b.spread_envfence),
+                ] {
+                    let q = env / base;
+                    goals.push(Goal::new(
+                        format!(
+                            "cost at 100,000 ≤ 1.2 × cost at {}{at}: {what}, {measure}",
+                            b.cidrs
+                        ),
+                        format!("{q:.2}× ({env:.0} / {base:.0} ns)"),
+                        q <= 1.2,
+                    ));
+                }
+            }
+        }
+        goals
+    }
+}
+
+/// The section of the report.
+pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
+    let results = measure(p, log)?;
+    let mut s = Section::new("testrun", "a. Per-packet cost (BPF_PROG_TEST_RUN)");
+    s.intro.push(
+        "envfence's ingress program and an empty TC program (returns TCX_NEXT) are loaded side by side from one object and run interleaved on the same frames with BPF_PROG_TEST_RUN; the kernel reports the mean time per run. Δ over empty is what envfence adds to a packet.".into(),
+    );
+    s.tables = results.tables();
+    let mut load = Table::new(
+        "a4. Writing the synthetic policy into the maps (for reference)",
+        &["CIDRs per family", "prefixes in all", "apply_policy"],
+    );
+    for (n, d) in &results.apply_times {
+        load.row(vec![
+            thousands(*n as f64),
+            thousands((2 * n) as f64),
+            format!("{:.0} ms", d.as_secs_f64() * 1000.0),
+        ]);
+    }
+    s.tables.push(load);
+    s.goals = results.goals();
+    Ok(s)
+}
