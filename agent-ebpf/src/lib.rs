@@ -80,6 +80,8 @@ pub mod globals {
     /// `skb->mark` (see [`super::tag`]). For tests, benchmarks and debugging
     /// only: it overwrites the whole mark, which other programs may use.
     pub const DEBUG_TAG_DECISION: &str = "DEBUG_TAG_DECISION";
+    /// `u8`; aya-log's level (0 off … 5 trace); off by default.
+    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
     /// `u32`; when 0 the verdict cache is not used (benchmarks compare).
     pub const VERDICT_CACHE: &str = "VERDICT_CACHE";
 }

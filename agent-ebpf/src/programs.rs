@@ -190,6 +190,18 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         rule,
     } = j;
     tag(ctx, tag::judged(v, src_env, dst_env));
+    // Compiled out by the verifier unless the agent runs with
+    // `--datapath-log debug` (the level lives in .rodata).
+    aya_log_ebpf::debug!(
+        ctx,
+        "envfence: proto {} dport {} env {} -> {} verdict {} rule {}",
+        layer.proto,
+        layer.dport,
+        src_env,
+        dst_env,
+        v,
+        rule
+    );
 
     count(
         COUNTERS.get_ptr_mut(counter_index(src_env, dst_env, v as u32)),

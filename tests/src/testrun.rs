@@ -54,6 +54,7 @@ impl KernelHarness {
             debug_tag_decision: true,
             pin_root: None,
             no_verdict_cache: false,
+            log_level: 0,
         })
         .context("loading the eBPF programs (root needed)")?;
         dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;

@@ -67,6 +67,13 @@ pub struct AgentArgs {
     /// Group owning the API socket (default: root's group).
     #[arg(long, value_name = "GROUP")]
     pub api_group: Option<String>,
+    /// The eBPF programs' own log (aya-log): off, error, warn, info, debug,
+    /// trace. Off by default: the statements are then removed from the
+    /// datapath by the verifier. Debug logs every decision: never on a busy
+    /// node.
+    #[arg(long, default_value = "off", value_name = "LEVEL",
+          value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+    pub datapath_log: String,
     /// Serve no local API.
     #[arg(long)]
     pub no_api: bool,
@@ -132,6 +139,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             group: args.api_group.clone(),
         }),
         event_store_capacity: args.event_store,
+        datapath_log: crate::datapath::logging::parse_level(&args.datapath_log).unwrap_or(0),
     };
     // Every record to stdout and to the audit log.
     let sink = Tee {

@@ -87,6 +87,8 @@ pub struct DaemonOptions {
     pub api: Option<crate::api::ApiOptions>,
     /// Events kept in memory for `envfence flows`.
     pub event_store_capacity: usize,
+    /// Datapath (aya-log) level, 0 = off.
+    pub datapath_log: u8,
 }
 
 /// How often interfaces that failed to attach are retried.
@@ -126,6 +128,7 @@ where
         debug_tag_decision: false,
         pin_root: opts.pin_root.clone(),
         no_verdict_cache: false,
+        log_level: opts.datapath_log,
     })
     .context("loading envfence's eBPF programs")?;
     if dp.was_pinned() {
@@ -159,6 +162,11 @@ where
     });
 
     let events = EventStream::new(dp.take_events()?).context("watching the event ring buffer")?;
+    let mut datapath_log = if opts.datapath_log > 0 {
+        Some(dp.take_log()?)
+    } else {
+        None
+    };
     let mut agent = Agent {
         dp,
         opts,
@@ -307,6 +315,12 @@ where
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             },
+            r = next_log(&mut datapath_log) => {
+                if let Err(e) = r {
+                    tracing::warn!("datapath log: {e}; no longer forwarded");
+                    datapath_log = None;
+                }
+            }
             _ = retry.tick() => {
                 if !agent.pending.is_empty() {
                     agent.reconcile();
@@ -366,6 +380,13 @@ where
         (false, None) => tracing::info!("exiting: nothing was pinned, enforcement ends with the process"),
     }
     Ok(sink)
+}
+
+async fn next_log(log: &mut Option<crate::datapath::logging::DatapathLog>) -> std::io::Result<()> {
+    match log {
+        Some(l) => l.forward().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_change(w: &mut Option<watch::ConfigWatch>) -> Option<()> {

@@ -64,6 +64,8 @@ pub struct LoadOptions {
     pub pin_root: Option<PathBuf>,
     /// Turn the per-CPU verdict cache off (benchmarks compare with it).
     pub no_verdict_cache: bool,
+    /// Datapath log level (aya-log: 0 off, 1 error … 5 trace).
+    pub log_level: u8,
 }
 
 /// The loaded eBPF object: programs, maps, and the interfaces it is attached
@@ -95,6 +97,7 @@ impl Datapath {
         let cache = u32::from(!options.no_verdict_cache);
         loader.override_global(globals::DEBUG_TAG_DECISION, &tag, true);
         loader.override_global(globals::VERDICT_CACHE, &cache, true);
+        loader.override_global(globals::AYA_LOG_LEVEL, &options.log_level, true);
         if let Some(p) = &pins {
             p.create()?;
             for name in PINNED_MAPS {
@@ -172,6 +175,15 @@ impl Datapath {
                 kind: "program",
                 name,
             })
+    }
+
+    /// The datapath's log forwarder (take it once, when logging is on).
+    pub fn take_log(&mut self) -> Result<super::logging::DatapathLog, DatapathError> {
+        let logger =
+            aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, super::logging::TracingLog)
+                .map_err(|e| interface_error("*", &format!("datapath log: {e}")))?;
+        super::logging::DatapathLog::new(logger)
+            .map_err(|e| interface_error("*", &format!("datapath log: {e}")))
     }
 
     /// The empty baseline program (loaded on first use), for benchmarks.

@@ -5,7 +5,9 @@
 mod attach;
 mod counters;
 mod error;
+pub mod inspect;
 mod loader;
+pub mod logging;
 pub mod pins;
 mod policy_maps;
 
