@@ -147,6 +147,23 @@ impl Agent {
             .args(["--report-interval-ms", &opts.report_interval_ms.to_string()])
             .args(&opts.extra_args)
             .env("NO_COLOR", "1");
+        // Agents of parallel labs must not share the host-wide defaults
+        // (/run/envfence): each lab gets its own state dir and API socket
+        // unless the caller chose them. It lives as long as the lab's
+        // namespaces (restarted agents find their saved policy); the sweep
+        // removes it once the lab's process is gone.
+        let given = |flag: &str| opts.extra_args.iter().any(|a| a == flag);
+        if !given("--state-dir") || !given("--api-socket") {
+            let dir = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            if !given("--state-dir") {
+                cmd.arg("--state-dir").arg(&dir);
+            }
+            if !given("--api-socket") && !given("--no-api") {
+                cmd.arg("--api-socket").arg(dir.join("envfence.sock"));
+            }
+        }
         let process = lab.spawn_in_ns(NODE, cmd)?;
         let agent = Agent {
             process,

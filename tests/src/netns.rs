@@ -418,6 +418,19 @@ pub fn sweep(all: bool) -> Result<Vec<String>> {
             }
         }
     }
+    // Agents' state directories (see `agent::Agent::start_with`).
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PREFIX) && name.ends_with("-agent") && (all || !owner_alive(&name))
+            {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => removed.push(entry.path().display().to_string()),
+                    Err(e) => errors.push(format!("{}: {e}", entry.path().display())),
+                }
+            }
+        }
+    }
     if !errors.is_empty() {
         bail!("sweeping lab leftovers failed: {}", errors.join("; "));
     }
