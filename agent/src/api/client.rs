@@ -114,7 +114,11 @@ impl Client {
         }
     }
 
-    fn request(&self, path_and_query: &str, read_timeout: Option<Duration>) -> Result<Response, ClientError> {
+    fn request(
+        &self,
+        path_and_query: &str,
+        read_timeout: Option<Duration>,
+    ) -> Result<Response, ClientError> {
         let mut stream = self.connect()?;
         stream
             .set_write_timeout(Some(self.timeout))
@@ -168,7 +172,7 @@ impl Client {
             return Err(ClientError::Status {
                 socket: self.socket.clone(),
                 status: resp.status,
-                body: String::from_utf8_lossy(&body).trim().to_owned(),
+                body: body_message(&body),
             });
         }
         serde_json::from_slice(&body).map_err(|e| self.protocol(e.to_string()))
@@ -202,7 +206,7 @@ impl Client {
             return Err(ClientError::Status {
                 socket: self.socket.clone(),
                 status: resp.status,
-                body: String::from_utf8_lossy(&body).trim().to_owned(),
+                body: body_message(&body),
             });
         }
         let reader: Box<dyn Read + '_> = if resp.chunked {
@@ -224,6 +228,14 @@ impl Client {
             }
         }
     }
+}
+
+/// The `error` of a `{"error": "..."}` body, else the body's text.
+fn body_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned())
 }
 
 /// Decodes a chunked transfer-encoded body.
@@ -317,7 +329,9 @@ mod tests {
     fn unreachable_socket_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nope.sock");
-        let e = Client::new(&path).get_json::<serde_json::Value>("/v1/status").unwrap_err();
+        let e = Client::new(&path)
+            .get_json::<serde_json::Value>("/v1/status")
+            .unwrap_err();
         assert!(e.is_unreachable());
         let text = e.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");

@@ -116,7 +116,11 @@ fn percent_encode(s: &str) -> String {
 
 /// Parses a time: RFC 3339 (`2026-11-23T02:16:00Z`, fractions allowed), or
 /// a duration (`30s`, `5m`, `1h30m`, `2d`) meaning that long before `now`.
-pub fn parse_time(field: &'static str, value: &str, now: SystemTime) -> Result<SystemTime, QueryError> {
+pub fn parse_time(
+    field: &'static str,
+    value: &str,
+    now: SystemTime,
+) -> Result<SystemTime, QueryError> {
     let v = value.trim();
     if let Some(t) = parse_rfc3339(v) {
         return Ok(t);
@@ -217,7 +221,11 @@ impl FlowFilter {
         let port = q
             .port
             .as_deref()
-            .map(|p| p.trim().parse::<u16>().map_err(|_| QueryError::Port(p.to_owned())))
+            .map(|p| {
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| QueryError::Port(p.to_owned()))
+            })
             .transpose()?;
         let last = q
             .last
@@ -255,7 +263,8 @@ impl FlowFilter {
     /// Whether `r` passes every condition (`last` is applied by
     /// [`FlowFilter::apply`]).
     pub fn matches(&self, r: &EventRecord) -> bool {
-        let any = |wanted: &[String], have: &str| wanted.is_empty() || wanted.iter().any(|w| w == have);
+        let any =
+            |wanted: &[String], have: &str| wanted.is_empty() || wanted.iter().any(|w| w == have);
         if !any(&self.from_env, &r.src_env)
             || !any(&self.to_env, &r.dst_env)
             || !any(&self.verdicts, &r.verdict)
@@ -315,6 +324,7 @@ fn unmap(ip: IpAddr) -> IpAddr {
 
 /// The answer of `/v1/flows`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct FlowsReply {
     /// Matching events, oldest first.
     pub events: Vec<EventRecord>,
@@ -378,6 +388,7 @@ pub const TOP_DEFAULT_LIMIT: usize = 10;
 
 /// One row of `top`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct TopRow {
     /// Source environment (by pair, by src).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -408,6 +419,7 @@ pub struct TopRow {
 
 /// The answer of `/v1/top`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct TopReply {
     pub by: TopBy,
     /// The verdicts counted.
@@ -430,9 +442,27 @@ pub fn top(records: &[EventRecord], by: TopBy, limit: usize) -> (Vec<TopRow>, u6
         events += 1;
         packets += r.packets;
         let key: GroupKey = match by {
-            TopBy::Pair => (r.src_env.clone(), r.dst_env.clone(), None, None, String::new()),
-            TopBy::Src => (r.src_env.clone(), String::new(), Some(r.src), None, String::new()),
-            TopBy::Dst => (String::new(), r.dst_env.clone(), None, Some(r.dst), String::new()),
+            TopBy::Pair => (
+                r.src_env.clone(),
+                r.dst_env.clone(),
+                None,
+                None,
+                String::new(),
+            ),
+            TopBy::Src => (
+                r.src_env.clone(),
+                String::new(),
+                Some(r.src),
+                None,
+                String::new(),
+            ),
+            TopBy::Dst => (
+                String::new(),
+                r.dst_env.clone(),
+                None,
+                Some(r.dst),
+                String::new(),
+            ),
             TopBy::Rule => (String::new(), String::new(), None, None, r.rule.clone()),
         };
         let row = groups.entry(key).or_insert_with(|| TopRow {
@@ -469,7 +499,11 @@ pub fn top(records: &[EventRecord], by: TopBy, limit: usize) -> (Vec<TopRow>, u6
 /// Checks the `top`-specific part of a query: (by, limit, filter with the
 /// default verdicts when none is named).
 pub fn top_query(q: &FlowQuery, now: SystemTime) -> Result<(TopBy, usize, FlowFilter), QueryError> {
-    let by = q.by.as_deref().map(str::parse).transpose()?.unwrap_or_default();
+    let by =
+        q.by.as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default();
     let limit = q
         .limit
         .as_deref()
@@ -489,6 +523,7 @@ pub fn top_query(q: &FlowQuery, now: SystemTime) -> Result<(TopBy, usize, FlowFi
 
 /// One hook of an attached interface.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct HookReport {
     /// "ingress" or "egress".
     pub hook: String,
@@ -505,6 +540,7 @@ pub struct HookReport {
 
 /// One interface envfence is attached to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct InterfaceReport {
     /// Empty when the name cannot be found (another network namespace).
     pub name: String,
@@ -521,6 +557,7 @@ pub struct Volume {
 
 /// The kernel's counters, summed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct CountersReport {
     /// Packets and bytes judged, by verdict (allow, log, audit, drop).
     pub verdicts: BTreeMap<String, Volume>,
@@ -531,6 +568,7 @@ pub struct CountersReport {
 /// What `envfence status` shows, from the agent or, when it is down, from
 /// the pinned maps and the saved policy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct StatusReport {
     /// Where this report comes from: `agent` (the API) or `pins` (the agent
     /// did not answer; read from bpffs and the state directory).
@@ -618,9 +656,27 @@ mod tests {
     fn filters() {
         let now = humantime::parse_rfc3339("2026-11-23T02:20:00Z").unwrap();
         let rs = [
-            record("2026-11-23T02:10:00.000Z", "10.30.1.2", "10.10.1.2", "drop", 1),
-            record("2026-11-23T02:18:00.000Z", "10.30.1.3", "10.10.1.2", "audit", 2),
-            record("2026-11-23T02:19:00.000Z", "10.30.1.2", "10.10.2.2", "drop", 3),
+            record(
+                "2026-11-23T02:10:00.000Z",
+                "10.30.1.2",
+                "10.10.1.2",
+                "drop",
+                1,
+            ),
+            record(
+                "2026-11-23T02:18:00.000Z",
+                "10.30.1.3",
+                "10.10.1.2",
+                "audit",
+                2,
+            ),
+            record(
+                "2026-11-23T02:19:00.000Z",
+                "10.30.1.2",
+                "10.10.2.2",
+                "drop",
+                3,
+            ),
         ];
         let f = |q: FlowQuery| FlowFilter::from_query(&q, now).unwrap().apply(&rs);
         assert_eq!(f(FlowQuery::default()).len(), 3);
@@ -675,9 +731,27 @@ mod tests {
     #[test]
     fn top_groups_and_sorts() {
         let rs = [
-            record("2026-11-23T02:10:00.000Z", "10.30.1.2", "10.10.1.2", "drop", 1),
-            record("2026-11-23T02:18:00.000Z", "10.30.1.3", "10.10.1.2", "audit", 5),
-            record("2026-11-23T02:19:00.000Z", "10.30.1.2", "10.10.2.2", "drop", 3),
+            record(
+                "2026-11-23T02:10:00.000Z",
+                "10.30.1.2",
+                "10.10.1.2",
+                "drop",
+                1,
+            ),
+            record(
+                "2026-11-23T02:18:00.000Z",
+                "10.30.1.3",
+                "10.10.1.2",
+                "audit",
+                5,
+            ),
+            record(
+                "2026-11-23T02:19:00.000Z",
+                "10.30.1.2",
+                "10.10.2.2",
+                "drop",
+                3,
+            ),
         ];
         let (rows, events, packets) = top(&rs, TopBy::Src, 10);
         assert_eq!((events, packets), (3, 9));

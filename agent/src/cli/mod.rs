@@ -3,7 +3,14 @@
 mod agent;
 mod audit;
 mod cleanup;
+mod completions;
+mod explain;
+mod flows;
 mod policy;
+mod policy_diff;
+mod status;
+mod table;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +47,38 @@ pub enum Command {
     ///
     /// Example: envfence cleanup
     Cleanup(CleanupArgs),
+    /// Show the agent's state: up or down, mode, policy generation, hash
+    /// and load time, last reload error, every attached interface (with its
+    /// programs), counters, lost events, pin directory. With the agent
+    /// down, shows what the pinned maps say (the kernel keeps enforcing).
+    ///
+    /// Example: envfence status
+    Status(status::StatusArgs),
+    /// List recent reported flows (log, audit, drop), filtered; --follow
+    /// streams new ones; --file reads the audit log with the agent down.
+    ///
+    /// Example: envfence flows --verdict drop --since 10m
+    Flows(flows::FlowsArgs),
+    /// Explain how the kernel judges a flow from SRC to DST: each side's
+    /// CIDR and environment, the deciding rule and the verdict, read from
+    /// the pinned maps (no agent needed); compared with a policy file.
+    ///
+    /// Example: envfence explain 10.30.1.2 10.10.1.2 --port 5432
+    Explain(explain::ExplainArgs),
+    /// The heaviest violating environment pairs, addresses or rules, by
+    /// packets.
+    ///
+    /// Example: envfence top --by src --since 15m
+    Top(top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    ///
+    /// Example: envfence completions bash > /etc/bash_completion.d/envfence
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (or write one per command with --dir).
+    ///
+    /// Example: envfence man | man -l -
+    Man(completions::ManArgs),
 }
 
 /// Runs the parsed command line; the error is what `main` prints.
@@ -49,5 +88,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Cleanup(args) => cleanup::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Flows(args) => flows::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Top(args) => top::run(args),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     }
 }

@@ -11,9 +11,46 @@ pub enum PolicyCommand {
     /// field and value. Exits 1 if any file has an error.
     ///
     /// Example: envfence policy check deploy/policy.yaml
+    #[command(after_long_help = "\
+With -o json, prints one JSON list of every error of every file, each
+{\"file\", \"line\", \"column\", \"field\", \"value\", \"message\"} (line and column
+are 1-based; 0 for an error with no place, such as an unreadable file): what
+CI annotations need. The list is empty when every file is valid.
+
+Examples:
+  envfence policy check deploy/policy.yaml
+  envfence policy check -o json policies/*.yaml | jq -r '.[] | \"::error file=\\(.file),line=\\(.line),col=\\(.column)::\\(.message)\"'")]
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Output format: table (one line per error, on stderr) or json (on
+        /// stdout).
+        #[arg(short = 'o', long, value_enum, default_value_t = super::table::Output::Table)]
+        output: super::table::Output,
+    },
+    /// Show what changes in what is enforced between two policy files:
+    /// mode and default, environments added or removed, every CIDR that
+    /// changes environment, every (from, to, ports) whose verdict changes,
+    /// the interface selection. The review aid for a policy pull request.
+    #[command(after_long_help = "\
+Exit status: 0 no change in what is enforced; 1 changes (listed); 2 an error
+(a file is missing or invalid: its errors are printed).
+
+Examples:
+  envfence policy diff /etc/envfence/policy.yaml new-policy.yaml
+  git show main:deploy/policy.yaml > /tmp/old.yaml && envfence policy diff /tmp/old.yaml deploy/policy.yaml
+  envfence policy diff old.yaml new.yaml -o json")]
+    Diff {
+        /// The policy in force (or the base of the change).
+        old: PathBuf,
+        /// The proposed policy.
+        new: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = super::table::Output::Table)]
+        output: super::table::Output,
+        /// No colour, even on a terminal.
+        #[arg(long)]
+        no_color: bool,
     },
     /// Print the example policy embedded in this binary.
     Example,
@@ -25,7 +62,17 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             print!("{}", policy::EXAMPLE_POLICY);
             Ok(())
         }
-        PolicyCommand::Check { files } => {
+        PolicyCommand::Diff {
+            old,
+            new,
+            output,
+            no_color,
+        } => super::policy_diff::run(old, new, output, no_color),
+        PolicyCommand::Check {
+            files,
+            output: super::table::Output::Json,
+        } => check_json(&files),
+        PolicyCommand::Check { files, .. } => {
             let mut failed = 0usize;
             for file in &files {
                 match policy::load(file) {
@@ -49,4 +96,42 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// One error of `policy check -o json`.
+#[derive(Debug, serde::Serialize)]
+struct JsonError<'a> {
+    file: &'a str,
+    line: usize,
+    column: usize,
+    field: &'a str,
+    value: &'a str,
+    message: &'a str,
+}
+
+fn check_json(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut all: Vec<policy::PolicyError> = Vec::new();
+    let mut failed = 0usize;
+    for file in files {
+        if let Err(errors) = policy::load(file) {
+            failed += 1;
+            all.extend(errors);
+        }
+    }
+    let list: Vec<JsonError<'_>> = all
+        .iter()
+        .map(|e| JsonError {
+            file: &e.origin,
+            line: e.line,
+            column: e.column,
+            field: &e.field,
+            value: &e.value,
+            message: &e.message,
+        })
+        .collect();
+    super::table::print_json(&list)?;
+    if failed > 0 {
+        bail!("{failed} of {} policy files have errors", files.len());
+    }
+    Ok(())
 }

@@ -1,0 +1,605 @@
+//! `envfence explain SRC DST`: how the kernel judges a flow, read from the
+//! pinned maps (no agent needed), and whether a policy file agrees.
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use envfence_ebpf::{proto, Config, RULE_DEFAULT};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::table::{self, Output, Style};
+use crate::{
+    daemon::state::{self, DEFAULT_STATE_DIR},
+    datapath::{
+        inspect::{DecidedBy, KernelDecision, PinnedState},
+        pins::DEFAULT_PIN_ROOT,
+    },
+    policy::{self, proto_has_ports, CompiledPolicy, Policy, Verdict, L4},
+};
+
+/// Exit code of `explain` when the kernel and the policy file disagree.
+pub const EXIT_DISAGREE: i32 = 3;
+
+#[derive(Debug, Args)]
+#[command(after_long_help = "\
+The answer comes from the maps pinned in bpffs (the policy the kernel
+enforces now), not from the agent: it works with the agent down. Names of
+environments and rules come from the agent's saved policy copy
+(STATE_DIR/policy-v<ABI>.json). With --config, or else with that saved copy,
+the file's answer is computed too and compared with the kernel's.
+
+Exit status: 0 the kernel's answer (and the file's, if any, which agrees);
+3 the kernel and the policy file DISAGREE; 1 an error.
+
+Examples:
+  envfence explain 10.30.1.2 10.10.1.2 --port 5432
+  envfence explain 10.30.1.2 10.10.1.2 --proto udp --port 53
+  envfence explain fd00:30::7 fd00:10::1 --proto icmp
+  envfence explain 10.30.1.2 10.10.1.2 --port 443 --config /etc/envfence/policy.yaml")]
+pub struct ExplainArgs {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Protocol: tcp, udp, sctp, icmp, icmpv6 or a number (default: tcp
+    /// with --port, else a protocol without ports).
+    #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
+    pub proto: Option<u8>,
+    /// Destination port (TCP, UDP, SCTP).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Source port (shown; the verdict does not depend on it).
+    #[arg(long, value_name = "N")]
+    pub sport: Option<u16>,
+    /// Judge it as a packet whose ports cannot be read (a non-first
+    /// fragment): the strictest verdict of the pair.
+    #[arg(long)]
+    pub fragment: bool,
+    /// Compare with this policy file (default: the agent's saved copy).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// bpffs root of the agent's pins.
+    #[arg(long, default_value = DEFAULT_PIN_ROOT, value_name = "DIR")]
+    pub pin_root: PathBuf,
+    /// The agent's state directory (its saved policy copy).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// No colour, even on a terminal.
+    #[arg(long)]
+    pub no_color: bool,
+}
+
+fn parse_proto(s: &str) -> Result<u8, String> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "tcp" => proto::TCP,
+        "udp" => proto::UDP,
+        "sctp" => proto::SCTP,
+        "icmp" => proto::ICMP,
+        "icmpv6" | "icmp6" | "ipv6-icmp" => proto::ICMPV6,
+        other => other
+            .parse()
+            .map_err(|_| format!("{s:?}: expected tcp, udp, sctp, icmp, icmpv6 or a number"))?,
+    })
+}
+
+/// One side of the flow as one source sees it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Side {
+    pub ip: IpAddr,
+    pub env_id: Option<u32>,
+    pub env: String,
+    #[serde(serialize_with = "table::ser_display_opt")]
+    pub cidr: Option<IpNet>,
+}
+
+/// A port rule of the pair.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PortRuleOut {
+    pub ports: String,
+    pub verdict: String,
+    pub rule: String,
+}
+
+/// The kernel's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelAnswer {
+    pub pin_dir: String,
+    pub generation: u32,
+    pub active_slot: u32,
+    pub mode: String,
+    pub src: Side,
+    pub dst: Side,
+    pub verdict: String,
+    pub rule_id: u16,
+    pub rule: String,
+    /// `port_rule`, `pair`, `pair_default`, `no_ports`.
+    pub decided_by: String,
+    /// What the rule's own verdict is (before audit mode), when known.
+    pub rule_verdict: Option<String>,
+    pub port_rules: Vec<PortRuleOut>,
+    /// Where the names come from.
+    pub names_from: Option<String>,
+}
+
+/// A policy file's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileAnswer {
+    pub path: String,
+    pub src: Side,
+    pub dst: Side,
+    pub verdict: String,
+    pub rule: String,
+}
+
+/// What `explain -o json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Option<String>,
+    pub port: Option<u16>,
+    pub sport: Option<u16>,
+    pub fragment: bool,
+    pub kernel: KernelAnswer,
+    pub file: Option<FileAnswer>,
+    /// `None` when there was nothing to compare with.
+    pub agree: Option<bool>,
+    pub differences: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// The names of the kernel's ids: the saved policy, compiled with the ids
+/// it was installed with.
+fn saved_names(state_dir: &Path) -> Option<(Policy, CompiledPolicy, u32, String)> {
+    let saved = state::load(state_dir)?;
+    let p = policy::parse(&saved.source, &saved.origin).ok()?;
+    let compiled = policy::compile_with_ids(&p, &saved.env_names, &saved.rule_names);
+    Some((
+        p,
+        compiled,
+        saved.generation,
+        state::path(state_dir).display().to_string(),
+    ))
+}
+
+fn verdict_name(v: u8) -> String {
+    Verdict::from_u8(v).map_or_else(|| format!("unknown({v})"), |v| v.as_str().to_owned())
+}
+
+fn ports_text(proto: u8, first: u16, last: u16) -> String {
+    let name = policy::proto_name(proto).map_or_else(|| proto.to_string(), str::to_owned);
+    if first == last {
+        format!("{first}/{name}")
+    } else {
+        format!("{first}-{last}/{name}")
+    }
+}
+
+/// The l4 case of the flow asked about.
+fn l4_of(proto: Option<u8>, port: Option<u16>, fragment: bool) -> L4 {
+    match proto {
+        Some(p) if proto_has_ports(p) => match (fragment, port) {
+            (true, _) => L4::NoPorts,
+            (false, Some(dport)) => L4::Ports { proto: p, dport },
+            // No port given: the pair's own verdict (port rules listed).
+            (false, None) => L4::Other,
+        },
+        _ => L4::Other,
+    }
+}
+
+pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
+    // An IPv4-mapped IPv6 address goes with either family.
+    let v6_only = |ip: IpAddr| matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_none());
+    if (args.src.is_ipv4() && v6_only(args.dst)) || (args.dst.is_ipv4() && v6_only(args.src)) {
+        anyhow::bail!(
+            "{} and {} are of different address families",
+            args.src,
+            args.dst
+        );
+    }
+    let proto = args.proto.or(args.port.map(|_| proto::TCP));
+    if args.port.is_some() && proto.is_some_and(|p| !proto_has_ports(p)) {
+        anyhow::bail!("--port needs a protocol with ports (tcp, udp, sctp)");
+    }
+    let l4 = l4_of(proto, args.port, args.fragment);
+    let state = PinnedState::open(&args.pin_root)?;
+    let k = state.decide(args.src, args.dst, l4)?;
+    let names = saved_names(&args.state_dir);
+    let mut notes = Vec::new();
+    if proto.is_some_and(proto_has_ports) && args.port.is_none() && !args.fragment {
+        notes.push(
+            "no --port given: this is the pair's verdict; a port rule listed below wins for its ports"
+                .to_owned(),
+        );
+    }
+    if let Some((_, _, generation, path)) = &names {
+        if *generation != k.config.generation {
+            notes.push(format!(
+                "the saved policy copy {path} is generation {generation} but the kernel runs generation {}: names may be wrong",
+                k.config.generation
+            ));
+        }
+    } else {
+        notes.push(format!(
+            "no saved policy copy at {}: environments and rules are shown by id",
+            state::path(&args.state_dir).display()
+        ));
+    }
+    let kernel = kernel_answer(&state, &k, args.src, args.dst, names.as_ref())?;
+
+    // The file to compare with: --config, else the saved copy.
+    let file = match &args.config {
+        Some(path) => {
+            let p = policy::load(path)
+                .map_err(|e| anyhow::anyhow!("{e}\n{}: not a valid policy file", path.display()))?;
+            Some((path.display().to_string(), p))
+        }
+        None => names
+            .as_ref()
+            .map(|(p, _, _, path)| (format!("{path} (the agent's saved copy)"), p.clone())),
+    };
+    let (file, differences) = match file {
+        Some((path, p)) => {
+            let compiled = policy::compile(&p);
+            let answer = file_answer(&compiled, &path, args.src, args.dst, l4);
+            let diffs = compare(&kernel, &answer, names.is_some());
+            (Some(answer), diffs)
+        }
+        None => (None, Vec::new()),
+    };
+    let agree = file.as_ref().map(|_| differences.is_empty());
+    let explanation = Explanation {
+        src: args.src,
+        dst: args.dst,
+        proto: proto.map(|p| policy::proto_name(p).map_or_else(|| p.to_string(), str::to_owned)),
+        port: args.port,
+        sport: args.sport,
+        fragment: args.fragment,
+        kernel,
+        file,
+        agree,
+        differences,
+        notes,
+    };
+    match args.output {
+        Output::Json => table::print_json(&explanation)?,
+        Output::Table => table::print(&render(&explanation, &Style::for_stdout(args.no_color))),
+    }
+    if explanation.agree == Some(false) {
+        eprintln!(
+            "envfence: the kernel and the policy file DISAGREE on this flow (exit {EXIT_DISAGREE})"
+        );
+        table::exit(EXIT_DISAGREE);
+    }
+    Ok(())
+}
+
+fn mode_of(config: &Config, slot: u32) -> &'static str {
+    if config.slot_audit_mode[(slot & 1) as usize] != 0 {
+        "audit"
+    } else {
+        "enforce"
+    }
+}
+
+fn kernel_answer(
+    state: &PinnedState,
+    k: &KernelDecision,
+    src: IpAddr,
+    dst: IpAddr,
+    names: Option<&(Policy, CompiledPolicy, u32, String)>,
+) -> anyhow::Result<KernelAnswer> {
+    let env = |id: u32| match names {
+        Some((_, c, _, _)) => c.env_name(id).to_owned(),
+        None if id == 0 => policy::WORLD.to_owned(),
+        None => format!("#{id}"),
+    };
+    let rule = |id: u16| match names {
+        Some((_, c, _, _)) => c.rule_name(id).to_owned(),
+        None if id == RULE_DEFAULT => policy::DEFAULT_RULE.to_owned(),
+        None => format!("#{id}"),
+    };
+    let rule_name = rule(k.rule);
+    let rule_verdict = names.and_then(|(p, _, _, _)| {
+        if k.rule == RULE_DEFAULT {
+            Some(p.default.as_str().to_owned())
+        } else {
+            p.rule(&rule_name).map(|r| r.verdict.as_str().to_owned())
+        }
+    });
+    let decided_by = match k.by {
+        DecidedBy::PortRule { .. } => "port_rule",
+        DecidedBy::Pair if k.rule == RULE_DEFAULT => "pair_default",
+        DecidedBy::Pair => "pair",
+        DecidedBy::NoPorts => "no_ports",
+    };
+    let mut port_rules: Vec<PortRuleOut> = Vec::new();
+    if k.pair.has_port_rules != 0 {
+        let entries = state
+            .port_rules_of(k.slot, k.src.id, k.dst.id)
+            .context("listing the pair's port rules")?;
+        // Consecutive ports of one protocol, verdict and rule as one range.
+        let mut run: Option<(u8, u16, u16, u8, u16)> = None;
+        let flush = |r: (u8, u16, u16, u8, u16), out: &mut Vec<PortRuleOut>| {
+            out.push(PortRuleOut {
+                ports: ports_text(r.0, r.1, r.2),
+                verdict: verdict_name(r.3),
+                rule: rule(r.4),
+            });
+        };
+        for (key, v) in entries {
+            run = match run {
+                Some(r)
+                    if r.0 == key.proto
+                        && u32::from(r.2) + 1 == u32::from(key.port)
+                        && r.3 == v.verdict
+                        && r.4 == v.rule =>
+                {
+                    Some((r.0, r.1, key.port, r.3, r.4))
+                }
+                Some(r) => {
+                    flush(r, &mut port_rules);
+                    Some((key.proto, key.port, key.port, v.verdict, v.rule))
+                }
+                None => Some((key.proto, key.port, key.port, v.verdict, v.rule)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r, &mut port_rules);
+        }
+    }
+    Ok(KernelAnswer {
+        pin_dir: state.dir().display().to_string(),
+        generation: k.config.generation,
+        active_slot: k.slot,
+        mode: mode_of(&k.config, k.slot).to_owned(),
+        src: Side {
+            ip: src,
+            env_id: Some(k.src.id),
+            env: env(k.src.id),
+            cidr: k.src.prefix,
+        },
+        dst: Side {
+            ip: dst,
+            env_id: Some(k.dst.id),
+            env: env(k.dst.id),
+            cidr: k.dst.prefix,
+        },
+        verdict: verdict_name(k.verdict),
+        rule_id: k.rule,
+        rule: rule_name,
+        decided_by: decided_by.to_owned(),
+        rule_verdict,
+        port_rules,
+        names_from: names.map(|(_, _, _, path)| path.clone()),
+    })
+}
+
+fn file_answer(c: &CompiledPolicy, path: &str, src: IpAddr, dst: IpAddr, l4: L4) -> FileAnswer {
+    let (s, s_cidr) = c.lookup_env(src);
+    let (d, d_cidr) = c.lookup_env(dst);
+    let (verdict, rule) = c.decide(s, d, l4);
+    FileAnswer {
+        path: path.to_owned(),
+        src: Side {
+            ip: src,
+            env_id: None,
+            env: c.env_name(s).to_owned(),
+            cidr: s_cidr,
+        },
+        dst: Side {
+            ip: dst,
+            env_id: None,
+            env: c.env_name(d).to_owned(),
+            cidr: d_cidr,
+        },
+        verdict: verdict_name(verdict),
+        rule: c.rule_name(rule).to_owned(),
+    }
+}
+
+/// The differences between the kernel's and the file's answers (names are
+/// compared only when the kernel's ids could be named).
+fn compare(k: &KernelAnswer, f: &FileAnswer, named: bool) -> Vec<String> {
+    let show = |c: &Option<IpNet>| c.map_or_else(|| "none".to_owned(), |c| c.to_string());
+    let mut out = Vec::new();
+    if k.verdict != f.verdict {
+        out.push(format!("verdict: kernel {}, file {}", k.verdict, f.verdict));
+    }
+    if named && k.rule != f.rule {
+        out.push(format!("rule: kernel {}, file {}", k.rule, f.rule));
+    }
+    if named && k.src.env != f.src.env {
+        out.push(format!(
+            "source environment: kernel {}, file {}",
+            k.src.env, f.src.env
+        ));
+    }
+    if named && k.dst.env != f.dst.env {
+        out.push(format!(
+            "destination environment: kernel {}, file {}",
+            k.dst.env, f.dst.env
+        ));
+    }
+    if k.src.cidr != f.src.cidr {
+        out.push(format!(
+            "source CIDR: kernel {}, file {}",
+            show(&k.src.cidr),
+            show(&f.src.cidr)
+        ));
+    }
+    if k.dst.cidr != f.dst.cidr {
+        out.push(format!(
+            "destination CIDR: kernel {}, file {}",
+            show(&k.dst.cidr),
+            show(&f.dst.cidr)
+        ));
+    }
+    out
+}
+
+fn side_text(s: &Side) -> String {
+    match s.cidr {
+        Some(c) => format!("{} in {} ({c})", s.ip, s.env),
+        None => format!("{} in {} (in no environment's CIDR)", s.ip, s.env),
+    }
+}
+
+fn meaning(verdict: &str) -> &'static str {
+    match verdict {
+        "allow" => "passes, not reported",
+        "log" => "passes and is reported",
+        "audit" => "passes and is reported as a would-be drop",
+        "drop" => "dropped and reported",
+        _ => "unknown",
+    }
+}
+
+/// The explanation as text.
+pub fn render(e: &Explanation, s: &Style) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(out, "{:<13}{value}", label);
+    };
+    let k = &e.kernel;
+    let ep = |ip: IpAddr, port: Option<u16>| match (ip, port) {
+        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, Some(p)) => format!("{a}:{p}"),
+        (a, None) => a.to_string(),
+    };
+    let mut flow = format!(
+        "{} {} -> {}",
+        e.proto.as_deref().unwrap_or("ip"),
+        ep(e.src, e.sport),
+        ep(e.dst, e.port)
+    );
+    if e.fragment {
+        flow.push_str(" (ports unreadable: a non-first fragment)");
+    }
+    line("flow", flow);
+    line(
+        "kernel",
+        format!(
+            "generation {}, slot {}, mode {} ({})",
+            k.generation, k.active_slot, k.mode, k.pin_dir
+        ),
+    );
+    line("source", side_text(&k.src));
+    line("destination", side_text(&k.dst));
+    let pair = format!("{} -> {}", k.src.env, k.dst.env);
+    let by = match k.decided_by.as_str() {
+        "port_rule" => format!(
+            "rule {} (a port rule of {pair}: beats the pair's rule)",
+            k.rule
+        ),
+        "pair_default" => format!("the default (no rule names {pair})"),
+        "no_ports" => format!(
+            "rule {} (ports unreadable: the strictest verdict of {pair} and its port rules)",
+            k.rule
+        ),
+        _ => format!("rule {} ({pair})", k.rule),
+    };
+    line("decided by", by);
+    let mut verdict = format!(
+        "{}: {}",
+        s.verdict(&k.verdict.to_uppercase()),
+        meaning(&k.verdict)
+    );
+    if k.verdict == "audit" && k.mode == "audit" && k.rule_verdict.as_deref() == Some("drop") {
+        verdict.push_str(&format!(
+            " ({} says drop; mode audit turns every drop into audit)",
+            if k.rule == policy::DEFAULT_RULE {
+                "the default"
+            } else {
+                "the rule"
+            }
+        ));
+    }
+    line("verdict", verdict);
+    if !k.port_rules.is_empty() {
+        let rules: Vec<String> = k
+            .port_rules
+            .iter()
+            .map(|r| format!("{} {} ({})", r.ports, s.verdict(&r.verdict), r.rule))
+            .collect();
+        line("port rules", format!("{pair}: {}", rules.join(", ")));
+    }
+    if let Some(from) = &k.names_from {
+        line("names", format!("from {from}"));
+    }
+    for n in &e.notes {
+        line("note", n.clone());
+    }
+    if let Some(f) = &e.file {
+        out.push('\n');
+        let summary = format!(
+            "{} by {} ({} {} -> {} {})",
+            f.verdict,
+            f.rule,
+            f.src.env,
+            f.src.cidr.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            f.dst.env,
+            f.dst.cidr.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        );
+        if e.differences.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<13}{}: {summary}: {}",
+                "policy file",
+                f.path,
+                s.green("agrees with the kernel")
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{}",
+                s.red(&format!(
+                    "!!! DISAGREEMENT: the kernel and {} judge this flow differently",
+                    f.path
+                ))
+            );
+            let _ = writeln!(out, "{:<13}{summary}", "  file says");
+            for d in &e.differences {
+                let _ = writeln!(out, "  - {d}");
+            }
+            let _ = writeln!(
+                out,
+                "  The kernel enforces another policy than this file: did a reload fail\n  (envfence status: last reload), or does the agent read another file?"
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l4_cases() {
+        assert_eq!(
+            l4_of(Some(proto::TCP), Some(53), false),
+            L4::Ports {
+                proto: proto::TCP,
+                dport: 53
+            }
+        );
+        assert_eq!(l4_of(Some(proto::UDP), None, false), L4::Other);
+        assert_eq!(l4_of(Some(proto::UDP), Some(53), true), L4::NoPorts);
+        assert_eq!(l4_of(Some(proto::ICMP), None, true), L4::Other);
+        assert_eq!(l4_of(None, None, false), L4::Other);
+        assert_eq!(parse_proto("ICMP"), Ok(proto::ICMP));
+        assert_eq!(parse_proto("47"), Ok(47));
+        assert!(parse_proto("gre").is_err());
+    }
+}
