@@ -178,7 +178,7 @@ impl Decoder<'_> {
         match t {
             0x0800 => self.ipv4(off, depth),
             0x86dd => self.ipv6(off, depth),
-            0x6558 => self.eth(off, depth + 1),
+            0x6558 => self.eth(off, depth),
             _ => {
                 let n = self.f.len().saturating_sub(off);
                 self.line(depth, off, format!("payload ({n} bytes, not IP)"));
@@ -242,7 +242,10 @@ impl Decoder<'_> {
         }
         if ihl > 5 {
             let end = (off + ihl * 4).min(f.len());
-            let opts: Vec<String> = f[off + 20..end].iter().map(|b| format!("{b:02x}")).collect();
+            let opts: Vec<String> = f[off + 20..end]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             self.line(depth, off + 20, format!("ipv4 options {}", opts.join("")));
         }
         let l4_end = (off + tot.max(ihl * 4)).min(f.len());
@@ -322,7 +325,11 @@ impl Decoder<'_> {
                         proto_name(e[0]),
                         fo >> 3,
                         fo & 1,
-                        if fo >> 3 != 0 { " NON-FIRST FRAGMENT" } else { "" }
+                        if fo >> 3 != 0 {
+                            " NON-FIRST FRAGMENT"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 if fo >> 3 != 0 {
@@ -412,16 +419,11 @@ impl Decoder<'_> {
             + if flags & 0x8000 != 0 { 4 } else { 0 }
             + if flags & 0x2000 != 0 { 4 } else { 0 }
             + if flags & 0x1000 != 0 { 4 } else { 0 };
-        let names: Vec<&str> = [
-            (0x8000, "C"),
-            (0x4000, "R"),
-            (0x2000, "K"),
-            (0x1000, "S"),
-        ]
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| *n)
-        .collect();
+        let names: Vec<&str> = [(0x8000, "C"), (0x4000, "R"), (0x2000, "K"), (0x1000, "S")]
+            .iter()
+            .filter(|(bit, _)| flags & bit != 0)
+            .map(|(_, n)| *n)
+            .collect();
         self.line(
             depth,
             off,
@@ -433,7 +435,11 @@ impl Decoder<'_> {
             ),
         );
         if flags & 0x4007 != 0 {
-            self.line(depth, off, "gre: routing or version != 0, not decapsulated".into());
+            self.line(
+                depth,
+                off,
+                "gre: routing or version != 0, not decapsulated".into(),
+            );
             return;
         }
         self.l3(t, off + hlen, depth + 1);
@@ -446,11 +452,7 @@ impl Decoder<'_> {
             return;
         }
         let vni = u32::from_be_bytes([0, f[off + 4], f[off + 5], f[off + 6]]);
-        self.line(
-            depth,
-            off,
-            format!("vxlan flags {:#04x} vni {vni}", f[off]),
-        );
+        self.line(depth, off, format!("vxlan flags {:#04x} vni {vni}", f[off]));
         self.eth(off + 8, depth + 1);
     }
 
@@ -484,7 +486,9 @@ mod tests {
         // eth / ipv4 10.10.1.2 > 10.10.2.2 udp 4789 / vxlan / eth / vlan /
         // ipv4 10.30.1.2 > 10.10.1.2 tcp 80.
         let mut inner = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x81, 0, 0, 5, 0x08, 0];
-        let mut ip = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 30, 1, 2, 10, 10, 1, 2];
+        let mut ip = vec![
+            0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 30, 1, 2, 10, 10, 1, 2,
+        ];
         ip.extend([0, 1, 0, 80]);
         ip.extend([0u8; 16]);
         inner.extend(ip);
@@ -493,14 +497,30 @@ mod tests {
         udp.extend(inner);
         let tot = (20 + udp.len()) as u16;
         let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0];
-        f.extend([0x45, 0, (tot >> 8) as u8, tot as u8, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend([
+            0x45,
+            0,
+            (tot >> 8) as u8,
+            tot as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         f.extend([10, 10, 1, 2, 10, 10, 2, 2]);
         f.extend(udp);
         let s = stack(&f);
         assert!(s.contains("udp 12345 > 4789"), "{s}");
         assert!(s.contains("vxlan flags 0x08 vni 7"), "{s}");
         assert!(s.contains("vlan #1 pcp 0 vid 5"), "{s}");
-        assert!(s.contains("ipv4 10.30.1.2 > 10.10.1.2 proto 6 (tcp)"), "{s}");
+        assert!(
+            s.contains("ipv4 10.30.1.2 > 10.10.1.2 proto 6 (tcp)"),
+            "{s}"
+        );
         assert!(s.contains("tcp 1 > 80"), "{s}");
         assert!(describe(&f).contains("0000:"));
     }

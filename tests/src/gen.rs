@@ -16,8 +16,10 @@
 //! `tests/tests/differential.rs` and the `envfence-fuzz` binary; [`pcap`]
 //! reads and writes the capture files of `tests/corpus/`.
 
+pub mod catalog;
 pub mod diff;
 pub mod pcap;
+pub mod wire;
 
 use std::net::Ipv4Addr;
 
@@ -200,7 +202,10 @@ pub enum L3Spec {
     V4(Box<Ip4Spec>),
     V6(Box<Ip6Spec>),
     /// Any other EtherType with raw bytes (ARP, LLDP, an 802.3 length ...).
-    Other { ethertype: u16, bytes: Vec<u8> },
+    Other {
+        ethertype: u16,
+        bytes: Vec<u8>,
+    },
 }
 
 /// An IPv4 packet.
@@ -280,7 +285,10 @@ pub enum L4Spec {
     Ip6(Box<Ip6Spec>),
     Gre(Box<GreSpec>),
     /// Any protocol number with raw bytes.
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 /// A UDP payload.
@@ -288,7 +296,11 @@ pub enum L4Spec {
 pub enum UdpBody {
     Data(Vec<u8>),
     /// VXLAN (flags, VNI) and an Ethernet frame.
-    Vxlan { flags: u8, vni: u32, inner: Inner },
+    Vxlan {
+        flags: u8,
+        vni: u32,
+        inner: Inner,
+    },
     /// Geneve with `opt_words` 4-byte words of options, protocol type and
     /// what follows.
     Geneve {
@@ -417,7 +429,7 @@ impl Ip4Spec {
         let mut body = self.payload.built(false);
         body.cut(self.cut);
         let mut options = self.options.clone();
-        while options.len() % 4 != 0 {
+        while !options.len().is_multiple_of(4) {
             options.push(0);
         }
         options.truncate(40);
@@ -555,12 +567,14 @@ impl L4Spec {
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
                 h[4..8].copy_from_slice(&0xdead_beefu32.to_be_bytes());
                 // An INIT chunk header.
-                Built::new(vec![1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1])
-                    .prepend(&h)
+                Built::new(vec![
+                    1, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x10, 0, 0, 1, 0, 1, 0, 0, 0, 1,
+                ])
+                .prepend(&h)
             }
-            L4Spec::Icmp { ty, code, .. } => {
-                Built::new(vec![*ty, *code, 0, 0, 0x12, 0x34, 0, 1, 0x61, 0x62, 0x63, 0x64])
-            }
+            L4Spec::Icmp { ty, code, .. } => Built::new(vec![
+                *ty, *code, 0, 0, 0x12, 0x34, 0, 1, 0x61, 0x62, 0x63, 0x64,
+            ]),
             L4Spec::Ip4(ip) => ip.built(),
             L4Spec::Ip6(ip) => ip.built(),
             L4Spec::Gre(g) => g.built(),
@@ -755,6 +769,35 @@ pub fn v6_in(rng: &mut Rng, env: Env) -> [u8; 16] {
     a
 }
 
+/// The `i`-th of a few fixed IPv4 addresses of `env`: flows repeat, so the
+/// datapath's per-flow verdict cache is hit by frames of other shapes.
+pub fn v4_pool(env: Env, i: u8) -> [u8; 4] {
+    match env {
+        Env::Production => [10, 10, i + 1, 2],
+        Env::Staging => [10, 20, i + 1, 2],
+        Env::Test => [10, 30, i + 1, 2],
+        Env::Dev => [10, 40, i + 1, 2],
+        Env::Ops => [10, 0, 0, 2 + i],
+        Env::World => [192, 0, 2, 1 + i],
+    }
+}
+
+/// The `i`-th of a few fixed IPv6 addresses of `env` (see [`v4_pool`]).
+pub fn v6_pool(env: Env, i: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[15] = 2 + i;
+    let head: [u8; 8] = match env {
+        Env::Production => [0xfd, 0, 0, 0x10, 0, 1, 0, 0],
+        Env::Staging => [0xfd, 0, 0, 0x20, 0, 1, 0, 0],
+        Env::Test => [0xfd, 0, 0, 0x30, 0, 1, 0, 0],
+        Env::Dev => [0xfd, 0, 0, 0x40, 0, 1, 0, 0],
+        Env::Ops => [0xfd, 0, 0, 0, 0, 0, 0, 1],
+        Env::World => [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0],
+    };
+    a[..8].copy_from_slice(&head);
+    a
+}
+
 /// `::ffff:a.b.c.d`.
 pub fn mapped(v4: [u8; 4]) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -762,6 +805,31 @@ pub fn mapped(v4: [u8; 4]) -> [u8; 16] {
     a[11] = 0xff;
     a[12..].copy_from_slice(&v4);
     a
+}
+
+/// An address of `env`: half of the time one of a few fixed ones.
+fn addr4(rng: &mut Rng, env: Env) -> [u8; 4] {
+    if rng.chance(50) {
+        let i = rng.below(3) as u8;
+        v4_pool(env, i)
+    } else {
+        v4_in(rng, env)
+    }
+}
+
+/// An IPv6 address of `env`: half of the time one of a few fixed ones
+/// (sometimes the IPv4-mapped form of a fixed IPv4 address).
+fn addr6(rng: &mut Rng, env: Env) -> [u8; 16] {
+    if rng.chance(50) {
+        let i = rng.below(3) as u8;
+        if env != Env::World && rng.chance(15) {
+            mapped(v4_pool(env, i))
+        } else {
+            v6_pool(env, i)
+        }
+    } else {
+        v6_in(rng, env)
+    }
 }
 
 /// Environments weighted toward the pair the policy cares most about.
@@ -891,11 +959,8 @@ impl Gen {
         let tags = r.weighted(&[(55, 0usize), (18, 1), (17, 2), (7, 3), (3, 4)]);
         let vlans = (0..tags)
             .map(|_| {
-                let tpid = r.weighted(&[
-                    (60, ethertype::VLAN),
-                    (35, ethertype::QINQ),
-                    (5, 0x9100u16),
-                ]);
+                let tpid =
+                    r.weighted(&[(60, ethertype::VLAN), (35, ethertype::QINQ), (5, 0x9100u16)]);
                 let tci = if r.chance(20) { 0 } else { r.u16() };
                 (tpid, tci)
             })
@@ -910,7 +975,26 @@ impl Gen {
         src_mac[5] = r.u8();
         dst_mac[4] = r.u8() & 0x0f;
         let pad_to = if r.chance(30) { 60 } else { 0 };
-        let l3 = self.l3(depth);
+        let mut l3 = self.l3(depth);
+        if depth == 0 && self.rng.chance(10) {
+            // Push what follows the IPv6 header to the edge of the parser's
+            // window (MAX_OFFSET): a destination-options header sized so
+            // the next header starts somewhere in 384..=472.
+            if let L3Spec::V6(ip) = &mut l3 {
+                let l3_off = 14 + 4 * tags;
+                let target = self.rng.range(384, 472);
+                let units = ((target - (l3_off + 40)) / 8).saturating_sub(1);
+                ip.ext.insert(
+                    0,
+                    ExtSpec {
+                        kind: ipproto::DSTOPTS,
+                        units: units.min(255) as u8,
+                        frag: 0,
+                        fill: 0,
+                    },
+                );
+            }
+        }
         FrameSpec {
             dst_mac,
             src_mac,
@@ -921,7 +1005,7 @@ impl Gen {
     }
 
     fn l3(&mut self, depth: u32) -> L3Spec {
-        match self.rng.weighted(&[(46, 4u8), (46, 6), (8, 0)]) {
+        match self.rng.weighted(&[(47, 4u8), (47, 6), (6, 0)]) {
             4 => L3Spec::V4(Box::new(self.ip4(depth))),
             6 => L3Spec::V6(Box::new(self.ip6(depth))),
             _ => {
@@ -947,8 +1031,8 @@ impl Gen {
     pub fn ip4(&mut self, depth: u32) -> Ip4Spec {
         let r = &mut self.rng;
         let (se, de) = (draw_env(r), draw_env(r));
-        let src = v4_in(r, se);
-        let dst = v4_in(r, de);
+        let src = addr4(r, se);
+        let dst = addr4(r, de);
         let options = if r.chance(15) {
             let words = r.range(1, 10);
             let mut o = Vec::with_capacity(words * 4);
@@ -960,7 +1044,11 @@ impl Gen {
         } else {
             Vec::new()
         };
-        let (off1, off2, any) = (r.range(1, 0x1fff) as u16, r.range(1, 0x1fff) as u16, r.u16());
+        let (off1, off2, any) = (
+            r.range(1, 0x1fff) as u16,
+            r.range(1, 0x1fff) as u16,
+            r.u16(),
+        );
         let frag = r.weighted(&[
             (45, 0u16),
             (25, 0x4000),
@@ -999,8 +1087,8 @@ impl Gen {
     pub fn ip6(&mut self, depth: u32) -> Ip6Spec {
         let r = &mut self.rng;
         let (se, de) = (draw_env(r), draw_env(r));
-        let src = v6_in(r, se);
-        let dst = v6_in(r, de);
+        let src = addr6(r, se);
+        let dst = addr6(r, de);
         let n_ext = if r.chance(45) {
             r.weighted(&[
                 (30, 1usize),
@@ -1069,9 +1157,9 @@ impl Gen {
     fn len_field(&mut self) -> LenField {
         let r = &mut self.rng;
         match r.below(100) {
-            0..=87 => LenField::Exact,
-            88..=93 => LenField::Delta(r.range(0, 16) as i32 - 8),
-            94..=96 => LenField::Delta(-(r.range(1, 60) as i32)),
+            0..=92 => LenField::Exact,
+            93..=95 => LenField::Delta(r.range(0, 16) as i32 - 8),
+            96..=97 => LenField::Delta(-(r.range(1, 60) as i32)),
             _ => LenField::Value(r.u16()),
         }
     }
@@ -1204,14 +1292,22 @@ impl Gen {
                     (5, any),
                 ]);
                 let inner = self.inner_for(proto, depth + 1);
-                L4Spec::Gre(Box::new(GreSpec { flags, proto, inner }))
+                L4Spec::Gre(Box::new(GreSpec {
+                    flags,
+                    proto,
+                    inner,
+                }))
             }
         }
     }
 
     fn udp_tunnel(&mut self, depth: u32, dport: u16) -> UdpBody {
         if dport == VXLAN_PORT {
-            let flags = if self.rng.chance(90) { 0x08 } else { self.rng.u8() };
+            let flags = if self.rng.chance(90) {
+                0x08
+            } else {
+                self.rng.u8()
+            };
             let vni = self.rng.u32() & 0xff_ffff;
             let inner = if self.rng.chance(95) {
                 Inner::Eth(Box::new(self.frame_spec(depth + 1)))
@@ -1287,8 +1383,9 @@ impl Gen {
                 1 => frame[at] = r.u8(),
                 2 => {
                     frame[at] = r.pick(&[
-                        0u8, 0xff, 0x45, 0x46, 0x4f, 0x60, 0x81, 0x88, 0xa8, 0x86, 0xdd, 0x08, 0x11,
-                        0x06, 0x2f, 0x04, 0x29, 0x2c, 0x32, 0x33, 0x3c, 0x12, 0xb5, 0x17, 0xc1,
+                        0u8, 0xff, 0x45, 0x46, 0x4f, 0x60, 0x81, 0x88, 0xa8, 0x86, 0xdd, 0x08,
+                        0x11, 0x06, 0x2f, 0x04, 0x29, 0x2c, 0x32, 0x33, 0x3c, 0x12, 0xb5, 0x17,
+                        0xc1,
                     ])
                 }
                 3 => {
@@ -1397,7 +1494,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// Bytes of a hex string (whitespace ignored).
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits

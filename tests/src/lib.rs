@@ -5,8 +5,10 @@
 //! for the privileged integration tests and `cargo xtask demo`.
 
 pub mod agent;
+pub mod bench;
 pub mod expect;
 pub mod lab;
+pub mod lifecycle;
 pub mod netns;
 pub mod prom;
 pub mod testrun;

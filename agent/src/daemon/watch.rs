@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{
+    event::{AccessKind, AccessMode},
+    EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
+};
 use tokio::sync::mpsc;
 
 /// A running watch; dropping it stops the watching.
@@ -29,6 +32,16 @@ pub fn watch(file: &Path) -> notify::Result<ConfigWatch> {
             let _ = tx.send(());
             return;
         };
+        // Opening or reading the file changes nothing, and the agent opens
+        // it itself on every reload: reacting to that made every reload
+        // trigger the next one, re-reading the file every 100 ms forever
+        // (and catching in-place writers between truncate and write). Only
+        // the end of a write counts among the access events.
+        if let EventKind::Access(kind) = event.kind {
+            if kind != AccessKind::Close(AccessMode::Write) {
+                return;
+            }
+        }
         let relevant = event.paths.iter().any(|p| {
             let n = p.file_name();
             n == name.as_deref()

@@ -416,7 +416,26 @@ impl Datapath {
 
     /// Detaches and unpins the links [`Datapath::stale_pins`] lists, and
     /// removes other ABI versions' directories once they hold no link.
+    /// First removes the `ATTACHED` entries of interfaces this agent did not
+    /// attach (deselected or gone while no agent ran): an entry left behind
+    /// would make egress skip, as judged at ingress, packets that entered
+    /// through an interface nothing judges any more. Removing it before the
+    /// link means such packets are judged twice for a moment, never zero
+    /// times.
     pub fn remove_stale(&mut self) -> usize {
+        let ours: Vec<u32> = self.attachments.values().map(|a| a.ifindex).collect();
+        if let Ok(mut attached) =
+            typed_map::<HashMap<&mut MapData, u32, u32>>(&mut self.ebpf, map_names::ATTACHED)
+        {
+            let stale: Vec<u32> = attached
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|i| !ours.contains(i))
+                .collect();
+            for ifindex in stale {
+                let _ = attached.remove(&ifindex);
+            }
+        }
         let stale = self.stale_pins();
         for pin in &stale {
             let _ = pins::force_detach(pin);

@@ -40,6 +40,10 @@ struct Args {
     /// Seconds between progress lines (0: none).
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
+    /// Only print this many generated frames (decoded, with the reference's
+    /// outcome under the enforce policy) and exit; no kernel needed.
+    #[arg(long)]
+    show: Option<usize>,
 }
 
 fn parse_seed(s: &str) -> Result<u64, String> {
@@ -62,6 +66,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<bool> {
+    if let Some(n) = args.show {
+        let policy = diff::example_policy(envfence::policy::Mode::Enforce)?;
+        let mut gen = envfence_tests::gen::Gen::new(args.seed.unwrap_or(diff::DEFAULT_SEED));
+        for i in 0..n {
+            let case = gen.case();
+            let outcome = envfence::policy::reference::classify(&case.frame, &policy);
+            println!("#{i} {} case: {outcome:?}", case.kind.name());
+            print!("{}", envfence_tests::decode::describe(&case.frame));
+        }
+        return Ok(true);
+    }
     envfence_tests::lab::require_root()?;
     let seed = args.seed.unwrap_or_else(|| {
         // A fresh seed per run unless one is given: a long run should
