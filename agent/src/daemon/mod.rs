@@ -100,6 +100,11 @@ pub async fn run<S>(opts: DaemonOptions, sink: S) -> anyhow::Result<S>
 where
     S: EventSink + Send + 'static,
 {
+    // Signals first: a SIGHUP or SIGTERM during start-up waits for the loop
+    // instead of killing the process.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let origin = opts.policy.origin();
     let first = opts.policy.read();
     let saved = state::load(&opts.state_dir);
@@ -124,6 +129,9 @@ where
 
     // Name a missing capability before the kernel answers a bare EPERM.
     crate::caps::preflight()?;
+    // One agent at a time per node: two installing at once could write the
+    // same policy slot.
+    let _lock = state::lock(&opts.state_dir).await?;
     let mut dp = Datapath::load_with(LoadOptions {
         debug_tag_decision: false,
         pin_root: opts.pin_root.clone(),
@@ -276,9 +284,6 @@ where
         },
         _ => None,
     };
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut retry = tokio::time::interval(RETRY_EVERY);
     let mut ticks: u64 = 0;
     tracing::info!(

@@ -56,8 +56,10 @@ pub fn save(dir: &Path, saved: &SavedPolicy) -> io::Result<()> {
     fs::rename(&tmp, path(dir))
 }
 
-/// Removes the saved policy of every ABI version from `dir`.
+/// Removes the saved policy of every ABI version (and the lock file) from
+/// `dir`.
 pub fn remove_all(dir: &Path) -> usize {
+    let _ = fs::remove_file(lock_path(dir));
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
@@ -71,4 +73,39 @@ pub fn remove_all(dir: &Path) -> usize {
         })
         .filter(|p| fs::remove_file(p).is_ok())
         .count()
+}
+
+/// The lock file that keeps a second agent from running beside the first.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("agent.lock")
+}
+
+/// Takes the node's agent lock (`<dir>/agent.lock`), waiting for another
+/// agent that holds it to exit (a rolling update's old pod).
+pub async fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+    use anyhow::Context as _;
+    use nix::fcntl::{Flock, FlockArg};
+    fs::create_dir_all(dir)
+        .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    let path = lock_path(dir);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            tracing::warn!(
+                "another envfence agent holds {}: waiting for it to exit",
+                path.display()
+            );
+            tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+                .await
+                .context("waiting for the agent lock")?
+                .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
+        }
+        Err((_, e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
+    }
 }

@@ -258,11 +258,6 @@ impl Datapath {
         ifindex: u32,
         hook: Hook,
     ) -> Result<FdLink, DatapathError> {
-        let attach_error = |e| DatapathError::Attach {
-            ifname: ifname.to_owned(),
-            hook: hook.as_str(),
-            source: Box::new(e),
-        };
         let pins = self.pins.clone();
         if let Some(pins) = &pins {
             let mine = pins.link_path(ifindex, hook);
@@ -271,6 +266,9 @@ impl Datapath {
                     .into_iter()
                     .map(|dir| pins::link_path_in(&dir, ifindex, hook)),
             );
+            // Pins that could not be adopted stay in place (their links keep
+            // enforcing with the older program) until a fresh link is up.
+            let mut unadoptable = Vec::new();
             for pin in candidates.filter(|p| p.exists()) {
                 match self.adopt(&pin, hook) {
                     Ok(link) => {
@@ -287,24 +285,27 @@ impl Datapath {
                     }
                     Err(e) => {
                         tracing::warn!(
-                            "pinned link {} could not be adopted ({e}); replacing it",
+                            "pinned link {} could not be adopted ({e}); attaching a new one first",
                             pin.display()
                         );
-                        let _ = fs::remove_file(&pin);
+                        unadoptable.push(pin);
                     }
                 }
             }
+            if !unadoptable.is_empty() {
+                let link = self.attach_fresh(ifname, hook)?;
+                // The new link runs (first in the chain); now the old ones go.
+                for pin in &unadoptable {
+                    let _ = pins::force_detach(pin);
+                    let _ = fs::remove_file(pin);
+                }
+                let pinned = link
+                    .pin(&mine)
+                    .map_err(|e| pins::pin_error(&mine, &std::io::Error::other(e.to_string())))?;
+                return Ok(FdLink::from(pinned));
+            }
         }
-        let prog = classifier_mut(&mut self.ebpf, hook.program_name())?;
-        let id = prog
-            .attach_with_options(
-                ifname,
-                hook.attach_type(),
-                TcAttachOptions::TcxOrder(LinkOrder::first()),
-            )
-            .map_err(attach_error)?;
-        let link = FdLink::try_from(prog.take_link(id).map_err(attach_error)?)
-            .map_err(|e| interface_error(ifname, &format!("tcx link: {e}")))?;
+        let link = self.attach_fresh(ifname, hook)?;
         match &pins {
             Some(pins) => {
                 let path = pins.link_path(ifindex, hook);
@@ -315,6 +316,25 @@ impl Datapath {
             }
             None => Ok(link),
         }
+    }
+
+    /// A new tcx link of `hook`'s program on `ifname`, first in the chain.
+    fn attach_fresh(&mut self, ifname: &str, hook: Hook) -> Result<FdLink, DatapathError> {
+        let attach_error = |e| DatapathError::Attach {
+            ifname: ifname.to_owned(),
+            hook: hook.as_str(),
+            source: Box::new(e),
+        };
+        let prog = classifier_mut(&mut self.ebpf, hook.program_name())?;
+        let id = prog
+            .attach_with_options(
+                ifname,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(attach_error)?;
+        FdLink::try_from(prog.take_link(id).map_err(attach_error)?)
+            .map_err(|e| interface_error(ifname, &format!("tcx link: {e}")))
     }
 
     /// Switches the pinned link at `pin` to this agent's program.
