@@ -139,10 +139,7 @@ fn expect_break(
     if let Some(seq) = seq {
         want.push_str(&format!("seq {seq}: "));
     }
-    ensure!(
-        out.contains(&want),
-        "{case}: expected {want:?} in:\n{out}"
-    );
+    ensure!(out.contains(&want), "{case}: expected {want:?} in:\n{out}");
     ensure!(out.contains(what), "{case}: expected {what:?} in:\n{out}");
     Ok(())
 }
@@ -196,8 +193,15 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
         }
         audited.push(v);
     }
-    assert_eq!(audited.len(), printed.len(), "audit records vs stdout events");
-    assert!(audited == printed, "audit records differ from stdout events");
+    assert_eq!(
+        audited.len(),
+        printed.len(),
+        "audit records vs stdout events"
+    );
+    assert!(
+        audited == printed,
+        "audit records differ from stdout events"
+    );
     for (i, (_, _, v)) in all.iter().enumerate() {
         assert_eq!(v["seq"].as_u64(), Some(i as u64), "seq runs from 0, +1");
     }
@@ -244,7 +248,15 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
         ensure!(lines[k].contains("\"packets\":"), "{}", lines[k]);
         lines[k] = lines[k].replacen("\"packets\":", "\"packets\":1", 1);
         write_lines(&target, &lines)?;
-        expect_break(&bin, &copy, "edited field", &target, k + 1, Some(seq), "edited")?;
+        expect_break(
+            &bin,
+            &copy,
+            "edited field",
+            &target,
+            k + 1,
+            Some(seq),
+            "edited",
+        )?;
     }
     // 2. A record deleted.
     {

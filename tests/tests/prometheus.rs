@@ -19,21 +19,26 @@ use envfence_tests::lab::{require_root, wait_until, Family, Lab, LabProcess, NOD
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Every metric the agent exports today (agent/src/metrics/). The
-/// end-to-end test checks that each one is really on /metrics.
+/// Every metric the agent exports (agent/src/metrics/). The end-to-end
+/// test checks that each one is really on /metrics.
 const EXPORTED: &[&str] = &[
     "envfence_packets_total",
     "envfence_bytes_total",
+    "envfence_rule_packets_total",
+    "envfence_rule_bytes_total",
     "envfence_datapath_total",
     "envfence_attached_interfaces",
+    "envfence_interface_attach_failures_total",
     "envfence_policy_info",
+    "envfence_policy_generation",
+    "envfence_policy_reloads_total",
+    "envfence_policy_last_reload_success_timestamp_seconds",
+    "envfence_map_entries",
+    "envfence_map_capacity",
     "envfence_build_info",
 ];
 /// Metrics Prometheus itself makes for every target.
 const PROMETHEUS_MADE: &[&str] = &["up"];
-/// Metrics the rules use before the agent exports them (the policy reload
-/// work adds them); the dashboard must not use them yet.
-const PENDING: &[&str] = &["envfence_policy_reloads_total"];
 
 /// The alerts deploy/prometheus/envfence-rules.yml must have.
 const ALERTS: &[&str] = &[
@@ -71,10 +76,9 @@ fn rule_tests() -> Result<Vec<PathBuf>> {
 }
 
 fn promtool(args: &[&std::ffi::OsStr]) -> Result<String> {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .context("running promtool (Debian package `prometheus`; `cargo xtask setup` installs it)")?;
+    let out = Command::new("promtool").args(args).output().context(
+        "running promtool (Debian package `prometheus`; `cargo xtask setup` installs it)",
+    )?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -119,7 +123,31 @@ const GROUPING: &[&str] = &[
     "group_left",
     "group_right",
 ];
-const KEYWORDS: &[&str] = &["offset", "bool", "and", "or", "unless", "atan2", "inf", "nan"];
+const KEYWORDS: &[&str] = &[
+    "offset",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "atan2",
+    "inf",
+    "nan",
+    // Aggregation operators (`sum by (x) (…)`: no parenthesis right after).
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+];
 
 /// The metric names a PromQL expression (or a Grafana `label_values(…)`
 /// query) selects. Strings, label matchers, ranges, Grafana variables,
@@ -180,15 +208,15 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     };
     while i < bytes.len() {
         let c = bytes[i];
-        if c.is_ascii_digit() || (c == '.' && bytes.get(i + 1).is_some_and(char::is_ascii_digit))
-        {
+        if c.is_ascii_digit() || (c == '.' && bytes.get(i + 1).is_some_and(char::is_ascii_digit)) {
             // A number or a duration (5m, 1e3, 0.5).
             while i < bytes.len() && (bytes[i].is_alphanumeric() || bytes[i] == '.') {
                 i += 1;
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < bytes.len() && (bytes[i].is_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
+            while i < bytes.len()
+                && (bytes[i].is_alphanumeric() || bytes[i] == '_' || bytes[i] == ':')
             {
                 i += 1;
             }
@@ -278,12 +306,7 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
     let rules = alert_rules()?;
     let names: BTreeSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ALERTS.iter().copied().collect::<BTreeSet<_>>());
-    let allowed: BTreeSet<&str> = EXPORTED
-        .iter()
-        .chain(PROMETHEUS_MADE)
-        .chain(PENDING)
-        .copied()
-        .collect();
+    let allowed: BTreeSet<&str> = EXPORTED.iter().chain(PROMETHEUS_MADE).copied().collect();
     for (name, rule) in &rules {
         let severity = rule["labels"]["severity"].as_str().unwrap_or("");
         assert!(
@@ -300,7 +323,7 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
         if expr.contains("envfence_packets_total") {
             for label in ["src_env", "dst_env"] {
                 assert!(
-                    expr.contains(&format!("by (job, instance, src_env, dst_env)"))
+                    expr.contains("by (job, instance, src_env, dst_env)")
                         && summary.contains(&format!("$labels.{label}"))
                         && description.contains(&format!("$labels.{label}")),
                     "{name}: keeps and names {label}"
@@ -331,7 +354,10 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
         }
     }
     for alert in ALERTS {
-        assert!(fires.contains(*alert), "no promtool case where {alert} fires");
+        assert!(
+            fires.contains(*alert),
+            "no promtool case where {alert} fires"
+        );
         assert!(
             silent.contains(*alert),
             "no promtool case where {alert} stays silent"
@@ -366,7 +392,10 @@ fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
     let panels = dash["panels"].as_array().context("panels")?;
     let mut ids = BTreeSet::new();
     for p in panels {
-        ensure!(ids.insert(p["id"].as_u64().context("panel id")?), "duplicate panel id");
+        ensure!(
+            ids.insert(p["id"].as_u64().context("panel id")?),
+            "duplicate panel id"
+        );
         if p["type"] != "row" {
             ensure!(
                 p["targets"].as_array().is_some_and(|t| !t.is_empty()),
@@ -398,18 +427,29 @@ fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
     // What the dashboard is for: verdicts by pair, lost events, health.
     for needed in [
         "envfence_packets_total",
+        "envfence_rule_packets_total",
+        "envfence_policy_reloads_total",
         "envfence_datapath_total",
         "envfence_attached_interfaces",
         "envfence_policy_info",
         "up",
     ] {
-        ensure!(used.contains(needed), "the dashboard does not show {needed}");
+        ensure!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
     }
+    ensure!(
+        queries.iter().any(
+            |q| q.contains("src_env, dst_env, verdict") && q.contains("envfence_packets_total")
+        ),
+        "no panel of verdicts by environment pair"
+    );
     ensure!(
         queries
             .iter()
-            .any(|q| q.contains("src_env, dst_env, verdict") && q.contains("envfence_packets_total")),
-        "no panel of verdicts by environment pair"
+            .any(|q| q.contains("topk") && q.contains("envfence_rule_packets_total")),
+        "no panel of top rules"
     );
     ensure!(
         queries.iter().any(|q| q.contains("events_lost")),
@@ -491,12 +531,7 @@ impl Prometheus<'_> {
             .collect())
     }
 
-    fn wait_alert(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        timeout: Duration,
-    ) -> Result<Value> {
+    fn wait_alert(&self, name: &str, labels: &[(&str, &str)], timeout: Duration) -> Result<Value> {
         let start = Instant::now();
         loop {
             if let Some(a) = self.alerts(name, "firing", labels)?.into_iter().next() {
@@ -577,19 +612,17 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
             ..AgentOptions::default()
         },
     )?;
-    // The exported list is the truth: every metric in it is on /metrics.
-    let text = agent.metrics()?;
-    for m in EXPORTED {
-        ensure!(
-            text.lines().any(|l| l.starts_with(&format!("# TYPE {m} "))),
-            "{m} is not on /metrics:\n{text}"
-        );
-    }
-
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={PROM_ADDR}"))
+        // A target removed from the configuration gets no staleness
+        // marker: its last `up` sample stays visible for the lookback
+        // (5 min by default) and absent() would wait that long.
+        .arg("--query.lookback-delta=5s")
         .arg("--log.level=warn");
     let process = lab
         .spawn_in_ns(NODE, cmd)
@@ -638,7 +671,10 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
     // Several more scrapes: still exactly N (nothing else, nothing late).
     std::thread::sleep(Duration::from_secs(3));
     let got = prom.scalar(series)?;
-    assert_eq!(got, N as f64, "Prometheus' dropped test -> production series");
+    assert_eq!(
+        got, N as f64,
+        "Prometheus' dropped test -> production series"
+    );
     assert_eq!(
         agent.metric(
             "envfence_packets_total",
@@ -650,6 +686,49 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
         )?,
         N as f64,
         "the agent's own /metrics"
+    );
+
+    // The exported list is the truth: every metric in it is on /metrics
+    // (the traffic counters once there was traffic).
+    let text = agent.metrics()?;
+    if std::env::var_os("EFL_DUMP_METRICS").is_some() {
+        println!("{text}");
+    }
+    for m in EXPORTED {
+        ensure!(
+            text.lines().any(|l| l.starts_with(&format!("# TYPE {m} "))),
+            "{m} is not on /metrics:\n{text}"
+        );
+    }
+
+    // Every dashboard query is valid PromQL for this Prometheus, and the
+    // main panels have data.
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(
+        repo().join("deploy/grafana/envfence-dashboard.json"),
+    )?)?;
+    let mut queries = Vec::new();
+    dashboard_queries(&dash, &mut queries);
+    let mut with_data = 0;
+    for q in queries.iter().filter(|q| !q.starts_with("label_values(")) {
+        let q = q
+            .replace("$job", ".*envfence.*")
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "10s")
+            .replace("$__range", "1m");
+        let result = prom
+            .query(&q)
+            .with_context(|| format!("dashboard query {q}"))?;
+        if !result.is_empty() {
+            with_data += 1;
+        }
+    }
+    println!(
+        "{with_data} of {} dashboard queries have data",
+        queries.len()
+    );
+    ensure!(
+        with_data * 2 > queries.len(),
+        "most dashboard panels are empty"
     );
 
     let alert = prom.wait_alert(

@@ -243,6 +243,9 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
     let started = Instant::now();
     let deadline = started + STORM;
     let (mut sent, mut failed) = (0u64, 0u64);
+    // Filled in once the senders are done; the poller keeps polling until
+    // every event of the storm was printed.
+    let mut storm_end = None;
     std::thread::scope(|scope| -> Result<()> {
         let poller = scope.spawn(|| {
             lab.in_ns("node", || {
@@ -278,21 +281,42 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
             sent += ok;
             failed += err;
         }
+        let storm_secs = started.elapsed().as_secs_f64();
+        let ticks_storm = cpu_ticks(pid)? - ticks_before;
+        let measured = (|| -> Result<_> {
+            let after_storm = counters(&agent).context("/metrics right after the storm")?;
+            let rss_after_storm = status_kib(pid, "VmRSS")?;
+            // Every event of the storm printed.
+            let settled = settle(&agent, printed_before, before.emitted)?;
+            Ok((after_storm, rss_after_storm, settled))
+        })();
+        let drain_secs = started.elapsed().as_secs_f64();
+        let ticks_drain = cpu_ticks(pid)? - ticks_before;
         stop.store(true, Ordering::Relaxed);
         poller
             .join()
             .map_err(|_| anyhow::anyhow!("the poller panicked"))??;
+        let p = poll.lock().unwrap_or_else(|e| e.into_inner());
+        ensure!(
+            p.failures.is_empty(),
+            "/metrics failed during the storm or while its events were printed: {:?}",
+            p.failures
+        );
+        drop(p);
+        let (after_storm, rss_after_storm, settled) = measured?;
+        storm_end = Some((
+            storm_secs,
+            ticks_storm,
+            after_storm,
+            rss_after_storm,
+            settled,
+            drain_secs,
+            ticks_drain,
+        ));
         Ok(())
     })?;
-    let storm_secs = started.elapsed().as_secs_f64();
-    let ticks_storm = cpu_ticks(pid)? - ticks_before;
-    let after_storm = counters(&agent)?;
-    let rss_after_storm = status_kib(pid, "VmRSS")?;
-
-    // Every event of the storm printed.
-    let settled = settle(&agent, printed_before, before.emitted)?;
-    let drain_secs = started.elapsed().as_secs_f64();
-    let ticks_drain = cpu_ticks(pid)? - ticks_before;
+    let (storm_secs, ticks_storm, after_storm, rss_after_storm, settled, drain_secs, ticks_drain) =
+        storm_end.context("the storm did not finish")?;
 
     // Flush: every flow reports once more (an interval after its last
     // report), until a round loses no event; then each flow's packets have
@@ -334,7 +358,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
         sent as f64 / storm_secs
     );
     println!(
-        "  events: {storm_emitted} delivered during the storm = {:.0} events/s, {storm_lost} lost",
+        "  events: {storm_emitted} delivered during the storm = {:.0} events/s; {storm_lost} report attempts lost (ring buffer full; a flow whose report was lost retries with each packet)",
         storm_emitted as f64 / storm_secs
     );
     println!(
@@ -345,7 +369,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
         p.max_rss_kib
     );
     println!(
-        "  /metrics: {} answers during the storm, {} failures, slowest {:.0?}",
+        "  /metrics: {} answers during the storm and until its events were printed, {} failures, slowest {:.0?}",
         p.answers,
         p.failures.len(),
         p.max_latency
@@ -416,7 +440,11 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
             .map_or("verified".to_string(), |b| b.to_string())
     );
     ensure!(report.ok(), "the audit log does not verify");
-    assert_eq!(report.events, events.len() as u64, "audit events vs printed");
+    assert_eq!(
+        report.events,
+        events.len() as u64,
+        "audit events vs printed"
+    );
     ensure!(report.gaps.is_empty(), "audit gaps: {:?}", report.gaps);
 
     // --- Bounded agent, /metrics answering throughout.

@@ -27,7 +27,7 @@ impl EventStream {
     ) -> std::io::Result<()> {
         loop {
             let mut guard = self.ring.readable_mut().await?;
-            drain(guard.get_inner_mut(), ctx, out)?;
+            off_the_runtime(|| drain(guard.get_inner_mut(), ctx, out))?;
             guard.clear_ready();
         }
     }
@@ -42,7 +42,7 @@ impl EventStream {
         let mut guard = self.ring.readable_mut().await?;
         let n = {
             let ctx = ctx.read().unwrap_or_else(|p| p.into_inner());
-            drain(guard.get_inner_mut(), &ctx, out)?
+            off_the_runtime(|| drain(guard.get_inner_mut(), &ctx, out))?
         };
         guard.clear_ready();
         Ok(n)
@@ -55,6 +55,17 @@ impl EventStream {
         out: &mut S,
     ) -> std::io::Result<usize> {
         drain(self.ring.get_mut(), ctx, out)
+    }
+}
+
+/// Runs `f`, which blocks (sinks write to stdout and files: a slow reader
+/// of the agent's stdout blocks it), without holding up the runtime's other
+/// tasks (the metrics server above all): on a multi-thread runtime the
+/// worker hands its queued tasks to another one first.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
