@@ -1,13 +1,13 @@
 //! envfence: keeps environments apart on the network, enforced by eBPF.
+pub mod api;
 pub mod audit;
 pub mod caps;
 pub mod cli;
+pub mod daemon;
 pub mod datapath;
 pub mod events;
 pub mod metrics;
-pub mod policy;
 pub mod netwatch;
-pub mod daemon;
+pub mod policy;
 pub mod status;
 pub mod store;
-pub mod api;

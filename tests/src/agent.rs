@@ -155,8 +155,7 @@ impl Agent {
         let given = |flag: &str| opts.extra_args.iter().any(|a| a == flag);
         if !given("--state-dir") || !given("--api-socket") {
             let dir = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             if !given("--state-dir") {
                 cmd.arg("--state-dir").arg(&dir);
             }

@@ -7,7 +7,11 @@
 //! container that is not privileged gets), the ConfigMap's policy. Then:
 //!
 //! - with exactly that set it enforces: test -> production is dropped,
-//!   production -> production passes;
+//!   production -> production passes; it pins its state; the CLI commands
+//!   of `kubectl exec` (status, flows, explain) work with the same set; the
+//!   kernel keeps enforcing while no agent runs (an upgrade), the next agent
+//!   adopts, and one with --detach-on-exit (deploy/uninstall) leaves
+//!   nothing behind;
 //! - with any one capability of the set removed it refuses to start, naming
 //!   the missing capability (the agent's preflight check, agent/src/caps.rs);
 //! - with that check skipped, the kernel refuses too: each capability is
@@ -18,7 +22,7 @@
 //! Needs root (CI runs as root) and `setpriv` (util-linux).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -69,11 +73,16 @@ fn setpriv_name(cap: u8) -> String {
 
 /// A launcher script that starts the agent binary confined as in the
 /// DaemonSet, with `keep` as its only capabilities. It runs in the private
-/// mount namespace [`Lab::spawn_in_ns`] gives every process, so its
-/// read-only remounts touch nothing outside.
+/// mount namespace [`Lab::spawn_in_ns`] gives every process, so its mounts
+/// and read-only remounts touch nothing outside. Its /run/envfence is a
+/// directory of the launcher's that outlives each agent, as the hostPath
+/// does in a cluster.
 struct Launcher {
     dir: PathBuf,
     path: PathBuf,
+    setpriv: &'static str,
+    bounding: String,
+    bin: PathBuf,
 }
 
 impl Launcher {
@@ -83,34 +92,67 @@ impl Launcher {
             .find(|p| Path::new(p).is_file())
             .context("setpriv (util-linux) is needed to drop capabilities")?;
         let bin = agent_binary()?;
-        let dir = std::env::temp_dir().join(format!(
-            "envfence-caps-{}-{name}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("envfence-caps-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let bounding: String = keep
-            .iter()
-            .map(|&c| format!(",+{}", setpriv_name(c)))
-            .collect();
+        let host_run = dir.join("run-envfence");
+        std::fs::create_dir_all(&host_run)
+            .with_context(|| format!("creating {}", host_run.display()))?;
+        let bounding = format!(
+            "--bounding-set=-all{}",
+            keep.iter()
+                .map(|&c| format!(",+{}", setpriv_name(c)))
+                .collect::<String>()
+        );
         let script = format!(
             "#!/bin/sh\n\
              set -e\n\
+             # /run/envfence: the hostPath of the state and the API socket\n\
+             # (writable, kept across agents) in a /run of this mount namespace.\n\
+             mount -t tmpfs -o mode=0755,size=1m envfence-run /run\n\
+             mkdir /run/envfence\n\
+             mount --bind {host_run} /run/envfence\n\
              # readOnlyRootFilesystem: true, and the read-only /sys of a container\n\
              # that is not privileged (/sys/fs/bpf stays a writable mount of its own).\n\
+             mount -o remount,bind,ro /run\n\
              mount -o remount,bind,ro /\n\
              mount -o remount,bind,ro /sys\n\
              # uid 0; bounding = permitted = effective = the kept set, nothing\n\
              # inheritable or ambient; no_new_privs.\n\
              exec {setpriv} --no-new-privs --inh-caps=-all --ambient-caps=-all \
-             --bounding-set=-all{bounding} -- {bin} \"$@\"\n",
+             {bounding} -- {bin} \"$@\"\n",
+            host_run = host_run.display(),
             bin = bin.display()
         );
         let path = dir.join("confined-envfence");
         std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .with_context(|| format!("chmod {}", path.display()))?;
-        Ok(Launcher { dir, path })
+        Ok(Launcher {
+            dir,
+            path,
+            setpriv,
+            bounding,
+            bin,
+        })
+    }
+
+    /// `kubectl exec`: runs `envfence ARGS` in the namespaces of the running
+    /// agent `pid` (its mounts and network), with the same capabilities.
+    fn exec(&self, pid: u32, args: &[&str]) -> Result<Output> {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &pid.to_string(), "-m", "-n", "--", self.setpriv])
+            .args([
+                "--no-new-privs",
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                &self.bounding,
+                "--",
+            ])
+            .arg(&self.bin)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null());
+        cmd.output().context("running nsenter (util-linux)")
     }
 }
 
@@ -130,12 +172,26 @@ fn policy_args() -> Vec<String> {
     ]
 }
 
+/// The agent's default state directory and API socket, as the DaemonSet
+/// uses them (Agent::start_with would choose others).
+fn daemonset_dirs() -> Vec<String> {
+    [
+        "--state-dir",
+        "/run/envfence",
+        "--api-socket",
+        "/run/envfence/envfence.sock",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Starts the launcher in the node namespace with the agent's arguments.
 fn spawn(lab: &Lab, launcher: &Launcher, skip_check: bool) -> Result<LabProcess> {
     let mut cmd = Command::new(&launcher.path);
     cmd.arg("agent")
         .args(policy_args())
         .args(["--metrics-addr", METRICS_ADDR])
+        .args(daemonset_dirs())
         .env("NO_COLOR", "1");
     if skip_check {
         cmd.env(caps::SKIP_ENV, "1");
@@ -161,8 +217,8 @@ fn must_not_enforce(lab: &Lab, p: &LabProcess) -> Result<Outcome> {
         return Ok(Outcome::Exited(status, p.stderr_tail(40)));
     }
     let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
-    let attached = envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[])
-        .unwrap_or(0.0);
+    let attached =
+        envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[]).unwrap_or(0.0);
     if attached == 0.0 {
         return Ok(Outcome::AttachedNothing(p.stderr_tail(40)));
     }
@@ -177,16 +233,14 @@ fn must_not_enforce(lab: &Lab, p: &LabProcess) -> Result<Outcome> {
 fn proc_caps(pid: u32) -> Result<(String, [CapSet; 5])> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let get = |f: &str| CapSet::from_status(&status, f);
-    Ok((
-        status,
-        [
-            get("CapEff")?,
-            get("CapPrm")?,
-            get("CapBnd")?,
-            get("CapInh")?,
-            get("CapAmb")?,
-        ],
-    ))
+    let sets = [
+        get("CapEff")?,
+        get("CapPrm")?,
+        get("CapBnd")?,
+        get("CapInh")?,
+        get("CapAmb")?,
+    ];
+    Ok((status, sets))
 }
 
 const BLOCKED: Duration = Duration::from_millis(1000);
@@ -201,6 +255,7 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
     let lab = Lab::example()?;
     let opts = AgentOptions {
         policy_args: policy_args(),
+        extra_args: daemonset_dirs(),
         ..AgentOptions::default()
     };
     let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
@@ -253,13 +308,92 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
         });
         assert!(dropped, "no drop event for test1 -> prod1 ({family:?})");
     }
+    let pins = lab.bpffs_dir().map(|d| d.join("envfence"));
+    if let Some(pins) = &pins {
+        assert!(
+            pin_count(pins) > 0,
+            "nothing pinned under {}",
+            pins.display()
+        );
+    }
+
+    // `kubectl exec ds/envfence -- envfence ...` (README, "Deploy to a
+    // cluster") works with the container's capabilities.
+    let (test1, prod1) = (
+        lab.pod("test1")?.ip(Family::V4).to_string(),
+        lab.pod("prod1")?.ip(Family::V4).to_string(),
+    );
+    let investigate: [&[&str]; 3] = [
+        &["status"],
+        &["flows", "--verdict", "drop"],
+        &[
+            "explain", &test1, &prod1, "--proto", "tcp", "--port", "8080",
+        ],
+    ];
+    for args in investigate {
+        let out = launcher.exec(pid, args)?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "envfence {} failed ({}): {text}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[0] != "status" {
+            assert!(text.contains("drop"), "envfence {}: {text}", args.join(" "));
+        }
+    }
+
+    // An upgrade (the pod restarted): the kernel keeps enforcing while no
+    // agent runs, and the next agent, as confined, adopts what is pinned.
     let status = agent.stop(Duration::from_secs(10))?;
     assert!(
         status.success(),
         "exit {status}: {}",
         agent.process().stderr_tail(20)
     );
+    let prod1 = lab.pod("prod1")?.ip(Family::V4);
+    let _l = lab.tcp_listen("prod1", prod1, 8080)?;
+    assert!(
+        !lab.tcp_connect("test1", prod1, 8080, BLOCKED)?,
+        "no agent running: test1 -> prod1 connected (enforcement did not outlive the agent)"
+    );
+    assert!(lab.tcp_connect("prod2", prod1, 8080, PASSES)?);
+
+    // Uninstall (deploy/uninstall adds --detach-on-exit): the next agent
+    // adopts, and on SIGTERM detaches and removes every pin.
+    let mut uninstall = opts.clone();
+    uninstall.extra_args.push("--detach-on-exit".into());
+    let agent = Agent::start_with(&lab, &launcher.path, &uninstall)?;
+    assert!(!lab.tcp_connect("test1", prod1, 8080, BLOCKED)?);
+    let status = agent.stop(Duration::from_secs(10))?;
+    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    assert!(
+        lab.tcp_connect("test1", prod1, 8080, PASSES)?,
+        "after the uninstall run test1 -> prod1 is still blocked"
+    );
+    if let Some(pins) = &pins {
+        assert_eq!(pin_count(pins), 0, "pins left under {}", pins.display());
+    }
     Ok(())
+}
+
+/// Files (pins) below `dir`, recursively; 0 when it does not exist.
+fn pin_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    pin_count(&path)
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
 }
 
 #[test]
@@ -279,10 +413,7 @@ fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
             .context("the agent should exit at once")?;
         let stderr = p.stderr_tail(20);
         assert!(!status.success(), "started without {}", caps::name(gone));
-        let expected = format!(
-            "envfence needs capability {} (",
-            caps::name(gone)
-        );
+        let expected = format!("envfence needs capability {} (", caps::name(gone));
         assert!(
             stderr.contains(&expected),
             "without {} the agent should say {expected:?}; it says:\n{stderr}",
@@ -292,7 +423,11 @@ fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
             stderr.contains(&format!("it has: {}", CapSet::of(&keep))),
             "{stderr}"
         );
-        assert_eq!(stderr.matches("envfence needs capability").count(), 1, "{stderr}");
+        assert_eq!(
+            stderr.matches("envfence needs capability").count(),
+            1,
+            "{stderr}"
+        );
         assert!(!stderr.contains(READY_LINE), "{stderr}");
 
         // With the check skipped, the kernel refuses: the capability is
@@ -301,9 +436,11 @@ fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
         match must_not_enforce(&lab, &p)? {
             Outcome::Exited(status, stderr) => {
                 assert!(!status.success(), "{stderr}");
+                // The verifier's reason when there is one, else the error.
                 let why = stderr
                     .lines()
-                    .find(|l| l.contains("error"))
+                    .find(|l| l.contains("prohibited"))
+                    .or_else(|| stderr.lines().find(|l| l.contains("error")))
                     .unwrap_or("")
                     .chars()
                     .take(300)
@@ -347,6 +484,7 @@ fn sys_admin_alone_is_accepted_as_the_kernel_accepts_it() -> Result<()> {
     let lab = Lab::new(&PodSpec::example_pods()[..2])?;
     let opts = AgentOptions {
         policy_args: policy_args(),
+        extra_args: daemonset_dirs(),
         ..AgentOptions::default()
     };
     let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
