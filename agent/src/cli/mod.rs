@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: load the policy into the kernel, attach to the
     /// matching interfaces, serve metrics, print violation events as JSON
-    /// lines on stdout. Needs root (CAP_BPF, CAP_NET_ADMIN).
+    /// lines on stdout. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
     ///
     /// Example: envfence agent --config /etc/envfence/policy.yaml --metrics-addr 0.0.0.0:9477
     Agent(AgentArgs),

@@ -3,7 +3,7 @@ use thiserror::Error;
 /// What can go wrong between the agent and the kernel.
 #[derive(Debug, Error)]
 pub enum DatapathError {
-    #[error("loading the eBPF object failed (are you root, with CAP_BPF and CAP_NET_ADMIN?): {0}")]
+    #[error("loading the eBPF object failed (are you root, with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON?): {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no {kind} named {name}: it does not match this agent's ABI")]
     Missing {
