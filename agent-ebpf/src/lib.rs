@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
@@ -69,8 +69,9 @@ pub mod map_names {
     pub const EVENTS: &str = "EF_EVENTS";
     /// Per-CPU scratch space of the parser (kernel-internal).
     pub const SCRATCH: &str = "EF_SCRATCH";
-    /// Per-CPU LRU hash: [`super::VerdictKey`] -> [`super::CachedVerdict`],
-    /// the verdict of a recent flow under a policy generation.
+    /// Per-CPU direct-mapped array of [`super::VerdictSlot`]: the verdict
+    /// of a recent flow under a policy generation (a CPU-cache-like table:
+    /// the slot is a hash of the key; a collision just evicts).
     pub const VERDICTS: &str = "EF_VERDICTS";
 }
 
@@ -119,8 +120,8 @@ pub mod capacity {
     pub const PORTS: u32 = 65_536;
     pub const ATTACHED: u32 = 4_096;
     pub const FLOWS: u32 = 65_536;
-    /// Flows whose verdict is cached, per CPU.
-    pub const VERDICTS: u32 = 65_536;
+    /// Slots of the per-CPU verdict cache (a power of two).
+    pub const VERDICTS: u32 = 8_192;
     /// Bytes of the event ring buffer (a power of two, multiple of the page).
     pub const EVENTS_BYTES: u32 = 1 << 22;
 }
@@ -335,7 +336,7 @@ pub struct FlowKey {
 /// Key of the verdict cache: what decides a simple packet's verdict (its
 /// addresses, protocol and destination port), under one policy generation
 /// (so that a reload invalidates every entry at once).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VerdictKey {
     pub src: [u8; 16],
@@ -359,6 +360,25 @@ pub struct CachedVerdict {
     pub filled: u8,
     pub rule: u16,
     pub _pad2: u16,
+}
+
+/// One slot of the verdict cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictSlot {
+    pub key: VerdictKey,
+    pub value: CachedVerdict,
+}
+
+/// The verdict-cache slot of `key`: a multiply-shift hash of its words.
+#[inline(always)]
+pub fn verdict_slot(words: &[u64; 5]) -> u32 {
+    let mut h = words[0];
+    h = (h ^ words[1].rotate_left(23)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ words[2].rotate_left(41)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ words[3].rotate_left(7)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h = (h ^ words[4]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 32) as u32) & (capacity::VERDICTS - 1)
 }
 
 /// What a reported flow did since its last report.
@@ -407,6 +427,7 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for VerdictKey {}
     unsafe impl aya::Pod for CachedVerdict {}
+    unsafe impl aya::Pod for VerdictSlot {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -419,4 +440,6 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 40);
 const _: () = assert!(core::mem::size_of::<CachedVerdict>() == 8);
+const _: () = assert!(core::mem::size_of::<VerdictSlot>() == 48);
+const _: () = assert!(capacity::VERDICTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<Event>() == 80);

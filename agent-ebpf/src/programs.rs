@@ -4,15 +4,14 @@ use aya_ebpf::{
     bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
-    },
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use envfence_ebpf::{
     capacity, counter_index, direction, parse_limits, rule_counter_index, slot_pair_index, stat,
-    tag, verdict, CachedVerdict, Config, Counter, Event, FlowKey, FlowState, PairVerdict, PortKey,
-    RuleVerdict, VerdictKey, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN, SLOTS,
+    tag, verdict, verdict_slot, CachedVerdict, Config, Counter, Event, FlowKey, FlowState,
+    PairVerdict, PortKey, RuleVerdict, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
+    RULE_COUNTERS_LEN, SLOTS,
 };
 
 use crate::parse::{parse, Layer, Packet, Reject, L4};
@@ -40,10 +39,9 @@ static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capa
 /// Per-CPU scratch space for the parsed packet (too big for the stack).
 #[map(name = "EF_SCRATCH")]
 static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
-/// Recent flows' verdicts (see `envfence_ebpf::VerdictKey`).
+/// Recent flows' verdicts (see `envfence_ebpf::VerdictSlot`).
 #[map(name = "EF_VERDICTS")]
-static VERDICTS: LruPerCpuHashMap<VerdictKey, CachedVerdict> =
-    LruPerCpuHashMap::with_max_entries(capacity::VERDICTS, 0);
+static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
@@ -311,31 +309,49 @@ fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
         family: layer.family,
         generation: active.generation,
     };
-    if use_cache {
-        // SAFETY: the value is copied out at once.
-        if let Some(c) = unsafe { VERDICTS.get(key) }.filter(|c| c.filled != 0) {
+    // SAFETY: VerdictKey is #[repr(C, align(8))] and 40 bytes: five u64.
+    let words: &[u64; 5] = unsafe { &*(&key as *const VerdictKey as *const [u64; 5]) };
+    let slot = if use_cache {
+        VERDICTS.get_ptr_mut(verdict_slot(words))
+    } else {
+        None
+    };
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's slot; compared word by word, copied out.
+        let s = unsafe { &*slot };
+        let cached: &[u64; 5] = unsafe { &*(&s.key as *const VerdictKey as *const [u64; 5]) };
+        if s.value.filled != 0
+            && cached[0] == words[0]
+            && cached[1] == words[1]
+            && cached[2] == words[2]
+            && cached[3] == words[3]
+            && cached[4] == words[4]
+        {
             return Judged {
                 layer,
-                src_env: u32::from(c.src_env),
-                dst_env: u32::from(c.dst_env),
-                verdict: c.verdict,
-                rule: c.rule,
+                src_env: u32::from(s.value.src_env),
+                dst_env: u32::from(s.value.dst_env),
+                verdict: s.value.verdict,
+                rule: s.value.rule,
             };
         }
     }
     let src_env = lookup_env(layer.family, &layer.src, active.slot);
     let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
     let (verdict, rule) = decide(src_env, dst_env, layer, active.slot);
-    if use_cache {
-        let value = CachedVerdict {
-            src_env: src_env as u8,
-            dst_env: dst_env as u8,
-            verdict,
-            filled: 1,
-            rule,
-            _pad2: 0,
-        };
-        let _ = VERDICTS.insert(key, value, 0);
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            (*slot).key = key;
+            (*slot).value = CachedVerdict {
+                src_env: src_env as u8,
+                dst_env: dst_env as u8,
+                verdict,
+                filled: 1,
+                rule,
+                _pad2: 0,
+            };
+        }
     }
     Judged {
         layer,
