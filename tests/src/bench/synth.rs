@@ -1,0 +1,339 @@
+//! Synthetic policies of N CIDRs and packets spread over them.
+//!
+//! A policy of N CIDRs holds N IPv4 and N IPv6 prefixes (2N entries in
+//! all) of mixed lengths (/16–/32 for IPv4, /32–/128 for IPv6) over five
+//! environments. The first five prefixes of each family are fixed: the
+//! /16s (/32s) of the lab's pods (production 10.10/16, staging 10.20/16,
+//! test 10.30/16, dev 10.40/16, ops 10.0.0/24 and the IPv6 ones of the
+//! example policy), so a lab's flows have known environments; the others
+//! are drawn at random, outside 10/8 and fd00::/8, so they never shadow the
+//! lab's. Rules: test → production is dropped, except 53/udp; everything
+//! else is allowed (the default).
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{bail, Context, Result};
+use envfence::policy::{self, CompiledPolicy};
+use envfence_ebpf::verdict;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::lab::Family;
+use crate::testrun::frame;
+
+/// The environments, in the order their prefixes are dealt.
+pub const ENVS: [&str; 5] = ["production", "staging", "test", "dev", "ops"];
+pub const PRODUCTION: usize = 0;
+pub const STAGING: usize = 1;
+pub const TEST: usize = 2;
+
+const FIXED_V4: [(&str, usize); 5] = [
+    ("10.10.0.0/16", 0),
+    ("10.20.0.0/16", 1),
+    ("10.30.0.0/16", 2),
+    ("10.40.0.0/16", 3),
+    ("10.0.0.0/24", 4),
+];
+const FIXED_V6: [(&str, usize); 5] = [
+    ("fd00:10::/32", 0),
+    ("fd00:20::/32", 1),
+    ("fd00:30::/32", 2),
+    ("fd00:40::/32", 3),
+    ("fd00:0:0:1::/64", 4),
+];
+
+/// A small deterministic PRNG (splitmix64): the same seed, the same policy.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+    pub fn index(&mut self, len: usize) -> usize {
+        (self.next_u64() % len as u64) as usize
+    }
+    fn u128(&mut self) -> u128 {
+        (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64())
+    }
+}
+
+/// A synthetic policy: its YAML text, compiled form, and prefixes by
+/// environment index ([`ENVS`]).
+#[derive(Clone, Debug)]
+pub struct SynthPolicy {
+    /// CIDRs per family.
+    pub cidrs: usize,
+    pub yaml: String,
+    pub compiled: CompiledPolicy,
+    pub v4: Vec<(Ipv4Net, usize)>,
+    pub v6: Vec<(Ipv6Net, usize)>,
+}
+
+impl SynthPolicy {
+    /// A policy of `n` (≥ 5) CIDRs per family; `seed` chooses the random
+    /// ones and their environments.
+    pub fn generate(n: usize, seed: u64) -> Result<SynthPolicy> {
+        let (v4, v6) = prefixes(n, seed)?;
+        let yaml = yaml(&v4, &v6);
+        let parsed = policy::parse(&yaml, &format!("<synthetic policy of {n} CIDRs>"))
+            .map_err(|e| anyhow::anyhow!("the synthetic policy does not validate: {e}"))?;
+        let compiled = policy::compile(&parsed);
+        Ok(SynthPolicy {
+            cidrs: n,
+            yaml,
+            compiled,
+            v4,
+            v6,
+        })
+    }
+
+    /// The prefixes of environment `env` of `family`.
+    pub fn prefixes_of(&self, family: Family, env: usize) -> Vec<IpNet> {
+        match family {
+            Family::V4 => self
+                .v4
+                .iter()
+                .filter(|(_, e)| *e == env)
+                .map(|(n, _)| IpNet::V4(*n))
+                .collect(),
+            Family::V6 => self
+                .v6
+                .iter()
+                .filter(|(_, e)| *e == env)
+                .map(|(n, _)| IpNet::V6(*n))
+                .collect(),
+        }
+    }
+
+    fn all(&self, family: Family) -> Vec<IpNet> {
+        match family {
+            Family::V4 => self.v4.iter().map(|(n, _)| IpNet::V4(*n)).collect(),
+            Family::V6 => self.v6.iter().map(|(n, _)| IpNet::V6(*n)).collect(),
+        }
+    }
+}
+
+/// `n` IPv4 and `n` IPv6 prefixes with their environments: the fixed lab
+/// ones first, then random distinct ones.
+#[allow(clippy::type_complexity)]
+fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net, usize)>)> {
+    if n < FIXED_V4.len() {
+        bail!("a synthetic policy needs at least {} CIDRs", FIXED_V4.len());
+    }
+    let mut rng = Rng::new(seed);
+    let mut v4: Vec<(Ipv4Net, usize)> = Vec::with_capacity(n);
+    for (cidr, env) in FIXED_V4 {
+        v4.push((cidr.parse().context("fixed IPv4 prefix")?, env));
+    }
+    let mut seen: HashSet<Ipv4Net> = v4.iter().map(|(n, _)| *n).collect();
+    while v4.len() < n {
+        let len = rng.range(16, 32) as u8;
+        let first = loop {
+            let f = rng.range(11, 223) as u32;
+            if f != 127 {
+                break f;
+            }
+        };
+        let addr = (first << 24) | (rng.next_u64() as u32 & 0x00ff_ffff);
+        let net = Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc();
+        if seen.insert(net) {
+            v4.push((net, rng.index(ENVS.len())));
+        }
+    }
+    let mut v6: Vec<(Ipv6Net, usize)> = Vec::with_capacity(n);
+    for (cidr, env) in FIXED_V6 {
+        v6.push((cidr.parse().context("fixed IPv6 prefix")?, env));
+    }
+    let mut seen: HashSet<Ipv6Net> = v6.iter().map(|(n, _)| *n).collect();
+    while v6.len() < n {
+        let len = rng.range(32, 128) as u8;
+        // Global unicast 2000::/3.
+        let addr = (rng.u128() & !(0b111u128 << 125)) | (0b001u128 << 125);
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc();
+        if seen.insert(net) {
+            v6.push((net, rng.index(ENVS.len())));
+        }
+    }
+    Ok((v4, v6))
+}
+
+fn yaml(v4: &[(Ipv4Net, usize)], v6: &[(Ipv6Net, usize)]) -> String {
+    let mut y = String::with_capacity(24 * (v4.len() + v6.len()) + 1024);
+    y.push_str("# synthetic benchmark policy (envfence-bench)\nmode: enforce\ndefault: allow\nenvironments:\n");
+    for (i, env) in ENVS.iter().enumerate() {
+        y.push_str("  ");
+        y.push_str(env);
+        y.push_str(":\n");
+        for (net, _) in v4.iter().filter(|(_, e)| *e == i) {
+            y.push_str(&format!("    - \"{net}\"\n"));
+        }
+        for (net, _) in v6.iter().filter(|(_, e)| *e == i) {
+            y.push_str(&format!("    - \"{net}\"\n"));
+        }
+    }
+    y.push_str(
+        "rules:\n\
+         \x20 - name: test-to-prod\n\
+         \x20   from: [test]\n\
+         \x20   to: [production]\n\
+         \x20   verdict: drop\n\
+         \x20 - name: test-dns-in-prod\n\
+         \x20   from: [test]\n\
+         \x20   to: [production]\n\
+         \x20   ports: [\"53/udp\"]\n\
+         \x20   verdict: allow\n\
+         interfaces:\n\
+         \x20 include: [\"veth*\"]\n\
+         \x20 exclude: [\"lo\"]\n",
+    );
+    y
+}
+
+/// A random address inside `net`.
+pub fn addr_in(net: IpNet, rng: &mut Rng) -> IpAddr {
+    match net {
+        IpNet::V4(n) => {
+            let host = u32::MAX.checked_shr(u32::from(n.prefix_len())).unwrap_or(0);
+            let a = u32::from(n.network()) | (rng.next_u64() as u32 & host);
+            IpAddr::V4(Ipv4Addr::from(a))
+        }
+        IpNet::V6(n) => {
+            let host = u128::MAX
+                .checked_shr(u32::from(n.prefix_len()))
+                .unwrap_or(0);
+            let a = u128::from(n.network()) | (rng.u128() & host);
+            IpAddr::V6(Ipv6Addr::from(a))
+        }
+    }
+}
+
+/// Which packets a set holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Allowed: any environment pair but test → production.
+    Allowed,
+    /// Dropped: test → production (TCP, not port 53).
+    Dropped,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Allowed, Kind::Dropped];
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Allowed => "allowed",
+            Kind::Dropped => "dropped",
+        }
+    }
+    /// The verdict the reference gives every packet of the set.
+    pub fn verdict(self) -> u8 {
+        match self {
+            Kind::Allowed => verdict::ALLOW,
+            Kind::Dropped => verdict::DROP,
+        }
+    }
+}
+
+/// One packet of a flow: a TCP SYN frame.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub frame: Vec<u8>,
+}
+
+/// `k` distinct TCP flows of `kind` and `family` whose addresses are drawn
+/// from random prefixes of the whole table (allowed: any pair the policy
+/// allows; dropped: test → production), each labelled by the reference
+/// decision so that longest-prefix overlaps never mislabel one.
+pub fn flows(
+    policy: &SynthPolicy,
+    family: Family,
+    kind: Kind,
+    k: usize,
+    seed: u64,
+) -> Result<Vec<Flow>> {
+    let mut rng = Rng::new(seed ^ (u64::from(family == Family::V6) << 40) ^ ((kind as u64) << 41));
+    let (srcs, dsts) = match kind {
+        Kind::Allowed => (policy.all(family), policy.all(family)),
+        Kind::Dropped => (
+            policy.prefixes_of(family, TEST),
+            policy.prefixes_of(family, PRODUCTION),
+        ),
+    };
+    let mut out = Vec::with_capacity(k);
+    let mut seen = HashSet::with_capacity(k);
+    let mut attempts = 0usize;
+    while out.len() < k {
+        attempts += 1;
+        if attempts > 100 * k + 10_000 {
+            bail!(
+                "could not draw {k} {} {} flows from the policy of {} CIDRs",
+                kind.name(),
+                family.name(),
+                policy.cidrs
+            );
+        }
+        let src = addr_in(srcs[rng.index(srcs.len())], &mut rng);
+        let dst = addr_in(dsts[rng.index(dsts.len())], &mut rng);
+        let sport = rng.range(1024, 65535) as u16;
+        let dport = rng.range(1024, 65535) as u16;
+        let d = policy.compiled.decide_flow(src, dst, 6, Some(dport));
+        if d.verdict != kind.verdict() || !seen.insert((src, dst, sport, dport)) {
+            continue;
+        }
+        let frame = frame::ip_frame(src, dst, 6, &frame::tcp_syn(sport, dport));
+        out.push(Flow {
+            src,
+            dst,
+            sport,
+            dport,
+            frame,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_and_flows() {
+        let p = SynthPolicy::generate(200, 7).unwrap();
+        assert_eq!(p.v4.len(), 200);
+        assert_eq!(p.v6.len(), 200);
+        assert_eq!(p.compiled.v4.len(), 200);
+        assert_eq!(p.compiled.v6.len(), 200);
+        for fam in [Family::V4, Family::V6] {
+            for kind in Kind::ALL {
+                let f = flows(&p, fam, kind, 50, 1).unwrap();
+                assert_eq!(f.len(), 50);
+                for fl in &f {
+                    assert_eq!(Family::of(fl.src), fam);
+                    let d = p.compiled.decide_flow(fl.src, fl.dst, 6, Some(fl.dport));
+                    assert_eq!(d.verdict, kind.verdict());
+                }
+            }
+        }
+        // Deterministic.
+        let q = SynthPolicy::generate(200, 7).unwrap();
+        assert_eq!(p.yaml, q.yaml);
+        // The lab's addresses keep their environments.
+        let (env, _) = p.compiled.lookup_env("10.30.1.2".parse().unwrap());
+        assert_eq!(p.compiled.env_name(env), "test");
+    }
+}
