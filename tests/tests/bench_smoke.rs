@@ -25,6 +25,9 @@ fn testrun_part_runs_and_tabulates() -> Result<()> {
             r.spread_empty,
             r.spread_envfence,
             r.spread_no_cache,
+            r.ws_empty,
+            r.ws_envfence,
+            r.ws_no_cache,
             r.first_envfence,
             r.first_no_cache,
         ] {
@@ -32,13 +35,14 @@ fn testrun_part_runs_and_tabulates() -> Result<()> {
         }
     }
     let tables = results.tables();
-    assert_eq!(tables.len(), 3);
+    assert_eq!(tables.len(), 4);
     for t in &tables {
         assert_eq!(t.rows.len(), results.rows.len());
         assert!(t.rows.iter().all(|row| row.len() == t.headers.len()));
         assert!(t.to_markdown().contains(&t.title));
     }
-    // A goal per (family, kind, measure) and goal kind at the largest size.
-    assert_eq!(results.goals().len(), 2 * 2 * 2 * 2);
+    // A goal per (family, kind, measure: hot, working set, spread) and goal
+    // kind at the largest size.
+    assert_eq!(results.goals().len(), 2 * 2 * 3 * 2);
     Ok(())
 }

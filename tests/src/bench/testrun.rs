@@ -12,7 +12,12 @@
 //!   flow new: caches miss, dropped flows emit their event); the rounds
 //!   after it are steady state. The empty program's spread figure is the
 //!   per-call overhead of a TestRun of one packet (timer, skb setup), and
-//!   is subtracted.
+//!   is subtracted;
+//! - working set: the same with the first `working_set` flows only, a set
+//!   small enough for a per-CPU flow cache to hold.
+//!
+//! Each figure is taken for envfence as the agent loads it and for the same
+//! object loaded with its verdict cache off.
 //!
 //! Every packet's TC action is checked (allowed: `TCX_NEXT`, dropped:
 //! `TC_ACT_SHOT`) so the figures are of the path they claim. The debug
@@ -41,6 +46,9 @@ pub struct Params {
     pub hot_repeat: u32,
     pub hot_runs: usize,
     pub spread_flows: usize,
+    /// A second, smaller set of flows: a working set a per-CPU verdict
+    /// cache can hold.
+    pub working_set: usize,
     pub spread_repeat: u32,
     pub spread_rounds: usize,
     pub seed: u64,
@@ -54,6 +62,7 @@ impl Params {
             hot_repeat: 1_000_000,
             hot_runs: 5,
             spread_flows: 20_000,
+            working_set: 2_000,
             spread_repeat: 1,
             spread_rounds: 5,
             seed: 1,
@@ -66,6 +75,7 @@ impl Params {
             hot_repeat: 100_000,
             hot_runs: 3,
             spread_flows: 2_000,
+            working_set: 500,
             spread_repeat: 1,
             spread_rounds: 3,
             seed: 1,
@@ -78,6 +88,7 @@ impl Params {
             hot_repeat: 1_000,
             hot_runs: 2,
             spread_flows: 100,
+            working_set: 20,
             spread_repeat: 1,
             spread_rounds: 2,
             seed: 1,
@@ -97,6 +108,9 @@ pub struct Row {
     pub spread_empty: f64,
     pub spread_envfence: f64,
     pub spread_no_cache: f64,
+    pub ws_empty: f64,
+    pub ws_envfence: f64,
+    pub ws_no_cache: f64,
     pub first_envfence: f64,
     pub first_no_cache: f64,
 }
@@ -240,6 +254,35 @@ impl Drop for Pinned {
     }
 }
 
+/// `spread_rounds` steady-state passes over `flows`: the empty program
+/// and envfence alternating (which goes first alternates too), then the
+/// cache-less variant's rounds. Mean ns per packet of each pass, by program.
+fn steady(
+    l: &mut Loaded,
+    flows: &[Flow],
+    p: &Params,
+    kind: Kind,
+    events: &mut [RingBuf<MapData>],
+) -> Result<[Vec<f64>; 3]> {
+    let mut out: [Vec<f64>; 3] = Default::default();
+    for r in 0..p.spread_rounds {
+        let pair = if r % 2 == 0 {
+            [Prog::Empty, Prog::Envfence]
+        } else {
+            [Prog::Envfence, Prog::Empty]
+        };
+        for which in pair {
+            out[which.index()].push(pass(l, which, flows, p.spread_repeat, kind)?);
+        }
+        drain(events);
+    }
+    for _ in 0..p.spread_rounds {
+        out[Prog::NoCache.index()].push(pass(l, Prog::NoCache, flows, p.spread_repeat, kind)?);
+        drain(events);
+    }
+    Ok(out)
+}
+
 /// Measures every (size, family, kind); `log` gets a line per row.
 pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     let _pinned = Pinned::here();
@@ -266,20 +309,16 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                     first[which.index()] = pass(&mut l, which, &flows, 1, kind)?;
                 }
                 drain(&mut events);
-                // Steady state, interleaved.
-                let mut spread: [Vec<f64>; 3] = Default::default();
-                for r in 0..p.spread_rounds {
-                    for which in order(r) {
-                        spread[which.index()].push(pass(
-                            &mut l,
-                            which,
-                            &flows,
-                            p.spread_repeat,
-                            kind,
-                        )?);
-                    }
-                    drain(&mut events);
-                }
+                // Steady state: envfence and the empty program interleaved;
+                // the cache-less variant in rounds of its own, so that its
+                // trie walks do not evict envfence's state from the CPU's
+                // caches between envfence's passes.
+                let spread = steady(&mut l, &flows, p, kind, &mut events)?;
+                // The working set: the first flows of the set, warmed once,
+                // then rounds as above.
+                let ws = &flows[..p.working_set.min(flows.len())];
+                pass(&mut l, Prog::Envfence, ws, 1, kind)?;
+                let small = steady(&mut l, ws, p, kind, &mut events)?;
                 // Hot: one flow repeated, a different flow each run.
                 let mut hot: [Vec<f64>; 3] = Default::default();
                 for r in 0..p.hot_runs {
@@ -310,17 +349,23 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                     spread_empty: m(&spread, Prog::Empty),
                     spread_envfence: m(&spread, Prog::Envfence),
                     spread_no_cache: m(&spread, Prog::NoCache),
+                    ws_empty: m(&small, Prog::Empty),
+                    ws_envfence: m(&small, Prog::Envfence),
+                    ws_no_cache: m(&small, Prog::NoCache),
                     first_envfence: first[Prog::Envfence.index()],
                     first_no_cache: first[Prog::NoCache.index()],
                 };
                 log(&format!(
-                    "testrun: {:>7} CIDRs {} {:<7}  hot {:.0}/{:.0}/{:.0} ns  spread {:.0}/{:.0}/{:.0} ns  first packet {:.0}/{:.0} ns  (empty/envfence/no cache)",
+                    "testrun: {:>7} CIDRs {} {:<7}  hot {:.0}/{:.0}/{:.0} ns  working set {:.0}/{:.0}/{:.0} ns  spread {:.0}/{:.0}/{:.0} ns  first packet {:.0}/{:.0} ns  (empty/envfence/no cache)",
                     thousands(n as f64),
                     family.name(),
                     kind.name(),
                     row.hot_empty,
                     row.hot_envfence,
                     row.hot_no_cache,
+                    row.ws_empty,
+                    row.ws_envfence,
+                    row.ws_no_cache,
                     row.spread_empty,
                     row.spread_envfence,
                     row.spread_no_cache,
@@ -370,9 +415,19 @@ impl Results {
             ),
             &headers,
         );
+        let mut small = Table::new(
+            format!(
+                "a2. TestRun spread, steady state, a working set of {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
+                thousands(p.working_set as f64),
+                p.spread_repeat,
+                p.spread_rounds
+            ),
+            &headers,
+        );
+        small.headers[3] = "empty (per-call overhead)".into();
         let mut spread = Table::new(
             format!(
-                "a2. TestRun spread, steady state: {} distinct flows over the whole table, each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
+                "a3. TestRun spread, steady state, {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
                 thousands(p.spread_flows as f64),
                 p.spread_repeat,
                 p.spread_rounds
@@ -382,7 +437,7 @@ impl Results {
         spread.headers[3] = "empty (per-call overhead)".into();
         let mut first = Table::new(
             format!(
-                "a3. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",
+                "a4. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",
                 thousands(p.spread_flows as f64)
             ),
             &[
@@ -419,6 +474,13 @@ impl Results {
                 base.map(|b| b.hot_envfence),
                 base.map(|b| b.hot_no_cache),
             ));
+            small.row(cells(
+                r.ws_empty,
+                r.ws_envfence,
+                r.ws_no_cache,
+                base.map(|b| b.ws_envfence),
+                base.map(|b| b.ws_no_cache),
+            ));
             spread.row(cells(
                 r.spread_empty,
                 r.spread_envfence,
@@ -441,9 +503,11 @@ impl Results {
         hot.note("Allowed packets: any environment pair but test → production, TCP SYN; dropped: test → production. Every packet's TC action is checked.");
         hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet does both LPM lookups). Ratio: the figure at this size over the same program's at the smallest size.");
         hot.note("The bench thread is pinned to one CPU while measuring (the cache is per CPU, as a flow stays on one CPU).");
-        spread.note("Steady state: each round runs every flow once more after the first pass. The empty program's figure is TestRun's own per-call cost (timer, skb set-up) and is subtracted in Δ.");
+        small.note("Steady state: each round runs every flow of the set once more after a first pass. The empty program's figure is TestRun's own per-call cost (timer, skb set-up) and is subtracted in Δ. The working set is the first flows of the a3 set.");
+        spread.note("As a2 with a larger set of flows: whatever the datapath caches per CPU must hold this many flows for them to stay cached.");
+        spread.note("In a2 and a3, envfence and the empty program alternate pass by pass; the cache-less variant runs its passes after them (interleaving its trie walks would evict envfence's state from the CPU caches between envfence's passes).");
         first.note("The first pass over freshly loaded datapaths: every flow is new (the cache misses and is filled; a dropped flow writes its event, report interval 1 h).");
-        vec![hot, spread, first]
+        vec![hot, small, spread, first]
     }
 
     /// The goals at the largest size measured.
@@ -459,9 +523,12 @@ impl Results {
         let mut goals = Vec::new();
         for r in self.rows.iter().filter(|r| r.cidrs == largest) {
             let what = format!("{} {}", r.family.name(), r.kind.name());
+            let ws = format!("{} flows", thousands(self.params.working_set as f64));
+            let sp = format!("{} flows", thousands(self.params.spread_flows as f64));
             for (measure, env, empty) in [
                 ("hot", r.hot_envfence, r.hot_empty),
-                ("spread", r.spread_envfence, r.spread_empty),
+                (ws.as_str(), r.ws_envfence, r.ws_empty),
+                (sp.as_str(), r.spread_envfence, r.spread_empty),
             ] {
                 let d = env - empty;
                 goals.push(Goal::new(
@@ -473,7 +540,8 @@ impl Results {
             if let Some(b) = self.base(r) {
                 for (measure, env, base) in [
                     ("hot", r.hot_envfence, b.hot_envfence),
-                    ("spread", r.spread_envfence, b.spread_envfence),
+                    (ws.as_str(), r.ws_envfence, b.ws_envfence),
+                    (sp.as_str(), r.spread_envfence, b.spread_envfence),
                 ] {
                     let q = env / base;
                     goals.push(Goal::new(
@@ -500,7 +568,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     );
     s.tables = results.tables();
     let mut load = Table::new(
-        "a4. Writing the synthetic policy into the maps (for reference)",
+        "a5. Writing the synthetic policy into the maps (for reference)",
         &["CIDRs per family", "prefixes in all", "apply_policy"],
     );
     for (n, d) in &results.apply_times {
