@@ -178,6 +178,20 @@ pub mod proto {
     pub const SHIM6: u8 = 140;
 }
 
+/// Header sizes and ethertypes the kernel parser and the reference
+/// classifier both walk.
+pub mod wire {
+    pub const ETH_HLEN: usize = 14;
+    pub const VLAN_HLEN: usize = 4;
+    pub const IPV6_HLEN: usize = 40;
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88a8;
+    /// Transparent Ethernet bridging (GRE, Geneve carrying Ethernet).
+    pub const ETH_P_TEB: u16 = 0x6558;
+}
+
 /// Bounds of the header walk (the kernel parser and the reference
 /// classifier share them).
 pub mod parse_limits {

@@ -9,14 +9,9 @@
 use aya_ebpf::programs::TcContext;
 use envfence_ebpf::{family, parse_limits as lim, proto};
 
-const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_TEB: u16 = 0x6558;
-const IPV6_HLEN: usize = 40;
+use envfence_ebpf::wire::{
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, IPV6_HLEN, VLAN_HLEN,
+};
 
 /// What is known of the L4 header.
 #[derive(Clone, Copy, PartialEq, Eq)]
