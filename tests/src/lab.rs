@@ -629,6 +629,13 @@ impl Lab {
                 }
             }
         }
+        // The agents' state directory (see `agent::Agent::start_with`).
+        let state = std::env::temp_dir().join(format!("{}-agent", self.node_ns()));
+        if let Err(e) = std::fs::remove_dir_all(&state) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("{}: {e}", state.display()));
+            }
+        }
         errors
     }
 }

@@ -90,5 +90,15 @@ pub fn sweep(which: Which) -> Result<Vec<String>> {
             removed.push(path.display().to_string());
         }
     }
+    // Lab agents' state directories (tests/src/agent.rs: `<tmp>/efl-…-agent`).
+    let tmp = std::env::temp_dir();
+    for dir in list(&tmp.display().to_string())? {
+        if dir.ends_with("-agent") && selected(&dir, which) {
+            let path = tmp.join(&dir);
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path.display().to_string());
+        }
+    }
     Ok(removed)
 }
