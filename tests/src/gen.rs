@@ -28,44 +28,30 @@ pub const MAX_FRAME: usize = 1500;
 /// Smallest frame BPF_PROG_TEST_RUN accepts at all.
 pub const MIN_FRAME: usize = 14;
 
-/// EtherTypes.
+/// EtherTypes: the ones the datapath walks come from the ABI crate, plus
+/// others the generator emits.
 pub mod ethertype {
-    pub const IPV4: u16 = 0x0800;
+    use envfence_ebpf::wire;
+    pub const IPV4: u16 = wire::ETH_P_IP;
+    pub const VLAN: u16 = wire::ETH_P_8021Q;
+    pub const QINQ: u16 = wire::ETH_P_8021AD;
+    pub const IPV6: u16 = wire::ETH_P_IPV6;
+    pub const TEB: u16 = wire::ETH_P_TEB;
     pub const ARP: u16 = 0x0806;
-    pub const VLAN: u16 = 0x8100;
-    pub const QINQ: u16 = 0x88a8;
-    pub const IPV6: u16 = 0x86dd;
-    pub const TEB: u16 = 0x6558;
     pub const LLDP: u16 = 0x88cc;
     pub const MPLS: u16 = 0x8847;
     pub const PPP: u16 = 0x880b;
 }
 
-/// IP protocol numbers.
+/// IP protocol numbers: the datapath's (ABI crate), plus "no next header".
 pub mod ipproto {
-    pub const HOPOPTS: u8 = 0;
-    pub const ICMP: u8 = 1;
-    pub const IPIP: u8 = 4;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const IPV6: u8 = 41;
-    pub const ROUTING: u8 = 43;
-    pub const FRAGMENT: u8 = 44;
-    pub const GRE: u8 = 47;
-    pub const ESP: u8 = 50;
-    pub const AH: u8 = 51;
-    pub const ICMPV6: u8 = 58;
+    pub use envfence_ebpf::proto::*;
     pub const NONE: u8 = 59;
-    pub const DSTOPTS: u8 = 60;
-    pub const SCTP: u8 = 132;
-    pub const MOBILITY: u8 = 135;
-    pub const HIP: u8 = 139;
-    pub const SHIM6: u8 = 140;
 }
 
 /// UDP ports of the tunnels the datapath decapsulates.
-pub const VXLAN_PORT: u16 = 4789;
-pub const GENEVE_PORT: u16 = 6081;
+pub const VXLAN_PORT: u16 = envfence_ebpf::parse_limits::VXLAN_PORT;
+pub const GENEVE_PORT: u16 = envfence_ebpf::parse_limits::GENEVE_PORT;
 
 // ---------------------------------------------------------------------------
 // Random numbers
