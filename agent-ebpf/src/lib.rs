@@ -8,13 +8,14 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
 pub const MAX_ENVS: u32 = 64;
-/// Number of verdict values (see [`verdict`]).
-pub const NUM_VERDICTS: u32 = 4;
+/// Number of verdict values (see [`verdict`]): the four policy verdicts and
+/// the datapath's own `spoofed`.
+pub const NUM_VERDICTS: u32 = 5;
 
 /// The policy maps hold two policies, slot 0 and slot 1; the datapath reads
 /// the slot [`Config::active_slot`] names, once per packet. A reload writes
@@ -34,10 +35,113 @@ pub mod verdict {
     pub const AUDIT: u8 = 2;
     /// Drop and report the flow.
     pub const DROP: u8 = 3;
+    /// Not a policy verdict: the packet's source address failed the source
+    /// check of the interface it entered ([`super::source`]). Dropped in
+    /// enforce mode, passed in audit mode; reported either way, and counted
+    /// under source environment 0 (`world`), never the one it claims.
+    pub const SPOOFED: u8 = 4;
+
+    /// The name used in events and metrics (`unknown` for other values).
+    pub const fn name(v: u8) -> &'static str {
+        match v {
+            ALLOW => "allow",
+            LOG => "log",
+            AUDIT => "audit",
+            DROP => "drop",
+            SPOOFED => "spoofed",
+            _ => "unknown",
+        }
+    }
+}
+
+/// The source check ("reverse-path filter") of an attached interface: at
+/// its ingress, the packet's source must be one the node reaches back
+/// through that interface.
+pub mod source {
+    /// Mode: no check.
+    pub const OFF: u8 = 0;
+    /// Mode: the kernel's FIB must have a unicast route to the source,
+    /// through any interface (uplinks with asymmetric routing).
+    pub const LOOSE: u8 = 1;
+    /// Mode: the FIB's best route to the source must leave through the
+    /// interface the packet entered, or (when the interface trusts its
+    /// peer's addresses) the source is an address configured on the other
+    /// end of the interface ([`super::map_names::PEERS`]).
+    pub const STRICT: u8 = 2;
+
+    /// Why a source passed or failed (events, `explain`).
+    /// Not checked: egress, or the interface's mode is `off`.
+    pub const NOT_CHECKED: u8 = 0;
+    /// Accepted: the FIB's route to the source leaves through this
+    /// interface (strict) or exists (loose).
+    pub const OK_ROUTE: u8 = 1;
+    /// Accepted: the source is one of the peer's addresses.
+    pub const OK_PEER: u8 = 2;
+    /// Accepted: an unspecified source (`0.0.0.0`, `::`) to a multicast or
+    /// broadcast destination (DHCP, IPv6 duplicate address detection, MLD),
+    /// or an IPv6 link-local source to a link-local or multicast
+    /// destination (neighbour discovery): traffic that never leaves the
+    /// link and that no route can verify.
+    pub const OK_LINK_SCOPE: u8 = 3;
+    /// Accepted without a check: loose mode on an interface that does not
+    /// forward (the FIB helper cannot answer there); counted.
+    pub const OK_UNVERIFIED: u8 = 4;
+    /// Refused: the best route to the source leaves through another
+    /// interface (its ifindex is in the event).
+    pub const OTHER_INTERFACE: u8 = 5;
+    /// Refused: the route to the source is unreachable, blackhole or
+    /// prohibit.
+    pub const NO_ROUTE: u8 = 6;
+    /// Refused: no unicast route the node would forward to: none at all,
+    /// or the source is one of the node's own addresses (local, broadcast,
+    /// link-scope).
+    pub const NOT_FORWARDABLE: u8 = 7;
+    /// Refused: strict mode on an interface that does not forward (the FIB
+    /// helper refuses to answer: fail closed).
+    pub const FORWARDING_DISABLED: u8 = 8;
+    /// Refused: a source that no honest packet carries (multicast,
+    /// broadcast, loopback, or unspecified towards a unicast destination;
+    /// a link-local source towards a global destination).
+    pub const MARTIAN: u8 = 9;
+
+    /// Whether a result accepts the source.
+    pub const fn accepted(result: u8) -> bool {
+        result <= OK_UNVERIFIED
+    }
+
+    /// The name of a mode in policy files, metrics and `status`.
+    pub const fn mode_name(mode: u8) -> &'static str {
+        match mode {
+            OFF => "off",
+            LOOSE => "loose",
+            STRICT => "strict",
+            _ => "unknown",
+        }
+    }
+
+    /// The name of a result in events and `explain`.
+    pub const fn result_name(result: u8) -> &'static str {
+        match result {
+            NOT_CHECKED => "not-checked",
+            OK_ROUTE => "route",
+            OK_PEER => "peer-address",
+            OK_LINK_SCOPE => "link-scope",
+            OK_UNVERIFIED => "unverified",
+            OTHER_INTERFACE => "route-via-other-interface",
+            NO_ROUTE => "no-route",
+            NOT_FORWARDABLE => "no-unicast-route",
+            FORWARDING_DISABLED => "forwarding-disabled",
+            MARTIAN => "martian",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Rule id used when no rule decided (the policy's `default`).
 pub const RULE_DEFAULT: u16 = 0;
+/// Rule id of events whose packet failed the source check (named
+/// `source-check`; not a policy rule, no rule counter).
+pub const RULE_SOURCE_CHECK: u16 = u16::MAX;
 
 /// Map names, as the eBPF object names them (at most 15 bytes each).
 pub mod map_names {
@@ -62,6 +166,14 @@ pub mod map_names {
     pub const CONFIG: &str = "EF_CONFIG";
     /// Hash: ifindex -> 1 for every interface envfence is attached to.
     pub const ATTACHED: &str = "EF_ATTACHED";
+    /// Hash: ifindex -> [`super::IfConfig`], the source check of every
+    /// attached interface per policy slot. Written before the interface's
+    /// programs are attached; an interface without an entry is checked
+    /// strictly, routes only (fail closed).
+    pub const IFCONF: &str = "EF_IFCONF";
+    /// Hash: [`super::PeerKey`] -> 1, the addresses configured on the other
+    /// end of each attached veth (learned from the peer's namespace).
+    pub const PEERS: &str = "EF_PEERS";
     /// LRU hash: [`super::FlowKey`] -> [`super::FlowState`], when a reported
     /// flow was last reported and what it did since.
     pub const FLOWS: &str = "EF_FLOWS";
@@ -119,6 +231,8 @@ pub mod capacity {
     pub const ENV_V6: u32 = 131_072;
     pub const PORTS: u32 = 65_536;
     pub const ATTACHED: u32 = 4_096;
+    /// Peer addresses over all attached interfaces.
+    pub const PEERS: u32 = 65_536;
     pub const FLOWS: u32 = 65_536;
     /// Slots of the per-CPU verdict cache (a power of two).
     pub const VERDICTS: u32 = 8_192;
@@ -153,8 +267,37 @@ pub mod stat {
     pub const TUNNEL_TOO_DEEP: u32 = 8;
     /// Tunnelled packets whose inner addresses were judged too.
     pub const TUNNELED: u32 = 9;
+    /// Packets refused by a strict source check (dropped in enforce mode).
+    pub const SPOOFED_STRICT: u32 = 10;
+    /// Packets refused by a loose source check.
+    pub const SPOOFED_LOOSE: u32 = 11;
+    /// Packets a loose check let through unverified (interface does not
+    /// forward: the FIB helper cannot answer).
+    pub const SOURCE_UNVERIFIED: u32 = 12;
+    /// Packets a strict check accepted through a peer address (not the
+    /// routing table).
+    pub const SOURCE_BY_PEER: u32 = 13;
     /// Number of statistics.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
+
+    /// (index, name) of every statistic, named as in the metrics
+    /// (`envfence_datapath_total{kind}`) and `status`.
+    pub const NAMES: [(u32, &str); COUNT as usize] = [
+        (EVENTS_EMITTED, "events_emitted"),
+        (EVENTS_LOST, "events_lost"),
+        (NON_IP, "non_ip"),
+        (MALFORMED, "malformed"),
+        (VLAN_TOO_DEEP, "vlan_too_deep"),
+        (EGRESS_SKIPPED, "egress_already_judged"),
+        (FRAGMENTS, "fragments"),
+        (IPV6_EXT_TOO_DEEP, "ipv6_ext_too_deep"),
+        (TUNNEL_TOO_DEEP, "tunnel_too_deep"),
+        (TUNNELED, "tunneled"),
+        (SPOOFED_STRICT, "spoofed_strict"),
+        (SPOOFED_LOOSE, "spoofed_loose"),
+        (SOURCE_UNVERIFIED, "source_unverified"),
+        (SOURCE_BY_PEER, "source_by_peer_address"),
+    ];
 }
 
 /// IP protocol numbers the datapath knows.
@@ -331,6 +474,30 @@ pub struct Config {
     pub slot_audit_mode: [u32; 2],
 }
 
+/// The source check of one attached interface, per policy slot (the
+/// datapath reads the active slot's, so a reload changes it with the rest
+/// of the policy).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfConfig {
+    /// [`source`] mode per slot.
+    pub mode: [u8; 2],
+    /// Per slot: 1 when a strict check accepts the peer's addresses.
+    pub trust_peer: [u8; 2],
+}
+
+/// Key of [`map_names::PEERS`]: an address configured on the other end of
+/// an attached interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// IPv4 addresses use the first 4 bytes; the rest are zero.
+    pub addr: [u8; 16],
+}
+
 /// Identity of a reported flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -423,7 +590,14 @@ pub struct Event {
     pub direction: u8,
     /// Policy slot that judged the packet (names its rule and environments).
     pub slot: u8,
-    pub _pad: [u8; 6],
+    /// The source check's [`source`] result (`NOT_CHECKED` on egress or
+    /// where the mode is `off`).
+    pub source_result: u8,
+    pub _pad: [u8; 5],
+    /// Where the FIB routes the source (ifindex; 0 when it has no route or
+    /// was not asked).
+    pub route_ifindex: u32,
+    pub _pad2: u32,
 }
 
 #[cfg(feature = "user")]
@@ -442,6 +616,8 @@ mod pod {
     unsafe impl aya::Pod for VerdictKey {}
     unsafe impl aya::Pod for CachedVerdict {}
     unsafe impl aya::Pod for VerdictSlot {}
+    unsafe impl aya::Pod for IfConfig {}
+    unsafe impl aya::Pod for PeerKey {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -456,4 +632,6 @@ const _: () = assert!(core::mem::size_of::<VerdictKey>() == 40);
 const _: () = assert!(core::mem::size_of::<CachedVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<VerdictSlot>() == 48);
 const _: () = assert!(capacity::VERDICTS.is_power_of_two());
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<IfConfig>() == 4);
+const _: () = assert!(core::mem::size_of::<PeerKey>() == 24);

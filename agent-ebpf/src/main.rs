@@ -9,6 +9,8 @@
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod source;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

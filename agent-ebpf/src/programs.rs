@@ -8,13 +8,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, parse_limits, rule_counter_index, slot_pair_index, stat,
-    tag, verdict, verdict_slot, CachedVerdict, Config, Counter, Event, FlowKey, FlowState,
-    PairVerdict, PortKey, RuleVerdict, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
-    RULE_COUNTERS_LEN, SLOTS,
+    capacity, counter_index, direction, parse_limits, rule_counter_index, slot_pair_index, source,
+    stat, tag, verdict, verdict_slot, CachedVerdict, Config, Counter, Event, FlowKey, FlowState,
+    IfConfig, PairVerdict, PeerKey, PortKey, RuleVerdict, VerdictKey, VerdictSlot, COUNTERS_LEN,
+    MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS,
 };
 
 use crate::parse::{parse, Layer, Packet, Reject, L4};
+use crate::source::Checked;
 
 #[map(name = "EF_ENV_V4")]
 static ENV_V4: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V4, 0);
@@ -34,6 +35,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "EF_ATTACHED")]
 static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
+#[map(name = "EF_IFCONF")]
+static IFCONF: HashMap<u32, IfConfig> = HashMap::with_max_entries(capacity::ATTACHED, 0);
+#[map(name = "EF_PEERS")]
+pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(capacity::PEERS, 0);
 #[map(name = "EF_FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
 /// Per-CPU scratch space for the parsed packet (too big for the stack).
@@ -170,6 +175,30 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
             return malformed(stat::TUNNEL_TOO_DEEP, audit);
         }
     }
+    // At the ingress of an attached interface the source must be one the
+    // node routes back through it; a packet that fails is `spoofed` and is
+    // never judged (or counted) under the environment it claims. Only the
+    // outer source can be checked: a tunnel's inner source belongs to the
+    // tunnel's own address space (the README says what that means).
+    let mut checked = Checked {
+        result: source::NOT_CHECKED,
+        route_ifindex: 0,
+    };
+    if dir == direction::INGRESS {
+        // SAFETY: reading a field of the context.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let (mode, trust_peer) = source_mode(ifindex, slot);
+        if mode != source::OFF {
+            checked = crate::source::check(ctx, &pkt.outer, ifindex, mode, trust_peer);
+            if checked.result == source::OK_PEER {
+                bump_stat(stat::SOURCE_BY_PEER);
+            } else if checked.result == source::OK_UNVERIFIED {
+                bump_stat(stat::SOURCE_UNVERIFIED);
+            } else if !source::accepted(checked.result) {
+                return spoofed(ctx, &pkt.outer, active, mode, checked, len);
+            }
+        }
+    }
     // The outer packet is judged; a tunnel's inner packet too, and the
     // stricter of the two verdicts applies (the outer one on a tie).
     let mut j = judge_layer(&pkt.outer, active, !pkt.has_inner);
@@ -180,13 +209,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
             j = ji;
         }
     }
-    let Judged {
-        layer,
-        src_env,
-        dst_env,
-        verdict: v,
-        rule,
-    } = j;
+    let (layer, src_env, dst_env, v, rule) = (j.layer, j.src_env, j.dst_env, j.verdict, j.rule);
     tag(ctx, tag::judged(v, src_env, dst_env));
     // Compiled out by the verifier unless the agent runs with
     // `--datapath-log debug` (the level lives in .rodata).
@@ -210,12 +233,66 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         len,
     );
     if v != verdict::ALLOW {
-        report(ctx, layer, src_env, dst_env, v, rule, dir, len, slot);
+        report(ctx, &j, dir, len, slot, checked);
     }
     if v == verdict::DROP {
         ACT_SHOT
     } else {
         TCX_NEXT
+    }
+}
+
+/// The source-check mode of `ifindex` under policy `slot`, and whether a
+/// strict check accepts its peer's addresses. An interface without an entry
+/// is checked strictly by route alone: fail closed.
+#[inline(always)]
+fn source_mode(ifindex: u32, slot: u32) -> (u8, bool) {
+    // SAFETY: the value is copied out at once.
+    match unsafe { IFCONF.get(ifindex) } {
+        Some(c) => {
+            let i = (slot & 1) as usize;
+            (c.mode[i], c.trust_peer[i] != 0)
+        }
+        None => (source::STRICT, false),
+    }
+}
+
+/// A packet whose source failed the check: counted under `world` (its
+/// claimed environment cannot be trusted) and the real destination's
+/// environment with verdict `spoofed`, reported, and dropped unless the
+/// policy is in audit mode.
+#[inline(always)]
+fn spoofed(
+    ctx: &TcContext,
+    layer: &Layer,
+    active: Active,
+    mode: u8,
+    checked: Checked,
+    len: u32,
+) -> i32 {
+    let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
+    tag(ctx, tag::judged(verdict::SPOOFED, 0, dst_env));
+    bump_stat(if mode == source::STRICT {
+        stat::SPOOFED_STRICT
+    } else {
+        stat::SPOOFED_LOOSE
+    });
+    count(
+        COUNTERS.get_ptr_mut(counter_index(0, dst_env, verdict::SPOOFED as u32)),
+        len,
+    );
+    let j = Judged {
+        layer,
+        src_env: 0,
+        dst_env,
+        verdict: verdict::SPOOFED,
+        rule: RULE_SOURCE_CHECK,
+    };
+    report(ctx, &j, direction::INGRESS, len, active.slot, checked);
+    if active.audit {
+        TCX_NEXT
+    } else {
+        ACT_SHOT
     }
 }
 
@@ -396,18 +473,9 @@ fn decide(src_env: u32, dst_env: u32, pkt: &Layer, slot: u32) -> (u8, u16) {
 /// event (counted as lost), never the verdict, and the packets it carried are
 /// kept for the next report.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn report(
-    ctx: &TcContext,
-    pkt: &Layer,
-    src_env: u32,
-    dst_env: u32,
-    v: u8,
-    rule: u16,
-    dir: u8,
-    len: u32,
-    slot: u32,
-) {
+fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Checked) {
+    let pkt = j.layer;
+    let (src_env, dst_env, v, rule) = (j.src_env, j.dst_env, j.verdict, j.rule);
     let flow = FlowKey {
         src: pkt.src,
         dst: pkt.dst,
@@ -465,7 +533,10 @@ fn report(
                 dst_env: dst_env as u8,
                 direction: dir,
                 slot: slot as u8,
-                _pad: [0; 6],
+                source_result: checked.result,
+                _pad: [0; 5],
+                route_ifindex: checked.route_ifindex,
+                _pad2: 0,
             });
             entry.submit(0);
             bump_stat(stat::EVENTS_EMITTED);

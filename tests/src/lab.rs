@@ -179,12 +179,37 @@ pub struct Lab {
     persistent: bool,
 }
 
+/// How the node routes to its pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// Each pod's subnet is a connected route on the pod's own veth (like
+    /// Calico's per-pod routes): the routing table names the pod's veth.
+    PerPod,
+    /// Every pod's veth is a port of one bridge ([`BRIDGE`]) that holds
+    /// the gateway addresses (like bridge CNIs, or Cilium's one route
+    /// through `cilium_host`): the routing table names the bridge, never a
+    /// pod's veth.
+    Bridged,
+}
+
+/// The node's bridge in a [`Routing::Bridged`] lab.
+pub const BRIDGE: &str = "efbr0";
+
 impl Lab {
     /// Builds a lab with one namespace per pod and a node namespace. On
     /// failure everything created so far is removed again.
     pub fn new(pods: &[PodSpec]) -> Result<Lab> {
+        Lab::new_shaped(pods, Routing::PerPod)
+    }
+
+    /// [`Lab::new`] with the node's routes in the given shape.
+    pub fn new_shaped(pods: &[PodSpec], routing: Routing) -> Result<Lab> {
         let seq = LAB_SEQ.fetch_add(1, Ordering::Relaxed);
-        Lab::build(&format!("{PREFIX}{}-{seq}", std::process::id()), pods)
+        Lab::build(
+            &format!("{PREFIX}{}-{seq}", std::process::id()),
+            pods,
+            routing,
+        )
     }
 
     /// The example policy's lab ([`PodSpec::example_pods`]).
@@ -196,12 +221,12 @@ impl Lab {
     /// `cargo xtask lab up`. Remove it with [`sweep`]`(true)` or
     /// `cargo xtask lab down`.
     pub fn new_persistent(pods: &[PodSpec]) -> Result<Lab> {
-        let mut lab = Lab::build(&format!("{PREFIX}{MANUAL_OWNER}-0"), pods)?;
+        let mut lab = Lab::build(&format!("{PREFIX}{MANUAL_OWNER}-0"), pods, Routing::PerPod)?;
         lab.persistent = true;
         Ok(lab)
     }
 
-    fn build(id: &str, pods: &[PodSpec]) -> Result<Lab> {
+    fn build(id: &str, pods: &[PodSpec], routing: Routing) -> Result<Lab> {
         netns::require_root()?;
         for (i, p) in pods.iter().enumerate() {
             p.validate()?;
@@ -234,9 +259,19 @@ impl Lab {
             lab.add_namespace(ns, false)?;
         }
         let mut node_cmds = Vec::new();
+        if routing == Routing::Bridged {
+            node_cmds.push(format!("link add {BRIDGE} type bridge"));
+            node_cmds.push(format!("link set {BRIDGE} up"));
+        }
         for pod in &lab.pods {
             let s = &pod.spec;
             let node_if = s.node_if();
+            // Per pod: the gateway addresses (and so the connected routes)
+            // on the pod's veth; bridged: on the bridge, the veth a port.
+            let gw_if = match routing {
+                Routing::PerPod => node_if.clone(),
+                Routing::Bridged => BRIDGE.to_owned(),
+            };
             netns::ip(&[
                 "link",
                 "add",
@@ -253,15 +288,18 @@ impl Lab {
             ])
             .with_context(|| format!("creating the veth pair of pod {}", s.name))?;
             node_cmds.push(format!(
-                "addr add {}/{} dev {node_if}",
+                "addr add {}/{} dev {gw_if}",
                 s.gw_v4(),
                 s.v4.prefix_len()
             ));
             node_cmds.push(format!(
-                "addr add {}/{} dev {node_if} nodad",
+                "addr add {}/{} dev {gw_if} nodad",
                 s.gw_v6(),
                 s.v6.prefix_len()
             ));
+            if routing == Routing::Bridged {
+                node_cmds.push(format!("link set {node_if} master {BRIDGE}"));
+            }
             node_cmds.push(format!("link set {node_if} up"));
             netns::ip_batch(
                 &pod.ns,

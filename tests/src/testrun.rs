@@ -10,7 +10,7 @@ use aya::{
 use envfence::{
     datapath::{CounterReader, Datapath, Hook, LoadOptions},
     events::{drain, EventContext, EventRecord},
-    policy::CompiledPolicy,
+    policy::{CompiledPolicy, SourceCheck},
 };
 use envfence_ebpf::{stat, NUM_VERDICTS};
 
@@ -18,6 +18,10 @@ use envfence_ebpf::{stat, NUM_VERDICTS};
 const SKB_CTX_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
+
+/// The ifindex TestRun frames enter through when the context names none
+/// (the namespace's `lo`).
+pub const LO_IFINDEX: u32 = 1;
 
 /// `TCX_NEXT` as the kernel returns it through TestRun.
 pub const ACTION_NEXT: u32 = u32::MAX;
@@ -58,6 +62,9 @@ impl KernelHarness {
         })
         .context("loading the eBPF programs (root needed)")?;
         dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;
+        // TestRun frames enter through `lo`: no source check there unless a
+        // test asks for one ([`KernelHarness::datapath`]).
+        dp.set_source_check(LO_IFINDEX, SourceCheck::OFF)?;
         let counters = dp.counters();
         let events = dp.take_events()?;
         Ok(Self {

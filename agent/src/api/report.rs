@@ -14,7 +14,6 @@ use crate::{
         pins::PinLayout,
         Hook,
     },
-    policy::Verdict,
     status::StatusSnapshot,
 };
 
@@ -82,7 +81,7 @@ pub fn counters(state: &PinnedState) -> Result<CountersReport, inspect::InspectE
     let stats = state.stats()?;
     let mut out = CountersReport::default();
     for v in 0..NUM_VERDICTS as u8 {
-        let name = Verdict::from_u8(v).map_or("unknown", Verdict::as_str);
+        let name = envfence_ebpf::verdict::name(v);
         out.verdicts.insert(
             name.to_owned(),
             Volume {

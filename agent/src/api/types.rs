@@ -649,6 +649,7 @@ mod tests {
             rule: "test-to-prod".into(),
             packets,
             bytes: packets * 100,
+            source_check: None,
         }
     }
 

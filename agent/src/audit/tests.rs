@@ -22,6 +22,7 @@ fn event(i: u64) -> EventRecord {
         rule: "test-to-prod".into(),
         packets: 1 + i,
         bytes: 74 * (1 + i),
+        source_check: None,
     }
 }
 

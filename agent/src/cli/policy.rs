@@ -76,14 +76,21 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
             let mut failed = 0usize;
             for file in &files {
                 match policy::load(file) {
-                    Ok(p) => println!(
-                        "{}: ok ({} environments, {} rules, mode {}, sha256 {})",
-                        file.display(),
-                        p.environments.len(),
-                        p.rules.len(),
-                        p.mode,
-                        p.source_sha256
-                    ),
+                    Ok(p) => {
+                        println!(
+                            "{}: ok ({} environments, {} rules, mode {}, sha256 {})",
+                            file.display(),
+                            p.environments.len(),
+                            p.rules.len(),
+                            p.mode,
+                            p.source_sha256
+                        );
+                        // What each include pattern gets (a glob taken as
+                        // a name: `veth*` is what a `veth…` interface gets).
+                        for pattern in &p.interfaces.include {
+                            println!("  {}", p.source_check.explain(pattern));
+                        }
+                    }
                     Err(errors) => {
                         failed += 1;
                         eprintln!("{errors}");

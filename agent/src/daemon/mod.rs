@@ -544,6 +544,7 @@ impl Agent {
         for slot in 0..2 {
             self.ctx_mut().set_slot(slot, &compiled);
         }
+        self.dp.adopt_source_checks(&compiled.source_check);
         *self.env_names.write().unwrap_or_else(|p| p.into_inner()) = PolicyNames {
             envs: compiled.env_names.clone(),
             rules: compiled.rule_names.clone(),

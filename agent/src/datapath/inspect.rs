@@ -131,18 +131,7 @@ pub struct VerdictTotals {
 }
 
 /// (stat index, name) of the datapath statistics, named as in the metrics.
-pub const STAT_NAMES: [(u32, &str); 10] = [
-    (stat::EVENTS_EMITTED, "events_emitted"),
-    (stat::EVENTS_LOST, "events_lost"),
-    (stat::NON_IP, "non_ip"),
-    (stat::MALFORMED, "malformed"),
-    (stat::VLAN_TOO_DEEP, "vlan_too_deep"),
-    (stat::EGRESS_SKIPPED, "egress_already_judged"),
-    (stat::FRAGMENTS, "fragments"),
-    (stat::IPV6_EXT_TOO_DEEP, "ipv6_ext_too_deep"),
-    (stat::TUNNEL_TOO_DEEP, "tunnel_too_deep"),
-    (stat::TUNNELED, "tunneled"),
-];
+pub const STAT_NAMES: [(u32, &str); stat::COUNT as usize] = stat::NAMES;
 
 impl PinnedState {
     /// Opens the maps pinned under `pin_root` (this ABI's directory in it).

@@ -1,4 +1,4 @@
-use std::{collections::BTreeMap, fs, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fs, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{
     maps::{HashMap, MapData, RingBuf},
@@ -16,9 +16,9 @@ use super::{
     counters::CounterReader,
     pins::{self, PinLayout, PINNED_MAPS},
     policy_maps::{self, typed_map, Installed},
-    DatapathError, EBPF_OBJECT,
+    source_maps, DatapathError, EBPF_OBJECT,
 };
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, SourceCheck, SourceChecks};
 
 /// The two tcx hooks envfence attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +77,9 @@ pub struct Datapath {
     attachments: BTreeMap<String, Attachment>,
     pins: Option<PinLayout>,
     was_pinned: bool,
+    /// The source checks of the policy in force (the defaults until one is
+    /// applied): a newly attached interface gets its mode from here.
+    source_check: SourceChecks,
 }
 
 impl Datapath {
@@ -127,6 +130,7 @@ impl Datapath {
             attachments: BTreeMap::new(),
             pins,
             was_pinned,
+            source_check: SourceChecks::default(),
         })
     }
 
@@ -156,13 +160,66 @@ impl Datapath {
         prior: Option<&CompiledPolicy>,
         report_interval: Duration,
     ) -> Result<Installed, DatapathError> {
-        policy_maps::install(
+        let checks: Vec<(u32, SourceCheck)> = self
+            .attachments
+            .values()
+            .map(|a| (a.ifindex, policy.source_check.for_interface(&a.ifname)))
+            .collect();
+        let installed = policy_maps::install(
             &mut self.ebpf,
             &self.counters,
             policy,
             prior,
             report_interval,
-        )
+            &checks,
+        )?;
+        self.source_check = policy.source_check.clone();
+        Ok(installed)
+    }
+
+    /// Sets the source check of `ifindex` in both policy slots, whatever
+    /// the policy says (tests and benchmarks run TestRun on `lo` and on
+    /// lab interfaces they are not attached to). A later
+    /// [`Datapath::apply_policy`] sets the attached interfaces' again.
+    pub fn set_source_check(
+        &mut self,
+        ifindex: u32,
+        check: SourceCheck,
+    ) -> Result<(), DatapathError> {
+        source_maps::set_mode(&mut self.ebpf, ifindex, check, &[0, 1])
+    }
+
+    /// Takes the source checks of a policy the kernel already holds (an
+    /// adopted pinned policy): interfaces attached from now on get them.
+    pub fn adopt_source_checks(&mut self, checks: &SourceChecks) {
+        self.source_check = checks.clone();
+    }
+
+    /// Makes `addrs` the peer addresses of `ifindex` (replacing its set).
+    pub fn set_peer_addresses(
+        &mut self,
+        ifindex: u32,
+        addrs: &[IpAddr],
+    ) -> Result<(), DatapathError> {
+        source_maps::set_peers(&mut self.ebpf, ifindex, addrs)
+    }
+
+    /// Adds (`present`) or removes one peer address of `ifindex`.
+    pub fn update_peer_address(
+        &mut self,
+        ifindex: u32,
+        addr: IpAddr,
+        present: bool,
+    ) -> Result<(), DatapathError> {
+        source_maps::update_peer(&mut self.ebpf, ifindex, addr, present)
+    }
+
+    /// Every peer address the datapath holds: (ifindex, address).
+    pub fn peer_addresses(&mut self) -> Result<Vec<(u32, IpAddr)>, DatapathError> {
+        Ok(source_maps::peers(&mut self.ebpf)?
+            .into_iter()
+            .map(|k| (k.ifindex, key_addr(&k)))
+            .collect())
     }
 
     /// The loaded program of a hook (for tests and benchmarks: TestRun).
@@ -230,6 +287,9 @@ impl Datapath {
         }
         let ifindex = nix::net::if_::if_nametoindex(ifname)
             .map_err(|e| interface_error(ifname, &format!("no such interface ({e})")))?;
+        // The source check is in place before the first packet is judged.
+        let check = self.source_check.for_interface(ifname);
+        source_maps::set_mode(&mut self.ebpf, ifindex, check, &[0, 1])?;
         let ingress = self.attach_hook(ifname, ifindex, Hook::Ingress)?;
         let egress = match self.attach_hook(ifname, ifindex, Hook::Egress) {
             Ok(link) => link,
@@ -376,7 +436,8 @@ impl Datapath {
         let _ = attached.remove(&att.ifindex);
         self.release_link(att.ifindex, Hook::Ingress, att.ingress);
         self.release_link(att.ifindex, Hook::Egress, att.egress);
-        Ok(())
+        // After the links: until then the interface keeps its check.
+        source_maps::forget(&mut self.ebpf, att.ifindex)
     }
 
     /// Forgets an interface that is gone: its links went with it; removes
@@ -399,7 +460,7 @@ impl Datapath {
         let mut attached: HashMap<&mut MapData, u32, u32> =
             typed_map(&mut self.ebpf, map_names::ATTACHED)?;
         let _ = attached.remove(&ifindex);
-        Ok(())
+        source_maps::forget(&mut self.ebpf, ifindex)
     }
 
     /// Detaches from every interface; returns the errors it met (it keeps
@@ -461,6 +522,12 @@ impl Datapath {
             let _ = pins::force_detach(pin);
             let _ = fs::remove_file(pin);
         }
+        // Source-check state of interfaces no link serves any more.
+        if let Ok(configured) = source_maps::configured(&mut self.ebpf) {
+            for ifindex in configured.into_iter().filter(|i| !ours.contains(i)) {
+                let _ = source_maps::forget(&mut self.ebpf, ifindex);
+            }
+        }
         if let Some(pins) = &self.pins {
             for dir in pins.other_versions() {
                 let _ = pins::cleanup_version_dir(&dir);
@@ -505,4 +572,13 @@ fn classifier_mut<'a>(
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
     ebpf.take_map(name)
         .ok_or(DatapathError::Missing { kind: "map", name })
+}
+
+/// The address of a peer key.
+fn key_addr(k: &envfence_ebpf::PeerKey) -> IpAddr {
+    if k.family == envfence_ebpf::family::V4 {
+        IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+    } else {
+        IpAddr::from(k.addr)
+    }
 }

@@ -10,19 +10,21 @@ mod loader;
 pub mod logging;
 pub mod pins;
 mod policy_maps;
+mod source_maps;
 
 pub use attach::{list_interfaces, Attachment};
 pub use counters::{CounterReader, PairCount, RuleCount};
 pub use error::DatapathError;
 pub use loader::{Datapath, Hook, LoadOptions};
 pub use policy_maps::Installed;
+pub use source_maps::peer_key;
 
 /// The compiled eBPF object (built by `build.rs`).
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/envfence-ebpf"));
 
 /// (map, max entries) of the maps whose fill is exported.
-pub const MAP_CAPACITIES: [(&str, u32); 7] = [
+pub const MAP_CAPACITIES: [(&str, u32); 8] = [
     (
         envfence_ebpf::map_names::ENV_V4,
         envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V4,
@@ -42,6 +44,10 @@ pub const MAP_CAPACITIES: [(&str, u32); 7] = [
     (
         envfence_ebpf::map_names::ATTACHED,
         envfence_ebpf::capacity::ATTACHED,
+    ),
+    (
+        envfence_ebpf::map_names::PEERS,
+        envfence_ebpf::capacity::PEERS,
     ),
     (
         envfence_ebpf::map_names::FLOWS,

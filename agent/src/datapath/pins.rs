@@ -18,7 +18,7 @@ use super::{loader::Hook, DatapathError};
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 
 /// The maps that are pinned (all of them but the parser's scratch space).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
     map_names::PAIRS,
@@ -28,6 +28,8 @@ pub const PINNED_MAPS: [&str; 11] = [
     map_names::STATS,
     map_names::CONFIG,
     map_names::ATTACHED,
+    map_names::IFCONF,
+    map_names::PEERS,
     map_names::FLOWS,
     map_names::EVENTS,
 ];

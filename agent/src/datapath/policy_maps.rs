@@ -14,7 +14,7 @@ use aya::{
 use envfence_ebpf::{map_names, slot_pair_index, Config, PairVerdict, PortKey, RuleVerdict};
 
 use super::{counters::CounterReader, DatapathError};
-use crate::policy::{CompiledPolicy, Mode};
+use crate::policy::{CompiledPolicy, Mode, SourceCheck};
 
 /// What an install did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,13 +36,15 @@ pub(super) fn current_config(ebpf: &mut Ebpf) -> Result<Config, DatapathError> {
 /// Installs `policy` into the inactive slot and flips to it. `prior` is the
 /// policy in force (or last in force), so that an environment or rule id
 /// that now names something else has its counters zeroed before any packet
-/// is counted under the new name.
+/// is counted under the new name. `source_checks`: the new policy's source
+/// check of every attached interface, written into the inactive slot too.
 pub(super) fn install(
     ebpf: &mut Ebpf,
     counters: &CounterReader,
     policy: &CompiledPolicy,
     prior: Option<&CompiledPolicy>,
     report_interval: Duration,
+    source_checks: &[(u32, SourceCheck)],
 ) -> Result<Installed, DatapathError> {
     let prior_envs: &[String] = prior.map_or(&[], |p| &p.env_names);
     let prior_rules: &[String] = prior.map_or(&[], |p| &p.rule_names);
@@ -61,6 +63,9 @@ pub(super) fn install(
         if !name.is_empty() && renamed {
             counters.zero_rule(u32::try_from(id).unwrap_or(u32::MAX))?;
         }
+    }
+    for (ifindex, check) in source_checks {
+        super::source_maps::set_mode(ebpf, *ifindex, *check, &[target])?;
     }
     let generation = current.generation.wrapping_add(1);
     let mut next = current;

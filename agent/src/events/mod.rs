@@ -6,5 +6,5 @@ mod record;
 mod sink;
 
 pub use reader::{drain, EventStream};
-pub use record::{EventContext, EventRecord, SlotNames};
+pub use record::{EventContext, EventRecord, SlotNames, SourceCheckRecord, SOURCE_CHECK_RULE};
 pub use sink::{EventSink, Optional, Tee};

@@ -4,10 +4,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use envfence_ebpf::{direction, family, proto, Event};
+use envfence_ebpf::{direction, family, proto, source, Event, RULE_SOURCE_CHECK};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{CompiledPolicy, Verdict};
+use crate::policy::CompiledPolicy;
+
+/// The rule name of events whose packet failed the source check.
+pub const SOURCE_CHECK_RULE: &str = "source-check";
 
 /// One reported flow, as written to stdout (one JSON object per line).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,6 +35,22 @@ pub struct EventRecord {
     /// Packets and bytes of the flow since its previous report.
     pub packets: u64,
     pub bytes: u64,
+    /// What the source check of the ingress interface said, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_check: Option<SourceCheckRecord>,
+}
+
+/// The source check's answer on a reported packet.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceCheckRecord {
+    /// `route`, `peer-address`, `link-scope`, `unverified` (accepted), or
+    /// why it was refused: `route-via-other-interface`, `no-route`,
+    /// `local-address`, `forwarding-disabled`, `martian`.
+    pub result: String,
+    /// The interface the node's route to the claimed source leaves
+    /// through, when the route exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_interface: Option<String>,
 }
 
 /// Environment and rule names of the policy in one slot.
@@ -72,6 +91,14 @@ impl EventContext {
         };
     }
 
+    /// The name of an interface of this node (`ifN` when unknown).
+    fn interface_name(&self, ifindex: u32) -> String {
+        self.interfaces
+            .get(&ifindex)
+            .cloned()
+            .unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
     pub fn record(&self, ev: &Event) -> EventRecord {
         let f = &ev.flow;
         let names = &self.slots[usize::from(ev.slot & 1)];
@@ -86,11 +113,7 @@ impl EventContext {
         EventRecord {
             time: wall_clock(ev.ts_ns),
             node: self.node.clone(),
-            interface: self
-                .interfaces
-                .get(&ev.ifindex)
-                .cloned()
-                .unwrap_or_else(|| format!("if{}", ev.ifindex)),
+            interface: self.interface_name(ev.ifindex),
             ifindex: ev.ifindex,
             direction: if ev.direction == direction::EGRESS {
                 "egress"
@@ -111,12 +134,19 @@ impl EventContext {
             dport: f.dport,
             src_env: name_of(&names.env_names, usize::from(ev.src_env)),
             dst_env: name_of(&names.env_names, usize::from(ev.dst_env)),
-            verdict: Verdict::from_u8(f.verdict)
-                .map_or("unknown", Verdict::as_str)
-                .to_owned(),
-            rule: name_of(&names.rule_names, usize::from(ev.rule)),
+            verdict: envfence_ebpf::verdict::name(f.verdict).to_owned(),
+            rule: if ev.rule == RULE_SOURCE_CHECK {
+                SOURCE_CHECK_RULE.to_owned()
+            } else {
+                name_of(&names.rule_names, usize::from(ev.rule))
+            },
             packets: ev.packets,
             bytes: ev.bytes,
+            source_check: (ev.source_result != source::NOT_CHECKED).then(|| SourceCheckRecord {
+                result: source::result_name(ev.source_result).to_owned(),
+                route_interface: (ev.route_ifindex != 0)
+                    .then(|| self.interface_name(ev.route_ifindex)),
+            }),
         }
     }
 }

@@ -6,7 +6,7 @@ use prometheus::{
     IntCounterVec, Opts,
 };
 
-use crate::{datapath::CounterReader, policy::Verdict};
+use crate::datapath::CounterReader;
 
 /// Names by id for the labels, replaced on every policy reload.
 #[derive(Clone, Debug, Default)]
@@ -34,18 +34,7 @@ pub struct DatapathCollector {
 }
 
 /// (stat index, metric label) of the datapath statistics exported.
-const STAT_LABELS: [(u32, &str); 10] = [
-    (envfence_ebpf::stat::EVENTS_EMITTED, "events_emitted"),
-    (envfence_ebpf::stat::EVENTS_LOST, "events_lost"),
-    (envfence_ebpf::stat::NON_IP, "non_ip"),
-    (envfence_ebpf::stat::MALFORMED, "malformed"),
-    (envfence_ebpf::stat::VLAN_TOO_DEEP, "vlan_too_deep"),
-    (envfence_ebpf::stat::EGRESS_SKIPPED, "egress_already_judged"),
-    (envfence_ebpf::stat::FRAGMENTS, "fragments"),
-    (envfence_ebpf::stat::IPV6_EXT_TOO_DEEP, "ipv6_ext_too_deep"),
-    (envfence_ebpf::stat::TUNNEL_TOO_DEEP, "tunnel_too_deep"),
-    (envfence_ebpf::stat::TUNNELED, "tunneled"),
-];
+const STAT_LABELS: [(u32, &str); envfence_ebpf::stat::COUNT as usize] = envfence_ebpf::stat::NAMES;
 
 impl DatapathCollector {
     pub fn new(reader: Arc<CounterReader>, envs: EnvNames) -> Result<Self, prometheus::Error> {
@@ -108,7 +97,7 @@ impl DatapathCollector {
             let (Some(src), Some(dst)) = (name(cell.src_env), name(cell.dst_env)) else {
                 continue;
             };
-            let verdict = Verdict::from_u8(cell.verdict).map_or("unknown", Verdict::as_str);
+            let verdict = envfence_ebpf::verdict::name(cell.verdict);
             let labels = [src.as_str(), dst.as_str(), verdict];
             self.packets.with_label_values(&labels).inc_by(cell.packets);
             self.bytes.with_label_values(&labels).inc_by(cell.bytes);
@@ -122,7 +111,7 @@ impl DatapathCollector {
             else {
                 continue;
             };
-            let verdict = Verdict::from_u8(cell.verdict).map_or("unknown", Verdict::as_str);
+            let verdict = envfence_ebpf::verdict::name(cell.verdict);
             let labels = [rule.as_str(), verdict];
             self.rule_packets
                 .with_label_values(&labels)

@@ -42,6 +42,8 @@ pub struct CompiledPolicy {
     pub ports: Vec<(PortKey, RuleVerdict)>,
     /// The interfaces to attach to.
     pub interfaces: InterfaceSelector,
+    /// The source check of each attached interface.
+    pub source_check: super::SourceChecks,
     /// SHA-256 of the policy source, lowercase hex.
     pub source_sha256: String,
 }
@@ -145,6 +147,7 @@ pub fn compile_with_ids(
         pairs,
         ports,
         interfaces: policy.interfaces.clone(),
+        source_check: policy.source_check.clone(),
         source_sha256: policy.source_sha256.clone(),
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod model;
 pub mod reference;
 mod rules;
+mod source_check;
 mod validate;
 mod values;
 mod yaml;
@@ -33,6 +34,7 @@ pub use model::{
     PortSpec, Rule, Verdict,
 };
 pub use rules::MAX_RULES;
+pub use source_check::{SourceCheck, SourceCheckRule, SourceChecks, SourceMode, POD_FACING};
 pub use values::{DEFAULT_RULE, WORLD};
 
 /// The example policy (`agent/policy/example.yaml`), embedded in the binary.

@@ -138,6 +138,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// The interfaces to attach to.
     pub interfaces: InterfaceSelector,
+    /// The source check of each attached interface.
+    pub source_check: super::source_check::SourceChecks,
     /// SHA-256 of the policy source text, lowercase hex.
     pub source_sha256: String,
 }

@@ -4,11 +4,19 @@
 
 use super::error::{Errors, Place};
 use super::model::{InterfaceSelector, Mode, Policy, Verdict};
+use super::source_check::{self, SourceChecks};
 use super::values::did_you_mean;
 use super::yaml::{Key, Kind, Node};
 use super::{conflicts, environments, rules};
 
-const TOP_KEYS: &[&str] = &["mode", "default", "environments", "rules", "interfaces"];
+const TOP_KEYS: &[&str] = &[
+    "mode",
+    "default",
+    "environments",
+    "rules",
+    "interfaces",
+    "source_check",
+];
 const INTERFACE_KEYS: &[&str] = &["include", "exclude"];
 
 /// Checks the whole document. The returned policy is meaningful only when no
@@ -20,13 +28,14 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
         environments: Vec::new(),
         rules: Vec::new(),
         interfaces: InterfaceSelector::default(),
+        source_check: SourceChecks::default(),
         source_sha256: String::new(),
     };
     let Some(top) = fields(
         root,
         "",
         TOP_KEYS,
-        "a policy: a mapping with the keys mode, default, environments, rules and interfaces",
+        "a policy: a mapping with the keys mode, default, environments, rules, interfaces and source_check",
         errors,
     ) else {
         return policy;
@@ -62,6 +71,9 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
     if let Some(node) = top.get("interfaces") {
         policy.interfaces = interfaces(node, errors);
     }
+    if let Some(node) = top.get("source_check") {
+        policy.source_check = source_check::check(node, errors);
+    }
     policy.environments = environments.list;
     policy
 }
@@ -86,7 +98,7 @@ fn interfaces(node: &Node, errors: &mut Errors) -> InterfaceSelector {
 }
 
 /// A list of interface name globs.
-fn patterns(node: &Node, path: &str, errors: &mut Errors) -> Vec<String> {
+pub(super) fn patterns(node: &Node, path: &str, errors: &mut Errors) -> Vec<String> {
     let what = "a list of interface name globs, such as [\"eth*\", \"veth*\"]";
     let Some(items) = list(node, path, what, errors) else {
         return Vec::new();
@@ -228,7 +240,7 @@ pub(super) fn scalar<'n>(
 }
 
 /// A scalar that names one of a few values (a mode, a verdict).
-fn parse_scalar<T: std::str::FromStr + Copy>(
+pub(super) fn parse_scalar<T: std::str::FromStr + Copy>(
     node: &Node,
     path: &str,
     noun: &str,

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use envfence::datapath::{Datapath, Hook, LoadOptions};
 use envfence::policy;
+use envfence::policy::SourceCheck;
 use nix::sys::signal::Signal;
 
 use super::synth::SynthPolicy;
@@ -160,6 +161,7 @@ fn in_process(row: &mut Row, a: &SynthPolicy, b: &SynthPolicy) -> Result<()> {
     let t = Instant::now();
     dp.apply_policy(&a.compiled, None, interval)?;
     row.load_policy = t.elapsed();
+    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
     let probes = probes();
     let fd = dp.program(Hook::Ingress)?.fd()?.try_clone()?;
     for (f, want) in &probes {

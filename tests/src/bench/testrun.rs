@@ -31,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use envfence::datapath::{Datapath, Hook, LoadOptions};
+use envfence::policy::SourceCheck;
 
 use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
@@ -163,13 +164,15 @@ impl Loaded {
 }
 
 fn load(no_verdict_cache: bool) -> Result<Datapath> {
-    Datapath::load_with(LoadOptions {
+    let mut dp = Datapath::load_with(LoadOptions {
         debug_tag_decision: false,
         pin_root: None,
         no_verdict_cache,
         log_level: 0,
     })
-    .context("loading the eBPF programs (root needed)")
+    .context("loading the eBPF programs (root needed)")?;
+    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
+    Ok(dp)
 }
 
 /// One TestRun: (TC action, kernel-measured ns per run).

@@ -1,0 +1,224 @@
+//! A source address that cannot lie, with real traffic: in the namespace lab
+//! of the example policy, a pod that writes another environment's address
+//! into its packets' source (UDP datagrams and TCP SYNs, IPv4 and IPv6)
+//! never reaches its target with the agent, and does without it (the lab
+//! really forwards spoofed packets: Linux's own reverse-path filter is off
+//! in the lab, as in most pod networks). Honest flows keep working. Both
+//! routing shapes a CNI can give the node are tried: a route per pod on the
+//! pod's veth (the routing table is the truth) and one bridge for every pod
+//! (the routing table names the bridge; the truth is the addresses on the
+//! other end of each veth).
+//!
+//! Needs root; the agent binary is found as in `tests/tests/lab.rs`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use envfence::policy::{self, Policy};
+use envfence_tests::agent::{agent_binary, Agent};
+use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing};
+use envfence_tests::spoof::unowned;
+
+static AGENT_LOCK: Mutex<()> = Mutex::new(());
+
+fn agent_lock() -> MutexGuard<'static, ()> {
+    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn example() -> Result<Policy> {
+    policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An address of environment `env` (family `fam`) that no pod holds.
+fn claimed(p: &Policy, env: &str, fam: Family) -> Result<IpAddr> {
+    let e = p.environment(env).context("environment of the example")?;
+    let net = e
+        .cidrs
+        .iter()
+        .find(|n| (fam == Family::V4) == n.addr().is_ipv4())
+        .context("a CIDR of that family")?;
+    Ok(unowned(net))
+}
+
+/// One spoofing attempt: `from` claims `src` towards `to`'s address.
+struct Attempt {
+    from: &'static str,
+    to: &'static str,
+    src: IpAddr,
+    dst: IpAddr,
+}
+
+fn attempts(lab: &Lab, p: &Policy) -> Result<Vec<Attempt>> {
+    let mut out = Vec::new();
+    for fam in [Family::V4, Family::V6] {
+        // A test pod claims production (it would be judged prod -> prod).
+        out.push(Attempt {
+            from: "test1",
+            to: "prod1",
+            src: claimed(p, "production", fam)?,
+            dst: lab.pod("prod1")?.ip(fam),
+        });
+        // A production pod claims test, to send data into test.
+        out.push(Attempt {
+            from: "prod1",
+            to: "test1",
+            src: claimed(p, "test", fam)?,
+            dst: lab.pod("test1")?.ip(fam),
+        });
+    }
+    Ok(out)
+}
+
+const UDP_PORT: u16 = 7001;
+const TCP_PORT: u16 = 7002;
+const DATAGRAMS: usize = 5;
+
+/// Sends every attempt (UDP datagrams and a TCP SYN); returns, per attempt,
+/// how many packets arrived at the target.
+fn send_all(lab: &Lab, list: &[Attempt]) -> Result<Vec<u64>> {
+    let mut counters = Vec::new();
+    for a in list {
+        counters.push(lab.count_arrivals(a.to, &[a.src])?);
+    }
+    for a in list {
+        lab.spoof_udp(a.from, a.src, SocketAddr::new(a.dst, UDP_PORT), DATAGRAMS)?;
+        lab.spoof_syn(
+            a.from,
+            a.src,
+            SocketAddr::new(a.dst, TCP_PORT),
+            Duration::from_millis(300),
+        )?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    list.iter()
+        .zip(&counters)
+        .map(|(a, c)| c.from(a.src))
+        .collect()
+}
+
+/// Honest flows of the example policy still pass: production to
+/// production, and the DNS exception from test to production.
+fn honest_flows_pass(lab: &Lab) -> Result<()> {
+    for fam in [Family::V4, Family::V6] {
+        let prod1 = lab.pod("prod1")?.ip(fam);
+        for (from, port) in [("prod2", 7100), ("test1", 53)] {
+            let rx = lab.udp_receiver("prod1", prod1, port)?;
+            lab.udp_send(from, prod1, port, b"honest", 3)?;
+            let got = rx.wait_total(3, Duration::from_secs(2));
+            ensure!(
+                got == 3,
+                "{from} -> prod1 {prod1}:{port}/udp: {got} of 3 arrived"
+            );
+        }
+        let _listener = lab.tcp_listen("prod1", prod1, 7200)?;
+        ensure!(
+            lab.tcp_connect("prod2", prod1, 7200, Duration::from_secs(2))?,
+            "prod2 -> prod1 {prod1}:7200/tcp did not connect"
+        );
+    }
+    Ok(())
+}
+
+fn spoofing_is_refused(routing: Routing) -> Result<()> {
+    require_root()?;
+    let _g = agent_lock();
+    let p = example()?;
+    let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
+    let list = attempts(&lab, &p)?;
+
+    // Honest traffic first: neighbours resolved, bridge ports forwarding.
+    honest_flows_pass(&lab).context("without the agent")?;
+    let without = send_all(&lab, &list)?;
+    for (a, n) in list.iter().zip(&without) {
+        ensure!(
+            *n > DATAGRAMS as u64,
+            "without the agent, {} claiming {} -> {}: only {n} packets arrived (the lab must forward spoofed packets for this test to mean anything)",
+            a.from, a.src, a.dst
+        );
+    }
+
+    let agent = Agent::start(&lab, &agent_binary()?)?;
+    let with = send_all(&lab, &list)?;
+    for (a, n) in list.iter().zip(&with) {
+        ensure!(
+            *n == 0,
+            "{routing:?}: {} claiming {} -> {}: {n} packets arrived with the agent",
+            a.from,
+            a.src,
+            a.dst
+        );
+    }
+    honest_flows_pass(&lab).context("with the agent")?;
+
+    // Counted as spoofed, never under the claimed environment.
+    let per_attempt = DATAGRAMS as f64 + 1.0;
+    for (dst_env, n) in [("production", 2.0), ("test", 2.0)] {
+        let got = agent.metric(
+            "envfence_packets_total",
+            &[
+                ("src_env", "world"),
+                ("dst_env", dst_env),
+                ("verdict", "spoofed"),
+            ],
+        )?;
+        ensure!(
+            got >= n * per_attempt,
+            "world -> {dst_env} spoofed: {got}, expected at least {}",
+            n * per_attempt
+        );
+    }
+    let strict = agent.metric("envfence_datapath_total", &[("kind", "spoofed_strict")])?;
+    ensure!(strict >= 4.0 * per_attempt, "spoofed_strict = {strict}");
+    // A claimed source is never counted under its environment: no packet
+    // of production's spoofed address shows as production -> production.
+    for e in agent.events() {
+        if list.iter().any(|a| a.src == e.src) {
+            ensure!(
+                e.verdict == "spoofed" && e.rule == "source-check" && e.src_env == "world",
+                "event of a spoofed source: {}",
+                e.raw
+            );
+            ensure!(
+                e.raw["source_check"]["result"].is_string(),
+                "event without the source check's result: {}",
+                e.raw
+            );
+        }
+    }
+    let spoofed_events = wait_until(Duration::from_secs(3), || {
+        let ev = agent.events();
+        list.iter()
+            .all(|a| ev.iter().any(|e| e.src == a.src && e.verdict == "spoofed"))
+    });
+    ensure!(spoofed_events, "not every spoofed flow was reported");
+    if routing == Routing::Bridged {
+        let peer = agent.metric(
+            "envfence_datapath_total",
+            &[("kind", "source_by_peer_address")],
+        )?;
+        ensure!(
+            peer > 0.0,
+            "bridged lab: no packet accepted by a peer address"
+        );
+    }
+    let status = agent.stop(Duration::from_secs(10))?;
+    ensure!(status.success(), "agent exit {status}");
+    drop(lab);
+    Ok(())
+}
+
+/// Per-pod routes (the routing table names each pod's veth).
+#[test]
+fn spoofed_sources_never_arrive_per_pod_routes() -> Result<()> {
+    spoofing_is_refused(Routing::PerPod)
+}
+
+/// One bridge for every pod (the routing table names the bridge): the
+/// peer's addresses are the truth.
+#[test]
+fn spoofed_sources_never_arrive_bridged() -> Result<()> {
+    spoofing_is_refused(Routing::Bridged)
+}
