@@ -647,6 +647,7 @@ impl Agent {
                                 name,
                                 ifindex,
                                 up: true,
+                                peer: None,
                             },
                         )
                     })
