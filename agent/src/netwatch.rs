@@ -651,12 +651,13 @@ fn drain(socket: &Socket) -> usize {
     }
 }
 
-/// One decoded netlink message.
+/// One decoded netlink message (its body decoded by the watcher that
+/// received it: [`Body`] for links).
 #[derive(Debug, PartialEq, Eq)]
-struct Message {
+struct Message<B = Body> {
     seq: u32,
     flags: u16,
-    body: Body,
+    body: B,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -679,6 +680,17 @@ enum Body {
 /// decoded is returned as [`Body::Malformed`]; if the framing itself is
 /// broken, returns the messages before it and why.
 fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
+    parse_messages(buf, parse_body, Body::Malformed)
+}
+
+/// Splits a datagram into its messages and decodes each payload with
+/// `parse_body` (`malformed` wraps why one could not be decoded); if the
+/// framing itself is broken, returns the messages before it and why.
+fn parse_messages<B>(
+    buf: &[u8],
+    parse_body: impl Fn(u16, &[u8]) -> Result<B, String>,
+    malformed: impl Fn(String) -> B,
+) -> (Vec<Message<B>>, Option<String>) {
     let mut messages = Vec::new();
     let mut offset = 0;
     while offset < buf.len() {
@@ -688,7 +700,7 @@ fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
         };
         let length = nl.length() as usize;
         let payload = &buf[offset + 16..offset + length];
-        let body = parse_body(nl.message_type(), payload).unwrap_or_else(Body::Malformed);
+        let body = parse_body(nl.message_type(), payload).unwrap_or_else(&malformed);
         messages.push(Message {
             seq: nl.sequence_number(),
             flags: nl.flags(),
@@ -700,21 +712,25 @@ fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
     (messages, None)
 }
 
+/// The error code (0 or a negative errno) of an `NLMSG_DONE` or
+/// `NLMSG_ERROR` payload; the kernel may send an empty `NLMSG_DONE`.
+fn control_code(message_type: u16, payload: &[u8]) -> Result<i32, String> {
+    if message_type == NLMSG_DONE && payload.is_empty() {
+        return Ok(0);
+    }
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
+}
+
 fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
-    let code = || -> Result<i32, String> {
-        payload
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(i32::from_ne_bytes)
-            .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
-    };
     Ok(match message_type {
         RTM_NEWLINK => parse_link(payload)?.map_or(Body::Ignored, Body::NewLink),
         RTM_DELLINK => parse_link(payload)?.map_or(Body::Ignored, Body::DelLink),
-        // The kernel may send an empty NLMSG_DONE.
-        NLMSG_DONE if payload.is_empty() => Body::Done(0),
-        NLMSG_DONE => Body::Done(code()?),
-        NLMSG_ERROR => Body::Error(Some(code()?).filter(|&c| c != 0)),
+        NLMSG_DONE => Body::Done(control_code(message_type, payload)?),
+        NLMSG_ERROR => Body::Error(Some(control_code(message_type, payload)?).filter(|&c| c != 0)),
         NLMSG_OVERRUN => Body::Overrun,
         _ => Body::Ignored,
     })
@@ -1028,7 +1044,10 @@ mod tests {
         );
         assert_eq!(parsed(&orphan).peer, None);
         // No IFLA_LINK: no peer.
-        assert_eq!(parsed(&link_with(7, vec![name(), kind(InfoKind::Veth)])).peer, None);
+        assert_eq!(
+            parsed(&link_with(7, vec![name(), kind(InfoKind::Veth)])).peer,
+            None
+        );
     }
 
     #[test]
@@ -1039,10 +1058,7 @@ mod tests {
         payload.extend(raw_nla(IFLA_IFNAME, b"lxc9\0"));
         payload.extend(raw_nla(IFLA_LINK, &11u32.to_ne_bytes()));
         payload.extend(raw_nla(IFLA_LINK_NETNSID, &5i32.to_ne_bytes()));
-        payload.extend(raw_nla(
-            IFLA_LINKINFO,
-            &raw_nla(IFLA_INFO_KIND, b"veth\0"),
-        ));
+        payload.extend(raw_nla(IFLA_LINKINFO, &raw_nla(IFLA_INFO_KIND, b"veth\0")));
         assert!(LinkMessage::parse(&payload[..]).is_err());
         assert_eq!(
             parsed(&payload).peer,
@@ -1054,10 +1070,7 @@ mod tests {
         // The same as a vxlan: no peer.
         let cut = payload.len() - 16;
         payload.truncate(cut);
-        payload.extend(raw_nla(
-            IFLA_LINKINFO,
-            &raw_nla(IFLA_INFO_KIND, b"vxlan\0"),
-        ));
+        payload.extend(raw_nla(IFLA_LINKINFO, &raw_nla(IFLA_INFO_KIND, b"vxlan\0")));
         assert_eq!(parsed(&payload).peer, None);
     }
 

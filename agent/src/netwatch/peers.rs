@@ -85,21 +85,19 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
-    NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_DONE,
+    NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use nix::sys::socket::{
-    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, NetlinkAddr,
-};
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, NetlinkAddr};
 use nix::sys::time::TimeVal;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    drain, next_seq, recv_whole, register, set_receive_buffer, NetwatchError, PeerRef,
-    DEFAULT_RECEIVE_BUFFER, DUMP_TIMEOUT, MAX_DUMP_ATTEMPTS,
+    control_code, drain, next_seq, parse_messages, recv_whole, register, set_receive_buffer,
+    Message, NetwatchError, PeerRef, DEFAULT_RECEIVE_BUFFER, DUMP_TIMEOUT, MAX_DUMP_ATTEMPTS,
 };
 
 /// `RTM_NEWADDR` (`linux/rtnetlink.h`).
@@ -510,8 +508,7 @@ impl PeerWatcher {
         };
         for &addr in tracked.addrs.keys() {
             if !fresh.contains_key(&addr) {
-                self.pending
-                    .push_back(PeerEvent::Removed { ifindex, addr });
+                self.pending.push_back(PeerEvent::Removed { ifindex, addr });
             }
         }
         for &addr in fresh.keys() {
@@ -698,13 +695,16 @@ fn refusal(ifindex: u32, peer: PeerRef, errno: i32) -> PeerError {
 /// The dump socket: blocking with [`DUMP_TIMEOUT`], strict checking (the
 /// kernel honours `IFA_TARGET_NETNSID` and the ifindex filter only then).
 fn dump_socket() -> Result<Socket, PeerError> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
+    let mut socket =
+        Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
     socket
         .bind_auto()
         .map_err(socket_error("binding the dump socket"))?;
     socket
         .set_netlink_get_strict_chk(true)
-        .map_err(socket_error("enabling NETLINK_GET_STRICT_CHK (Linux 4.20+)"))?;
+        .map_err(socket_error(
+            "enabling NETLINK_GET_STRICT_CHK (Linux 4.20+)",
+        ))?;
     socket
         .connect(&SocketAddr::new(0, 0))
         .map_err(socket_error("connecting the dump socket to the kernel"))?;
@@ -745,7 +745,7 @@ fn dump_request(seq: u32, family: AddressFamily, peer: PeerRef) -> Vec<u8> {
 async fn recv_tagged(
     socket: &AsyncFd<Socket>,
     buf: &mut Vec<u8>,
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> io::Result<(u32, Option<i32>)> {
     loop {
         let mut guard = socket.readable().await?;
@@ -760,7 +760,7 @@ async fn recv_tagged(
 fn recv_tagged_now(
     socket: &Socket,
     buf: &mut Vec<u8>,
-    cmsg: &mut Vec<u8>,
+    cmsg: &mut [u8],
 ) -> io::Result<(u32, Option<i32>)> {
     let mut probe: &mut [u8] = &mut [];
     let size = socket.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
@@ -777,7 +777,10 @@ fn recv_tagged_now(
     if message.bytes > size {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("netlink datagram truncated ({} bytes, {size} read)", message.bytes),
+            format!(
+                "netlink datagram truncated ({} bytes, {size} read)",
+                message.bytes
+            ),
         ));
     }
     let port = message.address.map_or(0, |a| a.pid());
@@ -830,14 +833,6 @@ impl Addr {
     }
 }
 
-/// One decoded netlink message.
-#[derive(Debug, PartialEq, Eq)]
-struct Message {
-    seq: u32,
-    flags: u16,
-    body: Body,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum Body {
     NewAddr(Addr),
@@ -855,41 +850,16 @@ enum Body {
 
 /// Decodes the messages of one datagram; if the framing itself is broken,
 /// returns the messages before it and why.
-fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < buf.len() {
-        let nl = match NetlinkBuffer::new_checked(&buf[offset..]) {
-            Ok(nl) => nl,
-            Err(e) => return (messages, Some(e.to_string())),
-        };
-        let length = nl.length() as usize;
-        let payload = &buf[offset + 16..offset + length];
-        let body = parse_body(nl.message_type(), payload).unwrap_or_else(Body::Malformed);
-        messages.push(Message {
-            seq: nl.sequence_number(),
-            flags: nl.flags(),
-            body,
-        });
-        offset += (length + 3) & !3;
-    }
-    (messages, None)
+fn parse_datagram(buf: &[u8]) -> (Vec<Message<Body>>, Option<String>) {
+    parse_messages(buf, parse_body, Body::Malformed)
 }
 
 fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
-    let code = || -> Result<i32, String> {
-        payload
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(i32::from_ne_bytes)
-            .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
-    };
     Ok(match message_type {
         RTM_NEWADDR => parse_addr(payload)?.map_or(Body::Ignored, Body::NewAddr),
         RTM_DELADDR => parse_addr(payload)?.map_or(Body::Ignored, Body::DelAddr),
-        NLMSG_DONE if payload.is_empty() => Body::Done(0),
-        NLMSG_DONE => Body::Done(code()?),
-        NLMSG_ERROR => Body::Error(Some(code()?).filter(|&c| c != 0)),
+        NLMSG_DONE => Body::Done(control_code(message_type, payload)?),
+        NLMSG_ERROR => Body::Error(Some(control_code(message_type, payload)?).filter(|&c| c != 0)),
         NLMSG_OVERRUN => Body::Overrun,
         _ => Body::Ignored,
     })
@@ -1074,7 +1044,7 @@ impl DumpReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{Emitable, NLM_F_MULTIPART};
+    use netlink_packet_core::{Emitable, NetlinkBuffer, NLM_F_MULTIPART};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn frame(message_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
@@ -1211,7 +1181,10 @@ mod tests {
         let mut payload = vec![libc::AF_INET6 as u8, 64, 0, 0];
         payload.extend(11u32.to_ne_bytes());
         payload.extend(raw_nla(6, &[1, 2, 3]));
-        payload.extend(raw_nla(IFA_ADDRESS, &[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]));
+        payload.extend(raw_nla(
+            IFA_ADDRESS,
+            &[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+        ));
         payload.extend(raw_nla(IFA_TARGET_NETNSID, &5i32.to_ne_bytes()));
         assert!(AddressMessage::parse(&payload[..]).is_err());
         let (messages, _) = parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
@@ -1257,10 +1230,7 @@ mod tests {
         assert_eq!(message.header.prefix_len, 0);
         assert_eq!(payload[2], 0);
         assert_eq!(payload[3], 0);
-        assert_eq!(
-            message.attributes,
-            vec![AddressAttribute::TargetNetNsId(3)]
-        );
+        assert_eq!(message.attributes, vec![AddressAttribute::TargetNetNsId(3)]);
         // A same-namespace peer: no target attribute.
         let request = dump_request(42, AddressFamily::Inet, PeerRef { nsid: None, ..peer });
         let message = AddressMessage::parse(&request[16..]).expect("address message");
@@ -1313,14 +1283,27 @@ mod tests {
 
         // Interrupted.
         let mut reader = DumpReader::new(7, peer);
-        let mut datagram = frame(NLMSG_DONE, NLM_F_MULTIPART | NLM_F_DUMP_INTR, 7, &0i32.to_ne_bytes());
+        let mut datagram = frame(
+            NLMSG_DONE,
+            NLM_F_MULTIPART | NLM_F_DUMP_INTR,
+            7,
+            &0i32.to_ne_bytes(),
+        );
         datagram.extend(done.clone());
         assert_eq!(reader.feed(&datagram), Some(Ok(None)));
 
         // Refused.
         let mut reader = DumpReader::new(7, peer);
-        let refused = frame(NLMSG_DONE, NLM_F_MULTIPART, 7, &(-libc::EACCES).to_ne_bytes());
-        assert_eq!(reader.feed(&refused), Some(Err(DumpFailure::Refused(libc::EACCES))));
+        let refused = frame(
+            NLMSG_DONE,
+            NLM_F_MULTIPART,
+            7,
+            &(-libc::EACCES).to_ne_bytes(),
+        );
+        assert_eq!(
+            reader.feed(&refused),
+            Some(Err(DumpFailure::Refused(libc::EACCES)))
+        );
     }
 
     #[test]
@@ -1335,13 +1318,28 @@ mod tests {
         };
         assert!(matches!(
             refusal(9, other, libc::EACCES),
-            PeerError::MissingCapability { capability: "CAP_NET_ADMIN", .. }
+            PeerError::MissingCapability {
+                capability: "CAP_NET_ADMIN",
+                ..
+            }
         ));
-        assert!(matches!(refusal(9, other, libc::ENODEV), PeerError::PeerGone { .. }));
-        assert!(matches!(refusal(9, other, libc::EINVAL), PeerError::PeerGone { .. }));
-        assert!(matches!(refusal(9, same, libc::EINVAL), PeerError::DumpRefused { .. }));
+        assert!(matches!(
+            refusal(9, other, libc::ENODEV),
+            PeerError::PeerGone { .. }
+        ));
+        assert!(matches!(
+            refusal(9, other, libc::EINVAL),
+            PeerError::PeerGone { .. }
+        ));
+        assert!(matches!(
+            refusal(9, same, libc::EINVAL),
+            PeerError::DumpRefused { .. }
+        ));
         let message = refusal(9, other, libc::EACCES).to_string();
-        assert!(message.contains("CAP_NET_ADMIN") && message.contains("link 9"), "{message}");
+        assert!(
+            message.contains("CAP_NET_ADMIN") && message.contains("link 9"),
+            "{message}"
+        );
     }
 
     #[tokio::test]
@@ -1354,9 +1352,18 @@ mod tests {
         match PeerWatcher::new() {
             Ok(mut watcher) => {
                 let addrs = watcher
-                    .track(1, PeerRef { nsid: None, ifindex: 1 })
+                    .track(
+                        1,
+                        PeerRef {
+                            nsid: None,
+                            ifindex: 1,
+                        },
+                    )
                     .expect("dump of lo");
-                assert!(addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addrs:?}");
+                assert!(
+                    addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    "{addrs:?}"
+                );
                 assert_eq!(watcher.addresses(1), Some(addrs));
                 watcher.untrack(1);
                 assert_eq!(watcher.addresses(1), None);
