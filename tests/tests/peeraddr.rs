@@ -240,6 +240,7 @@ fn watch(
         };
         let mut tracked: BTreeMap<u32, PeerRef> = BTreeMap::new();
         let mut started = BTreeMap::new();
+        let t0 = Instant::now();
         for link in initial {
             if let Some(peer) = link.peer {
                 let addrs = peers.track(link.ifindex, peer)?;
@@ -248,8 +249,9 @@ fn watch(
             }
         }
         eprintln!(
-            "peeraddr: watching {} peers (receive buffer {} bytes)",
+            "peeraddr: tracking {} peers took {:?} (receive buffer {} bytes)",
             started.len(),
+            t0.elapsed(),
             peers.receive_buffer()
         );
         if tx.send(Report::Started(started)).is_err() {
@@ -366,6 +368,25 @@ fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
         }
     }
     Ok(addrs)
+}
+
+/// The boolean `flag` (`tentative`, `deprecated`) of `addr` on pod0 in
+/// `ns` per `ip -j` (`None` when absent, as `ip` omits false flags).
+fn ip_flag(ns: &str, addr: IpAddr, flag: &str) -> Result<Option<bool>> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
+        .output()
+        .context("running `ip addr show`")?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    for link in json.as_array().into_iter().flatten() {
+        for info in link["addr_info"].as_array().into_iter().flatten() {
+            if info["local"].as_str() == Some(addr.to_string().as_str()) {
+                return Ok(info[flag].as_bool());
+            }
+        }
+    }
+    bail!("{addr} is not on {POD_IF} in {ns}")
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
@@ -509,6 +530,78 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     summary("Removed after the start of `ip addr del`", removed);
     summary("the `ip` command itself", ip_took);
     summary("event after `ip` exited (0 when it came first)", after_exit);
+
+    // A tentative IPv6 address (duplicate address detection running) and a
+    // deprecated one count as configured, from the first notification; the
+    // end of DAD changes nothing.
+    netns::in_netns(&ns_a, || {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{POD_IF}/accept_dad"), "1")
+    })??;
+    let from = watcher.seen.len();
+    let tentative: IpAddr = "fd00:71:1::7e".parse()?;
+    netns::ip(&[
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        "fd00:71:1::7e/128",
+        "dev",
+        POD_IF,
+    ])?;
+    watcher.expect(
+        from,
+        &PeerEvent::Added {
+            ifindex: a,
+            addr: tentative,
+        },
+    )?;
+    assert_eq!(
+        ip_flag(&ns_a, tentative, "tentative")?,
+        Some(true),
+        "{tentative} is still tentative when its Added has arrived"
+    );
+    let deprecated: IpAddr = "fd00:71:1::de".parse()?;
+    netns::ip(&[
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        "fd00:71:1::de/128",
+        "dev",
+        POD_IF,
+        "nodad",
+        "preferred_lft",
+        "0",
+    ])?;
+    watcher.expect(
+        from,
+        &PeerEvent::Added {
+            ifindex: a,
+            addr: deprecated,
+        },
+    )?;
+    assert_eq!(ip_flag(&ns_a, deprecated, "deprecated")?, Some(true));
+    // DAD takes a second (one probe, RetransTimer 1 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ip_flag(&ns_a, tentative, "tentative")? == Some(true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ip_flag(&ns_a, tentative, "tentative")?,
+        None,
+        "DAD of {tentative} completed"
+    );
+    watcher.wait_quiet(Duration::from_millis(200))?;
+    let after: Vec<&Seen> = watcher.seen[from..]
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| matches!(s, Seen::Peer(_)))
+        .collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "only the two Added, nothing when DAD ends: {after:?}"
+    );
 
     // An address moves from pod a to pod b, as when a pod is deleted and
     // its IP given to a new one: Removed on a's veth, then Added on b's.

@@ -50,6 +50,11 @@
 //!   answered with the watched namespace's interface of the same ifindex)
 //!   is an error, never a wrong answer.
 //!
+//! One limit: a namespace that was given an nsid *for itself* (`ip netns set`
+//! on its own handle, which no CNI or container runtime does) gets its own
+//! notifications tagged with that nsid, and same-namespace peers (`nsid:
+//! None`) would then only be refreshed by a resync.
+//!
 //! What the peer addresses are worth is what the peer's namespace says: a
 //! workload that may configure its own interface (`CAP_NET_ADMIN` in its
 //! namespace) can add any address there, and this watcher reports it.
