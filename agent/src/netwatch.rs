@@ -34,6 +34,15 @@
 //! creates them. [`LinkWatcher::new`] creates both of its sockets, so it
 //! watches the namespace its calling thread is in at that moment; the
 //! watcher may be moved to and polled from any thread afterwards.
+//!
+//! # Peers
+//!
+//! A veth (or netkit) link reports the other end of its pair in
+//! [`Link::peer`]: its ifindex and, when it lives in another namespace, that
+//! namespace's nsid as seen from the watched one. [`peers::PeerWatcher`]
+//! follows the addresses configured on those other ends.
+
+pub mod peers;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -43,7 +52,7 @@ use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
     NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -73,8 +82,19 @@ const RTNLGRP_LINK: u32 = 1;
 const IFLA_IFNAME: u16 = 3;
 /// `IFF_UP` (`linux/if.h`).
 const IFF_UP: u32 = 1;
+/// `IFLA_LINK` (`linux/if_link.h`).
+const IFLA_LINK: u16 = 5;
+/// `IFLA_LINKINFO`.
+const IFLA_LINKINFO: u16 = 18;
+/// `IFLA_INFO_KIND`, nested in `IFLA_LINKINFO`.
+const IFLA_INFO_KIND: u16 = 1;
+/// `IFLA_LINK_NETNSID`.
+const IFLA_LINK_NETNSID: u16 = 37;
 /// Length of `struct ifinfomsg`.
 const IFINFOMSG_LEN: usize = 16;
+/// Link kinds (`IFLA_INFO_KIND`) whose `IFLA_LINK` is the other end of a
+/// pair, not a lower device (as for vlan, macvlan or tunnels).
+const PAIR_KINDS: [&str; 2] = ["veth", "netkit"];
 
 /// A network interface as the kernel reported it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -87,6 +107,22 @@ pub struct Link {
     pub ifindex: u32,
     /// Administratively up (`IFF_UP`), whether or not it has a carrier.
     pub up: bool,
+    /// The other end of the pair, for veth and netkit links that report it
+    /// (`IFLA_LINK`); `None` for every other kind of link (a vlan's or a
+    /// tunnel's `IFLA_LINK` is its lower device, not a peer).
+    pub peer: Option<PeerRef>,
+}
+
+/// Where the other end of a veth or netkit pair is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerRef {
+    /// The nsid, in the watched namespace, of the namespace the peer lives
+    /// in (`IFLA_LINK_NETNSID`); `None` when the peer is in the watched
+    /// namespace itself. The kernel allocates the nsid when it reports the
+    /// link; a negative value means the peer namespace is being destroyed.
+    pub nsid: Option<i32>,
+    /// The peer's ifindex in its own namespace (`IFLA_LINK`).
+    pub ifindex: u32,
 }
 
 /// A change of the namespace's links. See the [module docs](self) for the
@@ -615,12 +651,13 @@ fn drain(socket: &Socket) -> usize {
     }
 }
 
-/// One decoded netlink message.
+/// One decoded netlink message (its body decoded by the watcher that
+/// received it: [`Body`] for links).
 #[derive(Debug, PartialEq, Eq)]
-struct Message {
+struct Message<B = Body> {
     seq: u32,
     flags: u16,
-    body: Body,
+    body: B,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -643,6 +680,17 @@ enum Body {
 /// decoded is returned as [`Body::Malformed`]; if the framing itself is
 /// broken, returns the messages before it and why.
 fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
+    parse_messages(buf, parse_body, Body::Malformed)
+}
+
+/// Splits a datagram into its messages and decodes each payload with
+/// `parse_body` (`malformed` wraps why one could not be decoded); if the
+/// framing itself is broken, returns the messages before it and why.
+fn parse_messages<B>(
+    buf: &[u8],
+    parse_body: impl Fn(u16, &[u8]) -> Result<B, String>,
+    malformed: impl Fn(String) -> B,
+) -> (Vec<Message<B>>, Option<String>) {
     let mut messages = Vec::new();
     let mut offset = 0;
     while offset < buf.len() {
@@ -652,7 +700,7 @@ fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
         };
         let length = nl.length() as usize;
         let payload = &buf[offset + 16..offset + length];
-        let body = parse_body(nl.message_type(), payload).unwrap_or_else(Body::Malformed);
+        let body = parse_body(nl.message_type(), payload).unwrap_or_else(&malformed);
         messages.push(Message {
             seq: nl.sequence_number(),
             flags: nl.flags(),
@@ -664,21 +712,25 @@ fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
     (messages, None)
 }
 
+/// The error code (0 or a negative errno) of an `NLMSG_DONE` or
+/// `NLMSG_ERROR` payload; the kernel may send an empty `NLMSG_DONE`.
+fn control_code(message_type: u16, payload: &[u8]) -> Result<i32, String> {
+    if message_type == NLMSG_DONE && payload.is_empty() {
+        return Ok(0);
+    }
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
+}
+
 fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
-    let code = || -> Result<i32, String> {
-        payload
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(i32::from_ne_bytes)
-            .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
-    };
     Ok(match message_type {
         RTM_NEWLINK => parse_link(payload)?.map_or(Body::Ignored, Body::NewLink),
         RTM_DELLINK => parse_link(payload)?.map_or(Body::Ignored, Body::DelLink),
-        // The kernel may send an empty NLMSG_DONE.
-        NLMSG_DONE if payload.is_empty() => Body::Done(0),
-        NLMSG_DONE => Body::Done(code()?),
-        NLMSG_ERROR => Body::Error(Some(code()?).filter(|&c| c != 0)),
+        NLMSG_DONE => Body::Done(control_code(message_type, payload)?),
+        NLMSG_ERROR => Body::Error(Some(control_code(message_type, payload)?).filter(|&c| c != 0)),
         NLMSG_OVERRUN => Body::Overrun,
         _ => Body::Ignored,
     })
@@ -698,11 +750,27 @@ fn parse_link(payload: &[u8]) -> Result<Option<Link>, String> {
                 LinkAttribute::IfName(name) => Some(name.clone()),
                 _ => None,
             });
+            let mut link_attr = None;
+            let mut netnsid = None;
+            let mut pair = false;
+            for attribute in &message.attributes {
+                match attribute {
+                    LinkAttribute::Link(index) => link_attr = Some(*index),
+                    LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
+                    LinkAttribute::LinkInfo(infos) => {
+                        pair = infos.iter().any(|info| {
+                            matches!(info, LinkInfo::Kind(InfoKind::Veth | InfoKind::Netkit))
+                        })
+                    }
+                    _ => {}
+                }
+            }
             return match name {
                 Some(name) => Ok(Some(Link {
                     name,
                     ifindex: message.header.index,
                     up: message.header.flags.contains(LinkFlags::Up),
+                    peer: peer_ref(pair, link_attr, netnsid),
                 })),
                 None => Err(format!(
                     "link message for ifindex {} without IFLA_IFNAME",
@@ -737,21 +805,60 @@ fn parse_link_minimal(payload: &[u8]) -> Result<Option<Link>, String> {
     };
     let ifindex = word(4);
     let flags = word(8);
+    let mut name = None;
+    let mut link_attr = None;
+    let mut netnsid = None;
+    let mut pair = false;
     for nla in NlasIterator::new(&payload[IFINFOMSG_LEN..]) {
         let nla = nla.map_err(|e| e.to_string())?;
-        if nla.kind() == IFLA_IFNAME {
-            let value = nla.value();
-            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-            return Ok(Some(Link {
-                name: String::from_utf8_lossy(&value[..end]).into_owned(),
-                ifindex,
-                up: flags & IFF_UP != 0,
-            }));
+        let value = nla.value();
+        match nla.kind() {
+            IFLA_IFNAME => name = Some(c_string(value)),
+            IFLA_LINK => link_attr = ne_word(value).map(u32::from_ne_bytes),
+            IFLA_LINK_NETNSID => netnsid = ne_word(value).map(i32::from_ne_bytes),
+            IFLA_LINKINFO => {
+                // A nested attribute that cannot be read only costs the peer.
+                pair = NlasIterator::new(value).flatten().any(|info| {
+                    info.kind() == IFLA_INFO_KIND
+                        && PAIR_KINDS.contains(&c_string(info.value()).as_str())
+                });
+            }
+            _ => {}
         }
     }
-    Err(format!(
-        "link message for ifindex {ifindex} without IFLA_IFNAME"
-    ))
+    match name {
+        Some(name) => Ok(Some(Link {
+            name,
+            ifindex,
+            up: flags & IFF_UP != 0,
+            peer: peer_ref(pair, link_attr, netnsid),
+        })),
+        None => Err(format!(
+            "link message for ifindex {ifindex} without IFLA_IFNAME"
+        )),
+    }
+}
+
+/// A NUL-terminated (or not) attribute string, converted lossily.
+fn c_string(value: &[u8]) -> String {
+    let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    String::from_utf8_lossy(&value[..end]).into_owned()
+}
+
+/// The first four bytes of an attribute value, if it has them.
+fn ne_word(value: &[u8]) -> Option<[u8; 4]> {
+    value.get(..4).and_then(|b| b.try_into().ok())
+}
+
+/// The peer of a link of a pair kind (`pair`) that reported `IFLA_LINK`.
+fn peer_ref(pair: bool, link: Option<u32>, netnsid: Option<i32>) -> Option<PeerRef> {
+    match link {
+        Some(ifindex) if pair && ifindex != 0 => Some(PeerRef {
+            nsid: netnsid,
+            ifindex,
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -814,6 +921,7 @@ mod tests {
             name: name.to_string(),
             ifindex,
             up,
+            peer: None,
         }
     }
 
@@ -870,6 +978,100 @@ mod tests {
         let (messages, malformed) = parse_datagram(&frame(RTM_NEWLINK, 0, 0, &payload));
         assert_eq!(malformed, None);
         assert_eq!(messages[0].body, Body::NewLink(link("eth9", 42, true)));
+    }
+
+    fn link_with(index: u32, attributes: Vec<LinkAttribute>) -> Vec<u8> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes = attributes;
+        let mut buf = vec![0; message.buffer_len()];
+        message.emit(&mut buf);
+        buf
+    }
+
+    fn parsed(payload: &[u8]) -> Link {
+        let (messages, broken) = parse_datagram(&frame(RTM_NEWLINK, 0, 0, payload));
+        assert_eq!(broken, None);
+        match &messages[0].body {
+            Body::NewLink(link) => link.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn veth_and_netkit_links_report_their_peer() {
+        let kind = |k| LinkAttribute::LinkInfo(vec![LinkInfo::Kind(k)]);
+        let name = || LinkAttribute::IfName("lxc1".into());
+        // In another namespace: IFLA_LINK and IFLA_LINK_NETNSID.
+        let veth = link_with(
+            7,
+            vec![
+                name(),
+                LinkAttribute::Link(2),
+                LinkAttribute::LinkNetNsId(3),
+                kind(InfoKind::Veth),
+            ],
+        );
+        assert_eq!(
+            parsed(&veth).peer,
+            Some(PeerRef {
+                nsid: Some(3),
+                ifindex: 2
+            })
+        );
+        // In the same namespace: no nsid.
+        let netkit = link_with(
+            7,
+            vec![name(), LinkAttribute::Link(8), kind(InfoKind::Netkit)],
+        );
+        assert_eq!(
+            parsed(&netkit).peer,
+            Some(PeerRef {
+                nsid: None,
+                ifindex: 8
+            })
+        );
+        // A vlan's IFLA_LINK is its lower device, not a peer.
+        let vlan = link_with(
+            7,
+            vec![name(), LinkAttribute::Link(2), kind(InfoKind::Vlan)],
+        );
+        assert_eq!(parsed(&vlan).peer, None);
+        // A veth whose peer is being deleted reports IFLA_LINK 0.
+        let orphan = link_with(
+            7,
+            vec![name(), LinkAttribute::Link(0), kind(InfoKind::Veth)],
+        );
+        assert_eq!(parsed(&orphan).peer, None);
+        // No IFLA_LINK: no peer.
+        assert_eq!(
+            parsed(&link_with(7, vec![name(), kind(InfoKind::Veth)])).peer,
+            None
+        );
+    }
+
+    #[test]
+    fn minimal_decoder_reports_the_peer_too() {
+        let mut payload = vec![0u8; IFINFOMSG_LEN];
+        payload[4..8].copy_from_slice(&42u32.to_ne_bytes());
+        payload.extend(raw_nla(4, &[1, 2])); // a bad IFLA_MTU
+        payload.extend(raw_nla(IFLA_IFNAME, b"lxc9\0"));
+        payload.extend(raw_nla(IFLA_LINK, &11u32.to_ne_bytes()));
+        payload.extend(raw_nla(IFLA_LINK_NETNSID, &5i32.to_ne_bytes()));
+        payload.extend(raw_nla(IFLA_LINKINFO, &raw_nla(IFLA_INFO_KIND, b"veth\0")));
+        assert!(LinkMessage::parse(&payload[..]).is_err());
+        assert_eq!(
+            parsed(&payload).peer,
+            Some(PeerRef {
+                nsid: Some(5),
+                ifindex: 11
+            })
+        );
+        // The same as a vxlan: no peer.
+        let cut = payload.len() - 16;
+        payload.truncate(cut);
+        payload.extend(raw_nla(IFLA_LINKINFO, &raw_nla(IFLA_INFO_KIND, b"vxlan\0")));
+        assert_eq!(parsed(&payload).peer, None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use envfence::netwatch::{Link, LinkEvent, LinkWatcher};
+use envfence::netwatch::{Link, LinkEvent, LinkWatcher, PeerRef};
 use envfence_tests::lab::{require_root, Lab};
 use envfence_tests::netns;
 
@@ -410,10 +410,16 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
     let renamed = "nwr0";
     let index0 = ifindex[&a0];
     netns::ip(&["-n", &ns, "link", "set", "dev", &a0, "name", renamed]).expect("rename");
+    // Both ends are in the lab's namespace: the peer carries no nsid.
+    let (_, b0) = veth_names(0);
     let want = Link {
         name: renamed.to_string(),
         ifindex: index0,
         up: false,
+        peer: Some(PeerRef {
+            nsid: None,
+            ifindex: ifindex[&b0],
+        }),
     };
     assert!(
         watcher

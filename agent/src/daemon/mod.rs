@@ -648,6 +648,7 @@ impl Agent {
                                 name,
                                 ifindex,
                                 up: true,
+                                peer: None,
                             },
                         )
                     })
