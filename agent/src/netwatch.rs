@@ -43,6 +43,7 @@
 //! follows the addresses configured on those other ends.
 
 pub mod peers;
+pub use peers::{PeerEvent, PeerWatcher};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;

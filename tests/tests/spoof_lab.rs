@@ -129,7 +129,9 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
     let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
     let list = attempts(&lab, &p)?;
 
-    // Honest traffic first: neighbours resolved, bridge ports forwarding.
+    // Honest traffic first: a new bridge port may take a moment to forward
+    // (neighbours are resolved on the way).
+    wait_until(Duration::from_secs(5), || honest_flows_pass(&lab).is_ok());
     honest_flows_pass(&lab).context("without the agent")?;
     let without = send_all(&lab, &list)?;
     for (a, n) in list.iter().zip(&without) {

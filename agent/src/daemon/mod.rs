@@ -2,6 +2,7 @@
 //! reload policies atomically, follow interfaces as they come and go, and
 //! stop without lifting enforcement (unless asked to).
 
+mod peers;
 pub mod state;
 mod watch;
 
@@ -192,9 +193,20 @@ where
         last_text: None,
         status: Arc::clone(&status),
         counters,
+        peers: None,
     };
     agent.ctx_mut().node = agent.opts.node.clone();
 
+    // Peer addresses before any interface is attached (see daemon/peers.rs).
+    agent.peers = match crate::netwatch::PeerWatcher::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "peer addresses are not followed ({e}): strict source checks accept routes only"
+            );
+            None
+        }
+    };
     // Watch links first, so that nothing appearing from now on is missed.
     let (mut watcher, links) =
         LinkWatcher::new().context("watching network interfaces (netlink)")?;
@@ -311,6 +323,13 @@ where
                 }
                 agent.reload(false);
             }
+            event = peers::next_peer_event(&mut agent.peers) => match event {
+                Ok(event) => agent.on_peer_event(event),
+                Err(e) => {
+                    tracing::error!("peer address watch failed: {e}; strict source checks now accept routes only");
+                    agent.peers = None;
+                }
+            },
             event = watcher.next() => match event {
                 Ok(event) => agent.on_link_event(event),
                 Err(e) => {
@@ -440,6 +459,9 @@ struct Agent {
     last_text: Option<u64>,
     status: Arc<Status>,
     counters: Arc<crate::datapath::CounterReader>,
+    /// Follows the addresses on the other end of attached veths (the
+    /// strict source check's peer addresses); `None` when it cannot run.
+    peers: Option<crate::netwatch::PeerWatcher>,
 }
 
 impl Agent {
@@ -621,6 +643,7 @@ impl Agent {
                 self.links.remove(&ifindex);
                 self.pending.remove(&ifindex);
                 self.ctx_mut().interfaces.remove(&ifindex);
+                self.untrack_peer(ifindex);
                 if let Err(e) = self.dp.forget(ifindex) {
                     tracing::warn!("forgetting {name} ({ifindex}): {e}");
                 } else {
@@ -668,6 +691,7 @@ impl Agent {
             .filter(|i| !self.links.contains_key(i))
             .collect();
         for ifindex in gone {
+            self.untrack_peer(ifindex);
             let _ = self.dp.forget(ifindex);
         }
     }
@@ -736,6 +760,7 @@ impl Agent {
                 .get(&ifindex)
                 .is_some_and(|l| l.name == name && selector.matches(&name));
             if !still {
+                self.untrack_peer(ifindex);
                 if let Err(e) = self.dp.detach(&name) {
                     tracing::warn!("detaching {name}: {e}");
                 } else {
@@ -754,6 +779,7 @@ impl Agent {
             if self.dp.attachments().any(|a| a.ifindex == link.ifindex) {
                 continue;
             }
+            self.track_peer(&link);
             match self.dp.attach(&link.name) {
                 Ok(att) => tracing::info!(
                     interface = %att.ifname,
