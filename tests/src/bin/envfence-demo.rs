@@ -218,6 +218,12 @@ fn demo(args: &Args) -> Result<bool> {
         }
         rows.push(row);
     }
+    for row in spoof_rows(&lab, &agent)? {
+        if !row.ok {
+            mismatches += 1;
+        }
+        rows.push(row);
+    }
     print_table(&rows);
 
     let metrics = agent.metrics();
@@ -603,3 +609,53 @@ fn print_table(rows: &[Row]) {
         }
     }
 }
+
+/// A test pod that writes a production address it does not own into its
+/// packets' source: the source check refuses it (verdict `spoofed`, counted
+/// under `world`), whatever the policy says of production -> production.
+fn spoof_rows(lab: &Lab, agent: &Agent) -> Result<Vec<Row>> {
+    let example = envfence::policy::parse(
+        envfence::policy::EXAMPLE_POLICY,
+        envfence::policy::EXAMPLE_ORIGIN,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut rows = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let prod = example
+            .environment("production")
+            .and_then(|e| {
+                e.cidrs
+                    .iter()
+                    .find(|n| n.addr().is_ipv4() == (family == Family::V4))
+                    .copied()
+            })
+            .context("a production CIDR of the example policy")?;
+        let src = envfence_tests::spoof::unowned(&prod);
+        let dst = lab.pod("prod1")?.ip(family);
+        let arrivals = lab.count_arrivals("prod1", &[src])?;
+        lab.spoof_udp("test1", src, SocketAddr::new(dst, 7001), 3)?;
+        let reported = wait_until(Duration::from_secs(3), || {
+            agent
+                .events()
+                .iter()
+                .any(|e| e.src == src && e.verdict == "spoofed")
+        });
+        let arrived = arrivals.from(src)?;
+        let ok = arrived == 0 && reported;
+        rows.push(Row {
+            flow: format!("test1 claiming {src} -> prod1 {dst} udp/7001"),
+            envs: "world -> production".into(),
+            expected: "spoofed (source-check) => blocked".into(),
+            observed: if arrived == 0 { "blocked" } else { "pass" }.into(),
+            events: format!("{} (want >=1)", u8::from(reported)),
+            ok,
+            note: if ok {
+                String::new()
+            } else {
+                format!("{arrived} of 3 arrived, reported: {reported}")
+            },
+        });
+    }
+    Ok(rows)
+}
+
