@@ -224,3 +224,79 @@ fn spoofed_sources_never_arrive_per_pod_routes() -> Result<()> {
 fn spoofed_sources_never_arrive_bridged() -> Result<()> {
     spoofing_is_refused(Routing::Bridged)
 }
+
+/// Sends 3 datagrams from `from` with source `src` to `to` and tells how
+/// many arrived.
+fn arrived(lab: &Lab, from: &str, src: IpAddr, to: &str, fam: Family) -> Result<u64> {
+    let dst = lab.pod(to)?.ip(fam);
+    let c = lab.count_arrivals(to, &[src])?;
+    lab.spoof_udp(from, src, SocketAddr::new(dst, UDP_PORT), 3)?;
+    std::thread::sleep(Duration::from_millis(50));
+    c.from(src)
+}
+
+/// An address that moves from one pod to another (a pod deleted, its IP
+/// given to a new one) is accepted on the new pod's veth and refused on
+/// the old one within a second: no stale state lets the old pod keep it.
+fn moved_address_follows(routing: Routing) -> Result<()> {
+    require_root()?;
+    let _g = agent_lock();
+    let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
+    wait_until(Duration::from_secs(5), || honest_flows_pass(&lab).is_ok());
+    let agent = Agent::start(&lab, &agent_binary()?)?;
+    let o = lab.pod("prod1")?.ipv4().octets();
+    let moving = IpAddr::from([o[0], o[1], o[2], 77]);
+    let ip_in = |who: &str, args: &str| -> Result<()> {
+        envfence_tests::netns::ip_batch(lab.ns(who)?, &[args.to_owned()])
+    };
+    ip_in("prod1", &format!("addr add {moving}/32 dev pod0"))?;
+    ensure!(
+        wait_until(Duration::from_secs(1), || arrived(&lab, "prod1", moving, "staging1", Family::V4)
+            .is_ok_and(|n| n == 3)),
+        "{routing:?}: {moving} on prod1 is not accepted from prod1"
+    );
+    ensure!(
+        arrived(&lab, "prod2", moving, "staging1", Family::V4)? == 0,
+        "{routing:?}: {moving} accepted from prod2 before it moved there"
+    );
+    // The move: off prod1, onto prod2 (and, with per-pod routes, the
+    // CNI's /32 route to it through prod2's veth).
+    ip_in("prod1", &format!("addr del {moving}/32 dev pod0"))?;
+    ip_in("prod2", &format!("addr add {moving}/32 dev pod0"))?;
+    if routing == Routing::PerPod {
+        envfence_tests::netns::ip_batch(
+            lab.node_ns(),
+            &[format!("route add {moving}/32 dev veth-prod2")],
+        )?;
+    }
+    let moved = std::time::Instant::now();
+    let new_ok = wait_until(Duration::from_secs(1), || {
+        arrived(&lab, "prod2", moving, "staging1", Family::V4).is_ok_and(|n| n == 3)
+    });
+    let new_after = moved.elapsed();
+    let old_refused = wait_until(
+        Duration::from_secs(1).saturating_sub(moved.elapsed()),
+        || arrived(&lab, "prod1", moving, "staging1", Family::V4).is_ok_and(|n| n == 0),
+    );
+    let old_after = moved.elapsed();
+    eprintln!("{routing:?}: accepted on the new veth after {new_after:?}, refused on the old after {old_after:?}");
+    ensure!(new_ok, "{routing:?}: {moving} not accepted from prod2 within 1 s of the move");
+    ensure!(
+        old_refused && old_after <= Duration::from_secs(1),
+        "{routing:?}: {moving} still accepted from prod1 {old_after:?} after the move"
+    );
+    let status = agent.stop(Duration::from_secs(10))?;
+    ensure!(status.success(), "agent exit {status}");
+    drop(lab);
+    Ok(())
+}
+
+#[test]
+fn moved_address_follows_per_pod_routes() -> Result<()> {
+    moved_address_follows(Routing::PerPod)
+}
+
+#[test]
+fn moved_address_follows_bridged() -> Result<()> {
+    moved_address_follows(Routing::Bridged)
+}
