@@ -59,14 +59,15 @@ pub fn check(ctx: &TcContext, layer: &Layer, ifindex: u32, mode: u8, trust_peer:
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.ifindex = ifindex;
     p.l4_protocol = layer.proto;
+    // The lookup's own source hint stays empty: the answer must not depend
+    // on the packet's destination (a neighbour solicitation to a multicast
+    // group would make the IPv6 lookup refuse to answer).
     if fam == family::V4 {
         p.family = AF_INET;
         p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
-        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
     } else {
         p.family = AF_INET6;
         p.__bindgen_anon_4.ipv6_dst = words(&src);
-        p.__bindgen_anon_3.ipv6_src = words(&dst);
     }
     // SAFETY: the helper reads and writes `p` (its size is passed) and
     // reads the skb's namespace.

@@ -18,6 +18,7 @@ use envfence_ebpf::{stat, NUM_VERDICTS};
 const SKB_CTX_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
+const SKB_IFINDEX: usize = 40;
 
 /// The ifindex TestRun frames enter through when the context names none
 /// (the namespace's `lo`).
@@ -115,9 +116,23 @@ impl KernelHarness {
         frame: &[u8],
         ingress_ifindex: u32,
     ) -> anyhow::Result<(u32, u32)> {
+        self.run_on(hook, frame, ingress_ifindex, 0)
+    }
+
+    /// [`KernelHarness::run_tagged`] with the frame arriving on the device
+    /// `ifindex` of the calling thread's namespace (0: `lo`): the source
+    /// check asks that namespace's routes.
+    pub fn run_on(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        ifindex: u32,
+    ) -> anyhow::Result<(u32, u32)> {
         let mut ctx_in = [0u8; SKB_CTX_LEN];
         ctx_in[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
             .copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_CTX_LEN];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -175,6 +190,11 @@ impl KernelHarness {
         opts.repeat = repeat;
         let out = self.dp.program(hook)?.test_run(opts)?;
         Ok(out.duration)
+    }
+
+    /// The loaded datapath (to set source checks and peer addresses).
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
     }
 
     /// Every event the kernel wrote so far, as the agent would print them.

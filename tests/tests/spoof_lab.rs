@@ -251,8 +251,14 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
     };
     ip_in("prod1", &format!("addr add {moving}/32 dev pod0"))?;
     ensure!(
-        wait_until(Duration::from_secs(1), || arrived(&lab, "prod1", moving, "staging1", Family::V4)
-            .is_ok_and(|n| n == 3)),
+        wait_until(Duration::from_secs(1), || arrived(
+            &lab,
+            "prod1",
+            moving,
+            "staging1",
+            Family::V4
+        )
+        .is_ok_and(|n| n == 3)),
         "{routing:?}: {moving} on prod1 is not accepted from prod1"
     );
     ensure!(
@@ -280,7 +286,10 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
     );
     let old_after = moved.elapsed();
     eprintln!("{routing:?}: accepted on the new veth after {new_after:?}, refused on the old after {old_after:?}");
-    ensure!(new_ok, "{routing:?}: {moving} not accepted from prod2 within 1 s of the move");
+    ensure!(
+        new_ok,
+        "{routing:?}: {moving} not accepted from prod2 within 1 s of the move"
+    );
     ensure!(
         old_refused && old_after <= Duration::from_secs(1),
         "{routing:?}: {moving} still accepted from prod1 {old_after:?} after the move"

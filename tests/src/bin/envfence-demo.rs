@@ -658,4 +658,3 @@ fn spoof_rows(lab: &Lab, agent: &Agent) -> Result<Vec<Row>> {
     }
     Ok(rows)
 }
-
