@@ -62,8 +62,9 @@ fn other_policy() -> Result<String> {
 
 fn audit_policy() -> Result<String> {
     let text = example_policy()?;
-    ensure!(text.starts_with("mode: enforce"), "example policy mode");
-    Ok(text.replacen("mode: enforce", "mode: audit  ", 1))
+    let line = "\nmode: enforce";
+    ensure!(text.contains(line), "the example policy has no {line:?}");
+    Ok(text.replacen(line, "\nmode: audit  ", 1))
 }
 
 /// One node: its lab, its agent, its policy file and monitoring address.

@@ -10,7 +10,7 @@
 //! Grafana), `<node>` the label naming the node (`node`), `<window>` the
 //! range (`3600s`, `$__range`) and `<verdicts>` the verdict regex of the
 //! violation queries (`drop|audit`). `<sha256>` is the policy hash of
-//! [`POLICY_NOT_FILE`].
+//! [`POLICY_NOT_FILE`]. `<policy_info>` stands for [`CURRENT_POLICY_INFO`].
 
 /// One named PromQL expression.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +78,19 @@ impl Scope {
     }
 }
 
+/// Each agent's policy series, only the newest per target. A reload
+/// replaces the series (a new `generation` label); Prometheus marks the old
+/// one stale at once, but a federating (or remote_write-receiving) one
+/// that receives explicit timestamps gets no staleness marker and keeps
+/// showing it for the lookback (5 minutes by default). Dropping every
+/// series older than its target's newest keeps drift queries exact there.
+pub const CURRENT_POLICY_INFO: &str = "(envfence_policy_info{<sel>} unless on (job, instance, generation) (timestamp(envfence_policy_info{<sel>}) < on (job, instance) group_left max by (job, instance) (timestamp(envfence_policy_info{<sel>}))))";
+
 impl Query {
     /// The expression with `scope`'s values in its placeholders.
     pub fn render(&self, scope: &Scope) -> String {
         self.template
+            .replace("<policy_info>", CURRENT_POLICY_INFO)
             .replace("<sel>", &scope.selector)
             .replace("<node>", &scope.node_label)
             .replace("<window>", &scope.window)
@@ -211,7 +220,7 @@ pub const RULE_BYTES: Query = Query {
 pub const POLICY_HASHES: Query = Query {
     name: "policy_hashes",
     help: "how many agents of each job run each policy (sha256)",
-    template: "count by (job, sha256) (envfence_policy_info{<sel>})",
+    template: "count by (job, sha256) (<policy_info>)",
 };
 
 /// Agents whose policy hash is not the one most agents of their job run
@@ -219,12 +228,12 @@ pub const POLICY_HASHES: Query = Query {
 pub const POLICY_DRIFT: Query = Query {
     name: "policy_drift",
     help: "agents whose policy (sha256) differs from the one most agents of their job run (none while two hashes tie)",
-    template: r#"envfence_policy_info{<sel>}
+    template: r#"<policy_info>
 and on (job, sha256)
 (
-  count by (job, sha256) (envfence_policy_info{<sel>})
+  count by (job, sha256) (<policy_info>)
   < on (job) group_left
-  max by (job) (count by (job, sha256) (envfence_policy_info{<sel>}))
+  max by (job) (count by (job, sha256) (<policy_info>))
 )"#,
 };
 
@@ -232,7 +241,7 @@ and on (job, sha256)
 pub const POLICY_NOT_FILE: Query = Query {
     name: "policy_not_file",
     help: "agents whose policy is not the file given with `fleet drift --policy` (its sha256)",
-    template: r#"envfence_policy_info{sha256!="<sha256>", <sel>}"#,
+    template: r#"envfence_policy_info{sha256!="<sha256>", <sel>} and on (job, instance, generation) <policy_info>"#,
 };
 
 /// Agents in audit mode where enforce is expected (targets without the
@@ -240,7 +249,8 @@ pub const POLICY_NOT_FILE: Query = Query {
 pub const AUDIT_UNEXPECTED: Query = Query {
     name: "audit_unexpected",
     help: r#"agents in audit mode whose target is not labelled envfence_expected_mode="audit""#,
-    template: r#"envfence_policy_info{mode="audit", envfence_expected_mode!="audit", <sel>} == 1"#,
+    template: r#"envfence_policy_info{mode="audit", envfence_expected_mode!="audit", <sel>} == 1
+and on (job, instance, generation) <policy_info>"#,
 };
 
 /// Agents attached to no interface at all.
@@ -350,16 +360,15 @@ mod tests {
         };
         for q in ALL {
             let e = q.render(&scope);
-            for token in ["<sel>", "<node>", "<window>", "<verdicts>", "<sha256>"] {
+            for token in ["<sel>", "<node>", "<window>", "<verdicts>", "<sha256>", "<policy_info>"] {
                 assert!(!e.contains(token), "{}: {e}", q.name);
             }
             assert!(by_name(q.name).is_some());
         }
         assert_eq!(UP.render(&scope), r#"up{job=~".*envfence.*"}"#);
-        assert_eq!(
-            AUDIT_UNEXPECTED.render(&Scope::grafana()),
+        assert!(AUDIT_UNEXPECTED.render(&Scope::grafana()).starts_with(
             r#"envfence_policy_info{mode="audit", envfence_expected_mode!="audit", job=~"$job", instance=~"$instance"} == 1"#
-        );
+        ));
         assert!(VIOLATION_PACKETS
             .render(&scope)
             .contains("sum by (job, instance, node, src_env, dst_env, verdict)"));
