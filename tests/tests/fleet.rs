@@ -21,6 +21,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
+use envfence::fleet::queries;
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
 use envfence_tests::lab::{require_root, wait_until, Family, Lab, NODE};
 use envfence_tests::netns;
@@ -307,6 +308,95 @@ fn rfc3339(t: f64) -> String {
     envfence::api::types::unix_to_rfc3339(t)
 }
 
+// ------------------------------------------------- one copy of the queries
+
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn alert_rules_use_the_fleet_queries() -> Result<()> {
+    let path = repo().join("deploy/prometheus/envfence-rules.yml");
+    let doc = yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&path)?)?;
+    let mut exprs = BTreeMap::new();
+    for group in doc[0]["groups"].as_vec().context("groups")? {
+        for rule in group["rules"].as_vec().context("rules")? {
+            if let (Some(a), Some(e)) = (rule["alert"].as_str(), rule["expr"].as_str()) {
+                exprs.insert(a.to_owned(), e.to_owned());
+            }
+        }
+    }
+    let scope = queries::Scope::rules();
+    for (alert, q) in queries::RULES {
+        let want = q.render(&scope);
+        let got = exprs
+            .get(*alert)
+            .with_context(|| format!("{} has no alert {alert}", path.display()))?;
+        ensure!(
+            squash(got) == squash(&want),
+            "{alert} in {} is not the query {:?} of agent/src/fleet/queries.rs; it must be:\n{want}",
+            path.display(),
+            q.name
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn dashboard_fleet_tables_use_the_fleet_queries() -> Result<()> {
+    let path = repo().join("deploy/grafana/envfence-dashboard.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let scope = queries::Scope::grafana();
+    for (id, list) in [
+        (27, queries::DASHBOARD_FLEET_ROW),
+        (28, queries::DASHBOARD_DRIFT),
+    ] {
+        let panel = dash["panels"]
+            .as_array()
+            .context("panels")?
+            .iter()
+            .find(|p| p["id"] == id)
+            .with_context(|| format!("{}: no panel {id}", path.display()))?;
+        let targets = panel["targets"].as_array().context("targets")?;
+        let names: Vec<&str> = targets.iter().filter_map(|t| t["refId"].as_str()).collect();
+        let want: Vec<&str> = list.iter().map(|q| q.name).collect();
+        ensure!(names == want, "panel {id} queries {names:?}, want {want:?}");
+        for (t, q) in targets.iter().zip(list.iter()) {
+            let want = q.render(&scope);
+            ensure!(
+                t["expr"].as_str() == Some(want.as_str()),
+                "panel {id} target {}: not the query of agent/src/fleet/queries.rs; it must be:\n{}",
+                q.name,
+                serde_json::to_string(&want)?
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn readme_documents_every_fleet_query() -> Result<()> {
+    let path = repo().join("README.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (start, end) = ("<!-- fleet-queries -->\n", "<!-- /fleet-queries -->");
+    let a = text.find(start).context("README: no fleet-queries marker")? + start.len();
+    let b = text.find(end).context("README: no /fleet-queries marker")?;
+    let want = queries::markdown_table();
+    if text[a..b] != want {
+        if std::env::var("ENVFENCE_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&path, format!("{}{want}{}", &text[..a], &text[b..]))?;
+            return Ok(());
+        }
+        anyhow::bail!(
+            "README.md's table of the fleet queries differs from agent/src/fleet/queries.rs: run \
+             `ENVFENCE_BLESS=1 cargo test -p envfence-tests --test fleet readme`"
+        );
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------ three nodes, for real
+
 #[test]
 fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     require_root()?;
@@ -578,7 +668,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         &bin,
         &p1.url(),
         &["drift", "--policy", &example],
-        &[2],
+        &[3],
     )?;
     let kinds = |d: &Value| -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = d["findings"]
@@ -608,7 +698,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         "{d}"
     );
     // By majority: three policies, no majority (a tie), only the audit.
-    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[2])?;
+    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[3])?;
     assert_eq!(d["ties"], serde_json::json!(["envfence"]), "{d}");
     assert_eq!(kinds(&d), vec![pair("node-b", "audit")]);
     // c takes the example policy (hot reload): a and c are the majority.
@@ -619,7 +709,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         })
     });
     ensure!(reloaded, "node-c never showed generation 2");
-    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[2])?;
+    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[3])?;
     assert_eq!(
         kinds(&d),
         vec![pair("node-b", "audit"), pair("node-b", "policy")],
@@ -645,16 +735,16 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
             "{what} violations differ:\n{last}\nvs the first Prometheus:\n{v1}"
         );
         let mut last = Value::Null;
-        let first = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 2])?;
+        let first = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 3])?;
         let ok = wait_until(Duration::from_secs(30), || {
-            let Ok(v) = fleet_json(&mon, &bin, url, &["status"], &[0, 2]) else {
+            let Ok(v) = fleet_json(&mon, &bin, url, &["status"], &[0, 3]) else {
                 return false;
             };
             last = v;
             comparable_status(&last) == comparable_status(&first)
         });
         ensure!(ok, "{what} status differs:\n{last}\nvs\n{first}");
-        let d2 = fleet_json(&mon, &bin, url, &["drift"], &[2])?;
+        let d2 = fleet_json(&mon, &bin, url, &["drift"], &[3])?;
         assert_eq!(kinds(&d2), kinds(&d), "{what} drift");
         println!("{what}: same violations, status and drift");
         Ok(())
@@ -667,7 +757,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     c.agent.process().signal(nix::sys::signal::Signal::SIGKILL)?;
     let mut shown = None;
     while killed.elapsed() < Duration::from_secs(10) {
-        let s = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 2])?;
+        let s = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 3])?;
         if node_status(&s, "node-c")?["state"] == "down" {
             shown = Some((killed.elapsed(), s));
             break;
@@ -684,7 +774,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // Its last known policy is still shown.
     assert_eq!(node_status(&s, "node-c")?["policy_generation"], 2);
     let out = fleet(&mon, &bin, &p1.url(), &["status"])?;
-    assert_eq!(out.status.code(), Some(2), "status exits 2 with a node down");
+    assert_eq!(out.status.code(), Some(3), "status exits 3 with a node down");
     println!("$ envfence fleet status\n{}", stdout(&out));
     ensure!(
         stdout(&out).lines().any(|l| l.starts_with("node-c") && l.contains("DOWN")),
@@ -693,7 +783,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     );
     // The federating one too.
     let down2 = wait_until(Duration::from_secs(10), || {
-        fleet_json(&mon, &bin, &p2.url(), &["status"], &[2])
+        fleet_json(&mon, &bin, &p2.url(), &["status"], &[3])
             .is_ok_and(|s| node_status(&s, "node-c").is_ok_and(|n| n["state"] == "down"))
     });
     ensure!(down2, "the federating Prometheus never showed node-c down");
@@ -747,7 +837,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         &bin,
         &p1.url(),
         &["status", "--node-label", "instance"],
-        &[2],
+        &[3],
     )?;
     assert_eq!(s["nodes"].as_array().map(Vec::len), Some(4), "{s}");
 

@@ -50,6 +50,7 @@ const ALERTS: &[&str] = &[
     "EnvfencePolicyReloadFailing",
     "EnvfenceNoInterfaceAttached",
     "EnvfenceAuditModeUnexpected",
+    "EnvfencePolicyDrift",
 ];
 
 fn repo() -> PathBuf {

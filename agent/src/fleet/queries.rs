@@ -1,8 +1,9 @@
 //! The PromQL of the fleet view, in one place. `envfence fleet` runs these
 //! expressions; the shipped alerting rules (deploy/prometheus) and the
 //! dashboard's fleet row (deploy/grafana) use exactly the same ones
-//! ([`RULES`], [`DASHBOARD_FLEET_ROW`]; tests/tests/fleet.rs fails when a
-//! copy differs and `ENVFENCE_BLESS=1` rewrites the dashboard's).
+//! ([`RULES`], [`DASHBOARD_FLEET_ROW`], [`DASHBOARD_DRIFT`]), and the
+//! README's table of them is [`markdown_table`]: tests/tests/fleet.rs fails
+//! when a copy differs (`ENVFENCE_BLESS=1` rewrites the README's).
 //!
 //! A query is a template with four placeholders, filled by [`Scope`]:
 //! `<sel>` the label matchers that select the agents' series
@@ -307,17 +308,19 @@ pub const RULES: &[(&str, Query)] = &[
     ("EnvfencePolicyDrift", POLICY_DRIFT),
 ];
 
-/// The targets of the dashboard's per-node fleet table (refId = query
-/// name), rendered with [`Scope::grafana`].
+/// The targets of the dashboard's per-node fleet table (panel 27; refId =
+/// query name), rendered with [`Scope::grafana`].
 pub const DASHBOARD_FLEET_ROW: &[Query] = &[
     UP,
-    LAST_SCRAPE,
     POLICY,
     BUILD,
     ATTACHED,
     EVENTS_LOST,
     RELOAD_FAILURES,
 ];
+
+/// The targets of the dashboard's drift table (panel 28).
+pub const DASHBOARD_DRIFT: &[Query] = &[POLICY_DRIFT, AUDIT_UNEXPECTED, NO_INTERFACE];
 
 /// The query named `name`.
 pub fn by_name(name: &str) -> Option<Query> {

@@ -25,7 +25,7 @@ use crate::{
 
 /// Exit code of `fleet status` when an agent is down or gone, and of
 /// `fleet drift` when there is drift.
-pub const EXIT_FINDINGS: i32 = 2;
+pub const EXIT_FINDINGS: i32 = 3;
 
 /// How to reach Prometheus, and what selects the agents. Every option may
 /// come before or after the subcommand.
@@ -86,9 +86,9 @@ every node's agent, and prints one table (or -o json). The PromQL of every
 answer is in the README (\"Fleet view\") and shared with the shipped alerts
 and dashboard.
 
-Exit status: 0 fine; 2 an agent is down or gone (status), drift found
+Exit status: 0 fine; 3 an agent is down or gone (status), drift found
 (drift); 1 an error (Prometheus unreachable, a query refused, no envfence
-series, a label missing).
+series, a label missing); 2 bad usage.
 
 Examples:
   export ENVFENCE_PROMETHEUS_URL=http://prometheus.monitoring:9090
