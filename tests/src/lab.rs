@@ -623,14 +623,17 @@ impl Lab {
         let (ns, peer_ns) = (self.ns(who)?, peer.ns(peer_who)?);
         ensure!(ns != peer_ns, "a link needs two namespaces, not {ns} twice");
         netns::ip(&[
-            "link", "add", if_name, "netns", ns, "type", "veth", "peer", "name", peer_if,
-            "netns", peer_ns,
+            "link", "add", if_name, "netns", ns, "type", "veth", "peer", "name", peer_if, "netns",
+            peer_ns,
         ])
         .with_context(|| format!("creating the veth pair {ns}/{if_name} - {peer_ns}/{peer_if}"))?;
         for (ns, ifc, a) in [(ns, if_name, addr), (peer_ns, peer_if, peer_addr)] {
             netns::ip_batch(
                 ns,
-                &[format!("addr add {a} dev {ifc}"), format!("link set {ifc} up")],
+                &[
+                    format!("addr add {a} dev {ifc}"),
+                    format!("link set {ifc} up"),
+                ],
             )
             .with_context(|| format!("configuring {ns}/{ifc}"))?;
         }

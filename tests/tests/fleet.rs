@@ -379,7 +379,10 @@ fn readme_documents_every_fleet_query() -> Result<()> {
     let path = repo().join("README.md");
     let text = std::fs::read_to_string(&path)?;
     let (start, end) = ("<!-- fleet-queries -->\n", "<!-- /fleet-queries -->");
-    let a = text.find(start).context("README: no fleet-queries marker")? + start.len();
+    let a = text
+        .find(start)
+        .context("README: no fleet-queries marker")?
+        + start.len();
     let b = text.find(end).context("README: no /fleet-queries marker")?;
     let want = queries::markdown_table();
     if text[a..b] != want {
@@ -426,7 +429,10 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         PROM3,
         &config3,
         &dir.path().join("data3"),
-        &["--query.lookback-delta=5s", "--web.enable-remote-write-receiver"],
+        &[
+            "--query.lookback-delta=5s",
+            "--web.enable-remote-write-receiver",
+        ],
     )?;
     let p1 = Server::start(
         &mon,
@@ -465,7 +471,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let rb = b.lab.udp_receiver("prod1", prod1, 9000)?;
     b.lab.udp_send("test1", prod1, 9000, b"forbidden", 23)?; // audit mode
     b.lab.udp_send("dev1", prod1, 9000, b"forbidden", 3)?;
-    c.lab.udp_send("dev1", staging1, 9000, b"other policy", 13)?; // dev-to-staging
+    c.lab
+        .udp_send("dev1", staging1, 9000, b"other policy", 13)?; // dev-to-staging
     c.lab.udp_send("test1", prod1, 9000, b"forbidden", 7)?;
     ensure!(
         rb.wait_total(26, Duration::from_secs(5)) == 26,
@@ -634,7 +641,10 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
 
     // status: three agents up, their policies and interfaces.
     let status = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0])?;
-    assert_eq!((status["up"].as_u64(), status["down"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(
+        (status["up"].as_u64(), status["down"].as_u64()),
+        (Some(3), Some(0))
+    );
     for n in nodes {
         let s = node_status(&status, n.name)?;
         assert_eq!(s["state"], "up");
@@ -704,9 +714,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // c takes the example policy (hot reload): a and c are the majority.
     std::fs::write(&c.policy, example_policy()?)?;
     let reloaded = wait_until(Duration::from_secs(20), || {
-        fleet_json(&mon, &bin, &p1.url(), &["status"], &[0]).is_ok_and(|s| {
-            node_status(&s, "node-c").is_ok_and(|n| n["policy_generation"] == 2)
-        })
+        fleet_json(&mon, &bin, &p1.url(), &["status"], &[0])
+            .is_ok_and(|s| node_status(&s, "node-c").is_ok_and(|n| n["policy_generation"] == 2))
     });
     ensure!(reloaded, "node-c never showed generation 2");
     let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[3])?;
@@ -717,7 +726,11 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     );
     let table = fleet(&mon, &bin, &p1.url(), &["drift"])?;
     println!("$ envfence fleet drift\n{}", stdout(&table));
-    ensure!(stdout(&table).contains("(2 of 3 agents)"), "{}", stdout(&table));
+    ensure!(
+        stdout(&table).contains("(2 of 3 agents)"),
+        "{}",
+        stdout(&table)
+    );
 
     // The federating and the remote_write-receiving Prometheus answer the
     // same, with the same numbers.
@@ -754,7 +767,9 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
 
     // Kill node-c's agent: down within two scrape intervals.
     let killed = Instant::now();
-    c.agent.process().signal(nix::sys::signal::Signal::SIGKILL)?;
+    c.agent
+        .process()
+        .signal(nix::sys::signal::Signal::SIGKILL)?;
     let mut shown = None;
     while killed.elapsed() < Duration::from_secs(10) {
         let s = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 3])?;
@@ -774,10 +789,16 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // Its last known policy is still shown.
     assert_eq!(node_status(&s, "node-c")?["policy_generation"], 2);
     let out = fleet(&mon, &bin, &p1.url(), &["status"])?;
-    assert_eq!(out.status.code(), Some(3), "status exits 3 with a node down");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "status exits 3 with a node down"
+    );
     println!("$ envfence fleet status\n{}", stdout(&out));
     ensure!(
-        stdout(&out).lines().any(|l| l.starts_with("node-c") && l.contains("DOWN")),
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with("node-c") && l.contains("DOWN")),
         "{}",
         stdout(&out)
     );
@@ -800,7 +821,10 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         Ok(stderr(&out))
     };
     let e = err("http://127.0.0.1:1", &["status"])?;
-    ensure!(e.contains("cannot reach Prometheus at http://127.0.0.1:1"), "{e}");
+    ensure!(
+        e.contains("cannot reach Prometheus at http://127.0.0.1:1"),
+        "{e}"
+    );
     let e = err(&p1.url(), &["status", "--selector", r#"job=~"(""#])?;
     ensure!(
         e.contains("Prometheus refused the query") && e.contains(r#"query: up{job=~"("}"#),
@@ -808,7 +832,10 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     );
     let e = err(&p1.url(), &["status", "--selector", r#"job="nothing""#])?;
     ensure!(e.contains("no envfence scrape target"), "{e}");
-    let e = err(&p1.url(), &["violations", "--selector", r#"job="prometheus""#])?;
+    let e = err(
+        &p1.url(),
+        &["violations", "--selector", r#"job="prometheus""#],
+    )?;
     ensure!(e.contains("has no envfence series"), "{e}");
     // A scrape job without the node label.
     p1.reconfigure(&prom1_config(

@@ -220,12 +220,12 @@ impl PromClient {
         // The API answers errors as JSON with 400/422/503; anything else
         // without that JSON is a proxy, an auth layer or not Prometheus.
         match parsed {
-            Some(v) if v["status"] == "success" => parse_data(&v["data"]).map_err(|reason| {
-                PromError::NotPrometheus {
+            Some(v) if v["status"] == "success" => {
+                parse_data(&v["data"]).map_err(|reason| PromError::NotPrometheus {
                     url: url.clone(),
                     reason,
-                }
-            }),
+                })
+            }
             Some(v) if v["status"] == "error" => Err(PromError::Query {
                 query: query.to_owned(),
                 error_type: v["errorType"].as_str().unwrap_or("error").to_owned(),

@@ -310,14 +310,8 @@ pub const RULES: &[(&str, Query)] = &[
 
 /// The targets of the dashboard's per-node fleet table (panel 27; refId =
 /// query name), rendered with [`Scope::grafana`].
-pub const DASHBOARD_FLEET_ROW: &[Query] = &[
-    UP,
-    POLICY,
-    BUILD,
-    ATTACHED,
-    EVENTS_LOST,
-    RELOAD_FAILURES,
-];
+pub const DASHBOARD_FLEET_ROW: &[Query] =
+    &[UP, POLICY, BUILD, ATTACHED, EVENTS_LOST, RELOAD_FAILURES];
 
 /// The targets of the dashboard's drift table (panel 28).
 pub const DASHBOARD_DRIFT: &[Query] = &[POLICY_DRIFT, AUDIT_UNEXPECTED, NO_INTERFACE];
@@ -363,7 +357,14 @@ mod tests {
         };
         for q in ALL {
             let e = q.render(&scope);
-            for token in ["<sel>", "<node>", "<window>", "<verdicts>", "<sha256>", "<policy_info>"] {
+            for token in [
+                "<sel>",
+                "<node>",
+                "<window>",
+                "<verdicts>",
+                "<sha256>",
+                "<policy_info>",
+            ] {
                 assert!(!e.contains(token), "{}: {e}", q.name);
             }
             assert!(by_name(q.name).is_some());

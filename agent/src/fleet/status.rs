@@ -129,9 +129,7 @@ pub fn status(fleet: &Fleet, at: f64, window_seconds: u64) -> Result<FleetStatus
             n.version = Some(s.label("version").to_owned());
         }
     }
-    let mut set = |q: &queries::Query,
-                   f: fn(&mut NodeStatus, u64)|
-     -> Result<(), FleetError> {
+    let mut set = |q: &queries::Query, f: fn(&mut NodeStatus, u64)| -> Result<(), FleetError> {
         for s in fleet.run(q, &scope, time)? {
             if let Some(n) = nodes.get_mut(&target_key(&s)) {
                 f(n, count(s.value));
@@ -150,9 +148,7 @@ pub fn status(fleet: &Fleet, at: f64, window_seconds: u64) -> Result<FleetStatus
     for n in &mut nodes {
         n.last_scrape_time = n.last_scrape.map(unix_to_rfc3339);
     }
-    nodes.sort_by(|a, b| {
-        (&a.node, &a.job, &a.instance).cmp(&(&b.node, &b.job, &b.instance))
-    });
+    nodes.sort_by(|a, b| (&a.node, &a.job, &a.instance).cmp(&(&b.node, &b.job, &b.instance)));
     let tally = |s: NodeState| nodes.iter().filter(|n| n.state == s).count();
     Ok(FleetStatus {
         prometheus: fleet.client.url().to_owned(),

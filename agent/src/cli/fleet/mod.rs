@@ -34,21 +34,41 @@ pub struct Connection {
     /// Prometheus' base URL (the one whose /api/v1/query answers): the
     /// cluster's or the ops cluster's (federation, remote_write, Thanos
     /// Query, Mimir's Prometheus API).
-    #[arg(long, global = true, env = "ENVFENCE_PROMETHEUS_URL", value_name = "URL",
-          default_value = "")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVFENCE_PROMETHEUS_URL",
+        value_name = "URL",
+        default_value = ""
+    )]
     pub prometheus: String,
     /// Send `Authorization: Bearer` with the token in this file.
-    #[arg(long, global = true, env = "ENVFENCE_PROMETHEUS_BEARER_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVFENCE_PROMETHEUS_BEARER_TOKEN_FILE",
+        value_name = "FILE"
+    )]
     pub bearer_token_file: Option<PathBuf>,
     /// Basic auth: USER, or USER:PASSWORD (the password may also come from
     /// --basic-auth-password-file or ENVFENCE_PROMETHEUS_PASSWORD).
-    #[arg(long, global = true, env = "ENVFENCE_PROMETHEUS_BASIC_AUTH", value_name = "USER[:PASSWORD]")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVFENCE_PROMETHEUS_BASIC_AUTH",
+        value_name = "USER[:PASSWORD]"
+    )]
     pub basic_auth: Option<String>,
     /// The basic auth password, read from this file.
     #[arg(long, global = true, value_name = "FILE")]
     pub basic_auth_password_file: Option<PathBuf>,
     /// CA certificate(s) (PEM) to verify Prometheus' TLS certificate with.
-    #[arg(long, global = true, env = "ENVFENCE_PROMETHEUS_CA_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "ENVFENCE_PROMETHEUS_CA_FILE",
+        value_name = "FILE"
+    )]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS, with --key-file.
     #[arg(long, global = true, value_name = "FILE")]
@@ -111,7 +131,12 @@ pub struct FleetArgs {
 pub struct RangeArgs {
     /// The window: a duration back from now (15m, 1h, 2d) or an RFC 3339
     /// time.
-    #[arg(long, value_name = "WHEN", default_value = "1h", conflicts_with = "from")]
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "1h",
+        conflicts_with = "from"
+    )]
     pub since: String,
     /// Start of an explicit range (RFC 3339 time, or a duration ago).
     #[arg(long, value_name = "WHEN", requires = "to")]
@@ -192,7 +217,9 @@ pub enum FleetCommand {
 fn parse_verdicts(s: &str) -> Result<String, String> {
     let mut out = Vec::new();
     for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-        let verdict = v.parse::<crate::policy::Verdict>().map_err(|e| e.to_string())?;
+        let verdict = v
+            .parse::<crate::policy::Verdict>()
+            .map_err(|e| e.to_string())?;
         out.push(verdict.as_str().to_owned());
     }
     if out.is_empty() {
@@ -202,8 +229,8 @@ fn parse_verdicts(s: &str) -> Result<String, String> {
 }
 
 fn read_secret(what: &str, path: &PathBuf) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{what} {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{what} {}", path.display()))?;
     let text = text.trim().to_owned();
     if text.is_empty() {
         bail!("{what} {}: the file is empty", path.display());
@@ -228,14 +255,14 @@ impl Connection {
                 let password = match (&self.basic_auth_password_file, inline) {
                     (Some(p), _) => read_secret("--basic-auth-password-file", p)?,
                     (None, Some(p)) => p,
-                    (None, None) => std::env::var("ENVFENCE_PROMETHEUS_PASSWORD").with_context(
-                        || {
+                    (None, None) => {
+                        std::env::var("ENVFENCE_PROMETHEUS_PASSWORD").with_context(|| {
                             format!(
                                 "--basic-auth {user}: no password (give USER:PASSWORD, \
                                  --basic-auth-password-file or ENVFENCE_PROMETHEUS_PASSWORD)"
                             )
-                        },
-                    )?,
+                        })?
+                    }
                 };
                 Some((user, password))
             }

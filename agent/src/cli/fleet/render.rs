@@ -12,7 +12,8 @@ use crate::{
 };
 
 fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+    v.as_ref()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 /// "3s ago" from `then` to `now` (Unix seconds).
@@ -246,7 +247,12 @@ pub fn drift(r: &Drift, s: &Style) -> String {
     let mut out = String::new();
     match r.reference.file.as_deref() {
         Some(file) => {
-            let sha = r.reference.sha256.values().next().map_or("", String::as_str);
+            let sha = r
+                .reference
+                .sha256
+                .values()
+                .next()
+                .map_or("", String::as_str);
             let _ = writeln!(out, "reference: {file} (sha256 {})", short(sha));
         }
         None => {
@@ -256,7 +262,12 @@ pub fn drift(r: &Drift, s: &Style) -> String {
                     .iter()
                     .find(|h| &h.job == job && &h.sha256 == sha)
                     .map_or(0, |h| h.agents);
-                let of: u64 = r.hashes.iter().filter(|h| &h.job == job).map(|h| h.agents).sum();
+                let of: u64 = r
+                    .hashes
+                    .iter()
+                    .filter(|h| &h.job == job)
+                    .map(|h| h.agents)
+                    .sum();
                 let _ = writeln!(
                     out,
                     "reference: the majority of job {job}: policy {} ({n} of {of} agents)",
