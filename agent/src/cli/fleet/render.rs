@@ -134,14 +134,29 @@ fn footer(verdicts: &[String], from: &str, to: &str, seconds: u64) -> String {
     )
 }
 
+/// The last line of a report with nothing in it.
+fn empty(verdicts: &[String], from: &str, to: &str, seconds: u64) -> String {
+    format!(
+        "no {} packets in the window: {}\n",
+        verdicts.join(","),
+        footer(verdicts, from, to, seconds)
+    )
+}
+
+/// The last line of a report: its totals and window.
+fn totals(total: &Volume, verdicts: &[String], from: &str, to: &str, seconds: u64) -> String {
+    format!(
+        "{} packets, {} in {}\n",
+        total.packets,
+        human_bytes(total.bytes),
+        footer(verdicts, from, to, seconds)
+    )
+}
+
 /// `fleet violations`.
 pub fn violations(r: &Violations, s: &Style) -> String {
     if r.pairs.is_empty() && r.rules.is_empty() {
-        return format!(
-            "no {} packets in the window: {}\n",
-            r.verdicts.join(","),
-            footer(&r.verdicts, &r.from, &r.to, r.seconds)
-        );
+        return empty(&r.verdicts, &r.from, &r.to, r.seconds);
     }
     let mut headers = vec![
         ("NODE", Align::Left),
@@ -182,24 +197,14 @@ pub fn violations(r: &Violations, s: &Style) -> String {
         }
         out.push_str(&t.render(s));
     }
-    let _ = writeln!(
-        out,
-        "{} packets, {} in {}",
-        r.total.packets,
-        human_bytes(r.total.bytes),
-        footer(&r.verdicts, &r.from, &r.to, r.seconds)
-    );
+    out.push_str(&totals(&r.total, &r.verdicts, &r.from, &r.to, r.seconds));
     out
 }
 
 /// `fleet top`.
 pub fn top(r: &Top, s: &Style) -> String {
     if r.rows.is_empty() {
-        return format!(
-            "no {} packets in the window: {}\n",
-            r.verdicts.join(","),
-            footer(&r.verdicts, &r.from, &r.to, r.seconds)
-        );
+        return empty(&r.verdicts, &r.from, &r.to, r.seconds);
     }
     let mut headers: Vec<(&str, Align)> = VOLUME_HEADERS.to_vec();
     headers.extend_from_slice(match r.by {
@@ -232,13 +237,7 @@ pub fn top(r: &Top, s: &Style) -> String {
     if r.more > 0 {
         let _ = writeln!(out, "{}", s.dim(&format!("… and {} more (-n)", r.more)));
     }
-    let _ = writeln!(
-        out,
-        "{} packets, {} in {}",
-        r.total.packets,
-        human_bytes(r.total.bytes),
-        footer(&r.verdicts, &r.from, &r.to, r.seconds)
-    );
+    out.push_str(&totals(&r.total, &r.verdicts, &r.from, &r.to, r.seconds));
     out
 }
 
