@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod events;
+pub mod fleet;
 pub mod metrics;
 pub mod netwatch;
 pub mod policy;

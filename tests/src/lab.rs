@@ -642,6 +642,42 @@ impl Lab {
         self.in_ns(who, move || http_get_here(&addr, &path))?
     }
 
+    /// Joins `who`'s namespace to `peer_who`'s namespace of lab `peer` (this
+    /// lab or another) by a veth pair: `if_name` with `addr` here, `peer_if`
+    /// with `peer_addr` there (one subnet), both up. Labs built as separate
+    /// "nodes" of a cluster reach a shared namespace (a monitoring network)
+    /// this way. Deleting either namespace removes the pair.
+    #[allow(clippy::too_many_arguments)]
+    pub fn link(
+        &self,
+        who: &str,
+        if_name: &str,
+        addr: Ipv4Net,
+        peer: &Lab,
+        peer_who: &str,
+        peer_if: &str,
+        peer_addr: Ipv4Net,
+    ) -> Result<()> {
+        let (ns, peer_ns) = (self.ns(who)?, peer.ns(peer_who)?);
+        ensure!(ns != peer_ns, "a link needs two namespaces, not {ns} twice");
+        netns::ip(&[
+            "link", "add", if_name, "netns", ns, "type", "veth", "peer", "name", peer_if, "netns",
+            peer_ns,
+        ])
+        .with_context(|| format!("creating the veth pair {ns}/{if_name} - {peer_ns}/{peer_if}"))?;
+        for (ns, ifc, a) in [(ns, if_name, addr), (peer_ns, peer_if, peer_addr)] {
+            netns::ip_batch(
+                ns,
+                &[
+                    format!("addr add {a} dev {ifc}"),
+                    format!("link set {ifc} up"),
+                ],
+            )
+            .with_context(|| format!("configuring {ns}/{ifc}"))?;
+        }
+        Ok(())
+    }
+
     /// Keeps the lab's namespaces when dropped (processes are still killed).
     pub fn persist(&mut self) {
         self.persistent = true;

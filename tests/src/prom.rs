@@ -1,5 +1,15 @@
 //! A tiny reader of the Prometheus text exposition format, enough to assert
-//! on the agent's `/metrics`.
+//! on the agent's `/metrics`; and [`Server`], a real Prometheus (Debian's
+//! package) run by a test inside a lab namespace, queried through its API.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::lab::{wait_until, Lab, LabProcess};
 
 /// One sample line: `name{labels} value`.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,6 +106,163 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
         };
         labels.push((key, value));
         s = &s[end + 1..];
+    }
+}
+
+/// Percent-encodes a query parameter.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs `promtool ARGS`; its output, or an error with it.
+pub fn promtool(args: &[&std::ffi::OsStr]) -> Result<String> {
+    let out = Command::new("promtool").args(args).output().context(
+        "running promtool (Debian package `prometheus`; `cargo xtask setup` installs it)",
+    )?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    Ok(text)
+}
+
+/// A Prometheus server running in a lab namespace (killed with the lab).
+pub struct Server<'a> {
+    lab: &'a Lab,
+    who: String,
+    addr: String,
+    pub process: LabProcess,
+    config: PathBuf,
+}
+
+impl<'a> Server<'a> {
+    /// Starts `prometheus` in `who`'s namespace of `lab`, listening on
+    /// `addr`, with `config` and its data in `data`, plus `extra` flags;
+    /// waits until it is ready.
+    pub fn start(
+        lab: &'a Lab,
+        who: &str,
+        addr: &str,
+        config: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> Result<Server<'a>> {
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .args(extra);
+        let process = lab
+            .spawn_in_ns(who, cmd)
+            .context("starting prometheus (`cargo xtask setup` installs it)")?;
+        let server = Server {
+            lab,
+            who: who.to_owned(),
+            addr: addr.to_owned(),
+            process,
+            config: config.to_path_buf(),
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            lab.http_get(who, addr, "/-/ready").is_ok() || !server.process.is_running()
+        });
+        ensure!(
+            ready && server.process.is_running(),
+            "prometheus did not become ready: {}",
+            server.process.stderr_tail(30)
+        );
+        Ok(server)
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `GET path` of the API: its `data`, or an error.
+    pub fn api(&self, path: &str) -> Result<Value> {
+        let body = self.lab.http_get(&self.who, &self.addr, path)?;
+        let v: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
+        ensure!(v["status"] == "success", "{path}: {v}");
+        Ok(v["data"].clone())
+    }
+
+    /// The instant vector of `query`: (labels, value) per series.
+    pub fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
+        let data = self.api(&format!("/api/v1/query?query={}", url_encode(query)))?;
+        let mut out = Vec::new();
+        for r in data["result"].as_array().context("result")? {
+            let value: f64 = r["value"][1]
+                .as_str()
+                .context("value")?
+                .parse()
+                .context("value")?;
+            out.push((r["metric"].clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// The value of a query that returns at most one series (0 when none).
+    pub fn scalar(&self, query: &str) -> Result<f64> {
+        let r = self.query(query)?;
+        ensure!(r.len() <= 1, "{query}: {r:?}");
+        Ok(r.first().map_or(0.0, |(_, v)| *v))
+    }
+
+    /// Alerts in `state` named `name` whose labels include `labels`.
+    pub fn alerts(&self, name: &str, state: &str, labels: &[(&str, &str)]) -> Result<Vec<Value>> {
+        let data = self.api("/api/v1/alerts")?;
+        Ok(data["alerts"]
+            .as_array()
+            .context("alerts")?
+            .iter()
+            .filter(|a| {
+                a["labels"]["alertname"] == name
+                    && a["state"] == state
+                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// Waits until alert `name` with `labels` fires.
+    pub fn wait_alert(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Value> {
+        let start = Instant::now();
+        loop {
+            if let Some(a) = self.alerts(name, "firing", labels)?.into_iter().next() {
+                println!("{name} firing after {:.1?}: {a}", start.elapsed());
+                return Ok(a);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{name} {labels:?} not firing within {timeout:?}; alerts: {}; prometheus stderr:\n{}",
+                    self.api("/api/v1/alerts")?,
+                    self.process.stderr_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Rewrites the configuration and makes Prometheus reload it (SIGHUP).
+    pub fn reconfigure(&self, config: &str) -> Result<()> {
+        std::fs::write(&self.config, config)?;
+        self.process.signal(nix::sys::signal::Signal::SIGHUP)
     }
 }
 

@@ -10,12 +10,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, LabProcess, NODE};
+use envfence_tests::lab::{require_root, wait_until, Family, Lab, NODE};
+use envfence_tests::prom::{promtool, Server as Prometheus};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -50,6 +50,7 @@ const ALERTS: &[&str] = &[
     "EnvfencePolicyReloadFailing",
     "EnvfenceNoInterfaceAttached",
     "EnvfenceAuditModeUnexpected",
+    "EnvfencePolicyDrift",
 ];
 
 fn repo() -> PathBuf {
@@ -73,19 +74,6 @@ fn rule_tests() -> Result<Vec<PathBuf>> {
     files.sort();
     ensure!(!files.is_empty(), "no promtool tests in {}", dir.display());
     Ok(files)
-}
-
-fn promtool(args: &[&std::ffi::OsStr]) -> Result<String> {
-    let out = Command::new("promtool").args(args).output().context(
-        "running promtool (Debian package `prometheus`; `cargo xtask setup` installs it)",
-    )?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(out.status.success(), "promtool {args:?} failed:\n{text}");
-    Ok(text)
 }
 
 fn load_yaml(path: &Path) -> Result<Yaml> {
@@ -467,95 +455,6 @@ const PROM_ADDR: &str = "127.0.0.1:9090";
 /// minutes).
 const TEST_FOR: &str = "1s";
 
-fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-struct Prometheus<'a> {
-    lab: &'a Lab,
-    process: LabProcess,
-    config: PathBuf,
-}
-
-impl Prometheus<'_> {
-    fn api(&self, path: &str) -> Result<Value> {
-        let body = self.lab.http_get(NODE, PROM_ADDR, path)?;
-        let v: Value = serde_json::from_str(&body).with_context(|| format!("{path}: {body}"))?;
-        ensure!(v["status"] == "success", "{path}: {v}");
-        Ok(v["data"].clone())
-    }
-
-    /// The instant vector of `query`: (labels, value) per series.
-    fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
-        let data = self.api(&format!("/api/v1/query?query={}", url_encode(query)))?;
-        let mut out = Vec::new();
-        for r in data["result"].as_array().context("result")? {
-            let value: f64 = r["value"][1]
-                .as_str()
-                .context("value")?
-                .parse()
-                .context("value")?;
-            out.push((r["metric"].clone(), value));
-        }
-        Ok(out)
-    }
-
-    /// The value of a query that returns at most one series (0 when none).
-    fn scalar(&self, query: &str) -> Result<f64> {
-        let r = self.query(query)?;
-        ensure!(r.len() <= 1, "{query}: {r:?}");
-        Ok(r.first().map_or(0.0, |(_, v)| *v))
-    }
-
-    /// Alerts in `state` named `name` whose labels include `labels`.
-    fn alerts(&self, name: &str, state: &str, labels: &[(&str, &str)]) -> Result<Vec<Value>> {
-        let data = self.api("/api/v1/alerts")?;
-        Ok(data["alerts"]
-            .as_array()
-            .context("alerts")?
-            .iter()
-            .filter(|a| {
-                a["labels"]["alertname"] == name
-                    && a["state"] == state
-                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
-            })
-            .cloned()
-            .collect())
-    }
-
-    fn wait_alert(&self, name: &str, labels: &[(&str, &str)], timeout: Duration) -> Result<Value> {
-        let start = Instant::now();
-        loop {
-            if let Some(a) = self.alerts(name, "firing", labels)?.into_iter().next() {
-                println!("{name} firing after {:.1?}: {a}", start.elapsed());
-                return Ok(a);
-            }
-            if start.elapsed() > timeout {
-                bail!(
-                    "{name} {labels:?} not firing within {timeout:?}; alerts: {}; prometheus stderr:\n{}",
-                    self.api("/api/v1/alerts")?,
-                    self.process.stderr_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Rewrites the configuration and makes Prometheus reload it (SIGHUP).
-    fn reconfigure(&self, config: &str) -> Result<()> {
-        std::fs::write(&self.config, config)?;
-        self.process.signal(nix::sys::signal::Signal::SIGHUP)
-    }
-}
-
 fn prometheus_config(rules: &Path, scrape_agent: bool) -> String {
     let scrape = if scrape_agent {
         format!(
@@ -612,34 +511,17 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
             ..AgentOptions::default()
         },
     )?;
-    let mut cmd = Command::new("prometheus");
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={PROM_ADDR}"))
-        // A target removed from the configuration gets no staleness
-        // marker: its last `up` sample stays visible for the lookback
-        // (5 min by default) and absent() would wait that long.
-        .arg("--query.lookback-delta=5s")
-        .arg("--log.level=warn");
-    let process = lab
-        .spawn_in_ns(NODE, cmd)
-        .context("starting prometheus (`cargo xtask setup` installs it)")?;
-    let prom = Prometheus {
-        lab: &lab,
-        process,
-        config: config.clone(),
-    };
-    let ready = wait_until(Duration::from_secs(30), || {
-        lab.http_get(NODE, PROM_ADDR, "/-/ready").is_ok() || !prom.process.is_running()
-    });
-    ensure!(
-        ready && prom.process.is_running(),
-        "prometheus did not become ready: {}",
-        prom.process.stderr_tail(30)
-    );
+    // A target removed from the configuration gets no staleness marker: its
+    // last `up` sample stays visible for the lookback (5 min by default)
+    // and absent() would wait that long.
+    let prom = Prometheus::start(
+        &lab,
+        NODE,
+        PROM_ADDR,
+        &config,
+        &dir.path().join("data"),
+        &["--query.lookback-delta=5s"],
+    )?;
     let scraped = wait_until(Duration::from_secs(20), || {
         prom.scalar(r#"up{job="envfence"}"#).is_ok_and(|v| v == 1.0)
     });

@@ -5,6 +5,7 @@ mod audit;
 mod cleanup;
 mod completions;
 mod explain;
+mod fleet;
 mod flows;
 mod policy;
 mod policy_diff;
@@ -70,6 +71,12 @@ pub enum Command {
     ///
     /// Example: envfence top --by src --since 15m
     Top(top::TopArgs),
+    /// The whole fleet through Prometheus: every node's agent (status),
+    /// forbidden traffic by node, environment pair and rule (violations,
+    /// top), policy and mode drift (drift).
+    ///
+    /// Example: envfence fleet status --prometheus http://prometheus:9090
+    Fleet(fleet::FleetArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell).
     ///
@@ -92,6 +99,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flows(args) => flows::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Top(args) => top::run(args),
+        Command::Fleet(args) => fleet::run(args),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),
     }
