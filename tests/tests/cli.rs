@@ -520,8 +520,22 @@ fn verdict_name(v: u32) -> &'static str {
         1 => "log",
         2 => "audit",
         3 => "drop",
+        4 => "spoofed",
         _ => "?",
     }
+}
+
+/// TestRun frames enter through `lo` (ifindex 1), which the agent does not
+/// attach to: turn its source check off in the agent's pinned map, so that
+/// these checks judge the policy (the source check has tests of its own).
+fn no_source_check_on_lo(pin_dir: &Path) -> Result<()> {
+    let path = pin_dir.join(map_names::IFCONF);
+    let data = MapData::from_pin(&path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
+    let mut map = aya::maps::HashMap::<MapData, u32, envfence_ebpf::IfConfig>::try_from(
+        Map::from_map_data(data)?,
+    )?;
+    map.insert(1, envfence_ebpf::IfConfig::default(), 0)?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1022,6 +1036,7 @@ fn explain_matches_the_kernel(s: &Setup, status: &Value) -> Result<()> {
         .ok_or_else(|| anyhow!("no ingress program id in {status:#}"))?;
     let prog = u32::try_from(prog)?;
     let pin_dir = s.pin_dir()?;
+    no_source_check_on_lo(&pin_dir)?;
     let state = s.state();
     struct Case {
         src: &'static str,
