@@ -1,13 +1,14 @@
 //! The `envfence` command line.
 
 mod agent;
+mod anchors;
 mod audit;
 mod cleanup;
 mod completions;
 mod explain;
 mod flows;
 mod policy;
-mod policy_diff;
+pub(crate) mod policy_diff;
 mod status;
 mod table;
 mod top;
