@@ -11,6 +11,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod netns;
 pub mod prom;
+pub mod rsyslog;
 pub mod testrun;
 
 pub use lab::{http_get, sweep_leftovers, wait_until, Family, Lab, PodSpec};
