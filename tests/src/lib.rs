@@ -5,6 +5,7 @@
 //! for the privileged integration tests and `cargo xtask demo`.
 
 pub mod agent;
+pub mod audit_rewrite;
 pub mod bench;
 pub mod expect;
 pub mod lab;

@@ -35,11 +35,12 @@ fn emitted(agent: &Agent) -> Result<u64> {
     Ok(agent.metric("envfence_datapath_total", &[("kind", "events_emitted")])? as u64)
 }
 
-/// Waits until every event the kernel emitted was printed.
-fn printed_all(agent: &Agent, at_least: u64) -> Result<u64> {
+/// Waits until every event the kernel emitted (since `since`: the
+/// counter is pinned, it outlives an agent) was printed.
+fn printed_all(agent: &Agent, since: u64, at_least: u64) -> Result<u64> {
     let mut n = 0;
     let ok = wait_until(Duration::from_secs(20), || {
-        let e = emitted(agent).unwrap_or(u64::MAX);
+        let e = emitted(agent).map_or(u64::MAX, |e| e - since);
         n = agent.events().len() as u64;
         e == n && n >= at_least
     });
@@ -132,14 +133,14 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     // Storm, receiver up.
     const N: u16 = 1500;
     storm(&lab, 20000, N)?;
-    let before_down = printed_all(&agent, u64::from(N))?;
+    let before_down = printed_all(&agent, 0, u64::from(N))?;
     // The receiver stops in the middle of the storm.
     storm(&lab, 21500, N)?;
     rs.stop()?;
     let stopped_at = Instant::now();
     storm(&lab, 23000, N)?;
     // Enforcement and events go on while it is down.
-    let during = printed_all(&agent, before_down + 2 * u64::from(N))?;
+    let during = printed_all(&agent, 0, before_down + 2 * u64::from(N))?;
     let drops = agent.metric(
         "envfence_packets_total",
         &[("src_env", "test"), ("dst_env", "production"), ("verdict", "drop")],
@@ -161,7 +162,7 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     );
     rs.restart()?;
     storm(&lab, 24500, N)?;
-    let total_events = printed_all(&agent, during + u64::from(N))?;
+    let total_events = printed_all(&agent, 0, during + u64::from(N))?;
     // Caught up: nothing left to send.
     let caught_up = wait_until(Duration::from_secs(20), || {
         agent
@@ -283,8 +284,9 @@ fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
                 ..AgentOptions::default()
             },
         )?;
+        let since = emitted(&agent)?;
         storm(&lab, 20000 + 100 * i as u16, 50)?;
-        printed_all(&agent, 50)?;
+        printed_all(&agent, since, 50)?;
         ensure!(
             agent.process().wait_for_stderr(&want, Duration::from_secs(10)),
             "{case}: no error naming {want:?}; stderr:\n{}",
