@@ -535,6 +535,32 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     let (ok, text) = verify_with(&bin, &copy, &["--key", &key.display().to_string()])?;
     println!("--- rewritten without the key:\n{text}");
     ensure!(!ok && text.contains(":1: seq 0: the record was edited"), "{text}");
+    // An auditor reads and verifies without root (uid 65534, no groups):
+    // nothing is written anywhere.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    for args in [
+        vec!["audit".to_owned(), "verify".into(), base.display().to_string(), "--key".into(), key.display().to_string()],
+        vec!["audit".to_owned(), "show".into(), "--changes".into(), base.display().to_string()],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(&args)
+            .output()
+            .context("running setpriv (util-linux)")?;
+        ensure!(
+            out.status.success(),
+            "as uid 65534: envfence {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in std::fs::read_dir(&logs)? {
+        let mode = f?.metadata()?.permissions().mode() & 0o777;
+        ensure!(mode == 0o644, "audit files are mode {mode:o}");
+    }
     // The human table lists them too.
     let out = Command::new(&bin).args(["audit", "show", "--changes"]).arg(&base).output()?;
     let table = String::from_utf8_lossy(&out.stdout);

@@ -16,12 +16,11 @@ pub const MAC_NAME: &str = "hmac-sha256";
 /// Why a key file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{setting} {path}: cannot read the key file: {source}")]
+    #[error("{setting} {path}: cannot read the key file: {error}")]
     Read {
         setting: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{setting} {path}: the key is {len} byte(s); at least {MIN_KEY_BYTES} are needed (e.g. `openssl rand -hex 32 > {path}`)")]
     TooShort {
@@ -52,10 +51,10 @@ impl ChainKey {
     /// Reads the key: the file's bytes, one final newline (`\n` or `\r\n`)
     /// removed. `setting` names the option in errors (`--audit-key`).
     pub fn read(path: &Path, setting: &'static str) -> Result<ChainKey, KeyError> {
-        let mut bytes = std::fs::read(path).map_err(|source| KeyError::Read {
+        let mut bytes = std::fs::read(path).map_err(|error| KeyError::Read {
             setting,
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         if bytes.ends_with(b"\n") {
             bytes.pop();

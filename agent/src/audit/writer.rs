@@ -293,9 +293,12 @@ impl AuditWriter {
     }
 
     fn open_current(&self) -> Result<File, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Readable by auditors without root, written by the agent only.
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o644)
             .open(&self.path)
             .map_err(AuditError::io(&self.path))
     }
