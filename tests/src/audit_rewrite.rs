@@ -9,6 +9,9 @@ use anyhow::{Context, Result};
 use envfence::audit::{decode_line, Head, GENESIS};
 use sha2::{Digest, Sha256};
 
+/// A keyed hash of a record's body (hex).
+pub type Mac = dyn Fn(&[u8]) -> String;
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -16,21 +19,20 @@ fn hex(bytes: &[u8]) -> String {
 /// Rewrites `files` (oldest first) and `head` in place: every record's
 /// `time` and every event's `dport` change, and the chain is recomputed with plain SHA-256, or
 /// with `hmac` (a function of the body) when given.
-pub fn rewrite_chain(
-    files: &[PathBuf],
-    head: &Path,
-    hmac: Option<&dyn Fn(&[u8]) -> String>,
-) -> Result<()> {
+pub fn rewrite_chain(files: &[PathBuf], head: &Path, hmac: Option<&Mac>) -> Result<()> {
     let mut prev = GENESIS.to_owned();
     let mut last = None;
     for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let mut out = String::with_capacity(text.len());
         for line in text.lines() {
             let seq = decode_line(line.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
                 .seq;
-            let cut = line.rfind(",\"hash\":\"").context("a record ends with its hash")?;
+            let cut = line
+                .rfind(",\"hash\":\"")
+                .context("a record ends with its hash")?;
             let body = &line[..cut];
             let at = body.find("\"prev\":\"").context("a record has a prev")? + 8;
             let mut body = format!("{}{}{}", &body[..at], prev, &body[at + 64..]);

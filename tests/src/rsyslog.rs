@@ -44,18 +44,67 @@ impl TestCa {
         std::fs::create_dir_all(dir)?;
         let p = |f: &str| dir.join(format!("{name}-{f}"));
         let s = |f: &str| format!("{name}-{f}");
-        openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", &format!("/CN={name} test CA"), "-keyout", &s("ca.key"), "-out", &s("ca.pem")])?;
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name} test CA"),
+                "-keyout",
+                &s("ca.key"),
+                "-out",
+                &s("ca.pem"),
+            ],
+        )?;
         for (who, ext) in [
-            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            ),
             ("client", "extendedKeyUsage=clientAuth\n"),
         ] {
             std::fs::write(p(&format!("{who}.ext")), ext)?;
-            openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={who}"),
-                "-keyout", &s(&format!("{who}.key")), "-out", &s(&format!("{who}.csr"))])?;
-            openssl(dir, &["x509", "-req", "-in", &s(&format!("{who}.csr")), "-CA", &s("ca.pem"),
-                "-CAkey", &s("ca.key"), "-CAcreateserial", "-days", "2",
-                "-extfile", &s(&format!("{who}.ext")), "-out", &s(&format!("{who}.pem"))])?;
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={who}"),
+                    "-keyout",
+                    &s(&format!("{who}.key")),
+                    "-out",
+                    &s(&format!("{who}.csr")),
+                ],
+            )?;
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &s(&format!("{who}.csr")),
+                    "-CA",
+                    &s("ca.pem"),
+                    "-CAkey",
+                    &s("ca.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &s(&format!("{who}.ext")),
+                    "-out",
+                    &s(&format!("{who}.pem")),
+                ],
+            )?;
         }
         Ok(TestCa {
             ca: p("ca.pem"),
@@ -140,10 +189,9 @@ impl<'a> Rsyslog<'a> {
             .arg(&self.conf)
             .arg("-i")
             .arg(self.dir.join("rsyslogd.pid"));
-        let process = self
-            .lab
-            .spawn_in_ns(NODE, cmd)
-            .context("starting rsyslogd (Debian packages rsyslog, rsyslog-gnutls: `cargo xtask setup`)")?;
+        let process = self.lab.spawn_in_ns(NODE, cmd).context(
+            "starting rsyslogd (Debian packages rsyslog, rsyslog-gnutls: `cargo xtask setup`)",
+        )?;
         let port = self.port;
         let listening = wait_until(Duration::from_secs(15), || {
             !process.is_running()

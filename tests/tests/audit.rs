@@ -440,7 +440,10 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
             "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\", \"10.10.9.0/24\"]",
         )
         .replace("\"53/udp\", \"53/tcp\"", "\"53/udp\"");
-    ensure!(good != example, "the example policy changed: update this test");
+    ensure!(
+        good != example,
+        "the example policy changed: update this test"
+    );
     put(&policy, &good)?;
     ensure!(wait_changes(3), "no record of the good reload");
     // 2. A bad file: refused.
@@ -460,10 +463,21 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
         .args(["audit", "show", "--changes", "-o", "json"])
         .arg(&base)
         .output()?;
-    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown: Vec<Value> = serde_json::from_slice(&out.stdout)?;
-    let kinds: Vec<&str> = shown.iter().map(|c| c["change"].as_str().unwrap_or("?")).collect();
-    assert_eq!(kinds, ["start", "load", "reload", "refused", "reload", "stop"], "{shown:#?}");
+    let kinds: Vec<&str> = shown
+        .iter()
+        .map(|c| c["change"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["start", "load", "reload", "refused", "reload", "stop"],
+        "{shown:#?}"
+    );
     assert_eq!(printed.len(), shown.len(), "stdout lines vs records");
     for (p, s) in printed.iter().zip(&shown) {
         let mut s = s.clone();
@@ -475,8 +489,14 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     ensure!(!node.is_empty(), "{load}");
     assert_eq!(load["revision"], "rev-1");
     assert_eq!(load["source"], policy.display().to_string());
-    assert!(load["old_sha256"].is_null(), "first load on a fresh node: {load}");
-    assert!(load["summary"]["text"].as_str().unwrap_or("").starts_with("first policy"));
+    assert!(
+        load["old_sha256"].is_null(),
+        "first load on a fresh node: {load}"
+    );
+    assert!(load["summary"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("first policy"));
     // The good reload: the diff `envfence policy diff` makes.
     assert_eq!(good_r["revision"], "rev-2");
     assert_eq!(good_r["old_sha256"], load["new_sha256"]);
@@ -490,7 +510,10 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     assert_eq!(s["rules_changed"].as_array().map(Vec::len), Some(1), "{s}");
     assert!(s["mode"].is_null(), "{s}");
     let text = s["text"].as_str().unwrap_or("");
-    assert!(text.contains("(1 change environment)") && text.contains("rules ~"), "{text}");
+    assert!(
+        text.contains("(1 change environment)") && text.contains("rules ~"),
+        "{text}"
+    );
     // The same diff as `envfence policy diff`.
     std::fs::write(dir.path().join("old.yaml"), example)?;
     std::fs::write(dir.path().join("new.yaml"), &good)?;
@@ -515,7 +538,10 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     assert_eq!(mode_r["mode"], "audit");
     assert_eq!(mode_r["summary"]["mode"]["old"], "enforce");
     assert_eq!(mode_r["summary"]["mode"]["new"], "audit");
-    assert!(mode_r["summary"]["text"].as_str().unwrap_or("").starts_with("mode enforce -> audit"));
+    assert!(mode_r["summary"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("mode enforce -> audit"));
     // Content changes: the first load, the two reloads.
     assert_eq!(changes_metric, 3.0);
 
@@ -534,15 +560,29 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     )?;
     let (ok, text) = verify_with(&bin, &copy, &["--key", &key.display().to_string()])?;
     println!("--- rewritten without the key:\n{text}");
-    ensure!(!ok && text.contains(":1: seq 0: the record was edited"), "{text}");
+    ensure!(
+        !ok && text.contains(":1: seq 0: the record was edited"),
+        "{text}"
+    );
     // An auditor reads and verifies without root (uid 65534, no groups):
     // nothing is written anywhere.
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
     for args in [
-        vec!["audit".to_owned(), "verify".into(), base.display().to_string(), "--key".into(), key.display().to_string()],
-        vec!["audit".to_owned(), "show".into(), "--changes".into(), base.display().to_string()],
+        vec![
+            "audit".to_owned(),
+            "verify".into(),
+            base.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+        vec![
+            "audit".to_owned(),
+            "show".into(),
+            "--changes".into(),
+            base.display().to_string(),
+        ],
     ] {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -562,10 +602,16 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
         ensure!(mode == 0o644, "audit files are mode {mode:o}");
     }
     // The human table lists them too.
-    let out = Command::new(&bin).args(["audit", "show", "--changes"]).arg(&base).output()?;
+    let out = Command::new(&bin)
+        .args(["audit", "show", "--changes"])
+        .arg(&base)
+        .output()?;
     let table = String::from_utf8_lossy(&out.stdout);
     println!("{table}");
-    ensure!(table.contains("6 change record(s)") && table.contains("rev-3"), "{table}");
+    ensure!(
+        table.contains("6 change record(s)") && table.contains("rev-3"),
+        "{table}"
+    );
     drop(lab);
     Ok(())
 }

@@ -1742,8 +1742,11 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
         let mount = agent["volumeMounts"]
             .as_array()
             .and_then(|ms| {
-                ms.iter()
-                    .find(|m| m["mountPath"].as_str().is_some_and(|p| file.starts_with(&format!("{p}/"))))
+                ms.iter().find(|m| {
+                    m["mountPath"]
+                        .as_str()
+                        .is_some_and(|p| file.starts_with(&format!("{p}/")))
+                })
             })
             .unwrap_or_else(|| panic!("{}: no volume holds {file}", rel(&dir)));
         assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
@@ -1752,7 +1755,8 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
             .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
             .expect("the audit volume");
         assert_eq!(
-            volume["hostPath"]["path"], "/var/log/envfence",
+            volume["hostPath"]["path"],
+            "/var/log/envfence",
             "{}: the audit log must outlive the pod (a hostPath)",
             rel(&dir)
         );

@@ -578,7 +578,10 @@ fn prometheus_config(rules: &Path, scrape_agent: bool) -> String {
 fn start_prometheus<'a>(lab: &'a Lab, dir: &Path, config: &Path) -> Result<Prometheus<'a>> {
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={PROM_ADDR}"))
         // A target removed from the configuration gets no staleness
         // marker: its last `up` sample stays visible for the lookback
@@ -795,7 +798,11 @@ fn envfence_in_node(lab: &Lab, bin: &Path, args: &[String]) -> Result<(bool, Str
     let status = p
         .wait_timeout(Duration::from_secs(60))?
         .context("envfence did not exit")?;
-    let text = format!("{}\n{}", p.stdout_lines().join("\n"), p.stderr_lines().join("\n"));
+    let text = format!(
+        "{}\n{}",
+        p.stdout_lines().join("\n"),
+        p.stderr_lines().join("\n")
+    );
     Ok((status.success(), text))
 }
 
@@ -866,7 +873,11 @@ fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> R
 
     let url = format!("http://{PROM_ADDR}");
     let verify = |file: &Path, anchors: bool| {
-        let mut args = vec!["audit".to_owned(), "verify".into(), file.display().to_string()];
+        let mut args = vec![
+            "audit".to_owned(),
+            "verify".into(),
+            file.display().to_string(),
+        ];
         if anchors {
             args.extend(["--anchors".into(), url.clone()]);
         }
@@ -887,10 +898,17 @@ fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> R
         std::fs::copy(e.path(), forged.join(e.file_name()))?;
     }
     let fbase = forged.join("audit.jsonl");
-    rewrite_chain(&envfence::audit::discover(&fbase)?, &envfence::audit::head_path(&fbase), None)?;
+    rewrite_chain(
+        &envfence::audit::discover(&fbase)?,
+        &envfence::audit::head_path(&fbase),
+        None,
+    )?;
     let (ok, out) = verify(&fbase, false)?;
     println!("--- rewritten, files only:\n{out}");
-    ensure!(ok, "a consistent rewrite should verify without anchors:\n{out}");
+    ensure!(
+        ok,
+        "a consistent rewrite should verify without anchors:\n{out}"
+    );
     let (ok, out) = verify(&fbase, true)?;
     println!("--- rewritten, with anchors:\n{out}");
     ensure!(!ok, "the rewrite passed the anchors:\n{out}");

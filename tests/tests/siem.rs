@@ -63,7 +63,10 @@ fn audit_args(base: &Path, rsyslog: &str) -> Vec<String> {
 }
 
 fn verify(bin: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new(bin).args(["audit", "verify"]).args(args).output()?;
+    let out = Command::new(bin)
+        .args(["audit", "verify"])
+        .args(args)
+        .output()?;
     Ok((
         out.status.success(),
         format!(
@@ -128,7 +131,11 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
             .metric("envfence_audit_ship_connected", &[])
             .is_ok_and(|v| v == 1.0)
     });
-    ensure!(connected, "never connected: {}", agent.process().stderr_tail(20));
+    ensure!(
+        connected,
+        "never connected: {}",
+        agent.process().stderr_tail(20)
+    );
 
     // Storm, receiver up.
     const N: u16 = 1500;
@@ -143,7 +150,11 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     let during = printed_all(&agent, 0, before_down + 2 * u64::from(N))?;
     let drops = agent.metric(
         "envfence_packets_total",
-        &[("src_env", "test"), ("dst_env", "production"), ("verdict", "drop")],
+        &[
+            ("src_env", "test"),
+            ("dst_env", "production"),
+            ("verdict", "drop"),
+        ],
     )?;
     ensure!(drops >= f64::from(3 * N), "drops {drops}");
     let behind = wait_until(Duration::from_secs(10), || {
@@ -169,7 +180,11 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
             .metric("envfence_audit_ship_backlog_records", &[])
             .is_ok_and(|v| v == 0.0)
     });
-    ensure!(caught_up, "backlog never drained: {}", agent.process().stderr_tail(20));
+    ensure!(
+        caught_up,
+        "backlog never drained: {}",
+        agent.process().stderr_tail(20)
+    );
     let resent = agent.metric("envfence_audit_ship_resent_records_total", &[])?;
     let status = agent.stop(Duration::from_secs(15))?;
     ensure!(status.success(), "agent exit {status}");
@@ -184,6 +199,12 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     );
     rs.stop()?;
     let node = node_records(&base)?;
+    let bytes: usize = node.values().map(|l| l.len() + 1).sum();
+    println!(
+        "audit log: {} records, {bytes} bytes, {:.0} bytes per record",
+        node.len(),
+        bytes as f64 / node.len() as f64
+    );
     let lines = rs.lines();
     let mut got: BTreeMap<u64, usize> = BTreeMap::new();
     for l in &lines {
@@ -211,7 +232,10 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     let (ok, text) = verify(&bin, &["--siem", &out, "--head", &head_file])?;
     println!("{text}");
     ensure!(ok, "the SIEM copy does not verify:\n{text}");
-    ensure!(text.contains(&format!("{dups} duplicate(s) skipped")), "{text}");
+    ensure!(
+        text.contains(&format!("{dups} duplicate(s) skipped")),
+        "{text}"
+    );
     // An edited line in the SIEM copy is found.
     let mut edited = lines.clone();
     let k = edited.len() / 2;
@@ -219,7 +243,10 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     let copy = dir.path().join("edited.log");
     std::fs::write(&copy, edited.join("\n") + "\n")?;
     let (ok, text) = verify(&bin, &["--siem", &copy.display().to_string()])?;
-    ensure!(!ok && text.contains("BROKEN"), "edited copy passed:\n{text}");
+    ensure!(
+        !ok && text.contains("BROKEN"),
+        "edited copy passed:\n{text}"
+    );
     drop(lab);
     Ok(())
 }
@@ -260,9 +287,21 @@ fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
         ]
     };
     let cases: Vec<(&str, Vec<String>, String)> = vec![
-        ("unreachable receiver", vec![], "--syslog-addr 127.0.0.1:1".into()),
-        ("missing CA file", tls(&missing), format!("--syslog-ca {}", missing.display())),
-        ("CA file not PEM", tls(&not_pem), format!("--syslog-ca {}", not_pem.display())),
+        (
+            "unreachable receiver",
+            vec![],
+            "--syslog-addr 127.0.0.1:1".into(),
+        ),
+        (
+            "missing CA file",
+            tls(&missing),
+            format!("--syslog-ca {}", missing.display()),
+        ),
+        (
+            "CA file not PEM",
+            tls(&not_pem),
+            format!("--syslog-ca {}", not_pem.display()),
+        ),
         ("another CA", tls(&other.ca), "--syslog-ca".into()),
     ];
     for (i, (case, tls_args, want)) in cases.into_iter().enumerate() {
@@ -288,7 +327,9 @@ fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
         storm(&lab, 20000 + 100 * i as u16, 50)?;
         printed_all(&agent, since, 50)?;
         ensure!(
-            agent.process().wait_for_stderr(&want, Duration::from_secs(10)),
+            agent
+                .process()
+                .wait_for_stderr(&want, Duration::from_secs(10)),
             "{case}: no error naming {want:?}; stderr:\n{}",
             agent.process().stderr_tail(20)
         );
@@ -307,12 +348,20 @@ fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
     // A missing key file: the agent refuses to start, naming the setting
     // (before it loads anything: a pinned policy would stay enforced).
     let mut cmd = Command::new(&bin);
-    cmd.args(["agent", "--example-policy", "--no-pin", "--no-api", "--audit-file"])
-        .arg(dir.path().join("k.jsonl"))
-        .arg("--audit-key")
-        .arg(dir.path().join("no-such-key"));
+    cmd.args([
+        "agent",
+        "--example-policy",
+        "--no-pin",
+        "--no-api",
+        "--audit-file",
+    ])
+    .arg(dir.path().join("k.jsonl"))
+    .arg("--audit-key")
+    .arg(dir.path().join("no-such-key"));
     let p = lab.spawn_in_ns(envfence_tests::lab::NODE, cmd)?;
-    let status = p.wait_timeout(Duration::from_secs(10))?.context("still running")?;
+    let status = p
+        .wait_timeout(Duration::from_secs(10))?
+        .context("still running")?;
     let err = p.stderr_tail(5);
     ensure!(!status.success() && err.contains("--audit-key"), "{err}");
     println!("missing key: {}", err.trim());

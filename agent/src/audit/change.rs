@@ -145,7 +145,8 @@ fn cidr_count(p: &Policy) -> usize {
 
 /// Summarizes `new` against `old` (`None`: the first policy of this node).
 pub fn summarize(old: Option<(&str, &Policy)>, new_origin: &str, new: &Policy) -> ChangeSummary {
-    let rule_names = |p: &Policy| -> Vec<String> { p.rules.iter().map(|r| r.name.clone()).collect() };
+    let rule_names =
+        |p: &Policy| -> Vec<String> { p.rules.iter().map(|r| r.name.clone()).collect() };
     let mut s = ChangeSummary {
         environments: new.environments.len(),
         cidrs: cidr_count(new),
@@ -158,10 +159,7 @@ pub fn summarize(old: Option<(&str, &Policy)>, new_origin: &str, new: &Policy) -
         s.changes = s.environments_added.len() + s.rules_added.len();
         s.text = format!(
             "first policy: mode {}, {} environment(s), {} CIDR(s), {} rule(s)",
-            new.mode,
-            s.environments,
-            s.cidrs,
-            s.rules
+            new.mode, s.environments, s.cidrs, s.rules
         );
         return s;
     };
@@ -207,7 +205,11 @@ fn summary_text(s: &ChangeSummary, old: &Policy, new: &Policy) -> String {
         parts.push(format!("default {} -> {}", m.old, m.new));
     }
     if !s.environments_added.is_empty() || !s.environments_removed.is_empty() {
-        let mut e: Vec<String> = s.environments_added.iter().map(|n| format!("+{n}")).collect();
+        let mut e: Vec<String> = s
+            .environments_added
+            .iter()
+            .map(|n| format!("+{n}"))
+            .collect();
         e.extend(s.environments_removed.iter().map(|n| format!("-{n}")));
         parts.push(format!("environments {}", e.join(" ")));
     }
@@ -265,13 +267,21 @@ mod tests {
             })
         );
         assert_eq!(s.rules_changed.len(), 1, "{s:?}");
-        assert!(s.text.starts_with("mode enforce -> audit; rules ~"), "{}", s.text);
+        assert!(
+            s.text.starts_with("mode enforce -> audit; rules ~"),
+            "{}",
+            s.text
+        );
         assert!(s.verdicts_changed > 0);
         let same = summarize(Some(("a", &old)), "a", &old);
         assert_eq!(same.changes, 0);
         assert_eq!(same.text, "no change: the same file");
         let first = summarize(None, "a", &old);
-        assert!(first.text.starts_with("first policy: mode enforce"), "{}", first.text);
+        assert!(
+            first.text.starts_with("first policy: mode enforce"),
+            "{}",
+            first.text
+        );
     }
 
     #[test]

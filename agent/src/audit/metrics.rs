@@ -86,7 +86,10 @@ fn as_i64(v: u64) -> i64 {
 }
 
 impl AuditCollector {
-    pub fn new(audit: SharedAudit, ship: Option<Arc<ShipState>>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        audit: SharedAudit,
+        ship: Option<Arc<ShipState>>,
+    ) -> Result<Self, prometheus::Error> {
         let node = audit.node();
         Ok(AuditCollector {
             audit,
@@ -110,7 +113,11 @@ impl AuditCollector {
         self.head_hash.reset();
         if let Some(h) = head {
             self.head_seq.with_label_values(&[node]).set(as_i64(h.seq));
-            for (i, p) in hash_parts(&h.hash).unwrap_or_default().into_iter().enumerate() {
+            for (i, p) in hash_parts(&h.hash)
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
                 self.head_hash
                     .with_label_values(&[node, &i.to_string()])
                     .set(as_i64(p));
@@ -126,14 +133,26 @@ impl AuditCollector {
                 set(&self.ship_confirmed, v);
             }
             let written = head.map_or(0, |h| h.seq + 1);
-            set(&self.ship_backlog, written.saturating_sub(sent.map_or(0, |v| v + 1)));
+            set(
+                &self.ship_backlog,
+                written.saturating_sub(sent.map_or(0, |v| v + 1)),
+            );
             set(
                 &self.ship_connected,
                 u64::from(s.connected.load(std::sync::atomic::Ordering::Relaxed)),
             );
-            set(&self.ship_errors, s.errors.load(std::sync::atomic::Ordering::Relaxed));
-            set(&self.ship_resent, s.resent.load(std::sync::atomic::Ordering::Relaxed));
-            set(&self.ship_lost, s.lost.load(std::sync::atomic::Ordering::Relaxed));
+            set(
+                &self.ship_errors,
+                s.errors.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            set(
+                &self.ship_resent,
+                s.resent.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            set(
+                &self.ship_lost,
+                s.lost.load(std::sync::atomic::Ordering::Relaxed),
+            );
         }
     }
 

@@ -67,8 +67,8 @@
 //! the head exported as metrics ([`metrics`]) that Prometheus keeps off the
 //! node, which `envfence audit verify --anchors URL` checks.
 
-pub mod change;
 mod chain;
+pub mod change;
 mod head;
 pub mod key;
 pub mod metrics;
@@ -87,8 +87,8 @@ pub use head::{head_path, Head};
 pub use key::{ChainKey, KeyError};
 pub use shared::SharedAudit;
 pub use verify::{
-    discover, order_by_first_seq, verify_files, Anchor, Break, HeadCheck, Problem,
-    VerifyOptions, VerifyReport,
+    discover, order_by_first_seq, verify_files, Anchor, Break, HeadCheck, Problem, VerifyOptions,
+    VerifyReport,
 };
 pub use writer::{rotated_path, AuditOptions, AuditWriter};
 

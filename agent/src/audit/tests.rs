@@ -429,10 +429,17 @@ fn a_keyed_chain_needs_its_key_and_an_unkeyed_rewrite_fails() {
             },
         )
     };
-    assert!(with(Some(key.clone())).ok(), "{:?}", with(Some(key.clone())));
+    assert!(
+        with(Some(key.clone())).ok(),
+        "{:?}",
+        with(Some(key.clone()))
+    );
     assert_eq!(broken(&with(None)).problem, Problem::NeedsKey);
     let other = ChainKey::new(b"another key, 16+ bytes".to_vec()).unwrap();
-    assert!(matches!(broken(&with(Some(other))).problem, Problem::HashMismatch { .. }));
+    assert!(matches!(
+        broken(&with(Some(other))).problem,
+        Problem::HashMismatch { .. }
+    ));
     // Rewritten without the key (a consistent unkeyed chain and head):
     // verifies unkeyed, fails with the key at its first record.
     let forged = dir.path().join("forged");
@@ -484,7 +491,10 @@ fn a_siem_copy_with_prefixes_and_resent_records_verifies() {
     gap.remove(4);
     write_lines(&siem, &gap);
     let r = verify_files(std::slice::from_ref(&siem), &opts);
-    assert!(matches!(broken(&r).problem, Problem::Missing { expected: 7, .. }), "{r:?}");
+    assert!(
+        matches!(broken(&r).problem, Problem::Missing { expected: 7, .. }),
+        "{r:?}"
+    );
     // A resent record that differs is an edit.
     let mut edited = copy.clone();
     edited[11] = edited[11].replacen("\"packets\":", "\"packets\":9", 1);
@@ -547,5 +557,7 @@ fn anchors_find_a_consistent_rewrite() {
     let sbase = short.join("audit.jsonl");
     write_lines(&sbase, &lines(&base)[..7]);
     let r = check(heads, &discover(&sbase).unwrap());
-    assert!(matches!(broken(&r).problem, Problem::EndsBeforeAnchor { ref anchor, .. } if anchor.seq == 7));
+    assert!(
+        matches!(broken(&r).problem, Problem::EndsBeforeAnchor { ref anchor, .. } if anchor.seq == 7)
+    );
 }

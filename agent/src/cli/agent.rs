@@ -8,7 +8,9 @@ use crate::{
         ship::{addr_host, ShipOptions, Shipper, TlsOptions},
         AuditOptions, AuditWriter, ChainKey, SharedAudit,
     },
-    daemon::{self, changes::Revision, state::DEFAULT_STATE_DIR, AuditHooks, DaemonOptions, PolicySource},
+    daemon::{
+        self, changes::Revision, state::DEFAULT_STATE_DIR, AuditHooks, DaemonOptions, PolicySource,
+    },
     datapath::pins::DEFAULT_PIN_ROOT,
     events::{Optional, Tee},
 };

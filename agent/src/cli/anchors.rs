@@ -78,9 +78,11 @@ fn get(url: &str, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-/// (timestamp, value) samples of every series of a range query result,
-/// with the series' labels.
-fn samples(url: &str, query: &str) -> anyhow::Result<Vec<(Value, Vec<(f64, f64)>)>> {
+/// A series' labels and its (timestamp, value) samples.
+type Series = (Value, Vec<(f64, f64)>);
+
+/// Every series of a range query result.
+fn samples(url: &str, query: &str) -> anyhow::Result<Vec<Series>> {
     let body = get(url, &format!("/api/v1/query?query={}", url_encode(query)))?;
     let v: Value = serde_json::from_str(&body)
         .with_context(|| format!("--anchors {url}: not a Prometheus API answer: {body}"))?;
@@ -101,7 +103,10 @@ fn samples(url: &str, query: &str) -> anyhow::Result<Vec<(Value, Vec<(f64, f64)>
 }
 
 fn selector(node: &str) -> String {
-    format!("{{node=\"{}\"}}", node.replace('\\', "\\\\").replace('"', "\\\""))
+    format!(
+        "{{node=\"{}\"}}",
+        node.replace('\\', "\\\\").replace('"', "\\\"")
+    )
 }
 
 /// Every head Prometheus recorded for `node` in the last `range` (a
@@ -119,7 +124,10 @@ pub fn fetch(url: &str, node: &str, range: &str) -> anyhow::Result<Vec<Anchor>> 
         }
     }
     for (labels, points) in &parts {
-        let Some(part) = labels["part"].as_str().and_then(|p| p.parse::<usize>().ok()) else {
+        let Some(part) = labels["part"]
+            .as_str()
+            .and_then(|p| p.parse::<usize>().ok())
+        else {
             continue;
         };
         if part >= HASH_PARTS {

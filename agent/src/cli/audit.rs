@@ -51,7 +51,12 @@ pub enum AuditCommand {
         #[arg(long, value_name = "NAME", requires = "anchors")]
         node: Option<String>,
         /// How far back anchors are read (a PromQL duration).
-        #[arg(long, value_name = "DURATION", default_value = "90d", requires = "anchors")]
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "90d",
+            requires = "anchors"
+        )]
         anchors_range: String,
         /// The files are a SIEM's copy (see above).
         #[arg(long)]
@@ -231,7 +236,10 @@ fn show(base: &Path, changes_only: bool, output: Output) -> anyhow::Result<()> {
                     Cell::new(seq.to_string()),
                     Cell::new(r.time.clone()),
                     Cell::new(r.change.clone()),
-                    Cell::new(r.generation.map_or_else(|| "-".to_owned(), |g| g.to_string())),
+                    Cell::new(
+                        r.generation
+                            .map_or_else(|| "-".to_owned(), |g| g.to_string()),
+                    ),
                     Cell::new(short(&r.old_sha256)),
                     Cell::new(short(&r.new_sha256)),
                     Cell::new(r.revision.clone().unwrap_or_else(|| "-".to_owned())),
@@ -239,7 +247,11 @@ fn show(base: &Path, changes_only: bool, output: Output) -> anyhow::Result<()> {
                 ]);
             }
             table::print(&t.render(&Style::for_stdout(false)));
-            println!("{} change record(s) in {} file(s)", changes.len(), files.len());
+            println!(
+                "{} change record(s) in {} file(s)",
+                changes.len(),
+                files.len()
+            );
             Ok(())
         }
     }
@@ -302,7 +314,10 @@ fn verify(
                 ),
             }
             if report.changes > 0 {
-                println!("{} change record(s) (envfence audit show --changes)", report.changes);
+                println!(
+                    "{} change record(s) (envfence audit show --changes)",
+                    report.changes
+                );
             }
             if report.keyed || opts.key.is_some() {
                 println!("keyed: every record's HMAC-SHA256 matches the key");

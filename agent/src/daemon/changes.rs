@@ -138,8 +138,12 @@ impl ChangeLog {
         r.new_sha256 = policy.map(|p| p.source_sha256.clone());
         r.mode = policy.map(|p| p.mode.to_string());
         r.detail = Some(match policy {
-            Some(_) => "the kernel keeps enforcing the pinned policy (its saved copy gives the names)".to_owned(),
-            None => "the kernel keeps enforcing the pinned policy (no saved copy: names unknown)".to_owned(),
+            Some(_) => {
+                "the kernel keeps enforcing the pinned policy (its saved copy gives the names)"
+                    .to_owned()
+            }
+            None => "the kernel keeps enforcing the pinned policy (no saved copy: names unknown)"
+                .to_owned(),
         });
         self.emit(r);
     }

@@ -20,6 +20,7 @@ use tokio::{
     sync::watch as tokio_watch,
 };
 
+use crate::audit::change::ChangeKind;
 use crate::{
     datapath::{list_interfaces, Datapath, LoadOptions},
     events::Tee,
@@ -30,7 +31,6 @@ use crate::{
     status::{InterfaceStatus, Status},
     store::{EventStore, StoreSink},
 };
-use crate::audit::change::ChangeKind;
 use state::SavedPolicy;
 
 /// Where the policy comes from.
@@ -240,12 +240,19 @@ where
             agent.metrics.reloads.with_label_values(&["failure"]).inc();
             if let Err(errors) = &first {
                 let text = errors.to_string();
-                let sha = agent.opts.policy.text().ok().map(|t| policy::sha256_hex(&t));
+                let sha = agent
+                    .opts
+                    .policy
+                    .text()
+                    .ok()
+                    .map(|t| policy::sha256_hex(&t));
                 let pinned = saved.as_ref().map(|s| u64::from(s.generation));
                 agent.changes.refused(&origin, sha, text.clone(), pinned);
                 agent.status.update(|s| s.last_reload_error = Some(text));
             }
-            let saved_policy = saved.as_ref().and_then(|s| policy::parse(&s.source, &s.origin).ok());
+            let saved_policy = saved
+                .as_ref()
+                .and_then(|s| policy::parse(&s.source, &s.origin).ok());
             agent.adopt_saved(saved)?;
             let generation = agent.generation();
             agent
@@ -647,8 +654,12 @@ impl Agent {
             return;
         }
         let generation = self.generation();
-        self.changes
-            .loaded(ChangeKind::Reload, &self.opts.policy.origin(), &p, generation);
+        self.changes.loaded(
+            ChangeKind::Reload,
+            &self.opts.policy.origin(),
+            &p,
+            generation,
+        );
         self.reconcile();
     }
 
@@ -851,7 +862,8 @@ fn audit_hooks(
 ) -> anyhow::Result<changes::ChangeLog> {
     let hooks = &opts.audit;
     if let Some(log) = &hooks.log {
-        let collector = crate::audit::metrics::AuditCollector::new(log.clone(), hooks.ship.clone())?;
+        let collector =
+            crate::audit::metrics::AuditCollector::new(log.clone(), hooks.ship.clone())?;
         metrics.registry.register(Box::new(collector))?;
     }
     let mut change_log = changes::ChangeLog::new(

@@ -43,20 +43,42 @@ fn bad(setting: &'static str, value: impl ToString, reason: impl ToString) -> Tl
 }
 
 /// Builds the client configuration; every file is read and checked now.
-pub fn client_config(opts: &TlsOptions) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
+pub fn client_config(
+    opts: &TlsOptions,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
     let show = |p: &PathBuf| p.display().to_string();
     let mut roots = rustls::RootCertStore::empty();
     let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&opts.ca)
-        .map_err(|e| bad("--syslog-ca", show(&opts.ca), format!("cannot read a PEM file: {e}")))?
+        .map_err(|e| {
+            bad(
+                "--syslog-ca",
+                show(&opts.ca),
+                format!("cannot read a PEM file: {e}"),
+            )
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| bad("--syslog-ca", show(&opts.ca), format!("not a PEM certificate file: {e}")))?;
+        .map_err(|e| {
+            bad(
+                "--syslog-ca",
+                show(&opts.ca),
+                format!("not a PEM certificate file: {e}"),
+            )
+        })?;
     if cas.is_empty() {
-        return Err(bad("--syslog-ca", show(&opts.ca), "no certificate in the file"));
+        return Err(bad(
+            "--syslog-ca",
+            show(&opts.ca),
+            "no certificate in the file",
+        ));
     }
     for ca in cas {
-        roots
-            .add(ca)
-            .map_err(|e| bad("--syslog-ca", show(&opts.ca), format!("not a usable CA certificate: {e}")))?;
+        roots.add(ca).map_err(|e| {
+            bad(
+                "--syslog-ca",
+                show(&opts.ca),
+                format!("not a usable CA certificate: {e}"),
+            )
+        })?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
@@ -67,17 +89,42 @@ pub fn client_config(opts: &TlsOptions) -> Result<(Arc<ClientConfig>, ServerName
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| bad("--syslog-cert", show(cert), format!("cannot read a PEM file: {e}")))?
+                .map_err(|e| {
+                    bad(
+                        "--syslog-cert",
+                        show(cert),
+                        format!("cannot read a PEM file: {e}"),
+                    )
+                })?
                 .collect::<Result<_, _>>()
-                .map_err(|e| bad("--syslog-cert", show(cert), format!("not a PEM certificate file: {e}")))?;
+                .map_err(|e| {
+                    bad(
+                        "--syslog-cert",
+                        show(cert),
+                        format!("not a PEM certificate file: {e}"),
+                    )
+                })?;
             if chain.is_empty() {
-                return Err(bad("--syslog-cert", show(cert), "no certificate in the file"));
+                return Err(bad(
+                    "--syslog-cert",
+                    show(cert),
+                    "no certificate in the file",
+                ));
             }
-            let key_der = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| bad("--syslog-key", show(key), format!("no PEM private key: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| bad("--syslog-key", show(key), format!("does not go with --syslog-cert: {e}")))?
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                bad(
+                    "--syslog-key",
+                    show(key),
+                    format!("no PEM private key: {e}"),
+                )
+            })?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                bad(
+                    "--syslog-key",
+                    show(key),
+                    format!("does not go with --syslog-cert: {e}"),
+                )
+            })?
         }
     };
     let name = ServerName::try_from(opts.server_name.clone())
@@ -131,10 +178,11 @@ impl Conn {
             .map_err(|e| format!("TLS: {e}"))?;
         let mut stream = StreamOwned::new(conn, sock);
         while stream.conn.is_handshaking() {
-            stream
-                .conn
-                .complete_io(&mut stream.sock)
-                .map_err(|e| format!("TLS handshake: {e} (check --syslog-ca, --syslog-server-name, --syslog-cert)"))?;
+            stream.conn.complete_io(&mut stream.sock).map_err(|e| {
+                format!(
+                    "TLS handshake: {e} (check --syslog-ca, --syslog-server-name, --syslog-cert)"
+                )
+            })?;
         }
         Ok(Conn::Tls(Box::new(stream)))
     }

@@ -188,7 +188,10 @@ const BATCH: usize = 256;
 struct Run {
     base: PathBuf,
     opts: ShipOptions,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     cursor_file: PathBuf,
     state: Arc<ShipState>,
     stop: Arc<AtomicBool>,

@@ -94,7 +94,6 @@ impl Tail {
         }
     }
 
-
     /// The next record (seq, line without its newline); `None` when there
     /// is none yet.
     pub fn next_record(&mut self) -> std::io::Result<Option<(u64, Vec<u8>)>> {
