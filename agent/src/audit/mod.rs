@@ -74,7 +74,7 @@ pub mod key;
 pub mod metrics;
 mod shared;
 pub mod ship;
-mod verify;
+pub(crate) mod verify;
 mod writer;
 
 #[cfg(test)]

@@ -341,7 +341,8 @@ pub fn order_by_first_seq(files: &[PathBuf]) -> Vec<PathBuf> {
     keyed.into_iter().map(|(_, _, p)| p).collect()
 }
 
-fn first_seq(path: &Path) -> Option<u64> {
+/// The seq of the first record of `path`, when it can be read.
+pub(crate) fn first_seq(path: &Path) -> Option<u64> {
     let mut line = Vec::new();
     BufReader::new(File::open(path).ok()?)
         .read_until(b'\n', &mut line)

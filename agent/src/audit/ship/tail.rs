@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::audit::{decode_line, discover};
+use crate::audit::{decode_line, discover, verify::first_seq};
 
 /// The audit records from some seq on.
 pub struct Tail {
@@ -24,14 +24,6 @@ pub struct Tail {
     /// before they were shipped), since the last call of
     /// [`Tail::take_skipped`].
     skipped: u64,
-}
-
-fn first_seq(path: &Path) -> Option<u64> {
-    let mut line = Vec::new();
-    BufReader::new(File::open(path).ok()?)
-        .read_until(b'\n', &mut line)
-        .ok()?;
-    decode_line(line.strip_suffix(b"\n")?).ok().map(|d| d.seq)
 }
 
 fn ino_of(path: &Path) -> Option<u64> {
