@@ -5,12 +5,14 @@
 //! for the privileged integration tests and `cargo xtask demo`.
 
 pub mod agent;
+pub mod audit_rewrite;
 pub mod bench;
 pub mod expect;
 pub mod lab;
 pub mod lifecycle;
 pub mod netns;
 pub mod prom;
+pub mod rsyslog;
 pub mod spoof;
 pub mod testrun;
 

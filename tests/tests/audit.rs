@@ -376,3 +376,258 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
     drop(lab);
     Ok(())
 }
+
+/// The stdout change lines of an agent.
+fn change_lines(agent: &Agent) -> Vec<Value> {
+    agent
+        .process()
+        .stdout_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["audit"] == "change")
+        .collect()
+}
+
+/// Replaces the policy file atomically (as a ConfigMap update does).
+fn put(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text)?;
+    Ok(std::fs::rename(&tmp, path)?)
+}
+
+#[test]
+fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<()> {
+    require_root()?;
+    let bin = agent_binary()?;
+    let dir = tempfile::tempdir()?;
+    let logs = dir.path().join("log");
+    std::fs::create_dir(&logs)?;
+    let base = logs.join("audit.jsonl");
+    let policy = dir.path().join("policy.yaml");
+    let revision = dir.path().join("revision");
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, "a test key of thirty-two bytes!!\n")?;
+    let example = envfence::policy::EXAMPLE_POLICY;
+    std::fs::write(&policy, example)?;
+    std::fs::write(&revision, "rev-1\n")?;
+    let lab = Lab::example()?;
+    let opts = AgentOptions {
+        policy_args: vec!["--config".into(), policy.display().to_string()],
+        extra_args: [
+            "--audit-file",
+            &base.display().to_string(),
+            "--audit-key",
+            &key.display().to_string(),
+            "--policy-revision-file",
+            &revision.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..AgentOptions::default()
+    };
+    let agent = Agent::start_with(&lab, &bin, &opts)?;
+    let wait_changes = |n: usize| {
+        let ok = wait_until(Duration::from_secs(10), || change_lines(&agent).len() >= n);
+        std::thread::sleep(Duration::from_millis(300));
+        ok
+    };
+    ensure!(wait_changes(2), "no start and load records");
+    // 1. A good change: a CIDR moves to staging, a rule's ports change.
+    std::fs::write(&revision, "rev-2\n")?;
+    let good = example
+        .replace(
+            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\"]",
+            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\", \"10.10.9.0/24\"]",
+        )
+        .replace("\"53/udp\", \"53/tcp\"", "\"53/udp\"");
+    ensure!(
+        good != example,
+        "the example policy changed: update this test"
+    );
+    put(&policy, &good)?;
+    ensure!(wait_changes(3), "no record of the good reload");
+    // 2. A bad file: refused.
+    put(&policy, "mode: [\n")?;
+    ensure!(wait_changes(4), "no record of the refused file");
+    // 3. A mode change.
+    std::fs::write(&revision, "rev-3\n")?;
+    put(&policy, &good.replace("mode: enforce", "mode: audit"))?;
+    ensure!(wait_changes(5), "no record of the mode change");
+    let changes_metric = agent.metric("envfence_policy_changes_total", &[])?;
+    let status = agent.stop(Duration::from_secs(10))?;
+    ensure!(status.success(), "agent exit {status}");
+    let printed = change_lines(&agent);
+
+    // Exactly one record per change, in the chain and on stdout.
+    let out = Command::new(&bin)
+        .args(["audit", "show", "--changes", "-o", "json"])
+        .arg(&base)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let kinds: Vec<&str> = shown
+        .iter()
+        .map(|c| c["change"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["start", "load", "reload", "refused", "reload", "stop"],
+        "{shown:#?}"
+    );
+    assert_eq!(printed.len(), shown.len(), "stdout lines vs records");
+    for (p, s) in printed.iter().zip(&shown) {
+        let mut s = s.clone();
+        s.as_object_mut().context("object")?.remove("seq");
+        assert_eq!(p, &s, "stdout and audit record differ");
+    }
+    let (load, good_r, refused, mode_r) = (&shown[1], &shown[2], &shown[3], &shown[4]);
+    let node = load["node"].as_str().unwrap_or("");
+    ensure!(!node.is_empty(), "{load}");
+    assert_eq!(load["revision"], "rev-1");
+    assert_eq!(load["source"], policy.display().to_string());
+    assert!(
+        load["old_sha256"].is_null(),
+        "first load on a fresh node: {load}"
+    );
+    assert!(load["summary"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("first policy"));
+    // The good reload: the diff `envfence policy diff` makes.
+    assert_eq!(good_r["revision"], "rev-2");
+    assert_eq!(good_r["old_sha256"], load["new_sha256"]);
+    assert_ne!(good_r["new_sha256"], load["new_sha256"]);
+    assert_eq!(
+        good_r["generation"].as_u64(),
+        load["generation"].as_u64().map(|g| g + 1)
+    );
+    let s = &good_r["summary"];
+    assert_eq!(s["cidrs_changed"], 1, "{s}");
+    assert_eq!(s["rules_changed"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(s["mode"].is_null(), "{s}");
+    let text = s["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("(1 change environment)") && text.contains("rules ~"),
+        "{text}"
+    );
+    // The same diff as `envfence policy diff`.
+    std::fs::write(dir.path().join("old.yaml"), example)?;
+    std::fs::write(dir.path().join("new.yaml"), &good)?;
+    let diff = Command::new(&bin)
+        .args(["policy", "diff", "-o", "json"])
+        .arg(dir.path().join("old.yaml"))
+        .arg(dir.path().join("new.yaml"))
+        .output()?;
+    let diff: Value = serde_json::from_slice(&diff.stdout)?;
+    assert_eq!(diff["cidrs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        diff["verdicts"].as_array().map(Vec::len),
+        s["verdicts_changed"].as_u64().map(|n| n as usize)
+    );
+    // The refused file: the error names the place, the policy stays.
+    assert_eq!(refused["generation"], good_r["generation"]);
+    assert_eq!(refused["old_sha256"], good_r["new_sha256"]);
+    let err = refused["error"].as_str().unwrap_or("");
+    assert!(err.contains(&policy.display().to_string()), "{err}");
+    // The mode change.
+    assert_eq!(mode_r["revision"], "rev-3");
+    assert_eq!(mode_r["mode"], "audit");
+    assert_eq!(mode_r["summary"]["mode"]["old"], "enforce");
+    assert_eq!(mode_r["summary"]["mode"]["new"], "audit");
+    assert!(mode_r["summary"]["text"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("mode enforce -> audit"));
+    // Content changes: the first load, the two reloads.
+    assert_eq!(changes_metric, 3.0);
+
+    // The keyed chain verifies with its key only; rewritten without the
+    // key (consistently, unkeyed), it fails with the key.
+    let (ok, text) = verify_with(&bin, &base, &["--key", &key.display().to_string()])?;
+    ensure!(ok && text.contains("keyed"), "{text}");
+    ensure!(text.contains("6 change record(s)"), "{text}");
+    let (ok, text) = verify_with(&bin, &base, &[])?;
+    ensure!(!ok && text.contains("--key FILE"), "{text}");
+    let copy = copy_set(&base, &dir.path().join("forged"))?;
+    envfence_tests::audit_rewrite::rewrite_chain(
+        &audit_files(&copy)?,
+        &envfence::audit::head_path(&copy),
+        None,
+    )?;
+    let (ok, text) = verify_with(&bin, &copy, &["--key", &key.display().to_string()])?;
+    println!("--- rewritten without the key:\n{text}");
+    ensure!(
+        !ok && text.contains(":1: seq 0: the record was edited"),
+        "{text}"
+    );
+    // An auditor reads and verifies without root (uid 65534, no groups):
+    // nothing is written anywhere.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))?;
+    for args in [
+        vec![
+            "audit".to_owned(),
+            "verify".into(),
+            base.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+        vec![
+            "audit".to_owned(),
+            "show".into(),
+            "--changes".into(),
+            base.display().to_string(),
+        ],
+    ] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(&args)
+            .output()
+            .context("running setpriv (util-linux)")?;
+        ensure!(
+            out.status.success(),
+            "as uid 65534: envfence {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in std::fs::read_dir(&logs)? {
+        let mode = f?.metadata()?.permissions().mode() & 0o777;
+        ensure!(mode == 0o644, "audit files are mode {mode:o}");
+    }
+    // The human table lists them too.
+    let out = Command::new(&bin)
+        .args(["audit", "show", "--changes"])
+        .arg(&base)
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    ensure!(
+        table.contains("6 change record(s)") && table.contains("rev-3"),
+        "{table}"
+    );
+    drop(lab);
+    Ok(())
+}
+
+fn verify_with(bin: &Path, base: &Path, extra: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new(bin)
+        .args(["audit", "verify"])
+        .arg(base)
+        .args(extra)
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}

@@ -682,7 +682,7 @@ fn cap_name(v: &Value) -> String {
     s.strip_prefix("CAP_").map_or(s.clone(), str::to_owned)
 }
 
-const HOST_PATHS: &[&str] = &["/sys/fs/bpf", "/run/envfence"];
+const HOST_PATHS: &[&str] = &["/sys/fs/bpf", "/run/envfence", "/var/log/envfence"];
 
 /// Everything that would make the DaemonSet less than least-privileged, or
 /// lose what keeps it running (probes, resources).
@@ -1728,4 +1728,59 @@ fn quantities_parse() {
     assert_eq!(quantity(&json!(2), true), 2000);
     assert!(is_duration(&json!("30s")) && is_duration(&json!("1h30m")));
     assert!(!is_duration(&json!("30")) && !is_duration(&json!("s")));
+}
+
+#[test]
+fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
+    for dir in kustomizations() {
+        let objects = render_objects(&dir);
+        let ds = daemonset(&objects);
+        let agent = agent_container(ds);
+        let args = agent["args"].as_array().cloned().unwrap_or_default();
+        let file = arg_value(&args, "--audit-file")
+            .unwrap_or_else(|| panic!("{}: the agent writes no audit log", rel(&dir)));
+        let mount = agent["volumeMounts"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m["mountPath"]
+                        .as_str()
+                        .is_some_and(|p| file.starts_with(&format!("{p}/")))
+                })
+            })
+            .unwrap_or_else(|| panic!("{}: no volume holds {file}", rel(&dir)));
+        assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
+        let volume = ds["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
+            .expect("the audit volume");
+        assert_eq!(
+            volume["hostPath"]["path"],
+            "/var/log/envfence",
+            "{}: the audit log must outlive the pod (a hostPath)",
+            rel(&dir)
+        );
+        // Bounded: the current file and the rotated ones.
+        let n = |flag: &str| -> u64 {
+            arg_value(&args, flag)
+                .unwrap_or_else(|| panic!("{}: {flag} is not set", rel(&dir)))
+                .parse()
+                .unwrap_or_else(|e| panic!("{flag}: {e}"))
+        };
+        let bound = n("--audit-max-bytes") * (n("--audit-keep") + 1);
+        assert!(
+            bound > 0 && bound <= 1 << 30,
+            "{}: the audit log may grow to {bound} bytes",
+            rel(&dir)
+        );
+        // The revision of change records from the pod's annotation.
+        let rev = agent["env"]
+            .as_array()
+            .and_then(|e| e.iter().find(|v| v["name"] == "ENVFENCE_POLICY_REVISION"))
+            .expect("ENVFENCE_POLICY_REVISION");
+        assert_eq!(
+            rev["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.annotations['envfence.io/policy-revision']"
+        );
+    }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -36,6 +37,7 @@ const EXPORTED: &[&str] = &[
     "envfence_map_entries",
     "envfence_map_capacity",
     "envfence_build_info",
+    "envfence_policy_changes_total",
 ];
 /// Metrics Prometheus itself makes for every target.
 const PROMETHEUS_MADE: &[&str] = &["up"];
@@ -51,6 +53,8 @@ const ALERTS: &[&str] = &[
     "EnvfenceNoInterfaceAttached",
     "EnvfenceAuditModeUnexpected",
     "EnvfencePolicyDrift",
+    "EnvfencePolicyChanged",
+    "EnvfencePolicyHashDisagreement",
 ];
 
 fn repo() -> PathBuf {
@@ -298,7 +302,7 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
     for (name, rule) in &rules {
         let severity = rule["labels"]["severity"].as_str().unwrap_or("");
         assert!(
-            ["warning", "critical"].contains(&severity),
+            ["info", "warning", "critical"].contains(&severity),
             "{name}: severity {severity:?}"
         );
         let summary = rule["annotations"]["summary"].as_str().unwrap_or("");
@@ -653,6 +657,150 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
     // No target at all any more: absent.
     prom.reconfigure(&prometheus_config(&rules, false))?;
     prom.wait_alert("EnvfenceAgentAbsent", &[], Duration::from_secs(30))?;
+    drop(prom);
+    drop(lab);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The audit trail's anchors (issue 16): the chain head Prometheus keeps.
+
+/// Runs `envfence ARGS` in the node namespace (where Prometheus listens):
+/// (success, stdout + stderr).
+fn envfence_in_node(lab: &Lab, bin: &Path, args: &[String]) -> Result<(bool, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    let p = lab.spawn_in_ns(NODE, cmd)?;
+    let status = p
+        .wait_timeout(Duration::from_secs(60))?
+        .context("envfence did not exit")?;
+    let text = format!(
+        "{}\n{}",
+        p.stdout_lines().join("\n"),
+        p.stderr_lines().join("\n")
+    );
+    Ok((status.success(), text))
+}
+
+#[test]
+fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> Result<()> {
+    use envfence_tests::audit_rewrite::rewrite_chain;
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("envfence-rules.yml");
+    std::fs::write(&rules, test_copy_of_rules()?)?;
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, prometheus_config(&rules, true))?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, envfence::policy::EXAMPLE_POLICY)?;
+    let logs = dir.path().join("log");
+    std::fs::create_dir(&logs)?;
+    let base = logs.join("audit.jsonl");
+
+    let bin = agent_binary()?;
+    let lab = Lab::example()?;
+    let agent = Agent::start_with(
+        &lab,
+        &bin,
+        &AgentOptions {
+            policy_args: vec!["--config".into(), policy.display().to_string()],
+            report_interval_ms: 100,
+            extra_args: vec![
+                "--audit-file".into(),
+                base.display().to_string(),
+                "--node-name".into(),
+                "anchor-node".into(),
+            ],
+            ..AgentOptions::default()
+        },
+    )?;
+    let prom = Prometheus::start(
+        &lab,
+        NODE,
+        PROM_ADDR,
+        &config,
+        &dir.path().join("data"),
+        &["--query.lookback-delta=5s"],
+    )?;
+    let scraped = wait_until(Duration::from_secs(20), || {
+        prom.scalar(r#"up{job="envfence"}"#).is_ok_and(|v| v == 1.0)
+    });
+    ensure!(scraped, "prometheus never scraped the agent");
+    // Events in rounds, so that scrapes see several heads.
+    let prod1 = lab.pod("prod1")?.ip(Family::V4);
+    for round in 0..4u16 {
+        for i in 0..20u16 {
+            lab.udp_send("test1", prod1, 9000 + round * 100 + i, b"anchor", 1)?;
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // A deployment: the policy's content changes (to audit mode).
+    let next = dir.path().join("policy.yaml.new");
+    std::fs::write(
+        &next,
+        envfence::policy::EXAMPLE_POLICY.replace("mode: enforce", "mode: audit"),
+    )?;
+    std::fs::rename(&next, &policy)?;
+    let alert = prom.wait_alert(
+        "EnvfencePolicyChanged",
+        &[("node", "anchor-node")],
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(alert["labels"]["severity"], "info");
+    let heads = prom.scalar(r#"changes(envfence_audit_head_seq{node="anchor-node"}[10m])"#)?;
+    ensure!(heads >= 3.0, "only {heads} head changes recorded");
+    let first_anchor =
+        prom.scalar(r#"min_over_time(envfence_audit_head_seq{node="anchor-node"}[10m])"#)? as u64;
+    let status = agent.stop(Duration::from_secs(10))?;
+    ensure!(status.success(), "agent exit {status}");
+
+    let url = format!("http://{PROM_ADDR}");
+    let verify = |file: &Path, anchors: bool| {
+        let mut args = vec![
+            "audit".to_owned(),
+            "verify".into(),
+            file.display().to_string(),
+        ];
+        if anchors {
+            args.extend(["--anchors".into(), url.clone()]);
+        }
+        envfence_in_node(&lab, &bin, &args)
+    };
+    // Untouched: every recorded head is in the chain.
+    let (ok, out) = verify(&base, true)?;
+    println!("--- untouched:\n{out}");
+    ensure!(ok, "{out}");
+    ensure!(out.contains("recorded head(s) are in the chain"), "{out}");
+
+    // The whole chain rewritten consistently (unkeyed: recomputed hashes,
+    // and the head file): the files alone verify, the anchors do not.
+    let forged = dir.path().join("forged");
+    std::fs::create_dir(&forged)?;
+    for e in std::fs::read_dir(&logs)? {
+        let e = e?;
+        std::fs::copy(e.path(), forged.join(e.file_name()))?;
+    }
+    let fbase = forged.join("audit.jsonl");
+    rewrite_chain(
+        &envfence::audit::discover(&fbase)?,
+        &envfence::audit::head_path(&fbase),
+        None,
+    )?;
+    let (ok, out) = verify(&fbase, false)?;
+    println!("--- rewritten, files only:\n{out}");
+    ensure!(
+        ok,
+        "a consistent rewrite should verify without anchors:\n{out}"
+    );
+    let (ok, out) = verify(&fbase, true)?;
+    println!("--- rewritten, with anchors:\n{out}");
+    ensure!(!ok, "the rewrite passed the anchors:\n{out}");
+    ensure!(
+        out.contains(&format!("the head recorded by {url}"))
+            && out.contains(&format!("(seq {first_anchor}, hash "))
+            && out.contains("is not in this chain"),
+        "expected the first missing head, seq {first_anchor}:\n{out}"
+    );
     drop(prom);
     drop(lab);
     Ok(())

@@ -428,6 +428,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
         &files,
         &envfence::audit::VerifyOptions {
             head: Some(envfence::audit::head_path(&audit)),
+            ..Default::default()
         },
     );
     println!(

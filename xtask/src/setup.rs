@@ -20,6 +20,9 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     "bpftool",
     "prometheus",
+    // The SIEM of the audit-shipping tests (TLS: the gnutls driver).
+    "rsyslog",
+    "rsyslog-gnutls",
     "iputils-ping",
     "tcpdump",
 ];

@@ -3,6 +3,8 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::key::ChainKey;
+
 /// `prev` of the first record ever (seq 0): 64 zeros.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -22,16 +24,25 @@ struct Chained<'a, T: Serialize> {
     content: &'a T,
 }
 
+/// The hash of a record's body: SHA-256, or HMAC-SHA256 with a key.
+pub(crate) fn digest(body: &[u8], key: Option<&ChainKey>) -> String {
+    match key {
+        Some(k) => k.mac(body),
+        None => hex::encode(Sha256::digest(body)),
+    }
+}
+
 /// Encodes `content` (which must serialize as a JSON object) as the record
 /// `seq` chained to `prev`. Returns the line (newline included) and its
-/// hash.
+/// hash (keyed with `key`).
 pub(crate) fn encode<T: Serialize>(
     seq: u64,
     prev: &str,
     content: &T,
+    key: Option<&ChainKey>,
 ) -> Result<(Vec<u8>, String), serde_json::Error> {
     let mut line = serde_json::to_vec(&Chained { seq, prev, content })?;
-    let hash = hex::encode(Sha256::digest(&line));
+    let hash = digest(&line, key);
     // `line` is a JSON object with at least `seq` and `prev`: it ends in `}`.
     line.pop();
     line.extend_from_slice(HASH_KEY);
@@ -47,6 +58,9 @@ pub enum MetaKind {
     FileStart,
     /// The writer could not write `missed` records before this one.
     Gap { missed: u64 },
+    /// A policy or agent change (`change`: load, reload, refused, adopt,
+    /// start, stop).
+    Change { change: String },
     /// A kind this version does not know.
     Other(String),
 }
@@ -86,8 +100,15 @@ fn is_hex64(s: &[u8]) -> bool {
     s.len() == 64 && s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Decodes one line (without its newline) and recomputes its hash.
+/// Decodes one line (without its newline) and recomputes its (unkeyed)
+/// hash.
 pub fn decode_line(line: &[u8]) -> Result<Decoded, LineError> {
+    decode_line_with(line, None)
+}
+
+/// Decodes one line (without its newline) and recomputes its hash, keyed
+/// with `key` when given.
+pub fn decode_line_with(line: &[u8], key: Option<&ChainKey>) -> Result<Decoded, LineError> {
     let n = line.len();
     if n < SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
         return Err(LineError::NoHash);
@@ -104,7 +125,7 @@ pub fn decode_line(line: &[u8]) -> Result<Decoded, LineError> {
     let mut body = Vec::with_capacity(cut + 1);
     body.extend_from_slice(body_head);
     body.push(b'}');
-    let computed = hex::encode(Sha256::digest(&body));
+    let computed = digest(&body, key);
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&body).map_err(|e| LineError::BadJson(e.to_string()))?;
     let seq = object
@@ -126,6 +147,13 @@ pub fn decode_line(line: &[u8]) -> Result<Decoded, LineError> {
                     .get("missed")
                     .and_then(serde_json::Value::as_u64)
                     .ok_or(LineError::BadField("missed"))?,
+            },
+            "change" => MetaKind::Change {
+                change: object
+                    .get("change")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or(LineError::BadField("change"))?
+                    .to_owned(),
             },
             other => MetaKind::Other(other.to_owned()),
         }),

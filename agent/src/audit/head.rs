@@ -81,11 +81,13 @@ pub(crate) struct HeadFile {
 
 impl HeadFile {
     pub(crate) fn open(path: PathBuf) -> Result<Self, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o644)
             .open(&path)
             .map_err(AuditError::io(&path))?;
         Ok(Self {

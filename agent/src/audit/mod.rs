@@ -21,9 +21,16 @@
 //!
 //! Besides event lines, the chain holds a few meta records, told apart by an
 //! `"audit"` field: `file_start` (the first line of every file: a file that
-//! does not begin with one lost its beginning) and `gap` (the agent could not
+//! does not begin with one lost its beginning), `gap` (the agent could not
 //! write N records, e.g. a full disk; written as soon as it can write again,
-//! so a hole in the log is never silent).
+//! so a hole in the log is never silent) and `change` (a policy load,
+//! reload, refused file or adoption, agent start and stop: see
+//! [`change`]).
+//!
+//! With a key (`--audit-key FILE`), `hash` is the HMAC-SHA256 of the same
+//! bytes instead of their SHA-256, and every `file_start` says
+//! `"mac":"hmac-sha256"`: rewriting the chain consistently then needs the
+//! key.
 //!
 //! # Files
 //!
@@ -54,23 +61,33 @@
 //! back), truncating a record (a line that is not a complete record),
 //! cutting records from the start of a file (no `file_start`) or from the
 //! end of the chain (the head names a record that is not there). Not
-//! detected: someone who rewrites the whole chain from some record on and
-//! the head with it (the hashes are not keyed): shipping the lines to a
-//! SIEM as they are written, or the head's hash to another system, is what
-//! makes that visible.
+//! detected by the files alone: someone who rewrites the whole chain from
+//! some record on and the head with it, when the hashes are not keyed. What
+//! makes that visible: the key; the SIEM's copy ([`ship`]); and the anchors,
+//! the head exported as metrics ([`metrics`]) that Prometheus keeps off the
+//! node, which `envfence audit verify --anchors URL` checks.
 
 mod chain;
+pub mod change;
 mod head;
-mod verify;
+pub mod key;
+pub mod metrics;
+mod shared;
+pub mod ship;
+pub(crate) mod verify;
 mod writer;
 
 #[cfg(test)]
 mod tests;
 
-pub use chain::{decode_line, Decoded, LineError, MetaKind, GENESIS, RESERVED_FIELDS};
+pub use chain::{
+    decode_line, decode_line_with, Decoded, LineError, MetaKind, GENESIS, RESERVED_FIELDS,
+};
 pub use head::{head_path, Head};
+pub use key::{ChainKey, KeyError};
+pub use shared::SharedAudit;
 pub use verify::{
-    discover, order_by_first_seq, verify_files, Break, HeadCheck, Problem, VerifyOptions,
+    discover, order_by_first_seq, verify_files, Anchor, Break, HeadCheck, Problem, VerifyOptions,
     VerifyReport,
 };
 pub use writer::{rotated_path, AuditOptions, AuditWriter};
@@ -86,6 +103,8 @@ pub enum AuditError {
     },
     #[error("encoding an audit record failed: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("{path}: not an audit head file ({reason})")]
     BadHead {
         path: std::path::PathBuf,

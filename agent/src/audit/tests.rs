@@ -31,6 +31,7 @@ fn opts(max_bytes: u64, keep: usize) -> AuditOptions {
         max_bytes,
         keep,
         node: "node-1".into(),
+        key: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn verify(base: &Path) -> VerifyReport {
         &files,
         &VerifyOptions {
             head: Some(head_path(base)),
+            ..VerifyOptions::default()
         },
     )
 }
@@ -140,7 +142,7 @@ fn an_edit_with_a_recomputed_hash_breaks_the_next_link() {
     v.remove("hash");
     v.insert("packets".into(), 999.into());
     let rec: EventRecord = serde_json::from_value(v.into()).unwrap();
-    let (line, _) = super::chain::encode(d.seq, &d.prev, &rec).unwrap();
+    let (line, _) = super::chain::encode(d.seq, &d.prev, &rec, None).unwrap();
     l[4] = String::from_utf8(line).unwrap().trim_end().to_owned();
     write_lines(&base, &l);
     let b = broken(&verify(&base)).clone();
@@ -226,7 +228,7 @@ fn truncation_mid_record_and_at_the_end_is_found() {
     );
     // Without the head the same file verifies (and says the end is
     // unchecked).
-    let r = verify_files(&discover(&base).unwrap(), &VerifyOptions { head: None });
+    let r = verify_files(&discover(&base).unwrap(), &VerifyOptions::default());
     assert!(r.ok());
     assert_eq!(r.head, Some(HeadCheck::NotChecked));
     // Emptied: no file_start.
@@ -277,6 +279,7 @@ fn rotation_keeps_the_chain_across_files() {
         &rest,
         &VerifyOptions {
             head: Some(head_path(&base)),
+            ..VerifyOptions::default()
         },
     ))
     .clone();
@@ -387,7 +390,7 @@ fn head_files_round_trip_and_reject_garbage() {
 fn lines_that_are_not_records_are_rejected() {
     assert_eq!(decode_line(b"{}"), Err(LineError::NoHash));
     assert_eq!(decode_line(b"hello"), Err(LineError::NoHash));
-    let (line, _) = super::chain::encode(0, GENESIS, &event(0)).unwrap();
+    let (line, _) = super::chain::encode(0, GENESIS, &event(0), None).unwrap();
     let line = &line[..line.len() - 1];
     assert!(decode_line(line).unwrap().hash_ok());
     let no_brace = String::from_utf8_lossy(line).replacen('{', "[", 1);
@@ -395,4 +398,167 @@ fn lines_that_are_not_records_are_rejected() {
         decode_line(no_brace.as_bytes()),
         Err(LineError::BadJson(_))
     ));
+}
+
+fn keyed(max_bytes: u64, key: &ChainKey) -> AuditOptions {
+    AuditOptions {
+        key: Some(key.clone()),
+        ..opts(max_bytes, 3)
+    }
+}
+
+#[test]
+fn a_keyed_chain_needs_its_key_and_an_unkeyed_rewrite_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("audit.jsonl");
+    let key = ChainKey::new(b"0123456789abcdef0123".to_vec()).unwrap();
+    let mut w = AuditWriter::open(&base, keyed(0, &key)).unwrap();
+    for i in 0..5 {
+        w.append(&event(i)).unwrap();
+    }
+    w.sync().unwrap();
+    drop(w);
+    assert!(lines(&base)[0].contains("\"mac\":\"hmac-sha256\""));
+    let files = discover(&base).unwrap();
+    let with = |key: Option<ChainKey>| {
+        verify_files(
+            &files,
+            &VerifyOptions {
+                head: Some(head_path(&base)),
+                key,
+                ..VerifyOptions::default()
+            },
+        )
+    };
+    assert!(
+        with(Some(key.clone())).ok(),
+        "{:?}",
+        with(Some(key.clone()))
+    );
+    assert_eq!(broken(&with(None)).problem, Problem::NeedsKey);
+    let other = ChainKey::new(b"another key, 16+ bytes".to_vec()).unwrap();
+    assert!(matches!(
+        broken(&with(Some(other))).problem,
+        Problem::HashMismatch { .. }
+    ));
+    // Rewritten without the key (a consistent unkeyed chain and head):
+    // verifies unkeyed, fails with the key at its first record.
+    let forged = dir.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    let fbase = write_log(&forged, 5, 0, 3);
+    let r = verify_files(
+        &discover(&fbase).unwrap(),
+        &VerifyOptions {
+            head: Some(head_path(&fbase)),
+            key: Some(key),
+            ..VerifyOptions::default()
+        },
+    );
+    let b = broken(&r);
+    assert_eq!((b.line, b.seq), (1, Some(0)));
+    assert!(matches!(b.problem, Problem::HashMismatch { .. }));
+}
+
+#[test]
+fn a_siem_copy_with_prefixes_and_resent_records_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write_log(dir.path(), 20, 0, 3);
+    let l = lines(&base);
+    // Shipping began at seq 3; records 8..=12 were sent twice; other
+    // messages in between.
+    let mut copy: Vec<String> = Vec::new();
+    for (i, line) in l.iter().enumerate().skip(3) {
+        copy.push(format!("2026-12-02T07:00:00Z node-1 envfence {line}"));
+        if i == 12 {
+            for again in &l[8..=12] {
+                copy.push(format!("2026-12-02T07:00:01Z node-1 envfence {again}"));
+            }
+            copy.push("2026-12-02T07:00:01Z node-1 sshd something else".into());
+        }
+    }
+    let siem = dir.path().join("siem.log");
+    write_lines(&siem, &copy);
+    let opts = VerifyOptions {
+        siem: true,
+        head: Some(head_path(&base)),
+        ..VerifyOptions::default()
+    };
+    let r = verify_files(std::slice::from_ref(&siem), &opts);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!((r.duplicates, r.other_lines), (5, 1));
+    assert_eq!((r.first_seq, r.last_seq), (Some(3), Some(20)));
+    // A record missing from the copy is found.
+    let mut gap = copy.clone();
+    gap.remove(4);
+    write_lines(&siem, &gap);
+    let r = verify_files(std::slice::from_ref(&siem), &opts);
+    assert!(
+        matches!(broken(&r).problem, Problem::Missing { expected: 7, .. }),
+        "{r:?}"
+    );
+    // A resent record that differs is an edit.
+    let mut edited = copy.clone();
+    edited[11] = edited[11].replacen("\"packets\":", "\"packets\":9", 1);
+    write_lines(&siem, &edited);
+    let r = verify_files(std::slice::from_ref(&siem), &opts);
+    assert!(!r.ok());
+}
+
+#[test]
+fn anchors_find_a_consistent_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = write_log(dir.path(), 10, 0, 3);
+    let heads: Vec<Anchor> = lines(&base)
+        .iter()
+        .map(|l| decode_line(l.as_bytes()).unwrap())
+        .map(|d| Anchor {
+            seq: d.seq,
+            hash: d.hash,
+            at: format!("test {}", d.seq),
+        })
+        .collect();
+    let files = discover(&base).unwrap();
+    let check = |anchors: Vec<Anchor>, files: &[PathBuf]| {
+        verify_files(
+            files,
+            &VerifyOptions {
+                anchors,
+                ..VerifyOptions::default()
+            },
+        )
+    };
+    let r = check(heads.clone(), &files);
+    assert!(r.ok(), "{r:?}");
+    assert_eq!(r.anchors_matched, 11);
+    // The chain rewritten consistently from seq 5 on (other content,
+    // recomputed hashes): it verifies alone, but the anchors are not in it.
+    let forged = dir.path().join("forged");
+    std::fs::create_dir(&forged).unwrap();
+    let fbase = forged.join("audit.jsonl");
+    let l = lines(&base);
+    let mut fl = l[..5].to_vec();
+    let mut prev = decode_line(l[4].as_bytes()).unwrap().hash;
+    for seq in 5..=10 {
+        let mut e = event(seq - 1);
+        e.packets += 1;
+        let (line, h) = super::chain::encode(seq, &prev, &e, None).unwrap();
+        fl.push(String::from_utf8(line).unwrap().trim_end().to_owned());
+        prev = h;
+    }
+    write_lines(&fbase, &fl);
+    assert!(check(Vec::new(), &discover(&fbase).unwrap()).ok());
+    let ffiles = discover(&fbase).unwrap();
+    let r = check(heads.clone(), &ffiles);
+    let b = broken(&r);
+    assert_eq!(b.seq, Some(5), "{b}");
+    assert!(b.to_string().contains("test 5"), "{b}");
+    // Cut short: the last anchors are after its end.
+    let short = dir.path().join("short");
+    std::fs::create_dir(&short).unwrap();
+    let sbase = short.join("audit.jsonl");
+    write_lines(&sbase, &lines(&base)[..7]);
+    let r = check(heads, &discover(&sbase).unwrap());
+    assert!(
+        matches!(broken(&r).problem, Problem::EndsBeforeAnchor { ref anchor, .. } if anchor.seq == 7)
+    );
 }

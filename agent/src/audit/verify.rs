@@ -2,6 +2,7 @@
 //! deletion, reordering or truncation breaks it.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     fmt,
     fs::File,
     io::{BufRead as _, BufReader},
@@ -9,9 +10,20 @@ use std::{
 };
 
 use super::{
-    chain::{decode_line, LineError, MetaKind, GENESIS},
+    chain::{decode_line, decode_line_with, LineError, MetaKind, GENESIS},
     head::Head,
+    key::{ChainKey, MAC_NAME},
 };
+
+/// A chain head recorded off the node (e.g. by Prometheus): the chain must
+/// hold record `seq` with this `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: String,
+    /// Where and when it was recorded, for messages.
+    pub at: String,
+}
 
 /// What to check besides the files.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +31,15 @@ pub struct VerifyOptions {
     /// The head file the chain must reach (`None`: the end is not checked,
     /// so records cut from the end cannot be detected).
     pub head: Option<PathBuf>,
+    /// The key of a keyed chain (HMAC-SHA256).
+    pub key: Option<ChainKey>,
+    /// Heads recorded elsewhere that must all be in the chain.
+    pub anchors: Vec<Anchor>,
+    /// The files are a SIEM's copy: each line may begin with the
+    /// receiver's own prefix before the record, lines without a record are
+    /// skipped, a record may appear again (at-least-once delivery resends;
+    /// same seq and hash), and the copy may begin and end anywhere.
+    pub siem: bool,
 }
 
 /// What the head check found.
@@ -113,6 +134,21 @@ pub enum Problem {
     HeadBeforeFiles {
         head_seq: u64,
     },
+    /// A keyed chain checked without its key.
+    NeedsKey,
+    /// The record an anchor names has another hash here.
+    AnchorMismatch {
+        anchor: Anchor,
+    },
+    /// The chain ends before the record an anchor names.
+    EndsBeforeAnchor {
+        anchor: Anchor,
+        last_seq: Option<u64>,
+    },
+    /// SIEM copy: the same seq twice with different content.
+    Conflicting {
+        first: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -197,6 +233,27 @@ impl fmt::Display for Problem {
                 f,
                 "the head file names seq {head_seq}, which is before the first record of these files"
             ),
+            Problem::NeedsKey => write!(
+                f,
+                "the chain is keyed ({MAC_NAME}): its hashes can only be checked with its key (--key FILE)"
+            ),
+            Problem::AnchorMismatch { anchor } => write!(
+                f,
+                "the head recorded {} (seq {}, hash {}) is not in this chain: here seq {} has another hash, so the chain was rewritten from seq {} or earlier",
+                anchor.at, anchor.seq, anchor.hash, anchor.seq, anchor.seq
+            ),
+            Problem::EndsBeforeAnchor { anchor, last_seq } => write!(
+                f,
+                "the head recorded {} (seq {}, hash {}) is not in this chain: it ends at seq {}, records were cut from the end",
+                anchor.at,
+                anchor.seq,
+                anchor.hash,
+                last_seq.map_or_else(|| "(none)".to_owned(), |s| s.to_string())
+            ),
+            Problem::Conflicting { first } => write!(
+                f,
+                "this seq was seen before ({first}) with another hash: one of the two was edited"
+            ),
         }
     }
 }
@@ -208,6 +265,18 @@ pub struct VerifyReport {
     pub files: Vec<FileReport>,
     /// Records verified (event and meta records) before any break.
     pub records: u64,
+    /// Change records (policy loads, reloads, refusals, agent start/stop).
+    pub changes: u64,
+    /// Whether the chain is keyed (its file_start records say so).
+    pub keyed: bool,
+    /// Anchors found in the chain.
+    pub anchors_matched: u64,
+    /// Anchors older than the first record of the files (rotated away).
+    pub anchors_before: u64,
+    /// SIEM copy: records seen again (same seq, same hash) and skipped.
+    pub duplicates: u64,
+    /// SIEM copy: lines without an audit record, skipped.
+    pub other_lines: u64,
     /// Event records among them.
     pub events: u64,
     pub first_seq: Option<u64>,
@@ -272,12 +341,20 @@ pub fn order_by_first_seq(files: &[PathBuf]) -> Vec<PathBuf> {
     keyed.into_iter().map(|(_, _, p)| p).collect()
 }
 
-fn first_seq(path: &Path) -> Option<u64> {
+/// The seq of the first record of `path`, when it can be read.
+pub(crate) fn first_seq(path: &Path) -> Option<u64> {
     let mut line = Vec::new();
     BufReader::new(File::open(path).ok()?)
         .read_until(b'\n', &mut line)
         .ok()?;
     decode_line(line.strip_suffix(b"\n")?).ok().map(|d| d.seq)
+}
+
+/// What a keyed chain's file_start line holds.
+const MAC_MARK: &[u8] = b"\"mac\":\"hmac-sha256\"";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The seq a damaged line claims, when it still begins like a record.
@@ -308,7 +385,14 @@ fn find_seq(reader: &mut impl std::io::BufRead, seq: u64) -> Option<u64> {
 /// Verifies `files` (oldest first) as one chain, and its end against the
 /// head file of `opts`.
 pub fn verify_files(files: &[PathBuf], opts: &VerifyOptions) -> VerifyReport {
-    let mut v = Verifier::default();
+    let mut v = Verifier {
+        key: opts.key.clone(),
+        siem: opts.siem,
+        ..Verifier::default()
+    };
+    for a in &opts.anchors {
+        v.anchors.entry(a.seq).or_default().push(a.clone());
+    }
     if let Some(head_path) = &opts.head {
         match Head::read(head_path) {
             Ok(head) => v.head = head,
@@ -329,10 +413,16 @@ pub fn verify_files(files: &[PathBuf], opts: &VerifyOptions) -> VerifyReport {
             return v.report;
         }
     }
-    if let Err(b) = v.check_head() {
+    if let Err(b) = v.check_head().and_then(|()| v.check_anchors_after()) {
         v.report.broken = Some(b);
     }
     v.report
+}
+
+/// Where a record starts in a SIEM line: at its `{"seq":`.
+fn record_start(line: &[u8]) -> Option<usize> {
+    const START: &[u8] = b"{\"seq\":";
+    line.windows(START.len()).position(|w| w == START)
 }
 
 #[derive(Default)]
@@ -345,6 +435,12 @@ struct Verifier {
     head: Option<Head>,
     /// (hash, file, line) of the record whose seq the head names.
     head_seen: Option<(String, PathBuf, u64)>,
+    key: Option<ChainKey>,
+    /// Anchors by seq, removed as they are checked.
+    anchors: BTreeMap<u64, Vec<Anchor>>,
+    siem: bool,
+    /// SIEM copy: (hash, file:line) of every record seen, by seq.
+    seen: HashMap<u64, (String, String)>,
 }
 
 impl Verifier {
@@ -374,24 +470,64 @@ impl Verifier {
                 break;
             }
             line_no += 1;
-            let Some(line) = buf.strip_suffix(b"\n") else {
+            let Some(mut line) = buf.strip_suffix(b"\n") else {
                 return Err(at(line_no, leading_seq(&buf), Problem::Truncated));
             };
-            let d = decode_line(line)
+            if self.siem {
+                let line_end = line.strip_suffix(b"\r").unwrap_or(line);
+                match record_start(line_end) {
+                    Some(i) => line = &line_end[i..],
+                    None => {
+                        self.report.other_lines += 1;
+                        continue;
+                    }
+                }
+            }
+            let d = decode_line_with(line, self.key.as_ref())
                 .map_err(|e| at(line_no, leading_seq(line), Problem::NotARecord(e)))?;
             let here = |p: Problem| at(line_no, Some(d.seq), p);
+            let is_start = d.meta == Some(MetaKind::FileStart);
+            if is_start && contains(line, MAC_MARK) {
+                self.report.keyed = true;
+            }
             if !d.hash_ok() {
+                if self.key.is_none() && self.report.keyed {
+                    return Err(here(Problem::NeedsKey));
+                }
                 return Err(here(Problem::HashMismatch {
                     stored: d.hash.clone(),
                     computed: d.computed.clone(),
                 }));
             }
-            let is_start = d.meta == Some(MetaKind::FileStart);
-            if line_no == 1 && !is_start {
-                return Err(here(Problem::NoFileStart));
+            if self.siem {
+                if let Some((hash, place)) = self.seen.get(&d.seq) {
+                    if *hash == d.hash {
+                        self.report.duplicates += 1;
+                        continue;
+                    }
+                    return Err(here(Problem::Conflicting {
+                        first: place.clone(),
+                    }));
+                }
+                self.seen.insert(
+                    d.seq,
+                    (d.hash.clone(), format!("{}:{line_no}", path.display())),
+                );
+            } else {
+                if line_no == 1 && !is_start {
+                    return Err(here(Problem::NoFileStart));
+                }
+                if line_no > 1 && is_start {
+                    return Err(here(Problem::FileStartInside));
+                }
             }
-            if line_no > 1 && is_start {
-                return Err(here(Problem::FileStartInside));
+            if let Some(anchors) = self.anchors.remove(&d.seq) {
+                for anchor in anchors {
+                    if anchor.hash != d.hash {
+                        return Err(here(Problem::AnchorMismatch { anchor }));
+                    }
+                    self.report.anchors_matched += 1;
+                }
             }
             match &self.last {
                 None => {
@@ -399,6 +535,12 @@ impl Verifier {
                     // record kept after older files were rotated away.
                     if (d.seq == 0) != (d.prev == GENESIS) {
                         return Err(here(Problem::BadGenesis));
+                    }
+                    // Anchors before it were rotated away.
+                    let before: Vec<u64> = self.anchors.range(..d.seq).map(|(s, _)| *s).collect();
+                    for s in before {
+                        let n = self.anchors.remove(&s).map_or(0, |v| v.len());
+                        self.report.anchors_before += n as u64;
                     }
                     self.report.from_genesis = d.seq == 0;
                     self.report.first_seq = Some(d.seq);
@@ -439,6 +581,7 @@ impl Verifier {
             match &d.meta {
                 None => self.report.events += 1,
                 Some(MetaKind::Gap { missed }) => self.report.gaps.push((d.seq, *missed)),
+                Some(MetaKind::Change { .. }) => self.report.changes += 1,
                 Some(_) => {}
             }
             self.report.records += 1;
@@ -457,6 +600,24 @@ impl Verifier {
             return Err(at(1, None, Problem::EmptyFile));
         }
         Ok(())
+    }
+
+    /// Anchors after the end of the chain: records cut from its end (or
+    /// a rewritten chain that is shorter).
+    fn check_anchors_after(&mut self) -> Result<(), Break> {
+        let Some((_, anchors)) = self.anchors.pop_first() else {
+            return Ok(());
+        };
+        let (file, line) = self.last_place.clone().unwrap_or_default();
+        Err(Break {
+            file,
+            line: line + 1,
+            seq: None,
+            problem: Problem::EndsBeforeAnchor {
+                anchor: anchors[0].clone(),
+                last_seq: self.report.last_seq,
+            },
+        })
     }
 
     fn check_head(&mut self) -> Result<(), Break> {

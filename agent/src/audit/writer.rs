@@ -10,8 +10,9 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    chain::{decode_line, encode, GENESIS},
+    chain::{decode_line_with, encode, GENESIS},
     head::{head_path, Head, HeadFile},
+    key::{ChainKey, MAC_NAME},
     AuditError,
 };
 use crate::events::{EventRecord, EventSink};
@@ -26,6 +27,8 @@ pub struct AuditOptions {
     pub keep: usize,
     /// Node name written in meta records.
     pub node: String,
+    /// Key of a keyed chain (HMAC-SHA256); `None`: SHA-256.
+    pub key: Option<ChainKey>,
 }
 
 /// `FILE.<n>`.
@@ -43,6 +46,9 @@ struct FileStart<'a> {
     /// Why a new file was begun: `new`, `rotated`, `damaged` (the previous
     /// file was found damaged at start and set aside).
     reason: &'a str,
+    /// `hmac-sha256` in a keyed chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -74,7 +80,7 @@ enum Tail {
 /// Longest line looked for at the end of an existing file.
 const MAX_TAIL: u64 = 1 << 20;
 
-fn read_tail(path: &Path) -> Result<Tail, AuditError> {
+fn read_tail(path: &Path, key: Option<&ChainKey>) -> Result<Tail, AuditError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::Missing),
@@ -99,15 +105,20 @@ fn read_tail(path: &Path) -> Result<Tail, AuditError> {
         None if start == 0 => body,
         None => return Ok(Tail::Damaged("its last line is too long".into())),
     };
-    Ok(match decode_line(line) {
+    Ok(match decode_line_with(line, key) {
         Ok(d) if d.hash_ok() => Tail::Valid {
             seq: d.seq,
             hash: d.hash,
             size,
         },
         Ok(d) => Tail::Damaged(format!(
-            "its last record (seq {}) does not match its hash",
-            d.seq
+            "its last record (seq {}) does not match its hash{}",
+            d.seq,
+            if key.is_some() {
+                " with this key (another key, or an unkeyed chain)"
+            } else {
+                " (a keyed chain needs its --audit-key)"
+            }
         )),
         Err(e) => Tail::Damaged(format!("its last line is not an audit record: {e}")),
     })
@@ -152,7 +163,7 @@ impl AuditWriter {
         };
         let head_file = head_path(path);
         let head = Head::read(&head_file)?;
-        let mut tail = read_tail(path)?;
+        let mut tail = read_tail(path, opts.key.as_ref())?;
         if let (Tail::Valid { seq, hash, .. }, Some(h)) = (&tail, &head) {
             if *seq < h.seq {
                 tail = Tail::Damaged(format!(
@@ -228,10 +239,24 @@ impl AuditWriter {
         self.missed
     }
 
-    /// Appends one event record. On failure nothing of it stays in the file,
-    /// and a `gap` record saying how many were missed is written before the
-    /// next record that can be.
-    pub fn append(&mut self, record: &EventRecord) -> Result<u64, AuditError> {
+    /// The last record written (`None` before the first).
+    pub fn head(&self) -> Option<Head> {
+        self.next_seq.checked_sub(1).map(|seq| Head {
+            seq,
+            hash: self.prev.clone(),
+        })
+    }
+
+    /// The node name of the records.
+    pub fn node(&self) -> &str {
+        &self.opts.node
+    }
+
+    /// Appends one record (an event record, or a meta record with an
+    /// `audit` field). On failure nothing of it stays in the file, and a
+    /// `gap` record saying how many were missed is written before the next
+    /// record that can be.
+    pub fn append<T: Serialize>(&mut self, record: &T) -> Result<u64, AuditError> {
         let result = self.try_append(record);
         if let Err(e) = &result {
             self.missed += 1;
@@ -240,7 +265,7 @@ impl AuditWriter {
         result
     }
 
-    fn try_append(&mut self, record: &EventRecord) -> Result<u64, AuditError> {
+    fn try_append<T: Serialize>(&mut self, record: &T) -> Result<u64, AuditError> {
         self.ensure_file()?;
         if self.missed > 0 {
             let error = self.first_error.clone().unwrap_or_default();
@@ -268,9 +293,12 @@ impl AuditWriter {
     }
 
     fn open_current(&self) -> Result<File, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Readable by auditors without root, written by the agent only.
         OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o644)
             .open(&self.path)
             .map_err(AuditError::io(&self.path))
     }
@@ -291,8 +319,9 @@ impl AuditWriter {
                 time: now(),
                 node: &self.opts.node,
                 reason: self.start_reason,
+                mac: self.opts.key.is_some().then_some(MAC_NAME),
             };
-            let (line, hash) = encode(self.next_seq, &self.prev, &start)?;
+            let (line, hash) = encode(self.next_seq, &self.prev, &start, self.opts.key.as_ref())?;
             if let Err(e) = self.write_line(&line, hash) {
                 // Begin the file again next time.
                 self.file = None;
@@ -304,14 +333,15 @@ impl AuditWriter {
 
     /// Encodes and writes one record, rotating first when it would not fit.
     fn write_record<T: Serialize>(&mut self, content: &T) -> Result<u64, AuditError> {
-        let (mut line, mut hash) = encode(self.next_seq, &self.prev, content)?;
+        let key = self.opts.key.as_ref();
+        let (mut line, mut hash) = encode(self.next_seq, &self.prev, content, key)?;
         if self.opts.max_bytes > 0
             && self.records_in_file > 1
             && self.size + line.len() as u64 > self.opts.max_bytes
         {
             self.rotate()?;
             self.ensure_file()?;
-            (line, hash) = encode(self.next_seq, &self.prev, content)?;
+            (line, hash) = encode(self.next_seq, &self.prev, content, self.opts.key.as_ref())?;
         }
         self.write_line(&line, hash)
     }

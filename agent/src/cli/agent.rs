@@ -4,8 +4,13 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::{
-    audit::{AuditOptions, AuditWriter},
-    daemon::{self, state::DEFAULT_STATE_DIR, DaemonOptions, PolicySource},
+    audit::{
+        ship::{addr_host, ShipOptions, Shipper, TlsOptions},
+        AuditOptions, AuditWriter, ChainKey, SharedAudit,
+    },
+    daemon::{
+        self, changes::Revision, state::DEFAULT_STATE_DIR, AuditHooks, DaemonOptions, PolicySource,
+    },
     datapath::pins::DEFAULT_PIN_ROOT,
     events::{Optional, Tee},
 };
@@ -84,6 +89,49 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 10, value_name = "N", requires = "audit_file",
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub audit_keep: u64,
+    /// Key the audit chain: every record's hash is the HMAC-SHA256 with the
+    /// key in this file (e.g. a Kubernetes Secret; at least 16 bytes, a
+    /// final newline is not part of it), so that rewriting the chain needs
+    /// the key. `envfence audit verify --key FILE` checks it.
+    #[arg(long, value_name = "FILE", requires = "audit_file")]
+    pub audit_key: Option<PathBuf>,
+    /// The revision of the policy (e.g. the Git commit of its ConfigMap),
+    /// written in every change record. From the downward API:
+    /// env ENVFENCE_POLICY_REVISION from a pod annotation.
+    #[arg(long, value_name = "REV", env = "ENVFENCE_POLICY_REVISION")]
+    pub policy_revision: Option<String>,
+    /// A file holding the policy's revision, read at every load (e.g. a
+    /// `revision` key of the ConfigMap of the policy, so that it changes
+    /// with it); wins over --policy-revision when it is readable.
+    #[arg(long, value_name = "FILE")]
+    pub policy_revision_file: Option<PathBuf>,
+    /// Ship every audit record, in order, to this syslog receiver
+    /// (HOST:PORT; RFC 5424 messages, octet-counting framing over TCP, TLS
+    /// with --syslog-tls). At least once: shipping resumes after the last
+    /// record the receiver confirmed (FILE.shipped), whatever happened.
+    #[arg(long, value_name = "HOST:PORT", requires = "audit_file")]
+    pub syslog_addr: Option<String>,
+    /// Ship over TLS (needs --syslog-ca).
+    #[arg(long, requires_all = ["syslog_addr", "syslog_ca"])]
+    pub syslog_tls: bool,
+    /// The CA certificate(s) (PEM) that signed the receiver's certificate.
+    #[arg(long, value_name = "FILE", requires = "syslog_tls")]
+    pub syslog_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for receivers that ask for one.
+    #[arg(long, value_name = "FILE", requires_all = ["syslog_tls", "syslog_key"])]
+    pub syslog_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "syslog_cert")]
+    pub syslog_key: Option<PathBuf>,
+    /// The name the receiver's certificate must carry (default: the host
+    /// of --syslog-addr).
+    #[arg(long, value_name = "NAME", requires = "syslog_tls")]
+    pub syslog_server_name: Option<String>,
+    /// How often the receiver's reading is confirmed (the stream is ended,
+    /// the receiver closes it, a new one begins); after a broken
+    /// connection, at most this much is sent again.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub syslog_checkpoint: Duration,
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -107,21 +155,65 @@ fn node_name(args: &AgentArgs) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// Starts shipping the audit log; a setting that cannot be used is an
+/// error naming it, logged: enforcement and the audit file go on without
+/// shipping.
+fn start_shipper(args: &AgentArgs, base: &std::path::Path) -> Option<Shipper> {
+    let addr = args.syslog_addr.clone()?;
+    let tls = if args.syslog_tls {
+        let server_name = args
+            .syslog_server_name
+            .clone()
+            .or_else(|| addr_host(&addr).map(str::to_owned))
+            .unwrap_or_default();
+        Some(TlsOptions {
+            ca: args.syslog_ca.clone().unwrap_or_default(),
+            client: args.syslog_cert.clone().zip(args.syslog_key.clone()),
+            server_name,
+        })
+    } else {
+        None
+    };
+    let opts = ShipOptions {
+        addr,
+        tls,
+        hostname: node_name(args),
+        checkpoint: args.syslog_checkpoint,
+    };
+    match Shipper::start(base, opts) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("audit shipping is OFF: {e} (the audit file is still written; fix the setting and restart)");
+            None
+        }
+    }
+}
+
 async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let key = args
+        .audit_key
+        .as_ref()
+        .map(|p| ChainKey::read(p, "--audit-key"))
+        .transpose()?;
     let audit = match &args.audit_file {
-        Some(path) => Some(
+        Some(path) => Some(SharedAudit::new(
             AuditWriter::open(
                 path,
                 AuditOptions {
                     max_bytes: args.audit_max_bytes,
                     keep: usize::try_from(args.audit_keep).unwrap_or(usize::MAX),
                     node: node_name(&args),
+                    key,
                 },
             )
-            .with_context(|| format!("opening the audit log {}", path.display()))?,
-        ),
+            .with_context(|| format!("--audit-file: opening the audit log {}", path.display()))?,
+        )),
         None => None,
     };
+    let shipper = args
+        .audit_file
+        .as_ref()
+        .and_then(|base| start_shipper(&args, base));
     let opts = DaemonOptions {
         policy: match &args.config {
             Some(path) => PolicySource::File(path.clone()),
@@ -140,15 +232,29 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }),
         event_store_capacity: args.event_store,
         datapath_log: crate::datapath::logging::parse_level(&args.datapath_log).unwrap_or(0),
+        audit: AuditHooks {
+            log: audit.clone(),
+            ship: shipper.as_ref().map(|s| std::sync::Arc::clone(&s.state)),
+            revision: Revision {
+                fixed: args.policy_revision.clone().filter(|r| !r.is_empty()),
+                file: args.policy_revision_file.clone(),
+            },
+        },
     };
     // Every record to stdout and to the audit log.
     let sink = Tee {
         first: std::io::stdout(),
         second: Optional(audit),
     };
-    let mut sink = daemon::run(opts, sink).await?;
-    if let Some(audit) = sink.second.0.as_mut() {
-        audit.sync().context("syncing the audit log")?;
+    let result = daemon::run(opts, sink).await;
+    if let Ok(sink) = &result {
+        if let Some(audit) = &sink.second.0 {
+            audit.sync().context("syncing the audit log")?;
+        }
     }
-    Ok(())
+    // The last records (the stop record among them) go out before exit.
+    if let Some(s) = shipper {
+        tokio::task::spawn_blocking(move || s.stop()).await.ok();
+    }
+    result.map(|_| ())
 }

@@ -1,6 +1,7 @@
 //! The `envfence` command line.
 
 mod agent;
+mod anchors;
 mod audit;
 mod cleanup;
 mod completions;
@@ -8,7 +9,7 @@ mod explain;
 mod fleet;
 mod flows;
 mod policy;
-mod policy_diff;
+pub(crate) mod policy_diff;
 mod status;
 mod table;
 mod top;

@@ -2,6 +2,7 @@
 //! reload policies atomically, follow interfaces as they come and go, and
 //! stop without lifting enforcement (unless asked to).
 
+pub mod changes;
 mod peers;
 pub mod state;
 mod watch;
@@ -20,6 +21,7 @@ use tokio::{
     sync::watch as tokio_watch,
 };
 
+use crate::audit::change::ChangeKind;
 use crate::{
     datapath::{list_interfaces, Datapath, LoadOptions},
     events::Tee,
@@ -90,6 +92,17 @@ pub struct DaemonOptions {
     pub event_store_capacity: usize,
     /// Datapath (aya-log) level, 0 = off.
     pub datapath_log: u8,
+    /// The audit trail: the shared audit log (change records go into it),
+    /// the shipper's state, the policy revision.
+    pub audit: AuditHooks,
+}
+
+/// What the daemon needs of the audit trail (issue 16).
+#[derive(Clone, Default)]
+pub struct AuditHooks {
+    pub log: Option<crate::audit::SharedAudit>,
+    pub ship: Option<Arc<crate::audit::ship::ShipState>>,
+    pub revision: changes::Revision,
 }
 
 /// How often interfaces that failed to attach are retried.
@@ -157,6 +170,9 @@ where
         Arc::clone(&env_names),
     )?)?);
     let health = Arc::new(Health::new(Some(Arc::clone(&counters))));
+    // Audit trail: head and shipping metrics, the change log.
+    let mut change_log = audit_hooks(&opts, &metrics, saved.as_ref())?;
+    change_log.start();
     let status = Arc::new(Status::default());
     let store = EventStore::new(opts.event_store_capacity);
     status.update(|s| {
@@ -194,6 +210,7 @@ where
         status: Arc::clone(&status),
         counters,
         peers: None,
+        changes: change_log,
     };
     agent.ctx_mut().node = agent.opts.node.clone();
 
@@ -220,6 +237,10 @@ where
             let prior: Option<CompiledPolicy> = saved.as_ref().and_then(compile_saved);
             agent.last_text = Some(policy_text_digest(&text));
             agent.install(&p, text, prior.as_ref())?;
+            let generation = agent.generation();
+            agent
+                .changes
+                .loaded(ChangeKind::Load, &origin, &p, generation);
         }
         Err(_) => {
             agent.last_text = agent
@@ -231,9 +252,24 @@ where
             agent.metrics.reloads.with_label_values(&["failure"]).inc();
             if let Err(errors) = &first {
                 let text = errors.to_string();
+                let sha = agent
+                    .opts
+                    .policy
+                    .text()
+                    .ok()
+                    .map(|t| policy::sha256_hex(&t));
+                let pinned = saved.as_ref().map(|s| u64::from(s.generation));
+                agent.changes.refused(&origin, sha, text.clone(), pinned);
                 agent.status.update(|s| s.last_reload_error = Some(text));
             }
+            let saved_policy = saved
+                .as_ref()
+                .and_then(|s| policy::parse(&s.source, &s.origin).ok());
             agent.adopt_saved(saved)?;
+            let generation = agent.generation();
+            agent
+                .changes
+                .adopted(&origin, saved_policy.as_ref(), generation);
         }
     }
     agent.reconcile();
@@ -364,6 +400,7 @@ where
         }
     };
     tracing::info!("{reason}: stopping");
+    agent.changes.stop(reason);
     if agent.opts.detach_on_exit {
         for e in agent.dp.detach_all() {
             tracing::error!("detaching: {e}");
@@ -462,6 +499,7 @@ struct Agent {
     /// Follows the addresses on the other end of attached veths (the
     /// strict source check's peer addresses); `None` when it cannot run.
     peers: Option<crate::netwatch::PeerWatcher>,
+    changes: changes::ChangeLog,
 }
 
 impl Agent {
@@ -609,20 +647,48 @@ impl Agent {
             Err(errors) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
                 tracing::error!("policy reload refused, the policy in force stays:\n{errors}");
+                let sha = self.opts.policy.text().ok().map(|t| policy::sha256_hex(&t));
+                let generation = self.generation();
+                self.changes.refused(
+                    &self.opts.policy.origin(),
+                    sha,
+                    errors.to_string(),
+                    Some(generation),
+                );
                 self.status
                     .update(|s| s.last_reload_error = Some(errors.to_string()));
                 return;
             }
         };
         let prior = self.current.clone();
+        let sha = policy::sha256_hex(&text);
         if let Err(e) = self.install(&p, text, prior.as_ref()) {
             self.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!("policy reload failed, the policy in force stays: {e:#}");
+            let generation = self.generation();
+            self.changes.refused(
+                &self.opts.policy.origin(),
+                Some(sha),
+                format!("{e:#}"),
+                Some(generation),
+            );
             self.status
                 .update(|s| s.last_reload_error = Some(format!("{e:#}")));
             return;
         }
+        let generation = self.generation();
+        self.changes.loaded(
+            ChangeKind::Reload,
+            &self.opts.policy.origin(),
+            &p,
+            generation,
+        );
         self.reconcile();
+    }
+
+    /// Generation of the policy in force.
+    fn generation(&self) -> u64 {
+        u64::try_from(self.metrics.generation.get()).unwrap_or(0)
     }
 
     fn on_link_event(&mut self, event: LinkEvent) {
@@ -813,6 +879,33 @@ impl Agent {
             self.health.set_ready(false, format!("not attached: {why}"));
         }
     }
+}
+
+/// Registers the audit metrics and makes the change log (which knows the
+/// policy a previous agent saved, to diff the first load against it).
+fn audit_hooks(
+    opts: &DaemonOptions,
+    metrics: &Metrics,
+    saved: Option<&SavedPolicy>,
+) -> anyhow::Result<changes::ChangeLog> {
+    let hooks = &opts.audit;
+    if let Some(log) = &hooks.log {
+        let collector =
+            crate::audit::metrics::AuditCollector::new(log.clone(), hooks.ship.clone())?;
+        metrics.registry.register(Box::new(collector))?;
+    }
+    let mut change_log = changes::ChangeLog::new(
+        &opts.node,
+        hooks.revision.clone(),
+        hooks.log.clone(),
+        &metrics.registry,
+    )?;
+    if let Some(s) = saved {
+        if let Ok(p) = policy::parse(&s.source, &s.origin) {
+            change_log.set_prior(s.origin.clone(), p);
+        }
+    }
+    Ok(change_log)
 }
 
 /// The saved policy, compiled with its own ids.

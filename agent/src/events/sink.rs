@@ -19,8 +19,11 @@ pub trait EventSink {
 /// Any writer prints each record as one JSON line.
 impl<W: Write + ?Sized> EventSink for W {
     fn record(&mut self, record: &EventRecord) -> std::io::Result<()> {
-        serde_json::to_writer(&mut *self, record)?;
-        self.write_all(b"\n")
+        // One write per line: lines written by other threads (the daemon's
+        // change records on stdout) never land inside it.
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        self.write_all(&line)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

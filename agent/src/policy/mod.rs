@@ -75,7 +75,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyErrors> {
 }
 
 /// Lowercase hex SHA-256 of `text`.
-fn sha256_hex(text: &str) -> String {
+pub fn sha256_hex(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     let mut hex = String::with_capacity(2 * digest.len());
     for byte in digest {
