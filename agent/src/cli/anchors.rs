@@ -2,12 +2,7 @@
 //! recorded for a node (`envfence_audit_head_seq` and
 //! `envfence_audit_head_hash`, scraped together), read over its HTTP API.
 
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{bail, Context as _};
 use serde_json::Value;
@@ -16,26 +11,6 @@ use crate::audit::{
     metrics::{hash_from_parts, HASH_PARTS, HEAD_HASH, HEAD_SEQ},
     Anchor,
 };
-
-/// `http://HOST:PORT[/PREFIX]` split into (host:port, prefix).
-fn split_url(url: &str) -> anyhow::Result<(String, String)> {
-    let rest = url.strip_prefix("http://").with_context(|| {
-        format!("--anchors {url:?}: expected http://HOST:PORT (https is not supported: use a local port-forward)")
-    })?;
-    let (hostport, prefix) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    if hostport.is_empty() {
-        bail!("--anchors {url:?}: no host");
-    }
-    let hostport = if hostport.contains(':') && !hostport.ends_with(']') {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:80")
-    };
-    Ok((hostport, prefix.to_owned()))
-}
 
 fn url_encode(s: &str) -> String {
     let mut out = String::new();
@@ -49,33 +24,17 @@ fn url_encode(s: &str) -> String {
     out
 }
 
-/// GET `path` (HTTP/1.0: the server closes after the body).
+/// GET `path` of the server at `url` (http or https; the same HTTP client
+/// as `envfence fleet`).
 fn get(url: &str, path: &str) -> anyhow::Result<String> {
-    let (hostport, prefix) = split_url(url)?;
-    let addr = hostport
-        .to_socket_addrs()
-        .with_context(|| format!("--anchors {url}: cannot resolve {hostport}"))?
-        .next()
-        .with_context(|| format!("--anchors {url}: no address for {hostport}"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("--anchors {url}: cannot connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "GET {prefix}{path} HTTP/1.0\r\nHost: {hostport}\r\nAccept: application/json\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("--anchors {url}: reading the answer"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("--anchors {url}: not an HTTP answer"))?;
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200 ") {
-        bail!("--anchors {url}: {status}: {}", body.trim());
-    }
-    Ok(body.to_owned())
+    let full = format!("{}{path}", url.trim_end_matches('/'));
+    let mut resp = ureq::get(&full)
+        .header("Accept", "application/json")
+        .call()
+        .with_context(|| format!("--anchors {url}: GET {path}"))?;
+    resp.body_mut()
+        .read_to_string()
+        .with_context(|| format!("--anchors {url}: reading the answer"))
 }
 
 /// A series' labels and its (timestamp, value) samples.
