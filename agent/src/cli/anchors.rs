@@ -12,23 +12,12 @@ use crate::audit::{
     Anchor,
 };
 
-fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// GET `path` of the server at `url` (http or https; the same HTTP client
-/// as `envfence fleet`).
-fn get(url: &str, path: &str) -> anyhow::Result<String> {
+/// GET `path?query=…` of the server at `url` (http or https; the same
+/// HTTP client as `envfence fleet`).
+fn get(url: &str, path: &str, query: &str) -> anyhow::Result<String> {
     let full = format!("{}{path}", url.trim_end_matches('/'));
     let mut resp = ureq::get(&full)
+        .query("query", query)
         .header("Accept", "application/json")
         .call()
         .with_context(|| format!("--anchors {url}: GET {path}"))?;
@@ -42,7 +31,7 @@ type Series = (Value, Vec<(f64, f64)>);
 
 /// Every series of a range query result.
 fn samples(url: &str, query: &str) -> anyhow::Result<Vec<Series>> {
-    let body = get(url, &format!("/api/v1/query?query={}", url_encode(query)))?;
+    let body = get(url, "/api/v1/query", query)?;
     let v: Value = serde_json::from_str(&body)
         .with_context(|| format!("--anchors {url}: not a Prometheus API answer: {body}"))?;
     if v["status"] != "success" {
