@@ -346,7 +346,7 @@ fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
 
 /// `::ffff:a.b.c.d` is judged as the IPv4 address it carries.
 #[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
+pub(crate) fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 

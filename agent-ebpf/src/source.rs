@@ -24,7 +24,7 @@ use aya_ebpf::{
 use envfence_ebpf::{family, source, PeerKey};
 
 use crate::parse::Layer;
-use crate::programs::PEERS;
+use crate::programs::{is_v4_mapped, PEERS};
 
 /// `AF_INET` / `AF_INET6`.
 const AF_INET: u8 = 2;
@@ -133,11 +133,6 @@ fn effective(layer: &Layer) -> (u8, [u8; 16], [u8; 16]) {
         return (family::V4, src, dst);
     }
     (layer.family, layer.src, layer.dst)
-}
-
-#[inline(always)]
-fn is_v4_mapped(a: &[u8; 16]) -> bool {
-    a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 #[inline(always)]
