@@ -1,11 +1,14 @@
 //! Preflight check of the Linux capabilities the agent needs.
 //!
-//! The agent runs with exactly [`REQUIRED`] in production (the DaemonSet
-//! drops every capability and adds these: `deploy/capabilities.txt`). When
-//! one is missing the kernel refuses somewhere deep in loading, with an
-//! `EPERM` or a verifier message that does not say which capability it
-//! wanted; [`preflight`] says it first, naming each missing capability, why
-//! the agent needs it, and what the process has.
+//! The agent runs with exactly [`REQUIRED`] and [`WANTED`] in production
+//! (the DaemonSet drops every capability and adds these:
+//! `deploy/capabilities.txt`). When a required one is missing the kernel
+//! refuses somewhere deep in loading, with an `EPERM` or a verifier message
+//! that does not say which capability it wanted; [`preflight`] says it first,
+//! naming each missing capability, why the agent needs it, and what the
+//! process has. A wanted one costs a feature, never enforcement: without it
+//! the agent starts, enforces, and warns naming it and what is lost (the
+//! lost feature itself fails closed).
 //!
 //! The check reads the effective set (`CapEff` of `/proc/self/status`) and
 //! accepts what the kernel accepts: `CAP_SYS_ADMIN` stands in for each of the
@@ -14,14 +17,17 @@
 //! `privileged: true` container, passes.
 //!
 //! `tests/tests/caps.rs` proves the set in a lab: the agent enforces with
-//! exactly these capabilities, and without any one of them it fails, both
-//! with this check and (the check skipped) in the kernel.
+//! exactly these capabilities, without any required one it fails, both with
+//! this check and (the check skipped) in the kernel, and without a wanted one
+//! it warns and the kernel refuses what the capability is for.
 
 use std::fmt;
 
 use thiserror::Error;
 
-/// `CAP_NET_ADMIN` (capability number, `include/uapi/linux/capability.h`).
+/// `CAP_NET_BROADCAST` (capability number, `include/uapi/linux/capability.h`).
+pub const CAP_NET_BROADCAST: u8 = 11;
+/// `CAP_NET_ADMIN`.
 pub const CAP_NET_ADMIN: u8 = 12;
 /// `CAP_SYS_ADMIN`.
 pub const CAP_SYS_ADMIN: u8 = 21;
@@ -114,8 +120,8 @@ pub struct Requirement {
     pub substitutes: &'static [u8],
 }
 
-/// The capabilities the agent needs, no more. Kept equal to
-/// `deploy/capabilities.txt` by a test.
+/// The capabilities the agent cannot enforce without. With [`WANTED`], kept
+/// equal to `deploy/capabilities.txt` by a test.
 pub const REQUIRED: &[Requirement] = &[
     Requirement {
         capability: CAP_BPF,
@@ -137,6 +143,22 @@ pub const REQUIRED: &[Requirement] = &[
         substitutes: &[CAP_SYS_ADMIN],
     },
 ];
+
+/// What the kernel says when a [`WANTED`] capability is missing, as the
+/// agent logs it (the lab test looks for it with the check skipped).
+pub const PEERS_NOT_FOLLOWED: &str = "peer addresses are not followed";
+
+/// The capabilities a feature needs: without one the agent still enforces,
+/// and warns at start naming it and what it costs.
+pub const WANTED: &[Requirement] = &[Requirement {
+    capability: CAP_NET_BROADCAST,
+    why: "to follow the addresses configured on the far end of each veth \
+          (rtnetlink notifications of every network namespace, \
+          NETLINK_LISTEN_ALL_NSID) for strict source checks with \
+          `peer_addresses: true`; without it strict checks accept routes only, \
+          which refuses pods on bridge CNIs and on Cilium without endpoint routes",
+    substitutes: &[],
+}];
 
 /// A set of capabilities (bit N = capability N), as `/proc/*/status` prints
 /// them.
@@ -240,23 +262,51 @@ fn missing_message(missing: &[&Requirement], have: CapSet) -> String {
             )
         })
         .collect();
-    let wanted: Vec<String> = REQUIRED
-        .iter()
-        .map(|r| name(r.capability).trim_start_matches("CAP_").to_owned())
-        .collect();
     lines.push(format!(
         "run it as root, or in Kubernetes with securityContext.capabilities.add: [{}] \
          (deploy/capabilities.txt)",
-        wanted.join(", ")
+        deployed_names().join(", ")
     ));
     lines.join("\n")
+}
+
+/// The DaemonSet's capabilities in Kubernetes' spelling (`NET_ADMIN`):
+/// [`REQUIRED`], then [`WANTED`].
+fn deployed_names() -> Vec<String> {
+    REQUIRED
+        .iter()
+        .chain(WANTED)
+        .map(|r| name(r.capability).trim_start_matches("CAP_").to_owned())
+        .collect()
+}
+
+/// The warning for a [`WANTED`] capability `r` the process lacks.
+fn lacking_message(r: &Requirement, have: CapSet) -> String {
+    format!(
+        "envfence lacks capability {} ({}); it has: {have}; add {} to the DaemonSet's \
+         securityContext.capabilities.add (deploy/capabilities.txt)",
+        name(r.capability),
+        r.why,
+        name(r.capability).trim_start_matches("CAP_"),
+    )
 }
 
 /// The requirements `have` does not meet (neither the capability nor a
 /// substitute), in [`REQUIRED`] order.
 pub fn missing(have: CapSet) -> Vec<&'static Requirement> {
-    REQUIRED
-        .iter()
+    unmet(REQUIRED, have)
+}
+
+/// The [`WANTED`] capabilities `have` lacks: one warning line each.
+pub fn lacking(have: CapSet) -> Vec<String> {
+    unmet(WANTED, have)
+        .into_iter()
+        .map(|r| lacking_message(r, have))
+        .collect()
+}
+
+fn unmet(set: &'static [Requirement], have: CapSet) -> Vec<&'static Requirement> {
+    set.iter()
         .filter(|r| {
             !have.contains(r.capability) && !r.substitutes.iter().any(|&s| have.contains(s))
         })
@@ -273,14 +323,20 @@ pub fn check(have: CapSet) -> Result<(), CapsError> {
     }
 }
 
-/// Checks this process's effective capabilities before anything is loaded;
-/// skipped (with a warning) when [`SKIP_ENV`] is `1`.
+/// Checks this process's effective capabilities before anything is loaded
+/// (fails on a missing [`REQUIRED`] one, warns on each missing [`WANTED`]
+/// one); skipped (with a warning) when [`SKIP_ENV`] is `1`.
 pub fn preflight() -> Result<(), CapsError> {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
         tracing::warn!("{SKIP_ENV}=1: the capability check is skipped");
         return Ok(());
     }
-    check(CapSet::current()?)
+    let have = CapSet::current()?;
+    check(have)?;
+    for line in lacking(have) {
+        tracing::warn!("{line}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -370,13 +426,32 @@ mod tests {
         }
         assert!(msg.contains("it has: none"), "{msg}");
         assert!(
-            msg.contains("capabilities.add: [BPF, NET_ADMIN, PERFMON]"),
+            msg.contains("capabilities.add: [BPF, NET_ADMIN, PERFMON, NET_BROADCAST]"),
             "{msg}"
         );
     }
 
+    /// A wanted capability is a warning, never a refusal; SYS_ADMIN does not
+    /// stand in for it (the kernel checks CAP_NET_BROADCAST itself).
+    #[test]
+    fn a_wanted_capability_warns() {
+        let set = CapSet::of(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]);
+        check(set).unwrap();
+        let lines = lacking(set);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("envfence lacks capability CAP_NET_BROADCAST ("),
+            "{lines:?}"
+        );
+        assert!(lines[0].contains("it has: CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF"));
+        assert_eq!(lacking(CapSet::of(&[CAP_SYS_ADMIN])).len(), 1);
+        assert!(lacking(CapSet::of(&[CAP_NET_BROADCAST])).is_empty());
+        assert!(lacking(CapSet(u64::MAX)).is_empty());
+    }
+
     /// The DaemonSet's set (`deploy/capabilities.txt`, also read by the
-    /// manifest tests and the lab test) is exactly [`REQUIRED`].
+    /// manifest tests and the lab test) is exactly [`REQUIRED`] and
+    /// [`WANTED`].
     #[test]
     fn required_is_the_deployed_set() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/capabilities.txt");
@@ -388,7 +463,11 @@ mod tests {
             .map(|l| from_name(l).unwrap_or_else(|| panic!("{path}: unknown capability {l}")))
             .collect();
         deployed.sort_unstable();
-        let mut required: Vec<u8> = REQUIRED.iter().map(|r| r.capability).collect();
+        let mut required: Vec<u8> = REQUIRED
+            .iter()
+            .chain(WANTED)
+            .map(|r| r.capability)
+            .collect();
         required.sort_unstable();
         assert_eq!(deployed, required, "{path} differs from caps::REQUIRED");
     }

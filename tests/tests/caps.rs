@@ -12,10 +12,14 @@
 //!   kernel keeps enforcing while no agent runs (an upgrade), the next agent
 //!   adopts, and one with --detach-on-exit (deploy/uninstall) leaves
 //!   nothing behind;
-//! - with any one capability of the set removed it refuses to start, naming
-//!   the missing capability (the agent's preflight check, agent/src/caps.rs);
-//! - with that check skipped, the kernel refuses too: each capability is
-//!   really needed (if one stops being needed, this test says so);
+//! - with any one required capability of the set removed it refuses to
+//!   start, naming the missing capability (the agent's preflight check,
+//!   agent/src/caps.rs); with that check skipped, the kernel refuses too:
+//!   each capability is really needed (if one stops being needed, this test
+//!   says so);
+//! - without a wanted one (NET_BROADCAST) it enforces and warns naming it,
+//!   and with the check skipped the kernel refuses what it is for (following
+//!   peer addresses), which the agent reports;
 //! - CAP_SYS_ADMIN alone passes the check and works, as the kernel accepts it
 //!   for all three: the check does not refuse what the kernel allows.
 //!
@@ -287,6 +291,11 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
         "the root filesystem is not read-only: {root_mount}"
     );
 
+    // Nothing it wants is missing: peer addresses are followed.
+    let stderr = agent.process().stderr_tail(200);
+    assert!(!stderr.contains(caps::PEERS_NOT_FOLLOWED), "{stderr}");
+    assert!(!stderr.contains("envfence lacks capability"), "{stderr}");
+
     // And it enforces.
     assert!(agent.metric("envfence_attached_interfaces", &[])? >= 7.0);
     for family in [Family::V4, Family::V6] {
@@ -405,6 +414,10 @@ fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
     for &gone in &set {
         let keep: Vec<u8> = set.iter().copied().filter(|&c| c != gone).collect();
         let launcher = Launcher::new(&setpriv_name(gone), &keep)?;
+        if caps::WANTED.iter().any(|r| r.capability == gone) {
+            without_a_wanted_one(&lab, &launcher, gone, &keep)?;
+            continue;
+        }
 
         // The agent's check names the missing capability, and only it.
         let p = spawn(&lab, &launcher, false)?;
@@ -457,19 +470,71 @@ fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
         }
     }
 
-    // No capability at all: all of them named.
+    // No capability at all: all the required ones named.
     let launcher = Launcher::new("none", &[])?;
     let p = spawn(&lab, &launcher, false)?;
     p.wait_timeout(Duration::from_secs(30))?
         .context("the agent should exit at once")?;
     let stderr = p.stderr_tail(20);
-    for &c in &set {
+    for c in caps::REQUIRED.iter().map(|r| r.capability) {
         assert!(
             stderr.contains(&format!("envfence needs capability {} (", caps::name(c))),
             "{stderr}"
         );
     }
     assert!(stderr.contains("it has: none"), "{stderr}");
+    Ok(())
+}
+
+/// Without a wanted capability the agent starts, enforces and warns naming
+/// it (and only it); with the check skipped the kernel refuses what the
+/// capability is for, and the agent says so and still enforces.
+fn without_a_wanted_one(lab: &Lab, launcher: &Launcher, gone: u8, keep: &[u8]) -> Result<()> {
+    let lacks = format!("envfence lacks capability {} (", caps::name(gone));
+    for skip_check in [false, true] {
+        let p = spawn(lab, launcher, skip_check)?;
+        let ready = wait_until(Duration::from_secs(60), || {
+            !p.is_running() || p.stderr_lines().iter().any(|l| l.contains(READY_LINE))
+        });
+        let stderr = p.stderr_tail(40);
+        ensure!(
+            ready && p.is_running(),
+            "without {} (check skipped: {skip_check}) the agent should enforce:\n{stderr}",
+            caps::name(gone)
+        );
+        let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
+        let attached = envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[])
+            .unwrap_or(0.0);
+        ensure!(attached > 0.0, "attached nothing:\n{stderr}");
+        // The kernel refuses the subscription either way.
+        ensure!(
+            stderr.contains(caps::PEERS_NOT_FOLLOWED),
+            "without {} the kernel should refuse following peer addresses:\n{stderr}",
+            caps::name(gone)
+        );
+        if skip_check {
+            ensure!(!stderr.contains(&lacks), "{stderr}");
+        } else {
+            ensure!(
+                stderr.contains(&lacks),
+                "the agent should say {lacks:?}:\n{stderr}"
+            );
+            ensure!(
+                stderr.contains(&format!("it has: {}", CapSet::of(keep))),
+                "{stderr}"
+            );
+            ensure!(!stderr.contains("envfence needs capability"), "{stderr}");
+        }
+        eprintln!(
+            "without {} (check skipped: {skip_check}): {}",
+            caps::name(gone),
+            stderr
+                .lines()
+                .find(|l| l.contains(caps::PEERS_NOT_FOLLOWED))
+                .unwrap_or("")
+        );
+        p.terminate(Duration::from_secs(10))?;
+    }
     Ok(())
 }
 

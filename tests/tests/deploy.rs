@@ -829,7 +829,9 @@ fn daemonset_keeps_least_privilege() {
     let caps = deployed_capabilities();
     assert_eq!(
         caps,
-        ["BPF", "NET_ADMIN", "PERFMON"].map(String::from).into(),
+        ["BPF", "NET_ADMIN", "PERFMON", "NET_BROADCAST"]
+            .map(String::from)
+            .into(),
         "deploy/capabilities.txt changed: change caps::REQUIRED and tests/tests/caps.rs with it"
     );
     // The DaemonSet of every kustomization: an overlay must not loosen it.

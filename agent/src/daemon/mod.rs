@@ -219,7 +219,8 @@ where
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(
-                "peer addresses are not followed ({e}): strict source checks accept routes only"
+                "{} ({e}): strict source checks accept routes only",
+                crate::caps::PEERS_NOT_FOLLOWED
             );
             None
         }
