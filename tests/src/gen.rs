@@ -19,6 +19,7 @@
 pub mod catalog;
 pub mod diff;
 pub mod pcap;
+pub mod routes;
 pub mod wire;
 
 use std::net::Ipv4Addr;
@@ -667,7 +668,9 @@ pub fn v4_in(rng: &mut Rng, env: Env) -> [u8; 4] {
         Env::Test => [10, 30, a, b],
         Env::Dev => [10, 40, a, b],
         Env::Ops => [10, 0, 0, b],
-        Env::World => match rng.below(8) {
+        Env::World => match rng.below(9) {
+            // A link-local multicast group (mDNS).
+            8 => [224, 0, 0, 251],
             0 => [10, 0, 1 + rng.below(255) as u8, b],
             1 => [10, 11, a, b],
             2 => [10, 31, a, b],
@@ -708,10 +711,28 @@ pub fn v6_in(rng: &mut Rng, env: Env) -> [u8; 16] {
         Env::World => {
             let env = rng.pick(&Env::ALL);
             let v4 = v4_in(rng, env);
-            match rng.below(9) {
+            match rng.below(11) {
                 0 => {
                     a[..8].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 2]);
                     return a;
+                }
+                9 => {
+                    // Link-local (neighbour discovery's sources).
+                    a[..8].copy_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0]);
+                    return a;
+                }
+                10 => {
+                    // All-nodes or a solicited-node group.
+                    let mut x = [0u8; 16];
+                    x[..2].copy_from_slice(&[0xff, 0x02]);
+                    if rng.chance(50) {
+                        x[15] = 1;
+                    } else {
+                        x[11] = 1;
+                        x[12] = 0xff;
+                        x[13..].copy_from_slice(&a[13..]);
+                    }
+                    return x;
                 }
                 1 => [0xfd, 0, 0, 0x11],
                 2 => [0xfd, 0, 0, 0x31],

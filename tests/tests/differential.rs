@@ -32,17 +32,7 @@ fn root() {
 }
 
 fn seed() -> u64 {
-    match std::env::var("ENVFENCE_FUZZ_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|e| panic!("ENVFENCE_FUZZ_SEED={s:?}: {e}"))
-        }
-        Err(_) => diff::DEFAULT_SEED,
-    }
+    diff::seed_from_env()
 }
 
 #[test]
@@ -60,13 +50,7 @@ fn generated_frames_kernel_equals_reference() {
         eprintln!("{}", m.report(diff::policy_of(&engine, m.mode)));
     }
     assert!(report.cases >= 200_000, "only {} cases", report.cases);
-    let thin: Vec<String> = ALL_CLASSES
-        .iter()
-        .filter_map(|c| {
-            let n = report.classes.get(c).copied().unwrap_or(0);
-            (n < MIN_PER_CLASS).then(|| format!("{c} ({n})"))
-        })
-        .collect();
+    let thin = report.thin(ALL_CLASSES, MIN_PER_CLASS);
     assert!(
         thin.is_empty(),
         "the generator barely reaches these outcomes: {}",

@@ -68,21 +68,11 @@ fn l4s(v6: bool) -> Vec<(u8, Vec<u8>)> {
 }
 
 fn expected_action(outcome: &reference::Outcome, mode: Mode) -> u32 {
-    if outcome.passes(mode) {
-        ACTION_NEXT
-    } else {
-        ACTION_SHOT
-    }
+    envfence_tests::gen::diff::expected(outcome, mode).0
 }
 
 fn expected_tag(outcome: &reference::Outcome) -> u32 {
-    match outcome {
-        reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
-        reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
-        reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
-        reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
-        reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
-    }
+    envfence_tests::gen::diff::expected(outcome, Mode::Enforce).1
 }
 
 /// Asserts kernel == reference for one frame on both hooks.

@@ -15,6 +15,7 @@ mod environments;
 mod error;
 mod model;
 pub mod reference;
+pub mod rpf;
 mod rules;
 mod source_check;
 mod validate;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use envfence_ebpf::{family, parse_limits as lim, proto, verdict};
 
-use super::{CompiledPolicy, Mode, L4};
+use super::{rpf, CompiledPolicy, Mode, L4};
 
 use envfence_ebpf::wire::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, IPV6_HLEN, VLAN_HLEN,
@@ -28,6 +28,20 @@ pub enum Outcome {
     TunnelTooDeep,
     /// An IP packet, judged by the policy.
     Judged(Judgement),
+    /// Its outer source failed the source check of the interface it
+    /// entered: counted under `world` and the destination's environment,
+    /// dropped in enforce mode, passed in audit mode.
+    Spoofed(Spoofed),
+}
+
+/// A packet refused by the source check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spoofed {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dst_env: u32,
+    /// What the check found (`envfence_ebpf::source`).
+    pub found: rpf::SourceFound,
 }
 
 /// What is known of the L4 header of a judged packet.
@@ -77,6 +91,7 @@ impl Outcome {
                 mode == Mode::Audit
             }
             Outcome::Judged(j) => j.verdict != verdict::DROP,
+            Outcome::Spoofed(_) => mode == Mode::Audit,
         }
     }
 }
@@ -143,16 +158,54 @@ fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
 }
 
-/// Classifies one Ethernet frame as the kernel program does.
+/// Classifies one Ethernet frame as the kernel program does on an
+/// interface without a source check (egress, or mode `off`).
 pub fn classify(frame: &[u8], policy: &CompiledPolicy) -> Outcome {
+    match parse(frame) {
+        Ok((outer, inner)) => judge_all(&outer, inner.as_ref(), policy),
+        Err(outcome) => outcome,
+    }
+}
+
+/// Classifies one Ethernet frame entering interface `ifindex` of `node`:
+/// a frame the parser can read up to its addresses has its outer source
+/// checked first ([`rpf::Node::check`]); a refused one is
+/// [`Outcome::Spoofed`], never judged under the environment it claims.
+pub fn classify_on(
+    frame: &[u8],
+    policy: &CompiledPolicy,
+    node: &rpf::Node,
+    ifindex: u32,
+) -> Outcome {
     let (outer, inner) = match parse(frame) {
         Ok(p) => p,
         Err(outcome) => return outcome,
     };
-    let mut best = judge(&outer, policy);
+    if let Some(found) = node.check(ifindex, outer.src, outer.dst) {
+        if !envfence_ebpf::source::accepted(found.result) {
+            return Outcome::Spoofed(Spoofed {
+                src: outer.src,
+                dst: outer.dst,
+                dst_env: policy.lookup_env(outer.dst).0,
+                found,
+            });
+        }
+    }
+    judge_all(&outer, inner.as_ref(), policy)
+}
+
+/// The outer packet's (source, destination), when the frame can be read up
+/// to its addresses: what the source check looks at.
+pub fn outer_addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    parse(frame).ok().map(|(outer, _)| (outer.src, outer.dst))
+}
+
+/// The outer layer judged, a tunnel's inner one too: the stricter verdict.
+fn judge_all(outer: &Layer, inner: Option<&Layer>, policy: &CompiledPolicy) -> Outcome {
+    let mut best = judge(outer, policy);
     let tunneled = inner.is_some();
     let mut by_inner = false;
-    if let Some(inner) = &inner {
+    if let Some(inner) = inner {
         let j = judge(inner, policy);
         if j.verdict > best.verdict {
             best = j;

@@ -4,6 +4,8 @@
 //! audit mode, and through the reference classifier; every disagreement is
 //! printed (hex and decoded header stack) and saved as a regression case in
 //! `tests/corpus/regressions/`, which the test suite replays on every run.
+//! Then the route lab's run (`tests/tests/differential_routes.rs`'s engine:
+//! the source check against a node's real routes) for `--route-cases`.
 //!
 //! Run it with `cargo xtask fuzz --cases N [--seed S]` (needs root). Exits 1
 //! when a mismatch was found.
@@ -15,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use envfence_tests::gen::diff::{self, Engine, Options};
+use envfence_tests::gen::routes::{run_on_routes, RouteLab, SOURCE_CLASSES};
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,11 @@ struct Args {
     /// Seed (decimal or 0x-hex); the same seed generates the same frames.
     #[arg(long, value_parser = parse_seed)]
     seed: Option<u64>,
+    /// Cases run afterwards on the route lab (tests/src/gen/routes.rs):
+    /// frames entering interfaces with different source checks and routes
+    /// (default: a quarter of --cases).
+    #[arg(long)]
+    route_cases: Option<u64>,
     /// Run the egress program too for one case in this many.
     #[arg(long, default_value_t = 8)]
     egress_every: u64,
@@ -118,5 +126,46 @@ fn run(args: Args) -> Result<bool> {
     if !missing.is_empty() {
         println!("outcome classes not hit: {}", missing.join(", "));
     }
-    Ok(report.mismatched_cases == 0)
+    let route_cases = args.route_cases.unwrap_or(args.cases / 4);
+    if route_cases == 0 {
+        return Ok(report.mismatched_cases == 0);
+    }
+    drop(engine);
+    let routes = route_run(route_cases, seed, args.egress_every)?;
+    Ok(report.mismatched_cases == 0 && routes.mismatched_cases == 0)
+}
+
+/// The route lab's run: the source check against a node's routes.
+fn route_run(cases: u64, seed: u64, egress_every: u64) -> Result<diff::Report> {
+    let lab = RouteLab::new().context("building the route lab")?;
+    eprintln!("envfence-fuzz: route lab, {cases} cases, seed {seed:#x}");
+    let ns = lab.node_ns.clone();
+    let report = envfence_tests::netns::in_netns(&ns, || -> Result<diff::Report> {
+        let mut engine = Engine::new().context("loading the datapath")?;
+        lab.install(&mut engine)?;
+        let mut opts = Options::new(cases, seed);
+        opts.egress_every = egress_every;
+        let report = run_on_routes(&engine, &lab, &opts)?;
+        for m in &report.mismatches {
+            println!("{}", m.report(diff::policy_of(&engine, m.mode)));
+        }
+        Ok(report)
+    })??;
+    print!("route lab: {}", report.summary());
+    println!(
+        "route cases {} | cases/s {:.0} | skipped {} | mismatches {}",
+        report.cases,
+        report.cases_per_sec(),
+        report.skipped,
+        report.mismatched_cases
+    );
+    let thin: Vec<&str> = SOURCE_CLASSES
+        .iter()
+        .filter(|c| report.classes.get(*c).copied().unwrap_or(0) == 0)
+        .copied()
+        .collect();
+    if !thin.is_empty() {
+        println!("source-check results not hit: {}", thin.join(", "));
+    }
+    Ok(report)
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::datapath::Hook;
-use envfence::policy::{self, reference, CompiledPolicy, Mode};
+use envfence::policy::{self, reference, rpf, CompiledPolicy, Mode};
 use envfence_ebpf::{tag, verdict};
 
 use super::{fnv1a, from_hex, kernel_refuses, to_hex, Gen, Kind};
@@ -25,6 +25,22 @@ use crate::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 /// Seed of a run when none is given (`ENVFENCE_FUZZ_SEED` overrides it in
 /// the tests).
 pub const DEFAULT_SEED: u64 = 0x00ef_2026_0003;
+
+/// The seed of a test run: `ENVFENCE_FUZZ_SEED` (decimal or 0x-hex), else
+/// [`DEFAULT_SEED`].
+pub fn seed_from_env() -> u64 {
+    match std::env::var("ENVFENCE_FUZZ_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => s.parse(),
+            };
+            parsed.unwrap_or_else(|e| panic!("ENVFENCE_FUZZ_SEED={s:?}: {e}"))
+        }
+        Err(_) => DEFAULT_SEED,
+    }
+}
 
 /// Where regression cases live: `tests/corpus/regressions/`.
 pub fn regressions_dir() -> PathBuf {
@@ -58,6 +74,7 @@ pub fn expected(outcome: &reference::Outcome, mode: Mode) -> (u32, u32) {
         reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
         reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
         reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
+        reference::Outcome::Spoofed(s) => tag::judged(verdict::SPOOFED, 0, s.dst_env),
     };
     (action, t)
 }
@@ -76,6 +93,7 @@ fn verdict_name(v: u8) -> &'static str {
         verdict::LOG => "log",
         verdict::AUDIT => "audit",
         verdict::DROP => "drop",
+        verdict::SPOOFED => "spoofed",
         _ => "?",
     }
 }
@@ -118,6 +136,8 @@ pub struct Mismatch {
     pub mode: Mode,
     pub hook: Hook,
     pub ingress_ifindex: u32,
+    /// The device the frame entered (0: `lo`, no source check).
+    pub ifindex: u32,
     /// What the reference says: (action, tag).
     pub expected: (u32, u32),
     /// What the kernel did: (action, tag).
@@ -133,11 +153,12 @@ impl Mismatch {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "MISMATCH ({}) {} mode, {} hook (ingress_ifindex {}), {} bytes{}",
+            "MISMATCH ({}) {} mode, {} hook (ingress_ifindex {}, on ifindex {}), {} bytes{}",
             self.origin,
             self.mode,
             self.hook.as_str(),
             self.ingress_ifindex,
+            self.ifindex,
             self.frame.len(),
             self.kind
                 .map(|k| format!(", {} case", k.name()))
@@ -252,6 +273,20 @@ impl Engine {
     /// including an EINVAL the prediction did not expect or a predicted
     /// refusal the kernel did not make.
     pub fn check(&self, frame: &[u8], egress: bool, foreign_iif: bool) -> Result<Checked> {
+        self.check_on(frame, egress, foreign_iif, None)
+    }
+
+    /// [`Engine::check`] with the frame entering device `ifindex` of `node`
+    /// (`Some((node, ifindex))`; the calling thread must be in that node's
+    /// namespace): the ingress runs check its source against the node's
+    /// routes, in the kernel and in the reference ([`reference::classify_on`]).
+    pub fn check_on(
+        &self,
+        frame: &[u8],
+        egress: bool,
+        foreign_iif: bool,
+        on: Option<(&rpf::Node, u32)>,
+    ) -> Result<Checked> {
         if kernel_refuses(frame) {
             match self.enforce.run_tagged(Hook::Ingress, frame, 0) {
                 Err(e) if is_einval(&e) => return Ok(Checked::Refused),
@@ -262,21 +297,33 @@ impl Engine {
                 ),
             }
         }
-        let outcome_enforce = reference::classify(frame, &self.enforce.policy);
-        let outcome_audit = reference::classify(frame, &self.audit.policy);
+        let ifindex = on.map_or(0, |(_, i)| i);
+        // Ingress checks the source on the node; egress never does.
+        let classify_in = |policy: &CompiledPolicy| match on {
+            Some((node, i)) => reference::classify_on(frame, policy, node, i),
+            None => reference::classify(frame, policy),
+        };
+        let outcome_enforce = classify_in(&self.enforce.policy);
+        let outcome_audit = classify_in(&self.audit.policy);
         let mut mismatches = Vec::new();
         for (h, outcome) in [
             (&self.enforce, &outcome_enforce),
             (&self.audit, &outcome_audit),
         ] {
             let mode = h.policy.mode;
-            let want = expected(outcome, mode);
-            let mut runs = vec![(Hook::Ingress, 0u32)];
+            let egress_outcome = match on {
+                Some(_) if egress => Some(reference::classify(frame, &h.policy)),
+                _ => None,
+            };
+            let mut runs = vec![(Hook::Ingress, 0u32, outcome)];
             if egress {
-                runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }));
+                let o = egress_outcome.as_ref().unwrap_or(outcome);
+                runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }, o));
             }
-            for (hook, iif) in runs {
-                let got = match h.run_tagged(hook, frame, iif) {
+            for (hook, iif, outcome) in runs {
+                let want = expected(outcome, mode);
+                let on_dev = if hook == Hook::Ingress { ifindex } else { 0 };
+                let got = match h.run_on(hook, frame, iif, on_dev) {
                     Ok(got) => got,
                     Err(e) if is_einval(&e) => bail!(
                         "BPF_PROG_TEST_RUN refused (EINVAL) a frame not predicted to be refused: {}",
@@ -292,6 +339,7 @@ impl Engine {
                         mode,
                         hook,
                         ingress_ifindex: iif,
+                        ifindex: on_dev,
                         expected: want,
                         got,
                         outcome: format!("{outcome:?}"),
@@ -317,6 +365,7 @@ pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
         Outcome::Malformed => vec!["malformed"],
         Outcome::VlanTooDeep => vec!["vlan-too-deep"],
         Outcome::TunnelTooDeep => vec!["tunnel-too-deep"],
+        Outcome::Spoofed(_) => vec!["spoofed"],
         Outcome::Judged(j) => {
             let mut c = vec![match j.verdict {
                 verdict::ALLOW => "verdict-allow",
@@ -442,6 +491,18 @@ pub struct Report {
 impl Report {
     pub fn cases_per_sec(&self) -> f64 {
         self.cases as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The classes of `classes` hit fewer than `min` times, as
+    /// `class (count)`.
+    pub fn thin(&self, classes: &[&str], min: u64) -> Vec<String> {
+        classes
+            .iter()
+            .filter_map(|c| {
+                let n = self.classes.get(c).copied().unwrap_or(0);
+                (n < min).then(|| format!("{c} ({n})"))
+            })
+            .collect()
     }
 
     /// Outcome classes never hit.

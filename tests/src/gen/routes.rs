@@ -1,0 +1,462 @@
+//! A route lab for the differential suite: a node namespace with seven
+//! veths whose source checks, forwarding and routes differ, the same node
+//! stated as the reference's input ([`rpf::Node`]), and the loop that sends
+//! generated frames in through a different interface each time.
+//!
+//! The routes cover the generator's address pools (tests/src/gen.rs) with
+//! nested prefixes through different interfaces, blackhole, unreachable and
+//! prohibit routes, a local address, and gaps with no route at all, so that
+//! every result of the check is met; the table below is what both sides
+//! get: `ip` configures the kernel from it, and the reference reads it as
+//! written (it never reads the kernel's routes back).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use envfence::policy::rpf::{self, IfaceCheck, Route, RouteKind, Routes};
+use envfence::policy::{SourceCheck, SourceMode};
+use envfence_ebpf::source;
+
+use super::diff::{outcome_classes, Checked, Engine, Options, Report};
+use super::{Gen, Rng};
+use crate::netns::{self, PREFIX};
+
+/// One interface of the node: its name, check and forwarding.
+struct Iface {
+    name: &'static str,
+    /// None: no setting written (the datapath's default, strict by routes).
+    check: Option<(SourceMode, bool)>,
+    forwarding_v4: bool,
+    forwarding_v6: bool,
+}
+
+const fn iface(
+    name: &'static str,
+    check: Option<(SourceMode, bool)>,
+    forwarding_v4: bool,
+    forwarding_v6: bool,
+) -> Iface {
+    Iface {
+        name,
+        check,
+        forwarding_v4,
+        forwarding_v6,
+    }
+}
+
+use SourceMode::{Loose, Off, Strict};
+
+const IFACES: &[Iface] = &[
+    iface("efr0", Some((Strict, true)), true, true),
+    iface("efr1", Some((Strict, false)), true, true),
+    iface("efr2", Some((Loose, false)), true, true),
+    iface("efr3", Some((Off, false)), true, true),
+    iface("efr4", None, true, true),
+    iface("efr5", Some((Strict, true)), false, false),
+    iface("efr6", Some((Loose, false)), false, true),
+];
+
+/// (prefix, what, interface): `dev` routes, `blackhole` / `unreachable` /
+/// `prohibit` routes, and `local` addresses (an address on the interface).
+const ROUTES: &[(&str, &str, &str)] = &[
+    ("10.10.1.0/24", "dev", "efr0"),
+    ("10.10.0.0/16", "dev", "efr1"),
+    ("10.10.3.2/32", "local", "efr1"),
+    ("10.30.1.0/24", "dev", "efr2"),
+    ("10.30.0.0/16", "dev", "efr0"),
+    ("10.30.3.0/24", "blackhole", ""),
+    ("10.20.0.0/16", "dev", "efr4"),
+    ("10.20.2.0/24", "dev", "efr5"),
+    ("10.20.3.0/24", "prohibit", ""),
+    ("10.40.0.0/16", "dev", "efr6"),
+    ("10.40.3.0/24", "unreachable", ""),
+    ("10.0.0.0/24", "dev", "efr3"),
+    ("192.0.2.0/24", "dev", "efr2"),
+    ("fd00:10:1::/48", "dev", "efr0"),
+    ("fd00:10::/32", "dev", "efr1"),
+    ("fd00:10:3::2/128", "local", "efr1"),
+    ("fd00:30:1::/48", "dev", "efr2"),
+    ("fd00:30::/32", "dev", "efr0"),
+    ("fd00:30:3::/48", "blackhole", ""),
+    ("fd00:20::/32", "dev", "efr4"),
+    ("fd00:20:2::/48", "dev", "efr5"),
+    ("fd00:20:3::/48", "prohibit", ""),
+    ("fd00:40::/32", "dev", "efr6"),
+    ("fd00:40:3::/48", "unreachable", ""),
+    ("fd00:0:0:1::/64", "dev", "efr3"),
+    ("2001:db8::/32", "dev", "efr5"),
+];
+
+/// (interface, address): addresses configured on the far end of a veth
+/// (`EF_PEERS`); only interfaces that trust their peer accept them.
+const PEERS: &[(&str, &str)] = &[
+    ("efr0", "10.10.2.2"),
+    ("efr0", "10.30.3.2"),
+    ("efr0", "192.0.2.2"),
+    ("efr0", "fd00:10:2::2"),
+    ("efr0", "fd00:30:3::2"),
+    ("efr1", "10.10.1.2"),
+    ("efr1", "fd00:10:1::2"),
+    ("efr5", "10.20.2.2"),
+    ("efr5", "10.30.1.3"),
+];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The route lab: a node namespace and a namespace holding the veths' far
+/// ends, removed again on drop.
+pub struct RouteLab {
+    pub node_ns: String,
+    peer_ns: String,
+    /// The interfaces' ifindexes in the node namespace, in [`IFACES`] order.
+    pub ifindexes: Vec<u32>,
+    /// The same node as the reference sees it.
+    pub node: rpf::Node,
+}
+
+impl Drop for RouteLab {
+    fn drop(&mut self) {
+        for ns in [&self.node_ns, &self.peer_ns] {
+            if let Err(e) = netns::delete_namespace(ns) {
+                eprintln!("route lab: removing {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+impl RouteLab {
+    /// Builds the namespaces, veths, forwarding settings and routes. Needs
+    /// root.
+    pub fn new() -> Result<RouteLab> {
+        netns::require_root()?;
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{PREFIX}{}-r{seq}", std::process::id());
+        let mut lab = RouteLab {
+            node_ns: format!("{id}-node"),
+            peer_ns: format!("{id}-peer"),
+            ifindexes: Vec::new(),
+            node: rpf::Node::default(),
+        };
+        netns::ip(&["netns", "add", &lab.node_ns])?;
+        netns::ip(&["netns", "add", &lab.peer_ns])?;
+        let mut node = vec!["link set lo up".to_owned()];
+        let mut peer = vec!["link set lo up".to_owned()];
+        for (i, f) in IFACES.iter().enumerate() {
+            netns::ip(&[
+                "-n",
+                &lab.node_ns,
+                "link",
+                "add",
+                f.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("efp{i}"),
+                "netns",
+                &lab.peer_ns,
+            ])?;
+            node.push(format!("link set {} up", f.name));
+            peer.push(format!("link set efp{i} up"));
+        }
+        netns::ip_batch(&lab.peer_ns, &peer)?;
+        netns::ip_batch(&lab.node_ns, &node)?;
+        lab.configure()?;
+        Ok(lab)
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        let ns = self.node_ns.clone();
+        let ifindexes = netns::in_netns(&ns, || -> Result<Vec<u32>> {
+            sysctl("net/ipv4/conf/all/forwarding", "1")?;
+            sysctl("net/ipv6/conf/all/forwarding", "1")?;
+            let mut out = Vec::new();
+            for f in IFACES {
+                sysctl(
+                    &format!("net/ipv4/conf/{}/forwarding", f.name),
+                    if f.forwarding_v4 { "1" } else { "0" },
+                )?;
+                sysctl(
+                    &format!("net/ipv6/conf/{}/forwarding", f.name),
+                    if f.forwarding_v6 { "1" } else { "0" },
+                )?;
+                out.push(
+                    nix::net::if_::if_nametoindex(f.name)
+                        .with_context(|| format!("ifindex of {}", f.name))?,
+                );
+            }
+            Ok(out)
+        })??;
+        let index_of = |name: &str| -> Result<u32> {
+            IFACES
+                .iter()
+                .position(|f| f.name == name)
+                .map(|i| ifindexes[i])
+                .with_context(|| format!("no interface {name} in the route lab"))
+        };
+        let mut lines = Vec::new();
+        let mut routes = Vec::new();
+        for &(net, what, dev) in ROUTES {
+            let (line, kind, ifindex) = match what {
+                "dev" => (
+                    format!("route add {net} dev {dev}"),
+                    RouteKind::Unicast,
+                    index_of(dev)?,
+                ),
+                "local" => (
+                    // No duplicate address detection: usable at once.
+                    format!(
+                        "addr add {net} dev {dev}{}",
+                        if net.contains(':') { " nodad" } else { "" }
+                    ),
+                    RouteKind::Local,
+                    0,
+                ),
+                refused => (format!("route add {refused} {net}"), RouteKind::Refused, 0),
+            };
+            lines.push(line);
+            routes.push(Route {
+                net: net
+                    .parse()
+                    .with_context(|| format!("route lab prefix {net}"))?,
+                kind,
+                ifindex,
+            });
+        }
+        netns::ip_batch(&self.node_ns, &lines)?;
+        let mut node = rpf::Node {
+            routes: Routes::new(routes),
+            ..rpf::Node::default()
+        };
+        for (f, &idx) in IFACES.iter().zip(&ifindexes) {
+            if let Some((mode, trust_peer)) = f.check {
+                node.ifaces.insert(
+                    idx,
+                    IfaceCheck {
+                        mode: mode.as_u8(),
+                        trust_peer,
+                    },
+                );
+            }
+            if !f.forwarding_v4 {
+                node.no_forwarding_v4.insert(idx);
+            }
+            if !f.forwarding_v6 {
+                node.no_forwarding_v6.insert(idx);
+            }
+        }
+        let mut peers = BTreeSet::new();
+        for &(dev, addr) in PEERS {
+            let a: IpAddr = addr.parse().with_context(|| format!("peer {addr}"))?;
+            peers.insert((index_of(dev)?, a));
+        }
+        node.peers = peers;
+        self.ifindexes = ifindexes;
+        self.node = node;
+        Ok(())
+    }
+
+    /// Writes the interfaces' checks and the peer addresses into both of
+    /// `engine`'s datapaths.
+    pub fn install(&self, engine: &mut Engine) -> Result<()> {
+        for h in [&mut engine.enforce, &mut engine.audit] {
+            for (f, &idx) in IFACES.iter().zip(&self.ifindexes) {
+                if let Some((mode, peer_addresses)) = f.check {
+                    h.datapath_mut().set_source_check(
+                        idx,
+                        SourceCheck {
+                            mode,
+                            peer_addresses,
+                            entry: None,
+                        },
+                    )?;
+                }
+                let addrs: Vec<IpAddr> = self
+                    .node
+                    .peers
+                    .iter()
+                    .filter(|(i, _)| *i == idx)
+                    .map(|(_, a)| *a)
+                    .collect();
+                if !addrs.is_empty() {
+                    h.datapath_mut().set_peer_addresses(idx, &addrs)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sysctl(path: &str, value: &str) -> Result<()> {
+    let full = format!("/proc/sys/{path}");
+    std::fs::write(&full, value).with_context(|| format!("writing {value} to {full}"))
+}
+
+/// Coverage classes of the source check (what [`RouteLab`] must produce):
+/// `source-<result>` for each result of `envfence_ebpf::source`.
+pub fn source_class(found: Option<rpf::SourceFound>) -> &'static str {
+    match found.map(|f| f.result) {
+        None => "source-not-checked",
+        Some(source::OK_ROUTE) => "source-route",
+        Some(source::OK_PEER) => "source-peer-address",
+        Some(source::OK_LINK_SCOPE) => "source-link-scope",
+        Some(source::OK_UNVERIFIED) => "source-unverified",
+        Some(source::OTHER_INTERFACE) => "source-route-via-other-interface",
+        Some(source::NO_ROUTE) => "source-no-route",
+        Some(source::NOT_FORWARDABLE) => "source-no-unicast-route",
+        Some(source::FORWARDING_DISABLED) => "source-forwarding-disabled",
+        Some(source::MARTIAN) => "source-martian",
+        Some(_) => "source-unknown",
+    }
+}
+
+/// Every class [`source_class`] returns for a known result, and `spoofed`.
+pub const SOURCE_CLASSES: &[&str] = &[
+    "source-not-checked",
+    "source-route",
+    "source-peer-address",
+    "source-link-scope",
+    "source-unverified",
+    "source-route-via-other-interface",
+    "source-no-route",
+    "source-no-unicast-route",
+    "source-forwarding-disabled",
+    "source-martian",
+    "spoofed",
+];
+
+/// The differential run on the route lab: `opts.cases` generated frames,
+/// each entering one of the lab's interfaces (drawn from the seed),
+/// compared with the kernel's routes in the loop. Call it on a thread in
+/// `lab.node_ns` (see [`netns::in_netns`]).
+pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<Report> {
+    let mut gen = Gen::new(opts.seed);
+    let mut pick = Rng::new(opts.seed ^ 0x05ee_d0f1_face);
+    let mut report = Report {
+        seed: opts.seed,
+        ..Report::default()
+    };
+    let start = Instant::now();
+    let egress_every = opts.egress_every.max(1);
+    while report.cases < opts.cases {
+        let n = report.generated;
+        report.generated += 1;
+        // One case in sixteen is a scope case: the generator's addresses
+        // rarely pair a link-scope source with a group destination.
+        let (frame, kind) = if n % 16 == 15 {
+            (scope_frame(&mut pick), "scope")
+        } else {
+            let case = gen.case();
+            (case.frame, case.kind.name())
+        };
+        let idx = pick.pick(&lab.ifindexes);
+        let egress = n.is_multiple_of(egress_every);
+        match engine.check_on(&frame, egress, false, Some((&lab.node, idx)))? {
+            Checked::Refused => {
+                report.skipped += 1;
+                continue;
+            }
+            Checked::Agreed(outcome) => {
+                for c in outcome_classes(&outcome) {
+                    *report.classes.entry(c).or_default() += 1;
+                }
+                if let Some(class) = checked_class(&frame, &lab.node, idx, &outcome) {
+                    *report.classes.entry(class).or_default() += 1;
+                }
+            }
+            Checked::Mismatched(ms) => {
+                report.mismatched_cases += 1;
+                for mut m in ms {
+                    m.origin = format!("routes seed {:#x} case {n} ({kind})", opts.seed);
+                    if report.mismatches.len() < opts.keep {
+                        report.mismatches.push(m);
+                    }
+                }
+            }
+        }
+        report.cases += 1;
+        report.kernel_runs += if egress { 4 } else { 2 };
+        *report.by_kind.entry(kind).or_default() += 1;
+    }
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// A UDP datagram whose source or destination has a scope of its own
+/// (unspecified, link-local, loopback, multicast, broadcast, IPv4-mapped
+/// forms of them), towards a group, a link-local or a unicast address.
+fn scope_frame(rng: &mut Rng) -> Vec<u8> {
+    const V4_SRC: &[&str] = &[
+        "0.0.0.0",
+        "127.0.0.1",
+        "224.0.0.5",
+        "255.255.255.255",
+        "10.10.1.2",
+        "169.254.1.1",
+    ];
+    const V4_DST: &[&str] = &[
+        "255.255.255.255",
+        "224.0.0.251",
+        "239.1.2.3",
+        "10.10.1.2",
+        "10.30.1.255",
+    ];
+    const V6_SRC: &[&str] = &[
+        "::",
+        "fe80::1",
+        "febf::2",
+        "fec0::1",
+        "::1",
+        "ff02::1",
+        "::ffff:0.0.0.0",
+        "::ffff:127.0.0.1",
+        "::ffff:10.10.1.2",
+        "fd00:10:1::2",
+    ];
+    const V6_DST: &[&str] = &[
+        "ff02::1",
+        "ff02::1:ff00:2",
+        "fe80::2",
+        "fd00:10:1::2",
+        "::ffff:255.255.255.255",
+        "::ffff:224.0.0.251",
+        "::ffff:10.30.1.2",
+    ];
+    let (srcs, dsts) = if rng.chance(40) {
+        (V4_SRC, V4_DST)
+    } else {
+        (V6_SRC, V6_DST)
+    };
+    let parse = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
+    let (src, dst) = (parse(rng.pick(srcs)), parse(rng.pick(dsts)));
+    let sport = rng.u16();
+    crate::testrun::frame::ip_frame(
+        src,
+        dst,
+        envfence_ebpf::proto::UDP,
+        &crate::testrun::frame::udp(sport, 5353, b"scope"),
+    )
+}
+
+/// The source-check class of a judged or spoofed frame (None: the frame
+/// was not read up to its addresses, nothing checked).
+fn checked_class(
+    frame: &[u8],
+    node: &rpf::Node,
+    ifindex: u32,
+    outcome: &envfence::policy::reference::Outcome,
+) -> Option<&'static str> {
+    use envfence::policy::reference::Outcome;
+    match outcome {
+        Outcome::Spoofed(s) => Some(source_class(Some(s.found))),
+        Outcome::Judged(_) => {
+            // The outer addresses, as the check saw them.
+            let (src, dst) = envfence::policy::reference::outer_addresses(frame)?;
+            Some(source_class(node.check(ifindex, src, dst)))
+        }
+        _ => None,
+    }
+}
