@@ -43,6 +43,7 @@
 //! follows the addresses configured on those other ends.
 
 pub mod peers;
+pub mod route_query;
 pub use peers::{PeerEvent, PeerWatcher};
 
 use std::collections::{BTreeMap, VecDeque};

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use envfence::policy::{self, Policy};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing};
+use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing, NODE};
 use envfence_tests::spoof::unowned;
 
 static AGENT_LOCK: Mutex<()> = Mutex::new(());
@@ -196,6 +196,7 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
             .all(|a| ev.iter().any(|e| e.src == a.src && e.verdict == "spoofed"))
     });
     ensure!(spoofed_events, "not every spoofed flow was reported");
+    explain_says_what_the_kernel_did(&lab, &list, &agent, routing)?;
     if routing == Routing::Bridged {
         let peer = agent.metric(
             "envfence_datapath_total",
@@ -209,6 +210,81 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
     let status = agent.stop(Duration::from_secs(10))?;
     ensure!(status.success(), "agent exit {status}");
     drop(lab);
+    Ok(())
+}
+
+/// `envfence explain SRC DST --iif VETH -o json` in the node namespace.
+fn explain_iif(lab: &Lab, src: IpAddr, dst: IpAddr, iif: &str) -> Result<serde_json::Value> {
+    let state = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
+    let mut cmd = std::process::Command::new(agent_binary()?);
+    cmd.args(["explain", &src.to_string(), &dst.to_string()])
+        .args(["--proto", "udp", "--port", &UDP_PORT.to_string()])
+        .args(["--iif", iif, "-o", "json", "--state-dir"])
+        .arg(&state);
+    let p = lab.spawn_in_ns(NODE, cmd)?;
+    let status = p
+        .wait_timeout(Duration::from_secs(30))?
+        .context("explain did not exit")?;
+    ensure!(
+        status.success(),
+        "explain {src} {dst} --iif {iif}: {status}\n{}",
+        p.stderr_tail(20)
+    );
+    let out: String = p.stdout_lines().join("\n");
+    serde_json::from_str(&out).with_context(|| format!("explain's JSON: {out}"))
+}
+
+/// `explain --iif` says of every spoofing attempt what the kernel did with
+/// it (refused, with the result its event carries), and accepts the pods'
+/// own addresses on their veths (by route, or by peer address on a bridge).
+fn explain_says_what_the_kernel_did(
+    lab: &Lab,
+    list: &[Attempt],
+    agent: &Agent,
+    routing: Routing,
+) -> Result<()> {
+    let events = agent.events();
+    for a in list {
+        let iif = lab.pod(a.from)?.node_if();
+        let got = explain_iif(lab, a.src, a.dst, &iif)?;
+        let c = &got["source_check"];
+        let event = events
+            .iter()
+            .find(|e| e.src == a.src && e.verdict == "spoofed")
+            .context("no event of the attempt")?;
+        let kernel_result = &event.raw["source_check"]["result"];
+        ensure!(
+            c["accepted"] == false && &c["result"] == kernel_result,
+            "explain {} {} --iif {iif}: {c}; the kernel's event says {kernel_result}",
+            a.src,
+            a.dst
+        );
+        eprintln!(
+            "{routing:?}: explain {} --iif {iif}: {} ({})",
+            a.src, c["result"], c["why"]
+        );
+    }
+    let own = if routing == Routing::Bridged {
+        "peer-address"
+    } else {
+        "route"
+    };
+    for fam in [Family::V4, Family::V6] {
+        let (test1, prod1) = (lab.pod("test1")?, lab.pod("prod1")?);
+        let got = explain_iif(lab, test1.ip(fam), prod1.ip(fam), &test1.node_if())?;
+        let c = &got["source_check"];
+        ensure!(
+            c["accepted"] == true && c["result"] == own && c["attached"] == true,
+            "{routing:?}: test1's own address on its veth: {c}"
+        );
+        // The same address entering another pod's veth is refused.
+        let got = explain_iif(lab, test1.ip(fam), prod1.ip(fam), &prod1.node_if())?;
+        ensure!(
+            got["source_check"]["accepted"] == false,
+            "{routing:?}: test1's address on prod1's veth: {}",
+            got["source_check"]
+        );
+    }
     Ok(())
 }
 

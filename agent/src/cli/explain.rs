@@ -13,6 +13,7 @@ use envfence_ebpf::{proto, Config, RULE_DEFAULT};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::explain_source::{self, SourceAnswer};
 use super::table::{self, Output, Style};
 use crate::{
     daemon::state::{self, DEFAULT_STATE_DIR},
@@ -41,6 +42,7 @@ Examples:
   envfence explain 10.30.1.2 10.10.1.2 --port 5432
   envfence explain 10.30.1.2 10.10.1.2 --proto udp --port 53
   envfence explain fd00:30::7 fd00:10::1 --proto icmp
+  envfence explain 10.10.9.9 10.10.1.2 --proto udp --port 53 --iif lxc12ab
   envfence explain 10.30.1.2 10.10.1.2 --port 443 --config /etc/envfence/policy.yaml")]
 pub struct ExplainArgs {
     /// Source address.
@@ -61,6 +63,11 @@ pub struct ExplainArgs {
     /// fragment): the strictest verdict of the pair.
     #[arg(long)]
     pub fragment: bool,
+    /// The interface the packet enters: also say whether the source check
+    /// of that interface accepts SRC, and why (run in the node's network
+    /// namespace: the route comes from its routing table).
+    #[arg(long, value_name = "IFACE")]
+    pub iif: Option<String>,
     /// Compare with this policy file (default: the agent's saved copy).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -150,6 +157,8 @@ pub struct Explanation {
     pub sport: Option<u16>,
     pub fragment: bool,
     pub kernel: KernelAnswer,
+    /// With `--iif`: the source check of that interface.
+    pub source_check: Option<SourceAnswer>,
     pub file: Option<FileAnswer>,
     /// `None` when there was nothing to compare with.
     pub agree: Option<bool>,
@@ -236,6 +245,12 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         ));
     }
     let kernel = kernel_answer(&state, &k, args.src, args.dst, names.as_ref())?;
+    let source_check = match &args.iif {
+        Some(iface) => Some(explain_source::answer(
+            &state, k.slot, iface, args.src, args.dst,
+        )?),
+        None => None,
+    };
 
     // The file to compare with: --config, else the saved copy.
     let file = match &args.config {
@@ -266,6 +281,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         sport: args.sport,
         fragment: args.fragment,
         kernel,
+        source_check,
         file,
         agree,
         differences,
@@ -496,6 +512,12 @@ pub fn render(e: &Explanation, s: &Style) -> String {
     );
     line("source", side_text(&k.src));
     line("destination", side_text(&k.dst));
+    let spoofed = e.source_check.as_ref().is_some_and(|c| !c.accepted);
+    if let Some(c) = &e.source_check {
+        for (label, value) in explain_source::lines(c, k.mode == "audit") {
+            line(label, value);
+        }
+    }
     let pair = format!("{} -> {}", k.src.env, k.dst.env);
     let by = match k.decided_by.as_str() {
         "port_rule" => format!(
@@ -525,7 +547,14 @@ pub fn render(e: &Explanation, s: &Style) -> String {
             }
         ));
     }
-    line("verdict", verdict);
+    if spoofed {
+        line(
+            "verdict",
+            format!("{verdict} (only if the source were genuine)"),
+        );
+    } else {
+        line("verdict", verdict);
+    }
     if !k.port_rules.is_empty() {
         let rules: Vec<String> = k
             .port_rules

@@ -6,6 +6,7 @@ mod audit;
 mod cleanup;
 mod completions;
 mod explain;
+mod explain_source;
 mod fleet;
 mod flows;
 mod policy;

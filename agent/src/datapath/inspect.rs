@@ -18,8 +18,8 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use envfence_ebpf::{
-    counter_index, map_names, slot_pair_index, stat, Config, Counter, PairVerdict, PortKey,
-    RuleVerdict, MAX_ENVS, NUM_VERDICTS,
+    counter_index, map_names, slot_pair_index, stat, Config, Counter, IfConfig, PairVerdict,
+    PeerKey, PortKey, RuleVerdict, MAX_ENVS, NUM_VERDICTS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -72,6 +72,8 @@ pub struct PinnedState {
     attached: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counter>,
+    ifconf: HashMap<MapData, u32, IfConfig>,
+    peers: HashMap<MapData, PeerKey, u32>,
 }
 
 /// The environment an address is in, as the kernel's LPM trie says.
@@ -150,6 +152,8 @@ impl PinnedState {
             attached: open_typed(&layout, map_names::ATTACHED)?,
             stats: open_typed(&layout, map_names::STATS)?,
             counters: open_typed(&layout, map_names::COUNTERS)?,
+            ifconf: open_typed(&layout, map_names::IFCONF)?,
+            peers: open_typed(&layout, map_names::PEERS)?,
             dir,
         })
     }
@@ -174,6 +178,36 @@ impl PinnedState {
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// The source check of `ifindex` under policy `slot` (None: no entry;
+    /// the datapath then checks strictly by routes alone).
+    pub fn source_check(
+        &self,
+        ifindex: u32,
+        slot: u32,
+    ) -> Result<Option<crate::policy::rpf::IfaceCheck>, InspectError> {
+        let i = (slot & 1) as usize;
+        match self.ifconf.get(&ifindex, 0) {
+            Ok(c) => Ok(Some(crate::policy::rpf::IfaceCheck {
+                mode: c.mode[i],
+                trust_peer: c.trust_peer[i] != 0,
+            })),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_error(map_names::IFCONF)(e)),
+        }
+    }
+
+    /// Whether `addr` is a peer address of `ifindex` (`EF_PEERS`).
+    pub fn is_peer(&self, ifindex: u32, addr: IpAddr) -> Result<bool, InspectError> {
+        match self
+            .peers
+            .get(&super::source_maps::peer_key(ifindex, addr), 0)
+        {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(read_error(map_names::PEERS)(e)),
+        }
     }
 
     /// The tcx links pinned for `ifindex`, with their program ids.
