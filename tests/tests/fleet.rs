@@ -413,8 +413,24 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let c = start_node("node-c", 3, &other_policy()?, &mon, dir.path(), &bin)?;
     let nodes = [&a, &b, &c];
 
+    // The shipped alert rules, their 15-minute `for` cut to 2 s: the
+    // policy-agreement alerts are evaluated on the real scrapes below.
+    let rules = dir.path().join("envfence-rules.yml");
+    let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/envfence-rules.yml"))?;
+    ensure!(
+        shipped.contains("for: 15m"),
+        "the rules lost their for: 15m"
+    );
+    std::fs::write(&rules, shipped.replace("for: 15m", "for: 2s"))?;
     let config1 = dir.path().join("prometheus1.yml");
-    std::fs::write(&config1, prom1_config(&nodes, "")?)?;
+    std::fs::write(
+        &config1,
+        format!(
+            "{}rule_files:\n  - {}\n",
+            prom1_config(&nodes, "")?,
+            rules.display()
+        ),
+    )?;
     let config2 = dir.path().join("prometheus2.yml");
     std::fs::write(&config2, prom2_config()?)?;
     let config3 = dir.path().join("prometheus3.yml");
@@ -459,6 +475,28 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         "prometheus does not scrape the three agents: {:?}\n{}",
         p1.query("up"),
         p1.process.stderr_tail(20)
+    );
+
+    // Three nodes, three policies: the job disagrees on its policy
+    // (EnvfencePolicyHashDisagreement), and no policy is the majority, so
+    // EnvfencePolicyDrift names no node (it needs a majority to compare
+    // with): the two alerts cover the two cases without firing twice.
+    let alert = p1.wait_alert(
+        "EnvfencePolicyHashDisagreement",
+        &[("job", "envfence")],
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        alert["annotations"]["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("3 different policies")),
+        "{alert}"
+    );
+    ensure!(
+        p1.alerts("EnvfencePolicyDrift", "firing", &[])?.is_empty()
+            && p1.alerts("EnvfencePolicyDrift", "pending", &[])?.is_empty(),
+        "EnvfencePolicyDrift on a tie: {}",
+        p1.api("/api/v1/alerts")?
     );
 
     // Different forbidden traffic on each node. Receivers where packets

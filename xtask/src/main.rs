@@ -38,14 +38,15 @@ enum Cmd {
     /// Build in release and run the end-to-end demo in a namespace lab.
     Demo,
     /// Run the benchmark suite as root (TestRun per-packet cost, lab
-    /// throughput against nftables/iptables, control plane, event storm);
+    /// throughput against nftables/iptables, control plane, event storm,
+    /// the source check on vs off);
     /// prints tables and writes docs/benchmarks.md.
     Bench {
         /// Fewer repeats, sizes and rounds: a smoke run of every part.
         #[arg(long)]
         quick: bool,
         /// Run only this part (repeatable).
-        #[arg(long, value_parser = ["testrun", "throughput", "control", "storm"])]
+        #[arg(long, value_parser = ["testrun", "throughput", "control", "storm", "source"])]
         only: Vec<String>,
         /// Also write docs/benchmarks.md for a --quick or --only run.
         #[arg(long)]

@@ -5,7 +5,8 @@
 //! - b. throughput across the lab's veth path with no filter, envfence,
 //!   nftables and iptables ([`throughput`]);
 //! - c. control plane: load and reload times, memory ([`control`]);
-//! - d. event storm ([`storm`], the `storm` integration test's figures).
+//! - d. event storm ([`storm`], the `storm` integration test's figures);
+//! - e. the source check per packet, on vs off ([`source`]).
 //!
 //! Every table is printed to stdout; [`Report::markdown`] is what
 //! docs/benchmarks.md holds. Everything that touches the network runs in
@@ -13,6 +14,7 @@
 
 pub mod control;
 pub mod machine;
+pub mod source;
 pub mod storm;
 pub mod synth;
 pub mod table;
@@ -147,10 +149,17 @@ pub enum Part {
     Throughput,
     Control,
     Storm,
+    Source,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Testrun, Part::Throughput, Part::Control, Part::Storm];
+    pub const ALL: [Part; 5] = [
+        Part::Testrun,
+        Part::Throughput,
+        Part::Control,
+        Part::Storm,
+        Part::Source,
+    ];
 }
 
 /// How to run the suite.
@@ -209,6 +218,14 @@ pub fn run(opts: &Options) -> Report {
                 control::section(&p, &opts.agent, &mut log)
             }
             Part::Storm => storm::section(opts.storm_test.as_deref(), &opts.agent, &mut log),
+            Part::Source => {
+                let p = if opts.quick {
+                    source::Params::quick()
+                } else {
+                    source::Params::full()
+                };
+                source::section(&p, &mut log)
+            }
         };
         let mut section = result.unwrap_or_else(|e| {
             let mut s = Section::new(part_key(*part), part_heading(*part));
@@ -234,6 +251,7 @@ fn part_key(p: Part) -> &'static str {
         Part::Throughput => "throughput",
         Part::Control => "control",
         Part::Storm => "storm",
+        Part::Source => "source",
     }
 }
 
@@ -243,6 +261,7 @@ fn part_heading(p: Part) -> &'static str {
         Part::Throughput => "b. Throughput across the lab's veth path",
         Part::Control => "c. Control plane: load, reload, memory",
         Part::Storm => "d. Event storm",
+        Part::Source => "e. The source check per packet (BPF_PROG_TEST_RUN)",
     }
 }
 

@@ -262,28 +262,40 @@ impl RouteLab {
     /// Writes the interfaces' checks and the peer addresses into both of
     /// `engine`'s datapaths.
     pub fn install(&self, engine: &mut Engine) -> Result<()> {
-        for h in [&mut engine.enforce, &mut engine.audit] {
-            for (f, &idx) in IFACES.iter().zip(&self.ifindexes) {
-                if let Some((mode, peer_addresses)) = f.check {
-                    h.datapath_mut().set_source_check(
-                        idx,
-                        SourceCheck {
-                            mode,
-                            peer_addresses,
-                            entry: None,
-                        },
-                    )?;
-                }
-                let addrs: Vec<IpAddr> = self
-                    .node
-                    .peers
-                    .iter()
-                    .filter(|(i, _)| *i == idx)
-                    .map(|(_, a)| *a)
-                    .collect();
-                if !addrs.is_empty() {
-                    h.datapath_mut().set_peer_addresses(idx, &addrs)?;
-                }
+        self.install_into(engine.enforce.datapath_mut())?;
+        self.install_into(engine.audit.datapath_mut())
+    }
+
+    /// The ifindex of the lab's interface `name` (`efr0` … `efr6`).
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        IFACES
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| self.ifindexes[i])
+    }
+
+    /// Writes the interfaces' checks and the peer addresses into `dp`.
+    pub fn install_into(&self, dp: &mut envfence::datapath::Datapath) -> Result<()> {
+        for (f, &idx) in IFACES.iter().zip(&self.ifindexes) {
+            if let Some((mode, peer_addresses)) = f.check {
+                dp.set_source_check(
+                    idx,
+                    SourceCheck {
+                        mode,
+                        peer_addresses,
+                        entry: None,
+                    },
+                )?;
+            }
+            let addrs: Vec<IpAddr> = self
+                .node
+                .peers
+                .iter()
+                .filter(|(i, _)| *i == idx)
+                .map(|(_, a)| *a)
+                .collect();
+            if !addrs.is_empty() {
+                dp.set_peer_addresses(idx, &addrs)?;
             }
         }
         Ok(())
