@@ -49,9 +49,13 @@ pub mod ipproto {
     pub const NONE: u8 = 59;
 }
 
-/// UDP ports of the tunnels the datapath decapsulates.
-pub const VXLAN_PORT: u16 = envfence_ebpf::parse_limits::VXLAN_PORT;
-pub const GENEVE_PORT: u16 = envfence_ebpf::parse_limits::GENEVE_PORT;
+/// UDP ports of the tunnels the datapath decapsulates (the policy's
+/// defaults: `envfence::policy::TunnelKind::default_ports`).
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN's Linux / flannel / Cilium port.
+pub const VXLAN_LINUX_PORT: u16 = 8472;
+pub const GENEVE_PORT: u16 = 6081;
+pub const VXLAN_GPE_PORT: u16 = 4790;
 
 // ---------------------------------------------------------------------------
 // Random numbers

@@ -46,15 +46,16 @@ pub fn example_policy(mode: Mode) -> Result<CompiledPolicy> {
 }
 
 /// The (action, tag) the kernel must produce for `outcome` under `mode`.
-pub fn expected(outcome: &reference::Outcome, mode: Mode) -> (u32, u32) {
-    let action = if outcome.passes(mode) {
+pub fn expected(outcome: &reference::Outcome, policy: &CompiledPolicy) -> (u32, u32) {
+    let action = if outcome.passes(policy) {
         ACTION_NEXT
     } else {
         ACTION_SHOT
     };
     let t = match outcome {
         reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
-        reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::NonIp(_) => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::MplsTooDeep => tag::UNJUDGED | tag::REASON_MPLS_TOO_DEEP,
         reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
         reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
         reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
@@ -99,6 +100,7 @@ pub fn describe_tag(t: u32, policy: &CompiledPolicy) -> String {
                 tag::REASON_MALFORMED => "malformed",
                 tag::REASON_VLAN_TOO_DEEP => "vlan-too-deep",
                 tag::REASON_TUNNEL_TOO_DEEP => "tunnel-too-deep",
+                tag::REASON_MPLS_TOO_DEEP => "mpls-too-deep",
                 _ => "unknown reason",
             };
             format!("{t:#010x} not judged: {reason}")
@@ -270,7 +272,7 @@ impl Engine {
             (&self.audit, &outcome_audit),
         ] {
             let mode = h.policy.mode;
-            let want = expected(outcome, mode);
+            let want = expected(outcome, &h.policy);
             let mut runs = vec![(Hook::Ingress, 0u32)];
             if egress {
                 runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }));
@@ -313,7 +315,8 @@ impl Engine {
 pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
     use reference::{L4Seen, Outcome};
     match o {
-        Outcome::NonIp => vec!["non-ip"],
+        Outcome::NonIp(_) => vec!["non-ip"],
+        Outcome::MplsTooDeep => vec!["mpls-too-deep"],
         Outcome::Malformed => vec!["malformed"],
         Outcome::VlanTooDeep => vec!["vlan-too-deep"],
         Outcome::TunnelTooDeep => vec!["tunnel-too-deep"],
