@@ -254,6 +254,19 @@ impl Engine {
     /// including an EINVAL the prediction did not expect or a predicted
     /// refusal the kernel did not make.
     pub fn check(&self, frame: &[u8], egress: bool, foreign_iif: bool) -> Result<Checked> {
+        self.check_gso(frame, egress, foreign_iif, 0)
+    }
+
+    /// [`Engine::check`] of a frame whose skb has `gso_size` (non-zero: a
+    /// GSO packet, as BIG TCP makes them).
+    pub fn check_gso(
+        &self,
+        frame: &[u8],
+        egress: bool,
+        foreign_iif: bool,
+        gso_size: u32,
+    ) -> Result<Checked> {
+        let skb = reference::Skb { gso_size };
         if kernel_refuses(frame) {
             match self.enforce.run_tagged(Hook::Ingress, frame, 0) {
                 Err(e) if is_einval(&e) => return Ok(Checked::Refused),
@@ -264,8 +277,8 @@ impl Engine {
                 ),
             }
         }
-        let outcome_enforce = reference::classify(frame, &self.enforce.policy);
-        let outcome_audit = reference::classify(frame, &self.audit.policy);
+        let outcome_enforce = reference::classify_skb(frame, skb, &self.enforce.policy);
+        let outcome_audit = reference::classify_skb(frame, skb, &self.audit.policy);
         let mut mismatches = Vec::new();
         for (h, outcome) in [
             (&self.enforce, &outcome_enforce),
@@ -278,7 +291,7 @@ impl Engine {
                 runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }));
             }
             for (hook, iif) in runs {
-                let got = match h.run_tagged(hook, frame, iif) {
+                let got = match h.run_ctx(hook, frame, iif, 0, gso_size) {
                     Ok(got) => got,
                     Err(e) if is_einval(&e) => bail!(
                         "BPF_PROG_TEST_RUN refused (EINVAL) a frame not predicted to be refused: {}",
@@ -349,6 +362,20 @@ pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
             if j.by_inner {
                 c.push("decided-by-inner");
             }
+            match j.encap {
+                reference::Encap::Mpls => c.push("mpls"),
+                reference::Encap::Pppoe => c.push("pppoe"),
+                reference::Encap::Ethernet => {}
+            }
+            if j.len_from_skb {
+                c.push("length-from-skb");
+            }
+            if j.routed {
+                c.push("routing-final");
+            }
+            if j.by_final {
+                c.push("decided-by-final-destination");
+            }
             let mapped = |a: &std::net::IpAddr| match a {
                 std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
                 _ => false,
@@ -383,6 +410,12 @@ pub const ALL_CLASSES: &[&str] = &[
     "ipv6-ext-too-deep",
     "tunneled",
     "decided-by-inner",
+    "mpls",
+    "mpls-too-deep",
+    "pppoe",
+    "length-from-skb",
+    "routing-final",
+    "decided-by-final-destination",
     "v4-mapped",
     "port-53-across-envs",
 ];
@@ -502,7 +535,7 @@ pub fn run_differential(engine: &Engine, opts: &Options) -> Result<Report> {
         report.generated += 1;
         let egress = n.is_multiple_of(egress_every);
         let foreign = (n / egress_every) % 2 == 1;
-        match engine.check(&case.frame, egress, foreign)? {
+        match engine.check_gso(&case.frame, egress, foreign, case.gso_size)? {
             Checked::Refused => {
                 report.skipped += 1;
                 continue;
