@@ -88,6 +88,7 @@ fn expected_tag(outcome: &reference::Outcome) -> u32 {
 
 /// Asserts kernel == reference for one frame on both hooks.
 fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> reference::Outcome {
+    assert_eq!(h.policy.mode, mode, "{what}: harness in the wrong mode");
     let outcome = reference::classify(f, &h.policy);
     for hook in Hook::ALL {
         let got: KernelResult = h.run(hook, f).expect("test run");

@@ -410,8 +410,10 @@ impl Walk<'_> {
         let (protocol, data) = if hdr[6] % 2 == 1 {
             (u16::from(hdr[6]), start + wire::PPPOE_HLEN + 1)
         } else {
-            let f = bytes_at(self.frame, start + wire::PPPOE_HLEN, 2).ok_or(Outcome::Malformed)?;
-            (be16(f[0], f[1]), start + wire::PPPOE_HLEN + 2)
+            // The PPPoE header and its PPP protocol field are one header
+            // for the parser's 448-byte window (a read that starts in it).
+            let f = bytes_at(self.frame, start, wire::PPPOE_HLEN + 2).ok_or(Outcome::Malformed)?;
+            (be16(f[6], f[7]), start + wire::PPPOE_HLEN + 2)
         };
         Ok(match protocol {
             wire::PPP_IP => (Payload::Ip4(data), Encap::Pppoe),
