@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
@@ -185,6 +185,10 @@ pub mod map_names {
     /// of a recent flow under a policy generation (a CPU-cache-like table:
     /// the slot is a hash of the key; a collision just evicts).
     pub const VERDICTS: &str = "EF_VERDICTS";
+    /// Array of [`super::TunnelPorts`] indexed by
+    /// [`super::tunnel_ports_index`]: which UDP destination ports are which
+    /// tunnel, per policy slot (written whole at every install).
+    pub const TUNNEL_PORTS: &str = "EF_TUNNEL_PORTS";
 }
 
 /// Global variables of the eBPF object, set at load time.
@@ -210,6 +214,7 @@ pub mod tag {
     pub const REASON_MALFORMED: u32 = 2;
     pub const REASON_VLAN_TOO_DEEP: u32 = 3;
     pub const REASON_TUNNEL_TOO_DEEP: u32 = 4;
+    pub const REASON_MPLS_TOO_DEEP: u32 = 5;
 
     #[inline(always)]
     pub const fn judged(verdict: u8, src_env: u32, dst_env: u32) -> u32 {
@@ -277,8 +282,38 @@ pub mod stat {
     /// Packets a strict check accepted through a peer address (not the
     /// routing table).
     pub const SOURCE_BY_PEER: u32 = 13;
+    /// Non-IP frames by kind (each also counts in [`NON_IP`]): ARP.
+    pub const NON_IP_ARP: u32 = 14;
+    /// LLDP.
+    pub const NON_IP_LLDP: u32 = 15;
+    /// MPLS whose payload (after the bottom of the label stack) is neither
+    /// IPv4 nor IPv6 (pseudowires, OAM).
+    pub const NON_IP_MPLS: u32 = 16;
+    /// PPPoE discovery, and PPPoE sessions carrying something other than
+    /// IPv4 / IPv6 (LCP, IPCP ...).
+    pub const NON_IP_PPPOE: u32 = 17;
+    /// Every other EtherType (and 802.3 length fields).
+    pub const NON_IP_OTHER: u32 = 18;
+    /// Non-IP frames dropped because the policy says `non_ip: drop`
+    /// (enforce mode only).
+    pub const NON_IP_DROPPED: u32 = 19;
+    /// IP packets judged inside an MPLS label stack.
+    pub const MPLS: u32 = 20;
+    /// IP packets judged inside a PPPoE session.
+    pub const PPPOE: u32 = 21;
+    /// IP layers whose length field is 0 in a GSO packet (BIG TCP): judged
+    /// with the length taken from the skb.
+    pub const LENGTH_FROM_SKB: u32 = 22;
+    /// IPv6 jumbograms (RFC 2675) judged with the Jumbo Payload length.
+    pub const JUMBOGRAMS: u32 = 23;
+    /// IPv6 layers with a routing header (type 0, 2 or 4) whose final
+    /// destination was judged too.
+    pub const ROUTING_FINAL: u32 = 24;
+    /// MPLS label stacks deeper than the parser walks: treated as
+    /// malformed.
+    pub const MPLS_TOO_DEEP: u32 = 25;
     /// Number of statistics.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 26;
 
     /// (index, name) of every statistic, named as in the metrics
     /// (`envfence_datapath_total{kind}`) and `status`.
@@ -297,6 +332,18 @@ pub mod stat {
         (SPOOFED_LOOSE, "spoofed_loose"),
         (SOURCE_UNVERIFIED, "source_unverified"),
         (SOURCE_BY_PEER, "source_by_peer_address"),
+        (NON_IP_ARP, "non_ip_arp"),
+        (NON_IP_LLDP, "non_ip_lldp"),
+        (NON_IP_MPLS, "non_ip_mpls"),
+        (NON_IP_PPPOE, "non_ip_pppoe"),
+        (NON_IP_OTHER, "non_ip_other"),
+        (NON_IP_DROPPED, "non_ip_dropped"),
+        (MPLS, "mpls"),
+        (PPPOE, "pppoe"),
+        (LENGTH_FROM_SKB, "ip_length_from_skb"),
+        (JUMBOGRAMS, "ipv6_jumbograms"),
+        (ROUTING_FINAL, "ipv6_routing_final_judged"),
+        (MPLS_TOO_DEEP, "mpls_too_deep"),
     ];
 }
 
@@ -307,6 +354,7 @@ pub mod proto {
     pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const DCCP: u8 = 33;
     pub const IPV6: u8 = 41;
     pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;
@@ -333,6 +381,72 @@ pub mod wire {
     pub const ETH_P_8021AD: u16 = 0x88a8;
     /// Transparent Ethernet bridging (GRE, Geneve carrying Ethernet).
     pub const ETH_P_TEB: u16 = 0x6558;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_LLDP: u16 = 0x88cc;
+    /// MPLS unicast and multicast (RFC 3032): a stack of 4-byte labels.
+    pub const ETH_P_MPLS_UC: u16 = 0x8847;
+    pub const ETH_P_MPLS_MC: u16 = 0x8848;
+    pub const MPLS_HLEN: usize = 4;
+    /// PPPoE discovery and session stages (RFC 2516).
+    pub const ETH_P_PPP_DISC: u16 = 0x8863;
+    pub const ETH_P_PPP_SES: u16 = 0x8864;
+    /// The PPPoE header (version/type, code, session id, length).
+    pub const PPPOE_HLEN: usize = 6;
+    /// PPP protocol numbers of IPv4 and IPv6 (RFC 1332, RFC 5072).
+    pub const PPP_IP: u16 = 0x0021;
+    pub const PPP_IPV6: u16 = 0x0057;
+    /// VXLAN-GPE next-protocol values (IPv4, IPv6, Ethernet).
+    pub const GPE_IPV4: u8 = 1;
+    pub const GPE_IPV6: u8 = 2;
+    pub const GPE_ETHERNET: u8 = 3;
+    /// The RFC 2675 Jumbo Payload hop-by-hop option.
+    pub const IPV6_OPT_JUMBO: u8 = 0xc2;
+}
+
+/// What a UDP destination port is, per policy ([`map_names::TUNNEL_PORTS`]).
+pub mod tunnel {
+    pub const NONE: u8 = 0;
+    /// VXLAN (RFC 7348): 8-byte header, Ethernet inside.
+    pub const VXLAN: u8 = 1;
+    /// Geneve (RFC 8926): header with options, protocol type inside.
+    pub const GENEVE: u8 = 2;
+    /// VXLAN-GPE: VXLAN header with a next-protocol field.
+    pub const VXLAN_GPE: u8 = 3;
+
+    /// The name of a kind in policy files and `explain`.
+    pub const fn name(kind: u8) -> &'static str {
+        match kind {
+            VXLAN => "vxlan",
+            GENEVE => "geneve",
+            VXLAN_GPE => "vxlan-gpe",
+            _ => "none",
+        }
+    }
+}
+
+/// Ports covered by one entry of [`map_names::TUNNEL_PORTS`].
+pub const TUNNEL_PORTS_PER_ENTRY: u32 = 256;
+/// Entries of [`map_names::TUNNEL_PORTS`] per policy slot.
+pub const TUNNEL_ENTRIES_PER_SLOT: u32 = 65_536 / TUNNEL_PORTS_PER_ENTRY;
+
+/// Index of the entry of (slot, UDP port) in [`map_names::TUNNEL_PORTS`];
+/// the port's kind is byte `port % 256` of it.
+#[inline(always)]
+pub const fn tunnel_ports_index(slot: u32, port: u16) -> u32 {
+    (slot & 1) * TUNNEL_ENTRIES_PER_SLOT + (port as u32 >> 8)
+}
+
+/// 256 consecutive UDP ports' [`tunnel`] kinds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelPorts {
+    pub kind: [u8; 256],
+}
+
+impl Default for TunnelPorts {
+    fn default() -> Self {
+        TunnelPorts { kind: [0; 256] }
+    }
 }
 
 /// Bounds of the header walk (the kernel parser and the reference
@@ -345,10 +459,8 @@ pub mod parse_limits {
     pub const PULL_LEN: u32 = 512;
     /// IPv6 extension headers walked before the chain counts as too deep.
     pub const MAX_IPV6_EXT: usize = 6;
-    /// UDP destination port of VXLAN.
-    pub const VXLAN_PORT: u16 = 4789;
-    /// UDP destination port of Geneve.
-    pub const GENEVE_PORT: u16 = 6081;
+    /// MPLS labels walked before the stack counts as too deep.
+    pub const MAX_MPLS_LABELS: usize = 6;
 }
 
 /// Address family tags used in keys and events.
@@ -472,6 +584,14 @@ pub struct Config {
     /// Per slot: 1 when the policy's mode is `audit` (already folded into
     /// the tables; decides what happens to malformed frames).
     pub slot_audit_mode: [u32; 2],
+    /// Per slot: [`config_flags`] of the policy.
+    pub slot_flags: [u32; 2],
+}
+
+/// Bits of [`Config::slot_flags`].
+pub mod config_flags {
+    /// `non_ip: drop`: frames that are not IP are dropped (enforce mode).
+    pub const NON_IP_DROP: u32 = 1;
 }
 
 /// The source check of one attached interface, per policy slot (the
@@ -618,6 +738,7 @@ mod pod {
     unsafe impl aya::Pod for VerdictSlot {}
     unsafe impl aya::Pod for IfConfig {}
     unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for TunnelPorts {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -625,7 +746,8 @@ const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<TunnelPorts>() == 256);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 40);

@@ -1,17 +1,25 @@
 //! L2/L3/L4 header walk with direct packet access, bounded and
 //! verifier-friendly. Every outcome is explicit: a frame is either not IP,
 //! malformed, too deep, or an IP packet with its addresses, what is known of
-//! its L4 header, and — for IPIP, IPv6-in-IP, GRE, VXLAN and Geneve — the
-//! inner packet's addresses too. The reference classifier
-//! (`agent/src/policy/reference.rs`) mirrors this file decision for
-//! decision.
+//! its L4 header, and — for IPIP, IPv6-in-IP, GRE, VXLAN, VXLAN-GPE and
+//! Geneve — the inner packet's addresses too. IP is found behind VLAN tags,
+//! MPLS label stacks and PPPoE sessions; IPv6 routing headers give a final
+//! destination that is judged too; a length field of 0 is read from the
+//! skb in a GSO packet (BIG TCP) and from the Jumbo Payload option in an
+//! RFC 2675 jumbogram. The reference classifier
+//! (`agent/src/policy/reference.rs`) reaches the same decisions from the
+//! RFCs, independently; the differential tests hold the two equal.
 
 use aya_ebpf::programs::TcContext;
-use envfence_ebpf::{family, parse_limits as lim, proto};
+use envfence_ebpf::{family, parse_limits as lim, proto, tunnel, tunnel_ports_index};
 
 use envfence_ebpf::wire::{
-    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_TEB, IPV6_HLEN, VLAN_HLEN,
+    ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_MPLS_MC, ETH_P_MPLS_UC,
+    ETH_P_PPP_SES, ETH_P_TEB, GPE_ETHERNET, GPE_IPV4, GPE_IPV6, IPV6_HLEN, IPV6_OPT_JUMBO,
+    MPLS_HLEN, PPPOE_HLEN, PPP_IP, PPP_IPV6, VLAN_HLEN,
 };
+
+use crate::programs::TUNNEL_PORTS;
 
 /// What is known of the L4 header.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,8 +58,21 @@ pub struct Layer {
     pub fragment: bool,
     /// The IPv6 extension header chain was longer than the parser walks.
     pub ext_too_deep: bool,
+    /// The length field was 0 and the length came from the skb (GSO).
+    pub len_from_skb: bool,
+    /// An IPv6 jumbogram (length from the Jumbo Payload option).
+    pub jumbo: bool,
+    /// A routing header names a final destination other than `dst`
+    /// (segments left > 0): `final_dst` is judged too.
+    pub has_final: bool,
+    pub final_dst: [u8; 16],
     tunnel: Tunnel,
 }
+
+/// The frame carried its outer IP packet in MPLS (see [`Packet::encap`]).
+pub const ENCAP_MPLS: u8 = 1;
+/// ... or in a PPPoE session.
+pub const ENCAP_PPPOE: u8 = 2;
 
 /// The parsed packet. Lives in a per-CPU scratch map, not on the 512-byte
 /// BPF stack.
@@ -60,6 +81,16 @@ pub struct Packet {
     /// The encapsulated packet of a tunnel, when `has_inner`.
     pub inner: Layer,
     pub has_inner: bool,
+    /// [`ENCAP_MPLS`] / [`ENCAP_PPPOE`] of the outer layer, or 0.
+    pub encap: u8,
+    /// The EtherType (after VLAN tags) of a frame rejected as non-IP; for
+    /// MPLS and PPPoE whose payload is not IP, theirs.
+    pub l2_type: u16,
+    /// The skb is a GSO packet (`gso_size` != 0): a length field of 0 means
+    /// "as long as the skb" (BIG TCP).
+    gso: bool,
+    /// The policy slot in force (tunnel ports).
+    slot: u32,
 }
 
 /// Why a frame is not judged by policy.
@@ -69,6 +100,7 @@ pub enum Reject {
     Malformed,
     VlanTooDeep,
     TunnelTooDeep,
+    MplsTooDeep,
 }
 
 /// A reference to `N` bytes at `off` of the linear packet data, or None when
@@ -94,7 +126,7 @@ fn be16(a: u8, b: u8) -> u16 {
 
 #[inline(always)]
 fn is_port_bearing(p: u8) -> bool {
-    p == proto::TCP || p == proto::UDP || p == proto::SCTP
+    p == proto::TCP || p == proto::UDP || p == proto::SCTP || p == proto::DCCP
 }
 
 #[inline(always)]
@@ -103,21 +135,28 @@ fn is_vlan(ethertype: u16) -> bool {
 }
 
 /// Parses a frame into `pkt`: its IP layer(s), or why it is not judged by
-/// policy.
+/// policy. `slot` is the policy in force (its tunnel ports).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reject> {
+pub fn parse(ctx: &TcContext, pkt: &mut Packet, slot: u32) -> Result<(), Reject> {
     pkt.has_inner = false;
-    let (ethertype, l3) = parse_eth(ctx, 0)?;
-    if !parse_ip(ctx, ethertype, l3, &mut pkt.outer)? {
+    pkt.encap = 0;
+    pkt.l2_type = 0;
+    pkt.slot = slot;
+    // SAFETY: reading a field of the context.
+    pkt.gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
+    let (ethertype, l3, encap) = parse_eth(ctx, 0)?;
+    pkt.encap = encap;
+    if !parse_ip(ctx, pkt, ethertype, l3, false)? {
+        pkt.l2_type = ethertype;
         return Err(Reject::NonIp);
     }
     let inner_start = match pkt.outer.tunnel {
         Tunnel::None => return Ok(()),
-        Tunnel::Ip4(off) => Ok((ETH_P_IP, off)),
-        Tunnel::Ip6(off) => Ok((ETH_P_IPV6, off)),
+        Tunnel::Ip4(off) => Ok((ETH_P_IP, off, 0)),
+        Tunnel::Ip6(off) => Ok((ETH_P_IPV6, off, 0)),
         Tunnel::Eth(off) => parse_eth(ctx, off),
     };
-    let (inner_type, inner_l3) = match inner_start {
+    let (inner_type, inner_l3, _) = match inner_start {
         Ok(x) => x,
         // The tunnel says a frame follows but it cannot be read: a real
         // decapsulator would discard it too.
@@ -125,16 +164,99 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Reject> {
         Err(r) => return Err(r),
     };
     // Non-IP inside an Ethernet tunnel (ARP ...): judged on the outer.
-    pkt.has_inner = parse_ip(ctx, inner_type, inner_l3, &mut pkt.inner)?;
+    pkt.has_inner = parse_ip(ctx, pkt, inner_type, inner_l3, true)?;
     if pkt.has_inner && pkt.inner.tunnel != Tunnel::None {
         return Err(Reject::TunnelTooDeep);
     }
     Ok(())
 }
 
+/// Ethernet at `off` with up to two VLAN tags, then an MPLS label stack or
+/// a PPPoE session header: (ethertype of what follows, its offset, the
+/// [`ENCAP_MPLS`] / [`ENCAP_PPPOE`] it came through). MPLS and PPPoE
+/// carrying IP give `ETH_P_IP` / `ETH_P_IPV6`; carrying anything else,
+/// their own EtherType (non-IP).
+#[inline(always)]
+fn parse_eth(ctx: &TcContext, off: usize) -> Result<(u16, usize, u8), Reject> {
+    let (ethertype, l3) = parse_vlans(ctx, off)?;
+    if ethertype == ETH_P_MPLS_UC || ethertype == ETH_P_MPLS_MC {
+        return parse_mpls(ctx, ethertype, l3);
+    }
+    if ethertype == ETH_P_PPP_SES {
+        return parse_pppoe(ctx, l3);
+    }
+    Ok((ethertype, l3, 0))
+}
+
+/// The label stack down to bottom-of-stack (at most `MAX_MPLS_LABELS`
+/// labels), then the payload's first nibble: 4 IPv4, 6 IPv6, anything else
+/// (a pseudowire control word, OAM) not IP.
+#[inline(always)]
+fn parse_mpls(ctx: &TcContext, ethertype: u16, l3: usize) -> Result<(u16, usize, u8), Reject> {
+    let mut off = l3;
+    let mut i = 0;
+    loop {
+        if i == lim::MAX_MPLS_LABELS {
+            return Err(Reject::MplsTooDeep);
+        }
+        let Some(label) = bytes_at::<MPLS_HLEN>(ctx, off) else {
+            return Err(Reject::Malformed);
+        };
+        off += MPLS_HLEN;
+        i += 1;
+        if label[2] & 1 != 0 {
+            break;
+        }
+    }
+    // One byte: read with the helper (the verifier grants no range to a
+    // one-byte direct read checked as `p < data_end`). Within MAX_OFFSET the
+    // linear area holds the frame (pulled to PULL_LEN), so this sees what
+    // bytes_at would.
+    let first: u8 = if off > lim::MAX_OFFSET {
+        return Err(Reject::Malformed);
+    } else {
+        match ctx.load::<u8>(off) {
+            Ok(b) => b,
+            Err(_) => return Err(Reject::Malformed),
+        }
+    };
+    match first >> 4 {
+        4 => Ok((ETH_P_IP, off, ENCAP_MPLS)),
+        6 => Ok((ETH_P_IPV6, off, ENCAP_MPLS)),
+        _ => Ok((ethertype, off, 0)),
+    }
+}
+
+/// A PPPoE session header (version 1, type 1, code 0) and the PPP protocol
+/// field (2 bytes, or 1 when compressed: an odd first byte).
+#[inline(always)]
+fn parse_pppoe(ctx: &TcContext, l3: usize) -> Result<(u16, usize, u8), Reject> {
+    let Some(h) = bytes_at::<{ PPPOE_HLEN + 1 }>(ctx, l3) else {
+        return Err(Reject::Malformed);
+    };
+    if h[0] != 0x11 || h[1] != 0 {
+        return Err(Reject::Malformed);
+    }
+    let (ppp, off) = if h[6] & 1 != 0 {
+        (h[6] as u16, l3 + PPPOE_HLEN + 1)
+    } else {
+        let Some(h) = bytes_at::<{ PPPOE_HLEN + 2 }>(ctx, l3) else {
+            return Err(Reject::Malformed);
+        };
+        (be16(h[6], h[7]), l3 + PPPOE_HLEN + 2)
+    };
+    if ppp == PPP_IP {
+        Ok((ETH_P_IP, off, ENCAP_PPPOE))
+    } else if ppp == PPP_IPV6 {
+        Ok((ETH_P_IPV6, off, ENCAP_PPPOE))
+    } else {
+        Ok((ETH_P_PPP_SES, off, 0))
+    }
+}
+
 /// Ethernet at `off` with up to two VLAN tags: (ethertype, L3 offset).
 #[inline(always)]
-fn parse_eth(ctx: &TcContext, off: usize) -> Result<(u16, usize), Reject> {
+fn parse_vlans(ctx: &TcContext, off: usize) -> Result<(u16, usize), Reject> {
     let Some(eth) = bytes_at::<ETH_HLEN>(ctx, off) else {
         return Err(Reject::NonIp);
     };
@@ -160,12 +282,25 @@ fn parse_eth(ctx: &TcContext, off: usize) -> Result<(u16, usize), Reject> {
     Ok((ethertype, l3))
 }
 
-/// The IP layer at `l3` into `layer`: Ok(false) when `ethertype` is not IP.
+/// The IP layer at `l3` into the outer (or `inner`) layer of `pkt`:
+/// Ok(false) when `ethertype` is not IP.
 #[inline(always)]
-fn parse_ip(ctx: &TcContext, ethertype: u16, l3: usize, layer: &mut Layer) -> Result<bool, Reject> {
+fn parse_ip(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    ethertype: u16,
+    l3: usize,
+    inner: bool,
+) -> Result<bool, Reject> {
+    let (gso, slot) = (pkt.gso, pkt.slot);
+    let layer = if inner {
+        &mut pkt.inner
+    } else {
+        &mut pkt.outer
+    };
     match ethertype {
-        ETH_P_IP => parse_v4(ctx, l3, layer).map(|()| true),
-        ETH_P_IPV6 => parse_v6(ctx, l3, layer).map(|()| true),
+        ETH_P_IP => parse_v4(ctx, l3, layer, gso, slot).map(|()| true),
+        ETH_P_IPV6 => parse_v6(ctx, l3, layer, gso, slot).map(|()| true),
         _ => Ok(false),
     }
 }
@@ -181,21 +316,37 @@ fn reset_layer(layer: &mut Layer, fam: u8, p: u8) {
     layer.dst = [0; 16];
     layer.fragment = false;
     layer.ext_too_deep = false;
+    layer.len_from_skb = false;
+    layer.jumbo = false;
+    layer.has_final = false;
     layer.tunnel = Tunnel::None;
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, l3: usize, layer: &mut Layer) -> Result<(), Reject> {
+fn parse_v4(
+    ctx: &TcContext,
+    l3: usize,
+    layer: &mut Layer,
+    gso: bool,
+    slot: u32,
+) -> Result<(), Reject> {
     let Some(h) = bytes_at::<20>(ctx, l3) else {
         return Err(Reject::Malformed);
     };
     let ihl = (h[0] & 0x0f) as usize;
-    let tot_len = be16(h[2], h[3]) as usize;
+    let mut tot_len = be16(h[2], h[3]) as usize;
     let avail = (ctx.len() as usize).saturating_sub(l3);
+    // BIG TCP: the stack writes total length 0 into a GSO packet longer
+    // than 64 KiB; the skb says how long it is.
+    let from_skb = tot_len == 0 && gso;
+    if from_skb {
+        tot_len = avail;
+    }
     if h[0] >> 4 != 4 || ihl < 5 || tot_len < ihl * 4 || tot_len > avail {
         return Err(Reject::Malformed);
     }
     reset_layer(layer, family::V4, h[9]);
+    layer.len_from_skb = from_skb;
     layer.src[..4].copy_from_slice(&h[12..16]);
     layer.dst[..4].copy_from_slice(&h[16..20]);
     let frag = be16(h[6], h[7]);
@@ -203,7 +354,7 @@ fn parse_v4(ctx: &TcContext, l3: usize, layer: &mut Layer) -> Result<(), Reject>
         no_l4_header(layer);
     } else {
         let l4_len = tot_len - ihl * 4;
-        l4_at(ctx, l3 + ihl * 4, l4_len, layer);
+        l4_at(ctx, l3 + ihl * 4, l4_len, layer, slot);
     }
     Ok(())
 }
@@ -225,16 +376,38 @@ fn is_tunnel_proto(p: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, l3: usize, layer: &mut Layer) -> Result<(), Reject> {
+fn parse_v6(
+    ctx: &TcContext,
+    l3: usize,
+    layer: &mut Layer,
+    gso: bool,
+    slot: u32,
+) -> Result<(), Reject> {
     let Some(h) = bytes_at::<IPV6_HLEN>(ctx, l3) else {
         return Err(Reject::Malformed);
     };
-    let payload = be16(h[4], h[5]) as usize;
+    let mut payload = be16(h[4], h[5]) as usize;
     let avail = (ctx.len() as usize).saturating_sub(l3 + IPV6_HLEN);
-    if h[0] >> 4 != 6 || payload > avail {
+    if h[0] >> 4 != 6 {
+        return Err(Reject::Malformed);
+    }
+    let (mut from_skb, mut jumbo) = (false, false);
+    if payload == 0 {
+        if gso {
+            // BIG TCP (with or without a hop-by-hop Jumbo option).
+            payload = avail;
+            from_skb = true;
+        } else {
+            payload = jumbo_len(ctx, l3, h[6]).ok_or(Reject::Malformed)?;
+            jumbo = true;
+        }
+    }
+    if payload > avail {
         return Err(Reject::Malformed);
     }
     reset_layer(layer, family::V6, h[6]);
+    layer.len_from_skb = from_skb;
+    layer.jumbo = jumbo;
     layer.src.copy_from_slice(&h[8..24]);
     layer.dst.copy_from_slice(&h[24..40]);
     let end = l3 + IPV6_HLEN + payload;
@@ -265,6 +438,9 @@ fn parse_v6(ctx: &TcContext, l3: usize, layer: &mut Layer) -> Result<(), Reject>
             no_l4_header(layer);
             return Ok(());
         }
+        if layer.proto == proto::ROUTING && e[3] != 0 {
+            final_destination(ctx, off, e, layer)?;
+        }
         layer.proto = next;
         off += len;
     }
@@ -273,7 +449,72 @@ fn parse_v6(ctx: &TcContext, l3: usize, layer: &mut Layer) -> Result<(), Reject>
         layer.l4 = L4::NoPorts;
         return Ok(());
     }
-    l4_at(ctx, off, end.saturating_sub(off), layer);
+    l4_at(ctx, off, end.saturating_sub(off), layer, slot);
+    Ok(())
+}
+
+/// The length of an RFC 2675 jumbogram: the packet's first extension
+/// header is hop-by-hop and its first option is Jumbo Payload (type 0xC2,
+/// 4 bytes; where RFC 2675's 4n+2 alignment and Linux put it), with a
+/// length over 65535. None: not a jumbogram.
+#[inline(always)]
+fn jumbo_len(ctx: &TcContext, l3: usize, next: u8) -> Option<usize> {
+    if next != proto::HOPOPTS {
+        return None;
+    }
+    let o = bytes_at::<8>(ctx, l3 + IPV6_HLEN)?;
+    if o[2] != IPV6_OPT_JUMBO || o[3] != 4 {
+        return None;
+    }
+    let len = u32::from_be_bytes([o[4], o[5], o[6], o[7]]) as usize;
+    if len <= 65535 {
+        return None;
+    }
+    Some(len)
+}
+
+/// A routing header with segments left (`e`: its first 8 bytes at `off`):
+/// the final destination of type 0 (the last address), type 2 (the home
+/// address) and type 4 (segment routing: segment list\[0\]). A header
+/// that is inconsistent, whose final destination cannot be read, or a
+/// second one with segments left, is malformed; other types are judged on
+/// the destination alone (Linux discards them when segments are left).
+#[inline(always)]
+fn final_destination(
+    ctx: &TcContext,
+    off: usize,
+    e: &[u8; 8],
+    layer: &mut Layer,
+) -> Result<(), Reject> {
+    let (units, kind, left) = (e[1] as usize, e[2], e[3] as usize);
+    let at = if kind == 0 {
+        let n = units / 2;
+        if units == 0 || units % 2 != 0 || left > n {
+            return Err(Reject::Malformed);
+        }
+        off + 8 + (n - 1) * 16
+    } else if kind == 2 {
+        if units != 2 || left != 1 {
+            return Err(Reject::Malformed);
+        }
+        off + 8
+    } else if kind == 4 {
+        let last = e[4] as usize;
+        if (last + 1) * 2 > units || left > last + 1 {
+            return Err(Reject::Malformed);
+        }
+        off + 8
+    } else {
+        return Ok(());
+    };
+    if layer.has_final {
+        return Err(Reject::Malformed);
+    }
+    let Some(a) = bytes_at::<16>(ctx, at) else {
+        return Err(Reject::Malformed);
+    };
+    layer.final_dst = *a;
+    layer.has_final = true;
     Ok(())
 }
 
@@ -294,7 +535,7 @@ fn is_ipv6_ext(p: u8) -> bool {
 /// Reads the L4 header at `off` (`len` bytes of it by the IP header):
 /// ports, ICMP type/code, or where a tunnel's inner packet starts.
 #[inline(always)]
-fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer) {
+fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer, slot: u32) {
     let p = layer.proto;
     if is_port_bearing(p) {
         let Some(h) = bytes_at::<4>(ctx, off).filter(|_| len >= 4) else {
@@ -305,7 +546,7 @@ fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer) {
         layer.dport = be16(h[2], h[3]);
         layer.l4 = L4::Ports;
         if p == proto::UDP {
-            udp_tunnel(ctx, off, layer);
+            udp_tunnel(ctx, off, layer, slot);
         }
         return;
     }
@@ -361,20 +602,48 @@ fn gre(ctx: &TcContext, off: usize, layer: &mut Layer) {
     layer.tunnel = tunnel_for(be16(h[2], h[3]), off + hlen);
 }
 
-/// VXLAN (UDP 4789) and Geneve (UDP 6081), recognised by destination port.
+/// VXLAN, VXLAN-GPE and Geneve, recognised by destination port: the
+/// policy's tunnel ports (`EF_TUNNEL_PORTS`, one array lookup).
 #[inline(always)]
-fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer) {
-    if layer.dport == lim::VXLAN_PORT {
+fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer, slot: u32) {
+    let Some(entry) = TUNNEL_PORTS.get(tunnel_ports_index(slot, layer.dport)) else {
+        return;
+    };
+    let kind = entry.kind[(layer.dport & 0xff) as usize];
+    if kind == tunnel::NONE {
+        return;
+    }
+    // A tunnel header that is not there: the inner frame cannot be read,
+    // which parse() treats as malformed.
+    let unreadable = Tunnel::Eth(off + 8 + 8);
+    if kind == tunnel::VXLAN {
         layer.tunnel = Tunnel::Eth(off + 8 + 8);
-    } else if layer.dport == lim::GENEVE_PORT {
+    } else if kind == tunnel::GENEVE {
         match bytes_at::<4>(ctx, off + 8) {
             Some(g) => {
                 let opt_len = (g[0] & 0x3f) as usize * 4;
                 layer.tunnel = tunnel_for(be16(g[2], g[3]), off + 8 + 8 + opt_len);
             }
-            // A Geneve header that is not there: the inner frame cannot be
-            // read, which parse() treats as malformed.
-            None => layer.tunnel = Tunnel::Eth(off + 8 + 8),
+            None => layer.tunnel = unreadable,
+        }
+    } else if kind == tunnel::VXLAN_GPE {
+        match bytes_at::<4>(ctx, off + 8) {
+            // Next protocol applies only with the P flag (0x04); Linux
+            // discards the packet otherwise: nothing inside to judge.
+            Some(g) if g[0] & 0x04 == 0 => {}
+            Some(g) => {
+                let inner = off + 8 + 8;
+                layer.tunnel = if g[3] == GPE_IPV4 {
+                    Tunnel::Ip4(inner)
+                } else if g[3] == GPE_IPV6 {
+                    Tunnel::Ip6(inner)
+                } else if g[3] == GPE_ETHERNET {
+                    Tunnel::Eth(inner)
+                } else {
+                    Tunnel::None
+                };
+            }
+            None => layer.tunnel = unreadable,
         }
     }
 }

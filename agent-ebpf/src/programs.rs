@@ -8,13 +8,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, counter_index, direction, parse_limits, rule_counter_index, slot_pair_index, source,
-    stat, tag, verdict, verdict_slot, CachedVerdict, Config, Counter, Event, FlowKey, FlowState,
-    IfConfig, PairVerdict, PeerKey, PortKey, RuleVerdict, VerdictKey, VerdictSlot, COUNTERS_LEN,
-    MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS,
+    capacity, config_flags, counter_index, direction, parse_limits, rule_counter_index,
+    slot_pair_index, source, stat, tag, verdict, verdict_slot, wire, CachedVerdict, Config,
+    Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey, PortKey, RuleVerdict,
+    TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN,
+    RULE_SOURCE_CHECK, SLOTS, TUNNEL_ENTRIES_PER_SLOT,
 };
 
-use crate::parse::{parse, Layer, Packet, Reject, L4};
+use crate::parse::{parse, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4};
 use crate::source::Checked;
 
 #[map(name = "EF_ENV_V4")]
@@ -47,6 +48,10 @@ static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 /// Recent flows' verdicts (see `envfence_ebpf::VerdictSlot`).
 #[map(name = "EF_VERDICTS")]
 static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
+/// Which UDP ports are which tunnel, per policy slot.
+#[map(name = "EF_TUNNEL_PORTS")]
+pub(crate) static TUNNEL_PORTS: Array<TunnelPorts> =
+    Array::with_max_entries(SLOTS * TUNNEL_ENTRIES_PER_SLOT, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
@@ -113,6 +118,7 @@ struct Active {
     slot: u32,
     audit: bool,
     generation: u32,
+    flags: u32,
 }
 
 #[inline(always)]
@@ -120,21 +126,23 @@ fn active_policy() -> Active {
     match CONFIG.get(0) {
         Some(c) => {
             let slot = c.active_slot & 1;
-            let (audit, generation) = if slot == 0 {
-                (c.slot_audit_mode[0], c.slot_generation[0])
+            let (audit, generation, flags) = if slot == 0 {
+                (c.slot_audit_mode[0], c.slot_generation[0], c.slot_flags[0])
             } else {
-                (c.slot_audit_mode[1], c.slot_generation[1])
+                (c.slot_audit_mode[1], c.slot_generation[1], c.slot_flags[1])
             };
             Active {
                 slot,
                 audit: audit != 0,
                 generation,
+                flags,
             }
         }
         None => Active {
             slot: 0,
             audit: false,
             generation: 0,
+            flags: 0,
         },
     }
 }
@@ -155,12 +163,21 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let pkt = unsafe { &mut *pkt };
-    match parse(ctx, pkt) {
+    match parse(ctx, pkt, slot) {
         Ok(()) => {}
         Err(Reject::NonIp) => {
             bump_stat(stat::NON_IP);
+            bump_stat(non_ip_kind(pkt.l2_type));
             tag(ctx, tag::UNJUDGED | tag::REASON_NON_IP);
+            if active.flags & config_flags::NON_IP_DROP != 0 && !audit {
+                bump_stat(stat::NON_IP_DROPPED);
+                return ACT_SHOT;
+            }
             return TCX_NEXT;
+        }
+        Err(Reject::MplsTooDeep) => {
+            tag(ctx, tag::UNJUDGED | tag::REASON_MPLS_TOO_DEEP);
+            return malformed(stat::MPLS_TOO_DEEP, audit);
         }
         Err(Reject::Malformed) => {
             tag(ctx, tag::UNJUDGED | tag::REASON_MALFORMED);
@@ -199,12 +216,19 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
             }
         }
     }
+    if pkt.encap == ENCAP_MPLS {
+        bump_stat(stat::MPLS);
+    } else if pkt.encap == ENCAP_PPPOE {
+        bump_stat(stat::PPPOE);
+    }
     // The outer packet is judged; a tunnel's inner packet too, and the
-    // stricter of the two verdicts applies (the outer one on a tie).
-    let mut j = judge_layer(&pkt.outer, active, !pkt.has_inner);
+    // final destination of either's routing header: the strictest verdict
+    // applies (the first judged on a tie: outer before inner, current
+    // destination before final).
+    let mut j = judge_both(&pkt.outer, active, !pkt.has_inner);
     if pkt.has_inner {
         bump_stat(stat::TUNNELED);
-        let ji = judge_layer(&pkt.inner, active, false);
+        let ji = judge_both(&pkt.inner, active, false);
         if ji.verdict > j.verdict {
             j = ji;
         }
@@ -239,6 +263,18 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         ACT_SHOT
     } else {
         TCX_NEXT
+    }
+}
+
+/// The statistic of a non-IP frame's kind.
+#[inline(always)]
+fn non_ip_kind(l2_type: u16) -> u32 {
+    match l2_type {
+        wire::ETH_P_ARP => stat::NON_IP_ARP,
+        wire::ETH_P_LLDP => stat::NON_IP_LLDP,
+        wire::ETH_P_MPLS_UC | wire::ETH_P_MPLS_MC => stat::NON_IP_MPLS,
+        wire::ETH_P_PPP_SES | wire::ETH_P_PPP_DISC => stat::NON_IP_PPPOE,
+        _ => stat::NON_IP_OTHER,
     }
 }
 
@@ -283,6 +319,7 @@ fn spoofed(
     );
     let j = Judged {
         layer,
+        dst: &layer.dst,
         src_env: 0,
         dst_env,
         verdict: verdict::SPOOFED,
@@ -353,20 +390,51 @@ pub(crate) fn is_v4_mapped(a: &[u8; 16]) -> bool {
 /// The decision on one IP layer.
 struct Judged<'a> {
     layer: &'a Layer,
+    /// The destination judged: the layer's, or its routing header's final
+    /// destination.
+    dst: &'a [u8; 16],
     src_env: u32,
     dst_env: u32,
     verdict: u8,
     rule: u16,
 }
 
+/// One layer judged for its destination and, when a routing header names
+/// one, for its final destination: the stricter verdict.
 #[inline(always)]
-fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
+fn judge_both(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
     if layer.fragment {
         bump_stat(stat::FRAGMENTS);
     }
     if layer.ext_too_deep {
         bump_stat(stat::IPV6_EXT_TOO_DEEP);
     }
+    if layer.len_from_skb {
+        bump_stat(stat::LENGTH_FROM_SKB);
+    }
+    if layer.jumbo {
+        bump_stat(stat::JUMBOGRAMS);
+    }
+    if !layer.has_final {
+        return judge_layer(layer, &layer.dst, active, cacheable);
+    }
+    bump_stat(stat::ROUTING_FINAL);
+    let j = judge_layer(layer, &layer.dst, active, false);
+    let jf = judge_layer(layer, &layer.final_dst, active, false);
+    if jf.verdict > j.verdict {
+        jf
+    } else {
+        j
+    }
+}
+
+#[inline(always)]
+fn judge_layer<'a>(
+    layer: &'a Layer,
+    dst: &'a [u8; 16],
+    active: Active,
+    cacheable: bool,
+) -> Judged<'a> {
     // Simple packets (not tunnelled, ports read or no ports by nature) are
     // decided by their addresses, protocol and destination port alone: a
     // flow's verdict is cached per CPU under the policy generation.
@@ -376,7 +444,7 @@ fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
         && unsafe { core::ptr::read_volatile(&VERDICT_CACHE) } != 0;
     let key = VerdictKey {
         src: layer.src,
-        dst: layer.dst,
+        dst: *dst,
         dport: if layer.l4 == L4::Ports {
             layer.dport
         } else {
@@ -406,6 +474,7 @@ fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
         {
             return Judged {
                 layer,
+                dst,
                 src_env: u32::from(s.value.src_env),
                 dst_env: u32::from(s.value.dst_env),
                 verdict: s.value.verdict,
@@ -414,7 +483,7 @@ fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
         }
     }
     let src_env = lookup_env(layer.family, &layer.src, active.slot);
-    let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
+    let dst_env = lookup_env(layer.family, dst, active.slot);
     let (verdict, rule) = decide(src_env, dst_env, layer, active.slot);
     if let Some(slot) = slot {
         // SAFETY: this CPU's slot.
@@ -432,6 +501,7 @@ fn judge_layer(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
     }
     Judged {
         layer,
+        dst,
         src_env,
         dst_env,
         verdict,
@@ -478,7 +548,7 @@ fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Ch
     let (src_env, dst_env, v, rule) = (j.src_env, j.dst_env, j.verdict, j.rule);
     let flow = FlowKey {
         src: pkt.src,
-        dst: pkt.dst,
+        dst: *j.dst,
         sport: pkt.sport,
         dport: pkt.dport,
         proto: pkt.proto,

@@ -11,7 +11,9 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use envfence_ebpf::parse_limits::{GENEVE_PORT, MAX_OFFSET, VXLAN_PORT};
+use envfence_ebpf::parse_limits::MAX_OFFSET;
+
+use crate::gen::{GENEVE_PORT, VXLAN_LINUX_PORT, VXLAN_PORT};
 
 const MAX_TAGS: usize = 8;
 const MAX_EXT: usize = 16;
@@ -372,7 +374,7 @@ impl Decoder<'_> {
                 };
                 self.line(depth, off, format!("{name} {sport} > {dport}{extra}"));
                 if p == 17 && depth < MAX_DEPTH {
-                    if dport == VXLAN_PORT {
+                    if dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT {
                         self.vxlan(off + 8, depth);
                     } else if dport == GENEVE_PORT {
                         self.geneve(off + 8, depth);

@@ -50,9 +50,13 @@ pub mod ipproto {
     pub const NONE: u8 = 59;
 }
 
-/// UDP ports of the tunnels the datapath decapsulates.
-pub const VXLAN_PORT: u16 = envfence_ebpf::parse_limits::VXLAN_PORT;
-pub const GENEVE_PORT: u16 = envfence_ebpf::parse_limits::GENEVE_PORT;
+/// UDP ports of the tunnels the datapath decapsulates (the policy's
+/// defaults: `envfence::policy::TunnelKind::default_ports`).
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN's Linux / flannel / Cilium port.
+pub const VXLAN_LINUX_PORT: u16 = 8472;
+pub const GENEVE_PORT: u16 = 6081;
+pub const VXLAN_GPE_PORT: u16 = 4790;
 
 // ---------------------------------------------------------------------------
 // Random numbers
@@ -487,6 +491,32 @@ impl ExtSpec {
                 h[1] = self.units;
                 h
             }
+            ipproto::ROUTING => {
+                // Routing type 0, 2, 4 (segment routing) or 1, segments
+                // left 0 to 3, and addresses of the example policy's
+                // environments (the final destination is judged too).
+                let len = (usize::from(self.units) + 1) * 8;
+                let mut h = vec![0u8; len];
+                h[0] = next;
+                h[1] = self.units;
+                h[2] = [0u8, 2, 4, 1][usize::from(self.fill % 4)];
+                h[3] = (self.fill / 4) % 4;
+                h[4] = (self.units / 2).saturating_sub(1);
+                let n = (len - 8) / 16;
+                for (i, chunk) in h[8..].chunks_mut(16).enumerate() {
+                    // The final segment (first of an SRH, last of type 0)
+                    // is often in production, where test must not go.
+                    let last = i == 0 || i + 1 == n;
+                    let env = if last && self.fill & 1 == 0 {
+                        Env::Production
+                    } else {
+                        Env::ALL[(usize::from(self.fill) + i) % Env::ALL.len()]
+                    };
+                    let a = v6_pool(env, (i % 3) as u8);
+                    chunk.copy_from_slice(&a[..chunk.len()]);
+                }
+                h
+            }
             _ => {
                 let len = (usize::from(self.units) + 1) * 8;
                 // PadN options so the contents look real.
@@ -861,6 +891,8 @@ fn draw_port(rng: &mut Rng) -> u16 {
         (5, 443),
         (5, 8080),
         (5, VXLAN_PORT),
+        (4, VXLAN_LINUX_PORT),
+        (3, VXLAN_GPE_PORT),
         (5, GENEVE_PORT),
         (3, 0),
         (3, 54),
@@ -904,6 +936,8 @@ impl Kind {
 pub struct Case {
     pub frame: Vec<u8>,
     pub kind: Kind,
+    /// The skb's `gso_size` (non-zero: a GSO packet, BIG TCP).
+    pub gso_size: u32,
 }
 
 /// Random packets of every shape. See the module docs.
@@ -941,7 +975,18 @@ impl Gen {
             }
             Kind::Random => self.random_bytes(),
         };
-        Case { frame, kind }
+        // One case in ten is a GSO packet; most of those carry the zero
+        // length BIG TCP writes into the outer IP header.
+        let mut frame = frame;
+        let gso_size = if self.rng.chance(10) { 1448 } else { 0 };
+        if gso_size != 0 && self.rng.chance(60) {
+            zero_outer_length(&mut frame);
+        }
+        Case {
+            frame,
+            kind,
+            gso_size,
+        }
     }
 
     /// A frame from a random spec, at most [`MAX_FRAME`] bytes.
@@ -1012,9 +1057,14 @@ impl Gen {
     }
 
     fn l3(&mut self, depth: u32) -> L3Spec {
-        match self.rng.weighted(&[(47, 4u8), (47, 6), (6, 0)]) {
+        match self
+            .rng
+            .weighted(&[(43, 4u8), (43, 6), (5, 1), (4, 2), (5, 0)])
+        {
             4 => L3Spec::V4(Box::new(self.ip4(depth))),
             6 => L3Spec::V6(Box::new(self.ip6(depth))),
+            1 => self.mpls(depth),
+            2 => self.pppoe(depth),
             _ => {
                 let r = &mut self.rng;
                 let ethertype = r.weighted(&[
@@ -1032,6 +1082,59 @@ impl Gen {
                 }
             }
         }
+    }
+
+    /// IPv4 / IPv6 / other bytes for a link layer without a type field.
+    fn ip_bytes(&mut self, depth: u32) -> Vec<u8> {
+        match self.rng.weighted(&[(45, 4u8), (45, 6), (10, 0)]) {
+            4 => self.ip4(depth).build(),
+            6 => self.ip6(depth).build(),
+            _ => self.rng.bytes_below(40),
+        }
+    }
+
+    /// An MPLS label stack (1 to 8 labels, bottom-of-stack usually on the
+    /// last) and what it carries.
+    fn mpls(&mut self, depth: u32) -> L3Spec {
+        let r = &mut self.rng;
+        let ethertype = if r.chance(80) { 0x8847 } else { 0x8848 };
+        let n = r.range(1, 8);
+        let no_bos = r.chance(5);
+        let mut bytes = Vec::new();
+        for i in 0..n {
+            let bos = u32::from(i + 1 == n && !no_bos);
+            let label = (r.u32() & 0xfffff) << 12 | (r.u32() & 7) << 9 | bos << 8 | 64;
+            bytes.extend(label.to_be_bytes());
+        }
+        bytes.extend(self.ip_bytes(depth));
+        L3Spec::Other { ethertype, bytes }
+    }
+
+    /// A PPPoE frame: a session (IPv4, IPv6, compressed, LCP), sometimes
+    /// with a bad version or code, or a discovery frame.
+    fn pppoe(&mut self, depth: u32) -> L3Spec {
+        let r = &mut self.rng;
+        let discovery = r.chance(10);
+        let ver_type = if r.chance(95) { 0x11 } else { r.u8() };
+        let code = if discovery || r.chance(5) { r.u8() } else { 0 };
+        let (ppp, want): (Vec<u8>, u8) = match r.below(6) {
+            0 | 1 => (vec![0x00, 0x21], 4),
+            2 | 3 => (vec![0x00, 0x57], 6),
+            4 => (vec![0x21], 4),
+            _ => (vec![0xc0, 0x21], 0),
+        };
+        let body = match want {
+            4 => self.ip4(depth).build(),
+            6 => self.ip6(depth).build(),
+            _ => self.rng.bytes_below(20),
+        };
+        let len = u16::try_from(ppp.len() + body.len()).unwrap_or(0);
+        let mut bytes = vec![ver_type, code, 0x00, 0x07];
+        bytes.extend(len.to_be_bytes());
+        bytes.extend(ppp);
+        bytes.extend(body);
+        let ethertype = if discovery { 0x8863 } else { 0x8864 };
+        L3Spec::Other { ethertype, bytes }
     }
 
     /// A random IPv4 packet.
@@ -1134,7 +1237,7 @@ impl Gen {
         let r = &mut self.rng;
         let kind = r.weighted(&[
             (20, ipproto::HOPOPTS),
-            (15, ipproto::ROUTING),
+            (30, ipproto::ROUTING),
             (20, ipproto::DSTOPTS),
             (20, ipproto::FRAGMENT),
             (10, ipproto::AH),
@@ -1207,7 +1310,8 @@ impl Gen {
             1 => {
                 let sport = if r.chance(5) { VXLAN_PORT } else { r.u16() };
                 let dport = draw_port(r);
-                let body = if dport == VXLAN_PORT || dport == GENEVE_PORT {
+                let tunnel_port = [VXLAN_PORT, VXLAN_LINUX_PORT, VXLAN_GPE_PORT, GENEVE_PORT];
+                let body = if tunnel_port.contains(&dport) {
                     if r.chance(85) {
                         self.udp_tunnel(depth, dport)
                     } else {
@@ -1254,6 +1358,7 @@ impl Gen {
                     (10, ipproto::FRAGMENT),
                     (10, ipproto::NONE),
                     (10, ipproto::ROUTING),
+                    (10, ipproto::DCCP),
                     (10, 2u8),
                 ]);
                 let n = r.below(40);
@@ -1309,7 +1414,21 @@ impl Gen {
     }
 
     fn udp_tunnel(&mut self, depth: u32, dport: u16) -> UdpBody {
-        if dport == VXLAN_PORT {
+        if dport == VXLAN_GPE_PORT {
+            let r = &mut self.rng;
+            let flags = if r.chance(85) { 0x0c } else { r.u8() };
+            let next = r.weighted(&[(35, 1u8), (35, 2), (20, 3), (10, 4)]);
+            let mut bytes = vec![flags, 0, 0, next, 0, 0, 0x2a, 0];
+            let inner = match next {
+                1 => self.ip4(depth + 1).build(),
+                2 => self.ip6(depth + 1).build(),
+                3 => self.frame_spec(depth + 1).build(),
+                _ => self.rng.bytes_below(30),
+            };
+            bytes.extend(inner);
+            return UdpBody::Data(bytes);
+        }
+        if dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT {
             let flags = if self.rng.chance(90) {
                 0x08
             } else {
@@ -1461,6 +1580,19 @@ impl Gen {
             }
         }
         f
+    }
+}
+
+/// Writes 0 into the length field of an untagged frame's IPv4 / IPv6
+/// header (what the stack writes into a BIG TCP packet).
+pub fn zero_outer_length(frame: &mut [u8]) {
+    let at = match frame.get(12..14) {
+        Some([0x08, 0x00]) => 14 + 2,
+        Some([0x86, 0xdd]) => 14 + 4,
+        _ => return,
+    };
+    if let Some(field) = frame.get_mut(at..at + 2) {
+        field.copy_from_slice(&[0, 0]);
     }
 }
 

@@ -19,6 +19,8 @@ const SKB_CTX_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
 const SKB_IFINDEX: usize = 40;
+const SKB_GSO_SEGS: usize = 164;
+const SKB_GSO_SIZE: usize = 176;
 
 /// The ifindex TestRun frames enter through when the context names none
 /// (the namespace's `lo`).
@@ -129,7 +131,24 @@ impl KernelHarness {
         ingress_ifindex: u32,
         ifindex: u32,
     ) -> anyhow::Result<(u32, u32)> {
+        self.run_ctx(hook, frame, ingress_ifindex, ifindex, 0)
+    }
+
+    /// [`KernelHarness::run_on`] with the skb's `gso_size` set (and
+    /// `gso_segs` 2 when it is not 0): a GSO packet, as BIG TCP makes them.
+    pub fn run_ctx(
+        &self,
+        hook: Hook,
+        frame: &[u8],
+        ingress_ifindex: u32,
+        ifindex: u32,
+        gso_size: u32,
+    ) -> anyhow::Result<(u32, u32)> {
         let mut ctx_in = [0u8; SKB_CTX_LEN];
+        if gso_size != 0 {
+            ctx_in[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&2u32.to_ne_bytes());
+            ctx_in[SKB_GSO_SIZE..SKB_GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+        }
         ctx_in[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
             .copy_from_slice(&ingress_ifindex.to_ne_bytes());
         ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
@@ -154,8 +173,13 @@ impl KernelHarness {
     /// Runs one frame through the program of `hook` and reports which
     /// counters moved.
     pub fn run(&self, hook: Hook, frame: &[u8]) -> anyhow::Result<KernelResult> {
+        self.run_gso(hook, frame, 0)
+    }
+
+    /// [`KernelHarness::run`] of a GSO packet (`gso_size` != 0).
+    pub fn run_gso(&self, hook: Hook, frame: &[u8], gso_size: u32) -> anyhow::Result<KernelResult> {
         let (before, stats_before) = self.snapshot()?;
-        let (action, mark) = self.run_tagged(hook, frame, 0)?;
+        let (action, mark) = self.run_ctx(hook, frame, 0, 0, gso_size)?;
         let (after, stats_after) = self.snapshot()?;
         let moved = before
             .iter()

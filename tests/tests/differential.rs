@@ -171,7 +171,7 @@ fn engine_reports_a_disagreement() {
     let o = reference::classify(&f, &engine.audit.policy);
     assert_eq!(
         engine.audit.run_tagged(Hook::Ingress, &f, 0).expect("run"),
-        diff::expected(&o, Mode::Audit)
+        diff::expected(&o, &engine.audit.policy)
     );
 }
 

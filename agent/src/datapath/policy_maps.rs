@@ -11,10 +11,13 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
     Ebpf,
 };
-use envfence_ebpf::{map_names, slot_pair_index, Config, PairVerdict, PortKey, RuleVerdict};
+use envfence_ebpf::{
+    config_flags, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict, PortKey,
+    RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
+};
 
 use super::{counters::CounterReader, DatapathError};
-use crate::policy::{CompiledPolicy, Mode, SourceCheck};
+use crate::policy::{CompiledPolicy, Mode, NonIp, SourceCheck};
 
 /// What an install did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +76,11 @@ pub(super) fn install(
     next.generation = generation;
     next.slot_generation[target as usize] = generation;
     next.slot_audit_mode[target as usize] = u32::from(policy.mode == Mode::Audit);
+    next.slot_flags[target as usize] = if policy.non_ip == NonIp::Drop {
+        config_flags::NON_IP_DROP
+    } else {
+        0
+    };
     let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
     // First the new slot's parameters (the datapath does not read them yet),
     // then the flip.
@@ -163,6 +171,17 @@ fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(),
             pairs
                 .set(slot_pair_index(slot, src, dst), pv, 0)
                 .map_err(DatapathError::map(map_names::PAIRS))?;
+        }
+    }
+    {
+        // The whole table of the slot is written: nothing stale survives.
+        let mut tunnels: Array<&mut MapData, TunnelPorts> =
+            typed_map(ebpf, map_names::TUNNEL_PORTS)?;
+        for (i, entry) in policy.tunnels.table().iter().enumerate() {
+            let first_port = u16::try_from(i * TUNNEL_PORTS_PER_ENTRY as usize).unwrap_or(0);
+            tunnels
+                .set(tunnel_ports_index(slot, first_port), entry, 0)
+                .map_err(DatapathError::map(map_names::TUNNEL_PORTS))?;
         }
     }
     let mut ports: HashMap<&mut MapData, PortKey, RuleVerdict> = typed_map(ebpf, map_names::PORTS)?;

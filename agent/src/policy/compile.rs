@@ -44,6 +44,11 @@ pub struct CompiledPolicy {
     pub interfaces: InterfaceSelector,
     /// The source check of each attached interface.
     pub source_check: super::SourceChecks,
+    /// Which UDP ports are which tunnel.
+    pub tunnels: super::Tunnels,
+    /// What frames that are not IP get (`drop` is folded to pass in audit
+    /// mode by the datapath, like malformed frames).
+    pub non_ip: super::NonIp,
     /// SHA-256 of the policy source, lowercase hex.
     pub source_sha256: String,
 }
@@ -148,6 +153,8 @@ pub fn compile_with_ids(
         ports,
         interfaces: policy.interfaces.clone(),
         source_check: policy.source_check.clone(),
+        tunnels: policy.tunnels.clone(),
+        non_ip: policy.non_ip,
         source_sha256: policy.source_sha256.clone(),
     }
 }

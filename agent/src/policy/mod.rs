@@ -13,6 +13,7 @@ mod compile;
 mod conflicts;
 mod environments;
 mod error;
+mod frames;
 mod model;
 pub mod reference;
 pub mod rpf;
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 pub use compile::{compile, compile_with_ids, fold_audit, CompiledPolicy, Decision, L4};
 pub use environments::MAX_DEFINED_ENVS;
 pub use error::{PolicyError, PolicyErrors};
+pub use frames::{NonIp, TunnelKind, Tunnels};
 pub use model::{
     proto_has_ports, proto_name, Environment, InterfaceSelector, Mode, ParseValueError, Policy,
     PortSpec, Rule, Verdict,

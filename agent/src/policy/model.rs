@@ -140,6 +140,10 @@ pub struct Policy {
     pub interfaces: InterfaceSelector,
     /// The source check of each attached interface.
     pub source_check: super::source_check::SourceChecks,
+    /// Which UDP ports are which tunnel.
+    pub tunnels: super::frames::Tunnels,
+    /// What frames that are not IP get.
+    pub non_ip: super::frames::NonIp,
     /// SHA-256 of the policy source text, lowercase hex.
     pub source_sha256: String,
 }
@@ -240,15 +244,17 @@ pub fn proto_name(number: u8) -> Option<&'static str> {
         proto::TCP => Some("tcp"),
         proto::UDP => Some("udp"),
         proto::SCTP => Some("sctp"),
+        proto::DCCP => Some("dccp"),
         proto::ICMP => Some("icmp"),
         proto::ICMPV6 => Some("icmpv6"),
         _ => None,
     }
 }
 
-/// Whether an IP protocol carries ports the datapath reads (TCP, UDP, SCTP).
+/// Whether an IP protocol carries ports the datapath reads (TCP, UDP, SCTP,
+/// DCCP).
 pub fn proto_has_ports(number: u8) -> bool {
-    matches!(number, proto::TCP | proto::UDP | proto::SCTP)
+    matches!(number, proto::TCP | proto::UDP | proto::SCTP | proto::DCCP)
 }
 
 /// Which network interfaces envfence attaches to, by glob pattern.

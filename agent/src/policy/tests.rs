@@ -372,3 +372,66 @@ fn odd_documents_are_errors_not_panics() {
         assert_eq!(places(source), [place(1, "environments", "")], "{source:?}");
     }
 }
+
+#[test]
+fn tunnels_and_non_ip_defaults() {
+    let p = parse("environments:\n  prod: [\"10.10.0.0/16\"]\n", "t.yaml").unwrap();
+    for (port, kind) in [
+        (4789, TunnelKind::Vxlan),
+        (8472, TunnelKind::Vxlan),
+        (6081, TunnelKind::Geneve),
+        (4790, TunnelKind::VxlanGpe),
+    ] {
+        assert_eq!(p.tunnels.kind(port), Some(kind), "{port}");
+    }
+    assert_eq!(p.tunnels.kind(53), None);
+    assert_eq!(p.non_ip, NonIp::Pass);
+    let p = parse(
+        "environments:\n  prod: [\"10.10.0.0/16\"]\ntunnels:\n  vxlan: [4789, 9999]\nnon_ip: drop\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.tunnels.kind(9999), Some(TunnelKind::Vxlan));
+    assert_eq!(
+        p.tunnels.kind(8472),
+        None,
+        "a listed kind replaces its defaults"
+    );
+    assert_eq!(p.tunnels.kind(6081), Some(TunnelKind::Geneve));
+    assert_eq!(p.non_ip, NonIp::Drop);
+}
+
+#[test]
+fn tunnel_and_non_ip_errors_have_places() {
+    let src = "environments:\n  prod: [\"10.10.0.0/16\"]\ntunnels:\n  vxlan: [4789, 8472]\n  geneve: [6081, 8472, 6081]\n  vxlan-gpe: [0, x, 70000]\n  nvgre: [1]\nnon_ip: maybe\n";
+    let got: Vec<(usize, usize, String)> = errors(src)
+        .into_iter()
+        .map(|e| (e.line, e.column, e.field))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (5, 18, "tunnels.geneve[1]".to_owned()),
+            (5, 24, "tunnels.geneve[2]".to_owned()),
+            (6, 15, "tunnels.vxlan-gpe[0]".to_owned()),
+            (6, 18, "tunnels.vxlan-gpe[1]".to_owned()),
+            (6, 21, "tunnels.vxlan-gpe[2]".to_owned()),
+            (7, 3, "tunnels.nvgre".to_owned()),
+            (8, 9, "non_ip".to_owned()),
+        ]
+    );
+    let msgs: Vec<String> = errors(src).into_iter().map(|e| e.message).collect();
+    assert!(
+        msgs[0].contains("cannot be two tunnels") && msgs[0].contains("vxlan at line 4"),
+        "{msgs:?}"
+    );
+    assert!(msgs[1].contains("listed twice"), "{msgs:?}");
+    // A port another kind has by default.
+    let e = errors("environments:\n  prod: [\"10.10.0.0/16\"]\ntunnels:\n  geneve: [8472]\n");
+    assert_eq!((e.len(), e[0].line), (1, 4));
+    assert!(
+        e[0].message.contains("vxlan by default"),
+        "{}",
+        e[0].message
+    );
+}

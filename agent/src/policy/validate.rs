@@ -7,7 +7,7 @@ use super::model::{InterfaceSelector, Mode, Policy, Verdict};
 use super::source_check::{self, SourceChecks};
 use super::values::did_you_mean;
 use super::yaml::{Key, Kind, Node};
-use super::{conflicts, environments, rules};
+use super::{conflicts, environments, frames, rules};
 
 const TOP_KEYS: &[&str] = &[
     "mode",
@@ -16,6 +16,8 @@ const TOP_KEYS: &[&str] = &[
     "rules",
     "interfaces",
     "source_check",
+    "tunnels",
+    "non_ip",
 ];
 const INTERFACE_KEYS: &[&str] = &["include", "exclude"];
 
@@ -29,13 +31,15 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
         rules: Vec::new(),
         interfaces: InterfaceSelector::default(),
         source_check: SourceChecks::default(),
+        tunnels: frames::Tunnels::default(),
+        non_ip: frames::NonIp::default(),
         source_sha256: String::new(),
     };
     let Some(top) = fields(
         root,
         "",
         TOP_KEYS,
-        "a policy: a mapping with the keys mode, default, environments, rules, interfaces and source_check",
+        "a policy: a mapping with the keys mode, default, environments, rules, interfaces, source_check, tunnels and non_ip",
         errors,
     ) else {
         return policy;
@@ -73,6 +77,12 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
     }
     if let Some(node) = top.get("source_check") {
         policy.source_check = source_check::check(node, errors);
+    }
+    if let Some(node) = top.get("tunnels") {
+        policy.tunnels = frames::check_tunnels(node, errors);
+    }
+    if let Some(node) = top.get("non_ip") {
+        policy.non_ip = frames::check_non_ip(node, errors);
     }
     policy.environments = environments.list;
     policy

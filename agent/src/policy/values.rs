@@ -99,7 +99,7 @@ fn digits(text: &str) -> Option<u32> {
 }
 
 /// Parses a destination port spec: `N/proto` or `N-M/proto`, with proto
-/// `tcp`, `udp` or `sctp` and `1 <= N <= M <= 65535`.
+/// `tcp`, `udp`, `sctp` or `dccp` and `1 <= N <= M <= 65535`.
 pub fn port_spec(text: &str) -> Result<PortSpec, String> {
     const FORM: &str = "write N/proto or N-M/proto, such as 53/udp or 8000-8099/tcp";
     let Some((range, proto_text)) = text.split_once('/') else {
@@ -113,9 +113,10 @@ pub fn port_spec(text: &str) -> Result<PortSpec, String> {
         "tcp" => proto::TCP,
         "udp" => proto::UDP,
         "sctp" => proto::SCTP,
+        "dccp" => proto::DCCP,
         _ => {
             return Err(format!(
-                "unknown protocol {proto_text:?}: port rules are for tcp, udp or sctp"
+                "unknown protocol {proto_text:?}: port rules are for tcp, udp, sctp or dccp"
             ))
         }
     };

@@ -79,7 +79,10 @@ fn run(args: Args) -> Result<bool> {
         let mut gen = envfence_tests::gen::Gen::new(args.seed.unwrap_or(diff::DEFAULT_SEED));
         for i in 0..n {
             let case = gen.case();
-            let outcome = envfence::policy::reference::classify(&case.frame, &policy);
+            let skb = envfence::policy::reference::Skb {
+                gso_size: case.gso_size,
+            };
+            let outcome = envfence::policy::reference::classify_skb(&case.frame, skb, &policy);
             println!("#{i} {} case: {outcome:?}", case.kind.name());
             print!("{}", envfence_tests::decode::describe(&case.frame));
         }

@@ -62,15 +62,16 @@ pub fn example_policy(mode: Mode) -> Result<CompiledPolicy> {
 }
 
 /// The (action, tag) the kernel must produce for `outcome` under `mode`.
-pub fn expected(outcome: &reference::Outcome, mode: Mode) -> (u32, u32) {
-    let action = if outcome.passes(mode) {
+pub fn expected(outcome: &reference::Outcome, policy: &CompiledPolicy) -> (u32, u32) {
+    let action = if outcome.passes(policy) {
         ACTION_NEXT
     } else {
         ACTION_SHOT
     };
     let t = match outcome {
         reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
-        reference::Outcome::NonIp => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::NonIp(_) => tag::UNJUDGED | tag::REASON_NON_IP,
+        reference::Outcome::MplsTooDeep => tag::UNJUDGED | tag::REASON_MPLS_TOO_DEEP,
         reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
         reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
         reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
@@ -117,6 +118,7 @@ pub fn describe_tag(t: u32, policy: &CompiledPolicy) -> String {
                 tag::REASON_MALFORMED => "malformed",
                 tag::REASON_VLAN_TOO_DEEP => "vlan-too-deep",
                 tag::REASON_TUNNEL_TOO_DEEP => "tunnel-too-deep",
+                tag::REASON_MPLS_TOO_DEEP => "mpls-too-deep",
                 _ => "unknown reason",
             };
             format!("{t:#010x} not judged: {reason}")
@@ -273,7 +275,19 @@ impl Engine {
     /// including an EINVAL the prediction did not expect or a predicted
     /// refusal the kernel did not make.
     pub fn check(&self, frame: &[u8], egress: bool, foreign_iif: bool) -> Result<Checked> {
-        self.check_on(frame, egress, foreign_iif, None)
+        self.check_gso(frame, egress, foreign_iif, 0)
+    }
+
+    /// [`Engine::check`] of a frame whose skb has `gso_size` (non-zero: a
+    /// GSO packet, as BIG TCP makes them).
+    pub fn check_gso(
+        &self,
+        frame: &[u8],
+        egress: bool,
+        foreign_iif: bool,
+        gso_size: u32,
+    ) -> Result<Checked> {
+        self.check_full(frame, egress, foreign_iif, None, gso_size)
     }
 
     /// [`Engine::check`] with the frame entering device `ifindex` of `node`
@@ -287,6 +301,18 @@ impl Engine {
         foreign_iif: bool,
         on: Option<(&rpf::Node, u32)>,
     ) -> Result<Checked> {
+        self.check_full(frame, egress, foreign_iif, on, 0)
+    }
+
+    fn check_full(
+        &self,
+        frame: &[u8],
+        egress: bool,
+        foreign_iif: bool,
+        on: Option<(&rpf::Node, u32)>,
+        gso_size: u32,
+    ) -> Result<Checked> {
+        let skb = reference::Skb { gso_size };
         if kernel_refuses(frame) {
             match self.enforce.run_tagged(Hook::Ingress, frame, 0) {
                 Err(e) if is_einval(&e) => return Ok(Checked::Refused),
@@ -301,7 +327,7 @@ impl Engine {
         // Ingress checks the source on the node; egress never does.
         let classify_in = |policy: &CompiledPolicy| match on {
             Some((node, i)) => reference::classify_on(frame, policy, node, i),
-            None => reference::classify(frame, policy),
+            None => reference::classify_skb(frame, skb, policy),
         };
         let outcome_enforce = classify_in(&self.enforce.policy);
         let outcome_audit = classify_in(&self.audit.policy);
@@ -312,7 +338,7 @@ impl Engine {
         ] {
             let mode = h.policy.mode;
             let egress_outcome = match on {
-                Some(_) if egress => Some(reference::classify(frame, &h.policy)),
+                Some(_) if egress => Some(reference::classify_skb(frame, skb, &h.policy)),
                 _ => None,
             };
             let mut runs = vec![(Hook::Ingress, 0u32, outcome)];
@@ -321,9 +347,9 @@ impl Engine {
                 runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }, o));
             }
             for (hook, iif, outcome) in runs {
-                let want = expected(outcome, mode);
+                let want = expected(outcome, &h.policy);
                 let on_dev = if hook == Hook::Ingress { ifindex } else { 0 };
-                let got = match h.run_on(hook, frame, iif, on_dev) {
+                let got = match h.run_ctx(hook, frame, iif, on_dev, gso_size) {
                     Ok(got) => got,
                     Err(e) if is_einval(&e) => bail!(
                         "BPF_PROG_TEST_RUN refused (EINVAL) a frame not predicted to be refused: {}",
@@ -361,7 +387,8 @@ impl Engine {
 pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
     use reference::{L4Seen, Outcome};
     match o {
-        Outcome::NonIp => vec!["non-ip"],
+        Outcome::NonIp(_) => vec!["non-ip"],
+        Outcome::MplsTooDeep => vec!["mpls-too-deep"],
         Outcome::Malformed => vec!["malformed"],
         Outcome::VlanTooDeep => vec!["vlan-too-deep"],
         Outcome::TunnelTooDeep => vec!["tunnel-too-deep"],
@@ -394,6 +421,20 @@ pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
             }
             if j.by_inner {
                 c.push("decided-by-inner");
+            }
+            match j.encap {
+                reference::Encap::Mpls => c.push("mpls"),
+                reference::Encap::Pppoe => c.push("pppoe"),
+                reference::Encap::Ethernet => {}
+            }
+            if j.len_from_skb {
+                c.push("length-from-skb");
+            }
+            if j.routed {
+                c.push("routing-final");
+            }
+            if j.by_final {
+                c.push("decided-by-final-destination");
             }
             let mapped = |a: &std::net::IpAddr| match a {
                 std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
@@ -429,6 +470,12 @@ pub const ALL_CLASSES: &[&str] = &[
     "ipv6-ext-too-deep",
     "tunneled",
     "decided-by-inner",
+    "mpls",
+    "mpls-too-deep",
+    "pppoe",
+    "length-from-skb",
+    "routing-final",
+    "decided-by-final-destination",
     "v4-mapped",
     "port-53-across-envs",
 ];
@@ -560,7 +607,7 @@ pub fn run_differential(engine: &Engine, opts: &Options) -> Result<Report> {
         report.generated += 1;
         let egress = n.is_multiple_of(egress_every);
         let foreign = (n / egress_every) % 2 == 1;
-        match engine.check(&case.frame, egress, foreign)? {
+        match engine.check_gso(&case.frame, egress, foreign, case.gso_size)? {
             Checked::Refused => {
                 report.skipped += 1;
                 continue;

@@ -375,7 +375,9 @@ pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<
                 for c in outcome_classes(&outcome) {
                     *report.classes.entry(c).or_default() += 1;
                 }
-                if let Some(class) = checked_class(&frame, &lab.node, idx, &outcome) {
+                if let Some(class) =
+                    checked_class(&frame, &engine.enforce.policy, &lab.node, idx, &outcome)
+                {
                     *report.classes.entry(class).or_default() += 1;
                 }
             }
@@ -457,6 +459,7 @@ fn scope_frame(rng: &mut Rng) -> Vec<u8> {
 /// was not read up to its addresses, nothing checked).
 fn checked_class(
     frame: &[u8],
+    policy: &envfence::policy::CompiledPolicy,
     node: &rpf::Node,
     ifindex: u32,
     outcome: &envfence::policy::reference::Outcome,
@@ -466,7 +469,7 @@ fn checked_class(
         Outcome::Spoofed(s) => Some(source_class(Some(s.found))),
         Outcome::Judged(_) => {
             // The outer addresses, as the check saw them.
-            let (src, dst) = envfence::policy::reference::outer_addresses(frame)?;
+            let (src, dst) = envfence::policy::reference::outer_addresses(frame, policy)?;
             Some(source_class(node.check(ifindex, src, dst)))
         }
         _ => None,
