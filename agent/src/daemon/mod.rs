@@ -150,6 +150,7 @@ where
         debug_tag_decision: false,
         pin_root: opts.pin_root.clone(),
         no_verdict_cache: false,
+        no_conntrack: false,
         log_level: opts.datapath_log,
     })
     .context("loading envfence's eBPF programs")?;

@@ -73,6 +73,7 @@ pub(super) fn install(
     next.generation = generation;
     next.slot_generation[target as usize] = generation;
     next.slot_audit_mode[target as usize] = u32::from(policy.mode == Mode::Audit);
+    next.ct_timeout_s = policy.conntrack.config_timeouts();
     let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
     // First the new slot's parameters (the datapath does not read them yet),
     // then the flip.

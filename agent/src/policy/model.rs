@@ -140,6 +140,8 @@ pub struct Policy {
     pub interfaces: InterfaceSelector,
     /// The source check of each attached interface.
     pub source_check: super::source_check::SourceChecks,
+    /// Connection-tracking timeouts (`conntrack` section).
+    pub conntrack: super::conntrack::Conntrack,
     /// SHA-256 of the policy source text, lowercase hex.
     pub source_sha256: String,
 }

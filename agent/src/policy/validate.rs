@@ -2,6 +2,7 @@
 //! the top level and the interfaces here, environments and rules in their
 //! own modules, cross-rule conflicts in [`super::conflicts`].
 
+use super::conntrack::{self, Conntrack};
 use super::error::{Errors, Place};
 use super::model::{InterfaceSelector, Mode, Policy, Verdict};
 use super::source_check::{self, SourceChecks};
@@ -16,6 +17,7 @@ const TOP_KEYS: &[&str] = &[
     "rules",
     "interfaces",
     "source_check",
+    "conntrack",
 ];
 const INTERFACE_KEYS: &[&str] = &["include", "exclude"];
 
@@ -29,13 +31,14 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
         rules: Vec::new(),
         interfaces: InterfaceSelector::default(),
         source_check: SourceChecks::default(),
+        conntrack: Conntrack::default(),
         source_sha256: String::new(),
     };
     let Some(top) = fields(
         root,
         "",
         TOP_KEYS,
-        "a policy: a mapping with the keys mode, default, environments, rules, interfaces and source_check",
+        "a policy: a mapping with the keys mode, default, environments, rules, interfaces, source_check and conntrack",
         errors,
     ) else {
         return policy;
@@ -73,6 +76,9 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
     }
     if let Some(node) = top.get("source_check") {
         policy.source_check = source_check::check(node, errors);
+    }
+    if let Some(node) = top.get("conntrack") {
+        policy.conntrack = conntrack::check(node, errors);
     }
     policy.environments = environments.list;
     policy

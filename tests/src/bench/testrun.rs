@@ -168,6 +168,7 @@ fn load(no_verdict_cache: bool) -> Result<Datapath> {
         debug_tag_decision: false,
         pin_root: None,
         no_verdict_cache,
+        no_conntrack: false,
         log_level: 0,
     })
     .context("loading the eBPF programs (root needed)")?;
