@@ -396,6 +396,16 @@ where
                             .with_label_values(&[envfence_ebpf::map_names::FLOWS])
                             .set(i64::try_from(n).unwrap_or(i64::MAX));
                     }
+                    // Expired tracked flows give their room back (the
+                    // datapath already treats them as absent).
+                    match agent.dp.sweep_conntrack(crate::datapath::monotonic_ns()) {
+                        Ok((_, live)) => agent
+                            .metrics
+                            .map_entries
+                            .with_label_values(&[envfence_ebpf::map_names::CONNTRACK])
+                            .set(i64::try_from(live).unwrap_or(i64::MAX)),
+                        Err(e) => tracing::warn!("sweeping the tracked-flow table: {e}"),
+                    }
                 }
             }
         }

@@ -160,4 +160,36 @@ mod tests {
             assert!(parse_timeout(bad).is_err(), "{bad:?}");
         }
     }
+
+    #[test]
+    fn bad_timeouts_are_positioned_errors() {
+        let src = format!(
+            "{}conntrack:\n  timeouts:\n    udp: 0s\n    tcp_syn: -1\n    icmp: 30d\n    tcp_establish: 1h\n",
+            crate::policy::EXAMPLE_POLICY
+        );
+        let errs = crate::policy::parse(&src, "p.yaml").expect_err("invalid");
+        let text = errs.to_string();
+        let base = crate::policy::EXAMPLE_POLICY.lines().count();
+        for (line, what) in [
+            (base + 3, "zero"),
+            (base + 4, "negative"),
+            (base + 5, "too large"),
+            (base + 6, "unknown key"),
+        ] {
+            assert!(
+                text.contains(&format!("p.yaml:{line}:")) && text.contains(what),
+                "{what} at line {line}: {text}"
+            );
+        }
+        let ok = format!(
+            "{}conntrack:\n  timeouts:\n    udp: 2m\n",
+            crate::policy::EXAMPLE_POLICY
+        );
+        let p = crate::policy::parse(&ok, "p.yaml").expect("valid");
+        assert_eq!(p.conntrack.timeouts_s[envfence_ebpf::ct::T_UDP], 120);
+        assert_eq!(
+            p.conntrack.timeouts_s[envfence_ebpf::ct::T_TCP_ESTABLISHED],
+            envfence_ebpf::ct::DEFAULT_TIMEOUT_S[envfence_ebpf::ct::T_TCP_ESTABLISHED]
+        );
+    }
 }
