@@ -408,7 +408,7 @@ pub struct Report {
 /// Runs `conversations` conversations (seeded) through `h` (a stateful
 /// harness) and the model.
 pub fn run(h: &mut KernelHarness, conversations: u64, seed: u64) -> Result<Report> {
-    run_with(h, conversations, seed, true)
+    run_with(h, conversations, seed, true, envfence_ebpf::capacity::CONNTRACK)
 }
 
 /// [`run`]; `mirror_ageing: false` ages flows in the model only (the
@@ -418,11 +418,12 @@ pub fn run_with(
     conversations: u64,
     seed: u64,
     mirror_ageing: bool,
+    capacity: u32,
 ) -> Result<Report> {
     let variants = variants()?;
     h.reload(&variants[0])?;
     h.datapath_mut().clear_conntrack()?;
-    let mut model = Model::new(TIMEOUTS, envfence_ebpf::capacity::CONNTRACK as usize);
+    let mut model = Model::new(TIMEOUTS, capacity as usize);
     let mut rng = Rng::new(seed);
     let mut report = Report::default();
     let base_stats = stats(h)?;

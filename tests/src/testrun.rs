@@ -57,21 +57,32 @@ impl KernelHarness {
     /// tracking off: every frame is judged on its own, as the stateless
     /// reference classifier judges it. Needs root.
     pub fn new(policy: CompiledPolicy) -> anyhow::Result<Self> {
-        Self::load(policy, true)
+        Self::load(policy, true, None)
     }
 
     /// [`KernelHarness::new`] with connection tracking on, as the agent
     /// runs: the stateful tests compare it with `crate::ctmodel`.
     pub fn stateful(policy: CompiledPolicy) -> anyhow::Result<Self> {
-        Self::load(policy, false)
+        Self::load(policy, false, None)
     }
 
-    fn load(policy: CompiledPolicy, no_conntrack: bool) -> anyhow::Result<Self> {
+    /// [`KernelHarness::stateful`] with a tracked-flow table of `capacity`
+    /// entries.
+    pub fn stateful_with_capacity(policy: CompiledPolicy, capacity: u32) -> anyhow::Result<Self> {
+        Self::load(policy, false, Some(capacity))
+    }
+
+    fn load(
+        policy: CompiledPolicy,
+        no_conntrack: bool,
+        conntrack_capacity: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let mut dp = Datapath::load_with(LoadOptions {
             debug_tag_decision: true,
             pin_root: None,
             no_verdict_cache: false,
             no_conntrack,
+            conntrack_capacity,
             log_level: 0,
         })
         .context("loading the eBPF programs (root needed)")?;

@@ -59,12 +59,31 @@ fn conversations_kernel_equals_model() {
 fn the_differential_sees_a_disagreement() {
     root();
     let mut h = harness();
-    let r = ctdiff::run_with(&mut h, 3000, 0x5eed, false).expect("run");
+    let cap = envfence_ebpf::capacity::CONNTRACK;
+    let r = ctdiff::run_with(&mut h, 3000, 0x5eed, false, cap).expect("run");
     assert!(r.mismatched_packets > 0, "{r:?}");
     assert!(
         r.mismatches.iter().any(|m| m.contains("tables differ")),
         "{r:?}"
     );
+}
+
+/// A full table costs the state, never the verdict: with a table of 48
+/// flows, new flows beyond it are judged without state (their replies by
+/// the policy), counted, and kernel and model still agree on every packet.
+#[test]
+fn a_full_table_judges_new_flows_without_state() {
+    root();
+    let mut h = KernelHarness::stateful_with_capacity(ctdiff::first_policy().expect("policy"), 48)
+        .expect("loading the datapath");
+    let full = h.stat(stat::CONNTRACK_FULL).expect("stat");
+    let r = ctdiff::run_with(&mut h, 20_000, 0xf011, true, 48).expect("run");
+    for m in &r.mismatches {
+        eprintln!("{m}");
+    }
+    assert!(r.mismatches.is_empty(), "{} packets disagree", r.mismatched_packets);
+    let filled = h.stat(stat::CONNTRACK_FULL).expect("stat") - full;
+    assert!(filled > 100, "the table never filled ({filled})");
 }
 
 fn v4(a: [u8; 4]) -> std::net::IpAddr {

@@ -151,6 +151,7 @@ where
         pin_root: opts.pin_root.clone(),
         no_verdict_cache: false,
         no_conntrack: false,
+        conntrack_capacity: None,
         log_level: opts.datapath_log,
     })
     .context("loading envfence's eBPF programs")?;

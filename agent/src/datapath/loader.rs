@@ -67,6 +67,9 @@ pub struct LoadOptions {
     /// Turn connection tracking off: every packet judged on its own (the
     /// per-packet differential tests, benchmarks' baseline).
     pub no_conntrack: bool,
+    /// Capacity of the tracked-flow table (None: `capacity::CONNTRACK`);
+    /// tests fill a small one.
+    pub conntrack_capacity: Option<u32>,
     /// Datapath log level (aya-log: 0 off, 1 error … 5 trace).
     pub log_level: u8,
 }
@@ -105,6 +108,9 @@ impl Datapath {
         loader.override_global(globals::VERDICT_CACHE, &cache, true);
         let conntrack = u32::from(!options.no_conntrack);
         loader.override_global(globals::CONNTRACK, &conntrack, true);
+        if let Some(n) = options.conntrack_capacity {
+            loader.set_max_entries(map_names::CONNTRACK, n);
+        }
         loader.override_global(globals::AYA_LOG_LEVEL, &options.log_level, true);
         if let Some(p) = &pins {
             p.create()?;

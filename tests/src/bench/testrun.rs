@@ -169,6 +169,7 @@ fn load(no_verdict_cache: bool) -> Result<Datapath> {
         pin_root: None,
         no_verdict_cache,
         no_conntrack: false,
+        conntrack_capacity: None,
         log_level: 0,
     })
     .context("loading the eBPF programs (root needed)")?;
