@@ -435,7 +435,7 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
         _pad: 0,
         _pad2: 0,
     };
-    if CONNTRACK.insert(key, &entry, BPF_NOEXIST).is_ok() {
+    if CONNTRACK.insert(key, entry, BPF_NOEXIST).is_ok() {
         bump_stat(stat::CONNTRACK_NEW);
     } else {
         bump_stat(stat::CONNTRACK_FULL);

@@ -408,7 +408,13 @@ pub struct Report {
 /// Runs `conversations` conversations (seeded) through `h` (a stateful
 /// harness) and the model.
 pub fn run(h: &mut KernelHarness, conversations: u64, seed: u64) -> Result<Report> {
-    run_with(h, conversations, seed, true, envfence_ebpf::capacity::CONNTRACK)
+    run_with(
+        h,
+        conversations,
+        seed,
+        true,
+        envfence_ebpf::capacity::CONNTRACK,
+    )
 }
 
 /// [`run`]; `mirror_ageing: false` ages flows in the model only (the
@@ -443,12 +449,12 @@ pub fn run_with(
             report.conversations += 1;
             *conv = conversation(&mut rng);
             started += 1;
-            if report.conversations % BATCH == 0 {
+            if report.conversations.is_multiple_of(BATCH) {
                 compare_tables(h, &model, &mut report)?;
                 h.datapath_mut().clear_conntrack()?;
                 model.flows.clear();
             }
-            if started % 700 == 0 {
+            if started.is_multiple_of(700) {
                 let v = rng.below(variants.len());
                 h.reload(&variants[v])?;
                 model.reloaded();

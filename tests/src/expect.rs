@@ -47,7 +47,10 @@ impl Expected {
     /// replies are carried in their flow's reports, if any).
     pub fn reported(&self) -> bool {
         use envfence_ebpf::verdict;
-        !matches!(self.verdict, verdict::ALLOW | verdict::REPLY | verdict::RELATED)
+        !matches!(
+            self.verdict,
+            verdict::ALLOW | verdict::REPLY | verdict::RELATED
+        )
     }
 }
 

@@ -81,7 +81,11 @@ fn a_full_table_judges_new_flows_without_state() {
     for m in &r.mismatches {
         eprintln!("{m}");
     }
-    assert!(r.mismatches.is_empty(), "{} packets disagree", r.mismatched_packets);
+    assert!(
+        r.mismatches.is_empty(),
+        "{} packets disagree",
+        r.mismatched_packets
+    );
     let filled = h.stat(stat::CONNTRACK_FULL).expect("stat") - full;
     assert!(filled > 100, "the table never filled ({filled})");
 }

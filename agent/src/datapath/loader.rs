@@ -109,7 +109,7 @@ impl Datapath {
         let conntrack = u32::from(!options.no_conntrack);
         loader.override_global(globals::CONNTRACK, &conntrack, true);
         if let Some(n) = options.conntrack_capacity {
-            loader.set_max_entries(map_names::CONNTRACK, n);
+            loader.map_max_entries(map_names::CONNTRACK, n);
         }
         loader.override_global(globals::AYA_LOG_LEVEL, &options.log_level, true);
         if let Some(p) = &pins {

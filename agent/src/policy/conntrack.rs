@@ -72,9 +72,10 @@ pub fn parse_timeout(text: &str) -> Result<u32, String> {
         "h" => 3600,
         "d" => 86_400,
         _ => {
-            return Err(format!(
+            return Err(
                 "not a timeout: expected a whole number with s, m, h or d, such as 60s or 6h"
-            ))
+                    .to_owned(),
+            )
         }
     };
     if digits.is_empty() {
