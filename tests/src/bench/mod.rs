@@ -11,6 +11,7 @@
 //! docs/benchmarks.md holds. Everything that touches the network runs in
 //! lab namespaces and is torn down on every path.
 
+pub mod conntrack;
 pub mod control;
 pub mod machine;
 pub mod storm;
@@ -147,10 +148,17 @@ pub enum Part {
     Throughput,
     Control,
     Storm,
+    Conntrack,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Testrun, Part::Throughput, Part::Control, Part::Storm];
+    pub const ALL: [Part; 5] = [
+        Part::Testrun,
+        Part::Throughput,
+        Part::Control,
+        Part::Storm,
+        Part::Conntrack,
+    ];
 }
 
 /// How to run the suite.
@@ -209,6 +217,14 @@ pub fn run(opts: &Options) -> Report {
                 control::section(&p, &opts.agent, &mut log)
             }
             Part::Storm => storm::section(opts.storm_test.as_deref(), &opts.agent, &mut log),
+            Part::Conntrack => {
+                let p = if opts.quick {
+                    conntrack::Params::quick()
+                } else {
+                    conntrack::Params::full()
+                };
+                conntrack::section(&p, &mut log)
+            }
         };
         let mut section = result.unwrap_or_else(|e| {
             let mut s = Section::new(part_key(*part), part_heading(*part));
@@ -234,6 +250,7 @@ fn part_key(p: Part) -> &'static str {
         Part::Throughput => "throughput",
         Part::Control => "control",
         Part::Storm => "storm",
+        Part::Conntrack => "conntrack",
     }
 }
 
@@ -243,6 +260,7 @@ fn part_heading(p: Part) -> &'static str {
         Part::Throughput => "b. Throughput across the lab's veth path",
         Part::Control => "c. Control plane: load, reload, memory",
         Part::Storm => "d. Event storm",
+        Part::Conntrack => "e. Connection tracking per packet (BPF_PROG_TEST_RUN)",
     }
 }
 
@@ -318,7 +336,7 @@ const METHOD: &str = "## How to reproduce\n\n\
 ```sh\n\
 cargo xtask bench            # everything (about 10–15 minutes), writes this file\n\
 cargo xtask bench --quick    # a smoke run of every part, fewer repeats and sizes (prints only)\n\
-cargo xtask bench --only testrun|throughput|control|storm\n\
+cargo xtask bench --only testrun|throughput|control|storm|conntrack\n\
 ```\n\n\
 `cargo xtask bench` runs `cargo xtask setup`, builds the agent and `envfence-bench` in release, \
 and runs `target/release/envfence-bench` as root. The code is in `tests/src/bench/`. \
