@@ -196,3 +196,82 @@ fn a_reload_without_the_dns_exception_stops_an_established_connection() -> Resul
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// kill -9 of the agent in the middle of a long TCP transfer from a tracked
+/// flow's server (production -> test, all of it replies): the transfer goes
+/// on (the pinned table and links keep enforcing), and nothing forbidden
+/// passes while no agent runs.
+#[test]
+fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    require_root()?;
+    let _g = lock();
+    let lab = Lab::example()?;
+    let agent = start(&lab, &AgentOptions::default())?;
+    let (t, p) = (ip(&lab, "test1", Family::V4), ip(&lab, "prod1", Family::V4));
+    // A server that streams until the client goes away.
+    let l = lab.in_ns("prod1", || TcpListener::bind(SocketAddr::new(p, 53)))??;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Ok((mut c, _)) = l.accept() {
+                let chunk = [0x5au8; 1024];
+                while !stop.load(Ordering::Relaxed) && c.write_all(&chunk).is_ok() {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+    }
+    let mut s = connect(
+        &lab,
+        "test1",
+        SocketAddr::new(p, 53),
+        Duration::from_secs(5),
+    )?
+    .context("test1 -> prod1 tcp/53 did not connect")?;
+    let got = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let got = got.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        got.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = got.load(Ordering::Relaxed);
+    assert!(
+        before > 50_000,
+        "the transfer did not start ({before} bytes)"
+    );
+    agent.process().signal(nix::sys::signal::Signal::SIGKILL)?;
+    agent
+        .process()
+        .wait_timeout(Duration::from_secs(10))?
+        .context("the agent survived SIGKILL")?;
+    let at_kill = got.load(Ordering::Relaxed);
+    // Nothing forbidden passes without an agent.
+    tcp_echo(&lab, "prod1", SocketAddr::new(p, 8080))?;
+    assert!(connect(&lab, "test1", SocketAddr::new(p, 8080), BLOCKED)?.is_none());
+    tcp_echo(&lab, "test1", SocketAddr::new(t, 8053))?;
+    assert!(connect(&lab, "prod1", SocketAddr::new(t, 8053), BLOCKED)?.is_none());
+    std::thread::sleep(Duration::from_secs(1));
+    let after = got.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    assert!(
+        after > at_kill + 50_000,
+        "the transfer stalled after kill -9: {at_kill} -> {after} bytes"
+    );
+    Ok(())
+}
