@@ -275,3 +275,47 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
     );
     Ok(())
 }
+
+/// ops -> production scrapes work while production -> ops is dropped (the
+/// example policy plus a `prod-to-ops` drop rule): the scrape's answers
+/// are replies of the ops flow.
+#[test]
+fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> {
+    require_root()?;
+    let _g = lock();
+    let lab = Lab::example()?;
+    let dir = std::env::temp_dir().join(format!("{}-ctops", lab.node_ns()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("policy.yaml");
+    let policy = envfence::policy::EXAMPLE_POLICY.replace(
+        "interfaces:\n",
+        "  - name: prod-to-ops\n    from: [production]\n    to: [ops]\n    verdict: drop\ninterfaces:\n",
+    );
+    assert_ne!(policy, envfence::policy::EXAMPLE_POLICY);
+    std::fs::write(&file, policy)?;
+    let opts = AgentOptions {
+        policy_args: vec!["--config".into(), file.display().to_string()],
+        ..AgentOptions::default()
+    };
+    let agent = start(&lab, &opts)?;
+    for family in [Family::V4, Family::V6] {
+        let (o, p) = (ip(&lab, "ops1", family), ip(&lab, "prod1", family));
+        tcp_echo(&lab, "prod1", SocketAddr::new(p, 9100))?;
+        let mut s = connect(
+            &lab,
+            "ops1",
+            SocketAddr::new(p, 9100),
+            Duration::from_secs(5),
+        )?
+        .with_context(|| format!("ops1 -> prod1 tcp/9100 did not connect ({family:?})"))?;
+        assert!(echoed(&mut s, b"GET /metrics"), "{family:?}");
+        tcp_echo(&lab, "ops1", SocketAddr::new(o, 9101))?;
+        assert!(
+            connect(&lab, "prod1", SocketAddr::new(o, 9101), BLOCKED)?.is_none(),
+            "prod1 -> ops1 connected ({family:?})"
+        );
+    }
+    agent.stop(Duration::from_secs(10))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
