@@ -72,6 +72,7 @@ pub struct PinnedState {
     attached: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, Counter>,
+    conntrack: HashMap<MapData, envfence_ebpf::CtKey, envfence_ebpf::CtEntry>,
 }
 
 /// The environment an address is in, as the kernel's LPM trie says.
@@ -150,6 +151,7 @@ impl PinnedState {
             attached: open_typed(&layout, map_names::ATTACHED)?,
             stats: open_typed(&layout, map_names::STATS)?,
             counters: open_typed(&layout, map_names::COUNTERS)?,
+            conntrack: open_typed(&layout, map_names::CONNTRACK)?,
             dir,
         })
     }
@@ -358,6 +360,18 @@ impl PinnedState {
             by,
             pair,
         })
+    }
+
+    /// Live (not expired at `now_ns`) tracked flows by state name.
+    pub fn tracked_flows(&self, now_ns: u64) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, e) in self.conntrack.iter().filter_map(Result::ok) {
+            if e.expires_ns > now_ns {
+                *out.entry(envfence_ebpf::ct::state_name(k.proto, e.state).to_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// The datapath statistics, summed over CPUs, indexed by
