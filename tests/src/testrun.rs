@@ -15,10 +15,10 @@ use envfence::{
 use envfence_ebpf::{stat, NUM_VERDICTS};
 
 /// `sizeof(struct __sk_buff)` and the offsets TestRun lets us set or read.
-const SKB_CTX_LEN: usize = 192;
+pub const SKB_CTX_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
-const SKB_IFINDEX: usize = 40;
+pub const SKB_IFINDEX: usize = 40;
 const SKB_GSO_SEGS: usize = 164;
 const SKB_GSO_SIZE: usize = 176;
 

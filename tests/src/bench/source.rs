@@ -19,14 +19,14 @@ use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
-use envfence::datapath::{Datapath, Hook, LoadOptions};
-use envfence::policy::{Mode, SourceCheck};
+use envfence::datapath::Hook;
+use envfence::policy::Mode;
 
 use super::table::{delta, fmt, median, Table};
 use super::Section;
 use crate::gen::routes::RouteLab;
 use crate::netns;
-use crate::testrun::{frame, ACTION_NEXT, ACTION_SHOT, LO_IFINDEX};
+use crate::testrun::{frame, ACTION_NEXT, ACTION_SHOT, LO_IFINDEX, SKB_CTX_LEN, SKB_IFINDEX};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -130,8 +130,8 @@ fn frame_of(src: IpAddr, v6: bool, i: usize) -> Vec<u8> {
 
 /// One TestRun on device `ifindex`: (action, ns per run).
 fn run(prog: &SchedClassifier, f: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f64)> {
-    let mut ctx = [0u8; 192];
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut ctx = [0u8; SKB_CTX_LEN];
+    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(f);
     opts.ctx_in = Some(&ctx);
@@ -144,16 +144,9 @@ fn run(prog: &SchedClassifier, f: &[u8], ifindex: u32, repeat: u32) -> Result<(u
 type Row = (&'static str, &'static str, f64, f64);
 
 fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
-        no_verdict_cache: false,
-        log_level: 0,
-    })
-    .context("loading the eBPF programs (root needed)")?;
+    let mut dp = super::testrun::load(false)?;
     let policy = crate::gen::diff::example_policy(Mode::Enforce)?;
     dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;
-    dp.set_source_check(LO_IFINDEX, SourceCheck::OFF)?;
     lab.install_into(&mut dp)?;
     let mut events = dp.take_events()?;
     let dev = |n: &str| {

@@ -163,7 +163,9 @@ impl Loaded {
     }
 }
 
-fn load(no_verdict_cache: bool) -> Result<Datapath> {
+/// A datapath as the bench loads it: decision tag compiled out, `lo`
+/// without a source check.
+pub(super) fn load(no_verdict_cache: bool) -> Result<Datapath> {
     let mut dp = Datapath::load_with(LoadOptions {
         debug_tag_decision: false,
         pin_root: None,
