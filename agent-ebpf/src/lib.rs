@@ -8,14 +8,14 @@
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
 pub const MAX_ENVS: u32 = 64;
 /// Number of verdict values (see [`verdict`]): the four policy verdicts and
-/// the datapath's own `spoofed`.
-pub const NUM_VERDICTS: u32 = 5;
+/// the datapath's own `spoofed`, `reply` and `related`.
+pub const NUM_VERDICTS: u32 = 7;
 
 /// The policy maps hold two policies, slot 0 and slot 1; the datapath reads
 /// the slot [`Config::active_slot`] names, once per packet. A reload writes
@@ -40,6 +40,17 @@ pub mod verdict {
     /// enforce mode, passed in audit mode; reported either way, and counted
     /// under source environment 0 (`world`), never the one it claims.
     pub const SPOOFED: u8 = 4;
+    /// Not a policy verdict: a packet in the reply direction of a tracked
+    /// flow the policy let through ([`super::ct`]). Passed; counted under
+    /// the reply's environments and the forward flow's rule. Replies of a
+    /// `log` flow are carried in that flow's reports; other replies add no
+    /// events.
+    pub const REPLY: u8 = 5;
+    /// Not a policy verdict: an ICMP/ICMPv6 error (destination unreachable,
+    /// packet too big, time exceeded, parameter problem) quoting a packet
+    /// of a tracked flow, sent back to that packet's source. Passed and
+    /// counted like [`REPLY`].
+    pub const RELATED: u8 = 6;
 
     /// The name used in events and metrics (`unknown` for other values).
     pub const fn name(v: u8) -> &'static str {
@@ -49,6 +60,8 @@ pub mod verdict {
             AUDIT => "audit",
             DROP => "drop",
             SPOOFED => "spoofed",
+            REPLY => "reply",
+            RELATED => "related",
             _ => "unknown",
         }
     }
@@ -137,6 +150,116 @@ pub mod source {
     }
 }
 
+/// Connection tracking: flows the policy let through, so that their replies
+/// pass even where the reverse direction's rule says otherwise.
+///
+/// A flow is tracked only where tracking changes a verdict: its packets were
+/// judged `allow` or `log` and the reverse environment pair is not allowed
+/// for every packet (the compiled pair carries [`OPENS`]). A packet is looked
+/// up only when its own pair is not allowed for every packet ([`REPLIES`]).
+/// The table ([`super::map_names::CONNTRACK`]) is keyed by the normalized
+/// 5-tuple ([`super::CtKey`]); each entry remembers who opened the flow,
+/// its protocol state, when it expires, and the policy generation and rule
+/// that allowed it. An entry judged under another generation is judged
+/// again by the policy in force before it lets anything through.
+pub mod ct {
+    use super::proto;
+
+    /// [`super::PairVerdict::ct`]: packets of this pair that the policy
+    /// passes (`allow`, `log`) open tracked flows (the reverse pair is not
+    /// allowed for every packet).
+    pub const OPENS: u8 = 1;
+    /// [`super::PairVerdict::ct`]: packets of this pair may be replies or
+    /// related to a tracked flow (the pair is not allowed for every packet).
+    pub const REPLIES: u8 = 2;
+
+    /// [`super::CtEntry::opener`]: endpoint `a` of the key opened the flow.
+    pub const SIDE_A: u8 = 0;
+    /// Endpoint `b` opened the flow.
+    pub const SIDE_B: u8 = 1;
+
+    /// UDP, SCTP, ICMP echo: only the opener has sent.
+    pub const NEW: u8 = 1;
+    /// UDP, SCTP, ICMP echo: a reply was seen.
+    pub const REPLIED: u8 = 2;
+    /// TCP: opened by a SYN, no reply yet.
+    pub const TCP_SYN_SENT: u8 = 3;
+    /// TCP: a reply was seen (or the flow was picked up mid-stream by an
+    /// allowed non-SYN packet).
+    pub const TCP_ESTABLISHED: u8 = 4;
+    /// Flag on a TCP state: the opener sent a FIN.
+    pub const FIN_OPENER: u8 = 0x10;
+    /// Flag on a TCP state: the responder sent a FIN.
+    pub const FIN_RESPONDER: u8 = 0x20;
+    /// The state without its FIN flags.
+    pub const BASE_MASK: u8 = 0x0f;
+
+    /// Timeouts ([`super::Config::ct_timeout_s`]), by index.
+    pub const T_TCP_SYN: usize = 0;
+    pub const T_TCP_ESTABLISHED: usize = 1;
+    /// One side sent a FIN (half closed).
+    pub const T_TCP_FIN_WAIT: usize = 2;
+    /// Both sides sent a FIN: the last ACKs and retransmissions.
+    pub const T_TCP_CLOSED: usize = 3;
+    pub const T_UDP: usize = 4;
+    pub const T_SCTP: usize = 5;
+    pub const T_ICMP: usize = 6;
+    /// Number of timeouts.
+    pub const TIMEOUTS: usize = 7;
+    /// Policy names of the timeouts (`conntrack.timeouts.<name>`).
+    pub const TIMEOUT_NAMES: [&str; TIMEOUTS] = [
+        "tcp_syn",
+        "tcp_established",
+        "tcp_fin_wait",
+        "tcp_closed",
+        "udp",
+        "sctp",
+        "icmp",
+    ];
+    /// Default timeouts in seconds (the policy may override each).
+    pub const DEFAULT_TIMEOUT_S: [u32; TIMEOUTS] = [60, 21_600, 120, 10, 60, 300, 30];
+    /// Largest timeout a policy may set: 7 days.
+    pub const MAX_TIMEOUT_S: u32 = 7 * 24 * 3600;
+
+    /// The timeout that applies to a flow of `proto` in `state`.
+    pub const fn timeout_index(p: u8, state: u8) -> usize {
+        if p == proto::TCP {
+            let fins = state & (FIN_OPENER | FIN_RESPONDER);
+            if fins == FIN_OPENER | FIN_RESPONDER {
+                T_TCP_CLOSED
+            } else if fins != 0 {
+                T_TCP_FIN_WAIT
+            } else if state & BASE_MASK == TCP_SYN_SENT {
+                T_TCP_SYN
+            } else {
+                T_TCP_ESTABLISHED
+            }
+        } else if p == proto::UDP {
+            T_UDP
+        } else if p == proto::SCTP {
+            T_SCTP
+        } else {
+            T_ICMP
+        }
+    }
+
+    /// The name of a flow's state in `status` and the API.
+    pub const fn state_name(p: u8, state: u8) -> &'static str {
+        if p == proto::TCP {
+            match timeout_index(p, state) {
+                T_TCP_CLOSED => "tcp-closed",
+                T_TCP_FIN_WAIT => "tcp-fin-wait",
+                T_TCP_SYN => "tcp-syn-sent",
+                _ => "tcp-established",
+            }
+        } else if state == REPLIED {
+            "replied"
+        } else {
+            "new"
+        }
+    }
+}
+
 /// Rule id used when no rule decided (the policy's `default`).
 pub const RULE_DEFAULT: u16 = 0;
 /// Rule id of events whose packet failed the source check (named
@@ -189,6 +312,14 @@ pub mod map_names {
     /// [`super::tunnel_ports_index`]: which UDP destination ports are which
     /// tunnel, per policy slot (written whole at every install).
     pub const TUNNEL_PORTS: &str = "EF_TUNNEL_PORTS";
+    /// Hash: [`super::CtKey`] -> [`super::CtEntry`], the tracked flows
+    /// ([`super::ct`]). Expired entries are reused by their flow or removed
+    /// by the agent's sweeper; when the table is full new flows are judged
+    /// without state (their replies by the policy), counted under
+    /// [`super::stat::CONNTRACK_FULL`].
+    pub const CONNTRACK: &str = "EF_CONNTRACK";
+    /// Per-CPU scratch space of the connection tracker (kernel-internal).
+    pub const CT_SCRATCH: &str = "EF_CT_SCRATCH";
 }
 
 /// Global variables of the eBPF object, set at load time.
@@ -201,6 +332,10 @@ pub mod globals {
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
     /// `u32`; when 0 the verdict cache is not used (benchmarks compare).
     pub const VERDICT_CACHE: &str = "VERDICT_CACHE";
+    /// `u32`; when 0 no flow is tracked (every packet is judged on its own,
+    /// as the stateless reference classifier does; the per-packet
+    /// differential tests use it, benchmarks compare).
+    pub const CONNTRACK: &str = "CONNTRACK";
 }
 
 /// Encoding of the decision written into `skb->mark` under
@@ -239,6 +374,8 @@ pub mod capacity {
     /// Peer addresses over all attached interfaces.
     pub const PEERS: u32 = 65_536;
     pub const FLOWS: u32 = 65_536;
+    /// Tracked flows.
+    pub const CONNTRACK: u32 = 131_072;
     /// Slots of the per-CPU verdict cache (a power of two).
     pub const VERDICTS: u32 = 8_192;
     /// Bytes of the event ring buffer (a power of two, multiple of the page).
@@ -312,8 +449,20 @@ pub mod stat {
     /// MPLS label stacks deeper than the parser walks: treated as
     /// malformed.
     pub const MPLS_TOO_DEEP: u32 = 25;
+    /// Tracked flows opened.
+    pub const CONNTRACK_NEW: u32 = 26;
+    /// Flows that could not be tracked because the table was full (judged
+    /// without state: their replies are judged by the policy).
+    pub const CONNTRACK_FULL: u32 = 27;
+    /// Tracked flows ended because the policy in force no longer allows
+    /// them (a reload).
+    pub const CONNTRACK_POLICY_ENDED: u32 = 28;
+    /// Tracked TCP flows ended by a RST.
+    pub const CONNTRACK_RESET: u32 = 29;
+    /// Packets that found their flow's entry expired.
+    pub const CONNTRACK_EXPIRED: u32 = 30;
     /// Number of statistics.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 31;
 
     /// (index, name) of every statistic, named as in the metrics
     /// (`envfence_datapath_total{kind}`) and `status`.
@@ -344,6 +493,11 @@ pub mod stat {
         (JUMBOGRAMS, "ipv6_jumbograms"),
         (ROUTING_FINAL, "ipv6_routing_final_judged"),
         (MPLS_TOO_DEEP, "mpls_too_deep"),
+        (CONNTRACK_NEW, "conntrack_new"),
+        (CONNTRACK_FULL, "conntrack_full"),
+        (CONNTRACK_POLICY_ENDED, "conntrack_ended_by_policy"),
+        (CONNTRACK_RESET, "conntrack_reset"),
+        (CONNTRACK_EXPIRED, "conntrack_expired"),
     ];
 }
 
@@ -529,7 +683,9 @@ pub struct PairVerdict {
     pub no_port_verdict: u8,
     /// 1 when [`map_names::PORTS`] holds entries for this pair.
     pub has_port_rules: u8,
-    pub _pad: u8,
+    /// Connection-tracking flags of the pair ([`ct::OPENS`],
+    /// [`ct::REPLIES`]).
+    pub ct: u8,
     /// Rule that decided `verdict` ([`RULE_DEFAULT`] for the default).
     pub rule: u16,
     /// Rule that decided `no_port_verdict`.
@@ -586,6 +742,10 @@ pub struct Config {
     pub slot_audit_mode: [u32; 2],
     /// Per slot: [`config_flags`] of the policy.
     pub slot_flags: [u32; 2],
+    /// Connection-tracking timeouts in seconds, indexed by `ct::T_*`
+    /// (written with the flip: the policy in force sets them). A flow's
+    /// expiry is computed when one of its packets is seen.
+    pub ct_timeout_s: [u32; 8],
 }
 
 /// Bits of [`Config::slot_flags`].
@@ -660,7 +820,9 @@ pub struct CachedVerdict {
     /// the others: zero means "not cached here".
     pub filled: u8,
     pub rule: u16,
-    pub _pad2: u16,
+    /// The pair's [`PairVerdict::ct`] flags.
+    pub ct: u8,
+    pub _pad2: u8,
 }
 
 /// One slot of the verdict cache.
@@ -690,6 +852,51 @@ pub struct FlowState {
     /// Packets and bytes seen since the last report, not yet reported.
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// Key of a tracked flow: its two endpoints in a fixed order, so that both
+/// directions find one entry. Endpoint `a` is the one whose (address bytes,
+/// port) is the smaller, compared lexicographically (address first, bytes
+/// in network order); IPv4-mapped IPv6 addresses are keyed as IPv4. For
+/// ICMP echo both ports are the echo identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// IPv4 addresses use the first 4 bytes; the rest are zero.
+    pub a: [u8; 16],
+    pub b: [u8; 16],
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A tracked flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` of the flow's last packet that refreshed it
+    /// (the opener's allowed packets and the replies).
+    pub last_seen_ns: u64,
+    /// When the entry stops letting replies through (`last_seen_ns` plus
+    /// the timeout of its protocol and state).
+    pub expires_ns: u64,
+    /// Policy generation the flow was last judged under.
+    pub generation: u32,
+    /// The rule that allowed the flow.
+    pub rule: u16,
+    /// The forward packets' verdict: `allow` or `log`.
+    pub verdict: u8,
+    /// [`ct`] state (and FIN flags for TCP).
+    pub state: u8,
+    /// [`ct::SIDE_A`] or [`ct::SIDE_B`]: which endpoint of the key opened.
+    pub opener: u8,
+    /// Environments of the opener and of the responder, under `generation`.
+    pub src_env: u8,
+    pub dst_env: u8,
+    pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// One reported flow (log, audit or drop), written to the ring buffer.
@@ -739,6 +946,8 @@ mod pod {
     unsafe impl aya::Pod for IfConfig {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for TunnelPorts {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
@@ -746,7 +955,10 @@ const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 40);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
+const _: () = assert!(ct::TIMEOUTS <= 8);
 const _: () = assert!(core::mem::size_of::<TunnelPorts>() == 256);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);

@@ -66,6 +66,10 @@ pub struct Layer {
     /// (segments left > 0): `final_dst` is judged too.
     pub has_final: bool,
     pub final_dst: [u8; 16],
+    /// Offset of the L4 header in the frame (0 when none was reached); the
+    /// connection tracker reads TCP flags, ICMP echo ids and ICMP errors'
+    /// quoted headers from here (`crate::conntrack`, `crate::quote`).
+    pub l4_off: usize,
     tunnel: Tunnel,
 }
 
@@ -106,7 +110,7 @@ pub enum Reject {
 /// A reference to `N` bytes at `off` of the linear packet data, or None when
 /// the packet is shorter (or `off` is past what the parser reads).
 #[inline(always)]
-fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {
+pub(crate) fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {
     if off > lim::MAX_OFFSET {
         return None;
     }
@@ -319,6 +323,7 @@ fn reset_layer(layer: &mut Layer, fam: u8, p: u8) {
     layer.len_from_skb = false;
     layer.jumbo = false;
     layer.has_final = false;
+    layer.l4_off = 0;
     layer.tunnel = Tunnel::None;
 }
 
@@ -537,6 +542,7 @@ fn is_ipv6_ext(p: u8) -> bool {
 #[inline(always)]
 fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer, slot: u32) {
     let p = layer.proto;
+    layer.l4_off = off;
     if is_port_bearing(p) {
         let Some(h) = bytes_at::<4>(ctx, off).filter(|_| len >= 4) else {
             layer.l4 = L4::NoPorts;

@@ -15,6 +15,7 @@ use envfence_ebpf::{
     RULE_SOURCE_CHECK, SLOTS, TUNNEL_ENTRIES_PER_SLOT,
 };
 
+use crate::conntrack::{self, Track};
 use crate::parse::{parse, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4};
 use crate::source::Checked;
 
@@ -23,7 +24,7 @@ static ENV_V4: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(SLOTS * capacit
 #[map(name = "EF_ENV_V6")]
 static ENV_V6: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V6, 0);
 #[map(name = "EF_PAIRS")]
-static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0);
+pub(crate) static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0);
 #[map(name = "EF_PORTS")]
 static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
 #[map(name = "EF_COUNTERS")]
@@ -33,7 +34,7 @@ static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_
 #[map(name = "EF_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[map(name = "EF_CONFIG")]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "EF_ATTACHED")]
 static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
 #[map(name = "EF_IFCONF")]
@@ -63,6 +64,10 @@ static DEBUG_TAG_DECISION: u32 = 0;
 /// Set at load time; see `envfence_ebpf::globals::VERDICT_CACHE`.
 #[unsafe(no_mangle)]
 static VERDICT_CACHE: u32 = 1;
+
+/// Set at load time; see `envfence_ebpf::globals::CONNTRACK`.
+#[unsafe(no_mangle)]
+static CONNTRACK: u32 = 1;
 
 #[inline(always)]
 fn tag(ctx: &TcContext, mark: u32) {
@@ -104,7 +109,7 @@ pub fn envfence_egress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn bump_stat(index: u32) {
+pub(crate) fn bump_stat(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, TC programs do not migrate while running.
         unsafe { *p += 1 };
@@ -114,11 +119,11 @@ fn bump_stat(index: u32) {
 /// The policy in force, read once per packet: everything about one packet
 /// is decided by one policy.
 #[derive(Clone, Copy)]
-struct Active {
-    slot: u32,
-    audit: bool,
-    generation: u32,
-    flags: u32,
+pub(crate) struct Active {
+    pub slot: u32,
+    pub audit: bool,
+    pub generation: u32,
+    pub flags: u32,
 }
 
 #[inline(always)]
@@ -233,6 +238,40 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
             j = ji;
         }
     }
+    // Replies of tracked flows, and ICMP errors quoting their packets,
+    // pass (see `crate::conntrack`); tunnelled packets, and packets whose
+    // routing header names a final destination, are judged by the policy
+    // alone (a tracked tuple never carries a packet on to another hop).
+    let mut hit = Track {
+        verdict: 0,
+        flow_verdict: 0,
+        rule: 0,
+        src_env: 0,
+        dst_env: 0,
+    };
+    // SAFETY: reading a global the loader may have overridden.
+    if !pkt.has_inner
+        && !pkt.outer.has_final
+        && j.ct != 0
+        && unsafe { core::ptr::read_volatile(&CONNTRACK) } != 0
+    {
+        let judged = conntrack::Policy {
+            src_env: j.src_env,
+            dst_env: j.dst_env,
+            verdict: j.verdict,
+            rule: j.rule,
+            flags: j.ct,
+        };
+        hit = if conntrack::is_icmp_error(&pkt.outer) {
+            conntrack::related(ctx, &pkt.outer, &judged, &active)
+        } else {
+            conntrack::track(ctx, &pkt.outer, &judged, &active)
+        };
+        if hit.verdict != 0 {
+            j.verdict = hit.verdict;
+            j.rule = hit.rule;
+        }
+    }
     let (layer, src_env, dst_env, v, rule) = (j.layer, j.src_env, j.dst_env, j.verdict, j.rule);
     tag(ctx, tag::judged(v, src_env, dst_env));
     // Compiled out by the verifier unless the agent runs with
@@ -256,7 +295,15 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
         RULE_COUNTERS.get_ptr_mut(rule_counter_index(rule as u32, v as u32)),
         len,
     );
-    if v != verdict::ALLOW {
+    if hit.verdict != 0 && hit.flow_verdict == verdict::LOG {
+        // A reply of a reported flow is carried in that flow's reports.
+        let envs = (u32::from(hit.src_env), u32::from(hit.dst_env));
+        if let Some(sc) = conntrack::CT_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: this CPU's scratch slot, written by the tracker.
+            let fwd = unsafe { (*sc).fwd };
+            report_flow(ctx, fwd, envs, rule, dir, len, slot, checked);
+        }
+    } else if v != verdict::ALLOW && v != verdict::REPLY && v != verdict::RELATED {
         report(ctx, &j, dir, len, slot, checked);
     }
     if v == verdict::DROP {
@@ -324,6 +371,7 @@ fn spoofed(
         dst_env,
         verdict: verdict::SPOOFED,
         rule: RULE_SOURCE_CHECK,
+        ct: 0,
     };
     report(ctx, &j, direction::INGRESS, len, active.slot, checked);
     if active.audit {
@@ -358,7 +406,7 @@ fn malformed(index: u32, audit: bool) -> i32 {
 }
 
 #[inline(always)]
-fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
+pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
     let s = slot as u8;
     let id = if fam == envfence_ebpf::family::V4 || is_v4_mapped(addr) {
         let off = if fam == envfence_ebpf::family::V4 {
@@ -397,6 +445,8 @@ struct Judged<'a> {
     dst_env: u32,
     verdict: u8,
     rule: u16,
+    /// The pair's connection-tracking flags.
+    ct: u8,
 }
 
 /// One layer judged for its destination and, when a routing header names
@@ -479,12 +529,19 @@ fn judge_layer<'a>(
                 dst_env: u32::from(s.value.dst_env),
                 verdict: s.value.verdict,
                 rule: s.value.rule,
+                ct: s.value.ct,
             };
         }
     }
     let src_env = lookup_env(layer.family, &layer.src, active.slot);
     let dst_env = lookup_env(layer.family, dst, active.slot);
-    let (verdict, rule) = decide(src_env, dst_env, layer, active.slot);
+    let dport = if layer.l4 == L4::Ports {
+        layer.dport
+    } else {
+        0
+    };
+    let (verdict, rule, ct) =
+        decide_parts(src_env, dst_env, layer.l4, layer.proto, dport, active.slot);
     if let Some(slot) = slot {
         // SAFETY: this CPU's slot.
         unsafe {
@@ -495,6 +552,7 @@ fn judge_layer<'a>(
                 verdict,
                 filled: 1,
                 rule,
+                ct,
                 _pad2: 0,
             };
         }
@@ -506,35 +564,46 @@ fn judge_layer<'a>(
         dst_env,
         verdict,
         rule,
+        ct,
     }
 }
 
+/// The policy's verdict, deciding rule and connection-tracking flags for a
+/// packet of `proto` to `dport` (read when `l4` is `Ports`) between two
+/// environments.
 #[inline(always)]
-fn decide(src_env: u32, dst_env: u32, pkt: &Layer, slot: u32) -> (u8, u16) {
+pub(crate) fn decide_parts(
+    src_env: u32,
+    dst_env: u32,
+    l4: L4,
+    proto: u8,
+    dport: u16,
+    slot: u32,
+) -> (u8, u16, u8) {
     let Some(pair) = PAIRS.get(slot_pair_index(slot, src_env, dst_env)) else {
         // Unreachable (ids are masked below MAX_ENVS); never a way through.
-        return (verdict::DROP, envfence_ebpf::RULE_DEFAULT);
+        return (verdict::DROP, envfence_ebpf::RULE_DEFAULT, 0);
     };
-    match pkt.l4 {
+    match l4 {
         L4::Ports => {
             if pair.has_port_rules != 0 {
                 let key = PortKey {
                     src_env: src_env as u8,
                     dst_env: dst_env as u8,
-                    proto: pkt.proto,
+                    proto,
                     slot: slot as u8,
-                    port: pkt.dport,
+                    port: dport,
                     _pad2: 0,
                 };
                 // SAFETY: the value is read at once, not kept.
                 if let Some(rv) = unsafe { PORTS.get(key) } {
-                    return (rv.verdict, rv.rule);
+                    return (rv.verdict, rv.rule, pair.ct);
                 }
             }
-            (pair.verdict, pair.rule)
+            (pair.verdict, pair.rule, pair.ct)
         }
-        L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule),
-        L4::Other => (pair.verdict, pair.rule),
+        L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, pair.ct),
+        L4::Other => (pair.verdict, pair.rule, pair.ct),
     }
 }
 
@@ -545,7 +614,6 @@ fn decide(src_env: u32, dst_env: u32, pkt: &Layer, slot: u32) -> (u8, u16) {
 #[inline(always)]
 fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Checked) {
     let pkt = j.layer;
-    let (src_env, dst_env, v, rule) = (j.src_env, j.dst_env, j.verdict, j.rule);
     let flow = FlowKey {
         src: pkt.src,
         dst: *j.dst,
@@ -553,9 +621,36 @@ fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Ch
         dport: pkt.dport,
         proto: pkt.proto,
         family: pkt.family,
-        verdict: v,
+        verdict: j.verdict,
         _pad: 0,
     };
+    report_flow(
+        ctx,
+        flow,
+        (j.src_env, j.dst_env),
+        j.rule,
+        dir,
+        len,
+        slot,
+        checked,
+    );
+}
+
+/// [`report`] of `flow` (judged between the environments `envs` by `rule`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn report_flow(
+    ctx: &TcContext,
+    flow: FlowKey,
+    envs: (u32, u32),
+    rule: u16,
+    dir: u8,
+    len: u32,
+    slot: u32,
+    checked: Checked,
+) {
+    let (src_env, dst_env) = envs;
+    // SAFETY: reading the clock.
     let now = unsafe { bpf_ktime_get_ns() };
     let interval = CONFIG
         .get(0)

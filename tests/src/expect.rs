@@ -2,11 +2,13 @@
 //! reference decision (`envfence::policy`), so the tests and the demo never
 //! restate the policy by hand.
 //!
-//! The datapath is stateless: a TCP handshake completes only if the SYN
-//! (src -> dst, dport) and the SYN-ACK (dst -> src, dport = the client's
-//! ephemeral port) both pass; an ICMP echo needs the request and the reply;
-//! UDP one-way delivery needs only the forward packets. Passing means any
-//! verdict but drop.
+//! The datapath tracks flows: a TCP handshake completes when the SYN
+//! (src -> dst, dport) passes and the SYN-ACK (dst -> src, dport = the
+//! client's ephemeral port) passes, either by the reverse pair's verdict or
+//! as a `reply` of a flow the policy allowed (`allow` or `log`) towards a
+//! pair whose reverse is not allowed for every packet; an ICMP echo needs
+//! the request and the reply likewise; UDP one-way delivery needs only the
+//! forward packets. Passing means any verdict but drop.
 
 use std::net::IpAddr;
 
@@ -16,7 +18,9 @@ use envfence::policy::{self, CompiledPolicy};
 use crate::agent::proto;
 
 /// The verdicts, as the agent names them.
-pub const VERDICT_NAMES: [&str; 4] = ["allow", "log", "audit", "drop"];
+pub const VERDICT_NAMES: [&str; 7] = [
+    "allow", "log", "audit", "drop", "spoofed", "reply", "related",
+];
 
 /// One direction's decision, with names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +43,14 @@ impl Expected {
     pub fn passes(&self) -> bool {
         self.verdict != envfence_ebpf::verdict::DROP
     }
-    /// Whether the agent reports the flow (log, audit, drop).
+    /// Whether the agent reports the flow (log, audit, drop, spoofed;
+    /// replies are carried in their flow's reports, if any).
     pub fn reported(&self) -> bool {
-        self.verdict != envfence_ebpf::verdict::ALLOW
+        use envfence_ebpf::verdict;
+        !matches!(
+            self.verdict,
+            verdict::ALLOW | verdict::REPLY | verdict::RELATED
+        )
     }
 }
 
@@ -150,6 +159,27 @@ impl Policy {
             Probe::Tcp(_) => Some(self.decide(dst, src, p, Some(client_port.unwrap_or(40000)))),
             Probe::Icmp => Some(self.decide(dst, src, p, None)),
         };
+        // A reply of a flow the policy let through, towards a pair that is
+        // not allowed for every packet, is a tracked `reply`.
+        let (se, _) = self.compiled.lookup_env(src);
+        let (de, _) = self.compiled.lookup_env(dst);
+        let tracked = self
+            .compiled
+            .pair(se, de)
+            .is_some_and(|pv| pv.ct & envfence_ebpf::ct::OPENS != 0);
+        let allowed = forward.verdict == envfence_ebpf::verdict::ALLOW
+            || forward.verdict == envfence_ebpf::verdict::LOG;
+        let reply = reply.map(|r| {
+            if tracked && allowed {
+                Expected {
+                    verdict: envfence_ebpf::verdict::REPLY,
+                    rule: forward.rule.clone(),
+                    ..r
+                }
+            } else {
+                r
+            }
+        });
         FlowExpectation { forward, reply }
     }
 }
@@ -177,7 +207,8 @@ mod tests {
         let e = p.expect(ip("10.30.1.2"), ip("10.10.1.2"), Probe::Udp(53), None);
         assert_eq!(e.forward.rule, "test-dns-in-prod");
         assert!(e.passes());
-        // TCP 53 passes forward, but the answer is production -> test.
+        // TCP 53 passes forward, and the answer (production -> test) passes
+        // as a reply of the flow.
         let e = p.expect(
             ip("10.30.1.2"),
             ip("10.10.1.2"),
@@ -185,7 +216,9 @@ mod tests {
             Some(40000),
         );
         assert!(e.forward.passes());
-        assert!(!e.passes());
+        assert_eq!(e.reply.as_ref().unwrap().verdict_name(), "reply");
+        assert_eq!(e.reply.as_ref().unwrap().rule, "test-dns-in-prod");
+        assert!(e.passes());
         let e = p.expect(ip("10.20.1.2"), ip("10.10.1.2"), Probe::Icmp, None);
         assert_eq!(e.forward.verdict_name(), "audit");
         assert_eq!(e.forward.src_env, "staging");
@@ -193,7 +226,10 @@ mod tests {
         assert!(e.passes());
         let e = p.expect(ip("fd00:10:1::2"), ip("fd00:0:0:1::2"), Probe::Icmp, None);
         assert_eq!(e.forward.verdict_name(), "allow");
-        assert_eq!(e.reply.as_ref().unwrap().rule, "ops-to-prod");
+        // The echo reply ops -> production (a `log` pair) is a reply of the
+        // production -> ops flow, not a new ops -> production flow.
+        assert_eq!(e.reply.as_ref().unwrap().verdict_name(), "reply");
+        assert_eq!(e.reply.as_ref().unwrap().rule, "default");
         assert!(e.passes());
     }
 }

@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod audit_rewrite;
 pub mod bench;
+pub mod ctdiff;
+pub mod ctmodel;
 pub mod expect;
 pub mod lab;
 pub mod lifecycle;

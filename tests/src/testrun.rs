@@ -55,12 +55,36 @@ pub struct KernelResult {
 }
 
 impl KernelHarness {
-    /// Loads the programs and writes `policy` into their maps. Needs root.
+    /// Loads the programs and writes `policy` into their maps, connection
+    /// tracking off: every frame is judged on its own, as the stateless
+    /// reference classifier judges it. Needs root.
     pub fn new(policy: CompiledPolicy) -> anyhow::Result<Self> {
+        Self::load(policy, true, None)
+    }
+
+    /// [`KernelHarness::new`] with connection tracking on, as the agent
+    /// runs: the stateful tests compare it with `crate::ctmodel`.
+    pub fn stateful(policy: CompiledPolicy) -> anyhow::Result<Self> {
+        Self::load(policy, false, None)
+    }
+
+    /// [`KernelHarness::stateful`] with a tracked-flow table of `capacity`
+    /// entries.
+    pub fn stateful_with_capacity(policy: CompiledPolicy, capacity: u32) -> anyhow::Result<Self> {
+        Self::load(policy, false, Some(capacity))
+    }
+
+    fn load(
+        policy: CompiledPolicy,
+        no_conntrack: bool,
+        conntrack_capacity: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let mut dp = Datapath::load_with(LoadOptions {
             debug_tag_decision: true,
             pin_root: None,
             no_verdict_cache: false,
+            no_conntrack,
+            conntrack_capacity,
             log_level: 0,
         })
         .context("loading the eBPF programs (root needed)")?;
@@ -216,6 +240,23 @@ impl KernelHarness {
         Ok(out.duration)
     }
 
+    /// Runs one frame on the CPU `cpu` (the calling thread is moved there
+    /// first): the tracked-flow table is shared by all CPUs.
+    pub fn run_on_cpu(&self, hook: Hook, frame: &[u8], cpu: usize) -> anyhow::Result<(u32, u32)> {
+        // SAFETY: a zeroed cpu_set_t is valid; the calls only read/write it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                anyhow::bail!(
+                    "sched_setaffinity({cpu}): {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        self.run_tagged(hook, frame, 0)
+    }
+
     /// The loaded datapath (to set source checks and peer addresses).
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.dp
@@ -231,6 +272,18 @@ impl KernelHarness {
             out.push(serde_json::from_str(line).with_context(|| format!("bad event {line}"))?);
         }
         Ok(out)
+    }
+
+    /// Packets counted with verdict `v` over every environment pair.
+    pub fn verdict_total(&self, v: u8) -> anyhow::Result<u64> {
+        let n = u32::try_from(self.policy.env_names.len())?;
+        let mut total = 0;
+        for s in 0..n {
+            for d in 0..n {
+                total += self.counters.cell(s, d, v)?.packets;
+            }
+        }
+        Ok(total)
     }
 
     /// The current value of one statistic.

@@ -49,6 +49,7 @@ const ALERTS: &[&str] = &[
     "EnvfenceAgentDown",
     "EnvfenceAgentAbsent",
     "EnvfenceEventsLost",
+    "EnvfenceConntrackFull",
     "EnvfencePolicyReloadFailing",
     "EnvfenceNoInterfaceAttached",
     "EnvfenceAuditModeUnexpected",
@@ -633,6 +634,7 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
         "EnvfenceNoInterfaceAttached",
         "EnvfenceAuditModeUnexpected",
         "EnvfenceEventsLost",
+        "EnvfenceConntrackFull",
     ] {
         let firing = prom.alerts(quiet, "firing", &[])?;
         assert!(firing.is_empty(), "{quiet} fires: {firing:?}");

@@ -3,7 +3,8 @@
 //! programs and through the reference classifier) for as many cases as
 //! asked, built in release. Prints cases, cases/s, skipped frames and
 //! mismatches; mismatches are saved to `tests/corpus/regressions/`, which
-//! `cargo test` replays. Needs root (it loads eBPF programs).
+//! `cargo test` replays. Then the connection-tracking differential
+//! (`tests/src/ctdiff.rs`) for cases / 2 conversations. Needs root (it loads eBPF programs).
 
 use std::process::{Command, ExitCode};
 

@@ -95,6 +95,7 @@ pub fn counters(state: &PinnedState) -> Result<CountersReport, inspect::InspectE
             out.datapath.insert(name.to_owned(), *v);
         }
     }
+    out.tracked_flows = state.tracked_flows(crate::datapath::monotonic_ns());
     Ok(out)
 }
 

@@ -563,6 +563,8 @@ pub struct CountersReport {
     pub verdicts: BTreeMap<String, Volume>,
     /// Datapath statistics by name (as in `envfence_datapath_total`).
     pub datapath: BTreeMap<String, u64>,
+    /// Live tracked flows by state (`tcp-established`, `replied` ...).
+    pub tracked_flows: BTreeMap<String, u64>,
 }
 
 /// What `envfence status` shows, from the agent or, when it is down, from

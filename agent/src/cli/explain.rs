@@ -135,6 +135,22 @@ pub struct KernelAnswer {
     pub port_rules: Vec<PortRuleOut>,
     /// Where the names come from.
     pub names_from: Option<String>,
+    /// What a reply of this flow (destination -> source) gets.
+    pub reply: String,
+}
+
+/// What a reply of a flow judged `verdict` in a pair with connection-
+/// tracking flags `ct` gets.
+fn reply_text(verdict: u8, ct: u8) -> String {
+    use envfence_ebpf::verdict as v;
+    let let_through = verdict == v::ALLOW || verdict == v::LOG;
+    if let_through && ct & envfence_ebpf::ct::OPENS != 0 {
+        "passes as `reply` of this tracked flow (the reverse pair is not allowed for every packet); ICMP errors quoting it pass as `related`".to_owned()
+    } else if let_through {
+        "judged by the reverse pair, which allows every packet (not tracked: fast path)".to_owned()
+    } else {
+        "no state: this flow is not let through, so packets back are judged by the policy like any packet".to_owned()
+    }
 }
 
 /// A policy file's answer.
@@ -398,6 +414,7 @@ fn kernel_answer(
         rule_verdict,
         port_rules,
         names_from: names.map(|(_, _, _, path)| path.clone()),
+        reply: reply_text(k.verdict, k.pair.ct),
     })
 }
 
@@ -555,6 +572,7 @@ pub fn render(e: &Explanation, s: &Style) -> String {
     } else {
         line("verdict", verdict);
     }
+    line("reply", k.reply.clone());
     if !k.port_rules.is_empty() {
         let rules: Vec<String> = k
             .port_rules
@@ -612,6 +630,30 @@ pub fn render(e: &Explanation, s: &Style) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn reply_of_the_example_dns_flow_is_tracked() {
+        let p = policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN).expect("policy");
+        let c = policy::compile(&p);
+        let (t, pr) = (
+            c.env_id("test").expect("test"),
+            c.env_id("production").expect("prod"),
+        );
+        let dns = L4::Ports {
+            proto: envfence_ebpf::proto::TCP,
+            dport: 53,
+        };
+        let (v, _) = c.decide(t, pr, dns);
+        let ct = c.pair(t, pr).expect("pair").ct;
+        assert!(reply_text(v, ct).starts_with("passes as `reply`"));
+        let (v, _) = c.decide(pr, t, dns);
+        let ct = c.pair(pr, t).expect("pair").ct;
+        assert!(reply_text(v, ct).starts_with("no state"));
+        let (v, _) = c.decide(pr, pr, dns);
+        let ct = c.pair(pr, pr).expect("pair").ct;
+        assert!(reply_text(v, ct).contains("not tracked"));
+    }
+
     use super::*;
 
     #[test]

@@ -259,7 +259,9 @@ pub fn render(r: &StatusReport, s: &Style) -> String {
             ("PACKETS", Align::Right),
             ("BYTES", Align::Right),
         ]);
-        for v in ["allow", "log", "audit", "drop"] {
+        for v in [
+            "allow", "log", "audit", "drop", "spoofed", "reply", "related",
+        ] {
             let vol = c.verdicts.get(v).copied().unwrap_or_default();
             t.push(vec![
                 Cell::colored(v, Color::Verdict),
@@ -275,6 +277,17 @@ pub fn render(r: &StatusReport, s: &Style) -> String {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "{:<14}{}", "datapath:", datapath.join(", "));
+        let tracked: Vec<String> = c
+            .tracked_flows
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let tracked = if tracked.is_empty() {
+            "none".to_owned()
+        } else {
+            tracked.join(", ")
+        };
+        let _ = writeln!(out, "{:<14}{tracked}", "tracked:");
     }
     if !r.warnings.is_empty() {
         out.push('\n');

@@ -150,6 +150,8 @@ where
         debug_tag_decision: false,
         pin_root: opts.pin_root.clone(),
         no_verdict_cache: false,
+        no_conntrack: false,
+        conntrack_capacity: None,
         log_level: opts.datapath_log,
     })
     .context("loading envfence's eBPF programs")?;
@@ -395,6 +397,16 @@ where
                             .map_entries
                             .with_label_values(&[envfence_ebpf::map_names::FLOWS])
                             .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                    // Expired tracked flows give their room back (the
+                    // datapath already treats them as absent).
+                    match agent.dp.sweep_conntrack(crate::datapath::monotonic_ns()) {
+                        Ok((_, live)) => agent
+                            .metrics
+                            .map_entries
+                            .with_label_values(&[envfence_ebpf::map_names::CONNTRACK])
+                            .set(i64::try_from(live).unwrap_or(i64::MAX)),
+                        Err(e) => tracing::warn!("sweeping the tracked-flow table: {e}"),
                     }
                 }
             }

@@ -74,6 +74,7 @@ pub struct PinnedState {
     counters: PerCpuArray<MapData, Counter>,
     ifconf: HashMap<MapData, u32, IfConfig>,
     peers: HashMap<MapData, PeerKey, u32>,
+    conntrack: HashMap<MapData, envfence_ebpf::CtKey, envfence_ebpf::CtEntry>,
 }
 
 /// The environment an address is in, as the kernel's LPM trie says.
@@ -154,6 +155,7 @@ impl PinnedState {
             counters: open_typed(&layout, map_names::COUNTERS)?,
             ifconf: open_typed(&layout, map_names::IFCONF)?,
             peers: open_typed(&layout, map_names::PEERS)?,
+            conntrack: open_typed(&layout, map_names::CONNTRACK)?,
             dir,
         })
     }
@@ -392,6 +394,18 @@ impl PinnedState {
             by,
             pair,
         })
+    }
+
+    /// Live (not expired at `now_ns`) tracked flows by state name.
+    pub fn tracked_flows(&self, now_ns: u64) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, e) in self.conntrack.iter().filter_map(Result::ok) {
+            if e.expires_ns > now_ns {
+                *out.entry(envfence_ebpf::ct::state_name(k.proto, e.state).to_owned())
+                    .or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// The datapath statistics, summed over CPUs, indexed by

@@ -64,6 +64,12 @@ pub struct LoadOptions {
     pub pin_root: Option<PathBuf>,
     /// Turn the per-CPU verdict cache off (benchmarks compare with it).
     pub no_verdict_cache: bool,
+    /// Turn connection tracking off: every packet judged on its own (the
+    /// per-packet differential tests, benchmarks' baseline).
+    pub no_conntrack: bool,
+    /// Capacity of the tracked-flow table (None: `capacity::CONNTRACK`);
+    /// tests fill a small one.
+    pub conntrack_capacity: Option<u32>,
     /// Datapath log level (aya-log: 0 off, 1 error … 5 trace).
     pub log_level: u8,
 }
@@ -100,6 +106,11 @@ impl Datapath {
         let cache = u32::from(!options.no_verdict_cache);
         loader.override_global(globals::DEBUG_TAG_DECISION, &tag, true);
         loader.override_global(globals::VERDICT_CACHE, &cache, true);
+        let conntrack = u32::from(!options.no_conntrack);
+        loader.override_global(globals::CONNTRACK, &conntrack, true);
+        if let Some(n) = options.conntrack_capacity {
+            loader.map_max_entries(map_names::CONNTRACK, n);
+        }
         loader.override_global(globals::AYA_LOG_LEVEL, &options.log_level, true);
         if let Some(p) = &pins {
             p.create()?;
@@ -132,6 +143,11 @@ impl Datapath {
             was_pinned,
             source_check: SourceChecks::default(),
         })
+    }
+
+    /// The loaded object (for the map helpers of sibling modules).
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     /// Whether a previous agent's state (policy, counters, links) was found

@@ -3,6 +3,7 @@
 //! read its counters.
 
 mod attach;
+mod conntrack;
 mod counters;
 mod error;
 pub mod inspect;
@@ -13,6 +14,7 @@ mod policy_maps;
 mod source_maps;
 
 pub use attach::{list_interfaces, Attachment};
+pub use conntrack::monotonic_ns;
 pub use counters::{CounterReader, PairCount, RuleCount};
 pub use error::DatapathError;
 pub use loader::{Datapath, Hook, LoadOptions};
@@ -24,7 +26,7 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/envfence-ebpf"));
 
 /// (map, max entries) of the maps whose fill is exported.
-pub const MAP_CAPACITIES: [(&str, u32); 8] = [
+pub const MAP_CAPACITIES: [(&str, u32); 9] = [
     (
         envfence_ebpf::map_names::ENV_V4,
         envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V4,
@@ -56,5 +58,9 @@ pub const MAP_CAPACITIES: [(&str, u32); 8] = [
     (
         envfence_ebpf::map_names::VERDICTS,
         envfence_ebpf::capacity::VERDICTS,
+    ),
+    (
+        envfence_ebpf::map_names::CONNTRACK,
+        envfence_ebpf::capacity::CONNTRACK,
     ),
 ];

@@ -18,7 +18,7 @@ use super::{loader::Hook, DatapathError};
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 
 /// The maps that are pinned (all of them but the parser's scratch space).
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
     map_names::PAIRS,
@@ -33,6 +33,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     map_names::FLOWS,
     map_names::EVENTS,
     map_names::TUNNEL_PORTS,
+    map_names::CONNTRACK,
 ];
 
 /// The pin layout under one root.

@@ -81,6 +81,7 @@ pub(super) fn install(
     } else {
         0
     };
+    next.ct_timeout_s = policy.conntrack.config_timeouts();
     let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
     // First the new slot's parameters (the datapath does not read them yet),
     // then the flip.

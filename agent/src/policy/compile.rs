@@ -49,6 +49,8 @@ pub struct CompiledPolicy {
     /// What frames that are not IP get (`drop` is folded to pass in audit
     /// mode by the datapath, like malformed frames).
     pub non_ip: super::NonIp,
+    /// Connection-tracking timeouts.
+    pub conntrack: super::Conntrack,
     /// SHA-256 of the policy source, lowercase hex.
     pub source_sha256: String,
 }
@@ -155,6 +157,7 @@ pub fn compile_with_ids(
         source_check: policy.source_check.clone(),
         tunnels: policy.tunnels.clone(),
         non_ip: policy.non_ip,
+        conntrack: policy.conntrack,
         source_sha256: policy.source_sha256.clone(),
     }
 }
@@ -278,7 +281,7 @@ fn verdicts(
 
     let fold = |verdict: Verdict| fold_audit(policy.mode, verdict).as_u8();
     let default = (policy.default, RULE_DEFAULT);
-    let pairs = pair_claims
+    let mut pairs: Vec<PairVerdict> = pair_claims
         .iter()
         .zip(&strictest)
         .map(|(claim, port_max)| {
@@ -291,12 +294,13 @@ fn verdicts(
                 verdict: fold(verdict),
                 no_port_verdict: fold(no_port_verdict),
                 has_port_rules: u8::from(port_max.is_some()),
-                _pad: 0,
+                ct: 0,
                 rule,
                 no_port_rule,
             }
         })
         .collect();
+    mark_tracked(&mut pairs);
     let ports = port_claims
         .into_iter()
         .map(|((src_env, dst_env, proto, port), (verdict, rule))| {
@@ -318,6 +322,32 @@ fn verdicts(
         })
         .collect();
     (pairs, ports)
+}
+
+/// Sets the connection-tracking flags of every pair: a pair not allowed
+/// for every packet may carry replies (`ct::REPLIES`), and its reverse pair's
+/// allowed packets open tracked flows (`ct::OPENS`). Pairs allowed both
+/// ways are never tracked.
+fn mark_tracked(pairs: &mut [PairVerdict]) {
+    let all_allow = |p: &PairVerdict| {
+        p.verdict == envfence_ebpf::verdict::ALLOW
+            && p.no_port_verdict == envfence_ebpf::verdict::ALLOW
+    };
+    let restricted: Vec<bool> = pairs.iter().map(|p| !all_allow(p)).collect();
+    for src in 0..MAX_ENVS {
+        for dst in 0..MAX_ENVS {
+            let i = pair_index(src, dst) as usize;
+            let reverse = pair_index(dst, src) as usize;
+            let mut flags = 0;
+            if restricted[i] {
+                flags |= envfence_ebpf::ct::REPLIES;
+            }
+            if restricted[reverse] {
+                flags |= envfence_ebpf::ct::OPENS;
+            }
+            pairs[i].ct = flags;
+        }
+    }
 }
 
 /// In audit mode nothing is dropped: `drop` becomes `audit`.

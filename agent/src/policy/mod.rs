@@ -11,6 +11,7 @@
 
 mod compile;
 mod conflicts;
+mod conntrack;
 mod environments;
 mod error;
 mod frames;
@@ -29,6 +30,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 pub use compile::{compile, compile_with_ids, fold_audit, CompiledPolicy, Decision, L4};
+pub use conntrack::{parse_timeout, Conntrack};
 pub use environments::MAX_DEFINED_ENVS;
 pub use error::{PolicyError, PolicyErrors};
 pub use frames::{NonIp, TunnelKind, Tunnels};

@@ -144,6 +144,8 @@ pub struct Policy {
     pub tunnels: super::frames::Tunnels,
     /// What frames that are not IP get.
     pub non_ip: super::frames::NonIp,
+    /// Connection-tracking timeouts (`conntrack` section).
+    pub conntrack: super::conntrack::Conntrack,
     /// SHA-256 of the policy source text, lowercase hex.
     pub source_sha256: String,
 }

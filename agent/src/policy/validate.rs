@@ -2,6 +2,7 @@
 //! the top level and the interfaces here, environments and rules in their
 //! own modules, cross-rule conflicts in [`super::conflicts`].
 
+use super::conntrack::{self, Conntrack};
 use super::error::{Errors, Place};
 use super::model::{InterfaceSelector, Mode, Policy, Verdict};
 use super::source_check::{self, SourceChecks};
@@ -18,6 +19,7 @@ const TOP_KEYS: &[&str] = &[
     "source_check",
     "tunnels",
     "non_ip",
+    "conntrack",
 ];
 const INTERFACE_KEYS: &[&str] = &["include", "exclude"];
 
@@ -33,13 +35,14 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
         source_check: SourceChecks::default(),
         tunnels: frames::Tunnels::default(),
         non_ip: frames::NonIp::default(),
+        conntrack: Conntrack::default(),
         source_sha256: String::new(),
     };
     let Some(top) = fields(
         root,
         "",
         TOP_KEYS,
-        "a policy: a mapping with the keys mode, default, environments, rules, interfaces, source_check, tunnels and non_ip",
+        "a policy: a mapping with the keys mode, default, environments, rules, interfaces, source_check, tunnels, non_ip and conntrack",
         errors,
     ) else {
         return policy;
@@ -83,6 +86,9 @@ pub(crate) fn validate(root: &Node, errors: &mut Errors) -> Policy {
     }
     if let Some(node) = top.get("non_ip") {
         policy.non_ip = frames::check_non_ip(node, errors);
+    }
+    if let Some(node) = top.get("conntrack") {
+        policy.conntrack = conntrack::check(node, errors);
     }
     policy.environments = environments.list;
     policy

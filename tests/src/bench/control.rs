@@ -153,6 +153,8 @@ fn in_process(row: &mut Row, a: &SynthPolicy, b: &SynthPolicy) -> Result<()> {
         debug_tag_decision: false,
         pin_root: None,
         no_verdict_cache: false,
+        no_conntrack: false,
+        conntrack_capacity: None,
         log_level: 0,
     })
     .context("loading the eBPF programs (root needed)")?;

@@ -12,6 +12,7 @@
 //! docs/benchmarks.md holds. Everything that touches the network runs in
 //! lab namespaces and is torn down on every path.
 
+pub mod conntrack;
 pub mod control;
 pub mod machine;
 pub mod source;
@@ -150,15 +151,17 @@ pub enum Part {
     Control,
     Storm,
     Source,
+    Conntrack,
 }
 
 impl Part {
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Testrun,
         Part::Throughput,
         Part::Control,
         Part::Storm,
         Part::Source,
+        Part::Conntrack,
     ];
 }
 
@@ -226,6 +229,14 @@ pub fn run(opts: &Options) -> Report {
                 };
                 source::section(&p, &mut log)
             }
+            Part::Conntrack => {
+                let p = if opts.quick {
+                    conntrack::Params::quick()
+                } else {
+                    conntrack::Params::full()
+                };
+                conntrack::section(&p, &mut log)
+            }
         };
         let mut section = result.unwrap_or_else(|e| {
             let mut s = Section::new(part_key(*part), part_heading(*part));
@@ -252,6 +263,7 @@ fn part_key(p: Part) -> &'static str {
         Part::Control => "control",
         Part::Storm => "storm",
         Part::Source => "source",
+        Part::Conntrack => "conntrack",
     }
 }
 
@@ -262,6 +274,7 @@ fn part_heading(p: Part) -> &'static str {
         Part::Control => "c. Control plane: load, reload, memory",
         Part::Storm => "d. Event storm",
         Part::Source => "e. The source check per packet (BPF_PROG_TEST_RUN)",
+        Part::Conntrack => "f. Connection tracking per packet (BPF_PROG_TEST_RUN)",
     }
 }
 
@@ -337,7 +350,7 @@ const METHOD: &str = "## How to reproduce\n\n\
 ```sh\n\
 cargo xtask bench            # everything (about 10–15 minutes), writes this file\n\
 cargo xtask bench --quick    # a smoke run of every part, fewer repeats and sizes (prints only)\n\
-cargo xtask bench --only testrun|throughput|control|storm\n\
+cargo xtask bench --only testrun|throughput|control|storm|conntrack\n\
 ```\n\n\
 `cargo xtask bench` runs `cargo xtask setup`, builds the agent and `envfence-bench` in release, \
 and runs `target/release/envfence-bench` as root. The code is in `tests/src/bench/`. \

@@ -170,6 +170,8 @@ pub(super) fn load(no_verdict_cache: bool) -> Result<Datapath> {
         debug_tag_decision: false,
         pin_root: None,
         no_verdict_cache,
+        no_conntrack: false,
+        conntrack_capacity: None,
         log_level: 0,
     })
     .context("loading the eBPF programs (root needed)")?;

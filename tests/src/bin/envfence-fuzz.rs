@@ -48,6 +48,10 @@ struct Args {
     /// Seconds between progress lines (0: none).
     #[arg(long, default_value_t = 10)]
     progress_secs: u64,
+    /// Conversations of the connection-tracking differential (stateful
+    /// kernel vs `ctmodel`) run after the frames (default: cases / 2).
+    #[arg(long)]
+    conversations: Option<u64>,
     /// Only print this many generated frames (decoded, with the reference's
     /// outcome under the enforce policy) and exit; no kernel needed.
     #[arg(long)]
@@ -129,13 +133,39 @@ fn run(args: Args) -> Result<bool> {
     if !missing.is_empty() {
         println!("outcome classes not hit: {}", missing.join(", "));
     }
+    let conversations = args.conversations.unwrap_or(args.cases / 2);
+    let mut ct_ok = true;
+    if conversations > 0 {
+        let mut h = envfence_tests::testrun::KernelHarness::stateful(
+            envfence_tests::ctdiff::first_policy()?,
+        )
+        .context("loading the datapath with tracking on")?;
+        let started = std::time::Instant::now();
+        let r = envfence_tests::ctdiff::run(&mut h, conversations, seed)?;
+        for m in &r.mismatches {
+            println!("{m}");
+        }
+        println!(
+            "conversations {} | packets {} | replies {} | related {} | reloads {} | aged {} | {:.1} s | mismatched packets {} | other mismatches {}",
+            r.conversations,
+            r.packets,
+            r.replies,
+            r.related,
+            r.reloads,
+            r.aged,
+            started.elapsed().as_secs_f64(),
+            r.mismatched_packets,
+            r.mismatches.len()
+        );
+        ct_ok = r.mismatches.is_empty();
+    }
     let route_cases = args.route_cases.unwrap_or(args.cases / 4);
     if route_cases == 0 {
-        return Ok(report.mismatched_cases == 0);
+        return Ok(report.mismatched_cases == 0 && ct_ok);
     }
     drop(engine);
     let routes = route_run(route_cases, seed, args.egress_every)?;
-    Ok(report.mismatched_cases == 0 && routes.mismatched_cases == 0)
+    Ok(report.mismatched_cases == 0 && ct_ok && routes.mismatched_cases == 0)
 }
 
 /// The route lab's run: the source check against a node's routes.

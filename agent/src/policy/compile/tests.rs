@@ -64,7 +64,7 @@ fn example_test_to_production() {
             verdict: verdict::DROP,
             no_port_verdict: verdict::DROP,
             has_port_rules: 1,
-            _pad: 0,
+            ct: envfence_ebpf::ct::OPENS | envfence_ebpf::ct::REPLIES,
             rule: 1,
             no_port_rule: 1,
         }

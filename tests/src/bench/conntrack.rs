@@ -1,0 +1,168 @@
+//! e. What connection tracking costs per packet (BPF_PROG_TEST_RUN, the
+//! example policy, IPv4 TCP): envfence as the agent loads it (tracking on)
+//! side by side with the same object loaded with tracking off (today's
+//! stateless datapath, the baseline), and the empty TC program.
+//!
+//! - untracked allowed pair: production -> production (allowed both ways,
+//!   never looked up);
+//! - first packet: a SYN test -> production tcp/53 of a new flow each run
+//!   (the entry is created), mean over `flows` flows, one run each;
+//! - forward packet of a tracked flow (refreshes the entry), hot;
+//! - reply: production -> test of that flow, hot (baseline: the same
+//!   packet, dropped by the stateless policy).
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use envfence::datapath::{Datapath, Hook, LoadOptions};
+use envfence::policy::{self, SourceCheck};
+
+use super::table::{fmt, median, ratio, Table};
+use super::Section;
+use crate::testrun::{frame, ACTION_NEXT};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub hot_repeat: u32,
+    pub hot_runs: usize,
+    pub flows: u16,
+}
+
+impl Params {
+    pub fn full() -> Params {
+        Params {
+            hot_repeat: 1_000_000,
+            hot_runs: 5,
+            flows: 20_000,
+        }
+    }
+    pub fn quick() -> Params {
+        Params {
+            hot_repeat: 100_000,
+            hot_runs: 3,
+            flows: 2_000,
+        }
+    }
+}
+
+fn load(no_conntrack: bool) -> Result<Datapath> {
+    let mut dp = Datapath::load_with(LoadOptions {
+        debug_tag_decision: false,
+        pin_root: None,
+        no_verdict_cache: false,
+        no_conntrack,
+        conntrack_capacity: None,
+        log_level: 0,
+    })
+    .context("loading the eBPF programs (root needed)")?;
+    let p = policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    dp.apply_policy(
+        &policy::compile(&p),
+        None,
+        std::time::Duration::from_secs(3600),
+    )?;
+    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
+    Ok(dp)
+}
+
+fn run(prog: &SchedClassifier, f: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(f);
+    opts.repeat = repeat;
+    let out = prog.test_run(opts)?;
+    Ok((out.return_value, out.duration.as_nanos() as f64))
+}
+
+fn hot(prog: &SchedClassifier, f: &[u8], p: &Params) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..p.hot_runs {
+        v.push(run(prog, f, p.hot_repeat)?.1);
+    }
+    Ok(median(&v))
+}
+
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut l4 = frame::tcp_syn(sport, dport);
+    l4[13] = flags;
+    frame::ip_frame(src.into(), dst.into(), 6, &l4)
+}
+
+/// The section.
+pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
+    let mut on = load(false)?;
+    let off = load(true)?;
+    let (t, pr, pr2) = ([10, 30, 0, 5], [10, 10, 0, 53], [10, 10, 0, 54]);
+    log("conntrack: hot packets");
+    let untracked = tcp(pr, pr2, 40000, 443, 0x10);
+    let fwd = tcp(t, pr, 40000, 53, 0x10);
+    let reply = tcp(pr, t, 53, 40000, 0x10);
+    let ingress_on = on.program(Hook::Ingress)?;
+    // The tracked flow exists (its SYN went through).
+    if run(ingress_on, &tcp(t, pr, 40000, 53, 0x02), 1)?.0 != ACTION_NEXT {
+        bail!("the SYN of the tracked flow was not let through");
+    }
+    if run(ingress_on, &reply, 1)?.0 != ACTION_NEXT {
+        bail!("the reply was not let through with tracking on");
+    }
+    let rows_hot = [
+        (
+            "untracked allowed pair (production -> production)",
+            &untracked,
+        ),
+        (
+            "forward packet of a tracked flow (test -> production tcp/53)",
+            &fwd,
+        ),
+        ("reply (production -> test; baseline: dropped)", &reply),
+    ];
+    let mut table = Table::new(
+        "Connection tracking: ns per packet (median of runs)",
+        &[
+            "packet",
+            "tracking on",
+            "tracking off (baseline)",
+            "on / off",
+        ],
+    );
+    for (name, f) in rows_hot {
+        let a = hot(on.program(Hook::Ingress)?, f, p)?;
+        let b = hot(off.program(Hook::Ingress)?, f, p)?;
+        table.row(vec![name.to_string(), fmt(a, 1), fmt(b, 1), ratio(a / b)]);
+    }
+    log("conntrack: first packets");
+    let empty = on.empty_program()?;
+    let mut overhead = 0.0;
+    for i in 0..p.flows {
+        overhead += run(empty, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?.1;
+    }
+    let overhead = overhead / f64::from(p.flows);
+    let mut first = [0.0f64; 2];
+    for (k, dp) in [&on, &off].into_iter().enumerate() {
+        let prog = dp.program(Hook::Ingress)?;
+        let mut sum = 0.0;
+        for i in 0..p.flows {
+            let (action, ns) = run(prog, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?;
+            if action != ACTION_NEXT {
+                bail!("a first SYN was dropped");
+            }
+            sum += ns;
+        }
+        first[k] = (sum / f64::from(p.flows) - overhead).max(0.0);
+    }
+    table.row(vec![
+        format!("first packet of a new tracked flow ({} flows, one run each, TestRun overhead {} ns subtracted)", p.flows, fmt(overhead, 0)),
+        fmt(first[0], 1),
+        fmt(first[1], 1),
+        ratio(first[0] / first[1].max(1.0)),
+    ]);
+    let mut s = Section::new(
+        "conntrack",
+        "e. Connection tracking per packet (BPF_PROG_TEST_RUN)",
+    );
+    s.intro.push(
+        "The example policy, IPv4 TCP, ingress; the same object loaded with tracking on (as the agent runs) and off (the stateless datapath before issue 12).".into(),
+    );
+    s.tables.push(table);
+    Ok(s)
+}
