@@ -320,6 +320,10 @@ pub mod map_names {
     pub const CONNTRACK: &str = "EF_CONNTRACK";
     /// Per-CPU scratch space of the connection tracker (kernel-internal).
     pub const CT_SCRATCH: &str = "EF_CT_SCRATCH";
+    /// Program array: the hooks' second stage ([`super::STAGE_DECIDE`]).
+    /// Pinned with the maps, so the pinned hooks keep their second stage
+    /// while no agent runs.
+    pub const STAGES: &str = "EF_STAGES";
 }
 
 /// Global variables of the eBPF object, set at load time.
@@ -350,6 +354,8 @@ pub mod tag {
     pub const REASON_VLAN_TOO_DEEP: u32 = 3;
     pub const REASON_TUNNEL_TOO_DEEP: u32 = 4;
     pub const REASON_MPLS_TOO_DEEP: u32 = 5;
+    /// The decision stage was missing (see [`super::stat::STAGE_MISSING`]).
+    pub const REASON_STAGE_MISSING: u32 = 6;
 
     #[inline(always)]
     pub const fn judged(verdict: u8, src_env: u32, dst_env: u32) -> u32 {
@@ -363,7 +369,23 @@ pub mod program_names {
     pub const EGRESS: &str = "envfence_egress";
     /// An empty TC program (returns TCX_NEXT), the benchmarks' baseline.
     pub const EMPTY: &str = "envfence_empty";
+    /// The second stage of both hooks: judges the packet the hook parsed
+    /// (tail-called through [`super::map_names::STAGES`] at
+    /// [`super::STAGE_DECIDE`]).
+    pub const DECIDE: &str = "envfence_decide";
 }
+
+/// Index of [`program_names::DECIDE`] in [`map_names::STAGES`].
+///
+/// Why two stages: the verifier walks every path of a program, and every
+/// path through the header walk (VLAN tags, MPLS, PPPoE, tunnels, extension
+/// headers) times every path through the decision (source check, policy,
+/// connection tracking, reports) exceeds its one-million-instruction budget.
+/// The hooks parse into the per-CPU scratch packet and tail-call the
+/// decision, which the verifier then walks once for any parsed packet. The
+/// scratch packet's layout is shared by the two programs of one object; a
+/// pinned stage table is only reused by an object of the same ABI version.
+pub const STAGE_DECIDE: u32 = 0;
 
 /// Capacities: what one policy may hold (the maps hold two slots of it).
 pub mod capacity {
@@ -461,8 +483,11 @@ pub mod stat {
     pub const CONNTRACK_RESET: u32 = 29;
     /// Packets that found their flow's entry expired.
     pub const CONNTRACK_EXPIRED: u32 = 30;
+    /// Parsed packets whose second stage could not be called (an empty
+    /// stage table: never in a loaded agent); dropped unless in audit mode.
+    pub const STAGE_MISSING: u32 = 31;
     /// Number of statistics.
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// (index, name) of every statistic, named as in the metrics
     /// (`envfence_datapath_total{kind}`) and `status`.
@@ -498,6 +523,7 @@ pub mod stat {
         (CONNTRACK_POLICY_ENDED, "conntrack_ended_by_policy"),
         (CONNTRACK_RESET, "conntrack_reset"),
         (CONNTRACK_EXPIRED, "conntrack_expired"),
+        (STAGE_MISSING, "stage_missing"),
     ];
 }
 

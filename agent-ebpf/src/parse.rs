@@ -93,8 +93,12 @@ pub struct Packet {
     /// The skb is a GSO packet (`gso_size` != 0): a length field of 0 means
     /// "as long as the skb" (BIG TCP).
     gso: bool,
-    /// The policy slot in force (tunnel ports).
-    slot: u32,
+    /// The policy slot in force (tunnel ports); the decision stage judges
+    /// with the same slot.
+    pub slot: u32,
+    /// The hook that parsed the packet (`envfence_ebpf::direction`), for
+    /// the decision stage.
+    pub dir: u8,
 }
 
 /// Why a frame is not judged by policy.

@@ -4,7 +4,9 @@ use aya_ebpf::{
     bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::TcContext,
 };
 use envfence_ebpf::{
@@ -12,7 +14,7 @@ use envfence_ebpf::{
     slot_pair_index, source, stat, tag, verdict, verdict_slot, wire, CachedVerdict, Config,
     Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey, PortKey, RuleVerdict,
     TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN,
-    RULE_SOURCE_CHECK, SLOTS, TUNNEL_ENTRIES_PER_SLOT,
+    RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE, TUNNEL_ENTRIES_PER_SLOT,
 };
 
 use crate::conntrack::{self, Track};
@@ -53,6 +55,9 @@ static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(capaci
 #[map(name = "EF_TUNNEL_PORTS")]
 pub(crate) static TUNNEL_PORTS: Array<TunnelPorts> =
     Array::with_max_entries(SLOTS * TUNNEL_ENTRIES_PER_SLOT, 0);
+/// The hooks' second stage (see `envfence_ebpf::STAGE_DECIDE`).
+#[map(name = "EF_STAGES")]
+static STAGES: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map(name = "EF_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
@@ -128,9 +133,15 @@ pub(crate) struct Active {
 
 #[inline(always)]
 fn active_policy() -> Active {
+    policy_in(CONFIG.get(0).map_or(0, |c| c.active_slot))
+}
+
+/// The policy in `slot` (0 or 1).
+#[inline(always)]
+fn policy_in(slot: u32) -> Active {
     match CONFIG.get(0) {
         Some(c) => {
-            let slot = c.active_slot & 1;
+            let slot = slot & 1;
             let (audit, generation, flags) = if slot == 0 {
                 (c.slot_audit_mode[0], c.slot_generation[0], c.slot_flags[0])
             } else {
@@ -152,6 +163,8 @@ fn active_policy() -> Active {
     }
 }
 
+/// The first stage of both hooks: parses the packet into this CPU's scratch
+/// slot, decides on what cannot be judged, and tail-calls the decision.
 #[inline(always)]
 fn judge(ctx: &TcContext, dir: u8) -> i32 {
     let len = ctx.len();
@@ -197,6 +210,37 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
             return malformed(stat::TUNNEL_TOO_DEEP, audit);
         }
     }
+    pkt.dir = dir;
+    // The decision is a program of its own (`envfence_ebpf::STAGE_DECIDE`
+    // says why); it reads the packet from the scratch slot written above.
+    // SAFETY: a tail call with this program's own context; it does not
+    // return when it succeeds.
+    unsafe { STAGES.tail_call(ctx, STAGE_DECIDE) };
+    // Only reached when the stage table is empty: fail closed.
+    tag(ctx, tag::UNJUDGED | tag::REASON_STAGE_MISSING);
+    malformed(stat::STAGE_MISSING, audit)
+}
+
+/// The second stage of both hooks: judges the packet the hook parsed into
+/// this CPU's scratch slot, under the policy slot the hook parsed it with.
+#[classifier]
+pub fn envfence_decide(ctx: TcContext) -> i32 {
+    decide_parsed(&ctx)
+}
+
+#[inline(always)]
+fn decide_parsed(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        // Unreachable: a one-entry per-CPU array always has its entry.
+        return ACT_SHOT;
+    };
+    // SAFETY: this CPU's scratch slot, written by the hook that called this
+    // stage a moment ago on this CPU (TC programs do not migrate).
+    let pkt = unsafe { &*pkt };
+    let dir = pkt.dir;
+    let active = policy_in(pkt.slot);
+    let slot = active.slot;
     // At the ingress of an attached interface the source must be one the
     // node routes back through it; a packet that fails is `spoofed` and is
     // never judged (or counted) under the environment it claims. Only the

@@ -1,7 +1,7 @@
 use std::{collections::BTreeMap, fs, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData, ProgramArray, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -121,8 +121,11 @@ impl Datapath {
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for hook in Hook::ALL {
-            let name = hook.program_name();
+        for name in [
+            program_names::DECIDE,
+            program_names::INGRESS,
+            program_names::EGRESS,
+        ] {
             classifier_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|e| DatapathError::Program {
@@ -130,6 +133,7 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
         }
+        install_stages(&mut ebpf)?;
         let counters = Arc::new(CounterReader::new(
             take_map(&mut ebpf, map_names::COUNTERS)?,
             take_map(&mut ebpf, map_names::RULE_COUNTERS)?,
@@ -248,6 +252,28 @@ impl Datapath {
                 kind: "program",
                 name,
             })
+    }
+
+    /// How many instructions the verifier walked for each loaded program
+    /// (of its budget of one million): how close the datapath is to the
+    /// verifier's limit (the benchmarks report it).
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        [
+            program_names::INGRESS,
+            program_names::EGRESS,
+            program_names::DECIDE,
+        ]
+        .into_iter()
+        .map(|name| {
+            let count = self
+                .ebpf
+                .program(name)
+                .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
     }
 
     /// The datapath's log forwarder (take it once, when logging is on).
@@ -583,6 +609,34 @@ fn classifier_mut<'a>(
             kind: "program",
             name,
         })
+}
+
+/// Writes the hooks' second stage into the stage table (a pinned table of
+/// a previous agent gets this agent's stage: the same ABI, the same
+/// scratch layout).
+fn install_stages(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let name = program_names::DECIDE;
+    let fd = classifier_mut(ebpf, name)?
+        .fd()
+        .map_err(|e| DatapathError::Program {
+            name,
+            source: Box::new(e),
+        })?
+        .try_clone()
+        .map_err(|e| DatapathError::Program {
+            name,
+            source: Box::new(aya::programs::ProgramError::from(e)),
+        })?;
+    let map = ebpf
+        .map_mut(map_names::STAGES)
+        .ok_or(DatapathError::Missing {
+            kind: "map",
+            name: map_names::STAGES,
+        })?;
+    let mut stages = ProgramArray::try_from(map).map_err(DatapathError::map(map_names::STAGES))?;
+    stages
+        .set(envfence_ebpf::STAGE_DECIDE, &fd, 0)
+        .map_err(DatapathError::map(map_names::STAGES))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {

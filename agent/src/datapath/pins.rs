@@ -17,8 +17,10 @@ use super::{loader::Hook, DatapathError};
 /// Default bpffs root of envfence's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 
-/// The maps that are pinned (all of them but the parser's scratch space).
-pub const PINNED_MAPS: [&str; 15] = [
+/// The maps that are pinned (all of them but the scratch spaces). The stage
+/// table is pinned so that pinned hooks keep their second stage while no
+/// agent runs.
+pub const PINNED_MAPS: [&str; 16] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
     map_names::PAIRS,
@@ -34,6 +36,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     map_names::EVENTS,
     map_names::TUNNEL_PORTS,
     map_names::CONNTRACK,
+    map_names::STAGES,
 ];
 
 /// The pin layout under one root.
