@@ -302,7 +302,9 @@ pub mod map_names {
     pub const FLOWS: &str = "EF_FLOWS";
     /// Ring buffer of [`super::Event`].
     pub const EVENTS: &str = "EF_EVENTS";
-    /// Per-CPU scratch space of the parser (kernel-internal).
+    /// Per-CPU scratch space of the parser: the packet the hook parsed, read
+    /// by the decision stage (kernel-internal, pinned: see
+    /// [`super::STAGE_DECIDE`]).
     pub const SCRATCH: &str = "EF_SCRATCH";
     /// Per-CPU direct-mapped array of [`super::VerdictSlot`]: the verdict
     /// of a recent flow under a policy generation (a CPU-cache-like table:
@@ -383,9 +385,15 @@ pub mod program_names {
 /// connection tracking, reports) exceeds its one-million-instruction budget.
 /// The hooks parse into the per-CPU scratch packet and tail-call the
 /// decision, which the verifier then walks once for any parsed packet. The
-/// scratch packet's layout is shared by the two programs of one object; a
-/// pinned stage table is only reused by an object of the same ABI version.
+/// stage table and the scratch packet ([`map_names::SCRATCH`]) are pinned:
+/// a hook of one agent may call the stage of the next (same ABI version:
+/// the scratch packet's layout is part of the ABI, see
+/// [`SCRATCH_PACKET_BYTES`]).
 pub const STAGE_DECIDE: u32 = 0;
+
+/// Size of the parser's scratch packet (`parse::Packet` in the programs,
+/// asserted there): changing it changes the ABI version.
+pub const SCRATCH_PACKET_BYTES: usize = 192;
 
 /// Capacities: what one policy may hold (the maps hold two slots of it).
 pub mod capacity {

@@ -101,6 +101,10 @@ pub struct Packet {
     pub dir: u8,
 }
 
+// A hook of one agent and the decision stage of the next share the pinned
+// scratch packet: its layout is part of the ABI.
+const _: () = assert!(core::mem::size_of::<Packet>() == envfence_ebpf::SCRATCH_PACKET_BYTES);
+
 /// Why a frame is not judged by policy.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Reject {

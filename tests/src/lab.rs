@@ -394,11 +394,31 @@ impl Lab {
         if who == NODE || who == self.node_ns {
             return Ok(&self.node_ns);
         }
+        let host = format!("{}-{who}", self.id);
         self.pods
             .iter()
             .find(|p| p.spec.name == who || p.ns == who)
             .map(|p| p.ns.as_str())
+            .or_else(|| {
+                self.created
+                    .iter()
+                    .find(|ns| **ns == host || *ns == who)
+                    .map(String::as_str)
+            })
             .ok_or_else(|| anyhow!("lab {} has no namespace for {who:?}", self.id))
+    }
+
+    /// Adds a namespace `who` that is not connected to the node: a host
+    /// behind a pod, joined to it with [`Lab::link`]. Torn down with the
+    /// lab; [`Lab::ns`] and [`Lab::in_ns`] know it by `who`.
+    pub fn add_host(&mut self, who: &str) -> Result<()> {
+        ensure!(
+            self.ns(who).is_err(),
+            "lab {} already has a namespace for {who:?}",
+            self.id
+        );
+        let ns = format!("{}-{who}", self.id);
+        self.add_namespace(&ns, false)
     }
     /// Where the agent's /sys/fs/bpf lives on the host (a per-lab directory
     /// of the host's bpffs), when the host has a bpffs.

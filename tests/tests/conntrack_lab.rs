@@ -319,3 +319,175 @@ fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Path MTU discovery across environments: test1 sends a large stream to a
+/// production server behind a production router (prod1) whose route to
+/// the server has a smaller MTU. The router's "fragmentation needed" /
+/// "packet too big" (production -> test, a pair the policy drops) quotes
+/// a packet of the tracked test -> production flow and passes as
+/// `related`, so the transfer completes. First without the agent (the
+/// shape works), then with it, IPv4 and IPv6.
+#[test]
+fn path_mtu_discovery_works_across_environments() -> Result<()> {
+    use envfence_tests::netns;
+    require_root()?;
+    let _g = lock();
+    let mut lab = Lab::example()?;
+    lab.add_host("prodsrv")?;
+    let router = "prod1";
+    let (r4, r6) = (lab.pod(router)?.ipv4(), lab.pod(router)?.ipv6());
+    // The server's subnet behind the router (production addresses): one
+    // address per family for the run without the agent, one for the run
+    // with it (a path MTU, once learnt, is kept per destination).
+    let servers: [(IpAddr, IpAddr); 2] = [
+        ("10.10.201.2".parse()?, "10.10.201.3".parse()?),
+        ("fd00:10:201::2".parse()?, "fd00:10:201::3".parse()?),
+    ];
+    let all = [servers[0].0, servers[0].1, servers[1].0, servers[1].1];
+    let policy = envfence_tests::expect::Policy::example()?;
+    let t4 = ip(&lab, "test1", Family::V4);
+    let t6 = ip(&lab, "test1", Family::V6);
+    for srv in all {
+        let (t, r) = if srv.is_ipv4() {
+            (t4, IpAddr::V4(r4))
+        } else {
+            (t6, IpAddr::V6(r6))
+        };
+        // The premise: the stream is allowed, the router's ICMP error on
+        // its own would be dropped.
+        let fwd = policy.decide(t, srv, 6, Some(53));
+        assert!(fwd.passes() && fwd.dst_env == "production", "{fwd:?}");
+        let icmp = if t.is_ipv4() { 1 } else { 58 };
+        let err = policy.decide(r, t, icmp, None);
+        assert!(!err.passes() && err.src_env == "production", "{err:?}");
+    }
+    lab.link(
+        router,
+        "pmtu0",
+        "10.10.201.1/24".parse()?,
+        &lab,
+        "prodsrv",
+        "pmtu1",
+        "10.10.201.2/24".parse()?,
+    )?;
+    let (rns, sns, node) = (
+        lab.ns(router)?.to_owned(),
+        lab.ns("prodsrv")?.to_owned(),
+        lab.node_ns().to_owned(),
+    );
+    netns::ip_batch(
+        &rns,
+        &["addr add fd00:10:201::1/64 dev pmtu0 nodad".to_owned()],
+    )?;
+    // Smaller MTU on the way to the server (both ends of the veth stay at
+    // 1500, so the router must say "too big").
+    let mtu_routes: Vec<String> = all
+        .iter()
+        .map(|a| match a {
+            IpAddr::V4(a) => format!("route add {a}/32 dev pmtu0 mtu lock 1280"),
+            IpAddr::V6(a) => format!("route add {a}/128 dev pmtu0 mtu lock 1280"),
+        })
+        .collect();
+    netns::ip_batch(&rns, &mtu_routes)?;
+    netns::ip_batch(
+        &sns,
+        &[
+            "addr add 10.10.201.3/24 dev pmtu1".to_owned(),
+            "addr add fd00:10:201::2/64 dev pmtu1 nodad".to_owned(),
+            "addr add fd00:10:201::3/64 dev pmtu1 nodad".to_owned(),
+            "route add default via 10.10.201.1".to_owned(),
+            "route add default via fd00:10:201::1".to_owned(),
+        ],
+    )?;
+    lab.in_ns(router, || -> Result<()> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+        Ok(())
+    })??;
+    netns::ip_batch(
+        &node,
+        &[
+            format!("route add 10.10.201.0/24 via {r4}"),
+            format!("route add fd00:10:201::/64 via {r6}"),
+        ],
+    )?;
+    // A server that counts what it receives and answers with the count.
+    for srv in all {
+        let l = lab
+            .in_ns("prodsrv", || TcpListener::bind(SocketAddr::new(srv, 53)))?
+            .with_context(|| format!("binding {srv}:53"))?;
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    let mut total: u64 = 0;
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                    }
+                    let _ = c.write_all(&total.to_be_bytes());
+                });
+            }
+        });
+    }
+    const STREAM: usize = 2 * 1024 * 1024;
+    let transfer = |srv: IpAddr| -> Result<Option<u64>> {
+        let Some(mut s) = connect(
+            &lab,
+            "test1",
+            SocketAddr::new(srv, 53),
+            Duration::from_secs(5),
+        )?
+        else {
+            return Ok(None);
+        };
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut sent = 0;
+        while sent < STREAM {
+            if s.write_all(&chunk).is_err() {
+                return Ok(None);
+            }
+            sent += chunk.len();
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut n = [0u8; 8];
+        Ok(s.read_exact(&mut n).ok().map(|()| u64::from_be_bytes(n)))
+    };
+    for (srv, _) in servers {
+        assert_eq!(
+            transfer(srv)?,
+            Some(STREAM as u64),
+            "without the agent, to {srv}"
+        );
+    }
+    let agent = start(&lab, &AgentOptions::default())?;
+    for (_, srv) in servers {
+        assert_eq!(
+            transfer(srv)?,
+            Some(STREAM as u64),
+            "with the agent, to {srv}"
+        );
+    }
+    let m = agent.metrics()?;
+    let related = envfence_tests::metric_value(
+        &m,
+        "envfence_packets_total",
+        &[
+            ("src_env", "production"),
+            ("dst_env", "test"),
+            ("verdict", "related"),
+        ],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        related >= 2.0,
+        "the router's too-big errors were not judged related: {related}"
+    );
+    agent.stop(Duration::from_secs(10))?;
+    Ok(())
+}

@@ -694,3 +694,43 @@ fn reload_invalidates_cached_verdicts() {
     let o = check(&h, Mode::Enforce, "staging -> production restored", &f);
     assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));
 }
+
+/// A parsed packet whose decision stage cannot be called (the stage table
+/// emptied) is never passed unjudged: dropped and counted in enforce mode,
+/// passed (counted) in audit mode; frames rejected before the decision are
+/// unaffected.
+#[test]
+fn a_missing_decision_stage_fails_closed() {
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    // production -> production: allowed, so only the missing stage drops it.
+    let f = frame::ip_frame(
+        ip("10.10.1.2"),
+        ip("10.10.2.2"),
+        proto::TCP,
+        &frame::tcp_syn(7, 443),
+    );
+    for (mode, action) in [(Mode::Enforce, ACTION_SHOT), (Mode::Audit, ACTION_NEXT)] {
+        let mut h = harness(mode);
+        for hook in Hook::ALL {
+            let before = h.run(hook, &f).expect("run");
+            assert_eq!(
+                before.action, ACTION_NEXT,
+                "{mode:?} {hook:?} with the stage"
+            );
+        }
+        h.datapath_mut()
+            .remove_stages()
+            .expect("emptying the stage table");
+        for hook in Hook::ALL {
+            let r = h.run(hook, &f).expect("run");
+            assert_eq!(r.action, action, "{mode:?} {hook:?} without the stage");
+            assert_eq!(
+                r.mark,
+                tag::UNJUDGED | tag::REASON_STAGE_MISSING,
+                "{mode:?} {hook:?}"
+            );
+            assert_eq!(r.stats_moved, vec![(stat::STAGE_MISSING, 1)], "{mode:?}");
+            assert!(r.moved.is_empty(), "nothing counted as judged: {r:?}");
+        }
+    }
+}

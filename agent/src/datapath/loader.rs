@@ -254,6 +254,24 @@ impl Datapath {
             })
     }
 
+    /// Empties the stage table: every parsed packet then finds no decision
+    /// stage. Fault injection for the tests that prove this fails closed
+    /// (`stage_missing`); nothing in the agent calls it.
+    pub fn remove_stages(&mut self) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::STAGES)
+            .ok_or(DatapathError::Missing {
+                kind: "map",
+                name: map_names::STAGES,
+            })?;
+        let mut stages =
+            ProgramArray::try_from(map).map_err(DatapathError::map(map_names::STAGES))?;
+        stages
+            .clear_index(&envfence_ebpf::STAGE_DECIDE)
+            .map_err(DatapathError::map(map_names::STAGES))
+    }
+
     /// How many instructions the verifier walked for each loaded program
     /// (of its budget of one million): how close the datapath is to the
     /// verifier's limit (the benchmarks report it).

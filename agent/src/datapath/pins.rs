@@ -17,10 +17,13 @@ use super::{loader::Hook, DatapathError};
 /// Default bpffs root of envfence's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 
-/// The maps that are pinned (all of them but the scratch spaces). The stage
-/// table is pinned so that pinned hooks keep their second stage while no
-/// agent runs.
-pub const PINNED_MAPS: [&str; 16] = [
+/// The maps that are pinned (all of them but the verdict cache and the
+/// tracker's scratch space). The stage table is pinned so that pinned hooks
+/// keep their second stage while no agent runs, and the parsed-packet
+/// scratch so that a hook of one agent and the stage of the next (written
+/// into the table when it loads, before it takes the links over) read the
+/// same packet.
+pub const PINNED_MAPS: [&str; 17] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
     map_names::PAIRS,
@@ -37,6 +40,7 @@ pub const PINNED_MAPS: [&str; 16] = [
     map_names::TUNNEL_PORTS,
     map_names::CONNTRACK,
     map_names::STAGES,
+    map_names::SCRATCH,
 ];
 
 /// The pin layout under one root.
