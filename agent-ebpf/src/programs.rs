@@ -339,7 +339,7 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
         RULE_COUNTERS.get_ptr_mut(rule_counter_index(rule as u32, v as u32)),
         len,
     );
-    if hit.verdict != 0 && hit.flow_verdict == verdict::LOG {
+    if v == verdict::REPLY && hit.flow_verdict == verdict::LOG {
         // A reply of a reported flow is carried in that flow's reports.
         let envs = (u32::from(hit.src_env), u32::from(hit.dst_env));
         if let Some(sc) = conntrack::CT_SCRATCH.get_ptr_mut(0) {
@@ -347,7 +347,10 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
             let fwd = unsafe { (*sc).fwd };
             report_flow(ctx, fwd, envs, rule, dir, len, slot, checked);
         }
-    } else if v != verdict::ALLOW && v != verdict::REPLY && v != verdict::RELATED {
+    } else if v != verdict::ALLOW && v != verdict::REPLY {
+        // Everything but plain allowed packets and replies is reported:
+        // a `related` ICMP error (path MTU, unreachable) is reported as
+        // itself, under the forward flow's rule.
         report(ctx, &j, dir, len, slot, checked);
     }
     if v == verdict::DROP {

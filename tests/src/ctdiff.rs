@@ -155,7 +155,7 @@ fn build(rng: &mut Rng, src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
 
 /// The IP packet (no Ethernet) an ICMP error quotes: the header and the
 /// first 8 bytes of `l4`.
-fn quoted_ip(src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
+pub fn quoted_ip(src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
     let head = &l4[..l4.len().min(8)];
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => frame::ipv4(s.octets(), d.octets(), p, &[], 0, head),
@@ -172,7 +172,9 @@ fn quoted_ip(src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
     }
 }
 
-fn icmp_error(v6: bool, kind: usize, quoted: &[u8]) -> Vec<u8> {
+/// An ICMP (`v6`: ICMPv6) error of `kind` (0: fragmentation needed /
+/// packet too big, 1: time exceeded, 2: unreachable) quoting `quoted`.
+pub fn icmp_error(v6: bool, kind: usize, quoted: &[u8]) -> Vec<u8> {
     let (t, c) = match (v6, kind % 3) {
         (false, 0) => (3, 4), // fragmentation needed
         (false, 1) => (11, 0),

@@ -190,3 +190,60 @@ fn a_reload_that_forbids_a_flow_ends_it() {
         ACTION_SHOT
     );
 }
+
+/// A router in production tells a test client its packet of a tracked
+/// flow was too big: the error passes as `related` (production -> test is
+/// dropped otherwise), is reported as itself under the forward flow's
+/// rule (what `envfence flows --verdict related` lists), and an error
+/// quoting a packet of no tracked flow is dropped and reported as such.
+#[test]
+fn related_errors_pass_and_are_reported() {
+    use envfence_tests::ctdiff::{icmp_error, quoted_ip};
+    root();
+    let mut h = harness();
+    let (t, p, router) = (v4([10, 30, 0, 5]), v4([10, 10, 0, 53]), v4([10, 10, 9, 1]));
+    let (test, prod) = (
+        h.policy.env_id("test").expect("test"),
+        h.policy.env_id("production").expect("production"),
+    );
+    let syn = tcp(40000, 53, 0x02);
+    let r = h
+        .run_tagged(Hook::Ingress, &frame::ip_frame(t, p, 6, &syn), 0)
+        .expect("run");
+    assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod)));
+    let too_big = icmp_error(false, 0, &quoted_ip(t, p, 6, &syn));
+    let r = h
+        .run_tagged(Hook::Ingress, &frame::ip_frame(router, t, 1, &too_big), 0)
+        .expect("run");
+    assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::RELATED, prod, test)));
+    let stranger = icmp_error(false, 0, &quoted_ip(t, p, 6, &tcp(40001, 53, 0x02)));
+    let r = h
+        .run_tagged(Hook::Ingress, &frame::ip_frame(router, t, 1, &stranger), 0)
+        .expect("run");
+    assert_eq!(r, (ACTION_SHOT, tag::judged(verdict::DROP, prod, test)));
+    let events = h.events().expect("events");
+    let related: Vec<_> = events.iter().filter(|e| e.verdict == "related").collect();
+    assert_eq!(related.len(), 1, "{events:#?}");
+    let e = related[0];
+    assert_eq!(
+        (e.src, e.dst, e.proto.as_str(), e.sport, e.dport),
+        (router, t, "icmp", 3, 4),
+        "{e:#?}"
+    );
+    assert_eq!(
+        (e.src_env.as_str(), e.dst_env.as_str()),
+        ("production", "test")
+    );
+    let forward_rule = h.policy.decide_flow(t, p, 6, Some(53)).rule;
+    assert_eq!(e.rule, h.policy.rule_name(forward_rule), "{e:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.verdict == "drop" && e.src == router),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.verdict == "reply"),
+        "replies of plain allowed flows add no events: {events:#?}"
+    );
+}

@@ -12,14 +12,14 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{events::EventRecord, policy::Verdict};
+use crate::events::EventRecord;
 
 /// A filter or query value that is not valid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
     #[error("ip {0:?}: not an IP address or CIDR (e.g. 10.30.1.2 or 10.30.0.0/16)")]
     Ip(String),
-    #[error("verdict {0:?}: expected allow, log, audit or drop")]
+    #[error("verdict {0:?}: expected allow, log, audit, drop, spoofed, reply or related")]
     Verdict(String),
     #[error("port {0:?}: expected a number 0-65535")]
     Port(String),
@@ -43,7 +43,7 @@ pub struct FlowQuery {
     /// Destination environment names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_env: Option<String>,
-    /// Verdicts (allow, log, audit, drop).
+    /// Verdicts (allow, log, audit, drop, spoofed, reply, related).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
     /// An address or CIDR, matched against either side.
@@ -210,13 +210,22 @@ pub struct FlowFilter {
     pub last: Option<usize>,
 }
 
+/// Whether `name` is a verdict the datapath counts or reports: the
+/// policy's four, `spoofed` (the source check) and `reply` / `related`
+/// (connection tracking).
+pub fn is_verdict_name(name: &str) -> bool {
+    (0..envfence_ebpf::NUM_VERDICTS)
+        .any(|v| u8::try_from(v).is_ok_and(|v| envfence_ebpf::verdict::name(v) == name))
+}
+
 impl FlowFilter {
     /// Checks a query; relative times are taken from `now`.
     pub fn from_query(q: &FlowQuery, now: SystemTime) -> Result<Self, QueryError> {
         let verdicts = list(&q.verdict);
         for v in &verdicts {
-            v.parse::<Verdict>()
-                .map_err(|_| QueryError::Verdict(v.clone()))?;
+            if !is_verdict_name(v) {
+                return Err(QueryError::Verdict(v.clone()));
+            }
         }
         let port = q
             .port
@@ -652,6 +661,48 @@ mod tests {
             packets,
             bytes: packets * 100,
             source_check: None,
+        }
+    }
+
+    #[test]
+    fn every_datapath_verdict_filters_and_nothing_else() {
+        let now = humantime::parse_rfc3339("2026-11-23T02:20:00Z").unwrap();
+        let rs = [
+            record(
+                "2026-11-23T02:10:00.000Z",
+                "10.10.9.1",
+                "10.30.1.2",
+                "related",
+                1,
+            ),
+            record(
+                "2026-11-23T02:11:00.000Z",
+                "10.30.1.2",
+                "10.10.1.2",
+                "spoofed",
+                1,
+            ),
+        ];
+        for (v, n) in [("related", 1), ("spoofed", 1), ("reply", 0), ("drop", 0)] {
+            let q = FlowQuery {
+                verdict: Some(v.into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                FlowFilter::from_query(&q, now).unwrap().apply(&rs).len(),
+                n,
+                "{v}"
+            );
+        }
+        for bad in ["unknown", "Drop", "replies"] {
+            let q = FlowQuery {
+                verdict: Some(bad.into()),
+                ..Default::default()
+            };
+            assert_eq!(
+                FlowFilter::from_query(&q, now).err(),
+                Some(QueryError::Verdict(bad.into()))
+            );
         }
     }
 

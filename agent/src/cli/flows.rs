@@ -15,10 +15,12 @@ use super::table::{self, Align, Cell, Color, FlowsOutput, Style, Table};
 use crate::{
     api::{
         client::{Client, ClientError, DEFAULT_SOCKET},
-        types::{format_time, parse_time, FlowFilter, FlowQuery, FlowsReply, Lagged},
+        types::{
+            format_time, is_verdict_name, parse_time, FlowFilter, FlowQuery, FlowsReply, Lagged,
+            QueryError,
+        },
     },
     events::EventRecord,
-    policy::Verdict,
 };
 
 /// The filters shared by `flows` and `top`.
@@ -30,7 +32,8 @@ pub struct FilterArgs {
     /// Destination environment(s), comma-separated.
     #[arg(long, value_name = "ENV[,ENV]")]
     pub to_env: Option<String>,
-    /// Verdict(s): allow, log, audit, drop (comma-separated).
+    /// Verdict(s): allow, log, audit, drop, spoofed, reply, related
+    /// (comma-separated).
     #[arg(long, value_name = "VERDICT[,VERDICT]", value_parser = parse_verdicts)]
     pub verdict: Option<String>,
     /// An address or CIDR, on either side of the flow.
@@ -56,7 +59,9 @@ pub struct FilterArgs {
 
 fn parse_verdicts(s: &str) -> Result<String, String> {
     for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-        v.parse::<Verdict>().map_err(|e| e.to_string())?;
+        if !is_verdict_name(v) {
+            return Err(QueryError::Verdict(v.to_owned()).to_string());
+        }
     }
     Ok(s.to_owned())
 }
