@@ -403,34 +403,43 @@ fn parse_pcapng(bytes: &[u8]) -> Result<Capture> {
     })
 }
 
+/// The microsecond, little-endian classic pcap format.
+pub const PCAP_US: Format = Format::Pcap {
+    nanos: false,
+    big_endian: false,
+    modified: false,
+};
+
+/// A capture of Ethernet frames (each with an optional pcapng comment),
+/// one millisecond apart from 2023-11-14T22:13:20Z: the corpus' files.
+pub fn ethernet_capture(format: Format, frames: Vec<(Vec<u8>, Option<String>)>) -> Capture {
+    let packets = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, (f, comment))| {
+            let ms = i as u64;
+            let mut p = Packet::ethernet(
+                1_700_000_000 + ms / 1000,
+                ((ms % 1000) * 1_000_000) as u32,
+                f,
+            );
+            p.comment = comment;
+            p
+        })
+        .collect();
+    Capture {
+        format,
+        linktype: LINKTYPE_ETHERNET,
+        fcs_len: None,
+        packets,
+    }
+}
+
 /// Writes Ethernet `frames` as a little-endian microsecond pcap, one
 /// millisecond apart (the corpus' format).
 pub fn write_ethernet(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
-    let packets = frames
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let ms = i as u64;
-            Packet::ethernet(
-                1_700_000_000 + ms / 1000,
-                ((ms % 1000) * 1_000_000) as u32,
-                f.clone(),
-            )
-        })
-        .collect();
-    write(
-        path,
-        &Capture {
-            format: Format::Pcap {
-                nanos: false,
-                big_endian: false,
-                modified: false,
-            },
-            linktype: LINKTYPE_ETHERNET,
-            fcs_len: None,
-            packets,
-        },
-    )
+    let frames = frames.iter().map(|f| (f.clone(), None)).collect();
+    write(path, &ethernet_capture(PCAP_US, frames))
 }
 
 /// Writes `cap` to `path` (see [`encode`]).

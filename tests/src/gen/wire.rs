@@ -943,15 +943,13 @@ pub fn ipv6_ext_scenario(lab: &Lab) -> Result<Scenario> {
             let data = format!("ext {n_ext}").into_bytes();
             let mut ip = v6(t6, p6, udp_l4(sport, dport, &data));
             ip.ext = (0..n_ext)
-                .map(|k| ExtSpec {
-                    kind: if k == 0 {
+                .map(|k| {
+                    let kind = if k == 0 {
                         ipproto::HOPOPTS
                     } else {
                         ipproto::DSTOPTS
-                    },
-                    units: 0,
-                    frag: 0,
-                    fill: 0,
+                    };
+                    ExtSpec::new(kind, 0, 0, 0)
                 })
                 .collect();
             let mut packet = ip.build();
