@@ -912,12 +912,7 @@ fn tunnel_shapes() -> Vec<(&'static str, TunnelFn)> {
         ),
         (
             "gre ipv6",
-            Box::new(|o, i| {
-                outer4(
-                    o,
-                    gre(0, ethertype::IPV6, Inner::Ip6(Box::new(inner6(i)))),
-                )
-            }),
+            Box::new(|o, i| outer4(o, gre(0, ethertype::IPV6, Inner::Ip6(Box::new(inner6(i)))))),
         ),
         (
             "gre with checksum, key, sequence",
