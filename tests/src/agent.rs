@@ -226,6 +226,23 @@ impl Agent {
         Ok(prom::metric_value(&self.metrics()?, name, labels).unwrap_or(0.0))
     }
 
+    /// `envfence_datapath_total{kind}` (0 when the series does not exist).
+    pub fn datapath_stat(&self, kind: &str) -> Result<f64> {
+        self.metric("envfence_datapath_total", &[("kind", kind)])
+    }
+
+    /// `envfence_packets_total{src_env, dst_env, verdict}`.
+    pub fn packets(&self, src_env: &str, dst_env: &str, verdict: &str) -> Result<f64> {
+        self.metric(
+            "envfence_packets_total",
+            &[
+                ("src_env", src_env),
+                ("dst_env", dst_env),
+                ("verdict", verdict),
+            ],
+        )
+    }
+
     /// SIGTERM and wait (up to `grace`, then SIGKILL). Returns the exit
     /// status; fails if it had to be killed.
     pub fn stop(&self, grace: Duration) -> Result<ExitStatus> {

@@ -41,7 +41,17 @@ pub mod ethertype {
     pub const ARP: u16 = 0x0806;
     pub const LLDP: u16 = 0x88cc;
     pub const MPLS: u16 = 0x8847;
+    pub const MPLS_MULTICAST: u16 = 0x8848;
+    pub const PPPOE_DISCOVERY: u16 = 0x8863;
+    pub const PPPOE_SESSION: u16 = 0x8864;
     pub const PPP: u16 = 0x880b;
+}
+
+/// PPP protocol numbers a PPPoE session carries.
+pub mod ppp {
+    pub const IPV4: u16 = 0x0021;
+    pub const IPV6: u16 = 0x0057;
+    pub const LCP: u16 = 0xc021;
 }
 
 /// IP protocol numbers: the datapath's (ABI crate), plus "no next header".
@@ -192,11 +202,56 @@ pub struct FrameSpec {
 pub enum L3Spec {
     V4(Box<Ip4Spec>),
     V6(Box<Ip6Spec>),
+    /// An MPLS label stack (EtherType 0x8847, or 0x8848 multicast).
+    Mpls(Box<MplsSpec>),
+    /// A PPPoE frame (0x8864 session, 0x8863 discovery).
+    Pppoe(Box<PppoeSpec>),
     /// Any other EtherType with raw bytes (ARP, LLDP, an 802.3 length ...).
     Other {
         ethertype: u16,
         bytes: Vec<u8>,
     },
+}
+
+/// An MPLS label stack and what it carries (no type field: the payload's
+/// first nibble tells IPv4 from IPv6).
+#[derive(Clone, Debug)]
+pub struct MplsSpec {
+    /// EtherType 0x8848 instead of 0x8847.
+    pub multicast: bool,
+    /// The 20-bit labels, outermost first.
+    pub labels: Vec<u32>,
+    /// Set the bottom-of-stack bit on the last label (false: on none).
+    pub bos: bool,
+    pub payload: Inner,
+}
+
+/// A PPPoE frame: version/type, code, session id, the PPP protocol field
+/// (1 or 2 bytes, as written) and what follows; the length field covers
+/// the protocol and the payload.
+#[derive(Clone, Debug)]
+pub struct PppoeSpec {
+    /// EtherType 0x8863 (discovery) instead of 0x8864 (session).
+    pub discovery: bool,
+    pub ver_type: u8,
+    pub code: u8,
+    pub session: u16,
+    pub protocol: Vec<u8>,
+    pub payload: Inner,
+}
+
+impl PppoeSpec {
+    /// A session frame carrying `payload` as PPP protocol `protocol`.
+    pub fn session(protocol: u16, payload: Inner) -> PppoeSpec {
+        PppoeSpec {
+            discovery: false,
+            ver_type: 0x11,
+            code: 0,
+            session: 0x0007,
+            protocol: protocol.to_be_bytes().to_vec(),
+            payload,
+        }
+    }
 }
 
 /// An IPv4 packet.
@@ -244,6 +299,51 @@ pub struct ExtSpec {
     /// Fragment header: offset (in 8-byte units) << 3 | M flag.
     pub frag: u16,
     pub fill: u8,
+    /// What follows the header's first two bytes, instead of what `kind`,
+    /// `units` and `fill` make (the length field follows it).
+    pub body: Option<Vec<u8>>,
+}
+
+impl ExtSpec {
+    /// A header of `kind` with `units` and `fill` (see the fields).
+    pub fn new(kind: u8, units: u8, frag: u16, fill: u8) -> ExtSpec {
+        ExtSpec {
+            kind,
+            units,
+            frag,
+            fill,
+            body: None,
+        }
+    }
+
+    /// A routing header of type `rtype` with `left` segments left and
+    /// `addrs` (type 0: the hops, the last one final; type 4, segment
+    /// routing: segment list\[0\] first, the final one, and the last entry
+    /// field set to `addrs.len() - 1`).
+    pub fn routing(rtype: u8, left: u8, addrs: &[[u8; 16]]) -> ExtSpec {
+        let mut body = vec![rtype, left];
+        let last = u8::try_from(addrs.len().saturating_sub(1)).unwrap_or(u8::MAX);
+        body.extend(if rtype == 4 { [last, 0, 0, 0] } else { [0; 4] });
+        for a in addrs {
+            body.extend(a);
+        }
+        ExtSpec {
+            body: Some(body),
+            ..ExtSpec::new(ipproto::ROUTING, 0, 0, 0)
+        }
+    }
+
+    /// A hop-by-hop header opening with an RFC 2675 Jumbo Payload option
+    /// of `len` (the 4n+2 alignment puts it right after the two header
+    /// bytes, where Linux writes it).
+    pub fn jumbo(len: u32) -> ExtSpec {
+        let mut body = vec![0xc2, 4];
+        body.extend(len.to_be_bytes());
+        ExtSpec {
+            body: Some(body),
+            ..ExtSpec::new(ipproto::HOPOPTS, 0, 0, 0)
+        }
+    }
 }
 
 /// What an IP packet carries.
@@ -262,6 +362,11 @@ pub enum L4Spec {
         len: LenField,
     },
     Sctp {
+        sport: u16,
+        dport: u16,
+    },
+    /// DCCP (RFC 4340): a generic header with 48-bit sequence numbers.
+    Dccp {
         sport: u16,
         dport: u16,
     },
@@ -290,6 +395,13 @@ pub enum UdpBody {
     Vxlan {
         flags: u8,
         vni: u32,
+        inner: Inner,
+    },
+    /// VXLAN-GPE (RFC draft): flags (0x0c: I and P), next protocol (1
+    /// IPv4, 2 IPv6, 3 Ethernet, 4 NSH) and what follows.
+    Gpe {
+        flags: u8,
+        next: u8,
         inner: Inner,
     },
     /// Geneve with `opt_words` 4-byte words of options, protocol type and
@@ -374,6 +486,8 @@ impl FrameSpec {
         let (ethertype, body) = match &self.l3 {
             L3Spec::V4(ip) => (ethertype::IPV4, ip.built()),
             L3Spec::V6(ip) => (ethertype::IPV6, ip.built()),
+            L3Spec::Mpls(m) => m.built(),
+            L3Spec::Pppoe(p) => p.built(),
             L3Spec::Other { ethertype, bytes } => (*ethertype, Built::new(bytes.clone())),
         };
         let mut b = body;
@@ -394,6 +508,43 @@ impl FrameSpec {
             b.bytes.resize(self.pad_to, 0);
         }
         b
+    }
+}
+
+impl MplsSpec {
+    /// The EtherType and the label stack with its payload.
+    fn built(&self) -> (u16, Built) {
+        let mut b = self.payload.built();
+        let n = self.labels.len();
+        for (i, label) in self.labels.iter().enumerate().rev() {
+            let bos = u32::from(self.bos && i + 1 == n);
+            let entry = (label & 0xf_ffff) << 12 | bos << 8 | 64;
+            b = b.prepend(&entry.to_be_bytes());
+        }
+        let et = if self.multicast {
+            ethertype::MPLS_MULTICAST
+        } else {
+            ethertype::MPLS
+        };
+        (et, b)
+    }
+}
+
+impl PppoeSpec {
+    /// The EtherType and the PPPoE header with its payload.
+    fn built(&self) -> (u16, Built) {
+        let mut b = self.payload.built().prepend(&self.protocol);
+        let len = u16::try_from(b.bytes.len()).unwrap_or(u16::MAX);
+        let mut h = vec![self.ver_type, self.code];
+        h.extend(self.session.to_be_bytes());
+        h.extend(len.to_be_bytes());
+        b = b.prepend(&h);
+        let et = if self.discovery {
+            ethertype::PPPOE_DISCOVERY
+        } else {
+            ethertype::PPPOE_SESSION
+        };
+        (et, b)
     }
 }
 
@@ -473,6 +624,29 @@ impl Ip6Spec {
 impl ExtSpec {
     /// The header's bytes, with `next` as its next header.
     fn bytes(&self, next: u8) -> Vec<u8> {
+        if let Some(body) = &self.body {
+            let mut h = vec![next, 0];
+            h.extend(body);
+            if self.kind == ipproto::AH {
+                while !h.len().is_multiple_of(4) {
+                    h.push(0);
+                }
+                h[1] = u8::try_from(h.len() / 4).unwrap_or(2).saturating_sub(2);
+            } else {
+                // PadN (or Pad1) to a multiple of 8.
+                let pad = (8 - h.len() % 8) % 8;
+                match pad {
+                    0 => {}
+                    1 => h.push(0),
+                    n => {
+                        h.extend([1, (n - 2) as u8]);
+                        h.extend(std::iter::repeat_n(0, n - 2));
+                    }
+                }
+                h[1] = u8::try_from(h.len() / 8 - 1).unwrap_or(u8::MAX);
+            }
+            return h;
+        }
         match self.kind {
             ipproto::FRAGMENT => {
                 let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
@@ -543,6 +717,7 @@ impl L4Spec {
             L4Spec::Tcp { .. } => ipproto::TCP,
             L4Spec::Udp { .. } => ipproto::UDP,
             L4Spec::Sctp { .. } => ipproto::SCTP,
+            L4Spec::Dccp { .. } => ipproto::DCCP,
             L4Spec::Icmp { v6: false, .. } => ipproto::ICMP,
             L4Spec::Icmp { v6: true, .. } => ipproto::ICMPV6,
             L4Spec::Ip4(_) => ipproto::IPIP,
@@ -589,6 +764,16 @@ impl L4Spec {
                 ])
                 .prepend(&h)
             }
+            L4Spec::Dccp { sport, dport } => {
+                let mut h = vec![0u8; 16];
+                h[0..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[4] = 5; // data offset: 5 words (a request's service code)
+                h[8] = 1; // type 0 (request), X = 1: 48-bit sequence numbers
+                h[10..16].copy_from_slice(&[0, 0, 0, 0, 0x12, 0x34]);
+                // A request's service code.
+                Built::new(vec![0, 0, 0, 0x35]).prepend(&h)
+            }
             L4Spec::Icmp { ty, code, .. } => Built::new(vec![
                 *ty, *code, 0, 0, 0x12, 0x34, 0, 1, 0x61, 0x62, 0x63, 0x64,
             ]),
@@ -608,6 +793,9 @@ impl UdpBody {
                 let mut h = vec![*flags, 0, 0, 0, 0, 0, 0, 0];
                 h[4..7].copy_from_slice(&vni.to_be_bytes()[1..4]);
                 inner.built().prepend(&h)
+            }
+            UdpBody::Gpe { flags, next, inner } => {
+                inner.built().prepend(&[*flags, 0, 0, *next, 0, 0, 0x2a, 0])
             }
             UdpBody::Geneve {
                 opt_words,
@@ -1038,12 +1226,7 @@ impl Gen {
                 let units = ((target - (l3_off + 40)) / 8).saturating_sub(1);
                 ip.ext.insert(
                     0,
-                    ExtSpec {
-                        kind: ipproto::DSTOPTS,
-                        units: units.min(255) as u8,
-                        frag: 0,
-                        fill: 0,
-                    },
+                    ExtSpec::new(ipproto::DSTOPTS, units.min(255) as u8, 0, 0),
                 );
             }
         }
@@ -1085,11 +1268,11 @@ impl Gen {
     }
 
     /// IPv4 / IPv6 / other bytes for a link layer without a type field.
-    fn ip_bytes(&mut self, depth: u32) -> Vec<u8> {
+    fn ip_inner(&mut self, depth: u32) -> Inner {
         match self.rng.weighted(&[(45, 4u8), (45, 6), (10, 0)]) {
-            4 => self.ip4(depth).build(),
-            6 => self.ip6(depth).build(),
-            _ => self.rng.bytes_below(40),
+            4 => Inner::Ip4(Box::new(self.ip4(depth))),
+            6 => Inner::Ip6(Box::new(self.ip6(depth))),
+            _ => Inner::Raw(self.rng.bytes_below(40)),
         }
     }
 
@@ -1097,17 +1280,26 @@ impl Gen {
     /// last) and what it carries.
     fn mpls(&mut self, depth: u32) -> L3Spec {
         let r = &mut self.rng;
-        let ethertype = if r.chance(80) { 0x8847 } else { 0x8848 };
-        let n = r.range(1, 8);
-        let no_bos = r.chance(5);
-        let mut bytes = Vec::new();
-        for i in 0..n {
-            let bos = u32::from(i + 1 == n && !no_bos);
-            let label = (r.u32() & 0xfffff) << 12 | (r.u32() & 7) << 9 | bos << 8 | 64;
-            bytes.extend(label.to_be_bytes());
-        }
-        bytes.extend(self.ip_bytes(depth));
-        L3Spec::Other { ethertype, bytes }
+        let multicast = r.chance(20);
+        let n = r.weighted(&[
+            (30, 1usize),
+            (20, 2),
+            (10, 3),
+            (5, 4),
+            (5, 5),
+            (15, 6),
+            (10, 7),
+            (5, 8),
+        ]);
+        let bos = !r.chance(5);
+        let labels = (0..n).map(|_| r.u32() & 0xf_ffff).collect();
+        let payload = self.ip_inner(depth);
+        L3Spec::Mpls(Box::new(MplsSpec {
+            multicast,
+            labels,
+            bos,
+            payload,
+        }))
     }
 
     /// A PPPoE frame: a session (IPv4, IPv6, compressed, LCP), sometimes
@@ -1117,24 +1309,26 @@ impl Gen {
         let discovery = r.chance(10);
         let ver_type = if r.chance(95) { 0x11 } else { r.u8() };
         let code = if discovery || r.chance(5) { r.u8() } else { 0 };
-        let (ppp, want): (Vec<u8>, u8) = match r.below(6) {
-            0 | 1 => (vec![0x00, 0x21], 4),
-            2 | 3 => (vec![0x00, 0x57], 6),
+        let session = r.u16();
+        let (protocol, want): (Vec<u8>, u8) = match r.below(6) {
+            0 | 1 => (ppp::IPV4.to_be_bytes().to_vec(), 4),
+            2 | 3 => (ppp::IPV6.to_be_bytes().to_vec(), 6),
             4 => (vec![0x21], 4),
-            _ => (vec![0xc0, 0x21], 0),
+            _ => (ppp::LCP.to_be_bytes().to_vec(), 0),
         };
-        let body = match want {
-            4 => self.ip4(depth).build(),
-            6 => self.ip6(depth).build(),
-            _ => self.rng.bytes_below(20),
+        let payload = match want {
+            4 => Inner::Ip4(Box::new(self.ip4(depth))),
+            6 => Inner::Ip6(Box::new(self.ip6(depth))),
+            _ => Inner::Raw(self.rng.bytes_below(20)),
         };
-        let len = u16::try_from(ppp.len() + body.len()).unwrap_or(0);
-        let mut bytes = vec![ver_type, code, 0x00, 0x07];
-        bytes.extend(len.to_be_bytes());
-        bytes.extend(ppp);
-        bytes.extend(body);
-        let ethertype = if discovery { 0x8863 } else { 0x8864 };
-        L3Spec::Other { ethertype, bytes }
+        L3Spec::Pppoe(Box::new(PppoeSpec {
+            discovery,
+            ver_type,
+            code,
+            session,
+            protocol,
+            payload,
+        }))
     }
 
     /// A random IPv4 packet.
@@ -1213,13 +1407,42 @@ impl Gen {
         } else {
             0
         };
-        let ext = (0..n_ext).map(|_| self.ext()).collect();
+        let mut ext: Vec<ExtSpec> = (0..n_ext).map(|_| self.ext()).collect();
+        // An RFC 2675 Jumbo Payload option opening a hop-by-hop header,
+        // usually with the payload length of 0 it goes with (judged when
+        // the skb is GSO; else malformed: no frame here exceeds 65535).
+        let jumbo = self.rng.chance(4);
+        if jumbo {
+            let r = &mut self.rng;
+            let any = r.u32();
+            let len = r.weighted(&[(40, 70_000u32), (20, 65_535), (20, 1000), (20, any)]);
+            ext.insert(0, ExtSpec::jumbo(len));
+        }
         let version = if self.rng.chance(2) {
             self.rng.below(16) as u8
         } else {
             6
         };
-        let payload_len = self.len_field();
+        // A segment-routing or type 0 header whose hop is in the source's
+        // environment and whose final destination may be anywhere.
+        if self.rng.chance(4) {
+            let r = &mut self.rng;
+            let (hop_env, final_env) = (draw_env(r), draw_env(r));
+            let rtype = r.pick(&[0u8, 4]);
+            let hop = addr6(r, hop_env);
+            let last = addr6(r, final_env);
+            let addrs: Vec<[u8; 16]> = if rtype == 4 {
+                vec![last, hop]
+            } else {
+                vec![last]
+            };
+            let pos = r.below(ext.len() + 1);
+            ext.insert(pos, ExtSpec::routing(rtype, 1, &addrs));
+        }
+        let mut payload_len = self.len_field();
+        if jumbo && self.rng.chance(80) {
+            payload_len = LenField::Value(0);
+        }
         let payload = self.l4(depth, true);
         let cut = self.cut();
         Ip6Spec {
@@ -1256,18 +1479,15 @@ impl Gen {
             1 => 1,
             _ => ((r.range(1, 0x1fff) as u16) << 3) | (r.below(2) as u16),
         };
-        ExtSpec {
-            kind,
-            units,
-            frag,
-            fill: r.u8(),
-        }
+        ExtSpec::new(kind, units, frag, r.u8())
     }
 
     fn len_field(&mut self) -> LenField {
         let r = &mut self.rng;
         match r.below(100) {
-            0..=92 => LenField::Exact,
+            // What BIG TCP writes (judged only in a GSO skb, else malformed).
+            0..=1 => LenField::Value(0),
+            2..=92 => LenField::Exact,
             93..=95 => LenField::Delta(r.range(0, 16) as i32 - 8),
             96..=97 => LenField::Delta(-(r.range(1, 60) as i32)),
             _ => LenField::Value(r.u16()),
@@ -1299,9 +1519,14 @@ impl Gen {
             (10, 3),
             (tunnel_weight, 4),
             (6, 5),
+            (4, 6),
         ]);
         let r = &mut self.rng;
         match choice {
+            6 => L4Spec::Dccp {
+                sport: r.u16(),
+                dport: draw_port(r),
+            },
             0 => L4Spec::Tcp {
                 sport: r.u16(),
                 dport: draw_port(r),
@@ -1418,15 +1643,13 @@ impl Gen {
             let r = &mut self.rng;
             let flags = if r.chance(85) { 0x0c } else { r.u8() };
             let next = r.weighted(&[(35, 1u8), (35, 2), (20, 3), (10, 4)]);
-            let mut bytes = vec![flags, 0, 0, next, 0, 0, 0x2a, 0];
             let inner = match next {
-                1 => self.ip4(depth + 1).build(),
-                2 => self.ip6(depth + 1).build(),
-                3 => self.frame_spec(depth + 1).build(),
-                _ => self.rng.bytes_below(30),
+                1 => Inner::Ip4(Box::new(self.ip4(depth + 1))),
+                2 => Inner::Ip6(Box::new(self.ip6(depth + 1))),
+                3 => Inner::Eth(Box::new(self.frame_spec(depth + 1))),
+                _ => Inner::Raw(self.rng.bytes_below(30)),
             };
-            bytes.extend(inner);
-            return UdpBody::Data(bytes);
+            return UdpBody::Gpe { flags, next, inner };
         }
         if dport == VXLAN_PORT || dport == VXLAN_LINUX_PORT {
             let flags = if self.rng.chance(90) {

@@ -55,16 +55,13 @@ fn run_both_phases(
 
 fn datapath(agent: &Agent, kind: &str) -> f64 {
     agent
-        .metric("envfence_datapath_total", &[("kind", kind)])
+        .datapath_stat(kind)
         .unwrap_or_else(|e| panic!("reading /metrics: {e:#}"))
 }
 
 fn packets(agent: &Agent, src: &str, dst: &str, verdict: &str) -> f64 {
     agent
-        .metric(
-            "envfence_packets_total",
-            &[("src_env", src), ("dst_env", dst), ("verdict", verdict)],
-        )
+        .packets(src, dst, verdict)
         .unwrap_or_else(|e| panic!("reading /metrics: {e:#}"))
 }
 

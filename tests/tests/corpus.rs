@@ -5,8 +5,11 @@
 //!
 //! - `shapes-*.pcap`: the catalogue of header shapes
 //!   (`tests/src/gen/catalog.rs`) for several environment pairs, and every
-//!   test -> production frame of it cut at each header boundary. Rewrite
-//!   them after changing the catalogue with
+//!   test -> production frame of it cut at each header boundary;
+//!   `shapes-gso.pcapng`: the shapes that need a GSO skb (BIG TCP's
+//!   lengths of 0), each packet's comment naming its `gso_size`, replayed
+//!   with it set in the `__sk_buff` context. Rewrite them after changing
+//!   the catalogue with
 //!   `ENVFENCE_WRITE_CORPUS=1 cargo test -p envfence-tests --test corpus synthetic`.
 //! - `lab-traffic.pcap`: real traffic captured by tcpdump on the node's
 //!   interfaces of a namespace lab (no agent): ping, TCP, UDP, DNS, VLAN
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::decode;
-use envfence_tests::gen::catalog::catalog;
+use envfence_tests::gen::catalog::{catalog, gso_comment, gso_of_comment};
 use envfence_tests::gen::diff::{self, check_frames, regressions_dir, Engine};
 use envfence_tests::gen::{pcap, wire};
 use envfence_tests::lab::{require_root, Lab, NODE};
@@ -46,7 +49,7 @@ fn pcaps() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus_dir())
         .expect("listing tests/corpus")
         .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .collect();
     files.sort();
     files
@@ -65,14 +68,17 @@ fn corpus_kernel_equals_reference() {
         "shapes-l2.pcap",
         "shapes-ipv4.pcap",
         "shapes-ipv6.pcap",
+        "shapes-headers.pcap",
         "shapes-tunnels.pcap",
         "shapes-truncated.pcap",
+        "shapes-gso.pcapng",
         "lab-traffic.pcap",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }
     let mut reports = Vec::new();
     let mut total = 0;
+    let mut gso_frames = 0;
     for path in &files {
         let cap = pcap::read(path).expect("reading the capture");
         assert_eq!(cap.linktype, pcap::LINKTYPE_ETHERNET, "{}", path.display());
@@ -80,14 +86,19 @@ fn corpus_kernel_equals_reference() {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let frames: Vec<(String, Vec<u8>)> = cap
+        // A packet's comment may name its skb's gso_size (shapes-gso).
+        let frames: Vec<(String, Vec<u8>, u32)> = cap
             .packets
             .iter()
             .enumerate()
             .filter(|(_, p)| p.data.len() <= MAX_REPLAY)
-            .map(|(i, p)| (format!("{name} packet #{}", i + 1), p.data.clone()))
+            .map(|(i, p)| {
+                let gso = gso_of_comment(p.comment.as_deref());
+                (format!("{name} packet #{}", i + 1), p.data.clone(), gso)
+            })
             .collect();
         let big = cap.packets.len() - frames.len();
+        gso_frames += frames.iter().filter(|f| f.2 != 0).count();
         let (mismatches, compared, refused) =
             check_frames(&engine, &frames).expect("replaying the capture");
         eprintln!(
@@ -106,39 +117,57 @@ fn corpus_kernel_equals_reference() {
         }
     }
     assert!(total >= 1000, "only {total} packets compared");
+    assert!(gso_frames >= 100, "only {gso_frames} GSO packets replayed");
     assert!(reports.is_empty(), "{}", reports.join("\n"));
 }
 
-/// The committed `shapes-*.pcap` are exactly what the catalogue builds (so
-/// every catalogued shape is replayed); `ENVFENCE_WRITE_CORPUS=1` rewrites
-/// them.
+/// The committed `shapes-*` captures are exactly what the catalogue builds
+/// (so every catalogued shape is replayed, GSO ones with their
+/// `gso_size`); `ENVFENCE_WRITE_CORPUS=1` rewrites them.
 #[test]
 fn synthetic_pcaps_are_the_catalogue() {
     let write = std::env::var("ENVFENCE_WRITE_CORPUS").is_ok_and(|v| v == "1");
-    for (stem, named) in catalog() {
-        let path = corpus_dir().join(format!("{stem}.pcap"));
-        let frames: Vec<Vec<u8>> = named.iter().map(|n| n.frame.clone()).collect();
+    for (file, named) in catalog() {
+        let path = corpus_dir().join(file);
+        let ng = file.ends_with(".pcapng");
+        assert!(
+            ng || named.iter().all(|n| n.gso_size == 0),
+            "{file}: GSO shapes need a pcapng (the gso_size is a packet comment)"
+        );
         if write {
-            pcap::write_ethernet(&path, &frames).expect("writing the corpus");
-            eprintln!("wrote {} ({} frames)", path.display(), frames.len());
+            let frames = named
+                .iter()
+                .map(|n| {
+                    (
+                        n.frame.clone(),
+                        ng.then(|| gso_comment(n.gso_size, &n.name)),
+                    )
+                })
+                .collect();
+            let format = if ng {
+                pcap::Format::PcapNg
+            } else {
+                pcap::PCAP_US
+            };
+            let cap = pcap::ethernet_capture(format, frames);
+            pcap::write(&path, &cap).expect("writing the corpus");
+            eprintln!("wrote {} ({} frames)", path.display(), named.len());
             continue;
         }
         let cap = pcap::read(&path).expect("reading the corpus");
-        let got: Vec<Vec<u8>> = cap.packets.into_iter().map(|p| p.data).collect();
         assert_eq!(
-            got.len(),
-            frames.len(),
+            cap.packets.len(),
+            named.len(),
             "{}: stale (ENVFENCE_WRITE_CORPUS=1 rewrites it)",
             path.display()
         );
-        for (i, (g, want)) in got.iter().zip(&frames).enumerate() {
-            assert_eq!(
-                g,
-                want,
+        for (i, (p, want)) in cap.packets.iter().zip(&named).enumerate() {
+            assert!(
+                p.data == want.frame && gso_of_comment(p.comment.as_deref()) == want.gso_size,
                 "{} frame {} ({}) differs from the catalogue (ENVFENCE_WRITE_CORPUS=1 rewrites it)",
                 path.display(),
                 i + 1,
-                named[i].name
+                want.name
             );
         }
     }

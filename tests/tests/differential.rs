@@ -71,9 +71,9 @@ fn regression_cases_kernel_equals_reference() {
     let engine = Engine::new().expect("loading the datapath");
     let cases = load_regressions(&regressions_dir()).expect("reading the regression cases");
     let mut failures = Vec::new();
-    for (path, frame) in &cases {
+    for (path, frame, gso_size) in &cases {
         for foreign_iif in [false, true] {
-            match engine.check(frame, true, foreign_iif) {
+            match engine.check_gso(frame, true, foreign_iif, *gso_size) {
                 Ok(Checked::Agreed(_)) | Ok(Checked::Refused) => {}
                 Ok(Checked::Mismatched(ms)) => {
                     for mut m in ms {
@@ -165,8 +165,20 @@ fn engine_reports_a_disagreement() {
     let dir = std::env::temp_dir().join(format!("ef-regress-{}", std::process::id()));
     let path = ms[0].save(&dir, &engine.audit.policy).expect("save");
     let loaded = load_regressions(&dir).expect("load");
+    assert_eq!(loaded, vec![(path, f.clone(), 0)]);
+    // A GSO case keeps its gso_size through the file.
+    let mut gso_case = ms[0].clone();
+    gso_case.gso_size = 1448;
+    gso_case.frame.push(0);
+    let path = gso_case.save(&dir, &engine.audit.policy).expect("save");
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert!(text.contains("# gso_size=1448"), "{text}");
+    let loaded = load_regressions(&dir).expect("load");
+    assert!(
+        loaded.contains(&(path, gso_case.frame.clone(), 1448)),
+        "{loaded:?}"
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
-    assert_eq!(loaded, vec![(path, f.clone())]);
     // The reference itself agrees with the honest kernel.
     let o = reference::classify(&f, &engine.audit.policy);
     assert_eq!(

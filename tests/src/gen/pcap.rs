@@ -1,146 +1,883 @@
-//! Classic pcap files (what `tcpdump -w` writes): enough to write the
-//! corpus and to read it back, microsecond and nanosecond timestamps, both
-//! byte orders.
+//! Capture files, read and written with the `pcap-parser` crate: classic
+//! pcap (what `tcpdump -w` writes: microsecond or nanosecond timestamps,
+//! either byte order, the "modified" variant) and pcapng (sections of
+//! either byte order, several interfaces, `if_tsresol` / `if_tsoffset`,
+//! enhanced and simple packet blocks, packet comments).
+//!
+//! What this module adds to the crate's parsers, which hand out the raw
+//! fields: timestamps turned into seconds and nanoseconds without overflow
+//! (a fraction at or past one second, which some writers produce, is
+//! carried into the seconds), the link type taken from the low 16 bits of
+//! the pcap header's field (the bits above carry the FCS length and are
+//! returned apart), and an error naming the packet and byte offset where a
+//! file is cut short, never a panic.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use pcap_parser::nom;
+use pcap_parser::pcapng::{
+    parse_block_be, parse_block_le, Block, EnhancedPacketBlock, InterfaceDescriptionBlock,
+    SectionHeaderBlock, BOM_MAGIC, SHB_MAGIC,
+};
+use pcap_parser::{
+    parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
+    LegacyPcapBlock, Linktype, OptionCode, PcapHeader, PcapNGOption, ToVec,
+};
 
 /// LINKTYPE_ETHERNET.
 pub const LINKTYPE_ETHERNET: u32 = 1;
+/// Bit 26 of a pcap header's link-type field: the FCS length (bits 28-31)
+/// is present.
+const FCS_PRESENT: u32 = 0x0400_0000;
 const MAGIC_US: u32 = 0xa1b2_c3d4;
 const MAGIC_NS: u32 = 0xa1b2_3c4d;
+const MAGIC_MODIFIED: u32 = 0xa1b2_cd34;
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
+/// What a capture file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Classic pcap: nanosecond or microsecond timestamps, byte order, the
+    /// "modified" (Kuznetsov) record header.
+    Pcap {
+        nanos: bool,
+        big_endian: bool,
+        modified: bool,
+    },
+    /// pcapng.
+    PcapNg,
+}
 
 /// One captured packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
-    /// Seconds and sub-second nanoseconds.
-    pub ts_sec: u32,
+    /// Seconds since 1970 and the sub-second nanoseconds (< 10^9).
+    pub ts_sec: u64,
     pub ts_nsec: u32,
     /// Length on the wire (may exceed `data.len()` when the capture was
     /// cut by the snap length).
     pub orig_len: u32,
+    /// The link type of the packet's interface (low 16 bits).
+    pub linktype: u32,
     pub data: Vec<u8>,
+    /// pcapng's `opt_comment` (the first one).
+    pub comment: Option<String>,
 }
 
-/// A pcap file's link type and packets.
+impl Packet {
+    /// An Ethernet packet captured at `ts_sec` + `ts_nsec`.
+    pub fn ethernet(ts_sec: u64, ts_nsec: u32, data: Vec<u8>) -> Packet {
+        Packet {
+            ts_sec,
+            ts_nsec,
+            orig_len: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            linktype: LINKTYPE_ETHERNET,
+            data,
+            comment: None,
+        }
+    }
+}
+
+/// A capture file's format, link type and packets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capture {
+    pub format: Format,
+    /// The link type (low 16 bits of the field; pcapng: the first
+    /// interface's).
     pub linktype: u32,
+    /// The FCS length in bytes the pcap header's link-type field announces
+    /// (bits 28-31, in 16-bit words, when bit 26 is set); pcapng: None
+    /// (not read, not written).
+    pub fcs_len: Option<u8>,
     pub packets: Vec<Packet>,
 }
 
-/// Writes Ethernet `frames` as a microsecond pcap, one millisecond apart.
-pub fn write_ethernet(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC_US.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&0i32.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&LINKTYPE_ETHERNET.to_le_bytes());
-    for (i, f) in frames.iter().enumerate() {
-        let ts = 1_700_000_000u64 * 1_000_000 + i as u64 * 1000;
-        out.extend_from_slice(&((ts / 1_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((ts % 1_000_000) as u32).to_le_bytes());
-        let len = u32::try_from(f.len()).context("frame too long")?;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(f);
-    }
-    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+/// What can go wrong with a capture file.
+#[derive(Debug, thiserror::Error)]
+pub enum PcapError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<PcapError>,
+    },
+    #[error("not a capture file (magic {0:#010x} is neither pcap nor pcapng)")]
+    NotACapture(u32),
+    #[error("truncated capture: the file ends inside {what} (at byte {offset}; {missing} more bytes wanted)")]
+    Truncated {
+        what: String,
+        offset: usize,
+        missing: usize,
+    },
+    #[error("invalid capture: {what} at byte {offset}: {why}")]
+    Invalid {
+        what: String,
+        offset: usize,
+        why: String,
+    },
+    #[error("cannot write the capture: {0}")]
+    Write(String),
 }
 
-/// Reads a pcap file.
+type Result<T> = std::result::Result<T, PcapError>;
+
+/// Reads a pcap or pcapng file.
 pub fn read(path: &Path) -> Result<Capture> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&bytes).with_context(|| format!("parsing {}", path.display()))
+    let bytes = std::fs::read(path).map_err(|source| PcapError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&bytes).map_err(|e| PcapError::File {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
-/// Parses the bytes of a pcap file.
+/// Parses the bytes of a pcap or pcapng file.
 pub fn parse(bytes: &[u8]) -> Result<Capture> {
-    ensure!(bytes.len() >= 24, "shorter than a pcap header");
-    let magic_le = u32::from_le_bytes(bytes[0..4].try_into()?);
-    let magic_be = u32::from_be_bytes(bytes[0..4].try_into()?);
-    let (le, nanos) = match (magic_le, magic_be) {
-        (MAGIC_US, _) => (true, false),
-        (MAGIC_NS, _) => (true, true),
-        (_, MAGIC_US) => (false, false),
-        (_, MAGIC_NS) => (false, true),
-        _ => bail!("not a pcap file (magic {magic_le:#010x}; pcapng is not read)"),
+    let Some(magic) = bytes.get(..4) else {
+        return Err(PcapError::Truncated {
+            what: "the file header".into(),
+            offset: 0,
+            missing: 4 - bytes.len(),
+        });
     };
-    let u32_at = |off: usize| -> Result<u32> {
-        let b: [u8; 4] = bytes
-            .get(off..off + 4)
-            .context("truncated pcap")?
-            .try_into()?;
-        Ok(if le {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        })
-    };
-    let linktype = u32_at(20)? & 0x0fff_ffff;
-    let mut packets = Vec::new();
-    let mut off = 24;
-    while off < bytes.len() {
-        let ts_sec = u32_at(off)?;
-        let frac = u32_at(off + 4)?;
-        let incl = u32_at(off + 8)? as usize;
-        let orig_len = u32_at(off + 12)?;
-        off += 16;
-        let data = bytes
-            .get(off..off + incl)
-            .with_context(|| format!("packet {} truncated", packets.len()))?
-            .to_vec();
-        off += incl;
-        packets.push(Packet {
-            ts_sec,
-            ts_nsec: if nanos { frac } else { frac * 1000 },
-            orig_len,
-            data,
+    if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == SHB_MAGIC {
+        parse_pcapng(bytes)
+    } else {
+        parse_classic(bytes)
+    }
+}
+
+/// How many more bytes a nom `Incomplete` wants.
+fn missing(n: nom::Needed) -> usize {
+    match n {
+        nom::Needed::Size(n) => n.get(),
+        nom::Needed::Unknown => 1,
+    }
+}
+
+/// The result of one nom parser at `offset` of a file of `len` bytes, as
+/// this module's errors.
+fn step<'a, T>(
+    parsed: nom::IResult<&'a [u8], T, pcap_parser::PcapError<&'a [u8]>>,
+    what: impl Fn() -> String,
+    offset: usize,
+    len: usize,
+) -> Result<(&'a [u8], T)> {
+    match parsed {
+        Ok(x) => Ok(x),
+        Err(nom::Err::Incomplete(n)) => Err(PcapError::Truncated {
+            what: what(),
+            offset: len,
+            missing: missing(n),
+        }),
+        Err(e) => Err(PcapError::Invalid {
+            what: what(),
+            offset,
+            why: format!("{e:?}"),
+        }),
+    }
+}
+
+/// Seconds and nanoseconds of `ticks` at `per_sec` ticks a second, after
+/// `sec` seconds; exact, whatever the values (`ticks` >= `per_sec` is
+/// carried into the seconds).
+fn timestamp(sec: u64, ticks: u64, per_sec: u64) -> Option<(u64, u32)> {
+    if per_sec == 0 {
+        return None;
+    }
+    let sec = sec.checked_add(ticks / per_sec)?;
+    let nsec = u128::from(ticks % per_sec) * u128::from(NANOS_PER_SEC) / u128::from(per_sec);
+    Some((sec, u32::try_from(nsec).ok()?))
+}
+
+/// Timestamp units per second of a pcapng `if_tsresol`: 10^n, or 2^n when
+/// the top bit is set. (Not `pcap_parser::build_ts_resolution`, which
+/// refuses every 2^n resolution: it compares the value with the flag bit
+/// still set against 63.)
+fn ticks_per_sec(tsresol: u8) -> Option<u64> {
+    let n = u32::from(tsresol & 0x7f);
+    if tsresol & 0x80 == 0 {
+        10u64.checked_pow(n)
+    } else {
+        1u64.checked_shl(n).filter(|_| n < 64)
+    }
+}
+
+/// A pcapng `if_tsoffset` in the section's byte order (the crate's
+/// `if_tsoffset` field reads it little-endian whatever the section's).
+fn ts_offset(options: &[PcapNGOption], big_endian: bool) -> Option<i64> {
+    let o = options.iter().find(|o| o.code == OptionCode::IfTsoffset)?;
+    let b: [u8; 8] = o.value().get(..8)?.try_into().ok()?;
+    Some(if big_endian {
+        i64::from_be_bytes(b)
+    } else {
+        i64::from_le_bytes(b)
+    })
+}
+
+fn parse_classic(bytes: &[u8]) -> Result<Capture> {
+    let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let known = [MAGIC_US, MAGIC_NS, MAGIC_MODIFIED];
+    if !known.iter().any(|m| *m == magic || m.swap_bytes() == magic) {
+        return Err(PcapError::NotACapture(magic));
+    }
+    if bytes.len() < 24 {
+        return Err(PcapError::Truncated {
+            what: "the pcap file header".into(),
+            offset: 0,
+            missing: 24 - bytes.len(),
         });
     }
-    Ok(Capture { linktype, packets })
+    let (mut rest, h) = parse_pcap_header(bytes).map_err(|_| PcapError::NotACapture(magic))?;
+    let field = h.network.0 as u32;
+    let linktype = field & 0xffff;
+    // The FCS length is written in 16-bit units.
+    let fcs_len = (field & FCS_PRESENT != 0).then_some(((field >> 28) as u8) * 2);
+    let (nanos, big_endian, modified) = (
+        h.is_nanosecond_precision(),
+        h.is_bigendian(),
+        h.is_modified_format(),
+    );
+    let per_sec = if nanos { NANOS_PER_SEC } else { 1_000_000 };
+    let mut packets = Vec::new();
+    while !rest.is_empty() {
+        let offset = bytes.len() - rest.len();
+        let what = || format!("packet {} (record at byte {offset})", packets.len() + 1);
+        let parsed = if modified {
+            parse_pcap_frame_modified(rest)
+        } else if big_endian {
+            parse_pcap_frame_be(rest)
+        } else {
+            parse_pcap_frame(rest)
+        };
+        let (next, b) = step(parsed, what, offset, bytes.len())?;
+        let (ts_sec, ts_nsec) = timestamp(u64::from(b.ts_sec), u64::from(b.ts_usec), per_sec)
+            .ok_or_else(|| PcapError::Invalid {
+                what: what(),
+                offset,
+                why: "timestamp out of range".into(),
+            })?;
+        packets.push(Packet {
+            ts_sec,
+            ts_nsec,
+            orig_len: b.origlen,
+            linktype,
+            data: b.data.to_vec(),
+            comment: None,
+        });
+        rest = next;
+    }
+    Ok(Capture {
+        format: Format::Pcap {
+            nanos,
+            big_endian,
+            modified,
+        },
+        linktype,
+        fcs_len,
+        packets,
+    })
+}
+
+/// What a pcapng section says of one of its interfaces.
+struct Interface {
+    linktype: u32,
+    snaplen: u32,
+    /// Timestamp ticks per second.
+    per_sec: u64,
+    /// Seconds added to every timestamp.
+    offset: i64,
+}
+
+fn parse_pcapng(bytes: &[u8]) -> Result<Capture> {
+    let mut rest = bytes;
+    let mut big_endian = false;
+    let mut interfaces: Vec<Interface> = Vec::new();
+    let mut first: Option<u32> = None;
+    let mut packets = Vec::new();
+    let mut block_no = 0;
+    while !rest.is_empty() {
+        let offset = bytes.len() - rest.len();
+        block_no += 1;
+        let what = || format!("block {block_no} (at byte {offset})");
+        let parsed = if big_endian {
+            parse_block_be(rest)
+        } else {
+            parse_block_le(rest)
+        };
+        let (next, block) = step(parsed, what, offset, bytes.len())?;
+        let invalid = |why: String| PcapError::Invalid {
+            what: what(),
+            offset,
+            why,
+        };
+        match block {
+            Block::SectionHeader(shb) => {
+                big_endian = shb.big_endian();
+                interfaces.clear();
+            }
+            Block::InterfaceDescription(idb) => {
+                let per_sec = ticks_per_sec(idb.if_tsresol)
+                    .ok_or_else(|| invalid(format!("if_tsresol {:#04x}", idb.if_tsresol)))?;
+                let linktype = (idb.linktype.0 as u32) & 0xffff;
+                first.get_or_insert(linktype);
+                interfaces.push(Interface {
+                    linktype,
+                    snaplen: idb.snaplen,
+                    per_sec,
+                    offset: ts_offset(&idb.options, big_endian).unwrap_or(idb.if_tsoffset),
+                });
+            }
+            Block::EnhancedPacket(epb) => {
+                let n = interfaces.len();
+                let iface = interfaces.get(epb.if_id as usize).ok_or_else(|| {
+                    invalid(format!(
+                        "packet of interface {} (the section describes {n})",
+                        epb.if_id
+                    ))
+                })?;
+                let data = epb.data.get(..epb.caplen as usize).ok_or_else(|| {
+                    invalid(format!(
+                        "captured length {} > the block's {} data bytes",
+                        epb.caplen,
+                        epb.data.len()
+                    ))
+                })?;
+                let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
+                let (sec, nsec) = timestamp(0, ticks, iface.per_sec)
+                    .ok_or_else(|| invalid("timestamp out of range".into()))?;
+                let sec = sec
+                    .checked_add_signed(iface.offset)
+                    .ok_or_else(|| invalid(format!("timestamp offset {}", iface.offset)))?;
+                let comment = epb
+                    .options
+                    .iter()
+                    .find(|o| o.code == OptionCode::Comment)
+                    .and_then(|o| o.as_bytes().ok())
+                    .map(|b| String::from_utf8_lossy(b).into_owned());
+                packets.push(Packet {
+                    ts_sec: sec,
+                    ts_nsec: nsec,
+                    orig_len: epb.origlen,
+                    linktype: iface.linktype,
+                    data: data.to_vec(),
+                    comment,
+                });
+            }
+            Block::SimplePacket(spb) => {
+                let iface = interfaces
+                    .first()
+                    .ok_or_else(|| invalid("simple packet before any interface".into()))?;
+                let snap = if iface.snaplen == 0 {
+                    u32::MAX
+                } else {
+                    iface.snaplen
+                };
+                let caplen = (spb.origlen.min(snap) as usize).min(spb.data.len());
+                packets.push(Packet {
+                    ts_sec: 0,
+                    ts_nsec: 0,
+                    orig_len: spb.origlen,
+                    linktype: iface.linktype,
+                    data: spb.data[..caplen].to_vec(),
+                    comment: None,
+                });
+            }
+            _ => {}
+        }
+        rest = next;
+    }
+    Ok(Capture {
+        format: Format::PcapNg,
+        linktype: first.unwrap_or(0),
+        fcs_len: None,
+        packets,
+    })
+}
+
+/// The microsecond, little-endian classic pcap format.
+pub const PCAP_US: Format = Format::Pcap {
+    nanos: false,
+    big_endian: false,
+    modified: false,
+};
+
+/// A capture of Ethernet frames (each with an optional pcapng comment),
+/// one millisecond apart from 2023-11-14T22:13:20Z: the corpus' files.
+pub fn ethernet_capture(format: Format, frames: Vec<(Vec<u8>, Option<String>)>) -> Capture {
+    let packets = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, (f, comment))| {
+            let ms = i as u64;
+            let mut p = Packet::ethernet(
+                1_700_000_000 + ms / 1000,
+                ((ms % 1000) * 1_000_000) as u32,
+                f,
+            );
+            p.comment = comment;
+            p
+        })
+        .collect();
+    Capture {
+        format,
+        linktype: LINKTYPE_ETHERNET,
+        fcs_len: None,
+        packets,
+    }
+}
+
+/// Writes Ethernet `frames` as a little-endian microsecond pcap, one
+/// millisecond apart (the corpus' format).
+pub fn write_ethernet(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
+    let frames = frames.iter().map(|f| (f.clone(), None)).collect();
+    write(path, &ethernet_capture(PCAP_US, frames))
+}
+
+/// Writes `cap` to `path` (see [`encode`]).
+pub fn write(path: &Path, cap: &Capture) -> Result<()> {
+    let bytes = encode(cap)?;
+    std::fs::write(path, bytes).map_err(|source| PcapError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn gen_err(e: impl std::fmt::Debug) -> PcapError {
+    PcapError::Write(format!("{e:?}"))
+}
+
+/// The bytes of `cap` in its format: little-endian pcap (micro- or
+/// nanoseconds; every packet must have the capture's link type) or pcapng
+/// (one interface per link type, nanosecond timestamps, comments kept).
+pub fn encode(cap: &Capture) -> Result<Vec<u8>> {
+    let longest = cap.packets.iter().map(|p| p.data.len()).max().unwrap_or(0);
+    let snaplen = u32::try_from(longest.max(65535))
+        .map_err(|_| PcapError::Write(format!("a packet of {longest} bytes")))?;
+    let len_of = |p: &Packet| -> Result<(u32, u32)> {
+        let caplen = u32::try_from(p.data.len())
+            .map_err(|_| PcapError::Write(format!("a packet of {} bytes", p.data.len())))?;
+        if p.ts_nsec >= NANOS_PER_SEC as u32 {
+            return Err(PcapError::Write(format!("ts_nsec {}", p.ts_nsec)));
+        }
+        Ok((caplen, p.orig_len.max(caplen)))
+    };
+    match cap.format {
+        Format::Pcap {
+            big_endian: true, ..
+        }
+        | Format::Pcap { modified: true, .. } => Err(PcapError::Write(
+            "only little-endian, unmodified pcap is written".into(),
+        )),
+        Format::Pcap { nanos, .. } => {
+            let mut field = cap.linktype & 0xffff;
+            if let Some(fcs) = cap.fcs_len {
+                field |= FCS_PRESENT | (u32::from(fcs / 2) & 0xf) << 28;
+            }
+            let header = PcapHeader {
+                magic_number: if nanos { MAGIC_NS } else { MAGIC_US },
+                version_major: 2,
+                version_minor: 4,
+                thiszone: 0,
+                sigfigs: 0,
+                snaplen,
+                network: Linktype(field as i32),
+            };
+            let mut out = header.to_vec_raw().map_err(gen_err)?;
+            for (i, p) in cap.packets.iter().enumerate() {
+                if p.linktype != cap.linktype {
+                    return Err(PcapError::Write(format!(
+                        "packet {} has link type {} in a pcap of link type {}",
+                        i + 1,
+                        p.linktype,
+                        cap.linktype
+                    )));
+                }
+                let (caplen, origlen) = len_of(p)?;
+                let ts_sec = u32::try_from(p.ts_sec)
+                    .map_err(|_| PcapError::Write(format!("ts_sec {} in a pcap", p.ts_sec)))?;
+                let block = LegacyPcapBlock {
+                    ts_sec,
+                    ts_usec: if nanos { p.ts_nsec } else { p.ts_nsec / 1000 },
+                    caplen,
+                    origlen,
+                    data: &p.data,
+                };
+                out.extend(block.to_vec_raw().map_err(gen_err)?);
+            }
+            Ok(out)
+        }
+        Format::PcapNg => {
+            let mut shb = SectionHeaderBlock {
+                block_type: SHB_MAGIC,
+                block_len1: 0,
+                bom: BOM_MAGIC,
+                major_version: 1,
+                minor_version: 0,
+                section_len: -1,
+                options: Vec::new(),
+                block_len2: 0,
+            };
+            let mut out = shb.to_vec().map_err(gen_err)?;
+            let mut links: Vec<u32> = Vec::new();
+            for p in &cap.packets {
+                if !links.contains(&p.linktype) {
+                    links.push(p.linktype);
+                }
+            }
+            if links.is_empty() {
+                links.push(cap.linktype);
+            }
+            for &link in &links {
+                let mut idb = InterfaceDescriptionBlock {
+                    block_type: 0,
+                    block_len1: 0,
+                    linktype: Linktype(link as i32),
+                    reserved: 0,
+                    snaplen,
+                    options: Vec::new(),
+                    block_len2: 0,
+                    if_tsresol: 9,
+                    if_tsoffset: 0,
+                };
+                out.extend(idb.to_vec().map_err(gen_err)?);
+            }
+            for p in &cap.packets {
+                let (caplen, origlen) = len_of(p)?;
+                let ticks =
+                    u128::from(p.ts_sec) * u128::from(NANOS_PER_SEC) + u128::from(p.ts_nsec);
+                let ticks = u64::try_from(ticks)
+                    .map_err(|_| PcapError::Write(format!("ts_sec {}", p.ts_sec)))?;
+                let mut options = Vec::new();
+                if let Some(c) = &p.comment {
+                    let len = u16::try_from(c.len())
+                        .map_err(|_| PcapError::Write("a comment over 64 KiB".into()))?;
+                    options.push(PcapNGOption {
+                        code: OptionCode::Comment,
+                        len,
+                        value: Cow::Borrowed(c.as_bytes()),
+                    });
+                }
+                let if_id = links.iter().position(|l| *l == p.linktype).unwrap_or(0) as u32;
+                let mut epb = EnhancedPacketBlock {
+                    block_type: 0,
+                    block_len1: 0,
+                    if_id,
+                    ts_high: (ticks >> 32) as u32,
+                    ts_low: ticks as u32,
+                    caplen,
+                    origlen,
+                    data: &p.data,
+                    options,
+                    block_len2: 0,
+                };
+                out.extend(epb.to_vec().map_err(gen_err)?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn classic(magic: u32, linktype: u32, records: &[(u32, u32, &[u8])], be: bool) -> Vec<u8> {
+        let w = |b: &mut Vec<u8>, v: u32| {
+            b.extend_from_slice(&if be { v.to_be_bytes() } else { v.to_le_bytes() })
+        };
+        let mut b = Vec::new();
+        w(&mut b, magic);
+        w(&mut b, 0x0004_0002u32.rotate_left(if be { 16 } else { 0 }));
+        w(&mut b, 0);
+        w(&mut b, 0);
+        w(&mut b, 262_144);
+        w(&mut b, linktype);
+        for (sec, frac, data) in records {
+            w(&mut b, *sec);
+            w(&mut b, *frac);
+            w(&mut b, data.len() as u32);
+            w(&mut b, data.len() as u32 + 4);
+            b.extend_from_slice(data);
+        }
+        b
+    }
+
     #[test]
     fn round_trip() {
-        let dir = std::env::temp_dir().join(format!("efpcap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.pcap");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pcap");
         let frames = vec![vec![1u8; 60], vec![2u8; 14], vec![3u8; 1500]];
         write_ethernet(&path, &frames).unwrap();
         let cap = read(&path).unwrap();
         assert_eq!(cap.linktype, LINKTYPE_ETHERNET);
+        assert_eq!(cap.fcs_len, None);
         let got: Vec<Vec<u8>> = cap.packets.iter().map(|p| p.data.clone()).collect();
         assert_eq!(got, frames);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            (cap.packets[2].ts_sec, cap.packets[2].ts_nsec),
+            (1_700_000_000, 2_000_000)
+        );
+        // The exact bytes of the corpus' format.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..4], &MAGIC_US.to_le_bytes());
+        assert_eq!(&bytes[16..24], &[0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(bytes.len(), 24 + 3 * 16 + 60 + 14 + 1500);
     }
 
     #[test]
     fn big_endian_nanosecond_header() {
-        let mut b = Vec::new();
-        b.extend_from_slice(&MAGIC_NS.to_be_bytes());
-        b.extend_from_slice(&[0, 2, 0, 4]);
-        b.extend_from_slice(&[0; 8]);
-        b.extend_from_slice(&262144u32.to_be_bytes());
-        b.extend_from_slice(&1u32.to_be_bytes());
-        b.extend_from_slice(&5u32.to_be_bytes());
-        b.extend_from_slice(&7u32.to_be_bytes());
-        b.extend_from_slice(&2u32.to_be_bytes());
-        b.extend_from_slice(&9u32.to_be_bytes());
-        b.extend_from_slice(&[0xaa, 0xbb]);
+        let b = classic(MAGIC_NS, 1, &[(5, 7, &[0xaa, 0xbb])], true);
         let cap = parse(&b).unwrap();
+        assert_eq!(
+            cap.format,
+            Format::Pcap {
+                nanos: true,
+                big_endian: true,
+                modified: false
+            }
+        );
         assert_eq!(cap.packets.len(), 1);
-        assert_eq!(cap.packets[0].ts_nsec, 7);
-        assert_eq!(cap.packets[0].orig_len, 9);
+        assert_eq!((cap.packets[0].ts_sec, cap.packets[0].ts_nsec), (5, 7));
+        assert_eq!(cap.packets[0].orig_len, 6);
         assert_eq!(cap.packets[0].data, vec![0xaa, 0xbb]);
-        assert!(parse(&b[..30]).is_err());
+    }
+
+    /// Microseconds 999,999 with the largest seconds, and fractions at or
+    /// past one second (the old reader's `frac * 1000` overflowed from
+    /// 4,294,968 on): exact, carried into the seconds.
+    #[test]
+    fn timestamps_do_not_overflow() {
+        let recs: [(u32, u32, &[u8]); 4] = [
+            (u32::MAX, 999_999, &[1]),
+            (1_700_000_000, 4_294_968, &[2]),
+            (u32::MAX, u32::MAX, &[3]),
+            (0, 1_000_000, &[4]),
+        ];
+        for be in [false, true] {
+            let cap = parse(&classic(MAGIC_US, 1, &recs, be)).unwrap();
+            let ts: Vec<(u64, u32)> = cap.packets.iter().map(|p| (p.ts_sec, p.ts_nsec)).collect();
+            assert_eq!(
+                ts,
+                vec![
+                    (4_294_967_295, 999_999_000),
+                    (1_700_000_004, 294_968_000),
+                    (4_294_967_295 + 4294, 967_295_000),
+                    (1, 0),
+                ],
+                "big endian {be}"
+            );
+        }
+        // Nanoseconds past a second are carried too.
+        let cap = parse(&classic(MAGIC_NS, 1, &[(9, 1_500_000_000, &[1])], false)).unwrap();
+        assert_eq!(
+            (cap.packets[0].ts_sec, cap.packets[0].ts_nsec),
+            (10, 500_000_000)
+        );
+        // Written back, 999,999 us and a large second survive.
+        let mut cap = parse(&classic(MAGIC_US, 1, &recs[..1], false)).unwrap();
+        let again = parse(&encode(&cap).unwrap()).unwrap();
+        assert_eq!(again.packets, cap.packets);
+        cap.format = Format::Pcap {
+            nanos: true,
+            big_endian: false,
+            modified: false,
+        };
+        let again = parse(&encode(&cap).unwrap()).unwrap();
+        assert_eq!(again.packets, cap.packets);
+    }
+
+    /// The FCS flag (bit 26) and length (bits 28-31) sit above the link
+    /// type: an Ethernet capture with them is still Ethernet.
+    #[test]
+    fn fcs_bits_leave_the_link_type_alone() {
+        for (field, fcs) in [
+            (0x0400_0001u32, Some(0)),
+            (0x1400_0001, Some(2)),
+            (0x2400_0001, Some(4)),
+            (0x1000_0001, None),
+            (0xf400_0001, Some(30)),
+        ] {
+            for be in [false, true] {
+                let cap = parse(&classic(MAGIC_US, field, &[(1, 2, &[9; 20])], be)).unwrap();
+                assert_eq!(cap.linktype, LINKTYPE_ETHERNET, "{field:#x}");
+                assert_eq!(cap.packets[0].linktype, LINKTYPE_ETHERNET, "{field:#x}");
+                assert_eq!(cap.fcs_len, fcs, "{field:#x}");
+            }
+        }
+        // Written with the FCS length and read back.
+        let mut cap = parse(&classic(MAGIC_US, 0x2400_0001, &[(1, 2, &[9; 20])], false)).unwrap();
+        let bytes = encode(&cap).unwrap();
+        assert_eq!(&bytes[20..24], &0x2400_0001u32.to_le_bytes());
+        assert_eq!(parse(&bytes).unwrap(), cap);
+        cap.format = Format::PcapNg;
+        let ng = parse(&encode(&cap).unwrap()).unwrap();
+        assert_eq!(
+            (ng.linktype, &ng.packets),
+            (LINKTYPE_ETHERNET, &cap.packets)
+        );
+        // Another link type stays what it is (LINKTYPE_LINUX_SLL2).
+        let cap = parse(&classic(MAGIC_US, 276, &[(1, 2, &[9; 20])], false)).unwrap();
+        assert_eq!(cap.linktype, 276);
+    }
+
+    #[test]
+    fn pcapng_round_trip_with_comments() {
+        let mut p1 = Packet::ethernet(1_700_000_000, 123_456_789, vec![7u8; 90]);
+        p1.comment = Some("gso_size=1448".into());
+        let mut p2 = Packet::ethernet(u64::from(u32::MAX) + 10, 999_999_999, vec![8u8; 200_000]);
+        p2.orig_len = 250_000;
+        let mut p3 = Packet::ethernet(5, 0, vec![1, 2, 3]);
+        p3.linktype = 276;
+        let cap = Capture {
+            format: Format::PcapNg,
+            linktype: LINKTYPE_ETHERNET,
+            fcs_len: None,
+            packets: vec![p1, p2, p3],
+        };
+        let bytes = encode(&cap).unwrap();
+        assert_eq!(&bytes[..4], &SHB_MAGIC.to_le_bytes());
+        assert_eq!(parse(&bytes).unwrap(), cap);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pcapng");
+        write(&path, &cap).unwrap();
+        assert_eq!(read(&path).unwrap(), cap);
+    }
+
+    /// Microsecond (the default if_tsresol), 2^-n and offset interfaces, a
+    /// simple packet block, a big-endian section after a little-endian one.
+    #[test]
+    fn pcapng_resolutions_offsets_and_sections() {
+        fn block(be: bool, kind: u32, body: &[u8]) -> Vec<u8> {
+            let w = |v: u32| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+            let mut body = body.to_vec();
+            while !body.len().is_multiple_of(4) {
+                body.push(0);
+            }
+            let len = 12 + body.len() as u32;
+            let mut b = Vec::new();
+            b.extend(w(kind));
+            b.extend(w(len));
+            b.extend(body);
+            b.extend(w(len));
+            b
+        }
+        fn section(be: bool) -> Vec<u8> {
+            let mut out = Vec::new();
+            let w32 = |v: u32| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+            let w16 = |v: u16| if be { v.to_be_bytes() } else { v.to_le_bytes() };
+            let mut shb = w32(BOM_MAGIC).to_vec();
+            shb.extend(w16(1));
+            shb.extend(w16(0));
+            shb.extend([0xff; 8]);
+            out.extend(block(be, SHB_MAGIC, &shb));
+            // Interface 0: Ethernet, no if_tsresol (microseconds).
+            let mut idb = w16(1).to_vec();
+            idb.extend([0, 0]);
+            idb.extend(w32(0));
+            out.extend(block(be, 1, &idb));
+            // Interface 1: raw IP, 2^-10 s, offset 100 s.
+            let mut idb = w16(101).to_vec();
+            idb.extend([0, 0]);
+            idb.extend(w32(0));
+            idb.extend(w16(9));
+            idb.extend(w16(1));
+            idb.extend([0x80 | 10, 0, 0, 0]);
+            idb.extend(w16(14));
+            idb.extend(w16(8));
+            idb.extend(if be {
+                100i64.to_be_bytes()
+            } else {
+                100i64.to_le_bytes()
+            });
+            idb.extend([0; 4]);
+            out.extend(block(be, 1, &idb));
+            let epb = |iface: u32, ticks: u64, data: &[u8]| {
+                let mut e = w32(iface).to_vec();
+                e.extend(w32((ticks >> 32) as u32));
+                e.extend(w32(ticks as u32));
+                e.extend(w32(data.len() as u32));
+                e.extend(w32(data.len() as u32));
+                e.extend(data);
+                block(be, 6, &e)
+            };
+            out.extend(epb(0, 1_700_000_000_999_999, &[1; 14]));
+            out.extend(epb(1, 3 * 1024 + 512, &[2; 20]));
+            let mut spb = w32(5).to_vec();
+            spb.extend([3; 5]);
+            out.extend(block(be, 3, &spb));
+            out
+        }
+        let mut bytes = section(false);
+        bytes.extend(section(true));
+        let cap = parse(&bytes).unwrap();
+        assert_eq!(cap.format, Format::PcapNg);
+        let got: Vec<(u64, u32, u32, usize)> = cap
+            .packets
+            .iter()
+            .map(|p| (p.ts_sec, p.ts_nsec, p.linktype, p.data.len()))
+            .collect();
+        let one = [
+            (1_700_000_000, 999_999_000, 1, 14),
+            (103, 500_000_000, 101, 20),
+            (0, 0, 1, 5),
+        ];
+        assert_eq!(got, [one, one].concat());
+    }
+
+    /// A file cut anywhere is an error naming where, never a panic; so are
+    /// garbage and an EPB naming an interface that does not exist.
+    #[test]
+    fn truncated_files_are_clear_errors() {
+        let mut ng = Packet::ethernet(1, 2, vec![5u8; 61]);
+        ng.comment = Some("x".into());
+        let ng = encode(&Capture {
+            format: Format::PcapNg,
+            linktype: 1,
+            fcs_len: None,
+            packets: vec![ng.clone(), ng],
+        })
+        .unwrap();
+        let classic = classic(MAGIC_US, 1, &[(1, 2, &[7; 61]), (3, 4, &[8; 10])], false);
+        for (name, full) in [("pcap", &classic), ("pcapng", &ng)] {
+            assert_eq!(parse(full).unwrap().packets.len(), 2, "{name}");
+            for cut in 0..full.len() {
+                let Err(e) = parse(&full[..cut]) else {
+                    // Cut exactly between two records: a shorter file.
+                    let n = parse(&full[..cut]).unwrap().packets.len();
+                    assert!(n < 2, "{name} cut at {cut}");
+                    continue;
+                };
+                let text = e.to_string();
+                assert!(
+                    matches!(e, PcapError::Truncated { .. }),
+                    "{name} cut at {cut}: {text}"
+                );
+                assert!(
+                    text.starts_with("truncated capture: the file ends inside "),
+                    "{text}"
+                );
+            }
+        }
+        let e = parse(&classic[..40]).unwrap_err().to_string();
+        assert!(e.contains("packet 1 (record at byte 24)"), "{e}");
+        let e = parse(&[0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]).unwrap_err();
+        assert!(matches!(e, PcapError::NotACapture(0x7856_3412)), "{e}");
+        let e = parse(&[0x12; 30]).unwrap_err();
+        assert!(matches!(e, PcapError::NotACapture(_)), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.pcap");
+        std::fs::write(&path, &classic[..50]).unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("cut.pcap: truncated capture"), "{e}");
+        assert!(read(&dir.path().join("none.pcap")).is_err());
     }
 }

@@ -551,14 +551,74 @@ pub fn fragment_scenario(lab: &Lab) -> Result<Scenario> {
     })
 }
 
-/// The VXLAN scenario's inner addresses: prod1's VXLAN device holds a test
+/// The VXLAN scenarios' inner addresses, hosts of the example policy's
+/// environments that no pod holds: prod1's VXLAN device holds a test
 /// address and a production one, prod2's a production one.
-pub const VX_TEST4: Ipv4Addr = Ipv4Addr::new(10, 30, 99, 1);
-pub const VX_PROD4: Ipv4Addr = Ipv4Addr::new(10, 10, 98, 1);
-pub const VX_PEER4: Ipv4Addr = Ipv4Addr::new(10, 10, 99, 2);
-pub const VX_TEST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x30, 0x99, 0, 0, 0, 0, 1);
-pub const VX_PROD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x98, 0, 0, 0, 0, 1);
-pub const VX_PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x99, 0, 0, 0, 0, 2);
+#[derive(Clone, Copy, Debug)]
+pub struct VxlanAddrs {
+    pub test4: Ipv4Addr,
+    pub prod4: Ipv4Addr,
+    pub peer4: Ipv4Addr,
+    pub test6: Ipv6Addr,
+    pub prod6: Ipv6Addr,
+    pub peer6: Ipv6Addr,
+}
+
+/// The host `offset` past the network of `env`'s first CIDR of the family
+/// (IPv4 when `v4`) in the example policy.
+pub fn env_host(env: &str, v4: bool, offset: u128) -> Result<IpAddr> {
+    let p = envfence::policy::parse(
+        envfence::policy::EXAMPLE_POLICY,
+        envfence::policy::EXAMPLE_ORIGIN,
+    )
+    .map_err(|e| anyhow::anyhow!("the example policy: {e}"))?;
+    let e = p
+        .environment(env)
+        .with_context(|| format!("no environment {env} in the example policy"))?;
+    let net = e
+        .cidrs
+        .iter()
+        .find(|n| n.addr().is_ipv4() == v4)
+        .with_context(|| format!("{env} has no CIDR of that family"))?;
+    let addr = match net {
+        ipnet::IpNet::V4(n) => {
+            let off = u32::try_from(offset).context("offset")?;
+            IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(off)))
+        }
+        ipnet::IpNet::V6(n) => {
+            IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).wrapping_add(offset)))
+        }
+    };
+    anyhow::ensure!(net.contains(&addr), "{addr} is outside {net}");
+    Ok(addr)
+}
+
+impl VxlanAddrs {
+    /// test x.x.99.1, production x.x.98.1 and x.x.99.2 (IPv6: the same in
+    /// the third group).
+    pub fn example() -> Result<VxlanAddrs> {
+        let v4 = |env: &str, off: u128| -> Result<Ipv4Addr> {
+            match env_host(env, true, off)? {
+                IpAddr::V4(a) => Ok(a),
+                IpAddr::V6(a) => bail!("{a} is not IPv4"),
+            }
+        };
+        let v6 = |env: &str, off: u128| -> Result<Ipv6Addr> {
+            match env_host(env, false, (off >> 8) << 80 | (off & 0xff))? {
+                IpAddr::V6(a) => Ok(a),
+                IpAddr::V4(a) => bail!("{a} is not IPv6"),
+            }
+        };
+        Ok(VxlanAddrs {
+            test4: v4("test", 0x6301)?,
+            prod4: v4("production", 0x6201)?,
+            peer4: v4("production", 0x6302)?,
+            test6: v6("test", 0x9901)?,
+            prod6: v6("production", 0x9801)?,
+            peer6: v6("production", 0x9902)?,
+        })
+    }
+}
 
 /// A real VXLAN tunnel (UDP 4789, VNI 42) between prod1 and prod2: the
 /// outer packets are production -> production (allowed), the inner ones
@@ -566,76 +626,101 @@ pub const VX_PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x99, 0, 0, 0, 0, 2);
 /// over IPv4 and IPv6 inside. Neighbours are static, so nothing but the
 /// datapath decides.
 pub fn vxlan_scenario(lab: &Lab) -> Result<Scenario> {
+    vxlan_scenario_on(lab, "vx0", VXLAN_PORT)
+}
+
+/// [`vxlan_scenario`] with the device `dev` on UDP port `port` (8472: the
+/// Linux and flannel default).
+pub fn vxlan_scenario_on(lab: &Lab, dev: &str, port: u16) -> Result<Scenario> {
+    let a = VxlanAddrs::example()?;
     let p1 = lab.pod("prod1")?.ipv4();
     let p2 = lab.pod("prod2")?.ipv4();
     let (mac1, mac2) = ("02:00:00:00:99:01", "02:00:00:00:99:02");
-    let dev = |local: Ipv4Addr, remote: Ipv4Addr, mac: &str| {
-        format!("link add vx0 address {mac} type vxlan id 42 local {local} remote {remote} dstport {VXLAN_PORT} dev {POD_IF}")
+    let link = |local: Ipv4Addr, remote: Ipv4Addr, mac: &str| {
+        format!("link add {dev} address {mac} type vxlan id 42 local {local} remote {remote} dstport {port} dev {POD_IF}")
     };
     ip_batch(
         lab,
         "prod1",
         &[
-            dev(p1, p2, mac1),
-            "link set vx0 mtu 1400 up".into(),
-            format!("addr add {VX_TEST4}/32 dev vx0"),
-            format!("addr add {VX_PROD4}/32 dev vx0"),
-            format!("addr add {VX_TEST6}/128 dev vx0 nodad"),
-            format!("addr add {VX_PROD6}/128 dev vx0 nodad"),
-            format!("route add {VX_PEER4}/32 dev vx0"),
-            format!("route add {VX_PEER6}/128 dev vx0"),
-            format!("neigh add {VX_PEER4} lladdr {mac2} dev vx0 nud permanent"),
-            format!("neigh add {VX_PEER6} lladdr {mac2} dev vx0 nud permanent"),
+            link(p1, p2, mac1),
+            format!("link set {dev} mtu 1400 up"),
+            format!("addr add {}/32 dev {dev}", a.test4),
+            format!("addr add {}/32 dev {dev}", a.prod4),
+            format!("addr add {}/128 dev {dev} nodad", a.test6),
+            format!("addr add {}/128 dev {dev} nodad", a.prod6),
+            format!("route add {}/32 dev {dev}", a.peer4),
+            format!("route add {}/128 dev {dev}", a.peer6),
+            format!(
+                "neigh add {} lladdr {mac2} dev {dev} nud permanent",
+                a.peer4
+            ),
+            format!(
+                "neigh add {} lladdr {mac2} dev {dev} nud permanent",
+                a.peer6
+            ),
         ],
     )?;
     ip_batch(
         lab,
         "prod2",
         &[
-            dev(p2, p1, mac2),
-            "link set vx0 mtu 1400 up".into(),
-            format!("addr add {VX_PEER4}/32 dev vx0"),
-            format!("addr add {VX_PEER6}/128 dev vx0 nodad"),
-            format!("route add {VX_TEST4}/32 dev vx0"),
-            format!("route add {VX_PROD4}/32 dev vx0"),
-            format!("route add {VX_TEST6}/128 dev vx0"),
-            format!("route add {VX_PROD6}/128 dev vx0"),
-            format!("neigh add {VX_TEST4} lladdr {mac1} dev vx0 nud permanent"),
-            format!("neigh add {VX_PROD4} lladdr {mac1} dev vx0 nud permanent"),
-            format!("neigh add {VX_TEST6} lladdr {mac1} dev vx0 nud permanent"),
-            format!("neigh add {VX_PROD6} lladdr {mac1} dev vx0 nud permanent"),
+            link(p2, p1, mac2),
+            format!("link set {dev} mtu 1400 up"),
+            format!("addr add {}/32 dev {dev}", a.peer4),
+            format!("addr add {}/128 dev {dev} nodad", a.peer6),
+            format!("route add {}/32 dev {dev}", a.test4),
+            format!("route add {}/32 dev {dev}", a.prod4),
+            format!("route add {}/128 dev {dev}", a.test6),
+            format!("route add {}/128 dev {dev}", a.prod6),
+            format!(
+                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
+                a.test4
+            ),
+            format!(
+                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
+                a.prod4
+            ),
+            format!(
+                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
+                a.test6
+            ),
+            format!(
+                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
+                a.prod6
+            ),
         ],
     )?;
-    let rx4 = Arc::new(lab.udp_receiver("prod2", VX_PEER4.into(), 9000)?);
-    let rx6 = Arc::new(lab.udp_receiver("prod2", VX_PEER6.into(), 9000)?);
+    let rx4 = Arc::new(lab.udp_receiver("prod2", a.peer4.into(), 9000)?);
+    let rx6 = Arc::new(lab.udp_receiver("prod2", a.peer6.into(), 9000)?);
     let ns = ns_of(lab, "prod1")?;
     let mut probes = Vec::new();
     for (i, (what, src, dst, rx, forbidden)) in [
         (
             "inner test -> production (ipv4)",
-            IpAddr::from(VX_TEST4),
-            IpAddr::from(VX_PEER4),
+            IpAddr::from(a.test4),
+            IpAddr::from(a.peer4),
             rx4.clone(),
             true,
         ),
         (
             "inner production -> production (ipv4)",
-            VX_PROD4.into(),
-            VX_PEER4.into(),
+            a.prod4.into(),
+            a.peer4.into(),
             rx4.clone(),
             false,
         ),
         (
             "inner test -> production (ipv6)",
-            VX_TEST6.into(),
-            VX_PEER6.into(),
+            a.test6.into(),
+            a.peer6.into(),
             rx6.clone(),
             true,
         ),
         (
             "inner production -> production (ipv6)",
-            VX_PROD6.into(),
-            VX_PEER6.into(),
+            a.prod6.into(),
+            a.peer6.into(),
             rx6.clone(),
             false,
         ),
@@ -647,14 +732,18 @@ pub fn vxlan_scenario(lab: &Lab) -> Result<Scenario> {
         let dst = SocketAddr::new(dst, 9000);
         let ns = ns.clone();
         probes.push(Probe::new(
-            format!("vxlan prod1 -> prod2, {what}"),
+            format!("vxlan/{port} prod1 -> prod2, {what}"),
             forbidden,
             move || send_udp_ns(&ns, bind, dst, 200),
             move || rx.count_from_addr(bind),
         ));
     }
     Ok(Scenario {
-        name: "vxlan tunnel",
+        name: if port == VXLAN_PORT {
+            "vxlan tunnel"
+        } else {
+            "vxlan tunnel (another port)"
+        },
         probes,
     })
 }
@@ -943,15 +1032,13 @@ pub fn ipv6_ext_scenario(lab: &Lab) -> Result<Scenario> {
             let data = format!("ext {n_ext}").into_bytes();
             let mut ip = v6(t6, p6, udp_l4(sport, dport, &data));
             ip.ext = (0..n_ext)
-                .map(|k| ExtSpec {
-                    kind: if k == 0 {
+                .map(|k| {
+                    let kind = if k == 0 {
                         ipproto::HOPOPTS
                     } else {
                         ipproto::DSTOPTS
-                    },
-                    units: 0,
-                    frag: 0,
-                    fill: 0,
+                    };
+                    ExtSpec::new(kind, 0, 0, 0)
                 })
                 .collect();
             let mut packet = ip.build();
