@@ -122,9 +122,27 @@ fn is_v6(a: IpAddr) -> bool {
     matches!(a, IpAddr::V6(_))
 }
 
-/// An IP frame, sometimes with a VLAN tag or IPv4 options.
+/// An IP frame, sometimes with a VLAN tag, IPv4 options or (IPv6) a
+/// destination-options extension header before the L4 header.
 fn build(rng: &mut Rng, src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
     let vlan = rng.chance(8);
+    if is_v6(src) && is_v6(dst) && rng.chance(8) {
+        let v6 = |a: IpAddr| match a {
+            IpAddr::V6(a) => a.octets(),
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        };
+        // Destination options (60), 8 bytes: next header, length 0, PadN.
+        let mut rest = vec![p, 0, 1, 4, 0, 0, 0, 0];
+        rest.extend_from_slice(l4);
+        let vl: &[(u16, u16)] = if vlan {
+            &[(frame::ETH_P_8021Q, 7)]
+        } else {
+            &[]
+        };
+        let mut f = frame::eth(vl, frame::ETH_P_IPV6);
+        f.extend(frame::ipv6(v6(src), v6(dst), 60, &rest));
+        return f;
+    }
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let vl: &[(u16, u16)] = if vlan {
