@@ -257,6 +257,11 @@ impl KernelHarness {
         self.run_tagged(hook, frame, 0)
     }
 
+    /// The loaded datapath.
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
     /// The loaded datapath (to set source checks and peer addresses).
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.dp

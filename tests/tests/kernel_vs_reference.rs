@@ -780,3 +780,23 @@ fn a_missing_decision_stage_fails_closed() {
         }
     }
 }
+
+/// Every program of the datapath, as the agent loads it (tracking on),
+/// stays under 80 % of the verifier's one-million-instruction budget: a
+/// new header shape or decision path that nears the limit fails here, not
+/// at an agent's start on a node.
+#[test]
+fn verifier_budget_has_headroom() {
+    let h = KernelHarness::stateful(compiled(Mode::Enforce)).expect("loading the datapath");
+    let counts = h.datapath().verified_instructions();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, n) in counts {
+        let n =
+            n.unwrap_or_else(|| panic!("{name}: the kernel reports no verified instruction count"));
+        println!("{name}: {n} instructions verified");
+        assert!(
+            n < 800_000,
+            "{name}: {n} of 1,000,000 verifier instructions"
+        );
+    }
+}
