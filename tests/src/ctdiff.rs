@@ -126,47 +126,38 @@ fn is_v6(a: IpAddr) -> bool {
 /// destination-options extension header before the L4 header.
 fn build(rng: &mut Rng, src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
     let vlan = rng.chance(8);
-    if is_v6(src) && is_v6(dst) && rng.chance(8) {
-        let v6 = |a: IpAddr| match a {
-            IpAddr::V6(a) => a.octets(),
-            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        };
-        // Destination options (60), 8 bytes: next header, length 0, PadN.
-        let mut rest = vec![p, 0, 1, 4, 0, 0, 0, 0];
-        rest.extend_from_slice(l4);
-        let vl: &[(u16, u16)] = if vlan {
-            &[(frame::ETH_P_8021Q, 7)]
-        } else {
-            &[]
-        };
-        let mut f = frame::eth(vl, frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(v6(src), v6(dst), 60, &rest));
-        return f;
-    }
+    let vl: &[(u16, u16)] = if vlan {
+        &[(frame::ETH_P_8021Q, 7)]
+    } else {
+        &[]
+    };
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let vl: &[(u16, u16)] = if vlan {
-                &[(frame::ETH_P_8021Q, 7)]
-            } else {
-                &[]
-            };
             let mut f = frame::eth(vl, frame::ETH_P_IP);
             let opts: &[u8] = if rng.chance(8) { &[1, 1, 1, 0] } else { &[] };
             f.extend(frame::ipv4(s.octets(), d.octets(), p, opts, 0, l4));
             f
         }
         _ => {
-            if vlan {
-                let mut f = frame::eth(&[(frame::ETH_P_8021Q, 7)], frame::ETH_P_IPV6);
-                let v6 = |a: IpAddr| match a {
-                    IpAddr::V6(a) => a.octets(),
-                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-                };
-                f.extend(frame::ipv6(v6(src), v6(dst), p, l4));
-                f
-            } else {
-                frame::ip_frame(src, dst, p, l4)
+            let ext = is_v6(src) && is_v6(dst) && rng.chance(8);
+            if !vlan && !ext {
+                return frame::ip_frame(src, dst, p, l4);
             }
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V6(a) => a.octets(),
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            };
+            let mut f = frame::eth(vl, frame::ETH_P_IPV6);
+            if ext {
+                // Destination options (60), 8 bytes: next header, length
+                // 0, PadN.
+                let mut rest = vec![p, 0, 1, 4, 0, 0, 0, 0];
+                rest.extend_from_slice(l4);
+                f.extend(frame::ipv6(v6(src), v6(dst), 60, &rest));
+            } else {
+                f.extend(frame::ipv6(v6(src), v6(dst), p, l4));
+            }
+            f
         }
     }
 }

@@ -130,17 +130,7 @@ fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result
         tcp_echo(&lab, "prod1", SocketAddr::new(p, 8080))?;
         assert!(connect(&lab, "test1", SocketAddr::new(p, 8080), BLOCKED)?.is_none());
     }
-    let m = agent.metrics()?;
-    let replies = envfence_tests::metric_value(
-        &m,
-        "envfence_packets_total",
-        &[
-            ("src_env", "production"),
-            ("dst_env", "test"),
-            ("verdict", "reply"),
-        ],
-    )
-    .unwrap_or(0.0);
+    let replies = agent.packets("production", "test", "reply")?;
     assert!(replies >= 4.0, "replies counted: {replies}");
     agent.stop(Duration::from_secs(10))?;
     Ok(())
@@ -473,17 +463,7 @@ fn path_mtu_discovery_works_across_environments() -> Result<()> {
             "with the agent, to {srv}"
         );
     }
-    let m = agent.metrics()?;
-    let related = envfence_tests::metric_value(
-        &m,
-        "envfence_packets_total",
-        &[
-            ("src_env", "production"),
-            ("dst_env", "test"),
-            ("verdict", "related"),
-        ],
-    )
-    .unwrap_or(0.0);
+    let related = agent.packets("production", "test", "related")?;
     assert!(
         related >= 2.0,
         "the router's too-big errors were not judged related: {related}"

@@ -258,16 +258,7 @@ impl Datapath {
     /// stage. Fault injection for the tests that prove this fails closed
     /// (`stage_missing`); nothing in the agent calls it.
     pub fn remove_stages(&mut self) -> Result<(), DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(map_names::STAGES)
-            .ok_or(DatapathError::Missing {
-                kind: "map",
-                name: map_names::STAGES,
-            })?;
-        let mut stages =
-            ProgramArray::try_from(map).map_err(DatapathError::map(map_names::STAGES))?;
-        stages
+        stages(&mut self.ebpf)?
             .clear_index(&envfence_ebpf::STAGE_DECIDE)
             .map_err(DatapathError::map(map_names::STAGES))
     }
@@ -646,16 +637,20 @@ fn install_stages(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             name,
             source: Box::new(aya::programs::ProgramError::from(e)),
         })?;
+    stages(ebpf)?
+        .set(envfence_ebpf::STAGE_DECIDE, &fd, 0)
+        .map_err(DatapathError::map(map_names::STAGES))
+}
+
+/// The stage table of the loaded object.
+fn stages(ebpf: &mut Ebpf) -> Result<ProgramArray<&mut MapData>, DatapathError> {
     let map = ebpf
         .map_mut(map_names::STAGES)
         .ok_or(DatapathError::Missing {
             kind: "map",
             name: map_names::STAGES,
         })?;
-    let mut stages = ProgramArray::try_from(map).map_err(DatapathError::map(map_names::STAGES))?;
-    stages
-        .set(envfence_ebpf::STAGE_DECIDE, &fd, 0)
-        .map_err(DatapathError::map(map_names::STAGES))
+    ProgramArray::try_from(map).map_err(DatapathError::map(map_names::STAGES))
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
