@@ -8,11 +8,10 @@ use crate::{
         ship::{addr_host, ShipOptions, Shipper, TlsOptions},
         AuditOptions, AuditWriter, ChainKey, SharedAudit,
     },
-    daemon::{
-        self, changes::Revision, state::DEFAULT_STATE_DIR, AuditHooks, DaemonOptions, PolicySource,
-    },
+    daemon::{self, changes::Revision, AuditHooks, DaemonOptions, PolicySource},
     datapath::pins::DEFAULT_PIN_ROOT,
     events::{Optional, Tee},
+    state::DEFAULT_STATE_DIR,
 };
 
 #[derive(Debug, Args)]
