@@ -49,7 +49,7 @@ use crate::{
     datapath::inspect::PinnedState, events::EventRecord, status::Status, store::EventStore,
 };
 use query::FlowFilter;
-use types::{FlowQuery, FlowsReply, Lagged, TopReply};
+use types::{FlowQuery, FlowsReply, Lagged};
 
 /// Where and how the API listens.
 #[derive(Clone, Debug)]
@@ -299,22 +299,10 @@ async fn flows(State(app): State<App>, Query(q): Query<FlowQuery>) -> Response {
 }
 
 async fn top(State(app): State<App>, Query(q): Query<FlowQuery>) -> Response {
-    let (by, limit, filter) = match query::top_query(&q, SystemTime::now()) {
-        Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let all = records(&app.store);
-    let matched = filter.apply(&all);
-    let (rows, events, packets) = query::top(&matched, by, limit);
-    Json(TopReply {
-        by,
-        verdicts: filter.verdicts.clone(),
-        rows,
-        events,
-        packets,
-        stored: all.len(),
-    })
-    .into_response()
+    match query::top_reply(&q, &records(&app.store), SystemTime::now()) {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 struct Follow {

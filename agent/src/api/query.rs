@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::types::{FlowQuery, TopBy, TopRow};
+use super::types::{FlowQuery, TopBy, TopReply, TopRow};
 use crate::events::EventRecord;
 
 /// A filter or query value that is not valid.
@@ -338,6 +338,26 @@ pub fn top(records: &[EventRecord], by: TopBy, limit: usize) -> (Vec<TopRow>, u6
     rows.sort_by(|a, b| b.packets.cmp(&a.packets).then(b.bytes.cmp(&a.bytes)));
     rows.truncate(limit);
     (rows, events, packets)
+}
+
+/// The answer of a `top` query over `records` (every record the reader
+/// keeps: the agent's store, or an audit file).
+pub fn top_reply(
+    q: &FlowQuery,
+    records: &[EventRecord],
+    now: SystemTime,
+) -> Result<TopReply, QueryError> {
+    let (by, limit, filter) = top_query(q, now)?;
+    let matched = filter.apply(records);
+    let (rows, events, packets) = top(&matched, by, limit);
+    Ok(TopReply {
+        by,
+        verdicts: filter.verdicts,
+        rows,
+        events,
+        packets,
+        stored: records.len(),
+    })
 }
 
 /// Checks the `top`-specific part of a query: (by, limit, filter with the

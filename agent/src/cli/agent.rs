@@ -1,3 +1,7 @@
+//! `envfence agent`: the node agent's command line, turned into the
+//! daemon's options (policy source, pins, state directory, local API, audit
+//! log and its shipping); the daemon itself is `crate::daemon`.
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;

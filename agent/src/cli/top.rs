@@ -86,18 +86,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     query.limit = Some(args.limit.to_string());
     let reply = match &args.file {
         Some(file) => {
-            let (by, limit, filter) = query::top_query(&query, SystemTime::now())?;
             let (records, _) = read_audit(file)?;
-            let matched = filter.apply(&records);
-            let (rows, events, packets) = query::top(&matched, by, limit);
-            TopReply {
-                by,
-                verdicts: filter.verdicts.clone(),
-                rows,
-                events,
-                packets,
-                stored: records.len(),
-            }
+            query::top_reply(&query, &records, SystemTime::now())?
         }
         None => Client::new(&args.socket)
             .get_json(&format!("/v1/top?{}", query.to_query_string()))
