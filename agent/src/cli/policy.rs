@@ -1,3 +1,6 @@
+//! `envfence policy`: check and diff policy files and print the example
+//! policy, without an agent or a kernel.
+
 use std::path::PathBuf;
 
 use anyhow::bail;

@@ -12,7 +12,7 @@ use std::{
 
 use envfence_ebpf::{map_names, ABI_VERSION};
 
-use super::{loader::Hook, DatapathError};
+use super::{attach::Hook, DatapathError};
 
 /// Default bpffs root of envfence's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
