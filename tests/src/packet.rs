@@ -528,6 +528,72 @@ pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, l4: Packet) -> Vec<u8> {
     l4.ip(src, dst, proto).ethernet(&[]).into_bytes()
 }
 
+/// Byte-vector shorthands of [`Packet`] for tests that splice headers by
+/// hand (each returns a header followed by what it is given).
+pub mod flat {
+    use super::{Ipv4, Ipv6, Packet};
+    use std::net::IpAddr;
+
+    /// An Ethernet header with `vlans` tags (outer first) and `ethertype`.
+    pub fn eth(vlans: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
+        Packet::new().eth(vlans, ethertype).into_bytes()
+    }
+
+    /// An IPv4 header (`options` a multiple of 4; `frag` the raw flags +
+    /// offset field) followed by `l4`.
+    pub fn ipv4(
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        options: &[u8],
+        frag: u16,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        Packet::data(l4)
+            .ipv4(&Ipv4 {
+                src,
+                dst,
+                proto,
+                options: options.to_vec(),
+                frag,
+                ..Ipv4::default()
+            })
+            .into_bytes()
+    }
+
+    /// An IPv6 header with next header `next` followed by `rest`.
+    pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
+        Packet::data(rest)
+            .ipv6(&Ipv6 {
+                src,
+                dst,
+                next,
+                ..Ipv6::default()
+            })
+            .into_bytes()
+    }
+
+    /// A TCP SYN header.
+    pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+        Packet::syn(sport, dport).into_bytes()
+    }
+
+    /// A UDP header followed by `payload`.
+    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        Packet::data(payload).udp(sport, dport).into_bytes()
+    }
+
+    /// An ICMP (`v6`: ICMPv6) echo request.
+    pub fn echo(v6: bool) -> Vec<u8> {
+        Packet::echo(v6).into_bytes()
+    }
+
+    /// A whole frame: Ethernet + an IP header of `src`'s family + `l4`.
+    pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
+        super::ip_frame(src, dst, proto, Packet::data(l4))
+    }
+}
+
 /// The Internet checksum of `bytes` (an IPv4 header's; right for any
 /// even-length header).
 pub fn ip_checksum(bytes: &[u8]) -> u16 {

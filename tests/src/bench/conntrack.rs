@@ -12,13 +12,14 @@
 //!   packet, dropped by the stateless policy).
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::SchedClassifier;
 use envfence::datapath::{Datapath, Hook, LoadOptions};
 use envfence::policy::{self, SourceCheck};
 
 use super::table::{fmt, median, ratio, Table};
 use super::Section;
-use crate::testrun::{frame, ACTION_NEXT};
+use crate::packet::{ip_frame, Packet};
+use crate::testrun::{timed, ACTION_NEXT};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -67,11 +68,7 @@ fn load(no_conntrack: bool) -> Result<Datapath> {
 }
 
 fn run(prog: &SchedClassifier, f: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(f);
-    opts.repeat = repeat;
-    let out = prog.test_run(opts)?;
-    Ok((out.return_value, out.duration.as_nanos() as f64))
+    timed(prog, f, None, repeat)
 }
 
 fn hot(prog: &SchedClassifier, f: &[u8], p: &Params) -> Result<f64> {
@@ -83,9 +80,12 @@ fn hot(prog: &SchedClassifier, f: &[u8], p: &Params) -> Result<f64> {
 }
 
 fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut l4 = frame::tcp_syn(sport, dport);
-    l4[13] = flags;
-    frame::ip_frame(src.into(), dst.into(), 6, &l4)
+    ip_frame(
+        src.into(),
+        dst.into(),
+        6,
+        Packet::new().tcp(sport, dport, flags),
+    )
 }
 
 /// The section.
