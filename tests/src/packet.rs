@@ -59,11 +59,7 @@ pub mod ipproto {
 
 /// TCP flags.
 pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
 }
 
 /// UDP ports of the tunnels the datapath decapsulates (the policy's
@@ -305,7 +301,7 @@ impl Packet {
     // -- L4 ----------------------------------------------------------------
 
     /// A TCP header (20 bytes: sequence number 1, window 64240, checksum 0)
-    /// with `flags` (see [`tcp_flags`]).
+    /// with `flags` (0x02 SYN, 0x10 ACK, 0x04 RST, 0x01 FIN ...).
     pub fn tcp(self, sport: u16, dport: u16, flags: u8) -> Packet {
         let mut h = [0u8; 20];
         h[0..2].copy_from_slice(&sport.to_be_bytes());

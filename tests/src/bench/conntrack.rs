@@ -67,14 +67,10 @@ fn load(no_conntrack: bool) -> Result<Datapath> {
     Ok(dp)
 }
 
-fn run(prog: &SchedClassifier, f: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    timed(prog, f, None, repeat)
-}
-
 fn hot(prog: &SchedClassifier, f: &[u8], p: &Params) -> Result<f64> {
     let mut v = Vec::new();
     for _ in 0..p.hot_runs {
-        v.push(run(prog, f, p.hot_repeat)?.1);
+        v.push(timed(prog, f, None, p.hot_repeat)?.1);
     }
     Ok(median(&v))
 }
@@ -99,10 +95,10 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let reply = tcp(pr, t, 53, 40000, 0x10);
     let ingress_on = on.program(Hook::Ingress)?;
     // The tracked flow exists (its SYN went through).
-    if run(ingress_on, &tcp(t, pr, 40000, 53, 0x02), 1)?.0 != ACTION_NEXT {
+    if timed(ingress_on, &tcp(t, pr, 40000, 53, 0x02), None, 1)?.0 != ACTION_NEXT {
         bail!("the SYN of the tracked flow was not let through");
     }
-    if run(ingress_on, &reply, 1)?.0 != ACTION_NEXT {
+    if timed(ingress_on, &reply, None, 1)?.0 != ACTION_NEXT {
         bail!("the reply was not let through with tracking on");
     }
     let rows_hot = [
@@ -134,7 +130,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let empty = on.empty_program()?;
     let mut overhead = 0.0;
     for i in 0..p.flows {
-        overhead += run(empty, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?.1;
+        overhead += timed(empty, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?.1;
     }
     let overhead = overhead / f64::from(p.flows);
     let mut first = [0.0f64; 2];
@@ -142,7 +138,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         let prog = dp.program(Hook::Ingress)?;
         let mut sum = 0.0;
         for i in 0..p.flows {
-            let (action, ns) = run(prog, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?;
+            let (action, ns) = timed(prog, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?;
             if action != ACTION_NEXT {
                 bail!("a first SYN was dropped");
             }
