@@ -1,8 +1,8 @@
 //! Random numbers for the generators (packets, conversations, routes,
 //! synthetic policies): `rand` with the PCG generator of `rand_pcg`
 //! (`Pcg64Mcg`), whose output for a seed is fixed across platforms and
-//! versions, so a seed printed by a failing run (`ENVFENCE_FUZZ_SEED`)
-//! reproduces it. [`Draw`] adds the few shorthands the generators use on
+//! versions, so a seed printed by a failing run reproduces it
+//! (`ENVFENCE_FUZZ_SEED` in the tests, `--seed` of `cargo xtask fuzz`). [`Draw`] adds the few shorthands the generators use on
 //! top of `rand::Rng`.
 
 use rand::distr::{weighted::WeightedIndex, Distribution as _};
