@@ -10,5 +10,6 @@ pub mod fleet;
 pub mod metrics;
 pub mod netwatch;
 pub mod policy;
+pub mod state;
 pub mod status;
 pub mod store;

@@ -1,3 +1,6 @@
+//! The `envfence` binary: logging to stderr (`ENVFENCE_LOG`), then the
+//! command line of [`envfence::cli`].
+
 use std::io::IsTerminal as _;
 
 use clap::Parser as _;

@@ -12,7 +12,7 @@
 //! | `/v1/flows/follow?QUERY` | JSON lines: each new matching event as it comes (after the newest `last` stored ones, or those `since`), until the client goes; `{"lagged":N}` when N events were missed |
 //! | `/v1/top?QUERY` | [`types::TopReply`] |
 //!
-//! QUERY ([`types::FlowQuery`]): `from_env`, `to_env`, `verdict`, `proto`,
+//! QUERY ([`types::FlowQuery`], checked and applied by [`query`]): `from_env`, `to_env`, `verdict`, `proto`,
 //! `rule` (comma-separated lists), `ip` (address or CIDR, either side),
 //! `port` (either side), `since`, `until` (RFC 3339, or a duration ago:
 //! `5m`), `last` (newest N); for top also `by` (pair, src, dst, rule) and
@@ -21,6 +21,7 @@
 //! Try it: `curl --unix-socket /run/envfence/envfence.sock http://x/v1/status`.
 
 pub mod client;
+pub mod query;
 pub mod report;
 pub mod types;
 
@@ -47,7 +48,8 @@ use tokio::sync::{broadcast, watch};
 use crate::{
     datapath::inspect::PinnedState, events::EventRecord, status::Status, store::EventStore,
 };
-use types::{FlowFilter, FlowQuery, FlowsReply, Lagged, TopReply};
+use query::FlowFilter;
+use types::{FlowQuery, FlowsReply, Lagged};
 
 /// Where and how the API listens.
 #[derive(Clone, Debug)]
@@ -297,22 +299,10 @@ async fn flows(State(app): State<App>, Query(q): Query<FlowQuery>) -> Response {
 }
 
 async fn top(State(app): State<App>, Query(q): Query<FlowQuery>) -> Response {
-    let (by, limit, filter) = match types::top_query(&q, SystemTime::now()) {
-        Ok(x) => x,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let all = records(&app.store);
-    let matched = filter.apply(&all);
-    let (rows, events, packets) = types::top(&matched, by, limit);
-    Json(TopReply {
-        by,
-        verdicts: filter.verdicts.clone(),
-        rows,
-        events,
-        packets,
-        stored: all.len(),
-    })
-    .into_response()
+    match query::top_reply(&q, &records(&app.store), SystemTime::now()) {
+        Ok(reply) => Json(reply).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 struct Follow {

@@ -8,12 +8,12 @@ use envfence_ebpf::NUM_VERDICTS;
 
 use super::types::{CountersReport, HookReport, InterfaceReport, StatusReport, Volume};
 use crate::{
-    daemon::state,
     datapath::{
         inspect::{self, PinnedState, STAT_NAMES},
         pins::PinLayout,
         Hook,
     },
+    state,
     status::StatusSnapshot,
 };
 
@@ -238,7 +238,7 @@ pub fn from_pins(pin_root: &Path, state_dir: &Path) -> StatusReport {
     match state::load(state_dir) {
         Some(saved) => {
             report.policy_origin = format!("{} (saved copy)", saved.origin);
-            match crate::policy::parse(&saved.source, &saved.origin) {
+            match saved.parse() {
                 Ok(p) => {
                     report.rules = p.rules.iter().map(|r| r.name.clone()).collect();
                     report.policy_sha256 = p.source_sha256;

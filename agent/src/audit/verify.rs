@@ -5,7 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     fs::File,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Seek as _},
     path::{Path, PathBuf},
 };
 
@@ -343,10 +343,16 @@ pub fn order_by_first_seq(files: &[PathBuf]) -> Vec<PathBuf> {
 
 /// The seq of the first record of `path`, when it can be read.
 pub(crate) fn first_seq(path: &Path) -> Option<u64> {
+    first_seq_of(&File::open(path).ok()?)
+}
+
+/// The seq of the first record of an open file, when it can be read (read
+/// from the file's start; the file offset is left after the first line).
+pub(crate) fn first_seq_of(file: &File) -> Option<u64> {
     let mut line = Vec::new();
-    BufReader::new(File::open(path).ok()?)
-        .read_until(b'\n', &mut line)
-        .ok()?;
+    let mut reader = BufReader::new(file);
+    reader.seek(std::io::SeekFrom::Start(0)).ok()?;
+    reader.read_until(b'\n', &mut line).ok()?;
     decode_line(line.strip_suffix(b"\n")?).ok().map(|d| d.seq)
 }
 

@@ -1,3 +1,7 @@
+//! `envfence agent`: the node agent's command line, turned into the
+//! daemon's options (policy source, pins, state directory, local API, audit
+//! log and its shipping); the daemon itself is `crate::daemon`.
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
@@ -8,11 +12,10 @@ use crate::{
         ship::{addr_host, ShipOptions, Shipper, TlsOptions},
         AuditOptions, AuditWriter, ChainKey, SharedAudit,
     },
-    daemon::{
-        self, changes::Revision, state::DEFAULT_STATE_DIR, AuditHooks, DaemonOptions, PolicySource,
-    },
+    daemon::{self, changes::Revision, AuditHooks, DaemonOptions, PolicySource},
     datapath::pins::DEFAULT_PIN_ROOT,
     events::{Optional, Tee},
+    state::DEFAULT_STATE_DIR,
 };
 
 #[derive(Debug, Args)]

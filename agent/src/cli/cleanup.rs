@@ -1,11 +1,14 @@
+//! `envfence cleanup`: for a stopped agent, detach every envfence link and
+//! remove every pin (every ABI version's) and the saved policy, nothing else.
+
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
 
 use crate::{
-    daemon::state::{self, DEFAULT_STATE_DIR},
     datapath::pins::{self, DEFAULT_PIN_ROOT},
+    state::{self, DEFAULT_STATE_DIR},
 };
 
 #[derive(Debug, Args)]

@@ -16,12 +16,12 @@ use serde::Serialize;
 use super::explain_source::{self, SourceAnswer};
 use super::table::{self, Output, Style};
 use crate::{
-    daemon::state::{self, DEFAULT_STATE_DIR},
     datapath::{
         inspect::{DecidedBy, KernelDecision, PinnedState},
         pins::DEFAULT_PIN_ROOT,
     },
     policy::{self, proto_has_ports, CompiledPolicy, Policy, Verdict, L4},
+    state::{self, DEFAULT_STATE_DIR},
 };
 
 /// Exit code of `explain` when the kernel and the policy file disagree.
@@ -186,8 +186,7 @@ pub struct Explanation {
 /// it was installed with.
 fn saved_names(state_dir: &Path) -> Option<(Policy, CompiledPolicy, u32, String)> {
     let saved = state::load(state_dir)?;
-    let p = policy::parse(&saved.source, &saved.origin).ok()?;
-    let compiled = policy::compile_with_ids(&p, &saved.env_names, &saved.rule_names);
+    let (p, compiled) = saved.compile().ok()?;
     Some((
         p,
         compiled,

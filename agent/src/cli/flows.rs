@@ -15,10 +15,8 @@ use super::table::{self, Align, Cell, Color, FlowsOutput, Style, Table};
 use crate::{
     api::{
         client::{Client, ClientError, DEFAULT_SOCKET},
-        types::{
-            format_time, is_verdict_name, parse_time, FlowFilter, FlowQuery, FlowsReply, Lagged,
-            QueryError,
-        },
+        query::{format_time, is_verdict_name, parse_time, FlowFilter, QueryError},
+        types::{FlowQuery, FlowsReply, Lagged},
     },
     events::EventRecord,
 };

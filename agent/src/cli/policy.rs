@@ -1,3 +1,6 @@
+//! `envfence policy`: check and diff policy files and print the example
+//! policy, without an agent or a kernel.
+
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -90,6 +93,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                         for pattern in &p.interfaces.include {
                             println!("  {}", p.source_check.explain(pattern));
                         }
+                        print_remarks(file, &p);
                     }
                     Err(errors) => {
                         failed += 1;
@@ -105,6 +109,36 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The warnings and notes on a valid policy (`policy::remarks`), at most
+/// [`policy::LISTED_CARVE_OUTS`] carve-outs.
+fn print_remarks(file: &std::path::Path, p: &policy::Policy) {
+    let remarks = policy::remarks(p);
+    let carve_outs = remarks
+        .iter()
+        .filter(|r| matches!(r, policy::Remark::CarvedOut { .. }))
+        .count();
+    let mut listed = 0usize;
+    for r in &remarks {
+        if matches!(r, policy::Remark::CarvedOut { .. }) {
+            listed += 1;
+            if listed > policy::LISTED_CARVE_OUTS {
+                continue;
+            }
+        }
+        match r.line() {
+            0 => println!("  {}: {}: {r}", file.display(), r.severity()),
+            line => println!("  {}:{line}: {}: {r}", file.display(), r.severity()),
+        }
+    }
+    if carve_outs > policy::LISTED_CARVE_OUTS {
+        println!(
+            "  {}: note: and {} more carve-outs",
+            file.display(),
+            carve_outs - policy::LISTED_CARVE_OUTS
+        );
+    }
+}
+
 /// One error of `policy check -o json`.
 #[derive(Debug, serde::Serialize)]
 struct JsonError<'a> {
@@ -112,7 +146,7 @@ struct JsonError<'a> {
     line: usize,
     column: usize,
     field: &'a str,
-    value: &'a str,
+    value: String,
     message: &'a str,
 }
 
@@ -132,7 +166,7 @@ fn check_json(files: &[PathBuf]) -> anyhow::Result<()> {
             line: e.line,
             column: e.column,
             field: &e.field,
-            value: &e.value,
+            value: e.quoted_value(),
             message: &e.message,
         })
         .collect();

@@ -16,8 +16,8 @@ use crate::{
         report,
         types::{unix_to_rfc3339, StatusReport},
     },
-    daemon::state::DEFAULT_STATE_DIR,
     datapath::pins::DEFAULT_PIN_ROOT,
+    state::DEFAULT_STATE_DIR,
 };
 
 /// Exit code of `status` when the agent did not answer (the report then

@@ -11,7 +11,8 @@ use super::{
 };
 use crate::api::{
     client::{Client, DEFAULT_SOCKET},
-    types::{self, TopBy, TopReply, TOP_DEFAULT_VERDICTS},
+    query::{self, TOP_DEFAULT_VERDICTS},
+    types::{TopBy, TopReply},
 };
 
 /// `--by`.
@@ -58,7 +59,7 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value_t = By::Pair)]
     pub by: By,
     /// How many rows.
-    #[arg(short = 'n', long, default_value_t = types::TOP_DEFAULT_LIMIT as u64, value_name = "ROWS",
+    #[arg(short = 'n', long, default_value_t = query::TOP_DEFAULT_LIMIT as u64, value_name = "ROWS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: u64,
     /// Count only the newest N matching events.
@@ -85,18 +86,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     query.limit = Some(args.limit.to_string());
     let reply = match &args.file {
         Some(file) => {
-            let (by, limit, filter) = types::top_query(&query, SystemTime::now())?;
             let (records, _) = read_audit(file)?;
-            let matched = filter.apply(&records);
-            let (rows, events, packets) = types::top(&matched, by, limit);
-            TopReply {
-                by,
-                verdicts: filter.verdicts.clone(),
-                rows,
-                events,
-                packets,
-                stored: records.len(),
-            }
+            query::top_reply(&query, &records, SystemTime::now())?
         }
         None => Client::new(&args.socket)
             .get_json(&format!("/v1/top?{}", query.to_query_string()))

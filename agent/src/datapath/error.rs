@@ -22,6 +22,17 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error(
+        "pin root {root}: {at} is on {fs}, not on a bpffs, so envfence cannot pin its maps and links there. \
+         Under `ip netns exec` (which remounts /sys and hides the host's bpffs) run it with \
+         `nsenter --net=/run/netns/NAME` instead; otherwise mount bpffs (`mount -t bpf bpf /sys/fs/bpf`), \
+         pass --pin-root DIR on a bpffs, or --no-pin"
+    )]
+    NotBpffs {
+        root: std::path::PathBuf,
+        at: std::path::PathBuf,
+        fs: String,
+    },
     #[error("interface {ifname:?}: {message}")]
     Interface { ifname: String, message: String },
     #[error("attaching {hook} to interface {ifname:?} failed: {source}")]

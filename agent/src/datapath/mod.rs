@@ -13,11 +13,11 @@ pub mod pins;
 mod policy_maps;
 mod source_maps;
 
-pub use attach::{list_interfaces, Attachment};
+pub use attach::{list_interfaces, Attachment, Hook};
 pub use conntrack::monotonic_ns;
 pub use counters::{CounterReader, PairCount, RuleCount};
 pub use error::DatapathError;
-pub use loader::{Datapath, Hook, LoadOptions};
+pub use loader::{Datapath, LoadOptions};
 pub use policy_maps::Installed;
 pub use source_maps::peer_key;
 

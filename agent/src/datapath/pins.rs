@@ -12,7 +12,7 @@ use std::{
 
 use envfence_ebpf::{map_names, ABI_VERSION};
 
-use super::{loader::Hook, DatapathError};
+use super::{attach::Hook, DatapathError};
 
 /// Default bpffs root of envfence's pins.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
@@ -96,6 +96,7 @@ impl PinLayout {
     }
 
     pub(super) fn create(&self) -> Result<(), DatapathError> {
+        check_bpffs(&self.root)?;
         fs::create_dir_all(self.links_dir()).map_err(|e| pin_error(&self.links_dir(), &e))
     }
 }
@@ -117,6 +118,53 @@ fn is_version_dir(p: &Path) -> bool {
             .and_then(|n| n.to_str())
             .and_then(|n| n.strip_prefix('v'))
             .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+/// `f_type` of a bpffs in statfs(2) (`BPF_FS_MAGIC`, linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// A few other `f_type`s, to name what the pin root is on instead.
+const FS_NAMES: [(i64, &str); 8] = [
+    (0x6265_6572, "sysfs"),
+    (0x0102_1994, "tmpfs"),
+    (0xef53, "ext2/3/4"),
+    (0x5846_5342, "xfs"),
+    (0x9123_683e, "btrfs"),
+    (0x794c_7630, "overlayfs"),
+    (0x9fa0, "procfs"),
+    (0x0102_1997, "9p"),
+];
+
+/// Checks that the pin root is (or, created, would be) on a bpffs: the
+/// nearest directory of it that exists must be on one. Pins anywhere else
+/// fail with ENOENT or EPERM deep in the loader; this names the cause.
+pub fn check_bpffs(root: &Path) -> Result<(), DatapathError> {
+    let mut at = root;
+    while !at.exists() {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => return Ok(()),
+        }
+    }
+    let magic = match nix::sys::statfs::statfs(at) {
+        // `__fsword_t` is i64 here, narrower on some targets.
+        #[allow(clippy::useless_conversion)]
+        Ok(st) => i64::from(st.filesystem_type().0),
+        // Unreadable: the loader's own error says more.
+        Err(_) => return Ok(()),
+    };
+    if magic == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let fs = FS_NAMES.iter().find(|(m, _)| *m == magic).map_or_else(
+        || format!("a filesystem of type {magic:#x}"),
+        |(_, n)| (*n).to_owned(),
+    );
+    Err(DatapathError::NotBpffs {
+        root: root.to_path_buf(),
+        at: at.to_path_buf(),
+        fs,
+    })
 }
 
 pub(super) fn pin_error(path: &Path, e: &io::Error) -> DatapathError {

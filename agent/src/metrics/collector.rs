@@ -1,3 +1,7 @@
+//! The kernel's counters as Prometheus metrics: a collector that reads the
+//! per-CPU counter maps at every scrape (exact, never sampled) and labels
+//! them with the names of the policy in force.
+
 use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus::{
@@ -129,8 +133,9 @@ impl DatapathCollector {
     }
 }
 
-impl Collector for DatapathCollector {
-    fn desc(&self) -> Vec<&Desc> {
+impl DatapathCollector {
+    /// Every metric family this collector exports.
+    fn families(&self) -> [&IntCounterVec; 5] {
         [
             &self.packets,
             &self.bytes,
@@ -138,9 +143,12 @@ impl Collector for DatapathCollector {
             &self.rule_packets,
             &self.rule_bytes,
         ]
-        .into_iter()
-        .flat_map(|v| v.desc())
-        .collect()
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.families().into_iter().flat_map(|v| v.desc()).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -151,15 +159,9 @@ impl Collector for DatapathCollector {
             tracing::error!("reading kernel counters failed: {e}");
             return Vec::new();
         }
-        [
-            &self.packets,
-            &self.bytes,
-            &self.stats,
-            &self.rule_packets,
-            &self.rule_bytes,
-        ]
-        .into_iter()
-        .flat_map(|v| v.collect())
-        .collect()
+        self.families()
+            .into_iter()
+            .flat_map(|v| v.collect())
+            .collect()
     }
 }

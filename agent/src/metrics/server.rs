@@ -1,3 +1,6 @@
+//! The metrics endpoint: `/metrics` (Prometheus text format), `/healthz`
+//! and `/readyz` on `--metrics-addr`, over plain HTTP.
+
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;

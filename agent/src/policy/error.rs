@@ -43,6 +43,38 @@ impl PolicyError {
     }
 }
 
+impl PolicyError {
+    /// The value as errors show it: whole up to [`QUOTED_CHARS`]
+    /// characters, else its first ones, `…` and its size in bytes.
+    pub fn quoted_value(&self) -> String {
+        match cut(&self.value) {
+            None => self.value.clone(),
+            Some(prefix) => format!("{prefix}… ({} bytes)", self.value.len()),
+        }
+    }
+}
+
+/// How many characters of an offending value an error quotes.
+pub const QUOTED_CHARS: usize = 60;
+
+/// `value` in quotes as errors and messages show it: `"10.1.0.0/33"`, or
+/// for a long one its first [`QUOTED_CHARS`] characters, `"…"… (N bytes)`.
+pub(crate) fn quoted(value: &str) -> String {
+    match cut(value) {
+        None => format!("{value:?}"),
+        Some(prefix) => format!("{prefix:?}… ({} bytes)", value.len()),
+    }
+}
+
+/// The first [`QUOTED_CHARS`] characters of `value` when it is longer: a
+/// 200 KB line is named, not echoed.
+fn cut(value: &str) -> Option<&str> {
+    value
+        .char_indices()
+        .nth(QUOTED_CHARS)
+        .map(|(end, _)| &value[..end])
+}
+
 impl fmt::Display for PolicyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.origin)?;
@@ -55,7 +87,7 @@ impl fmt::Display for PolicyError {
         }
         f.write_str(&self.message)?;
         if !self.value.is_empty() {
-            write!(f, " (got {:?})", self.value)?;
+            write!(f, " (got {})", quoted(&self.value))?;
         }
         Ok(())
     }
@@ -215,5 +247,33 @@ mod tests {
             all.to_string(),
             "p.yaml:1:7: a: bad (got \"x\")\np.yaml:2:7: b: bad (got \"y\")"
         );
+    }
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_value_is_quoted_by_its_prefix_and_size() {
+        let mut e = PolicyError {
+            origin: "p.yaml".into(),
+            line: 3,
+            column: 5,
+            field: "environments.test[0]".into(),
+            value: "10.1.0.0/33".into(),
+            message: "not a CIDR".into(),
+        };
+        assert!(e.to_string().ends_with("(got \"10.1.0.0/33\")"));
+        assert_eq!(e.quoted_value(), "10.1.0.0/33");
+        e.value = "é".repeat(100_000);
+        assert_eq!(
+            e.quoted_value(),
+            format!("{}… (200000 bytes)", "é".repeat(QUOTED_CHARS))
+        );
+        e.value = "x".repeat(200_000);
+        let shown = e.to_string();
+        assert!(shown.len() < 200, "{shown}");
+        assert!(shown.ends_with("… (200000 bytes))"), "{shown}");
     }
 }

@@ -155,7 +155,8 @@ impl FromStr for NonIp {
             "pass" => Ok(NonIp::Pass),
             "drop" => Ok(NonIp::Drop),
             _ => Err(ParseValueError(format!(
-                "unknown non-IP action {s:?}: expected pass or drop"
+                "unknown non-IP action {}: expected pass or drop",
+                super::error::quoted(s)
             ))),
         }
     }

@@ -16,6 +16,7 @@ mod environments;
 mod error;
 mod frames;
 mod model;
+mod notes;
 pub mod reference;
 pub mod rpf;
 mod rules;
@@ -38,6 +39,7 @@ pub use model::{
     proto_has_ports, proto_name, Environment, InterfaceSelector, Mode, ParseValueError, Policy,
     PortSpec, Rule, Verdict,
 };
+pub use notes::{remarks, Remark, LISTED_CARVE_OUTS};
 pub use rules::MAX_RULES;
 pub use source_check::{SourceCheck, SourceCheckRule, SourceChecks, SourceMode, POD_FACING};
 pub use values::{DEFAULT_RULE, WORLD};

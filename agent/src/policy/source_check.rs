@@ -67,7 +67,8 @@ impl FromStr for SourceMode {
             "loose" => Ok(SourceMode::Loose),
             "off" => Ok(SourceMode::Off),
             _ => Err(ParseValueError(format!(
-                "unknown source-check mode {s:?}: expected strict, loose or off"
+                "unknown source-check mode {}: expected strict, loose or off",
+                super::error::quoted(s)
             ))),
         }
     }

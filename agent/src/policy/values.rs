@@ -77,8 +77,9 @@ pub fn cidr(text: &str) -> Result<IpNet, String> {
 fn address(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| {
         format!(
-            "not an IPv4 or IPv6 CIDR: {text:?} is not an IP address \
-             (write a network such as 10.10.0.0/16 or fd00:10::/48)"
+            "not an IPv4 or IPv6 CIDR: {} is not an IP address \
+             (write a network such as 10.10.0.0/16 or fd00:10::/48)",
+            super::error::quoted(text)
         )
     })
 }
@@ -116,7 +117,8 @@ pub fn port_spec(text: &str) -> Result<PortSpec, String> {
         "dccp" => proto::DCCP,
         _ => {
             return Err(format!(
-                "unknown protocol {proto_text:?}: port rules are for tcp, udp, sctp or dccp"
+                "unknown protocol {}: port rules are for tcp, udp, sctp or dccp",
+                super::error::quoted(proto_text)
             ))
         }
     };

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::table::{self, Output, Style};
 use crate::{
-    api::types::parse_time,
+    api::query::parse_time,
     fleet::{
         client::{ClientOptions, PromClient},
         drift, queries, status,

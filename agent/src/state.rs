@@ -1,6 +1,13 @@
-//! The last good policy, kept next to the pinned state so that a restarted
-//! agent knows the names behind the ids in the kernel maps and keeps every
-//! environment's id.
+//! The agent's state directory (`--state-dir`, tmpfs like bpffs: both go
+//! with a reboot): the last good policy, kept next to the pinned state so
+//! that a restarted agent, `envfence status`, `explain` and `cleanup` know
+//! the names behind the ids in the kernel maps (and a restart keeps every
+//! environment's and rule's id), and the node's agent lock file.
+//!
+//! DESIGN: this sits below daemon/, api/ and cli/ (it needs only policy/):
+//! the daemon writes it, everyone else reads it, and "parse the saved source
+//! and compile it with the ids it was installed with" is
+//! [`SavedPolicy::compile`], written once.
 
 use std::{
     fs, io,
@@ -9,6 +16,8 @@ use std::{
 
 use envfence_ebpf::ABI_VERSION;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::{self, CompiledPolicy, Policy, PolicyErrors};
 
 /// Default directory of the agent's state (tmpfs, like bpffs: both go with
 /// a reboot).
@@ -30,6 +39,35 @@ pub struct SavedPolicy {
     pub generation: u32,
 }
 
+impl SavedPolicy {
+    /// The record of `compiled` (from `source`, read from `origin`) as
+    /// installed in the kernel at `generation`.
+    pub fn new(origin: String, source: String, compiled: &CompiledPolicy, generation: u32) -> Self {
+        Self {
+            abi: ABI_VERSION,
+            origin,
+            source,
+            env_names: compiled.env_names.clone(),
+            rule_names: compiled.rule_names.clone(),
+            generation,
+        }
+    }
+
+    /// The saved source, parsed and validated again.
+    pub fn parse(&self) -> Result<Policy, PolicyErrors> {
+        policy::parse(&self.source, &self.origin)
+    }
+
+    /// The saved source, parsed and compiled with the ids it was installed
+    /// with (so that its names are the kernel's).
+    pub fn compile(&self) -> Result<(Policy, CompiledPolicy), PolicyErrors> {
+        let p = self.parse()?;
+        let compiled = policy::compile_with_ids(&p, &self.env_names, &self.rule_names);
+        Ok((p, compiled))
+    }
+}
+
+/// Where the saved policy of this ABI version is kept in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
     dir.join(format!("policy-v{ABI_VERSION}.json"))
 }
@@ -75,37 +113,8 @@ pub fn remove_all(dir: &Path) -> usize {
         .count()
 }
 
-/// The lock file that keeps a second agent from running beside the first.
+/// The lock file that keeps a second agent from running beside the first
+/// (taken by the daemon, `daemon/lock.rs`).
 pub fn lock_path(dir: &Path) -> PathBuf {
     dir.join("agent.lock")
-}
-
-/// Takes the node's agent lock (`<dir>/agent.lock`), waiting for another
-/// agent that holds it to exit (a rolling update's old pod).
-pub async fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
-    use anyhow::Context as _;
-    use nix::fcntl::{Flock, FlockArg};
-    fs::create_dir_all(dir)
-        .with_context(|| format!("creating the state directory {}", dir.display()))?;
-    let path = lock_path(dir);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening the lock {}", path.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
-        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
-            tracing::warn!(
-                "another envfence agent holds {}: waiting for it to exit",
-                path.display()
-            );
-            tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
-                .await
-                .context("waiting for the agent lock")?
-                .map_err(|(_, e)| anyhow::anyhow!("locking {}: {e}", path.display()))
-        }
-        Err((_, e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
-    }
 }

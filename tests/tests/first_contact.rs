@@ -1,0 +1,122 @@
+//! What a new user meets first, each with the message it must get: the
+//! agent started where /sys/fs/bpf is not a bpffs (under `ip netns exec`,
+//! which remounts /sys), `policy check` on a file with a huge offending
+//! value, and `policy check`'s warnings and notes on a valid policy.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use envfence_tests::agent::agent_binary;
+use envfence_tests::lab::Lab;
+use envfence_tests::netns::{output_with_timeout, require_root};
+
+fn run(bin: &Path, args: &[&str]) -> Result<Output> {
+    output_with_timeout(Command::new(bin).args(args), Duration::from_secs(30))
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// Under `ip netns exec` the agent finds sysfs at /sys/fs/bpf: it says so,
+/// and how to run it instead, before it touches any interface.
+#[test]
+fn under_ip_netns_exec_the_agent_names_the_missing_bpffs() -> Result<()> {
+    require_root()?;
+    let bin = agent_binary()?;
+    let lab = Lab::new(&[])?;
+    let state = tempfile::tempdir()?;
+    let out = output_with_timeout(
+        Command::new("ip")
+            .args(["netns", "exec", lab.node_ns()])
+            .arg(&bin)
+            .args([
+                "agent",
+                "--example-policy",
+                "--no-api",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--state-dir",
+                &state.path().display().to_string(),
+            ]),
+        Duration::from_secs(30),
+    )?;
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "the agent started: {err}");
+    for want in [
+        "pin root /sys/fs/bpf/envfence: /sys/fs/bpf is on sysfs, not on a bpffs",
+        "nsenter --net=/run/netns/NAME",
+        "mount -t bpf bpf /sys/fs/bpf",
+        "--pin-root DIR on a bpffs",
+    ] {
+        ensure!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+    ensure!(!err.contains("No such file or directory"), "{err}");
+    Ok(())
+}
+
+/// A 200 KB offending value is named by its line and quoted by a short
+/// prefix and its size, in text and in JSON.
+#[test]
+fn policy_check_quotes_a_huge_value_by_a_short_prefix() -> Result<()> {
+    let bin = agent_binary()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("huge.yaml");
+    let huge = "9".repeat(200_000);
+    std::fs::write(
+        &file,
+        format!("environments:\n  production: [10.1.0.0/16]\n  test: [{huge}]\n"),
+    )?;
+    let path = file.display().to_string();
+    let out = run(&bin, &["policy", "check", &path])?;
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "accepted: {err}");
+    ensure!(
+        err.len() < 1000,
+        "{} bytes of error:\n{}",
+        err.len(),
+        &err[..1000]
+    );
+    ensure!(err.contains(&format!("{path}:3:")), "no place in:\n{err}");
+    ensure!(err.contains("… (200000 bytes)"), "no size in:\n{err}");
+    let out = run(&bin, &["policy", "check", "-o", "json", &path])?;
+    let json = text(&out.stdout);
+    ensure!(json.len() < 1000, "{} bytes of JSON", json.len());
+    ensure!(json.contains("(200000 bytes)"), "{json}");
+    Ok(())
+}
+
+/// A rule naming an environment without CIDRs is a warning (with the
+/// rule's line); one environment's prefix inside another's is a note;
+/// neither fails the check.
+#[test]
+fn policy_check_warns_of_empty_environments_and_notes_carve_outs() -> Result<()> {
+    let bin = agent_binary()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        "environments:\n  production: [10.0.0.0/8]\n  test: [10.9.0.0/16]\n  dev: []\n\
+         rules:\n  - name: dev-to-prod\n    from: [dev]\n    to: [production]\n    verdict: drop\n",
+    )?;
+    let path = file.display().to_string();
+    let out = run(&bin, &["policy", "check", &path])?;
+    let stdout = text(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "failed: {}{stdout}",
+        text(&out.stderr)
+    );
+    let want_warning = format!(
+        "{path}:6: warning: rule \"dev-to-prod\" names environment \"dev\", which has no CIDRs: the rule never matches it"
+    );
+    let want_note = format!(
+        "{path}: note: 10.9.0.0/16 (test) is carved out of 10.0.0.0/8 (production): its addresses are test (the longest prefix wins)"
+    );
+    for want in [want_warning, want_note] {
+        ensure!(stdout.contains(&want), "no {want:?} in:\n{stdout}");
+    }
+    Ok(())
+}
