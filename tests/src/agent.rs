@@ -257,36 +257,18 @@ impl Agent {
     }
 }
 
-/// Protocol numbers.
+/// Protocol numbers (the ABI's) and their names (the agent's table,
+/// `envfence::policy::proto_name`).
 pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
+    pub use envfence_ebpf::proto::{ICMP, ICMPV6, SCTP, TCP, UDP};
 
-    /// The number of a protocol name as events print it.
+    /// The number of a protocol name as events print it (a name of the
+    /// agent's table, or a number).
     pub fn from_name(name: &str) -> Option<u8> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "icmp" => ICMP,
-            "tcp" => TCP,
-            "udp" => UDP,
-            "icmpv6" | "ipv6-icmp" | "icmp6" => ICMPV6,
-            "sctp" => SCTP,
-            other => other.parse().ok()?,
-        })
-    }
-
-    /// Display name.
-    pub fn name(p: u8) -> String {
-        match p {
-            ICMP => "icmp".into(),
-            TCP => "tcp".into(),
-            UDP => "udp".into(),
-            ICMPV6 => "icmpv6".into(),
-            SCTP => "sctp".into(),
-            n => n.to_string(),
-        }
+        let name = name.to_ascii_lowercase();
+        (0..=u8::MAX)
+            .find(|p| envfence::policy::proto_name(*p) == Some(name.as_str()))
+            .or_else(|| name.parse().ok())
     }
 }
 

@@ -20,8 +20,10 @@ use envfence::policy::{self, CompiledPolicy};
 use envfence_ebpf::{ct, family, proto, stat, tag, verdict, CtEntry, CtKey};
 
 use crate::ctmodel::{flow_id, FlowId, Model, State};
-use crate::gen::{mapped, to_hex, v4_pool, v6_pool, Env, Rng};
-use crate::testrun::{frame, KernelHarness, ACTION_NEXT, ACTION_SHOT};
+use crate::gen::{mapped, to_hex, v4_pool, v6_pool, Env};
+use crate::packet::{ethertype, Ipv4, Ipv6, LenField, Packet};
+use crate::rng::{seeded, Draw as _, Rng};
+use crate::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// Timeouts of the policies the differential runs with: long (nothing
 /// expires by itself during a run: expiry is exercised by ageing) and all
@@ -101,10 +103,9 @@ fn addr_of(rng: &mut Rng, env: Env, fam: u8) -> IpAddr {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
-    let mut h = frame::tcp_syn(sport, dport);
-    h[13] = flags;
-    h.extend(std::iter::repeat_n(0x61, payload));
-    h
+    Packet::data(&vec![0x61; payload])
+        .tcp(sport, dport, flags)
+        .into_bytes()
 }
 
 fn echo(v6: bool, reply: bool, id: u16) -> Vec<u8> {
@@ -115,7 +116,7 @@ fn echo(v6: bool, reply: bool, id: u16) -> Vec<u8> {
         (true, true) => 129,
     };
     let idb = id.to_be_bytes();
-    vec![t, 0, 0, 0, idb[0], idb[1], 0, 1]
+    Packet::icmp(t, 0, [idb[0], idb[1], 0, 1], &[]).into_bytes()
 }
 
 fn is_v6(a: IpAddr) -> bool {
@@ -126,58 +127,49 @@ fn is_v6(a: IpAddr) -> bool {
 /// destination-options extension header before the L4 header.
 fn build(rng: &mut Rng, src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
     let vlan = rng.chance(8);
-    let vl: &[(u16, u16)] = if vlan {
-        &[(frame::ETH_P_8021Q, 7)]
-    } else {
-        &[]
-    };
-    match (src, dst) {
+    let vl: &[(u16, u16)] = if vlan { &[(ethertype::VLAN, 7)] } else { &[] };
+    let l4 = Packet::data(l4);
+    let ip = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut f = frame::eth(vl, frame::ETH_P_IP);
-            let opts: &[u8] = if rng.chance(8) { &[1, 1, 1, 0] } else { &[] };
-            f.extend(frame::ipv4(s.octets(), d.octets(), p, opts, 0, l4));
-            f
-        }
-        _ => {
-            let ext = is_v6(src) && is_v6(dst) && rng.chance(8);
-            if !vlan && !ext {
-                return frame::ip_frame(src, dst, p, l4);
-            }
-            let v6 = |a: IpAddr| match a {
-                IpAddr::V6(a) => a.octets(),
-                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            };
-            let mut f = frame::eth(vl, frame::ETH_P_IPV6);
-            if ext {
-                // Destination options (60), 8 bytes: next header, length
-                // 0, PadN.
-                let mut rest = vec![p, 0, 1, 4, 0, 0, 0, 0];
-                rest.extend_from_slice(l4);
-                f.extend(frame::ipv6(v6(src), v6(dst), 60, &rest));
+            let options = if rng.chance(8) {
+                vec![1, 1, 1, 0]
             } else {
-                f.extend(frame::ipv6(v6(src), v6(dst), p, l4));
-            }
-            f
+                Vec::new()
+            };
+            l4.ipv4(&Ipv4 {
+                src: s.octets(),
+                dst: d.octets(),
+                proto: p,
+                options,
+                ..Ipv4::default()
+            })
         }
-    }
+        _ if is_v6(src) && is_v6(dst) && rng.chance(8) => {
+            // Destination options, 8 bytes: next header, length 0, PadN.
+            l4.push(&[p, 0, 1, 4, 0, 0, 0, 0])
+                .ip(src, dst, proto::DSTOPTS)
+        }
+        _ => l4.ip(src, dst, p),
+    };
+    ip.ethernet(vl).into_bytes()
 }
 
 /// The IP packet (no Ethernet) an ICMP error quotes: the header and the
 /// first 8 bytes of `l4`.
 pub fn quoted_ip(src: IpAddr, dst: IpAddr, p: u8, l4: &[u8]) -> Vec<u8> {
-    let head = &l4[..l4.len().min(8)];
+    let head = Packet::data(&l4[..l4.len().min(8)]);
     match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => frame::ipv4(s.octets(), d.octets(), p, &[], 0, head),
-        _ => {
-            let v6 = |a: IpAddr| match a {
-                IpAddr::V6(a) => a.octets(),
-                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            };
-            let mut h = frame::ipv6(v6(src), v6(dst), p, head);
-            // The quoted header's payload length is the original's.
-            h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-            h
-        }
+        (IpAddr::V4(_), IpAddr::V4(_)) => head.ip(src, dst, p).into_bytes(),
+        _ => head
+            .ipv6(&Ipv6 {
+                src: crate::packet::v6_octets(src),
+                dst: crate::packet::v6_octets(dst),
+                next: p,
+                // The quoted header's payload length is the original's.
+                payload_len: LenField::Value(l4.len() as u16),
+                ..Ipv6::default()
+            })
+            .into_bytes(),
     }
 }
 
@@ -263,13 +255,11 @@ fn conversation(rng: &mut Rng) -> Conversation {
     } else if kind < 65 || (80..85).contains(&kind) {
         p = if kind < 65 { proto::UDP } else { proto::SCTP };
         let l4 = |a: u16, b: u16| {
+            let body = Packet::data(if p == proto::UDP { b"q" } else { b"" });
             if p == proto::UDP {
-                frame::udp(a, b, b"q")
+                body.udp(a, b).into_bytes()
             } else {
-                let mut h = vec![0u8; 12];
-                h[0..2].copy_from_slice(&a.to_be_bytes());
-                h[2..4].copy_from_slice(&b.to_be_bytes());
-                h
+                body.sctp(a, b).into_bytes()
             }
         };
         if rng.chance(85) {
@@ -300,7 +290,7 @@ fn conversation(rng: &mut Rng) -> Conversation {
             proto::TCP
         };
         let fwd = if p == proto::UDP {
-            frame::udp(c.port, s.port, b"big")
+            Packet::data(b"big").udp(c.port, s.port).into_bytes()
         } else {
             tcp(c.port, s.port, 0x02, 0)
         };
@@ -312,7 +302,7 @@ fn conversation(rng: &mut Rng) -> Conversation {
             qdport = qdport.wrapping_add(1);
         }
         let quoted_l4 = if p == proto::UDP {
-            frame::udp(c.port, qdport, b"big")
+            Packet::data(b"big").udp(c.port, qdport).into_bytes()
         } else {
             tcp(c.port, qdport, 0x02, 0)
         };
@@ -441,7 +431,7 @@ pub fn run_with(
     h.reload(&variants[0])?;
     h.datapath_mut().clear_conntrack()?;
     let mut model = Model::new(TIMEOUTS, capacity as usize);
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut report = Report::default();
     let base_stats = stats(h)?;
     let base_counts = (

@@ -1,11 +1,16 @@
 //! Runs crafted frames through the real eBPF programs with BPF_PROG_TEST_RUN
 //! and reports what the kernel did: its TC action and which counter cell
-//! moved by how much. Also a small frame builder.
+//! moved by how much.
+//!
+//! [`test_run`] is the one BPF_PROG_TEST_RUN caller of the harness (aya's
+//! `TestRun` with the `__sk_buff` context of [`SkbCtx`]): the
+//! [`KernelHarness`], the differential engines and every benchmark run
+//! through it. Frames come from [`crate::packet`].
 
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{MapData, RingBuf},
-    programs::{TestRun as _, TestRunOptions},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
 };
 use envfence::{
     datapath::{CounterReader, Datapath, Hook, LoadOptions},
@@ -15,12 +20,124 @@ use envfence::{
 use envfence_ebpf::{stat, NUM_VERDICTS};
 
 /// `sizeof(struct __sk_buff)` and the offsets TestRun lets us set or read.
-pub const SKB_CTX_LEN: usize = 192;
+const SKB_CTX_LEN: usize = 192;
 const SKB_MARK: usize = 8;
 const SKB_INGRESS_IFINDEX: usize = 36;
-pub const SKB_IFINDEX: usize = 40;
+const SKB_IFINDEX: usize = 40;
 const SKB_GSO_SEGS: usize = 164;
 const SKB_GSO_SIZE: usize = 176;
+
+/// The `struct __sk_buff` fields a TestRun sets (the kernel refuses the
+/// others non-zero) and reads back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkbCtx {
+    /// `skb->mark` (after the run: the decision tag, `envfence_ebpf::tag`).
+    pub mark: u32,
+    /// The device the frame is on (0: the namespace's `lo`).
+    pub ifindex: u32,
+    /// The device it entered through (0: locally generated).
+    pub ingress_ifindex: u32,
+    /// Non-zero: a GSO packet (BIG TCP).
+    pub gso_size: u32,
+    pub gso_segs: u32,
+}
+
+impl SkbCtx {
+    fn to_bytes(self) -> [u8; SKB_CTX_LEN] {
+        let mut b = [0u8; SKB_CTX_LEN];
+        for (at, v) in [
+            (SKB_MARK, self.mark),
+            (SKB_INGRESS_IFINDEX, self.ingress_ifindex),
+            (SKB_IFINDEX, self.ifindex),
+            (SKB_GSO_SEGS, self.gso_segs),
+            (SKB_GSO_SIZE, self.gso_size),
+        ] {
+            b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b
+    }
+
+    fn from_bytes(b: &[u8; SKB_CTX_LEN]) -> SkbCtx {
+        let at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        SkbCtx {
+            mark: at(SKB_MARK),
+            ifindex: at(SKB_IFINDEX),
+            ingress_ifindex: at(SKB_INGRESS_IFINDEX),
+            gso_size: at(SKB_GSO_SIZE),
+            gso_segs: at(SKB_GSO_SEGS),
+        }
+    }
+}
+
+/// What one TestRun returned.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// The TC action ([`ACTION_NEXT`], [`ACTION_SHOT`] ...).
+    pub action: u32,
+    /// The context after the run (None: the run was given none).
+    pub ctx: Option<SkbCtx>,
+    /// The kernel-measured time per run.
+    pub duration: std::time::Duration,
+}
+
+/// Runs `frame` through `prog` `repeat` times (0 counts as 1) with
+/// BPF_PROG_TEST_RUN, with the `__sk_buff` context `ctx` (None: none, the
+/// kernel's defaults). The error keeps the syscall's `io::Error` (EINVAL:
+/// the kernel refused the frame).
+pub fn test_run(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ctx: Option<SkbCtx>,
+    repeat: u32,
+) -> Result<Run, ProgramError> {
+    let ctx_in = ctx.map(SkbCtx::to_bytes);
+    let mut ctx_out = [0u8; SKB_CTX_LEN];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.repeat = repeat;
+    if let Some(c) = &ctx_in {
+        opts.ctx_in = Some(c);
+        opts.ctx_out = Some(&mut ctx_out);
+    }
+    let out = prog.test_run(opts)?;
+    Ok(Run {
+        action: out.return_value,
+        ctx: ctx.map(|_| SkbCtx::from_bytes(&ctx_out)),
+        duration: out.duration,
+    })
+}
+
+/// [`test_run`] for the benchmarks: (TC action, kernel-measured ns per
+/// run).
+pub fn timed(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ctx: Option<SkbCtx>,
+    repeat: u32,
+) -> anyhow::Result<(u32, f64)> {
+    let out = test_run(prog, frame, ctx, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok((out.action, out.duration.as_nanos() as f64))
+}
+
+/// A handle of its own on the loaded program `prog` (a duplicated file
+/// descriptor): for a thread that runs it while the owner of `prog` is
+/// borrowed mutably (a reload).
+pub fn handle(prog: &SchedClassifier) -> anyhow::Result<SchedClassifier> {
+    Ok(SchedClassifier::from_program_info(
+        prog.info()?,
+        "testrun".into(),
+    )?)
+}
+
+/// A handle on the loaded TC program of id `id` (one another process
+/// loaded, such as a running agent's).
+pub fn program_of_id(id: u32) -> anyhow::Result<SchedClassifier> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == id)
+        .with_context(|| format!("no loaded program with id {id}"))?;
+    Ok(SchedClassifier::from_program_info(info, "testrun".into())?)
+}
 
 /// The ifindex TestRun frames enter through when the context names none
 /// (the namespace's `lo`).
@@ -168,30 +285,17 @@ impl KernelHarness {
         ifindex: u32,
         gso_size: u32,
     ) -> anyhow::Result<(u32, u32)> {
-        let mut ctx_in = [0u8; SKB_CTX_LEN];
-        if gso_size != 0 {
-            ctx_in[SKB_GSO_SEGS..SKB_GSO_SEGS + 4].copy_from_slice(&2u32.to_ne_bytes());
-            ctx_in[SKB_GSO_SIZE..SKB_GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
-        }
-        ctx_in[SKB_INGRESS_IFINDEX..SKB_INGRESS_IFINDEX + 4]
-            .copy_from_slice(&ingress_ifindex.to_ne_bytes());
-        ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut ctx_out = [0u8; SKB_CTX_LEN];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx_in);
-        opts.ctx_out = Some(&mut ctx_out);
-        let out = self
-            .dp
-            .program(hook)?
-            .test_run(opts)
+        let ctx = SkbCtx {
+            ifindex,
+            ingress_ifindex,
+            gso_size,
+            gso_segs: if gso_size != 0 { 2 } else { 0 },
+            mark: 0,
+        };
+        let out = test_run(self.dp.program(hook)?, frame, Some(ctx), 1)
             .with_context(|| format!("BPF_PROG_TEST_RUN of {} failed", hook.as_str()))?;
-        let mark = u32::from_ne_bytes(
-            ctx_out[SKB_MARK..SKB_MARK + 4]
-                .try_into()
-                .context("mark bytes")?,
-        );
-        Ok((out.return_value, mark))
+        let mark = out.ctx.context("no context after the run")?.mark;
+        Ok((out.action, mark))
     }
 
     /// Runs one frame through the program of `hook` and reports which
@@ -233,11 +337,7 @@ impl KernelHarness {
         frame: &[u8],
         repeat: u32,
     ) -> anyhow::Result<std::time::Duration> {
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
-        let out = self.dp.program(hook)?.test_run(opts)?;
-        Ok(out.duration)
+        Ok(test_run(self.dp.program(hook)?, frame, None, repeat)?.duration)
     }
 
     /// Runs one frame on the CPU `cpu` (the calling thread is moved there
@@ -297,118 +397,6 @@ impl KernelHarness {
         match stats.get(index as usize) {
             Some(v) if index < stat::COUNT => Ok(*v),
             _ => bail!("no statistic {index}"),
-        }
-    }
-}
-
-/// Builds Ethernet frames for tests (checksums are not computed: TC
-/// programs do not check them).
-pub mod frame {
-    use std::net::IpAddr;
-
-    pub const ETH_P_IP: u16 = 0x0800;
-    pub const ETH_P_IPV6: u16 = 0x86dd;
-    pub const ETH_P_ARP: u16 = 0x0806;
-    pub const ETH_P_8021Q: u16 = 0x8100;
-    pub const ETH_P_8021AD: u16 = 0x88a8;
-
-    /// An Ethernet header with `vlans` tags (outer first) and `ethertype`.
-    pub fn eth(vlans: &[(u16, u16)], ethertype: u16) -> Vec<u8> {
-        let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
-        for (tpid, vid) in vlans {
-            f.extend_from_slice(&tpid.to_be_bytes());
-            f.extend_from_slice(&vid.to_be_bytes());
-        }
-        f.extend_from_slice(&ethertype.to_be_bytes());
-        f
-    }
-
-    /// L4 payloads.
-    pub fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
-        let mut h = vec![0u8; 20];
-        h[0..2].copy_from_slice(&sport.to_be_bytes());
-        h[2..4].copy_from_slice(&dport.to_be_bytes());
-        h[12] = 5 << 4;
-        h[13] = 0x02;
-        h
-    }
-
-    pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-        let mut h = vec![0u8; 8];
-        h[0..2].copy_from_slice(&sport.to_be_bytes());
-        h[2..4].copy_from_slice(&dport.to_be_bytes());
-        let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
-        h[4..6].copy_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(payload);
-        h
-    }
-
-    /// ICMP (v4: type 8) or ICMPv6 (type 128) echo request.
-    pub fn echo(v6: bool) -> Vec<u8> {
-        vec![if v6 { 128 } else { 8 }, 0, 0, 0, 0, 1, 0, 1]
-    }
-
-    /// An IPv4 header (with `options` bytes, a multiple of 4) followed by
-    /// `l4`; `frag_off` is the raw flags+offset field.
-    pub fn ipv4(
-        src: [u8; 4],
-        dst: [u8; 4],
-        proto: u8,
-        options: &[u8],
-        frag_off: u16,
-        l4: &[u8],
-    ) -> Vec<u8> {
-        let ihl = 5 + options.len() / 4;
-        let tot = u16::try_from(ihl * 4 + l4.len()).unwrap_or(u16::MAX);
-        let mut h = vec![0u8; 20];
-        h[0] = 0x40 | u8::try_from(ihl).unwrap_or(15);
-        h[2..4].copy_from_slice(&tot.to_be_bytes());
-        h[6..8].copy_from_slice(&frag_off.to_be_bytes());
-        h[8] = 64;
-        h[9] = proto;
-        h[12..16].copy_from_slice(&src);
-        h[16..20].copy_from_slice(&dst);
-        h.extend_from_slice(options);
-        h.extend_from_slice(l4);
-        h
-    }
-
-    /// An IPv6 header with next header `next` followed by `rest`.
-    pub fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, rest: &[u8]) -> Vec<u8> {
-        let mut h = vec![0u8; 40];
-        h[0] = 0x60;
-        let plen = u16::try_from(rest.len()).unwrap_or(u16::MAX);
-        h[4..6].copy_from_slice(&plen.to_be_bytes());
-        h[6] = next;
-        h[7] = 64;
-        h[8..24].copy_from_slice(&src);
-        h[24..40].copy_from_slice(&dst);
-        h.extend_from_slice(rest);
-        h
-    }
-
-    /// A whole frame: Ethernet (no VLAN) + IP of `src`'s family + `l4`.
-    /// `src` and `dst` must be of one family (an IPv4-mapped IPv6 address
-    /// counts as IPv6).
-    pub fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
-        match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let mut f = eth(&[], ETH_P_IP);
-                f.extend(ipv4(s.octets(), d.octets(), proto, &[], 0, l4));
-                f
-            }
-            (s, d) => {
-                let mut f = eth(&[], ETH_P_IPV6);
-                f.extend(ipv6(v6(s), v6(d), proto, l4));
-                f
-            }
-        }
-    }
-
-    fn v6(a: IpAddr) -> [u8; 16] {
-        match a {
-            IpAddr::V6(a) => a.octets(),
-            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         }
     }
 }

@@ -29,7 +29,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use envfence_ebpf::{counter_index, map_names, Counter, ABI_VERSION, NUM_VERDICTS};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, FlowEvent};
 use envfence_tests::lab::{require_root, wait_until, Lab, NODE};
-use envfence_tests::testrun::frame;
+use envfence_tests::packet::{ip_frame, Ipv4, Packet};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -1194,26 +1194,24 @@ fn explain_matches_the_kernel(s: &Setup, status: &Value) -> Result<()> {
         // The same packet through the agent's program.
         let (src, dst) = (ip(c.src), ip(c.dst));
         let l4 = match (c.proto, c.port) {
-            (6, Some(p)) => frame::tcp_syn(sport, p),
-            (17, Some(p)) => frame::udp(sport, p, b"explain"),
-            (1, _) => frame::echo(false),
-            (58, _) => frame::echo(true),
+            (6, Some(p)) => Packet::syn(sport, p),
+            (17, Some(p)) => Packet::data(b"explain").udp(sport, p),
+            (1, _) => Packet::echo(false),
+            (58, _) => Packet::echo(true),
             _ => bail!("case l4"),
         };
         let data = match (src, dst, c.fragment) {
-            (IpAddr::V4(a), IpAddr::V4(b), true) => {
-                let mut f = frame::eth(&[], frame::ETH_P_IP);
-                f.extend(frame::ipv4(
-                    a.octets(),
-                    b.octets(),
-                    c.proto,
-                    &[],
-                    0x0010,
-                    &l4,
-                ));
-                f
-            }
-            _ => frame::ip_frame(src, dst, c.proto, &l4),
+            (IpAddr::V4(a), IpAddr::V4(b), true) => l4
+                .ipv4(&Ipv4 {
+                    src: a.octets(),
+                    dst: b.octets(),
+                    proto: c.proto,
+                    frag: 0x0010,
+                    ..Ipv4::default()
+                })
+                .ethernet(&[])
+                .into_bytes(),
+            _ => ip_frame(src, dst, c.proto, l4),
         };
         let before = counters(&pin_dir)?;
         let action = test_run(prog, &data)?;

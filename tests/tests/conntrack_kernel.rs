@@ -6,7 +6,8 @@
 use envfence::datapath::Hook;
 use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::ctdiff;
-use envfence_tests::testrun::{frame, KernelHarness, ACTION_NEXT, ACTION_SHOT};
+use envfence_tests::packet::{ip_frame, Packet};
+use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// Conversations per `cargo test` run (`ENVFENCE_CT_CONVERSATIONS`
 /// overrides; `cargo xtask fuzz` runs more).
@@ -95,9 +96,7 @@ fn v4(a: [u8; 4]) -> std::net::IpAddr {
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut h = frame::tcp_syn(sport, dport);
-    h[13] = flags;
-    h
+    Packet::new().tcp(sport, dport, flags).into_bytes()
 }
 
 /// test -> production TCP 53 (allowed by its port rule): the handshake's
@@ -113,7 +112,7 @@ fn dns_over_tcp_replies_pass_and_nothing_rides_on_them() {
         h.policy.env_id("production").expect("production"),
     );
     let run = |src, dst, l4: Vec<u8>| {
-        h.run_tagged(Hook::Ingress, &frame::ip_frame(src, dst, 6, &l4), 0)
+        h.run_tagged(Hook::Ingress, &ip_frame(src, dst, 6, Packet::data(&l4)), 0)
             .expect("run")
     };
     let reply = (ACTION_NEXT, tag::judged(verdict::REPLY, prod, test));
@@ -148,9 +147,9 @@ fn a_reload_that_forbids_a_flow_ends_it() {
     let mut h = harness();
     let variants = ctdiff::variants().expect("variants");
     let (t, p) = (v4([10, 30, 0, 6]), v4([10, 10, 0, 53]));
-    let f = |src, dst, l4: Vec<u8>| frame::ip_frame(src, dst, 17, &l4);
-    let q = f(t, p, frame::udp(41000, 53, b"q"));
-    let a = f(p, t, frame::udp(53, 41000, b"a"));
+    let f = |src, dst, l4: Vec<u8>| ip_frame(src, dst, 17, Packet::data(&l4));
+    let q = f(t, p, Packet::data(b"q").udp(41000, 53).into_bytes());
+    let a = f(p, t, Packet::data(b"a").udp(53, 41000).into_bytes());
     let (test, prod) = (
         h.policy.env_id("test").expect("test"),
         h.policy.env_id("production").expect("production"),
@@ -208,17 +207,25 @@ fn related_errors_pass_and_are_reported() {
     );
     let syn = tcp(40000, 53, 0x02);
     let r = h
-        .run_tagged(Hook::Ingress, &frame::ip_frame(t, p, 6, &syn), 0)
+        .run_tagged(Hook::Ingress, &ip_frame(t, p, 6, Packet::data(&syn)), 0)
         .expect("run");
     assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod)));
     let too_big = icmp_error(false, 0, &quoted_ip(t, p, 6, &syn));
     let r = h
-        .run_tagged(Hook::Ingress, &frame::ip_frame(router, t, 1, &too_big), 0)
+        .run_tagged(
+            Hook::Ingress,
+            &ip_frame(router, t, 1, Packet::data(&too_big)),
+            0,
+        )
         .expect("run");
     assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::RELATED, prod, test)));
     let stranger = icmp_error(false, 0, &quoted_ip(t, p, 6, &tcp(40001, 53, 0x02)));
     let r = h
-        .run_tagged(Hook::Ingress, &frame::ip_frame(router, t, 1, &stranger), 0)
+        .run_tagged(
+            Hook::Ingress,
+            &ip_frame(router, t, 1, Packet::data(&stranger)),
+            0,
+        )
         .expect("run");
     assert_eq!(r, (ACTION_SHOT, tag::judged(verdict::DROP, prod, test)));
     let events = h.events().expect("events");

@@ -18,7 +18,8 @@ use envfence_tests::gen::diff::{
     Options, ALL_CLASSES,
 };
 use envfence_tests::gen::{kernel_refuses, to_hex};
-use envfence_tests::testrun::{frame, KernelHarness};
+use envfence_tests::packet::{ethertype, ip_frame, Packet};
+use envfence_tests::testrun::KernelHarness;
 
 /// Cases compared per `cargo test` run.
 const CASES: u64 = 250_000;
@@ -99,15 +100,15 @@ fn refused_frames_are_exactly_the_predicted_ones() {
     let engine = Engine::new().expect("loading the datapath");
     let mut refused = 0;
     for (et, tags) in [
-        (frame::ETH_P_IP, 0),
-        (frame::ETH_P_IPV6, 0),
-        (frame::ETH_P_IP, 1),
-        (frame::ETH_P_IPV6, 1),
-        (frame::ETH_P_ARP, 0),
+        (ethertype::IPV4, 0),
+        (ethertype::IPV6, 0),
+        (ethertype::IPV4, 1),
+        (ethertype::IPV6, 1),
+        (ethertype::ARP, 0),
     ] {
-        let vlans = vec![(frame::ETH_P_8021Q, 5); tags];
+        let vlans = vec![(ethertype::VLAN, 5); tags];
         for len in 14..=80 {
-            let mut f = frame::eth(&vlans, et);
+            let mut f = Packet::new().eth(&vlans, et).into_bytes();
             f.resize(len.max(f.len()), 0x45);
             match engine.check(&f, true, false) {
                 Ok(Checked::Refused) => {
@@ -137,11 +138,11 @@ fn engine_reports_a_disagreement() {
         audit: KernelHarness::new(example_policy(Mode::Audit).expect("policy"))
             .expect("loading the datapath"),
     };
-    let f = frame::ip_frame(
+    let f = ip_frame(
         "10.30.1.2".parse().expect("ip"),
         "10.10.1.2".parse().expect("ip"),
         6,
-        &frame::tcp_syn(1234, 8080),
+        Packet::syn(1234, 8080),
     );
     let Checked::Mismatched(ms) = engine.check(&f, true, false).expect("check") else {
         panic!("no mismatch found");

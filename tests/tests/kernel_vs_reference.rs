@@ -13,7 +13,8 @@ use envfence_ebpf::{proto, stat, tag, verdict};
 use envfence_tests::gen::catalog::catalog;
 use envfence_tests::gen::diff::wrap_in_vlan;
 use envfence_tests::gen::kernel_refuses;
-use envfence_tests::testrun::{frame, KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
+use envfence_tests::packet::{ethertype, flat};
+use envfence_tests::testrun::{KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
 
 fn compiled(mode: Mode) -> CompiledPolicy {
     let src = match mode {
@@ -59,14 +60,11 @@ fn addresses() -> Vec<(&'static str, IpAddr)> {
 /// (proto, l4 bytes) for a family.
 fn l4s(v6: bool) -> Vec<(u8, Vec<u8>)> {
     vec![
-        (proto::TCP, frame::tcp_syn(40000, 8080)),
-        (proto::TCP, frame::tcp_syn(40001, 53)),
-        (proto::UDP, frame::udp(40002, 53, b"dns?")),
-        (proto::UDP, frame::udp(40003, 9000, b"hello")),
-        (
-            if v6 { proto::ICMPV6 } else { proto::ICMP },
-            frame::echo(v6),
-        ),
+        (proto::TCP, flat::tcp_syn(40000, 8080)),
+        (proto::TCP, flat::tcp_syn(40001, 53)),
+        (proto::UDP, flat::udp(40002, 53, b"dns?")),
+        (proto::UDP, flat::udp(40003, 9000, b"hello")),
+        (if v6 { proto::ICMPV6 } else { proto::ICMP }, flat::echo(v6)),
     ]
 }
 
@@ -154,7 +152,7 @@ fn every_pair(mode: Mode) {
                 continue;
             }
             for (p, l4) in l4s(src.is_ipv6()) {
-                let f = frame::ip_frame(*src, *dst, p, &l4);
+                let f = flat::ip_frame(*src, *dst, p, &l4);
                 let what = format!("{src} ({src_env}) -> {dst} ({dst_env}) proto {p}");
                 let outcome = check(&h, mode, &what, &f);
                 let reference::Outcome::Judged(j) = outcome else {
@@ -207,99 +205,99 @@ fn example_policy_cases() {
     let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
         (
             "test -> production tcp/8080",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.30.1.2"),
                 ip("10.10.1.2"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 8080),
+                &flat::tcp_syn(1234, 8080),
             ),
             verdict::DROP,
             "test-to-prod",
         ),
         (
             "test -> production udp/53 (port rule)",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.30.1.2"),
                 ip("10.10.1.2"),
                 proto::UDP,
-                &frame::udp(1234, 53, b"q"),
+                &flat::udp(1234, 53, b"q"),
             ),
             verdict::ALLOW,
             "test-dns-in-prod",
         ),
         (
             "test -> production tcp/53 over IPv6 (port rule)",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("fd00:30::5"),
                 ip("fd00:10::5"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 53),
+                &flat::tcp_syn(1234, 53),
             ),
             verdict::ALLOW,
             "test-dns-in-prod",
         ),
         (
             "dev -> production udp/53 (the port rule is for test only)",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.40.1.2"),
                 ip("10.10.1.2"),
                 proto::UDP,
-                &frame::udp(1234, 53, b"q"),
+                &flat::udp(1234, 53, b"q"),
             ),
             verdict::DROP,
             "test-to-prod",
         ),
         (
             "production -> test icmp",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.10.1.2"),
                 ip("10.30.1.2"),
                 proto::ICMP,
-                &frame::echo(false),
+                &flat::echo(false),
             ),
             verdict::DROP,
             "prod-to-test",
         ),
         (
             "staging -> production (audit)",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.20.1.2"),
                 ip("10.10.1.2"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 443),
+                &flat::tcp_syn(1234, 443),
             ),
             verdict::AUDIT,
             "staging-to-prod",
         ),
         (
             "ops -> production (log)",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.0.0.2"),
                 ip("10.10.1.2"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 22),
+                &flat::tcp_syn(1234, 22),
             ),
             verdict::LOG,
             "ops-to-prod",
         ),
         (
             "production -> production",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("10.10.1.2"),
                 ip("10.10.2.2"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 5432),
+                &flat::tcp_syn(1234, 5432),
             ),
             verdict::ALLOW,
             "default",
         ),
         (
             "v4-mapped test -> production is judged as IPv4",
-            frame::ip_frame(
+            flat::ip_frame(
                 ip("::ffff:10.30.1.2"),
                 ip("::ffff:10.10.1.2"),
                 proto::TCP,
-                &frame::tcp_syn(1234, 80),
+                &flat::tcp_syn(1234, 80),
             ),
             verdict::DROP,
             "test-to-prod",
@@ -352,48 +350,48 @@ fn header_shapes() {
         let h = harness(mode);
         let test4 = [10, 30, 1, 2];
         let prod4 = [10, 10, 1, 2];
-        let dns = frame::udp(1234, 53, b"q");
+        let dns = flat::udp(1234, 53, b"q");
 
         // ARP passes, counted as non-IP.
-        let mut arp = frame::eth(&[], frame::ETH_P_ARP);
+        let mut arp = flat::eth(&[], ethertype::ARP);
         arp.extend([0u8; 28]);
         let o = check(&h, mode, "arp", &arp);
         assert_eq!(o, reference::Outcome::NonIp(reference::NonIpKind::Arp));
 
         // One and two VLAN tags are walked; three are too deep.
         for tags in [
-            vec![(frame::ETH_P_8021Q, 10)],
-            vec![(frame::ETH_P_8021AD, 10), (frame::ETH_P_8021Q, 20)],
+            vec![(ethertype::VLAN, 10)],
+            vec![(ethertype::QINQ, 10), (ethertype::VLAN, 20)],
         ] {
-            let mut f = frame::eth(&tags, frame::ETH_P_IP);
-            f.extend(frame::ipv4(
+            let mut f = flat::eth(&tags, ethertype::IPV4);
+            f.extend(flat::ipv4(
                 test4,
                 prod4,
                 proto::TCP,
                 &[],
                 0,
-                &frame::tcp_syn(1, 80),
+                &flat::tcp_syn(1, 80),
             ));
             let o = check(&h, mode, "vlan-tagged test->prod", &f);
             assert!(
                 matches!(o, reference::Outcome::Judged(ref j) if j.src_env != 0 && j.dst_env != 0)
             );
         }
-        let mut f = frame::eth(
+        let mut f = flat::eth(
             &[
-                (frame::ETH_P_8021AD, 1),
-                (frame::ETH_P_8021Q, 2),
-                (frame::ETH_P_8021Q, 3),
+                (ethertype::QINQ, 1),
+                (ethertype::VLAN, 2),
+                (ethertype::VLAN, 3),
             ],
-            frame::ETH_P_IP,
+            ethertype::IPV4,
         );
-        f.extend(frame::ipv4(
+        f.extend(flat::ipv4(
             test4,
             prod4,
             proto::TCP,
             &[],
             0,
-            &frame::tcp_syn(1, 80),
+            &flat::tcp_syn(1, 80),
         ));
         assert_eq!(
             check(&h, mode, "triple vlan", &f),
@@ -401,22 +399,15 @@ fn header_shapes() {
         );
 
         // IPv4 options: the ports are found after them (port rule applies).
-        let mut f = frame::eth(&[], frame::ETH_P_IP);
-        f.extend(frame::ipv4(
-            test4,
-            prod4,
-            proto::UDP,
-            &[1, 1, 1, 0],
-            0,
-            &dns,
-        ));
+        let mut f = flat::eth(&[], ethertype::IPV4);
+        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[1, 1, 1, 0], 0, &dns));
         let o = check(&h, mode, "ipv4 with options, dns", &f);
         assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW));
 
         // Non-first fragment of DNS: no ports, so the strictest verdict of
         // the pair applies (a port rule is no way around a pair rule).
-        let mut f = frame::eth(&[], frame::ETH_P_IP);
-        f.extend(frame::ipv4(test4, prod4, proto::UDP, &[], 185, &dns));
+        let mut f = flat::eth(&[], ethertype::IPV4);
+        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[], 185, &dns));
         let o = check(&h, mode, "non-first fragment", &f);
         let strict = if mode == Mode::Audit {
             verdict::AUDIT
@@ -432,19 +423,19 @@ fn header_shapes() {
         // refuses an untagged IP frame shorter than its IP header, so the
         // truncated ones travel behind a VLAN tag, which the kernel does not
         // look into.)
-        let vlan = [(frame::ETH_P_8021Q, 7)];
-        let mut f = frame::eth(&[], frame::ETH_P_IP);
-        let mut ip = frame::ipv4(test4, prod4, proto::TCP, &[], 0, &frame::tcp_syn(1, 80));
+        let vlan = [(ethertype::VLAN, 7)];
+        let mut f = flat::eth(&[], ethertype::IPV4);
+        let mut ip = flat::ipv4(test4, prod4, proto::TCP, &[], 0, &flat::tcp_syn(1, 80));
         ip[0] = 0x44;
         f.extend(ip);
         assert_eq!(check(&h, mode, "ihl 4", &f), reference::Outcome::Malformed);
-        let mut f = frame::eth(&vlan, frame::ETH_P_IP);
-        f.extend(&frame::ipv4(test4, prod4, proto::TCP, &[], 0, &[])[..12]);
+        let mut f = flat::eth(&vlan, ethertype::IPV4);
+        f.extend(&flat::ipv4(test4, prod4, proto::TCP, &[], 0, &[])[..12]);
         assert_eq!(
             check(&h, mode, "truncated ipv4", &f),
             reference::Outcome::Malformed
         );
-        let mut f = frame::eth(&vlan, frame::ETH_P_IPV6);
+        let mut f = flat::eth(&vlan, ethertype::IPV6);
         f.extend([0x60u8; 30]);
         assert_eq!(
             check(&h, mode, "truncated ipv6", &f),
@@ -452,8 +443,8 @@ fn header_shapes() {
         );
 
         // Truncated L4: ports unknown -> strictest verdict.
-        let mut f = frame::eth(&[], frame::ETH_P_IP);
-        f.extend(frame::ipv4(test4, prod4, proto::UDP, &[], 0, &[0, 53]));
+        let mut f = flat::eth(&[], ethertype::IPV4);
+        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[], 0, &[0, 53]));
         let o = check(&h, mode, "truncated udp", &f);
         assert!(
             matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict),
@@ -467,8 +458,8 @@ fn header_shapes() {
         let mut chain = vec![60u8, 0, 0, 0, 0, 0, 0, 0];
         chain.extend([proto::UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         chain.extend(&dns);
-        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(t6.octets(), p6.octets(), 0, &chain));
+        let mut f = flat::eth(&[], ethertype::IPV6);
+        f.extend(flat::ipv6(t6.octets(), p6.octets(), 0, &chain));
         let o = check(&h, mode, "ipv6 hop-by-hop + dstopts, dns", &f);
         assert!(
             matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.dport == 53),
@@ -483,8 +474,8 @@ fn header_shapes() {
         let last = chain.len() - 8;
         chain[last] = proto::UDP;
         chain.extend(&dns);
-        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(t6.octets(), p6.octets(), 60, &chain));
+        let mut f = flat::eth(&[], ethertype::IPV6);
+        f.extend(flat::ipv6(t6.octets(), p6.octets(), 60, &chain));
         let o = check(&h, mode, "ipv6 chain too deep", &f);
         assert!(
             matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.ext_too_deep),
@@ -494,8 +485,8 @@ fn header_shapes() {
         // IPv6 non-first fragment of DNS: strictest verdict.
         let mut fragment = vec![proto::UDP, 0, 0x05, 0x00, 0, 0, 0, 1];
         fragment.extend(&dns);
-        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(
+        let mut f = flat::eth(&[], ethertype::IPV6);
+        f.extend(flat::ipv6(
             t6.octets(),
             p6.octets(),
             proto::FRAGMENT,
@@ -512,8 +503,8 @@ fn header_shapes() {
         let mut chain = vec![proto::UDP, 59];
         chain.resize(480, 0);
         chain.extend(&dns);
-        let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-        f.extend(frame::ipv6(t6.octets(), p6.octets(), 0, &chain));
+        let mut f = flat::eth(&[], ethertype::IPV6);
+        f.extend(flat::ipv6(t6.octets(), p6.octets(), 0, &chain));
         let o = check(&h, mode, "l4 past the read limit", &f);
         assert!(
             matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.l4 == reference::L4Seen::NoPorts),
@@ -534,31 +525,31 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
     };
     let prod_a = [10, 10, 1, 2];
     let prod_b = [10, 10, 2, 2];
-    let inner4 = frame::ipv4(
+    let inner4 = flat::ipv4(
         [10, 30, 1, 2],
         [10, 10, 1, 2],
         proto::TCP,
         &[],
         0,
-        &frame::tcp_syn(5, 22),
+        &flat::tcp_syn(5, 22),
     );
     let t6: std::net::Ipv6Addr = "fd00:30::2".parse().expect("v6");
     let p6: std::net::Ipv6Addr = "fd00:10::2".parse().expect("v6");
-    let inner6 = frame::ipv6(t6.octets(), p6.octets(), proto::TCP, &frame::tcp_syn(5, 22));
-    let mut inner_eth = frame::eth(&[], frame::ETH_P_IP);
+    let inner6 = flat::ipv6(t6.octets(), p6.octets(), proto::TCP, &flat::tcp_syn(5, 22));
+    let mut inner_eth = flat::eth(&[], ethertype::IPV4);
     inner_eth.extend(&inner4);
-    let allowed_inner = frame::ipv4(
+    let allowed_inner = flat::ipv4(
         [10, 10, 3, 3],
         [10, 10, 4, 4],
         proto::TCP,
         &[],
         0,
-        &frame::tcp_syn(5, 22),
+        &flat::tcp_syn(5, 22),
     );
 
     let outer4 = |p: u8, payload: &[u8]| {
-        let mut f = frame::eth(&[], frame::ETH_P_IP);
-        f.extend(frame::ipv4(prod_a, prod_b, p, &[], 0, payload));
+        let mut f = flat::eth(&[], ethertype::IPV4);
+        f.extend(flat::ipv4(prod_a, prod_b, p, &[], 0, payload));
         f
     };
     let gre = |flags: u16, ethertype: u16, extra: usize, payload: &[u8]| {
@@ -578,26 +569,26 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
         ("ipv6 in ipv4", outer4(proto::IPV6, &inner6)),
         (
             "gre ipv4",
-            outer4(proto::GRE, &gre(0, frame::ETH_P_IP, 0, &inner4)),
+            outer4(proto::GRE, &gre(0, ethertype::IPV4, 0, &inner4)),
         ),
         (
             "gre key+seq ipv6",
-            outer4(proto::GRE, &gre(0x3000, frame::ETH_P_IPV6, 8, &inner6)),
+            outer4(proto::GRE, &gre(0x3000, ethertype::IPV6, 8, &inner6)),
         ),
         (
             "gre teb",
             outer4(proto::GRE, &gre(0x8000, 0x6558, 4, &inner_eth)),
         ),
-        ("vxlan", outer4(proto::UDP, &frame::udp(1000, 4789, &vxlan))),
+        ("vxlan", outer4(proto::UDP, &flat::udp(1000, 4789, &vxlan))),
         (
             "geneve with options",
-            outer4(proto::UDP, &frame::udp(1000, 6081, &geneve)),
+            outer4(proto::UDP, &flat::udp(1000, 6081, &geneve)),
         ),
         ("ipv4 in ipv6", {
             let a: std::net::Ipv6Addr = "fd00:10::a".parse().expect("v6");
             let b: std::net::Ipv6Addr = "fd00:10::b".parse().expect("v6");
-            let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-            f.extend(frame::ipv6(a.octets(), b.octets(), proto::IPIP, &inner4));
+            let mut f = flat::eth(&[], ethertype::IPV6);
+            f.extend(flat::ipv6(a.octets(), b.octets(), proto::IPIP, &inner4));
             f
         }),
     ];
@@ -625,29 +616,29 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
         h,
         mode,
         "gre v1",
-        &outer4(proto::GRE, &gre(0x0001, frame::ETH_P_IP, 0, &inner4)),
+        &outer4(proto::GRE, &gre(0x0001, ethertype::IPV4, 0, &inner4)),
     );
     assert!(
         matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
         "{o:?}"
     );
     let mut arp_in_vxlan = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
-    arp_in_vxlan.extend(frame::eth(&[], frame::ETH_P_ARP));
+    arp_in_vxlan.extend(flat::eth(&[], ethertype::ARP));
     arp_in_vxlan.extend([0u8; 28]);
     let o = check(
         h,
         mode,
         "arp in vxlan",
-        &outer4(proto::UDP, &frame::udp(1000, 4789, &arp_in_vxlan)),
+        &outer4(proto::UDP, &flat::udp(1000, 4789, &arp_in_vxlan)),
     );
     assert!(
         matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
         "{o:?}"
     );
     // A tunnel in a tunnel is not walked: handled like malformed.
-    let mut nested = frame::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &inner4);
-    nested = frame::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &nested);
-    let mut f = frame::eth(&[], frame::ETH_P_IP);
+    let mut nested = flat::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &inner4);
+    nested = flat::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &nested);
+    let mut f = flat::eth(&[], ethertype::IPV4);
     f.extend(nested);
     assert_eq!(
         check(h, mode, "ipip in ipip", &f),
@@ -658,7 +649,7 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
         h,
         mode,
         "truncated vxlan",
-        &outer4(proto::UDP, &frame::udp(1000, 4789, &vxlan[..20])),
+        &outer4(proto::UDP, &flat::udp(1000, 4789, &vxlan[..20])),
     );
     assert_eq!(o, reference::Outcome::Malformed);
 }
@@ -668,7 +659,7 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
 fn malformed_dropped_only_in_enforce() {
     for (mode, action) in [(Mode::Enforce, ACTION_SHOT), (Mode::Audit, ACTION_NEXT)] {
         let h = harness(mode);
-        let mut f = frame::eth(&[(frame::ETH_P_8021Q, 7)], frame::ETH_P_IP);
+        let mut f = flat::eth(&[(ethertype::VLAN, 7)], ethertype::IPV4);
         f.extend([0x45u8, 0, 0]);
         let before = h.stat(stat::MALFORMED).expect("stat");
         let got = h.run(Hook::Ingress, &f).expect("run");
@@ -684,11 +675,11 @@ fn malformed_dropped_only_in_enforce() {
 fn egress_judges_packets_from_unattached_interfaces() {
     let h = harness(Mode::Enforce);
     let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
-    let f = frame::ip_frame(
+    let f = flat::ip_frame(
         ip("10.30.1.2"),
         ip("10.10.1.2"),
         proto::TCP,
-        &frame::tcp_syn(9, 80),
+        &flat::tcp_syn(9, 80),
     );
     let (action, mark) = h.run_tagged(Hook::Egress, &f, 1).expect("run");
     assert_eq!(action, ACTION_SHOT);
@@ -705,11 +696,11 @@ fn egress_judges_packets_from_unattached_interfaces() {
 fn reload_invalidates_cached_verdicts() {
     let mut h = harness(Mode::Enforce);
     let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
-    let f = frame::ip_frame(
+    let f = flat::ip_frame(
         ip("10.20.1.2"),
         ip("10.10.1.2"),
         proto::TCP,
-        &frame::tcp_syn(7, 443),
+        &flat::tcp_syn(7, 443),
     );
     for _ in 0..3 {
         let o = check(&h, Mode::Enforce, "staging -> production before", &f);
@@ -749,11 +740,11 @@ fn reload_invalidates_cached_verdicts() {
 fn a_missing_decision_stage_fails_closed() {
     let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
     // production -> production: allowed, so only the missing stage drops it.
-    let f = frame::ip_frame(
+    let f = flat::ip_frame(
         ip("10.10.1.2"),
         ip("10.10.2.2"),
         proto::TCP,
-        &frame::tcp_syn(7, 443),
+        &flat::tcp_syn(7, 443),
     );
     for (mode, action) in [(Mode::Enforce, ACTION_SHOT), (Mode::Audit, ACTION_NEXT)] {
         let mut h = harness(mode);

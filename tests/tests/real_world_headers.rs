@@ -11,7 +11,8 @@
 use envfence::datapath::Hook;
 use envfence::policy::{self, reference, CompiledPolicy, Mode};
 use envfence_ebpf::{proto, stat, verdict};
-use envfence_tests::testrun::{frame, KernelHarness};
+use envfence_tests::packet::{ethertype, Ipv4, Ipv6, Packet};
+use envfence_tests::testrun::KernelHarness;
 
 const TEST4: [u8; 4] = [10, 30, 1, 2];
 const PROD4: [u8; 4] = [10, 10, 1, 2];
@@ -67,20 +68,38 @@ fn judged(o: &reference::Outcome, what: &str) -> reference::Judgement {
     }
 }
 
+fn ipv4(src: [u8; 4], dst: [u8; 4], p: u8, l4: &[u8]) -> Packet {
+    Packet::data(l4).ipv4(&Ipv4 {
+        src,
+        dst,
+        proto: p,
+        ..Ipv4::default()
+    })
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], p: u8, rest: &[u8]) -> Packet {
+    Packet::data(rest).ipv6(&Ipv6 {
+        src,
+        dst,
+        next: p,
+        ..Ipv6::default()
+    })
+}
+
 fn v4_frame(src: [u8; 4], dst: [u8; 4], p: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = frame::eth(&[], frame::ETH_P_IP);
-    f.extend(frame::ipv4(src, dst, p, &[], 0, l4));
-    f
+    ipv4(src, dst, p, l4).ethernet(&[]).into_bytes()
 }
 
 fn v6_frame(src: [u8; 16], dst: [u8; 16], p: u8, rest: &[u8]) -> Vec<u8> {
-    let mut f = frame::eth(&[], frame::ETH_P_IPV6);
-    f.extend(frame::ipv6(src, dst, p, rest));
-    f
+    ipv6(src, dst, p, rest).ethernet(&[]).into_bytes()
+}
+
+fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    Packet::syn(sport, dport).into_bytes()
 }
 
 fn tcp_data(dport: u16, n: usize) -> Vec<u8> {
-    let mut t = frame::tcp_syn(40000, dport);
+    let mut t = tcp_syn(40000, dport);
     t.extend(vec![0x61; n]);
     t
 }
@@ -144,19 +163,11 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
 
     // The bypass of the issue: VXLAN inside IPv6 with payload length 0,
     // outer prod -> prod, inner test -> prod: opened and dropped.
-    let mut inner = frame::eth(&[], frame::ETH_P_IP);
-    inner.extend(frame::ipv4(
-        TEST4,
-        PROD4,
-        proto::TCP,
-        &[],
-        0,
-        &tcp_data(8080, 0),
-    ));
-    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
-    vx.extend(inner);
-    let udp = frame::udp(40000, 4789, &vx);
-    let mut f = v6_frame(v6(PROD4), v6(PROD4B), proto::UDP, &udp);
+    let udp = ipv4(TEST4, PROD4, proto::TCP, &tcp_data(8080, 0))
+        .ethernet(&[])
+        .vxlan(0x08, 42)
+        .udp(40000, 4789);
+    let mut f = v6_frame(v6(PROD4), v6(PROD4B), proto::UDP, udp.bytes());
     f[18] = 0;
     f[19] = 0;
     let (o, _) = check(&h, "vxlan in big tcp v6", &f, GSO);
@@ -165,21 +176,18 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
 }
 
 fn mpls_frame(ethertype: u16, labels: usize, bos: bool, payload: &[u8]) -> Vec<u8> {
-    let mut f = frame::eth(&[], ethertype);
-    for i in 0..labels {
-        let last = i + 1 == labels && bos;
-        let label = (100 + i as u32) << 12 | u32::from(last) << 8 | 64;
-        f.extend(label.to_be_bytes());
+    let mut f = Packet::data(payload);
+    for i in (0..labels).rev() {
+        f = f.mpls(100 + i as u32, i + 1 == labels && bos);
     }
-    f.extend_from_slice(payload);
-    f
+    f.eth(&[], ethertype).into_bytes()
 }
 
 #[test]
 fn mpls_label_stacks() {
     let h = harness();
-    let ip4 = frame::ipv4(TEST4, PROD4, proto::TCP, &[], 0, &frame::tcp_syn(1, 8080));
-    let ip6 = frame::ipv6(v6(TEST4), v6(PROD4), proto::TCP, &frame::tcp_syn(1, 8080));
+    let ip4 = ipv4(TEST4, PROD4, proto::TCP, &tcp_syn(1, 8080)).into_bytes();
+    let ip6 = ipv6(v6(TEST4), v6(PROD4), proto::TCP, &tcp_syn(1, 8080)).into_bytes();
     for (et, n) in [(0x8847u16, 1usize), (0x8847, 3), (0x8848, 2), (0x8847, 6)] {
         for (fam, ip) in [("v4", &ip4), ("v6", &ip6)] {
             let what = format!("mpls {et:#x} {n} labels {fam}");
@@ -211,20 +219,19 @@ fn mpls_label_stacks() {
 }
 
 fn pppoe_frame(ver_type: u8, code: u8, ppp: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut f = frame::eth(&[], 0x8864);
-    let len = u16::try_from(ppp.len() + payload.len()).unwrap_or(0);
-    f.extend([ver_type, code, 0x12, 0x34]);
-    f.extend(len.to_be_bytes());
-    f.extend_from_slice(ppp);
-    f.extend_from_slice(payload);
-    f
+    Packet::data(payload)
+        .push(ppp)
+        .pppoe(ver_type, code, 0x1234)
+        .eth(&[], ethertype::PPPOE_SESSION)
+        .into_bytes()
 }
 
 #[test]
 fn pppoe_sessions() {
     let h = harness();
-    let ip4 = frame::ipv4(TEST4, PROD4, proto::UDP, &[], 0, &frame::udp(1, 9000, b"x"));
-    let ip6 = frame::ipv6(v6(TEST4), v6(PROD4), proto::UDP, &frame::udp(1, 9000, b"x"));
+    let udp = Packet::data(b"x").udp(1, 9000).into_bytes();
+    let ip4 = ipv4(TEST4, PROD4, proto::UDP, &udp).into_bytes();
+    let ip6 = ipv6(v6(TEST4), v6(PROD4), proto::UDP, &udp).into_bytes();
     for (what, ppp, ip) in [
         ("ipv4", &[0x00u8, 0x21][..], &ip4),
         ("ipv6", &[0x00, 0x57][..], &ip6),
@@ -263,24 +270,16 @@ fn pppoe_sessions() {
 }
 
 fn vxlan_frame(port: u16, header: [u8; 8], inner: &[u8]) -> Vec<u8> {
-    let mut body = header.to_vec();
-    body.extend_from_slice(inner);
-    v4_frame(PROD4, PROD4B, proto::UDP, &frame::udp(40000, port, &body))
+    let udp = Packet::data(inner).push(&header).udp(40000, port);
+    v4_frame(PROD4, PROD4B, proto::UDP, udp.bytes())
 }
 
 #[test]
 fn policy_tunnel_ports_and_vxlan_gpe() {
     let h = harness();
-    let mut eth_inner = frame::eth(&[], frame::ETH_P_IP);
-    eth_inner.extend(frame::ipv4(
-        TEST4,
-        PROD4,
-        proto::TCP,
-        &[],
-        0,
-        &frame::tcp_syn(1, 8080),
-    ));
-    let ip_inner = frame::ipv4(TEST4, PROD4, proto::TCP, &[], 0, &frame::tcp_syn(1, 8080));
+    let ip_inner = ipv4(TEST4, PROD4, proto::TCP, &tcp_syn(1, 8080));
+    let eth_inner = ip_inner.clone().ethernet(&[]).into_bytes();
+    let ip_inner = ip_inner.into_bytes();
     let vx = [0x08, 0, 0, 0, 0, 0, 42, 0];
     for port in [4789u16, 8472] {
         let (o, _) = check(&h, "vxlan", &vxlan_frame(port, vx, &eth_inner), 0);
@@ -344,7 +343,7 @@ fn routing(rtype: u8, left: u8, addrs: &[[u8; 16]], next: u8) -> Vec<u8> {
 #[test]
 fn ipv6_routing_headers_final_destination() {
     let h = harness();
-    let tcp = frame::tcp_syn(1, 8080);
+    let tcp = tcp_syn(1, 8080);
     let prod = v6(PROD4);
     let prod_b = v6(PROD4B);
     let test = v6(TEST4);
@@ -420,7 +419,7 @@ fn ipv6_routing_headers_final_destination() {
 #[test]
 fn dccp_ports_are_read() {
     let h = harness();
-    let mut d = frame::tcp_syn(5000, 53);
+    let mut d = tcp_syn(5000, 53);
     d.truncate(16);
     let (o, _) = check(&h, "dccp", &v4_frame(TEST4, PROD4, proto::DCCP, &d), 0);
     let j = judged(&o, "dccp");
@@ -432,10 +431,12 @@ fn dccp_ports_are_read() {
 
 #[test]
 fn non_ip_pass_or_drop() {
-    let mut arp = frame::eth(&[], frame::ETH_P_ARP);
-    arp.extend([0u8; 28]);
-    let mut lldp = frame::eth(&[], 0x88cc);
-    lldp.extend([0u8; 30]);
+    let arp = Packet::data(&[0u8; 28])
+        .eth(&[], ethertype::ARP)
+        .into_bytes();
+    let lldp = Packet::data(&[0u8; 30])
+        .eth(&[], ethertype::LLDP)
+        .into_bytes();
     let h = harness();
     let (o, stats) = check(&h, "arp, default", &arp, 0);
     assert!(o.passes(&h.policy));

@@ -16,7 +16,8 @@ use envfence::policy::{Mode, SourceCheck, SourceMode};
 use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::gen::diff::example_policy;
 use envfence_tests::lab::{require_root, Lab};
-use envfence_tests::testrun::{frame, KernelHarness, ACTION_NEXT, ACTION_SHOT};
+use envfence_tests::packet::{ip_frame, Packet};
+use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// What the check must answer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -327,7 +328,7 @@ fn ifindex(name: &str) -> Result<u32> {
 /// A UDP datagram; `sport` tells cases apart (one event per flow and
 /// report interval).
 fn udp(src: IpAddr, dst: IpAddr, sport: u16) -> Vec<u8> {
-    frame::ip_frame(src, dst, 17, &frame::udp(sport, 7001, b"x"))
+    ip_frame(src, dst, 17, Packet::data(b"x").udp(sport, 7001))
 }
 
 fn run_cases(mode: Mode) -> Result<()> {

@@ -12,13 +12,14 @@
 //!   packet, dropped by the stateless policy).
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::SchedClassifier;
 use envfence::datapath::{Datapath, Hook, LoadOptions};
 use envfence::policy::{self, SourceCheck};
 
 use super::table::{fmt, median, ratio, Table};
 use super::Section;
-use crate::testrun::{frame, ACTION_NEXT};
+use crate::packet::{ip_frame, Packet};
+use crate::testrun::{timed, ACTION_NEXT};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -66,26 +67,21 @@ fn load(no_conntrack: bool) -> Result<Datapath> {
     Ok(dp)
 }
 
-fn run(prog: &SchedClassifier, f: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(f);
-    opts.repeat = repeat;
-    let out = prog.test_run(opts)?;
-    Ok((out.return_value, out.duration.as_nanos() as f64))
-}
-
 fn hot(prog: &SchedClassifier, f: &[u8], p: &Params) -> Result<f64> {
     let mut v = Vec::new();
     for _ in 0..p.hot_runs {
-        v.push(run(prog, f, p.hot_repeat)?.1);
+        v.push(timed(prog, f, None, p.hot_repeat)?.1);
     }
     Ok(median(&v))
 }
 
 fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut l4 = frame::tcp_syn(sport, dport);
-    l4[13] = flags;
-    frame::ip_frame(src.into(), dst.into(), 6, &l4)
+    ip_frame(
+        src.into(),
+        dst.into(),
+        6,
+        Packet::new().tcp(sport, dport, flags),
+    )
 }
 
 /// The section.
@@ -99,10 +95,10 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let reply = tcp(pr, t, 53, 40000, 0x10);
     let ingress_on = on.program(Hook::Ingress)?;
     // The tracked flow exists (its SYN went through).
-    if run(ingress_on, &tcp(t, pr, 40000, 53, 0x02), 1)?.0 != ACTION_NEXT {
+    if timed(ingress_on, &tcp(t, pr, 40000, 53, 0x02), None, 1)?.0 != ACTION_NEXT {
         bail!("the SYN of the tracked flow was not let through");
     }
-    if run(ingress_on, &reply, 1)?.0 != ACTION_NEXT {
+    if timed(ingress_on, &reply, None, 1)?.0 != ACTION_NEXT {
         bail!("the reply was not let through with tracking on");
     }
     let rows_hot = [
@@ -134,7 +130,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let empty = on.empty_program()?;
     let mut overhead = 0.0;
     for i in 0..p.flows {
-        overhead += run(empty, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?.1;
+        overhead += timed(empty, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?.1;
     }
     let overhead = overhead / f64::from(p.flows);
     let mut first = [0.0f64; 2];
@@ -142,7 +138,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         let prog = dp.program(Hook::Ingress)?;
         let mut sum = 0.0;
         for i in 0..p.flows {
-            let (action, ns) = run(prog, &tcp(t, pr, 1000 + i, 53, 0x02), 1)?;
+            let (action, ns) = timed(prog, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?;
             if action != ACTION_NEXT {
                 bail!("a first SYN was dropped");
             }

@@ -16,7 +16,6 @@
 //! time until /metrics shows the new generation, and its RSS.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,7 +31,8 @@ use super::table::{thousands, Table};
 use super::{Goal, Section};
 use crate::agent::{Agent, AgentOptions};
 use crate::lab::{wait_until, Lab, PodSpec};
-use crate::testrun::{frame, ACTION_NEXT, ACTION_SHOT};
+use crate::packet::{ip_frame, Packet};
+use crate::testrun::{self, ACTION_NEXT, ACTION_SHOT};
 
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -55,77 +55,25 @@ impl Params {
     }
 }
 
-/// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
-/// One TestRun of `frame` through the program `fd`; its TC action. (A raw
-/// call: the probe thread runs while the main thread holds the datapath
-/// mutably for the reload.)
-fn raw_test_run(fd: i32, frame: &[u8]) -> std::io::Result<u32> {
-    let mut attr = TestRunAttr {
-        prog_fd: fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed, and
-    // `data_in` points to `data_size_in` readable bytes that outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(attr.retval)
-    }
-}
-
 /// Probe frames and the action each must get in both policies.
 fn probes() -> Vec<(Vec<u8>, u32)> {
     let ip = |s: &str| -> IpAddr { s.parse().expect("probe address") };
-    let tcp = frame::tcp_syn(40000, 8080);
+    let tcp = || Packet::syn(40000, 8080);
     vec![
         (
-            frame::ip_frame(ip("10.20.1.2"), ip("10.10.1.2"), 6, &tcp),
+            ip_frame(ip("10.20.1.2"), ip("10.10.1.2"), 6, tcp()),
             ACTION_NEXT,
         ),
         (
-            frame::ip_frame(ip("10.30.1.2"), ip("10.10.1.2"), 6, &tcp),
+            ip_frame(ip("10.30.1.2"), ip("10.10.1.2"), 6, tcp()),
             ACTION_SHOT,
         ),
         (
-            frame::ip_frame(ip("fd00:20:1::2"), ip("fd00:10:1::2"), 6, &tcp),
+            ip_frame(ip("fd00:20:1::2"), ip("fd00:10:1::2"), 6, tcp()),
             ACTION_NEXT,
         ),
         (
-            frame::ip_frame(ip("fd00:30:1::2"), ip("fd00:10:1::2"), 6, &tcp),
+            ip_frame(ip("fd00:30:1::2"), ip("fd00:10:1::2"), 6, tcp()),
             ACTION_SHOT,
         ),
     ]
@@ -165,9 +113,12 @@ fn in_process(row: &mut Row, a: &SynthPolicy, b: &SynthPolicy) -> Result<()> {
     row.load_policy = t.elapsed();
     dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
     let probes = probes();
-    let fd = dp.program(Hook::Ingress)?.fd()?.try_clone()?;
+    // A handle of the prober's own: the main thread holds the datapath
+    // mutably for the reload.
+    let prog = testrun::handle(dp.program(Hook::Ingress)?)?;
+    let action = |f: &[u8]| testrun::test_run(&prog, f, None, 1).map(|r| r.action);
     for (f, want) in &probes {
-        let got = raw_test_run(fd.as_fd().as_raw_fd(), f)?;
+        let got = action(f)?;
         if got != *want {
             bail!("probe before the reload: action {got:#x}, expected {want:#x}");
         }
@@ -175,11 +126,10 @@ fn in_process(row: &mut Row, a: &SynthPolicy, b: &SynthPolicy) -> Result<()> {
     let stop = AtomicBool::new(false);
     let (runs, wrong) = (AtomicU64::new(0), AtomicU64::new(0));
     let reload = std::thread::scope(|s| -> Result<Duration> {
-        let prober = s.spawn(|| -> std::io::Result<()> {
-            let raw = fd.as_fd().as_raw_fd();
+        let prober = s.spawn(|| -> Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 for (f, want) in &probes {
-                    let got = raw_test_run(raw, f)?;
+                    let got = action(f)?;
                     runs.fetch_add(1, Ordering::Relaxed);
                     if got != *want {
                         wrong.fetch_add(1, Ordering::Relaxed);

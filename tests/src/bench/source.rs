@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::SchedClassifier;
 use envfence::datapath::Hook;
 use envfence::policy::Mode;
 
@@ -26,7 +26,8 @@ use super::table::{delta, fmt, median, Table};
 use super::Section;
 use crate::gen::routes::RouteLab;
 use crate::netns;
-use crate::testrun::{frame, ACTION_NEXT, ACTION_SHOT, LO_IFINDEX, SKB_CTX_LEN, SKB_IFINDEX};
+use crate::packet::{ip_frame, Packet};
+use crate::testrun::{timed, SkbCtx, ACTION_NEXT, ACTION_SHOT, LO_IFINDEX};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -120,24 +121,21 @@ fn frame_of(src: IpAddr, v6: bool, i: usize) -> Vec<u8> {
     } else {
         IpAddr::from([10, 10, 3, 9])
     };
-    frame::ip_frame(
+    ip_frame(
         src,
         dst,
         envfence_ebpf::proto::TCP,
-        &frame::tcp_syn(10_000 + (i % 50_000) as u16, 8080),
+        Packet::syn(10_000 + (i % 50_000) as u16, 8080),
     )
 }
 
 /// One TestRun on device `ifindex`: (action, ns per run).
 fn run(prog: &SchedClassifier, f: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f64)> {
-    let mut ctx = [0u8; SKB_CTX_LEN];
-    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(f);
-    opts.ctx_in = Some(&ctx);
-    opts.repeat = repeat;
-    let out = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-    Ok((out.return_value, out.duration.as_nanos() as f64))
+    let ctx = SkbCtx {
+        ifindex,
+        ..SkbCtx::default()
+    };
+    timed(prog, f, Some(ctx), repeat)
 }
 
 /// A row: (variant, family, hot ns, many-flows ns).

@@ -19,7 +19,9 @@ use envfence_ebpf::verdict;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::lab::Family;
-use crate::testrun::frame;
+use crate::packet::{ip_frame, Packet};
+use crate::rng::{seeded, Draw as _, Rng};
+use rand::Rng as _;
 
 /// The environments, in the order their prefixes are dealt.
 pub const ENVS: [&str; 5] = ["production", "staging", "test", "dev", "ops"];
@@ -41,33 +43,6 @@ const FIXED_V6: [(&str, usize); 5] = [
     ("fd00:40::/32", 3),
     ("fd00:0:0:1::/64", 4),
 ];
-
-/// A small deterministic PRNG (splitmix64): the same seed, the same policy.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-    pub fn index(&mut self, len: usize) -> usize {
-        (self.next_u64() % len as u64) as usize
-    }
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64())
-    }
-}
 
 /// A synthetic policy: its YAML text, compiled form, and prefixes by
 /// environment index ([`ENVS`]).
@@ -132,7 +107,7 @@ fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net,
     if n < FIXED_V4.len() {
         bail!("a synthetic policy needs at least {} CIDRs", FIXED_V4.len());
     }
-    let mut rng = Rng::new(seed);
+    let mut rng = seeded(seed);
     let mut v4: Vec<(Ipv4Net, usize)> = Vec::with_capacity(n);
     for (cidr, env) in FIXED_V4 {
         v4.push((cidr.parse().context("fixed IPv4 prefix")?, env));
@@ -146,10 +121,10 @@ fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net,
                 break f;
             }
         };
-        let addr = (first << 24) | (rng.next_u64() as u32 & 0x00ff_ffff);
+        let addr = (first << 24) | (rng.random::<u32>() & 0x00ff_ffff);
         let net = Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc();
         if seen.insert(net) {
-            v4.push((net, rng.index(ENVS.len())));
+            v4.push((net, rng.below(ENVS.len())));
         }
     }
     let mut v6: Vec<(Ipv6Net, usize)> = Vec::with_capacity(n);
@@ -160,10 +135,10 @@ fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net,
     while v6.len() < n {
         let len = rng.range(32, 128) as u8;
         // Global unicast 2000::/3.
-        let addr = (rng.u128() & !(0b111u128 << 125)) | (0b001u128 << 125);
+        let addr = (rng.random::<u128>() & !(0b111u128 << 125)) | (0b001u128 << 125);
         let net = Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc();
         if seen.insert(net) {
-            v6.push((net, rng.index(ENVS.len())));
+            v6.push((net, rng.below(ENVS.len())));
         }
     }
     Ok((v4, v6))
@@ -206,14 +181,14 @@ pub fn addr_in(net: IpNet, rng: &mut Rng) -> IpAddr {
     match net {
         IpNet::V4(n) => {
             let host = u32::MAX.checked_shr(u32::from(n.prefix_len())).unwrap_or(0);
-            let a = u32::from(n.network()) | (rng.next_u64() as u32 & host);
+            let a = u32::from(n.network()) | (rng.random::<u32>() & host);
             IpAddr::V4(Ipv4Addr::from(a))
         }
         IpNet::V6(n) => {
             let host = u128::MAX
                 .checked_shr(u32::from(n.prefix_len()))
                 .unwrap_or(0);
-            let a = u128::from(n.network()) | (rng.u128() & host);
+            let a = u128::from(n.network()) | (rng.random::<u128>() & host);
             IpAddr::V6(Ipv6Addr::from(a))
         }
     }
@@ -266,7 +241,7 @@ pub fn flows(
     k: usize,
     seed: u64,
 ) -> Result<Vec<Flow>> {
-    let mut rng = Rng::new(seed ^ (u64::from(family == Family::V6) << 40) ^ ((kind as u64) << 41));
+    let mut rng = seeded(seed ^ (u64::from(family == Family::V6) << 40) ^ ((kind as u64) << 41));
     let (srcs, dsts) = match kind {
         Kind::Allowed => (policy.all(family), policy.all(family)),
         Kind::Dropped => (
@@ -287,15 +262,15 @@ pub fn flows(
                 policy.cidrs
             );
         }
-        let src = addr_in(srcs[rng.index(srcs.len())], &mut rng);
-        let dst = addr_in(dsts[rng.index(dsts.len())], &mut rng);
+        let src = addr_in(srcs[rng.below(srcs.len())], &mut rng);
+        let dst = addr_in(dsts[rng.below(dsts.len())], &mut rng);
         let sport = rng.range(1024, 65535) as u16;
         let dport = rng.range(1024, 65535) as u16;
         let d = policy.compiled.decide_flow(src, dst, 6, Some(dport));
         if d.verdict != kind.verdict() || !seen.insert((src, dst, sport, dport)) {
             continue;
         }
-        let frame = frame::ip_frame(src, dst, 6, &frame::tcp_syn(sport, dport));
+        let frame = ip_frame(src, dst, 6, Packet::syn(sport, dport));
         out.push(Flow {
             src,
             dst,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
+use aya::programs::SchedClassifier;
 use envfence::datapath::{Datapath, Hook, LoadOptions};
 use envfence::policy::SourceCheck;
 
@@ -37,7 +37,7 @@ use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
 use super::{Goal, Section};
 use crate::lab::Family;
-use crate::testrun::{ACTION_NEXT, ACTION_SHOT};
+use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -179,15 +179,6 @@ pub(super) fn load(no_verdict_cache: bool) -> Result<Datapath> {
     Ok(dp)
 }
 
-/// One TestRun: (TC action, kernel-measured ns per run).
-fn run_one(prog: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    opts.repeat = repeat;
-    let out = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
-    Ok((out.return_value, out.duration.as_nanos() as f64))
-}
-
 fn expected_action(which: Prog, kind: Kind) -> u32 {
     match (which, kind) {
         (Prog::Envfence | Prog::NoCache, Kind::Dropped) => ACTION_SHOT,
@@ -201,7 +192,7 @@ fn pass(l: &mut Loaded, which: Prog, flows: &[Flow], repeat: u32, kind: Kind) ->
     let prog = l.prog(which)?;
     let mut total = 0.0;
     for f in flows {
-        let (action, ns) = run_one(prog, &f.frame, repeat)?;
+        let (action, ns) = timed(prog, &f.frame, None, repeat)?;
         if action != want {
             bail!(
                 "{}: {} -> {} (tcp {}): TC action {action:#x}, expected {want:#x}",
@@ -331,7 +322,7 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                 for r in 0..p.hot_runs {
                     let f = &flows[r * flows.len() / p.hot_runs.max(1)];
                     for which in order(r) {
-                        let (action, ns) = run_one(l.prog(which)?, &f.frame, p.hot_repeat)?;
+                        let (action, ns) = timed(l.prog(which)?, &f.frame, None, p.hot_repeat)?;
                         let want = expected_action(which, kind);
                         if action != want {
                             bail!(

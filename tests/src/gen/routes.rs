@@ -21,8 +21,9 @@ use envfence::policy::{SourceCheck, SourceMode};
 use envfence_ebpf::source;
 
 use super::diff::{outcome_classes, Checked, Engine, Options, Report};
-use super::{Gen, Rng};
+use super::{seeded, Draw as _, Gen, Rng};
 use crate::netns::{self, PREFIX};
+use crate::packet::{ip_frame, Packet};
 
 /// One interface of the node: its name, check and forwarding.
 struct Iface {
@@ -346,7 +347,7 @@ pub const SOURCE_CLASSES: &[&str] = &[
 /// `lab.node_ns` (see [`netns::in_netns`]).
 pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<Report> {
     let mut gen = Gen::new(opts.seed);
-    let mut pick = Rng::new(opts.seed ^ 0x05ee_d0f1_face);
+    let mut pick = seeded(opts.seed ^ 0x05ee_d0f1_face);
     let mut report = Report {
         seed: opts.seed,
         ..Report::default()
@@ -447,11 +448,11 @@ fn scope_frame(rng: &mut Rng) -> Vec<u8> {
     let parse = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
     let (src, dst) = (parse(rng.pick(srcs)), parse(rng.pick(dsts)));
     let sport = rng.u16();
-    crate::testrun::frame::ip_frame(
+    ip_frame(
         src,
         dst,
         envfence_ebpf::proto::UDP,
-        &crate::testrun::frame::udp(sport, 5353, b"scope"),
+        Packet::data(b"scope").udp(sport, 5353),
     )
 }
 

@@ -29,8 +29,8 @@ use anyhow::{bail, Context, Result};
 
 use super::catalog::{eth, v4, v6};
 use super::{
-    ethertype, ipproto, ExtSpec, GreSpec, Inner, Ip4Spec, L3Spec, L4Spec, LenField, UdpBody,
-    GENEVE_PORT, VXLAN_PORT,
+    ethertype, ipproto, ExtSpec, GreSpec, Inner, L3Spec, L4Spec, LenField, UdpBody, GENEVE_PORT,
+    VXLAN_PORT,
 };
 use crate::lab::{Lab, UdpReceiver, NODE, POD_IF};
 use crate::netns;
@@ -309,23 +309,6 @@ fn v4_of(lab: &Lab, pod: &str) -> Result<[u8; 4]> {
 
 fn v6_of(lab: &Lab, pod: &str) -> Result<[u8; 16]> {
     Ok(lab.pod(pod)?.ipv6().octets())
-}
-
-/// UDP with a correct checksum over IPv6 (mandatory there; IPv4 UDP may
-/// carry 0). `packet` is an IPv6 packet whose last `udp_len` bytes are the
-/// UDP header and data.
-pub fn fix_udp6_checksum(packet: &mut [u8], udp_len: usize) {
-    let off = packet.len() - udp_len;
-    packet[off + 6] = 0;
-    packet[off + 7] = 0;
-    let mut pseudo = Vec::with_capacity(40 + udp_len);
-    pseudo.extend_from_slice(&packet[8..40]);
-    pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ipproto::UDP]);
-    pseudo.extend_from_slice(&packet[off..]);
-    let c = super::ip_checksum(&pseudo);
-    let c = if c == 0 { 0xffff } else { c };
-    packet[off + 6..off + 8].copy_from_slice(&c.to_be_bytes());
 }
 
 fn udp_l4(sport: u16, dport: u16, data: &[u8]) -> L4Spec {
@@ -780,10 +763,9 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
     };
     let inner4 = |src: [u8; 4], dst: [u8; 4], m: &[u8]| v4(src, dst, udp_l4(44000, 9000, m));
     let inner6 = |src: [u8; 16], dst: [u8; 16], m: &[u8]| {
-        let ip = v6(src, dst, udp_l4(44000, 9000, m));
-        let mut b = ip.build();
-        fix_udp6_checksum(&mut b, 8 + m.len());
-        b
+        let mut p = v6(src, dst, udp_l4(44000, 9000, m)).packet();
+        p.fix_udp6_checksum(0, 40);
+        p.into_bytes()
     };
     for (inner_name, forbidden, (s4, d4), (s6, d6)) in [
         ("inner test -> production", true, (t4, p4), (t6, p6)),
@@ -835,7 +817,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
             list.push((
                 format!("{gname}, {inner_name}"),
                 outer,
-                gre_bytes(&g),
+                g.packet().into_bytes(),
                 ipproto::GRE,
                 forbidden,
             ));
@@ -850,7 +832,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         list.push((
             format!("gre carrying ethernet, {inner_name}"),
             prod2_v4,
-            gre_bytes(&g),
+            g.packet().into_bytes(),
             ipproto::GRE,
             forbidden,
         ));
@@ -865,7 +847,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         list.push((
             format!("geneve, {inner_name}"),
             prod2_v4,
-            udp_body_bytes(&geneve),
+            geneve.packet().into_bytes(),
             0,
             forbidden,
         ));
@@ -881,7 +863,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         list.push((
             format!("vxlan (crafted) over ipv6, {inner_name}"),
             prod2_v6,
-            udp_body_bytes(&vx),
+            vx.packet().into_bytes(),
             1,
             forbidden,
         ));
@@ -897,7 +879,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
     list.push((
         "gre carrying ipip, all production (tunnel too deep)".into(),
         prod2_v4,
-        gre_bytes(&g),
+        g.packet().into_bytes(),
         ipproto::GRE,
         true,
     ));
@@ -948,44 +930,6 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
 fn payload_marker(payload: &[u8]) -> Option<Vec<u8>> {
     let start = payload.windows(6).position(|w| w == b"EFMARK")?;
     Some(payload[start..].to_vec())
-}
-
-fn gre_bytes(g: &GreSpec) -> Vec<u8> {
-    // Built through an IPv4 packet whose payload is the GRE header.
-    let ip = Ip4Spec {
-        src: [0; 4],
-        dst: [0; 4],
-        options: Vec::new(),
-        frag: 0,
-        ihl: None,
-        version: 4,
-        tot_len: LenField::Exact,
-        id: 0,
-        payload: L4Spec::Gre(Box::new(g.clone())),
-        cut: None,
-    };
-    ip.build()[20..].to_vec()
-}
-
-fn udp_body_bytes(body: &UdpBody) -> Vec<u8> {
-    let ip = Ip4Spec {
-        src: [0; 4],
-        dst: [0; 4],
-        options: Vec::new(),
-        frag: 0,
-        ihl: None,
-        version: 4,
-        tot_len: LenField::Exact,
-        id: 0,
-        payload: L4Spec::Udp {
-            sport: 0,
-            dport: 0,
-            body: body.clone(),
-            len: LenField::Exact,
-        },
-        cut: None,
-    };
-    ip.build()[28..].to_vec()
 }
 
 fn send_ip_ns(ns: &str, dst: IpAddr, proto: u8, payload: &[u8]) -> Result<()> {
@@ -1041,13 +985,12 @@ pub fn ipv6_ext_scenario(lab: &Lab) -> Result<Scenario> {
                     ExtSpec::new(kind, 0, 0, 0)
                 })
                 .collect();
-            let mut packet = ip.build();
-            fix_udp6_checksum(&mut packet, 8 + data.len());
-            let mut frame = Vec::with_capacity(14 + packet.len());
-            frame.extend_from_slice(&node_mac);
-            frame.extend_from_slice(&test_mac);
-            frame.extend_from_slice(&ethertype::IPV6.to_be_bytes());
-            frame.extend_from_slice(&packet);
+            let mut packet = ip.packet();
+            let udp_at = packet.len() - (8 + data.len());
+            packet.fix_udp6_checksum(0, udp_at);
+            let frame = packet
+                .eth_macs(node_mac, test_mac, &[], ethertype::IPV6)
+                .into_bytes();
             let key = SocketAddr::new(IpAddr::from(t6), sport);
             let ns = ns.clone();
             probes.push(Probe::new(
