@@ -1,28 +1,57 @@
-//! L2/L3/L4 header walk with direct packet access, bounded and
-//! verifier-friendly. Every outcome is explicit: a frame is either not IP,
-//! malformed, too deep, or an IP packet with its addresses, what is known of
-//! its L4 header, and — for IPIP, IPv6-in-IP, GRE, VXLAN, VXLAN-GPE and
-//! Geneve — the inner packet's addresses too. IP is found behind VLAN tags,
-//! MPLS label stacks and PPPoE sessions; IPv6 routing headers give a final
-//! destination that is judged too; a length field of 0 is read from the
-//! skb in a GSO packet (BIG TCP) and from the Jumbo Payload option in an
-//! RFC 2675 jumbogram. The reference classifier
-//! (`agent/src/policy/reference.rs`) reaches the same decisions from the
-//! RFCs, independently; the differential tests hold the two equal.
+//! The header walk: L2/L3/L4, bounded and verifier-friendly, written once
+//! for the kernel programs and for userspace. It is generic over a
+//! [`Frame`] (the packet's length, bounded byte reads, what the skb says,
+//! the policy's tunnel ports): the eBPF programs implement it for the
+//! `TcContext` with direct packet access (`src/programs.rs`), the agent for
+//! a byte slice and the compiled policy (`agent/src/policy/reference.rs`,
+//! the userspace classifier `explain` and the tests use). Cilium serves skb
+//! and XDP from one library the same way (`bpf/lib/overloadable.h`).
+//!
+//! Every outcome is explicit: a frame is either not IP, malformed, too
+//! deep, or an IP packet with its addresses, what is known of its L4 header,
+//! and — for IPIP, IPv6-in-IP, GRE, VXLAN, VXLAN-GPE and Geneve — the inner
+//! packet's addresses too. IP is found behind VLAN tags, MPLS label stacks
+//! and PPPoE sessions; IPv6 routing headers give a final destination that
+//! is judged too; a length field of 0 is taken from the skb in a GSO packet
+//! (BIG TCP) and from the Jumbo Payload option in an RFC 2675 jumbogram.
+//!
+//! Because userspace runs this very code, it cannot catch the walk's own
+//! bugs: the independent oracle of the differential tests (`tests/`) does.
+//! Everything here is `#[inline(always)]` and keeps the kernel's bounds
+//! checks, so the verifier sees what it saw before the walk was shared.
 
-use aya_ebpf::programs::TcContext;
-use envfence_ebpf::{family, parse_limits as lim, proto, tunnel, tunnel_ports_index};
+use crate::{family, parse_limits as lim, proto, stat, tunnel};
 
-use envfence_ebpf::wire::{
+use crate::wire::{
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ETH_P_MPLS_MC, ETH_P_MPLS_UC,
     ETH_P_PPP_SES, ETH_P_TEB, GPE_ETHERNET, GPE_IPV4, GPE_IPV6, IPV6_HLEN, IPV6_OPT_JUMBO,
     MPLS_HLEN, PPPOE_HLEN, PPP_IP, PPP_IPV6, VLAN_HLEN,
 };
 
-use crate::programs::TUNNEL_PORTS;
+/// A packet the walk reads: what the kernel's `__sk_buff` gives the
+/// programs, or a byte slice and what is known of its skb in userspace.
+pub trait Frame {
+    /// The packet's length (`skb->len`): the lengths its headers claim are
+    /// checked against it. May exceed the bytes [`Frame::bytes`] reaches
+    /// (a non-linear skb).
+    fn packet_len(&self) -> usize;
+    /// The `N` bytes at `off`, or None when they are not readable. The
+    /// walk reads only within [`lim::MAX_OFFSET`] (see [`bytes_at`]).
+    fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]>;
+    /// The byte at `off` (the kernel reads single bytes with a helper: the
+    /// verifier grants no range to a one-byte direct read).
+    fn byte(&self, off: usize) -> Option<u8>;
+    /// The skb is a GSO packet (`gso_size` != 0): a length field of 0
+    /// means "as long as the skb" (BIG TCP).
+    fn gso(&self) -> bool;
+    /// The [`tunnel`] kind of UDP destination port `port` under policy
+    /// `slot` ([`crate::map_names::TUNNEL_PORTS`]).
+    fn tunnel_kind(&self, slot: u32, port: u16) -> u8;
+}
 
-/// What is known of the L4 header.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What is known of the L4 header: the one L4 enum of the kernel's parsed
+/// layer, the userspace classifier's judgement and [`crate::decide`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum L4 {
     /// TCP, UDP or SCTP with readable ports.
     Ports,
@@ -31,12 +60,14 @@ pub enum L4 {
     NoPorts,
     /// A protocol without ports (ICMP, ...); ICMP type/code are in
     /// sport/dport when readable.
+    #[default]
     Other,
 }
 
 /// Where a tunnel's inner packet starts.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 enum Tunnel {
+    #[default]
     None,
     Ip4(usize),
     Ip6(usize),
@@ -44,7 +75,7 @@ enum Tunnel {
 }
 
 /// One IP layer.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Layer {
     pub family: u8,
     pub proto: u8,
@@ -78,8 +109,9 @@ pub const ENCAP_MPLS: u8 = 1;
 /// ... or in a PPPoE session.
 pub const ENCAP_PPPOE: u8 = 2;
 
-/// The parsed packet. Lives in a per-CPU scratch map, not on the 512-byte
-/// BPF stack.
+/// The parsed packet. In the kernel it lives in a per-CPU scratch map
+/// ([`crate::map_names::SCRATCH`]), not on the 512-byte BPF stack.
+#[derive(Default)]
 pub struct Packet {
     pub outer: Layer,
     /// The encapsulated packet of a tunnel, when `has_inner`.
@@ -103,10 +135,10 @@ pub struct Packet {
 
 // A hook of one agent and the decision stage of the next share the pinned
 // scratch packet: its layout is part of the ABI.
-const _: () = assert!(core::mem::size_of::<Packet>() == envfence_ebpf::SCRATCH_PACKET_BYTES);
+const _: () = assert!(core::mem::size_of::<Packet>() == crate::SCRATCH_PACKET_BYTES);
 
 /// Why a frame is not judged by policy.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reject {
     NonIp,
     Malformed,
@@ -115,20 +147,14 @@ pub enum Reject {
     MplsTooDeep,
 }
 
-/// A reference to `N` bytes at `off` of the linear packet data, or None when
-/// the packet is shorter (or `off` is past what the parser reads).
+/// A reference to `N` bytes at `off` of the frame, or None when the frame
+/// is shorter (or `off` is past what the parser reads).
 #[inline(always)]
-pub(crate) fn bytes_at<const N: usize>(ctx: &TcContext, off: usize) -> Option<&[u8; N]> {
+pub fn bytes_at<F: Frame, const N: usize>(f: &F, off: usize) -> Option<&[u8; N]> {
     if off > lim::MAX_OFFSET {
         return None;
     }
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + N > end {
-        return None;
-    }
-    // SAFETY: bounds checked against data_end just above.
-    Some(unsafe { &*((start + off) as *const [u8; N]) })
+    f.bytes::<N>(off)
 }
 
 #[inline(always)]
@@ -149,16 +175,15 @@ fn is_vlan(ethertype: u16) -> bool {
 /// Parses a frame into `pkt`: its IP layer(s), or why it is not judged by
 /// policy. `slot` is the policy in force (its tunnel ports).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, pkt: &mut Packet, slot: u32) -> Result<(), Reject> {
+pub fn parse<F: Frame>(frame: &F, pkt: &mut Packet, slot: u32) -> Result<(), Reject> {
     pkt.has_inner = false;
     pkt.encap = 0;
     pkt.l2_type = 0;
     pkt.slot = slot;
-    // SAFETY: reading a field of the context.
-    pkt.gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    let (ethertype, l3, encap) = parse_eth(ctx, 0)?;
+    pkt.gso = frame.gso();
+    let (ethertype, l3, encap) = parse_eth(frame, 0)?;
     pkt.encap = encap;
-    if !parse_ip(ctx, pkt, ethertype, l3, false)? {
+    if !parse_ip(frame, pkt, ethertype, l3, false)? {
         pkt.l2_type = ethertype;
         return Err(Reject::NonIp);
     }
@@ -166,7 +191,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet, slot: u32) -> Result<(), Reject>
         Tunnel::None => return Ok(()),
         Tunnel::Ip4(off) => Ok((ETH_P_IP, off, 0)),
         Tunnel::Ip6(off) => Ok((ETH_P_IPV6, off, 0)),
-        Tunnel::Eth(off) => parse_eth(ctx, off),
+        Tunnel::Eth(off) => parse_eth(frame, off),
     };
     let (inner_type, inner_l3, _) = match inner_start {
         Ok(x) => x,
@@ -176,7 +201,7 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet, slot: u32) -> Result<(), Reject>
         Err(r) => return Err(r),
     };
     // Non-IP inside an Ethernet tunnel (ARP ...): judged on the outer.
-    pkt.has_inner = parse_ip(ctx, pkt, inner_type, inner_l3, true)?;
+    pkt.has_inner = parse_ip(frame, pkt, inner_type, inner_l3, true)?;
     if pkt.has_inner && pkt.inner.tunnel != Tunnel::None {
         return Err(Reject::TunnelTooDeep);
     }
@@ -189,13 +214,13 @@ pub fn parse(ctx: &TcContext, pkt: &mut Packet, slot: u32) -> Result<(), Reject>
 /// carrying IP give `ETH_P_IP` / `ETH_P_IPV6`; carrying anything else,
 /// their own EtherType (non-IP).
 #[inline(always)]
-fn parse_eth(ctx: &TcContext, off: usize) -> Result<(u16, usize, u8), Reject> {
-    let (ethertype, l3) = parse_vlans(ctx, off)?;
+fn parse_eth<F: Frame>(frame: &F, off: usize) -> Result<(u16, usize, u8), Reject> {
+    let (ethertype, l3) = parse_vlans(frame, off)?;
     if ethertype == ETH_P_MPLS_UC || ethertype == ETH_P_MPLS_MC {
-        return parse_mpls(ctx, ethertype, l3);
+        return parse_mpls(frame, ethertype, l3);
     }
     if ethertype == ETH_P_PPP_SES {
-        return parse_pppoe(ctx, l3);
+        return parse_pppoe(frame, l3);
     }
     Ok((ethertype, l3, 0))
 }
@@ -204,14 +229,14 @@ fn parse_eth(ctx: &TcContext, off: usize) -> Result<(u16, usize, u8), Reject> {
 /// labels), then the payload's first nibble: 4 IPv4, 6 IPv6, anything else
 /// (a pseudowire control word, OAM) not IP.
 #[inline(always)]
-fn parse_mpls(ctx: &TcContext, ethertype: u16, l3: usize) -> Result<(u16, usize, u8), Reject> {
+fn parse_mpls<F: Frame>(frame: &F, ethertype: u16, l3: usize) -> Result<(u16, usize, u8), Reject> {
     let mut off = l3;
     let mut i = 0;
     loop {
         if i == lim::MAX_MPLS_LABELS {
             return Err(Reject::MplsTooDeep);
         }
-        let Some(label) = bytes_at::<MPLS_HLEN>(ctx, off) else {
+        let Some(label) = bytes_at::<F, MPLS_HLEN>(frame, off) else {
             return Err(Reject::Malformed);
         };
         off += MPLS_HLEN;
@@ -227,9 +252,9 @@ fn parse_mpls(ctx: &TcContext, ethertype: u16, l3: usize) -> Result<(u16, usize,
     let first: u8 = if off > lim::MAX_OFFSET {
         return Err(Reject::Malformed);
     } else {
-        match ctx.load::<u8>(off) {
-            Ok(b) => b,
-            Err(_) => return Err(Reject::Malformed),
+        match frame.byte(off) {
+            Some(b) => b,
+            None => return Err(Reject::Malformed),
         }
     };
     match first >> 4 {
@@ -242,8 +267,8 @@ fn parse_mpls(ctx: &TcContext, ethertype: u16, l3: usize) -> Result<(u16, usize,
 /// A PPPoE session header (version 1, type 1, code 0) and the PPP protocol
 /// field (2 bytes, or 1 when compressed: an odd first byte).
 #[inline(always)]
-fn parse_pppoe(ctx: &TcContext, l3: usize) -> Result<(u16, usize, u8), Reject> {
-    let Some(h) = bytes_at::<{ PPPOE_HLEN + 1 }>(ctx, l3) else {
+fn parse_pppoe<F: Frame>(frame: &F, l3: usize) -> Result<(u16, usize, u8), Reject> {
+    let Some(h) = bytes_at::<F, { PPPOE_HLEN + 1 }>(frame, l3) else {
         return Err(Reject::Malformed);
     };
     if h[0] != 0x11 || h[1] != 0 {
@@ -252,7 +277,7 @@ fn parse_pppoe(ctx: &TcContext, l3: usize) -> Result<(u16, usize, u8), Reject> {
     let (ppp, off) = if h[6] & 1 != 0 {
         (h[6] as u16, l3 + PPPOE_HLEN + 1)
     } else {
-        let Some(h) = bytes_at::<{ PPPOE_HLEN + 2 }>(ctx, l3) else {
+        let Some(h) = bytes_at::<F, { PPPOE_HLEN + 2 }>(frame, l3) else {
             return Err(Reject::Malformed);
         };
         (be16(h[6], h[7]), l3 + PPPOE_HLEN + 2)
@@ -268,20 +293,20 @@ fn parse_pppoe(ctx: &TcContext, l3: usize) -> Result<(u16, usize, u8), Reject> {
 
 /// Ethernet at `off` with up to two VLAN tags: (ethertype, L3 offset).
 #[inline(always)]
-fn parse_vlans(ctx: &TcContext, off: usize) -> Result<(u16, usize), Reject> {
-    let Some(eth) = bytes_at::<ETH_HLEN>(ctx, off) else {
+fn parse_vlans<F: Frame>(frame: &F, off: usize) -> Result<(u16, usize), Reject> {
+    let Some(eth) = bytes_at::<F, ETH_HLEN>(frame, off) else {
         return Err(Reject::NonIp);
     };
     let mut ethertype = be16(eth[12], eth[13]);
     let mut l3 = off + ETH_HLEN;
     if is_vlan(ethertype) {
-        let Some(tag) = bytes_at::<VLAN_HLEN>(ctx, l3) else {
+        let Some(tag) = bytes_at::<F, VLAN_HLEN>(frame, l3) else {
             return Err(Reject::Malformed);
         };
         ethertype = be16(tag[2], tag[3]);
         l3 += VLAN_HLEN;
         if is_vlan(ethertype) {
-            let Some(tag) = bytes_at::<VLAN_HLEN>(ctx, l3) else {
+            let Some(tag) = bytes_at::<F, VLAN_HLEN>(frame, l3) else {
                 return Err(Reject::Malformed);
             };
             ethertype = be16(tag[2], tag[3]);
@@ -297,8 +322,8 @@ fn parse_vlans(ctx: &TcContext, off: usize) -> Result<(u16, usize), Reject> {
 /// The IP layer at `l3` into the outer (or `inner`) layer of `pkt`:
 /// Ok(false) when `ethertype` is not IP.
 #[inline(always)]
-fn parse_ip(
-    ctx: &TcContext,
+fn parse_ip<F: Frame>(
+    frame: &F,
     pkt: &mut Packet,
     ethertype: u16,
     l3: usize,
@@ -311,8 +336,8 @@ fn parse_ip(
         &mut pkt.outer
     };
     match ethertype {
-        ETH_P_IP => parse_v4(ctx, l3, layer, gso, slot).map(|()| true),
-        ETH_P_IPV6 => parse_v6(ctx, l3, layer, gso, slot).map(|()| true),
+        ETH_P_IP => parse_v4(frame, l3, layer, gso, slot).map(|()| true),
+        ETH_P_IPV6 => parse_v6(frame, l3, layer, gso, slot).map(|()| true),
         _ => Ok(false),
     }
 }
@@ -336,19 +361,19 @@ fn reset_layer(layer: &mut Layer, fam: u8, p: u8) {
 }
 
 #[inline(always)]
-fn parse_v4(
-    ctx: &TcContext,
+fn parse_v4<F: Frame>(
+    frame: &F,
     l3: usize,
     layer: &mut Layer,
     gso: bool,
     slot: u32,
 ) -> Result<(), Reject> {
-    let Some(h) = bytes_at::<20>(ctx, l3) else {
+    let Some(h) = bytes_at::<F, 20>(frame, l3) else {
         return Err(Reject::Malformed);
     };
     let ihl = (h[0] & 0x0f) as usize;
     let mut tot_len = be16(h[2], h[3]) as usize;
-    let avail = (ctx.len() as usize).saturating_sub(l3);
+    let avail = frame.packet_len().saturating_sub(l3);
     // BIG TCP: the stack writes total length 0 into a GSO packet longer
     // than 64 KiB; the skb says how long it is.
     let from_skb = tot_len == 0 && gso;
@@ -367,7 +392,7 @@ fn parse_v4(
         no_l4_header(layer);
     } else {
         let l4_len = tot_len - ihl * 4;
-        l4_at(ctx, l3 + ihl * 4, l4_len, layer, slot);
+        l4_at(frame, l3 + ihl * 4, l4_len, layer, slot);
     }
     Ok(())
 }
@@ -389,18 +414,18 @@ fn is_tunnel_proto(p: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_v6(
-    ctx: &TcContext,
+fn parse_v6<F: Frame>(
+    frame: &F,
     l3: usize,
     layer: &mut Layer,
     gso: bool,
     slot: u32,
 ) -> Result<(), Reject> {
-    let Some(h) = bytes_at::<IPV6_HLEN>(ctx, l3) else {
+    let Some(h) = bytes_at::<F, IPV6_HLEN>(frame, l3) else {
         return Err(Reject::Malformed);
     };
     let mut payload = be16(h[4], h[5]) as usize;
-    let avail = (ctx.len() as usize).saturating_sub(l3 + IPV6_HLEN);
+    let avail = frame.packet_len().saturating_sub(l3 + IPV6_HLEN);
     if h[0] >> 4 != 6 {
         return Err(Reject::Malformed);
     }
@@ -411,7 +436,7 @@ fn parse_v6(
             payload = avail;
             from_skb = true;
         } else {
-            payload = jumbo_len(ctx, l3, h[6]).ok_or(Reject::Malformed)?;
+            payload = jumbo_len(frame, l3, h[6]).ok_or(Reject::Malformed)?;
             jumbo = true;
         }
     }
@@ -434,7 +459,7 @@ fn parse_v6(
             layer.l4 = L4::NoPorts;
             return Ok(());
         }
-        let Some(e) = bytes_at::<8>(ctx, off) else {
+        let Some(e) = bytes_at::<F, 8>(frame, off) else {
             layer.l4 = L4::NoPorts;
             return Ok(());
         };
@@ -452,7 +477,7 @@ fn parse_v6(
             return Ok(());
         }
         if layer.proto == proto::ROUTING && e[3] != 0 {
-            final_destination(ctx, off, e, layer)?;
+            final_destination(frame, off, e, layer)?;
         }
         layer.proto = next;
         off += len;
@@ -462,7 +487,7 @@ fn parse_v6(
         layer.l4 = L4::NoPorts;
         return Ok(());
     }
-    l4_at(ctx, off, end.saturating_sub(off), layer, slot);
+    l4_at(frame, off, end.saturating_sub(off), layer, slot);
     Ok(())
 }
 
@@ -471,11 +496,11 @@ fn parse_v6(
 /// 4 bytes; where RFC 2675's 4n+2 alignment and Linux put it), with a
 /// length over 65535. None: not a jumbogram.
 #[inline(always)]
-fn jumbo_len(ctx: &TcContext, l3: usize, next: u8) -> Option<usize> {
+fn jumbo_len<F: Frame>(frame: &F, l3: usize, next: u8) -> Option<usize> {
     if next != proto::HOPOPTS {
         return None;
     }
-    let o = bytes_at::<8>(ctx, l3 + IPV6_HLEN)?;
+    let o = bytes_at::<F, 8>(frame, l3 + IPV6_HLEN)?;
     if o[2] != IPV6_OPT_JUMBO || o[3] != 4 {
         return None;
     }
@@ -493,8 +518,8 @@ fn jumbo_len(ctx: &TcContext, l3: usize, next: u8) -> Option<usize> {
 /// second one with segments left, is malformed; other types are judged on
 /// the destination alone (Linux discards them when segments are left).
 #[inline(always)]
-fn final_destination(
-    ctx: &TcContext,
+fn final_destination<F: Frame>(
+    frame: &F,
     off: usize,
     e: &[u8; 8],
     layer: &mut Layer,
@@ -523,7 +548,7 @@ fn final_destination(
     if layer.has_final {
         return Err(Reject::Malformed);
     }
-    let Some(a) = bytes_at::<16>(ctx, at) else {
+    let Some(a) = bytes_at::<F, 16>(frame, at) else {
         return Err(Reject::Malformed);
     };
     layer.final_dst = *a;
@@ -548,11 +573,11 @@ fn is_ipv6_ext(p: u8) -> bool {
 /// Reads the L4 header at `off` (`len` bytes of it by the IP header):
 /// ports, ICMP type/code, or where a tunnel's inner packet starts.
 #[inline(always)]
-fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer, slot: u32) {
+fn l4_at<F: Frame>(frame: &F, off: usize, len: usize, layer: &mut Layer, slot: u32) {
     let p = layer.proto;
     layer.l4_off = off;
     if is_port_bearing(p) {
-        let Some(h) = bytes_at::<4>(ctx, off).filter(|_| len >= 4) else {
+        let Some(h) = bytes_at::<F, 4>(frame, off).filter(|_| len >= 4) else {
             layer.l4 = L4::NoPorts;
             return;
         };
@@ -560,13 +585,13 @@ fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer, slot: u32) 
         layer.dport = be16(h[2], h[3]);
         layer.l4 = L4::Ports;
         if p == proto::UDP {
-            udp_tunnel(ctx, off, layer, slot);
+            udp_tunnel(frame, off, layer, slot);
         }
         return;
     }
     layer.l4 = L4::Other;
     if p == proto::ICMP || p == proto::ICMPV6 {
-        if let Some(h) = bytes_at::<2>(ctx, off).filter(|_| len >= 2) {
+        if let Some(h) = bytes_at::<F, 2>(frame, off).filter(|_| len >= 2) {
             layer.sport = h[0] as u16;
             layer.dport = h[1] as u16;
         }
@@ -575,7 +600,7 @@ fn l4_at(ctx: &TcContext, off: usize, len: usize, layer: &mut Layer, slot: u32) 
     } else if p == proto::IPV6 {
         layer.tunnel = Tunnel::Ip6(off);
     } else if p == proto::GRE {
-        gre(ctx, off, layer);
+        gre(frame, off, layer);
     }
 }
 
@@ -593,8 +618,8 @@ fn tunnel_for(ethertype: u16, off: usize) -> Tunnel {
 /// 4-byte fields. Version 1 (PPTP) and source-routed GRE are not
 /// decapsulated by Linux and carry no inner packet we judge.
 #[inline(always)]
-fn gre(ctx: &TcContext, off: usize, layer: &mut Layer) {
-    let Some(h) = bytes_at::<4>(ctx, off) else {
+fn gre<F: Frame>(frame: &F, off: usize, layer: &mut Layer) {
+    let Some(h) = bytes_at::<F, 4>(frame, off) else {
         // A GRE packet too short for its header: nothing inside to judge,
         // judged on the outer addresses like any unknown protocol.
         return;
@@ -617,13 +642,10 @@ fn gre(ctx: &TcContext, off: usize, layer: &mut Layer) {
 }
 
 /// VXLAN, VXLAN-GPE and Geneve, recognised by destination port: the
-/// policy's tunnel ports (`EF_TUNNEL_PORTS`, one array lookup).
+/// policy's tunnel ports ([`Frame::tunnel_kind`]).
 #[inline(always)]
-fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer, slot: u32) {
-    let Some(entry) = TUNNEL_PORTS.get(tunnel_ports_index(slot, layer.dport)) else {
-        return;
-    };
-    let kind = entry.kind[(layer.dport & 0xff) as usize];
+fn udp_tunnel<F: Frame>(frame: &F, off: usize, layer: &mut Layer, slot: u32) {
+    let kind = frame.tunnel_kind(slot, layer.dport);
     if kind == tunnel::NONE {
         return;
     }
@@ -633,7 +655,7 @@ fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer, slot: u32) {
     if kind == tunnel::VXLAN {
         layer.tunnel = Tunnel::Eth(off + 8 + 8);
     } else if kind == tunnel::GENEVE {
-        match bytes_at::<4>(ctx, off + 8) {
+        match bytes_at::<F, 4>(frame, off + 8) {
             Some(g) => {
                 let opt_len = (g[0] & 0x3f) as usize * 4;
                 layer.tunnel = tunnel_for(be16(g[2], g[3]), off + 8 + 8 + opt_len);
@@ -641,7 +663,7 @@ fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer, slot: u32) {
             None => layer.tunnel = unreadable,
         }
     } else if kind == tunnel::VXLAN_GPE {
-        match bytes_at::<4>(ctx, off + 8) {
+        match bytes_at::<F, 4>(frame, off + 8) {
             // Next protocol applies only with the P flag (0x04); Linux
             // discards the packet otherwise: nothing inside to judge.
             Some(g) if g[0] & 0x04 == 0 => {}
@@ -659,5 +681,18 @@ fn udp_tunnel(ctx: &TcContext, off: usize, layer: &mut Layer, slot: u32) {
             }
             None => layer.tunnel = unreadable,
         }
+    }
+}
+
+/// The statistic of a non-IP frame's kind, from [`Packet::l2_type`].
+#[inline(always)]
+pub fn non_ip_stat(l2_type: u16) -> u32 {
+    use crate::wire;
+    match l2_type {
+        wire::ETH_P_ARP => stat::NON_IP_ARP,
+        wire::ETH_P_LLDP => stat::NON_IP_LLDP,
+        wire::ETH_P_MPLS_UC | wire::ETH_P_MPLS_MC => stat::NON_IP_MPLS,
+        wire::ETH_P_PPP_SES | wire::ETH_P_PPP_DISC => stat::NON_IP_PPPOE,
+        _ => stat::NON_IP_OTHER,
     }
 }

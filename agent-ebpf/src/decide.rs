@@ -1,0 +1,92 @@
+//! The policy decision, written once: an environment pair's entry, then
+//! the port rule of a packet whose ports were read (when the pair has port
+//! rules), else the pair's verdict, or its no-port verdict for a
+//! port-bearing packet whose ports cannot be read. Generic over where the
+//! tables live ([`Tables`]): the kernel's maps (`src/programs.rs`), the
+//! compiled policy (`agent/src/policy/compile.rs`) and the maps pinned in
+//! bpffs (`agent/src/datapath/inspect.rs`).
+
+use crate::walk::L4;
+use crate::{PairVerdict, RuleVerdict};
+
+/// The two tables a decision reads. Lookups may fail (pinned maps are
+/// read with syscalls): [`Tables::Error`] is `Infallible` where they
+/// cannot.
+pub trait Tables {
+    /// Why a lookup failed.
+    type Error;
+    /// The entry of the pair (`src_env`, `dst_env`). A table without one
+    /// says what stands in for it (the kernel: drop; a compiled policy:
+    /// its default).
+    fn pair(&self, src_env: u32, dst_env: u32) -> Result<PairVerdict, Self::Error>;
+    /// The port rule of (`src_env`, `dst_env`, `proto`, destination
+    /// `port`), if there is one.
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<RuleVerdict>, Self::Error>;
+}
+
+/// What gave a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum By {
+    /// A port rule of the pair.
+    PortRule,
+    /// The pair's verdict (no port rule matched, or a protocol without
+    /// ports).
+    Pair,
+    /// The pair's no-port verdict (a port-bearing packet whose ports
+    /// cannot be read).
+    NoPorts,
+}
+
+/// A decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decided {
+    /// The verdict ([`crate::verdict`]), audit mode folded in.
+    pub verdict: u8,
+    /// The rule that decided ([`crate::RULE_DEFAULT`] for the default).
+    pub rule: u16,
+    /// What decided.
+    pub by: By,
+    /// The pair's entry.
+    pub pair: PairVerdict,
+}
+
+/// The verdict of a packet between two environments; `proto` and `dport`
+/// are read when `l4` is [`L4::Ports`].
+#[inline(always)]
+pub fn decide<T: Tables>(
+    tables: &T,
+    src_env: u32,
+    dst_env: u32,
+    l4: L4,
+    proto: u8,
+    dport: u16,
+) -> Result<Decided, T::Error> {
+    let pair = tables.pair(src_env, dst_env)?;
+    let (verdict, rule, by) = match l4 {
+        L4::Ports => {
+            let rule = if pair.has_port_rules != 0 {
+                tables.port_rule(src_env, dst_env, proto, dport)?
+            } else {
+                None
+            };
+            match rule {
+                Some(rv) => (rv.verdict, rv.rule, By::PortRule),
+                None => (pair.verdict, pair.rule, By::Pair),
+            }
+        }
+        L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, By::NoPorts),
+        L4::Other => (pair.verdict, pair.rule, By::Pair),
+    };
+    Ok(Decided {
+        verdict,
+        rule,
+        by,
+        pair,
+    })
+}

@@ -1,0 +1,60 @@
+//! The kernel's [`Frame`]: the `__sk_buff` of a TC program, read with
+//! direct packet access (the linear area the hook pulled), its length and
+//! GSO size from the context, and the policy's tunnel ports from
+//! `EF_TUNNEL_PORTS`. The header walk itself is `envfence_ebpf::walk`.
+
+use aya_ebpf::programs::TcContext;
+use envfence_ebpf::{tunnel, tunnel_ports_index, walk::Frame};
+
+use crate::programs::TUNNEL_PORTS;
+
+/// A TC program's packet.
+pub struct Skb<'a> {
+    ctx: &'a TcContext,
+}
+
+impl<'a> Skb<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a TcContext) -> Self {
+        Skb { ctx }
+    }
+}
+
+impl Frame for Skb<'_> {
+    #[inline(always)]
+    fn packet_len(&self) -> usize {
+        self.ctx.len() as usize
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<&[u8; N]> {
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + off + N > end {
+            return None;
+        }
+        // SAFETY: bounds checked against data_end just above.
+        Some(unsafe { &*((start + off) as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn byte(&self, off: usize) -> Option<u8> {
+        // Within MAX_OFFSET the linear area holds the frame (pulled to
+        // PULL_LEN), so the helper sees what a direct read would.
+        self.ctx.load::<u8>(off).ok()
+    }
+
+    #[inline(always)]
+    fn gso(&self) -> bool {
+        // SAFETY: reading a field of the context.
+        unsafe { (*self.ctx.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn tunnel_kind(&self, slot: u32, port: u16) -> u8 {
+        match TUNNEL_PORTS.get(tunnel_ports_index(slot, port)) {
+            Some(entry) => entry.kind[(port & 0xff) as usize],
+            None => tunnel::NONE,
+        }
+    }
+}
