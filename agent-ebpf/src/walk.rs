@@ -16,7 +16,8 @@
 //! (BIG TCP) and from the Jumbo Payload option in an RFC 2675 jumbogram.
 //!
 //! Because userspace runs this very code, it cannot catch the walk's own
-//! bugs: the independent oracle of the differential tests (`tests/`) does.
+//! bugs: only a decoder written independently of it (the differential
+//! tests' oracle in `tests/`) can.
 //! Everything here is `#[inline(always)]` and keeps the kernel's bounds
 //! checks, so the verifier sees what it saw before the walk was shared.
 
