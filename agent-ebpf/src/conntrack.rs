@@ -322,14 +322,14 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
             return Track::POLICY;
         }
         if p == proto::TCP {
-            let Some(h) = bytes_at::<_, 2>(&frame, layer.l4_off + 12) else {
+            let Some(h) = bytes_at::<_, 2>(frame, layer.l4_off + 12) else {
                 return Track::POLICY;
             };
             tcp_flags = h[1];
         }
         (layer.sport, layer.dport)
     } else if icmp_of_family(layer.family, p) {
-        let Some(h) = bytes_at::<_, 8>(&frame, layer.l4_off) else {
+        let Some(h) = bytes_at::<_, 8>(frame, layer.l4_off) else {
             return Track::POLICY;
         };
         if !quote::is_echo(p, h[0]) {

@@ -1,24 +1,31 @@
-//! The policy decision, written once: an environment pair's entry, then
+//! The policy decision, written once: given an environment pair's entry,
 //! the port rule of a packet whose ports were read (when the pair has port
 //! rules), else the pair's verdict, or its no-port verdict for a
 //! port-bearing packet whose ports cannot be read. Generic over where the
-//! tables live ([`Tables`]): the kernel's maps (`src/programs.rs`), the
-//! compiled policy (`agent/src/policy/compile.rs`) and the maps pinned in
-//! bpffs (`agent/src/datapath/inspect.rs`).
+//! port rules live ([`Tables`]): the kernel's maps (`src/programs.rs`),
+//! the compiled policy (`agent/src/policy/compile.rs`) and the maps pinned
+//! in bpffs (`agent/src/datapath/inspect.rs`). Each caller looks the pair
+//! up itself and says what stands for a missing one (the kernel: drop; a
+//! compiled policy: its default; the pinned maps: an error): the kernel
+//! then keeps a reference into its map, which the verifier walks most
+//! cheaply.
+
+use core::borrow::Borrow;
 
 use crate::walk::L4;
 use crate::{PairVerdict, RuleVerdict};
 
-/// The two tables a decision reads. Lookups may fail (pinned maps are
+/// Where a decision finds port rules. Lookups may fail (pinned maps are
 /// read with syscalls): [`Tables::Error`] is `Infallible` where they
 /// cannot.
 pub trait Tables {
     /// Why a lookup failed.
     type Error;
-    /// The entry of the pair (`src_env`, `dst_env`). A table without one
-    /// says what stands in for it (the kernel: drop; a compiled policy:
-    /// its default).
-    fn pair(&self, src_env: u32, dst_env: u32) -> Result<PairVerdict, Self::Error>;
+    /// A port rule as the table gives it: a reference into it (the
+    /// kernel's map value: read in place), or a copy.
+    type Rule<'a>: Borrow<RuleVerdict>
+    where
+        Self: 'a;
     /// The port rule of (`src_env`, `dst_env`, `proto`, destination
     /// `port`), if there is one.
     fn port_rule(
@@ -27,7 +34,7 @@ pub trait Tables {
         dst_env: u32,
         proto: u8,
         port: u16,
-    ) -> Result<Option<RuleVerdict>, Self::Error>;
+    ) -> Result<Option<Self::Rule<'_>>, Self::Error>;
 }
 
 /// What gave a verdict.
@@ -52,22 +59,20 @@ pub struct Decided {
     pub rule: u16,
     /// What decided.
     pub by: By,
-    /// The pair's entry.
-    pub pair: PairVerdict,
 }
 
-/// The verdict of a packet between two environments; `proto` and `dport`
-/// are read when `l4` is [`L4::Ports`].
+/// The verdict of a packet between two environments whose pair entry is
+/// `pair`; `proto` and `dport` are read when `l4` is [`L4::Ports`].
 #[inline(always)]
 pub fn decide<T: Tables>(
     tables: &T,
+    pair: &PairVerdict,
     src_env: u32,
     dst_env: u32,
     l4: L4,
     proto: u8,
     dport: u16,
 ) -> Result<Decided, T::Error> {
-    let pair = tables.pair(src_env, dst_env)?;
     let (verdict, rule, by) = match l4 {
         L4::Ports => {
             let rule = if pair.has_port_rules != 0 {
@@ -76,17 +81,15 @@ pub fn decide<T: Tables>(
                 None
             };
             match rule {
-                Some(rv) => (rv.verdict, rv.rule, By::PortRule),
+                Some(rv) => {
+                    let rv = rv.borrow();
+                    (rv.verdict, rv.rule, By::PortRule)
+                }
                 None => (pair.verdict, pair.rule, By::Pair),
             }
         }
         L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, By::NoPorts),
         L4::Other => (pair.verdict, pair.rule, By::Pair),
     };
-    Ok(Decided {
-        verdict,
-        rule,
-        by,
-        pair,
-    })
+    Ok(Decided { verdict, rule, by })
 }

@@ -713,31 +713,53 @@ pub mod lpm {
     /// Bits of the slot byte in a key's prefix length.
     pub const SLOT_BITS: u32 = 8;
 
-    /// The key of IPv4 prefix `addr/prefix_len` (32: a lookup of `addr`)
-    /// in policy `slot` (0 or 1).
+    /// The prefix length of a key of an address prefix `prefix_len` bits
+    /// long (32 or 128: a lookup of one address).
     #[inline(always)]
-    pub const fn v4(slot: u32, addr: [u8; 4], prefix_len: u8) -> (u32, V4) {
-        (
-            SLOT_BITS + prefix_len as u32,
-            [slot as u8, addr[0], addr[1], addr[2], addr[3]],
-        )
+    pub const fn key_len(prefix_len: u8) -> u32 {
+        SLOT_BITS + prefix_len as u32
     }
 
-    /// The key of IPv6 prefix `addr/prefix_len` (128: a lookup of `addr`)
-    /// in policy `slot` (0 or 1).
+    /// The key data of IPv4 address (or prefix) `addr` in policy `slot`
+    /// (0 or 1).
     #[inline(always)]
-    pub fn v6(slot: u32, addr: &[u8; 16], prefix_len: u8) -> (u32, V6) {
+    pub const fn v4_data(slot: u32, addr: [u8; 4]) -> V4 {
+        [slot as u8, addr[0], addr[1], addr[2], addr[3]]
+    }
+
+    /// The key data of IPv6 address (or prefix) `addr` in policy `slot`
+    /// (0 or 1).
+    #[inline(always)]
+    pub fn v6_data(slot: u32, addr: &[u8; 16]) -> V6 {
         let mut data = [0u8; 17];
         data[0] = slot as u8;
         data[1..].copy_from_slice(addr);
-        (SLOT_BITS + prefix_len as u32, data)
+        data
+    }
+
+    /// The key (prefix length, data) of IPv4 prefix `addr/prefix_len` in
+    /// policy `slot`.
+    #[inline(always)]
+    pub const fn v4(slot: u32, addr: [u8; 4], prefix_len: u8) -> (u32, V4) {
+        (key_len(prefix_len), v4_data(slot, addr))
+    }
+
+    /// The key (prefix length, data) of IPv6 prefix `addr/prefix_len` in
+    /// policy `slot`.
+    #[inline(always)]
+    pub fn v6(slot: u32, addr: &[u8; 16], prefix_len: u8) -> (u32, V6) {
+        (key_len(prefix_len), v6_data(slot, addr))
     }
 
     /// The (slot, address, prefix length) of an IPv4 key; None for a key
     /// no [`v4`] makes.
     pub fn v4_prefix(key_len: u32, data: &V4) -> Option<(u32, [u8; 4], u8)> {
         let len = u8::try_from(key_len.checked_sub(SLOT_BITS)?).ok()?;
-        (len <= 32).then_some((u32::from(data[0]), [data[1], data[2], data[3], data[4]], len))
+        (len <= 32).then_some((
+            u32::from(data[0]),
+            [data[1], data[2], data[3], data[4]],
+            len,
+        ))
     }
 
     /// The (slot, address, prefix length) of an IPv6 key; None for a key

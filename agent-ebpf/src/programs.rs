@@ -42,7 +42,8 @@ abi_map!(
 );
 abi_map!(
     PORTS,
-    static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
+    static PORTS: HashMap<PortKey, RuleVerdict> =
+        HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
 );
 abi_map!(
     COUNTERS,
@@ -50,7 +51,8 @@ abi_map!(
 );
 abi_map!(
     RULE_COUNTERS,
-    static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS_LEN, 0);
+    static RULE_COUNTERS: PerCpuArray<Counter> =
+        PerCpuArray::with_max_entries(RULE_COUNTERS_LEN, 0);
 );
 abi_map!(
     STATS,
@@ -84,7 +86,8 @@ abi_map!(
 abi_map!(
     VERDICTS,
     /// Recent flows' verdicts (see `envfence_ebpf::VerdictSlot`).
-    static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
+    static VERDICTS: PerCpuArray<VerdictSlot> =
+        PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
 );
 abi_map!(
     TUNNEL_PORTS,
@@ -106,17 +109,20 @@ abi_global!(
     DEBUG_TAG_DECISION,
     /// Set at load time; see `envfence_ebpf::globals::DEBUG_TAG_DECISION`. Read
     /// from .rodata, so the verifier removes the tagging code when it is 0.
-    static DEBUG_TAG_DECISION: u32 = 0;);
+    static DEBUG_TAG_DECISION: u32 = 0;
+);
 
 abi_global!(
     VERDICT_CACHE,
     /// Set at load time; see `envfence_ebpf::globals::VERDICT_CACHE`.
-    static VERDICT_CACHE: u32 = 1;);
+    static VERDICT_CACHE: u32 = 1;
+);
 
 abi_global!(
     CONNTRACK,
     /// Set at load time; see `envfence_ebpf::globals::CONNTRACK`.
-    static CONNTRACK: u32 = 1;);
+    static CONNTRACK: u32 = 1;
+);
 
 #[inline(always)]
 fn tag(ctx: &TcContext, mark: u32) {
@@ -225,7 +231,7 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let pkt = unsafe { &mut *pkt };
-    match parse(&Skb::new(ctx), pkt, slot) {
+    match parse(Skb::new(ctx), pkt, slot) {
         Ok(()) => {}
         Err(Reject::NonIp) => {
             bump_stat(stat::NON_IP);
@@ -486,21 +492,28 @@ fn malformed(index: u32, audit: bool) -> i32 {
 
 #[inline(always)]
 pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
+    let s = slot as u8;
     let id = if fam == envfence_ebpf::family::V4 || is_v4_mapped(addr) {
         let off = if fam == envfence_ebpf::family::V4 {
             0
         } else {
             12
         };
-        let (len, data) = lpm::v4(
-            slot,
-            [addr[off], addr[off + 1], addr[off + 2], addr[off + 3]],
-            32,
+        // The layout of `envfence_ebpf::lpm::v4`, built in place: a key
+        // built by a function and copied out costs the verifier up to
+        // 25,000 instructions over the decision stage's paths.
+        let key = Key::new(
+            lpm::key_len(32),
+            [s, addr[off], addr[off + 1], addr[off + 2], addr[off + 3]],
         );
-        ENV_V4.get(Key::new(len, data)).copied().unwrap_or(0)
+        ENV_V4.get(&key).copied().unwrap_or(0)
     } else {
-        let (len, data) = lpm::v6(slot, addr, 128);
-        ENV_V6.get(Key::new(len, data)).copied().unwrap_or(0)
+        // `envfence_ebpf::lpm::v6`, built in place likewise.
+        let mut data: lpm::V6 = [0u8; 17];
+        data[0] = s;
+        data[1..].copy_from_slice(addr);
+        let key = Key::new(lpm::key_len(128), data);
+        ENV_V6.get(&key).copied().unwrap_or(0)
     };
     id & (MAX_ENVS - 1)
 }
@@ -644,30 +657,14 @@ fn judge_layer<'a>(
     }
 }
 
-/// The kernel's policy tables of one slot: `EF_PAIRS` and `EF_PORTS`.
-struct Maps {
+/// The kernel's port rules of one slot (`EF_PORTS`).
+struct Ports {
     slot: u32,
 }
 
-impl Tables for Maps {
+impl Tables for Ports {
     type Error = core::convert::Infallible;
-
-    #[inline(always)]
-    fn pair(&self, src_env: u32, dst_env: u32) -> Result<PairVerdict, Self::Error> {
-        Ok(match PAIRS.get(slot_pair_index(self.slot, src_env, dst_env)) {
-            Some(pair) => *pair,
-            // Unreachable (ids are masked below MAX_ENVS); never a way
-            // through.
-            None => PairVerdict {
-                verdict: verdict::DROP,
-                no_port_verdict: verdict::DROP,
-                has_port_rules: 0,
-                ct: 0,
-                rule: envfence_ebpf::RULE_DEFAULT,
-                no_port_rule: envfence_ebpf::RULE_DEFAULT,
-            },
-        })
-    }
+    type Rule<'a> = &'a RuleVerdict;
 
     #[inline(always)]
     fn port_rule(
@@ -676,7 +673,7 @@ impl Tables for Maps {
         dst_env: u32,
         proto: u8,
         port: u16,
-    ) -> Result<Option<RuleVerdict>, Self::Error> {
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
         let key = PortKey {
             src_env: src_env as u8,
             dst_env: dst_env as u8,
@@ -685,8 +682,8 @@ impl Tables for Maps {
             port,
             _pad2: 0,
         };
-        // SAFETY: the value is copied out at once, not kept.
-        Ok(unsafe { PORTS.get(key) }.copied())
+        // SAFETY: the value is read at once (by `decide`), not kept.
+        Ok(unsafe { PORTS.get(key) })
     }
 }
 
@@ -702,8 +699,12 @@ pub(crate) fn decide_parts(
     dport: u16,
     slot: u32,
 ) -> (u8, u16, u8) {
-    let Ok(d) = decide(&Maps { slot }, src_env, dst_env, l4, proto, dport);
-    (d.verdict, d.rule, d.pair.ct)
+    let Some(pair) = PAIRS.get(slot_pair_index(slot, src_env, dst_env)) else {
+        // Unreachable (ids are masked below MAX_ENVS); never a way through.
+        return (verdict::DROP, envfence_ebpf::RULE_DEFAULT, 0);
+    };
+    let Ok(d) = decide(&Ports { slot }, pair, src_env, dst_env, l4, proto, dport);
+    (d.verdict, d.rule, pair.ct)
 }
 
 /// Reports the flow at most once per interval: the LRU map remembers when it

@@ -78,7 +78,7 @@ pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
     q.dst = [0; 16];
     q.icmp_type = 0;
     let l4 = if layer.family == family::V4 {
-        let h = bytes_at::<_, 20>(&frame, off)?;
+        let h = bytes_at::<_, 20>(frame, off)?;
         let ihl = (h[0] & 0x0f) as usize;
         if h[0] >> 4 != 4 || ihl < 5 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
             return None;
@@ -88,7 +88,7 @@ pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
         q.dst[..4].copy_from_slice(&h[16..20]);
         off + ihl * 4
     } else {
-        let h = bytes_at::<_, 40>(&frame, off)?;
+        let h = bytes_at::<_, 40>(frame, off)?;
         if h[0] >> 4 != 6 {
             return None;
         }
@@ -103,13 +103,13 @@ pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
         proto::ICMPV6
     };
     if q.proto == proto::TCP || q.proto == proto::UDP || q.proto == proto::SCTP {
-        let p = bytes_at::<_, 4>(&frame, l4)?;
+        let p = bytes_at::<_, 4>(frame, l4)?;
         q.sport = u16::from_be_bytes([p[0], p[1]]);
         q.dport = u16::from_be_bytes([p[2], p[3]]);
         return Some(());
     }
     if q.proto == icmp {
-        let e = bytes_at::<_, 8>(&frame, l4)?;
+        let e = bytes_at::<_, 8>(frame, l4)?;
         if !is_echo(icmp, e[0]) {
             return None;
         }

@@ -4,23 +4,26 @@
 //! `EF_TUNNEL_PORTS`. The header walk itself is `envfence_ebpf::walk`.
 
 use aya_ebpf::programs::TcContext;
-use envfence_ebpf::{tunnel, tunnel_ports_index, walk::Frame};
+use envfence_ebpf::{tunnel_ports_index, walk::Frame};
 
 use crate::programs::TUNNEL_PORTS;
 
-/// A TC program's packet.
-pub struct Skb<'a> {
-    ctx: &'a TcContext,
+/// A TC program's packet: the context itself, seen as a [`Frame`] (the
+/// walk then reads through the very pointer the program was given).
+#[repr(transparent)]
+pub struct Skb {
+    ctx: TcContext,
 }
 
-impl<'a> Skb<'a> {
+impl Skb {
     #[inline(always)]
-    pub fn new(ctx: &'a TcContext) -> Self {
-        Skb { ctx }
+    pub fn new(ctx: &TcContext) -> &Skb {
+        // SAFETY: `Skb` is a `repr(transparent)` wrapper of `TcContext`.
+        unsafe { &*(ctx as *const TcContext as *const Skb) }
     }
 }
 
-impl Frame for Skb<'_> {
+impl Frame for Skb {
     #[inline(always)]
     fn packet_len(&self) -> usize {
         self.ctx.len() as usize
@@ -51,10 +54,8 @@ impl Frame for Skb<'_> {
     }
 
     #[inline(always)]
-    fn tunnel_kind(&self, slot: u32, port: u16) -> u8 {
-        match TUNNEL_PORTS.get(tunnel_ports_index(slot, port)) {
-            Some(entry) => entry.kind[(port & 0xff) as usize],
-            None => tunnel::NONE,
-        }
+    fn tunnel_kind(&self, slot: u32, port: u16) -> Option<u8> {
+        let entry = TUNNEL_PORTS.get(tunnel_ports_index(slot, port))?;
+        Some(entry.kind[(port & 0xff) as usize])
     }
 }

@@ -46,8 +46,9 @@ pub trait Frame {
     /// means "as long as the skb" (BIG TCP).
     fn gso(&self) -> bool;
     /// The [`tunnel`] kind of UDP destination port `port` under policy
-    /// `slot` ([`crate::map_names::TUNNEL_PORTS`]).
-    fn tunnel_kind(&self, slot: u32, port: u16) -> u8;
+    /// `slot` ([`crate::map_names::TUNNEL_PORTS`]); None when the table
+    /// cannot say (taken as [`tunnel::NONE`]).
+    fn tunnel_kind(&self, slot: u32, port: u16) -> Option<u8>;
 }
 
 /// What is known of the L4 header: the one L4 enum of the kernel's parsed
@@ -646,7 +647,9 @@ fn gre<F: Frame>(frame: &F, off: usize, layer: &mut Layer) {
 /// policy's tunnel ports ([`Frame::tunnel_kind`]).
 #[inline(always)]
 fn udp_tunnel<F: Frame>(frame: &F, off: usize, layer: &mut Layer, slot: u32) {
-    let kind = frame.tunnel_kind(slot, layer.dport);
+    let Some(kind) = frame.tunnel_kind(slot, layer.dport) else {
+        return;
+    };
     if kind == tunnel::NONE {
         return;
     }

@@ -358,14 +358,15 @@ impl PinnedState {
         let s = self.lookup_env(src, slot)?;
         let d = self.lookup_env(dst, slot)?;
         let (kind, proto, dport) = l4.parts();
+        let pair = self.pair(slot, s.id, d.id)?;
         let tables = SlotTables { state: self, slot };
-        let decided = decide::decide(&tables, s.id, d.id, kind, proto, dport)?;
+        let decided = decide::decide(&tables, &pair, s.id, d.id, kind, proto, dport)?;
         let by = match decided.by {
             By::PortRule => DecidedBy::PortRule { proto, port: dport },
             By::Pair => DecidedBy::Pair,
             By::NoPorts => DecidedBy::NoPorts,
         };
-        let (verdict, rule, pair) = (decided.verdict, decided.rule, decided.pair);
+        let (verdict, rule) = (decided.verdict, decided.rule);
         Ok(KernelDecision {
             config,
             slot,
@@ -432,8 +433,8 @@ impl PinnedState {
     }
 }
 
-/// The pinned policy tables of one slot, as [`envfence_ebpf::decide`]
-/// reads them.
+/// The pinned port rules of one slot, as [`envfence_ebpf::decide`] reads
+/// them.
 struct SlotTables<'a> {
     state: &'a PinnedState,
     slot: u32,
@@ -441,10 +442,10 @@ struct SlotTables<'a> {
 
 impl Tables for SlotTables<'_> {
     type Error = InspectError;
-
-    fn pair(&self, src_env: u32, dst_env: u32) -> Result<PairVerdict, InspectError> {
-        self.state.pair(self.slot, src_env, dst_env)
-    }
+    type Rule<'a>
+        = RuleVerdict
+    where
+        Self: 'a;
 
     fn port_rule(
         &self,

@@ -12,8 +12,8 @@ use aya::{
     Ebpf,
 };
 use envfence_ebpf::{
-    config_flags, lpm, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict, PortKey,
-    RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
+    config_flags, lpm, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict,
+    PortKey, RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
 };
 
 use super::{counters::CounterReader, DatapathError};
@@ -106,7 +106,9 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
         let stale: Vec<Key<lpm::V4>> = v4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| lpm::v4_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot))
+            .filter(|k| {
+                lpm::v4_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
+            })
             .collect();
         for key in &stale {
             v4.remove(key)
@@ -118,7 +120,9 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
         let stale: Vec<Key<lpm::V6>> = v6
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| lpm::v6_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot))
+            .filter(|k| {
+                lpm::v6_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
+            })
             .collect();
         for key in &stale {
             v6.remove(key)

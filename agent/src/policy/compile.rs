@@ -485,6 +485,8 @@ impl CompiledPolicy {
 
     /// The kernel's decision ([`envfence_ebpf::decide::decide`]) over this
     /// policy's tables; `proto` and `dport` are read when `l4` is `Ports`.
+    /// A pair out of range stands for the policy's default (audit mode
+    /// folded in).
     pub fn decided(
         &self,
         src_env: u32,
@@ -493,7 +495,14 @@ impl CompiledPolicy {
         proto: u8,
         dport: u16,
     ) -> Decided {
-        match decide::decide(self, src_env, dst_env, l4, proto, dport) {
+        let Some(pair) = self.pair(src_env, dst_env) else {
+            return Decided {
+                verdict: fold_audit(self.mode, self.default).as_u8(),
+                rule: RULE_DEFAULT,
+                by: decide::By::Pair,
+            };
+        };
+        match decide::decide(self, pair, src_env, dst_env, l4, proto, dport) {
             Ok(d) => d,
             Err(never) => match never {},
         }
@@ -517,24 +526,10 @@ impl CompiledPolicy {
     }
 }
 
-/// The compiled tables, as [`envfence_ebpf::decide`] reads them. A pair
-/// out of range stands for the policy's default (audit mode folded in).
+/// The compiled port rules, as [`envfence_ebpf::decide`] reads them.
 impl Tables for CompiledPolicy {
     type Error = std::convert::Infallible;
-
-    fn pair(&self, src_env: u32, dst_env: u32) -> Result<PairVerdict, Self::Error> {
-        let default = fold_audit(self.mode, self.default).as_u8();
-        Ok(CompiledPolicy::pair(self, src_env, dst_env)
-            .copied()
-            .unwrap_or(PairVerdict {
-                verdict: default,
-                no_port_verdict: default,
-                has_port_rules: 0,
-                ct: 0,
-                rule: RULE_DEFAULT,
-                no_port_rule: RULE_DEFAULT,
-            }))
-    }
+    type Rule<'a> = &'a RuleVerdict;
 
     fn port_rule(
         &self,
@@ -542,8 +537,10 @@ impl Tables for CompiledPolicy {
         dst_env: u32,
         proto: u8,
         port: u16,
-    ) -> Result<Option<RuleVerdict>, Self::Error> {
-        Ok(CompiledPolicy::port_rule(self, src_env, dst_env, proto, port).copied())
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
+        Ok(CompiledPolicy::port_rule(
+            self, src_env, dst_env, proto, port,
+        ))
     }
 }
 

@@ -216,8 +216,8 @@ impl Frame for SliceFrame<'_> {
     }
 
     #[inline(always)]
-    fn tunnel_kind(&self, _slot: u32, port: u16) -> u8 {
-        self.tunnels.kind(port).map_or(tunnel::NONE, |k| k.as_u8())
+    fn tunnel_kind(&self, _slot: u32, port: u16) -> Option<u8> {
+        Some(self.tunnels.kind(port).map_or(tunnel::NONE, |k| k.as_u8()))
     }
 }
 
