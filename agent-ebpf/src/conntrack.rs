@@ -37,13 +37,13 @@ use aya_ebpf::{
 };
 use envfence_ebpf::{
     abi_map, capacity, ct, family, proto, slot_pair_index, stat, verdict,
-    walk::{bytes_at, Layer, L4},
+    walk::{Layer, L4},
     CtEntry, CtKey, FlowKey,
 };
 
 use crate::programs::{bump_stat, decide_parts, is_v4_mapped, lookup_env, Active, CONFIG, PAIRS};
 use crate::quote;
-use crate::skb::Skb;
+use crate::skb::{walk::bytes_at, Skb};
 
 abi_map!(
     CONNTRACK,
@@ -322,14 +322,14 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
             return Track::POLICY;
         }
         if p == proto::TCP {
-            let Some(h) = bytes_at::<_, 2>(frame, layer.l4_off + 12) else {
+            let Some(h) = bytes_at::<2>(frame, layer.l4_off + 12) else {
                 return Track::POLICY;
             };
             tcp_flags = h[1];
         }
         (layer.sport, layer.dport)
     } else if icmp_of_family(layer.family, p) {
-        let Some(h) = bytes_at::<_, 8>(frame, layer.l4_off) else {
+        let Some(h) = bytes_at::<8>(frame, layer.l4_off) else {
             return Track::POLICY;
         };
         if !quote::is_echo(p, h[0]) {

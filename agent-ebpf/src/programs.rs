@@ -18,14 +18,14 @@ use envfence_ebpf::{
     decide::{decide, Tables},
     direction, lpm, parse_limits, rule_counter_index, slot_pair_index, source, stat, tag, verdict,
     verdict_slot,
-    walk::{non_ip_stat, parse, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4},
+    walk::{non_ip_stat, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4},
     CachedVerdict, Config, Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey,
     PortKey, RuleVerdict, TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
     RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE, TUNNEL_ENTRIES_PER_SLOT,
 };
 
 use crate::conntrack::{self, Track};
-use crate::skb::Skb;
+use crate::skb::{walk::parse, Skb};
 use crate::source::Checked;
 
 abi_map!(

@@ -1,7 +1,8 @@
 //! The kernel's [`Frame`]: the `__sk_buff` of a TC program, read with
 //! direct packet access (the linear area the hook pulled), its length and
 //! GSO size from the context, and the policy's tunnel ports from
-//! `EF_TUNNEL_PORTS`. The header walk itself is `envfence_ebpf::walk`.
+//! `EF_TUNNEL_PORTS`; and the header walk (`envfence_ebpf::walk_for!`)
+//! instantiated for it ([`walk`]).
 
 use aya_ebpf::programs::TcContext;
 use envfence_ebpf::{tunnel_ports_index, walk::Frame};
@@ -58,4 +59,9 @@ impl Frame for Skb {
         let entry = TUNNEL_PORTS.get(tunnel_ports_index(slot, port))?;
         Some(entry.kind[(port & 0xff) as usize])
     }
+}
+
+/// The header walk over the skb ([`envfence_ebpf::walk`]).
+pub mod walk {
+    envfence_ebpf::walk_for!(super::Skb);
 }

@@ -3,7 +3,8 @@
 //! the compiled policy. `explain` and the tests use it.
 //!
 //! It is not a second implementation: the header walk is the kernel's own
-//! (`envfence_ebpf::walk`, run here over a byte slice, [`SliceFrame`]) and
+//! (`envfence_ebpf::walk_for!`, instantiated here for a byte slice,
+//! [`SliceFrame`]) and
 //! so is the decision (`envfence_ebpf::decide`, over the compiled policy's
 //! tables, [`CompiledPolicy::decide`]). What this module adds is what the
 //! kernel does around them, in plain Rust: the source check of a frame
@@ -17,6 +18,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use envfence_ebpf::walk::{self, Frame, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE};
+
+/// The kernel's header walk ([`envfence_ebpf::walk_for!`]) over a
+/// [`SliceFrame`].
+mod walked {
+    envfence_ebpf::walk_for!(super::SliceFrame<'_>);
+}
 use envfence_ebpf::{family, stat, tunnel, verdict};
 
 use super::{rpf, CompiledPolicy, Mode, NonIp, Tunnels};
@@ -225,7 +232,7 @@ impl Frame for SliceFrame<'_> {
 fn parse(frame: &[u8], skb: Skb, policy: &CompiledPolicy) -> Result<Packet, Outcome> {
     let mut pkt = Packet::default();
     let f = SliceFrame::new(frame, skb, &policy.tunnels);
-    match walk::parse(&f, &mut pkt, 0) {
+    match walked::parse(&f, &mut pkt, 0) {
         Ok(()) => Ok(pkt),
         Err(Reject::NonIp) => Err(Outcome::NonIp(NonIpKind::of(pkt.l2_type))),
         Err(Reject::Malformed) => Err(Outcome::Malformed),
