@@ -6,7 +6,7 @@
 //! header walk, and [`decide`], the policy decision. The crate is `no_std`
 //! so the eBPF side can use it; the `user` feature adds the `aya::Pod`
 //! impls the agent needs to read and write the maps.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod decide;
 pub mod walk;
@@ -769,6 +769,32 @@ pub mod lpm {
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&data[1..]);
         (len <= 128).then_some((u32::from(data[0]), addr, len))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys_round_trip() {
+            let (len, data) = v4(1, [10, 30, 0, 0], 16);
+            assert_eq!((len, data), (24, [1, 10, 30, 0, 0]));
+            assert_eq!(v4_prefix(len, &data), Some((1, [10, 30, 0, 0], 16)));
+            let a = [0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            let (len, data) = v6(0, &a, 128);
+            assert_eq!(len, 136);
+            assert_eq!(data[0], 0);
+            assert_eq!(data[1..], a);
+            assert_eq!(v6_prefix(len, &data), Some((0, a, 128)));
+            // Keys no constructor makes.
+            assert_eq!(v4_prefix(7, &data4()), None);
+            assert_eq!(v4_prefix(8 + 33, &data4()), None);
+            assert_eq!(v6_prefix(8 + 129, &data), None);
+        }
+
+        fn data4() -> V4 {
+            [0; 5]
+        }
     }
 }
 

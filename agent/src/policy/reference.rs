@@ -4,9 +4,8 @@
 //!
 //! It is not a second implementation: the header walk is the kernel's own
 //! (`envfence_ebpf::walk_for!`, instantiated here for a byte slice,
-//! [`SliceFrame`]) and
-//! so is the decision (`envfence_ebpf::decide`, over the compiled policy's
-//! tables, [`CompiledPolicy::decide`]). What this module adds is what the
+//! [`SliceFrame`]) and so is the decision (`envfence_ebpf::decide`, over
+//! the compiled policy's tables, [`CompiledPolicy::decided`]). What this module adds is what the
 //! kernel does around them, in plain Rust: the source check of a frame
 //! entering an interface (`rpf`), judging the outer packet, a tunnel's
 //! inner packet and a routing header's final destination (the strictest
@@ -18,15 +17,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use envfence_ebpf::walk::{self, Frame, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE};
+use envfence_ebpf::{family, stat, tunnel, verdict};
+
+use super::{rpf, CompiledPolicy, Mode, NonIp, Tunnels};
 
 /// The kernel's header walk ([`envfence_ebpf::walk_for!`]) over a
 /// [`SliceFrame`].
 mod walked {
     envfence_ebpf::walk_for!(super::SliceFrame<'_>);
 }
-use envfence_ebpf::{family, stat, tunnel, verdict};
-
-use super::{rpf, CompiledPolicy, Mode, NonIp, Tunnels};
 
 /// What is known of the L4 header of a judged packet (the walk's
 /// [`envfence_ebpf::L4`]): ports read, a port-bearing protocol (or an IPv6
