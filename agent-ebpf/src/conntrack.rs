@@ -32,20 +32,23 @@
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::map,
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, ct, family, proto, slot_pair_index, stat, verdict, CtEntry, CtKey, FlowKey,
+    abi_map, capacity, ct, family, proto, slot_pair_index, stat, verdict,
+    walk::{Layer, L4},
+    CtEntry, CtKey, FlowKey,
 };
 
-use crate::parse::{bytes_at, Layer, L4};
 use crate::programs::{bump_stat, decide_parts, is_v4_mapped, lookup_env, Active, CONFIG, PAIRS};
 use crate::quote;
+use crate::skb::{walk::bytes_at, Skb};
 
-#[map(name = "EF_CONNTRACK")]
-static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(capacity::CONNTRACK, 0);
+abi_map!(
+    CONNTRACK,
+    static CONNTRACK: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(capacity::CONNTRACK, 0);
+);
 
 /// Per-CPU scratch space of the tracker (the BPF stack is shared with the
 /// calling program: 512 bytes for the whole call chain).
@@ -60,8 +63,10 @@ pub struct Scratch {
     pub fwd: FlowKey,
 }
 
-#[map(name = "EF_CT_SCRATCH")]
-pub static CT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+abi_map!(
+    CT_SCRATCH,
+    pub static CT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -300,6 +305,7 @@ fn remove(key: &CtKey, why: u32) {
 #[inline(never)]
 pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -> Track {
     let active = *active;
+    let frame = Skb::new(ctx);
     let Some(sc) = CT_SCRATCH.get_ptr_mut(0) else {
         return Track::POLICY;
     };
@@ -316,14 +322,14 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
             return Track::POLICY;
         }
         if p == proto::TCP {
-            let Some(h) = bytes_at::<2>(ctx, layer.l4_off + 12) else {
+            let Some(h) = bytes_at::<2>(frame, layer.l4_off + 12) else {
                 return Track::POLICY;
             };
             tcp_flags = h[1];
         }
         (layer.sport, layer.dport)
     } else if icmp_of_family(layer.family, p) {
-        let Some(h) = bytes_at::<8>(ctx, layer.l4_off) else {
+        let Some(h) = bytes_at::<8>(frame, layer.l4_off) else {
             return Track::POLICY;
         };
         if !quote::is_echo(p, h[0]) {

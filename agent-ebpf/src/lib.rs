@@ -1,10 +1,17 @@
-//! The kernel-user ABI of envfence: every map name, key, value and event that
-//! crosses between the eBPF programs (`src/main.rs`) and the agent lives here,
-//! and only here.
+//! The kernel-user ABI of envfence: every map name, global, key (LPM keys
+//! included: [`lpm`]), value and event that crosses between the eBPF
+//! programs (`src/main.rs`) and the agent lives here, and only here.
 //!
-//! The crate is `no_std` so the eBPF side can use it; the `user` feature adds
-//! the `aya::Pod` impls the agent needs to read and write the maps.
-#![no_std]
+//! Two modules beside it hold the logic both sides run: [`walk`], the
+//! header walk, and [`decide`], the policy decision. The crate is `no_std`
+//! so the eBPF side can use it; the `user` feature adds the `aya::Pod`
+//! impls the agent needs to read and write the maps.
+#![cfg_attr(not(test), no_std)]
+
+pub mod decide;
+pub mod walk;
+
+pub use walk::L4;
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
@@ -266,82 +273,127 @@ pub const RULE_DEFAULT: u16 = 0;
 /// `source-check`; not a policy rule, no rule counter).
 pub const RULE_SOURCE_CHECK: u16 = u16::MAX;
 
-/// Map names, as the eBPF object names them (at most 15 bytes each).
-pub mod map_names {
-    /// LPM trie: (slot, IPv4 prefix) -> environment id; key data is the
-    /// slot byte then the address, prefix length 8 + the prefix's.
-    pub const ENV_V4: &str = "EF_ENV_V4";
-    /// LPM trie: (slot, IPv6 prefix) -> environment id, keyed like ENV_V4.
-    pub const ENV_V6: &str = "EF_ENV_V6";
+/// Declares the name constants of [`map_names`] and, for the eBPF
+/// programs, `abi_map!`, which declares a map under one of those names
+/// (`abi_map!(PAIRS, static PAIRS: Array<PairVerdict> = ...;)`): every
+/// map name is written here once.
+macro_rules! define_map_names {
+    ($d:tt $( $(#[$doc:meta])* $name:ident = $lit:tt; )*) => {
+        /// Map names, as the eBPF object names them (at most 15 bytes each).
+        pub mod map_names {
+            $( $(#[$doc])* pub const $name: &str = $lit; )*
+        }
+
+        /// Declares an eBPF map (`#[aya_ebpf::macros::map]`) under its
+        /// [`map_names`] name. For the eBPF programs only.
+        #[macro_export]
+        macro_rules! abi_map {
+            $( ($name, $d item:item) => {
+                #[aya_ebpf::macros::map(name = $lit)]
+                $d item
+            }; )*
+        }
+    };
+}
+
+define_map_names! { $
+    /// LPM trie: (slot, IPv4 prefix) -> environment id, keyed by
+    /// [`super::lpm::v4`].
+    ENV_V4 = "EF_ENV_V4";
+    /// LPM trie: (slot, IPv6 prefix) -> environment id, keyed by
+    /// [`super::lpm::v6`].
+    ENV_V6 = "EF_ENV_V6";
     /// Array indexed by [`super::slot_pair_index`]: verdict of an
     /// environment pair.
-    pub const PAIRS: &str = "EF_PAIRS";
+    PAIRS = "EF_PAIRS";
     /// Hash: [`super::PortKey`] -> [`super::RuleVerdict`], the port rules.
-    pub const PORTS: &str = "EF_PORTS";
+    PORTS = "EF_PORTS";
     /// Per-CPU array indexed by [`super::counter_index`]: [`super::Counter`].
-    pub const COUNTERS: &str = "EF_COUNTERS";
+    COUNTERS = "EF_COUNTERS";
     /// Per-CPU array indexed by [`super::rule_counter_index`]:
     /// [`super::Counter`] per deciding rule and verdict.
-    pub const RULE_COUNTERS: &str = "EF_RULE_CNT";
+    RULE_COUNTERS = "EF_RULE_CNT";
     /// Per-CPU array indexed by [`super::stat`]: u64 datapath statistics.
-    pub const STATS: &str = "EF_STATS";
+    STATS = "EF_STATS";
     /// Array with one [`super::Config`].
-    pub const CONFIG: &str = "EF_CONFIG";
+    CONFIG = "EF_CONFIG";
     /// Hash: ifindex -> 1 for every interface envfence is attached to.
-    pub const ATTACHED: &str = "EF_ATTACHED";
+    ATTACHED = "EF_ATTACHED";
     /// Hash: ifindex -> [`super::IfConfig`], the source check of every
     /// attached interface per policy slot. Written before the interface's
     /// programs are attached; an interface without an entry is checked
     /// strictly, routes only (fail closed).
-    pub const IFCONF: &str = "EF_IFCONF";
+    IFCONF = "EF_IFCONF";
     /// Hash: [`super::PeerKey`] -> 1, the addresses configured on the other
     /// end of each attached veth (learned from the peer's namespace).
-    pub const PEERS: &str = "EF_PEERS";
+    PEERS = "EF_PEERS";
     /// LRU hash: [`super::FlowKey`] -> [`super::FlowState`], when a reported
     /// flow was last reported and what it did since.
-    pub const FLOWS: &str = "EF_FLOWS";
+    FLOWS = "EF_FLOWS";
     /// Ring buffer of [`super::Event`].
-    pub const EVENTS: &str = "EF_EVENTS";
+    EVENTS = "EF_EVENTS";
     /// Per-CPU scratch space of the parser: the packet the hook parsed, read
     /// by the decision stage (kernel-internal, pinned: see
     /// [`super::STAGE_DECIDE`]).
-    pub const SCRATCH: &str = "EF_SCRATCH";
+    SCRATCH = "EF_SCRATCH";
     /// Per-CPU direct-mapped array of [`super::VerdictSlot`]: the verdict
     /// of a recent flow under a policy generation (a CPU-cache-like table:
     /// the slot is a hash of the key; a collision just evicts).
-    pub const VERDICTS: &str = "EF_VERDICTS";
+    VERDICTS = "EF_VERDICTS";
     /// Array of [`super::TunnelPorts`] indexed by
     /// [`super::tunnel_ports_index`]: which UDP destination ports are which
     /// tunnel, per policy slot (written whole at every install).
-    pub const TUNNEL_PORTS: &str = "EF_TUNNEL_PORTS";
+    TUNNEL_PORTS = "EF_TUNNEL_PORTS";
     /// Hash: [`super::CtKey`] -> [`super::CtEntry`], the tracked flows
     /// ([`super::ct`]). Expired entries are reused by their flow or removed
     /// by the agent's sweeper; when the table is full new flows are judged
     /// without state (their replies by the policy), counted under
     /// [`super::stat::CONNTRACK_FULL`].
-    pub const CONNTRACK: &str = "EF_CONNTRACK";
+    CONNTRACK = "EF_CONNTRACK";
     /// Per-CPU scratch space of the connection tracker (kernel-internal).
-    pub const CT_SCRATCH: &str = "EF_CT_SCRATCH";
+    CT_SCRATCH = "EF_CT_SCRATCH";
     /// Program array: the hooks' second stage ([`super::STAGE_DECIDE`]).
     /// Pinned with the maps, so the pinned hooks keep their second stage
     /// while no agent runs.
-    pub const STAGES: &str = "EF_STAGES";
+    STAGES = "EF_STAGES";
 }
 
-/// Global variables of the eBPF object, set at load time.
-pub mod globals {
+/// Declares the name constants of [`globals`] and, for the eBPF programs,
+/// `abi_global!`, which declares a global under one of those names
+/// (`abi_global!(CONNTRACK, static CONNTRACK: u32 = 1;)`).
+macro_rules! define_globals {
+    ($d:tt $( $(#[$doc:meta])* $name:ident = $lit:tt; )*) => {
+        /// Global variables of the eBPF object, set at load time.
+        pub mod globals {
+            $( $(#[$doc])* pub const $name: &str = $lit; )*
+            /// `u8`; aya-log's level (0 off … 5 trace); off by default
+            /// (declared by aya-log-ebpf, not by envfence's programs).
+            pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+        }
+
+        /// Declares a global of the eBPF object under its [`globals`]
+        /// name. For the eBPF programs only.
+        #[macro_export]
+        macro_rules! abi_global {
+            $( ($name, $d item:item) => {
+                #[unsafe(export_name = $lit)]
+                $d item
+            }; )*
+        }
+    };
+}
+
+define_globals! { $
     /// `u32`; when non-zero, every packet's decision is written into
     /// `skb->mark` (see [`super::tag`]). For tests, benchmarks and debugging
     /// only: it overwrites the whole mark, which other programs may use.
-    pub const DEBUG_TAG_DECISION: &str = "DEBUG_TAG_DECISION";
-    /// `u8`; aya-log's level (0 off … 5 trace); off by default.
-    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    DEBUG_TAG_DECISION = "DEBUG_TAG_DECISION";
     /// `u32`; when 0 the verdict cache is not used (benchmarks compare).
-    pub const VERDICT_CACHE: &str = "VERDICT_CACHE";
+    VERDICT_CACHE = "VERDICT_CACHE";
     /// `u32`; when 0 no flow is tracked (every packet is judged on its own,
     /// as the stateless reference classifier does; the per-packet
     /// differential tests use it, benchmarks compare).
-    pub const CONNTRACK: &str = "CONNTRACK";
+    CONNTRACK = "CONNTRACK";
 }
 
 /// Encoding of the decision written into `skb->mark` under
@@ -391,8 +443,8 @@ pub mod program_names {
 /// [`SCRATCH_PACKET_BYTES`]).
 pub const STAGE_DECIDE: u32 = 0;
 
-/// Size of the parser's scratch packet (`parse::Packet` in the programs,
-/// asserted there): changing it changes the ABI version.
+/// Size of the parser's scratch packet ([`walk::Packet`], asserted there):
+/// changing it (or its layout) changes the ABI version.
 pub const SCRATCH_PACKET_BYTES: usize = 192;
 
 /// Capacities: what one policy may hold (the maps hold two slots of it).
@@ -557,8 +609,7 @@ pub mod proto {
     pub const SHIM6: u8 = 140;
 }
 
-/// Header sizes and ethertypes the kernel parser and the reference
-/// classifier both walk.
+/// Header sizes and ethertypes the header walk ([`walk`]) reads.
 pub mod wire {
     pub const ETH_HLEN: usize = 14;
     pub const VLAN_HLEN: usize = 4;
@@ -637,8 +688,7 @@ impl Default for TunnelPorts {
     }
 }
 
-/// Bounds of the header walk (the kernel parser and the reference
-/// classifier share them).
+/// Bounds of the header walk ([`walk`]).
 pub mod parse_limits {
     /// Headers are read only within this many bytes of the frame start;
     /// beyond, they count as truncated.
@@ -649,6 +699,103 @@ pub mod parse_limits {
     pub const MAX_IPV6_EXT: usize = 6;
     /// MPLS labels walked before the stack counts as too deep.
     pub const MAX_MPLS_LABELS: usize = 6;
+}
+
+/// Keys of the LPM tries [`map_names::ENV_V4`] and [`map_names::ENV_V6`]:
+/// the policy slot's byte, then the address; the prefix length counts the
+/// slot byte's 8 bits. A key is (prefix length, data), what both aya's and
+/// aya-ebpf's `lpm_trie::Key::new` take.
+pub mod lpm {
+    /// Key data of [`super::map_names::ENV_V4`].
+    pub type V4 = [u8; 5];
+    /// Key data of [`super::map_names::ENV_V6`].
+    pub type V6 = [u8; 17];
+    /// Bits of the slot byte in a key's prefix length.
+    pub const SLOT_BITS: u32 = 8;
+
+    /// The prefix length of a key of an address prefix `prefix_len` bits
+    /// long (32 or 128: a lookup of one address).
+    #[inline(always)]
+    pub const fn key_len(prefix_len: u8) -> u32 {
+        SLOT_BITS + prefix_len as u32
+    }
+
+    /// The key data of IPv4 address (or prefix) `addr` in policy `slot`
+    /// (0 or 1).
+    #[inline(always)]
+    pub const fn v4_data(slot: u32, addr: [u8; 4]) -> V4 {
+        [slot as u8, addr[0], addr[1], addr[2], addr[3]]
+    }
+
+    /// The key data of IPv6 address (or prefix) `addr` in policy `slot`
+    /// (0 or 1).
+    #[inline(always)]
+    pub fn v6_data(slot: u32, addr: &[u8; 16]) -> V6 {
+        let mut data = [0u8; 17];
+        data[0] = slot as u8;
+        data[1..].copy_from_slice(addr);
+        data
+    }
+
+    /// The key (prefix length, data) of IPv4 prefix `addr/prefix_len` in
+    /// policy `slot`.
+    #[inline(always)]
+    pub const fn v4(slot: u32, addr: [u8; 4], prefix_len: u8) -> (u32, V4) {
+        (key_len(prefix_len), v4_data(slot, addr))
+    }
+
+    /// The key (prefix length, data) of IPv6 prefix `addr/prefix_len` in
+    /// policy `slot`.
+    #[inline(always)]
+    pub fn v6(slot: u32, addr: &[u8; 16], prefix_len: u8) -> (u32, V6) {
+        (key_len(prefix_len), v6_data(slot, addr))
+    }
+
+    /// The (slot, address, prefix length) of an IPv4 key; None for a key
+    /// no [`v4`] makes.
+    pub fn v4_prefix(key_len: u32, data: &V4) -> Option<(u32, [u8; 4], u8)> {
+        let len = u8::try_from(key_len.checked_sub(SLOT_BITS)?).ok()?;
+        (len <= 32).then_some((
+            u32::from(data[0]),
+            [data[1], data[2], data[3], data[4]],
+            len,
+        ))
+    }
+
+    /// The (slot, address, prefix length) of an IPv6 key; None for a key
+    /// no [`v6`] makes.
+    pub fn v6_prefix(key_len: u32, data: &V6) -> Option<(u32, [u8; 16], u8)> {
+        let len = u8::try_from(key_len.checked_sub(SLOT_BITS)?).ok()?;
+        let mut addr = [0u8; 16];
+        addr.copy_from_slice(&data[1..]);
+        (len <= 128).then_some((u32::from(data[0]), addr, len))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn keys_round_trip() {
+            let (len, data) = v4(1, [10, 30, 0, 0], 16);
+            assert_eq!((len, data), (24, [1, 10, 30, 0, 0]));
+            assert_eq!(v4_prefix(len, &data), Some((1, [10, 30, 0, 0], 16)));
+            let a = [0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            let (len, data) = v6(0, &a, 128);
+            assert_eq!(len, 136);
+            assert_eq!(data[0], 0);
+            assert_eq!(data[1..], a);
+            assert_eq!(v6_prefix(len, &data), Some((0, a, 128)));
+            // Keys no constructor makes.
+            assert_eq!(v4_prefix(7, &data4()), None);
+            assert_eq!(v4_prefix(8 + 33, &data4()), None);
+            assert_eq!(v6_prefix(8 + 129, &data), None);
+        }
+
+        fn data4() -> V4 {
+            [0; 5]
+        }
+    }
 }
 
 /// Address family tags used in keys and events.

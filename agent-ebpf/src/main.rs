@@ -8,11 +8,11 @@
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
-mod parse;
-#[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod quote;
+#[cfg(target_arch = "bpf")]
+mod skb;
 #[cfg(target_arch = "bpf")]
 mod source;
 

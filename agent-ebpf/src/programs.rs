@@ -1,78 +1,128 @@
-//! The maps and the two TC programs (tcx ingress and egress).
+//! The maps and the TC programs: the two hooks (tcx ingress and egress),
+//! which walk the headers (`envfence_ebpf::walk`, over [`crate::skb`])
+//! into the per-CPU scratch packet, and the decision stage they tail-call,
+//! which judges it (`envfence_ebpf::decide` over the policy maps), tracks,
+//! counts and reports.
 
 use aya_ebpf::{
     bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
-    macros::{classifier, map},
+    macros::classifier,
     maps::{
         lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
     },
     programs::TcContext,
 };
 use envfence_ebpf::{
-    capacity, config_flags, counter_index, direction, parse_limits, rule_counter_index,
-    slot_pair_index, source, stat, tag, verdict, verdict_slot, wire, CachedVerdict, Config,
-    Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey, PortKey, RuleVerdict,
-    TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN,
-    RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE, TUNNEL_ENTRIES_PER_SLOT,
+    abi_global, abi_map, capacity, config_flags, counter_index,
+    decide::{decide, Tables},
+    direction, lpm, parse_limits, rule_counter_index, slot_pair_index, source, stat, tag, verdict,
+    verdict_slot,
+    walk::{non_ip_stat, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4},
+    CachedVerdict, Config, Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey,
+    PortKey, RuleVerdict, TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
+    RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE, TUNNEL_ENTRIES_PER_SLOT,
 };
 
 use crate::conntrack::{self, Track};
-use crate::parse::{parse, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4};
+use crate::skb::{walk::parse, Skb};
 use crate::source::Checked;
 
-#[map(name = "EF_ENV_V4")]
-static ENV_V4: LpmTrie<[u8; 5], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V4, 0);
-#[map(name = "EF_ENV_V6")]
-static ENV_V6: LpmTrie<[u8; 17], u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V6, 0);
-#[map(name = "EF_PAIRS")]
-pub(crate) static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0);
-#[map(name = "EF_PORTS")]
-static PORTS: HashMap<PortKey, RuleVerdict> = HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
-#[map(name = "EF_COUNTERS")]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
-#[map(name = "EF_RULE_CNT")]
-static RULE_COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_COUNTERS_LEN, 0);
-#[map(name = "EF_STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
-#[map(name = "EF_CONFIG")]
-pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-#[map(name = "EF_ATTACHED")]
-static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
-#[map(name = "EF_IFCONF")]
-static IFCONF: HashMap<u32, IfConfig> = HashMap::with_max_entries(capacity::ATTACHED, 0);
-#[map(name = "EF_PEERS")]
-pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(capacity::PEERS, 0);
-#[map(name = "EF_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
-/// Per-CPU scratch space for the parsed packet (too big for the stack).
-#[map(name = "EF_SCRATCH")]
-static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
-/// Recent flows' verdicts (see `envfence_ebpf::VerdictSlot`).
-#[map(name = "EF_VERDICTS")]
-static VERDICTS: PerCpuArray<VerdictSlot> = PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
-/// Which UDP ports are which tunnel, per policy slot.
-#[map(name = "EF_TUNNEL_PORTS")]
-pub(crate) static TUNNEL_PORTS: Array<TunnelPorts> =
-    Array::with_max_entries(SLOTS * TUNNEL_ENTRIES_PER_SLOT, 0);
-/// The hooks' second stage (see `envfence_ebpf::STAGE_DECIDE`).
-#[map(name = "EF_STAGES")]
-static STAGES: ProgramArray = ProgramArray::with_max_entries(1, 0);
-#[map(name = "EF_EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+abi_map!(
+    ENV_V4,
+    static ENV_V4: LpmTrie<lpm::V4, u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V4, 0);
+);
+abi_map!(
+    ENV_V6,
+    static ENV_V6: LpmTrie<lpm::V6, u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V6, 0);
+);
+abi_map!(
+    PAIRS,
+    pub(crate) static PAIRS: Array<PairVerdict> = Array::with_max_entries(SLOTS * PAIRS_LEN, 0);
+);
+abi_map!(
+    PORTS,
+    static PORTS: HashMap<PortKey, RuleVerdict> =
+        HashMap::with_max_entries(SLOTS * capacity::PORTS, 0);
+);
+abi_map!(
+    COUNTERS,
+    static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+);
+abi_map!(
+    RULE_COUNTERS,
+    static RULE_COUNTERS: PerCpuArray<Counter> =
+        PerCpuArray::with_max_entries(RULE_COUNTERS_LEN, 0);
+);
+abi_map!(
+    STATS,
+    static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+);
+abi_map!(
+    CONFIG,
+    pub(crate) static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+);
+abi_map!(
+    ATTACHED,
+    static ATTACHED: HashMap<u32, u32> = HashMap::with_max_entries(capacity::ATTACHED, 0);
+);
+abi_map!(
+    IFCONF,
+    static IFCONF: HashMap<u32, IfConfig> = HashMap::with_max_entries(capacity::ATTACHED, 0);
+);
+abi_map!(
+    PEERS,
+    pub(crate) static PEERS: HashMap<PeerKey, u32> = HashMap::with_max_entries(capacity::PEERS, 0);
+);
+abi_map!(
+    FLOWS,
+    static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+);
+abi_map!(
+    SCRATCH,
+    /// Per-CPU scratch space for the parsed packet (too big for the stack).
+    static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+);
+abi_map!(
+    VERDICTS,
+    /// Recent flows' verdicts (see `envfence_ebpf::VerdictSlot`).
+    static VERDICTS: PerCpuArray<VerdictSlot> =
+        PerCpuArray::with_max_entries(capacity::VERDICTS, 0);
+);
+abi_map!(
+    TUNNEL_PORTS,
+    /// Which UDP ports are which tunnel, per policy slot.
+    pub(crate) static TUNNEL_PORTS: Array<TunnelPorts> =
+        Array::with_max_entries(SLOTS * TUNNEL_ENTRIES_PER_SLOT, 0);
+);
+abi_map!(
+    STAGES,
+    /// The hooks' second stage (see `envfence_ebpf::STAGE_DECIDE`).
+    static STAGES: ProgramArray = ProgramArray::with_max_entries(1, 0);
+);
+abi_map!(
+    EVENTS,
+    static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+);
 
-/// Set at load time; see `envfence_ebpf::globals::DEBUG_TAG_DECISION`. Read
-/// from .rodata, so the verifier removes the tagging code when it is 0.
-#[unsafe(no_mangle)]
-static DEBUG_TAG_DECISION: u32 = 0;
+abi_global!(
+    DEBUG_TAG_DECISION,
+    /// Set at load time; see `envfence_ebpf::globals::DEBUG_TAG_DECISION`. Read
+    /// from .rodata, so the verifier removes the tagging code when it is 0.
+    static DEBUG_TAG_DECISION: u32 = 0;
+);
 
-/// Set at load time; see `envfence_ebpf::globals::VERDICT_CACHE`.
-#[unsafe(no_mangle)]
-static VERDICT_CACHE: u32 = 1;
+abi_global!(
+    VERDICT_CACHE,
+    /// Set at load time; see `envfence_ebpf::globals::VERDICT_CACHE`.
+    static VERDICT_CACHE: u32 = 1;
+);
 
-/// Set at load time; see `envfence_ebpf::globals::CONNTRACK`.
-#[unsafe(no_mangle)]
-static CONNTRACK: u32 = 1;
+abi_global!(
+    CONNTRACK,
+    /// Set at load time; see `envfence_ebpf::globals::CONNTRACK`.
+    static CONNTRACK: u32 = 1;
+);
 
 #[inline(always)]
 fn tag(ctx: &TcContext, mark: u32) {
@@ -181,11 +231,11 @@ fn judge(ctx: &TcContext, dir: u8) -> i32 {
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let pkt = unsafe { &mut *pkt };
-    match parse(ctx, pkt, slot) {
+    match parse(Skb::new(ctx), pkt, slot) {
         Ok(()) => {}
         Err(Reject::NonIp) => {
             bump_stat(stat::NON_IP);
-            bump_stat(non_ip_kind(pkt.l2_type));
+            bump_stat(non_ip_stat(pkt.l2_type));
             tag(ctx, tag::UNJUDGED | tag::REASON_NON_IP);
             if active.flags & config_flags::NON_IP_DROP != 0 && !audit {
                 bump_stat(stat::NON_IP_DROPPED);
@@ -360,18 +410,6 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
     }
 }
 
-/// The statistic of a non-IP frame's kind.
-#[inline(always)]
-fn non_ip_kind(l2_type: u16) -> u32 {
-    match l2_type {
-        wire::ETH_P_ARP => stat::NON_IP_ARP,
-        wire::ETH_P_LLDP => stat::NON_IP_LLDP,
-        wire::ETH_P_MPLS_UC | wire::ETH_P_MPLS_MC => stat::NON_IP_MPLS,
-        wire::ETH_P_PPP_SES | wire::ETH_P_PPP_DISC => stat::NON_IP_PPPOE,
-        _ => stat::NON_IP_OTHER,
-    }
-}
-
 /// The source-check mode of `ifindex` under policy `slot`, and whether a
 /// strict check accepts its peer's addresses. An interface without an entry
 /// is checked strictly by route alone: fail closed.
@@ -461,16 +499,20 @@ pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
         } else {
             12
         };
+        // The layout of `envfence_ebpf::lpm::v4`, built in place: a key
+        // built by a function and copied out costs the verifier up to
+        // 25,000 instructions over the decision stage's paths.
         let key = Key::new(
-            40,
+            lpm::key_len(32),
             [s, addr[off], addr[off + 1], addr[off + 2], addr[off + 3]],
         );
         ENV_V4.get(&key).copied().unwrap_or(0)
     } else {
-        let mut data = [0u8; 17];
+        // `envfence_ebpf::lpm::v6`, built in place likewise.
+        let mut data: lpm::V6 = [0u8; 17];
         data[0] = s;
         data[1..].copy_from_slice(addr);
-        let key = Key::new(136, data);
+        let key = Key::new(lpm::key_len(128), data);
         ENV_V6.get(&key).copied().unwrap_or(0)
     };
     id & (MAX_ENVS - 1)
@@ -615,9 +657,39 @@ fn judge_layer<'a>(
     }
 }
 
+/// The kernel's port rules of one slot (`EF_PORTS`).
+struct Ports {
+    slot: u32,
+}
+
+impl Tables for Ports {
+    type Error = core::convert::Infallible;
+    type Rule<'a> = &'a RuleVerdict;
+
+    #[inline(always)]
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
+        let key = PortKey {
+            src_env: src_env as u8,
+            dst_env: dst_env as u8,
+            proto,
+            slot: self.slot as u8,
+            port,
+            _pad2: 0,
+        };
+        // SAFETY: the value is read at once (by `decide`), not kept.
+        Ok(unsafe { PORTS.get(key) })
+    }
+}
+
 /// The policy's verdict, deciding rule and connection-tracking flags for a
 /// packet of `proto` to `dport` (read when `l4` is `Ports`) between two
-/// environments.
+/// environments ([`envfence_ebpf::decide`]).
 #[inline(always)]
 pub(crate) fn decide_parts(
     src_env: u32,
@@ -631,27 +703,8 @@ pub(crate) fn decide_parts(
         // Unreachable (ids are masked below MAX_ENVS); never a way through.
         return (verdict::DROP, envfence_ebpf::RULE_DEFAULT, 0);
     };
-    match l4 {
-        L4::Ports => {
-            if pair.has_port_rules != 0 {
-                let key = PortKey {
-                    src_env: src_env as u8,
-                    dst_env: dst_env as u8,
-                    proto,
-                    slot: slot as u8,
-                    port: dport,
-                    _pad2: 0,
-                };
-                // SAFETY: the value is read at once, not kept.
-                if let Some(rv) = unsafe { PORTS.get(key) } {
-                    return (rv.verdict, rv.rule, pair.ct);
-                }
-            }
-            (pair.verdict, pair.rule, pair.ct)
-        }
-        L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, pair.ct),
-        L4::Other => (pair.verdict, pair.rule, pair.ct),
-    }
+    let Ok(d) = decide(&Ports { slot }, pair, src_env, dst_env, l4, proto, dport);
+    (d.verdict, d.rule, pair.ct)
 }
 
 /// Reports the flow at most once per interval: the LRU map remembers when it

@@ -4,7 +4,7 @@
 //! packet too big, time exceeded and parameter problem (ICMPv6 types 1 to
 //! 4) carry the start of the packet that caused them after their 8-byte
 //! header. The quoted IP header is read bounded, like every header
-//! (`crate::parse::bytes_at`): an IPv4 header (with options) that is not a
+//! (`crate::skb::walk::bytes_at`): an IPv4 header (with options) that is not a
 //! non-first fragment, or an IPv6 header whose next header is the L4
 //! protocol itself (no extension headers), then the first bytes of its
 //! TCP/UDP/SCTP header (ports) or its ICMP echo header (identifier).
@@ -12,9 +12,9 @@
 //! error is judged by the policy like any packet.
 
 use aya_ebpf::programs::TcContext;
-use envfence_ebpf::{family, proto};
+use envfence_ebpf::{family, proto, walk::Layer};
 
-use crate::parse::{bytes_at, Layer};
+use crate::skb::{walk::bytes_at, Skb};
 
 /// ICMP error types (IPv4).
 const ICMP_DEST_UNREACH: u16 = 3;
@@ -69,12 +69,13 @@ pub fn is_echo(p: u8, t: u8) -> bool {
 /// usable).
 #[inline(always)]
 pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
+    let frame = Skb::new(ctx);
     let off = layer.l4_off + 8;
     q.src = [0; 16];
     q.dst = [0; 16];
     q.icmp_type = 0;
     let l4 = if layer.family == family::V4 {
-        let h = bytes_at::<20>(ctx, off)?;
+        let h = bytes_at::<20>(frame, off)?;
         let ihl = (h[0] & 0x0f) as usize;
         if h[0] >> 4 != 4 || ihl < 5 || u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
             return None;
@@ -84,7 +85,7 @@ pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
         q.dst[..4].copy_from_slice(&h[16..20]);
         off + ihl * 4
     } else {
-        let h = bytes_at::<40>(ctx, off)?;
+        let h = bytes_at::<40>(frame, off)?;
         if h[0] >> 4 != 6 {
             return None;
         }
@@ -99,13 +100,13 @@ pub fn quoted(ctx: &TcContext, layer: &Layer, q: &mut Quoted) -> Option<()> {
         proto::ICMPV6
     };
     if q.proto == proto::TCP || q.proto == proto::UDP || q.proto == proto::SCTP {
-        let p = bytes_at::<4>(ctx, l4)?;
+        let p = bytes_at::<4>(frame, l4)?;
         q.sport = u16::from_be_bytes([p[0], p[1]]);
         q.dport = u16::from_be_bytes([p[2], p[3]]);
         return Some(());
     }
     if q.proto == icmp {
-        let e = bytes_at::<8>(ctx, l4)?;
+        let e = bytes_at::<8>(frame, l4)?;
         if !is_echo(icmp, e[0]) {
             return None;
         }

@@ -8,8 +8,9 @@
 //! (bridges, Cilium's `cilium_host`) the strict check also accepts the
 //! addresses configured on the other end of the interface, which the agent
 //! keeps in `EF_PEERS`. Everything the check says is one of the results of
-//! `envfence_ebpf::source`; the reference classifier
-//! (`agent/src/policy/reference.rs`) models the same rules from a route list.
+//! `envfence_ebpf::source`; the userspace classifier
+//! (`agent/src/policy/reference.rs`, with `policy/rpf.rs`) models the same
+//! rules from a route list.
 
 use aya_ebpf::{
     bindings::{
@@ -21,9 +22,8 @@ use aya_ebpf::{
     helpers::generated::bpf_fib_lookup,
     programs::TcContext,
 };
-use envfence_ebpf::{family, source, PeerKey};
+use envfence_ebpf::{family, source, walk::Layer, PeerKey};
 
-use crate::parse::Layer;
 use crate::programs::{is_v4_mapped, PEERS};
 
 /// `AF_INET` / `AF_INET6`.

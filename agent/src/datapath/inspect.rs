@@ -2,11 +2,10 @@
 //! the agent process: what `envfence explain` decides from, and what
 //! `envfence status` shows when the agent is down. Nothing here writes.
 //!
-//! The decision is computed exactly as the datapath computes it
-//! (`agent-ebpf/src/programs.rs`): the active slot of `CONFIG`, a
-//! longest-prefix lookup of each address in `ENV_V4`/`ENV_V6` (an
-//! IPv4-mapped IPv6 address is looked up as IPv4), the pair entry of
-//! `PAIRS`, and the port rule of `PORTS` when the pair has port rules.
+//! The decision is the datapath's own (`envfence_ebpf::decide`, over the
+//! pinned `PAIRS` and `PORTS` of the active slot of `CONFIG`), after a
+//! longest-prefix lookup of each address in `ENV_V4`/`ENV_V6` (keys of
+//! `envfence_ebpf::lpm`; an IPv4-mapped IPv6 address is looked up as IPv4).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -18,8 +17,10 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use envfence_ebpf::{
-    counter_index, map_names, slot_pair_index, stat, Config, Counter, IfConfig, PairVerdict,
-    PeerKey, PortKey, RuleVerdict, MAX_ENVS, NUM_VERDICTS,
+    counter_index,
+    decide::{self, By, Tables},
+    lpm, map_names, slot_pair_index, stat, Config, Counter, IfConfig, PairVerdict, PeerKey,
+    PortKey, RuleVerdict, MAX_ENVS, NUM_VERDICTS,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -65,8 +66,8 @@ fn read_error(map: &'static str) -> impl FnOnce(MapError) -> InspectError {
 pub struct PinnedState {
     dir: PathBuf,
     config: Array<MapData, Config>,
-    v4: LpmTrie<MapData, [u8; 5], u32>,
-    v6: LpmTrie<MapData, [u8; 17], u32>,
+    v4: LpmTrie<MapData, lpm::V4, u32>,
+    v6: LpmTrie<MapData, lpm::V6, u32>,
     pairs: Array<MapData, PairVerdict>,
     ports: HashMap<MapData, PortKey, RuleVerdict>,
     attached: HashMap<MapData, u32, u32>,
@@ -222,7 +223,7 @@ impl PinnedState {
 
     /// The environment of `ip` in policy slot `slot`.
     pub fn lookup_env(&self, ip: IpAddr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let s = (slot & 1) as u8;
+        let s = slot & 1;
         let v4 = match ip {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(a) => a.to_ipv4_mapped(),
@@ -235,9 +236,9 @@ impl PinnedState {
         }
     }
 
-    fn lookup_v4(&self, a: Ipv4Addr, s: u8) -> Result<EnvMatch, InspectError> {
-        let o = a.octets();
-        let id = match self.v4.get(&Key::new(40, [s, o[0], o[1], o[2], o[3]]), 0) {
+    fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
+        let (len, data) = lpm::v4(slot, a.octets(), 32);
+        let id = match self.v4.get(&Key::new(len, data), 0) {
             Ok(id) => id & (MAX_ENVS - 1),
             Err(MapError::KeyNotFound) => 0,
             Err(e) => return Err(read_error(map_names::ENV_V4)(e)),
@@ -245,15 +246,13 @@ impl PinnedState {
         let mut best: Option<Ipv4Net> = None;
         for key in self.v4.keys() {
             let key = key.map_err(read_error(map_names::ENV_V4))?;
-            let d = key.data();
-            let Some(len) = key.prefix_len().checked_sub(8) else {
+            let Some((s, addr, len)) = lpm::v4_prefix(key.prefix_len(), &key.data()) else {
                 continue;
             };
-            let Ok(len) = u8::try_from(len) else { continue };
-            if d[0] != s {
+            if s != slot {
                 continue;
             }
-            let Ok(net) = Ipv4Net::new(Ipv4Addr::new(d[1], d[2], d[3], d[4]), len) else {
+            let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) else {
                 continue;
             };
             if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
@@ -266,11 +265,9 @@ impl PinnedState {
         })
     }
 
-    fn lookup_v6(&self, a: Ipv6Addr, s: u8) -> Result<EnvMatch, InspectError> {
-        let mut data = [0u8; 17];
-        data[0] = s;
-        data[1..].copy_from_slice(&a.octets());
-        let id = match self.v6.get(&Key::new(136, data), 0) {
+    fn lookup_v6(&self, a: Ipv6Addr, slot: u32) -> Result<EnvMatch, InspectError> {
+        let (len, data) = lpm::v6(slot, &a.octets(), 128);
+        let id = match self.v6.get(&Key::new(len, data), 0) {
             Ok(id) => id & (MAX_ENVS - 1),
             Err(MapError::KeyNotFound) => 0,
             Err(e) => return Err(read_error(map_names::ENV_V6)(e)),
@@ -278,17 +275,13 @@ impl PinnedState {
         let mut best: Option<Ipv6Net> = None;
         for key in self.v6.keys() {
             let key = key.map_err(read_error(map_names::ENV_V6))?;
-            let d = key.data();
-            let Some(len) = key.prefix_len().checked_sub(8) else {
+            let Some((s, addr, len)) = lpm::v6_prefix(key.prefix_len(), &key.data()) else {
                 continue;
             };
-            let Ok(len) = u8::try_from(len) else { continue };
-            if d[0] != s {
+            if s != slot {
                 continue;
             }
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&d[1..]);
-            let Ok(net) = Ipv6Net::new(Ipv6Addr::from(octets), len) else {
+            let Ok(net) = Ipv6Net::new(Ipv6Addr::from(addr), len) else {
                 continue;
             };
             if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
@@ -364,26 +357,16 @@ impl PinnedState {
         let slot = config.active_slot & 1;
         let s = self.lookup_env(src, slot)?;
         let d = self.lookup_env(dst, slot)?;
+        let (kind, proto, dport) = l4.parts();
         let pair = self.pair(slot, s.id, d.id)?;
-        let (verdict, rule, by) = match l4 {
-            L4::Ports { proto, dport } => {
-                let port_rule = if pair.has_port_rules != 0 {
-                    self.port_rule(slot, s.id, d.id, proto, dport)?
-                } else {
-                    None
-                };
-                match port_rule {
-                    Some(rv) => (
-                        rv.verdict,
-                        rv.rule,
-                        DecidedBy::PortRule { proto, port: dport },
-                    ),
-                    None => (pair.verdict, pair.rule, DecidedBy::Pair),
-                }
-            }
-            L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule, DecidedBy::NoPorts),
-            L4::Other => (pair.verdict, pair.rule, DecidedBy::Pair),
+        let tables = SlotTables { state: self, slot };
+        let decided = decide::decide(&tables, &pair, s.id, d.id, kind, proto, dport)?;
+        let by = match decided.by {
+            By::PortRule => DecidedBy::PortRule { proto, port: dport },
+            By::Pair => DecidedBy::Pair,
+            By::NoPorts => DecidedBy::NoPorts,
         };
+        let (verdict, rule) = (decided.verdict, decided.rule);
         Ok(KernelDecision {
             config,
             slot,
@@ -447,6 +430,32 @@ impl PinnedState {
             }
         }
         Ok(out)
+    }
+}
+
+/// The pinned port rules of one slot, as [`envfence_ebpf::decide`] reads
+/// them.
+struct SlotTables<'a> {
+    state: &'a PinnedState,
+    slot: u32,
+}
+
+impl Tables for SlotTables<'_> {
+    type Error = InspectError;
+    type Rule<'a>
+        = RuleVerdict
+    where
+        Self: 'a;
+
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<RuleVerdict>, InspectError> {
+        self.state
+            .port_rule(self.slot, src_env, dst_env, proto, port)
     }
 }
 

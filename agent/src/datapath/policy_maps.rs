@@ -12,8 +12,8 @@ use aya::{
     Ebpf,
 };
 use envfence_ebpf::{
-    config_flags, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict, PortKey,
-    RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
+    config_flags, lpm, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict,
+    PortKey, RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
 };
 
 use super::{counters::CounterReader, DatapathError};
@@ -102,11 +102,13 @@ pub(super) fn install(
 fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
     let s = slot as u8;
     {
-        let mut v4: LpmTrie<&mut MapData, [u8; 5], u32> = typed_map(ebpf, map_names::ENV_V4)?;
-        let stale: Vec<Key<[u8; 5]>> = v4
+        let mut v4: LpmTrie<&mut MapData, lpm::V4, u32> = typed_map(ebpf, map_names::ENV_V4)?;
+        let stale: Vec<Key<lpm::V4>> = v4
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0] == s)
+            .filter(|k| {
+                lpm::v4_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
+            })
             .collect();
         for key in &stale {
             v4.remove(key)
@@ -114,11 +116,13 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
         }
     }
     {
-        let mut v6: LpmTrie<&mut MapData, [u8; 17], u32> = typed_map(ebpf, map_names::ENV_V6)?;
-        let stale: Vec<Key<[u8; 17]>> = v6
+        let mut v6: LpmTrie<&mut MapData, lpm::V6, u32> = typed_map(ebpf, map_names::ENV_V6)?;
+        let stale: Vec<Key<lpm::V6>> = v6
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.data()[0] == s)
+            .filter(|k| {
+                lpm::v6_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
+            })
             .collect();
         for key in &stale {
             v6.remove(key)
@@ -142,22 +146,18 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
 fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(), DatapathError> {
     let s = slot as u8;
     {
-        let mut v4: LpmTrie<&mut MapData, [u8; 5], u32> = typed_map(ebpf, map_names::ENV_V4)?;
+        let mut v4: LpmTrie<&mut MapData, lpm::V4, u32> = typed_map(ebpf, map_names::ENV_V4)?;
         for (net, id) in &policy.v4 {
-            let o = net.network().octets();
-            let key = Key::new(8 + u32::from(net.prefix_len()), [s, o[0], o[1], o[2], o[3]]);
-            v4.insert(&key, id, 0)
+            let (len, data) = lpm::v4(slot, net.network().octets(), net.prefix_len());
+            v4.insert(&Key::new(len, data), id, 0)
                 .map_err(DatapathError::map(map_names::ENV_V4))?;
         }
     }
     {
-        let mut v6: LpmTrie<&mut MapData, [u8; 17], u32> = typed_map(ebpf, map_names::ENV_V6)?;
+        let mut v6: LpmTrie<&mut MapData, lpm::V6, u32> = typed_map(ebpf, map_names::ENV_V6)?;
         for (net, id) in &policy.v6 {
-            let mut data = [0u8; 17];
-            data[0] = s;
-            data[1..].copy_from_slice(&net.network().octets());
-            let key = Key::new(8 + u32::from(net.prefix_len()), data);
-            v6.insert(&key, id, 0)
+            let (len, data) = lpm::v6(slot, &net.network().octets(), net.prefix_len());
+            v6.insert(&Key::new(len, data), id, 0)
                 .map_err(DatapathError::map(map_names::ENV_V6))?;
         }
     }

@@ -1,12 +1,13 @@
 //! Compiles a validated [`Policy`] into the entries of the datapath's maps,
-//! and answers "which verdict, by which rule" from them exactly as the
-//! kernel does.
+//! and answers "which verdict, by which rule" from them with the kernel's
+//! own decision (`envfence_ebpf::decide`, over the compiled tables).
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, OnceLock};
 
+use envfence_ebpf::decide::{self, Decided, Tables};
 use envfence_ebpf::{
     pair_index, PairVerdict, PortKey, RuleVerdict, MAX_ENVS, PAIRS_LEN, RULE_DEFAULT,
 };
@@ -55,7 +56,11 @@ pub struct CompiledPolicy {
     pub source_sha256: String,
 }
 
-/// What a packet carries above IP, as far as the verdict is concerned.
+/// What a packet carries above IP, as far as the verdict is concerned: the
+/// question a caller asks ([`CompiledPolicy::decide`], the pinned maps'
+/// `decide`), with the protocol and port the answer depends on. The walk's
+/// and the decision's own enum is [`envfence_ebpf::L4`]; [`L4::parts`]
+/// gives it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum L4 {
     /// TCP, UDP or SCTP with a readable destination port: the port rule for
@@ -81,6 +86,16 @@ impl L4 {
             (true, Some(dport)) => L4::Ports { proto, dport },
             (true, None) => L4::NoPorts,
             (false, _) => L4::Other,
+        }
+    }
+
+    /// The decision's arguments: (what is known of the L4 header, protocol,
+    /// destination port); protocol and port are 0 unless ports were read.
+    pub fn parts(self) -> (envfence_ebpf::L4, u8, u16) {
+        match self {
+            L4::Ports { proto, dport } => (envfence_ebpf::L4::Ports, proto, dport),
+            L4::NoPorts => (envfence_ebpf::L4::NoPorts, 0, 0),
+            L4::Other => (envfence_ebpf::L4::Other, 0, 0),
         }
     }
 }
@@ -463,21 +478,33 @@ impl CompiledPolicy {
     /// packet from environment `src_env` to `dst_env`, as the datapath
     /// decides it.
     pub fn decide(&self, src_env: u32, dst_env: u32, l4: L4) -> (u8, u16) {
+        let (l4, proto, dport) = l4.parts();
+        let d = self.decided(src_env, dst_env, l4, proto, dport);
+        (d.verdict, d.rule)
+    }
+
+    /// The kernel's decision ([`envfence_ebpf::decide::decide`]) over this
+    /// policy's tables; `proto` and `dport` are read when `l4` is `Ports`.
+    /// A pair out of range stands for the policy's default (audit mode
+    /// folded in).
+    pub fn decided(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        l4: envfence_ebpf::L4,
+        proto: u8,
+        dport: u16,
+    ) -> Decided {
         let Some(pair) = self.pair(src_env, dst_env) else {
-            return (fold_audit(self.mode, self.default).as_u8(), RULE_DEFAULT);
+            return Decided {
+                verdict: fold_audit(self.mode, self.default).as_u8(),
+                rule: RULE_DEFAULT,
+                by: decide::By::Pair,
+            };
         };
-        match l4 {
-            L4::Ports { proto, dport } => {
-                let port_rule = (pair.has_port_rules != 0)
-                    .then(|| self.port_rule(src_env, dst_env, proto, dport))
-                    .flatten();
-                match port_rule {
-                    Some(rule) => (rule.verdict, rule.rule),
-                    None => (pair.verdict, pair.rule),
-                }
-            }
-            L4::NoPorts => (pair.no_port_verdict, pair.no_port_rule),
-            L4::Other => (pair.verdict, pair.rule),
+        match decide::decide(self, pair, src_env, dst_env, l4, proto, dport) {
+            Ok(d) => d,
+            Err(never) => match never {},
         }
     }
 
@@ -496,6 +523,24 @@ impl CompiledPolicy {
             verdict,
             rule,
         }
+    }
+}
+
+/// The compiled port rules, as [`envfence_ebpf::decide`] reads them.
+impl Tables for CompiledPolicy {
+    type Error = std::convert::Infallible;
+    type Rule<'a> = &'a RuleVerdict;
+
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
+        Ok(CompiledPolicy::port_rule(
+            self, src_env, dst_env, proto, port,
+        ))
     }
 }
 
