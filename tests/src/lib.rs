@@ -13,6 +13,7 @@ pub mod expect;
 pub mod lab;
 pub mod lifecycle;
 pub mod netns;
+pub mod oracle;
 pub mod prom;
 pub mod rsyslog;
 pub mod spoof;
