@@ -184,6 +184,20 @@ impl Oracle {
             })
     }
 
+    /// The oracle's outcome of a frame under `compiled`, and `Err` when
+    /// the reference classifier's differs: what the kernel tests assert
+    /// the kernel against, with the reference held to it.
+    pub fn held_to_reference(compiled: &CompiledPolicy, frame: &[u8], skb: Skb) -> Result<Outcome> {
+        let said = Oracle::of(compiled)?.classify_skb(frame, skb);
+        let reference = envfence::policy::reference::classify_skb(frame, skb, compiled);
+        if reference != said {
+            return Err(anyhow!(
+                "the reference differs from the oracle:\n  oracle:    {said:?}\n  reference: {reference:?}"
+            ));
+        }
+        Ok(said)
+    }
+
     /// The environment decisions and rules.
     pub fn rules(&self) -> &Rules {
         &self.rules
