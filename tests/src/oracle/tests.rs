@@ -419,3 +419,48 @@ fn the_window_ends_at_448_bytes() {
     assert_eq!(judged(&j).l4, L4Seen::NoPorts, "{j:?}");
     assert_eq!(judged(&j).verdict, DROP);
 }
+
+/// A read may start at byte 448 and not after: a VXLAN packet whose inner
+/// IPv6 TCP header starts at exactly 448 (14 + 20 + 8 + 8 + 14 + 40 + 344)
+/// has its inner ports read; eight bytes further, they are not.
+#[test]
+fn a_read_may_start_at_byte_448() {
+    let o = oracle(Mode::Enforce);
+    let shape = |units: usize| {
+        let opts = 8 * (units + 1);
+        let inner_payload = opts + 20;
+        let udp_len = 8 + 8 + 14 + 40 + inner_payload;
+        let total = u16::try_from(20 + udp_len).expect("fits");
+        let header = format!("06 {units:02x} {}", "00 ".repeat(opts - 2));
+        frame(&[
+            MACS,
+            "08 00",
+            &v4(total, 0, 17, OPS4, PROD4),
+            &format!("9c 40 12 b5 {udp_len:04x} 00 00"),
+            "08 00 00 00 00 00 01 00",
+            MACS,
+            "86 dd",
+            &v6(
+                u16::try_from(inner_payload).expect("fits"),
+                60,
+                TEST6,
+                PROD6,
+            ),
+            &header,
+            TCP_53,
+        ])
+    };
+    let at_448 = shape(42);
+    assert_eq!(&at_448[448..452], &hx("9c 40 00 35")[..]);
+    let j = o.classify(&at_448);
+    // Inner test -> production TCP 53: allowed; the outer ops ->
+    // production (log) is stricter and decides.
+    assert_eq!(vsdr(&j), (LOG, OPS, PROD, 5));
+    assert!(judged(&j).tunneled && !judged(&j).by_inner);
+    let at_456 = shape(43);
+    let j = o.classify(&at_456);
+    // Inner ports unread: the strictest verdict of test -> production.
+    assert_eq!(vsdr(&j), (DROP, TEST, PROD, 1));
+    assert!(judged(&j).by_inner);
+    assert_eq!(judged(&j).l4, L4Seen::NoPorts);
+}
