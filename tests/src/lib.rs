@@ -14,6 +14,7 @@ pub mod lab;
 pub mod lifecycle;
 pub mod netns;
 pub mod packet;
+pub mod oracle;
 pub mod prom;
 pub mod rng;
 pub mod rsyslog;

@@ -1,9 +1,10 @@
 //! Differential verification: generated frames of every header shape
-//! (tests/src/gen.rs) through the real eBPF programs (BPF_PROG_TEST_RUN)
-//! and through the reference classifier, under the example policy in
-//! enforce and in audit mode, ingress for every case and egress for one in
-//! four. The TC action and the decision tag (verdict, source and
-//! destination environment, or why a frame was not judged) must agree.
+//! (tests/src/gen.rs) through the real eBPF programs (BPF_PROG_TEST_RUN),
+//! the independent oracle (tests/src/oracle) and the reference classifier,
+//! under the example policy in enforce and in audit mode, ingress for every
+//! case and egress for one in four. The kernel's TC action and decision tag
+//! (verdict, source and destination environment, or why a frame was not
+//! judged) must be the oracle's, and the reference's outcome the oracle's.
 //!
 //! The seed is fixed (printed); `ENVFENCE_FUZZ_SEED=<n or 0xhex>` picks
 //! another. A mismatch is printed as hex and as a decoded header stack and
@@ -20,6 +21,7 @@ use envfence_tests::gen::diff::{
 use envfence_tests::gen::{kernel_refuses, to_hex};
 use envfence_tests::packet::{ethertype, ip_frame, Packet};
 use envfence_tests::testrun::KernelHarness;
+use envfence_tests::oracle::{self, Oracle};
 
 /// Cases compared per `cargo test` run.
 const CASES: u64 = 250_000;
@@ -59,7 +61,7 @@ fn generated_frames_kernel_equals_reference() {
     );
     assert_eq!(
         report.mismatched_cases, 0,
-        "kernel and reference disagree on {} of {} cases (seed {seed:#x}); saved: {:?}",
+        "kernel, oracle and reference disagree on {} of {} cases (seed {seed:#x}); saved: {:?}",
         report.mismatched_cases, report.cases, report.saved
     );
 }
@@ -125,8 +127,9 @@ fn refused_frames_are_exactly_the_predicted_ones() {
 }
 
 /// The engine does see a disagreement: a datapath loaded with the enforce
-/// policy, compared with the reference under the audit policy, disagrees on
-/// test -> production, and the report and the saved file carry the frame.
+/// policy, compared with the oracle and the reference under the audit
+/// policy, disagrees on test -> production, and the report says the kernel
+/// is the odd one out and, like the saved file, carries the frame.
 #[test]
 fn engine_reports_a_disagreement() {
     root();
@@ -152,8 +155,11 @@ fn engine_reports_a_disagreement() {
         2,
         "ingress and egress of the lying datapath: {ms:?}"
     );
-    // Reported under the mode the reference was given.
+    // Reported under the mode the oracle and reference were given.
     assert!(ms.iter().all(|m| m.mode == Mode::Audit));
+    assert!(ms
+        .iter()
+        .all(|m| m.disagreement() == "the kernel disagrees with the oracle and the reference"));
     assert!(ms.iter().any(|m| m.hook == Hook::Egress));
     let text = ms[0].report(&engine.audit.policy);
     assert!(text.contains(&to_hex(&f)), "{text}");
@@ -163,6 +169,10 @@ fn engine_reports_a_disagreement() {
     );
     assert!(text.contains("judged audit test -> production"), "{text}");
     assert!(text.contains("judged drop test -> production"), "{text}");
+    assert!(
+        text.contains("the kernel disagrees with the oracle and the reference"),
+        "{text}"
+    );
     let dir = std::env::temp_dir().join(format!("ef-regress-{}", std::process::id()));
     let path = ms[0].save(&dir, &engine.audit.policy).expect("save");
     let loaded = load_regressions(&dir).expect("load");
@@ -180,11 +190,15 @@ fn engine_reports_a_disagreement() {
         "{loaded:?}"
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
-    // The reference itself agrees with the honest kernel.
+    // The oracle and the reference agree with the honest kernel.
     let o = reference::classify(&f, &engine.audit.policy);
+    let said = Oracle::of(&engine.audit.policy)
+        .expect("the policy's model")
+        .classify(&f);
+    assert_eq!(said, o);
     assert_eq!(
         engine.audit.run_tagged(Hook::Ingress, &f, 0).expect("run"),
-        diff::expected(&o, &engine.audit.policy)
+        diff::expected(&said, &engine.audit.policy)
     );
 }
 
@@ -202,7 +216,7 @@ fn cached_verdicts_follow_a_reload() {
     // datapaths swap modes.
     let strict = envfence::policy::EXAMPLE_POLICY.replacen("default: allow", "default: drop", 1);
     assert_ne!(strict, envfence::policy::EXAMPLE_POLICY);
-    let parse = |src: &str| envfence::policy::parse(src, "reloaded").expect("valid policy");
+    let parse = |src: &str| oracle::parse(src, "reloaded").expect("valid policy");
     engine
         .enforce
         .reload(&parse(&strict.replacen("mode: enforce", "mode: audit", 1)))

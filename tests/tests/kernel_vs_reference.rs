@@ -1,7 +1,9 @@
 //! The real eBPF programs, loaded into the running kernel and driven with
-//! BPF_PROG_TEST_RUN, against the reference classifier: same verdict, same
-//! environments, exactly one packet counted in exactly that cell, and an
-//! event naming the rule for every reported verdict. Needs root.
+//! BPF_PROG_TEST_RUN, against the independent oracle (`envfence_tests::
+//! oracle`): same verdict, same environments, exactly one packet counted in
+//! exactly that cell, and an event naming the rule for every reported
+//! verdict; the reference classifier's outcome must be the oracle's. Needs
+//! root.
 
 use std::net::IpAddr;
 
@@ -15,13 +17,14 @@ use envfence_tests::gen::diff::wrap_in_vlan;
 use envfence_tests::gen::kernel_refuses;
 use envfence_tests::packet::{ethertype, flat};
 use envfence_tests::testrun::{KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
+use envfence_tests::oracle::{self, Oracle};
 
 fn compiled(mode: Mode) -> CompiledPolicy {
     let src = match mode {
         Mode::Enforce => policy::EXAMPLE_POLICY.to_owned(),
         Mode::Audit => policy::EXAMPLE_POLICY.replacen("mode: enforce", "mode: audit", 1),
     };
-    let p = policy::parse(&src, "example").expect("example policy is valid");
+    let p = oracle::parse(&src, "example").expect("example policy is valid");
     assert_eq!(p.mode, mode);
     policy::compile(&p)
 }
@@ -104,7 +107,8 @@ fn check_gso(
 ) -> reference::Outcome {
     assert_eq!(h.policy.mode, mode, "{what}: harness in the wrong mode");
     let skb = reference::Skb { gso_size };
-    let outcome = reference::classify_skb(f, skb, &h.policy);
+    let outcome =
+        Oracle::held_to_reference(&h.policy, f, skb).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     for hook in Hook::ALL {
         let got: KernelResult = h.run_gso(hook, f, gso_size).expect("test run");
         let ctx = format!("{what} on {} ({outcome:?}): kernel {got:?}", hook.as_str());
@@ -716,7 +720,7 @@ fn reload_invalidates_cached_verdicts() {
         policy::EXAMPLE_POLICY,
         "the example changed: update this test"
     );
-    h.reload(&policy::parse(&stricter, "stricter").expect("valid"))
+    h.reload(&oracle::parse(&stricter, "stricter").expect("valid"))
         .expect("reload");
     for _ in 0..3 {
         let o = check(&h, Mode::Enforce, "staging -> production after", &f);
@@ -726,7 +730,7 @@ fn reload_invalidates_cached_verdicts() {
         );
     }
     // And back: the older generation's cache entries are not revived.
-    h.reload(&policy::parse(policy::EXAMPLE_POLICY, "example").expect("valid"))
+    h.reload(&oracle::parse(policy::EXAMPLE_POLICY, "example").expect("valid"))
         .expect("reload");
     let o = check(&h, Mode::Enforce, "staging -> production restored", &f);
     assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));

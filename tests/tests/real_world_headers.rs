@@ -1,11 +1,12 @@
 //! Real-world header shapes through the real eBPF programs
-//! (BPF_PROG_TEST_RUN) and the reference classifier: BIG TCP and
-//! jumbograms (a length field of 0, with the skb's `gso_size` set through
-//! the `__sk_buff` context or not), MPLS label stacks, PPPoE sessions, the
-//! policy's tunnel ports (VXLAN on 8472, VXLAN-GPE), IPv6 routing headers
-//! (type 0, 2 and segment routing), DCCP ports and `non_ip: drop`. Each
-//! case asserts what the kernel did (action, decision tag, the statistic
-//! that moved), that the reference agrees, and the verdict the README
+//! (BPF_PROG_TEST_RUN), the independent oracle and the reference
+//! classifier: BIG TCP and jumbograms (a length field of 0, with the skb's
+//! `gso_size` set through the `__sk_buff` context or not), MPLS label
+//! stacks, PPPoE sessions, the policy's tunnel ports (VXLAN on 8472,
+//! VXLAN-GPE), IPv6 routing headers (type 0, 2 and segment routing), DCCP
+//! ports and `non_ip: drop`. Each case asserts what the kernel did (action,
+//! decision tag, the statistic that moved), that it is what the oracle
+//! says, that the reference says the same, and the verdict the README
 //! promises. Needs root.
 
 use envfence::datapath::Hook;
@@ -13,6 +14,7 @@ use envfence::policy::{self, reference, CompiledPolicy, Mode};
 use envfence_ebpf::{proto, stat, verdict};
 use envfence_tests::packet::{ethertype, Ipv4, Ipv6, Packet};
 use envfence_tests::testrun::KernelHarness;
+use envfence_tests::oracle::{self, Oracle};
 
 const TEST4: [u8; 4] = [10, 30, 1, 2];
 const PROD4: [u8; 4] = [10, 10, 1, 2];
@@ -34,7 +36,7 @@ fn harness_with(src: &str) -> KernelHarness {
         nix::unistd::geteuid().is_root(),
         "these tests load eBPF programs: run them as root"
     );
-    let p = policy::parse(src, "example").expect("valid policy");
+    let p = oracle::parse(src, "example").expect("valid policy");
     KernelHarness::new(policy::compile(&p)).expect("loading the datapath")
 }
 
@@ -42,11 +44,12 @@ fn harness() -> KernelHarness {
     harness_with(policy::EXAMPLE_POLICY)
 }
 
-/// Kernel == reference on both hooks; returns the outcome and the
+/// Kernel == oracle on both hooks, reference == oracle; returns the outcome and the
 /// statistics that moved on ingress.
 fn check(h: &KernelHarness, what: &str, f: &[u8], gso: u32) -> (reference::Outcome, Vec<u32>) {
     let skb = reference::Skb { gso_size: gso };
-    let outcome = reference::classify_skb(f, skb, &h.policy);
+    let outcome =
+        Oracle::held_to_reference(&h.policy, f, skb).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     let (want_action, want_tag) = envfence_tests::gen::diff::expected(&outcome, &h.policy);
     let mut stats = Vec::new();
     for hook in Hook::ALL {

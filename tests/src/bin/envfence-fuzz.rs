@@ -1,9 +1,11 @@
 //! `envfence-fuzz`: the differential engine of `tests/tests/differential.rs`
 //! for as many cases as asked. Generated frames go through the real eBPF
 //! programs (BPF_PROG_TEST_RUN) under the example policy in enforce and in
-//! audit mode, and through the reference classifier; every disagreement is
-//! printed (hex and decoded header stack) and saved as a regression case in
-//! `tests/corpus/regressions/`, which the test suite replays on every run.
+//! audit mode, through the independent oracle (`envfence_tests::oracle`)
+//! and through the reference classifier; every disagreement (which of the
+//! three differ) is printed (hex and decoded header stack) and saved as a
+//! regression case in `tests/corpus/regressions/`, which the test suite
+//! replays on every run.
 //! Then the route lab's run (`tests/tests/differential_routes.rs`'s engine:
 //! the source check against a node's real routes) for `--route-cases`.
 //!
@@ -22,7 +24,7 @@ use envfence_tests::gen::routes::{run_on_routes, RouteLab, SOURCE_CLASSES};
 #[derive(Parser)]
 #[command(
     name = "envfence-fuzz",
-    about = "kernel datapath vs reference classifier on generated frames"
+    about = "kernel datapath vs independent oracle and reference classifier on generated frames"
 )]
 struct Args {
     /// Cases to compare (frames BPF_PROG_TEST_RUN refuses do not count).
@@ -86,8 +88,13 @@ fn run(args: Args) -> Result<bool> {
             let skb = envfence::policy::reference::Skb {
                 gso_size: case.gso_size,
             };
-            let outcome = envfence::policy::reference::classify_skb(&case.frame, skb, &policy);
+            let outcome =
+                envfence_tests::oracle::Oracle::of(&policy)?.classify_skb(&case.frame, skb);
+            let reference = envfence::policy::reference::classify_skb(&case.frame, skb, &policy);
             println!("#{i} {} case: {outcome:?}", case.kind.name());
+            if reference != outcome {
+                println!("  the reference differs: {reference:?}");
+            }
             print!("{}", envfence_tests::decode::describe(&case.frame));
         }
         return Ok(true);

@@ -1,8 +1,12 @@
 //! The differential engine: frames through the real eBPF programs
-//! (BPF_PROG_TEST_RUN, one syscall each) and through the reference
-//! classifier, under the example policy in enforce and in audit mode; the
-//! TC action and the decision tag (verdict, source and destination
-//! environment, or why the frame was not judged) must agree.
+//! (BPF_PROG_TEST_RUN, one syscall each), through the independent oracle
+//! (`crate::oracle`: etherparse and tables, the decision from the policy
+//! model) and through the reference classifier (`policy::reference`, which
+//! `explain` uses), under the example policy in enforce and in audit mode.
+//! The kernel's TC action and decision tag (verdict, source and destination
+//! environment, or why the frame was not judged) must be the oracle's, and
+//! the reference's outcome must be the oracle's, field by field; a mismatch
+//! says which of the three disagree.
 //!
 //! Used by `tests/tests/differential.rs` (a fixed number of cases every
 //! `cargo test`, and every saved regression case), `tests/tests/corpus.rs`
@@ -20,6 +24,7 @@ use envfence_ebpf::{tag, verdict};
 
 use super::{fnv1a, from_hex, kernel_refuses, to_hex, Gen, Kind};
 use crate::decode;
+use crate::oracle::{self, Oracle};
 use crate::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// Seed of a run when none is given (`ENVFENCE_FUZZ_SEED` overrides it in
@@ -47,14 +52,14 @@ pub fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/regressions")
 }
 
-/// The example policy compiled in `mode`.
+/// The example policy compiled in `mode` (its model remembered for
+/// [`Oracle::of`]).
 pub fn example_policy(mode: Mode) -> Result<CompiledPolicy> {
     let src = match mode {
         Mode::Enforce => policy::EXAMPLE_POLICY.to_owned(),
         Mode::Audit => policy::EXAMPLE_POLICY.replacen("mode: enforce", "mode: audit", 1),
     };
-    let p = policy::parse(&src, policy::EXAMPLE_ORIGIN)
-        .map_err(|e| anyhow::anyhow!("example policy: {e}"))?;
+    let p = oracle::parse(&src, policy::EXAMPLE_ORIGIN)?;
     if p.mode != mode {
         bail!("the example policy did not switch to {mode} mode");
     }
@@ -127,7 +132,7 @@ pub fn describe_tag(t: u32, policy: &CompiledPolicy) -> String {
     }
 }
 
-/// A frame on which kernel and reference disagree.
+/// A frame on which kernel, oracle and reference do not all agree.
 #[derive(Clone, Debug)]
 pub struct Mismatch {
     pub frame: Vec<u8>,
@@ -142,15 +147,36 @@ pub struct Mismatch {
     pub ifindex: u32,
     /// The skb's `gso_size` (0: not a GSO packet).
     pub gso_size: u32,
-    /// What the reference says: (action, tag).
+    /// What the oracle says: (action, tag).
     pub expected: (u32, u32),
+    /// What the reference says: (action, tag).
+    pub reference: (u32, u32),
     /// What the kernel did: (action, tag).
     pub got: (u32, u32),
-    /// The reference's outcome, `Debug`-printed.
+    /// The oracle's outcome, `Debug`-printed.
     pub outcome: String,
+    /// The reference's outcome, `Debug`-printed.
+    pub reference_outcome: String,
 }
 
 impl Mismatch {
+    /// Which of kernel, oracle and reference disagree, in words.
+    pub fn disagreement(&self) -> &'static str {
+        let outcomes_equal = self.outcome == self.reference_outcome;
+        match (self.got == self.expected, outcomes_equal) {
+            (false, true) => "the kernel disagrees with the oracle and the reference",
+            (true, false) if self.reference == self.got => {
+                "the reference's outcome differs from the oracle's (same action and tag as the kernel)"
+            }
+            (true, false) => "the reference disagrees with the kernel and the oracle",
+            (false, false) if self.reference == self.got => {
+                "the oracle disagrees with the kernel and the reference"
+            }
+            (false, false) => "kernel, oracle and reference all disagree",
+            (true, true) => "no disagreement",
+        }
+    }
+
     /// Everything a reader needs: what differs, the frame in hex and as a
     /// decoded header stack.
     pub fn report(&self, policy: &CompiledPolicy) -> String {
@@ -168,11 +194,18 @@ impl Mismatch {
                 .map(|k| format!(", {} case", k.name()))
                 .unwrap_or_default()
         );
+        let _ = writeln!(s, "  {}", self.disagreement());
+        let _ = writeln!(
+            s,
+            "  oracle:    {} / {}",
+            action_name(self.expected.0),
+            describe_tag(self.expected.1, policy)
+        );
         let _ = writeln!(
             s,
             "  reference: {} / {}",
-            action_name(self.expected.0),
-            describe_tag(self.expected.1, policy)
+            action_name(self.reference.0),
+            describe_tag(self.reference.1, policy)
         );
         let _ = writeln!(
             s,
@@ -183,7 +216,10 @@ impl Mismatch {
         if self.gso_size != 0 {
             let _ = writeln!(s, "  a GSO skb: gso_size {}", self.gso_size);
         }
-        let _ = writeln!(s, "  reference outcome: {}", self.outcome);
+        let _ = writeln!(s, "  oracle outcome:    {}", self.outcome);
+        if self.reference_outcome != self.outcome {
+            let _ = writeln!(s, "  reference outcome: {}", self.reference_outcome);
+        }
         let _ = writeln!(s, "  hex: {}", to_hex(&self.frame));
         s.push_str(&decode::describe(&self.frame));
         s
@@ -198,7 +234,7 @@ impl Mismatch {
             return Ok(path);
         }
         let mut text = String::from(
-            "# envfence differential regression case: kernel and reference disagreed.\n",
+            "# envfence differential regression case: kernel, oracle and reference disagreed.\n",
         );
         for line in self.report(policy).lines() {
             let _ = writeln!(text, "# {line}");
@@ -259,8 +295,8 @@ pub fn load_regressions(dir: &Path) -> Result<Vec<Regression>> {
 /// What one frame did.
 #[derive(Debug)]
 pub enum Checked {
-    /// Kernel and reference agree on every run; the reference's outcome
-    /// under the enforce policy.
+    /// Kernel, oracle and reference agree on every run; the oracle's
+    /// outcome under the enforce policy.
     Agreed(reference::Outcome),
     /// BPF_PROG_TEST_RUN refused the frame (EINVAL), as predicted by
     /// [`kernel_refuses`]: nothing to compare.
@@ -348,29 +384,35 @@ impl Engine {
         }
         let ifindex = on.map_or(0, |(_, i)| i);
         // Ingress checks the source on the node; egress never does.
-        let classify_in = |policy: &CompiledPolicy| match on {
-            Some((node, i)) => reference::classify_on(frame, policy, node, i),
-            None => reference::classify_skb(frame, skb, policy),
+        let ingress = |policy: &CompiledPolicy, o: &Oracle| match on {
+            Some((node, i)) => (
+                o.classify_on(frame, node, i),
+                reference::classify_on(frame, policy, node, i),
+            ),
+            None => (
+                o.classify_skb(frame, skb),
+                reference::classify_skb(frame, skb, policy),
+            ),
         };
-        let outcome_enforce = classify_in(&self.enforce.policy);
-        let outcome_audit = classify_in(&self.audit.policy);
         let mut mismatches = Vec::new();
-        for (h, outcome) in [
-            (&self.enforce, &outcome_enforce),
-            (&self.audit, &outcome_audit),
-        ] {
+        let mut agreed = None;
+        for h in [&self.enforce, &self.audit] {
+            let oracle = Oracle::of(&h.policy)?;
             let mode = h.policy.mode;
-            let egress_outcome = match on {
-                Some(_) if egress => Some(reference::classify_skb(frame, skb, &h.policy)),
-                _ => None,
-            };
-            let mut runs = vec![(Hook::Ingress, 0u32, outcome)];
+            let inbound = ingress(&h.policy, &oracle);
+            let mut runs = vec![(Hook::Ingress, 0u32, inbound.clone())];
             if egress {
-                let o = egress_outcome.as_ref().unwrap_or(outcome);
-                runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }, o));
+                let outbound = match on {
+                    Some(_) => (
+                        oracle.classify_skb(frame, skb),
+                        reference::classify_skb(frame, skb, &h.policy),
+                    ),
+                    None => inbound.clone(),
+                };
+                runs.push((Hook::Egress, if foreign_iif { 7 } else { 0 }, outbound));
             }
-            for (hook, iif, outcome) in runs {
-                let want = expected(outcome, &h.policy);
+            for (hook, iif, (said, ref_said)) in runs {
+                let want = expected(&said, &h.policy);
                 let on_dev = if hook == Hook::Ingress { ifindex } else { 0 };
                 let got = match h.run_ctx(hook, frame, iif, on_dev, gso_size) {
                     Ok(got) => got,
@@ -380,7 +422,7 @@ impl Engine {
                     ),
                     Err(e) => return Err(e),
                 };
-                if got != want {
+                if got != want || said != ref_said {
                     mismatches.push(Mismatch {
                         frame: frame.to_vec(),
                         kind: None,
@@ -391,21 +433,26 @@ impl Engine {
                         ifindex: on_dev,
                         gso_size,
                         expected: want,
+                        reference: expected(&ref_said, &h.policy),
                         got,
-                        outcome: format!("{outcome:?}"),
+                        outcome: format!("{said:?}"),
+                        reference_outcome: format!("{ref_said:?}"),
                     });
                 }
             }
+            // The first datapath's (normally enforce) ingress outcome.
+            if agreed.is_none() {
+                agreed = Some(inbound.0);
+            }
         }
-        Ok(if mismatches.is_empty() {
-            Checked::Agreed(outcome_enforce)
-        } else {
-            Checked::Mismatched(mismatches)
+        Ok(match agreed {
+            Some(outcome) if mismatches.is_empty() => Checked::Agreed(outcome),
+            _ => Checked::Mismatched(mismatches),
         })
     }
 }
 
-/// Coverage classes of the reference's outcome (enforce mode): the suite
+/// Coverage classes of the oracle's outcome (enforce mode): the suite
 /// requires every one of them to be hit, so that zero mismatches cannot come
 /// from a generator that misses a shape.
 pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {

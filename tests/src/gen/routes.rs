@@ -470,7 +470,9 @@ fn checked_class(
         Outcome::Spoofed(s) => Some(source_class(Some(s.found))),
         Outcome::Judged(_) => {
             // The outer addresses, as the check saw them.
-            let (src, dst) = envfence::policy::reference::outer_addresses(frame, policy)?;
+            let (src, dst) = crate::oracle::Oracle::of(policy)
+                .ok()?
+                .outer_addresses(frame)?;
             Some(source_class(node.check(ifindex, src, dst)))
         }
         _ => None,
