@@ -6,17 +6,12 @@
 use envfence::datapath::Hook;
 use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::ctdiff;
+use envfence_tests::fixture::root;
 use envfence_tests::testrun::{frame, KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// Conversations per `cargo test` run (`ENVFENCE_CT_CONVERSATIONS`
 /// overrides; `cargo xtask fuzz` runs more).
 const CONVERSATIONS: u64 = 100_000;
-
-fn root() {
-    if let Err(e) = envfence_tests::lab::require_root() {
-        panic!("{e:#}");
-    }
-}
 
 fn harness() -> KernelHarness {
     KernelHarness::stateful(ctdiff::first_policy().expect("policy")).expect("loading the datapath")
