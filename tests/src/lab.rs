@@ -88,19 +88,26 @@ impl PodSpec {
         }
     }
 
-    /// The pods of the example policy (agent/policy/example.yaml).
+    /// The pods of the example policy (agent/policy/example.yaml), at the
+    /// addresses [`crate::fixture::pod_addr`] derives from it.
     pub fn example_pods() -> Vec<PodSpec> {
-        let p = |name: &str, v4: [u8; 4], v6: [u16; 8]| {
-            PodSpec::new(name, Ipv4Addr::from(v4), Ipv6Addr::from(v6))
+        use crate::fixture::pod_addr;
+        let p = |name: &str, env: &str, n: u8| {
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) =
+                (pod_addr(env, Family::V4, n), pod_addr(env, Family::V6, n))
+            else {
+                unreachable!("pod_addr gives the family asked for")
+            };
+            PodSpec::new(name, v4, v6)
         };
         vec![
-            p("prod1", [10, 10, 1, 2], [0xfd00, 0x10, 1, 0, 0, 0, 0, 2]),
-            p("prod2", [10, 10, 2, 2], [0xfd00, 0x10, 2, 0, 0, 0, 0, 2]),
-            p("staging1", [10, 20, 1, 2], [0xfd00, 0x20, 1, 0, 0, 0, 0, 2]),
-            p("staging2", [10, 20, 2, 2], [0xfd00, 0x20, 2, 0, 0, 0, 0, 2]),
-            p("test1", [10, 30, 1, 2], [0xfd00, 0x30, 1, 0, 0, 0, 0, 2]),
-            p("dev1", [10, 40, 1, 2], [0xfd00, 0x40, 1, 0, 0, 0, 0, 2]),
-            p("ops1", [10, 0, 0, 2], [0xfd00, 0, 0, 1, 0, 0, 0, 2]),
+            p("prod1", "production", 1),
+            p("prod2", "production", 2),
+            p("staging1", "staging", 1),
+            p("staging2", "staging", 2),
+            p("test1", "test", 1),
+            p("dev1", "dev", 1),
+            p("ops1", "ops", 0),
         ]
     }
 

@@ -7,9 +7,11 @@
 pub mod agent;
 pub mod audit_rewrite;
 pub mod bench;
+pub mod cli;
 pub mod ctdiff;
 pub mod ctmodel;
 pub mod expect;
+pub mod fixture;
 pub mod lab;
 pub mod lifecycle;
 pub mod netns;

@@ -19,21 +19,13 @@
 //!
 //! Needs root; the agent binary is found as in `tests/tests/lab.rs`.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 use envfence_tests::agent::{agent_binary, Agent};
+use envfence_tests::fixture::agent_lock;
 use envfence_tests::gen::wire::{self, check_phase, table, Scenario};
 use envfence_tests::lab::{require_root, Lab};
-
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-/// One agent (and one lab) at a time: the probes' timing must not depend
-/// on other tests loading programs.
-fn agent_lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Runs `scenario` without and with the agent; returns the agent (still
 /// running, for metrics) and the lab. Field order of the tuple's users: the

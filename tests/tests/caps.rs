@@ -27,26 +27,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence::caps::{self, CapSet};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, LabProcess, PodSpec, NODE};
-
-/// One agent at a time: loading is CPU-heavy on a 2-CPU machine.
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-fn agent_lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn root() {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
-}
+use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::{wait_until, Family, Lab, LabProcess, PodSpec, NODE};
 
 fn workspace() -> PathBuf {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -8,16 +8,11 @@ use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::ctdiff;
 use envfence_tests::packet::{ip_frame, Packet};
 use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
+use envfence_tests::fixture::root;
 
 /// Conversations per `cargo test` run (`ENVFENCE_CT_CONVERSATIONS`
 /// overrides; `cargo xtask fuzz` runs more).
 const CONVERSATIONS: u64 = 100_000;
-
-fn root() {
-    if let Err(e) = envfence_tests::lab::require_root() {
-        panic!("{e:#}");
-    }
-}
 
 fn harness() -> KernelHarness {
     KernelHarness::stateful(ctdiff::first_policy().expect("policy")).expect("loading the datapath")

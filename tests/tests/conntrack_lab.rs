@@ -7,18 +7,12 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
+use envfence_tests::fixture::agent_lock;
 use envfence_tests::lab::{require_root, wait_until, Family, Lab};
-
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 const BLOCKED: Duration = Duration::from_millis(1000);
 
@@ -97,7 +91,7 @@ fn start(lab: &Lab, opts: &AgentOptions) -> Result<Agent> {
 #[test]
 fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result<()> {
     require_root()?;
-    let _g = lock();
+    let _g = agent_lock();
     let lab = Lab::example()?;
     let agent = start(&lab, &AgentOptions::default())?;
     for family in [Family::V4, Family::V6] {
@@ -139,7 +133,7 @@ fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result
 #[test]
 fn a_reload_without_the_dns_exception_stops_an_established_connection() -> Result<()> {
     require_root()?;
-    let _g = lock();
+    let _g = agent_lock();
     let lab = Lab::example()?;
     let dir = std::env::temp_dir().join(format!("{}-ctpolicy", lab.node_ns()));
     std::fs::create_dir_all(&dir)?;
@@ -196,7 +190,7 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     require_root()?;
-    let _g = lock();
+    let _g = agent_lock();
     let lab = Lab::example()?;
     let agent = start(&lab, &AgentOptions::default())?;
     let (t, p) = (ip(&lab, "test1", Family::V4), ip(&lab, "prod1", Family::V4));
@@ -272,7 +266,7 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
 #[test]
 fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> {
     require_root()?;
-    let _g = lock();
+    let _g = agent_lock();
     let lab = Lab::example()?;
     let dir = std::env::temp_dir().join(format!("{}-ctops", lab.node_ns()));
     std::fs::create_dir_all(&dir)?;
@@ -321,7 +315,7 @@ fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> 
 fn path_mtu_discovery_works_across_environments() -> Result<()> {
     use envfence_tests::netns;
     require_root()?;
-    let _g = lock();
+    let _g = agent_lock();
     let mut lab = Lab::example()?;
     lab.add_host("prodsrv")?;
     let router = "prod1";

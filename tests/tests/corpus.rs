@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::decode;
+use envfence_tests::fixture::root;
 use envfence_tests::gen::catalog::{catalog, gso_comment, gso_of_comment};
 use envfence_tests::gen::diff::{self, check_frames, regressions_dir, Engine};
 use envfence_tests::gen::{pcap, wire};
@@ -37,12 +38,6 @@ const MAX_REPLAY: usize = 3500;
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus")
-}
-
-fn root() {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
 }
 
 fn pcaps() -> Vec<PathBuf> {

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, METRICS_ADDR, READY_LINE};
-use envfence_tests::lab::{require_root, Family, Lab, NODE};
+use envfence_tests::fixture::root;
+use envfence_tests::lab::{Family, Lab, NODE};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- paths, tools
@@ -1555,9 +1556,7 @@ const FLOWS_PER_SECOND: f64 = 2000.0;
 /// then checks the measured figures against the DaemonSet's resources.
 #[test]
 fn agent_fits_in_its_resources() -> Result<()> {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
+    root();
     let objects = base_objects();
     let agent = agent_container(daemonset(&objects)).clone();
     let res = &agent["resources"];

@@ -14,6 +14,7 @@
 
 use envfence::datapath::Hook;
 use envfence::policy::{reference, Mode};
+use envfence_tests::fixture::root;
 use envfence_tests::gen::diff::{
     self, example_policy, load_regressions, regressions_dir, run_differential, Checked, Engine,
     Options, ALL_CLASSES,
@@ -27,12 +28,6 @@ use envfence_tests::oracle::{self, Oracle};
 const CASES: u64 = 250_000;
 /// Each outcome class must be hit at least this often.
 const MIN_PER_CLASS: u64 = 200;
-
-fn root() {
-    if let Err(e) = envfence_tests::lab::require_root() {
-        panic!("{e:#}");
-    }
-}
 
 fn seed() -> u64 {
     diff::seed_from_env()

@@ -12,6 +12,7 @@
 //! The seed is fixed (printed); `ENVFENCE_FUZZ_SEED` picks another;
 //! `cargo xtask fuzz` runs the same engine longer. Needs root.
 
+use envfence_tests::fixture::root;
 use envfence_tests::gen::diff::{self, Engine, Options};
 use envfence_tests::gen::routes::{run_on_routes, RouteLab, SOURCE_CLASSES};
 use envfence_tests::netns;
@@ -23,9 +24,7 @@ const MIN_PER_CLASS: u64 = 50;
 
 #[test]
 fn generated_frames_on_routed_interfaces_kernel_equals_reference() {
-    if let Err(e) = envfence_tests::lab::require_root() {
-        panic!("{e:#}");
-    }
+    root();
     let lab = RouteLab::new().expect("building the route lab");
     let seed = diff::seed_from_env();
     eprintln!("differential (routes): seed {seed:#x}, {CASES} cases");

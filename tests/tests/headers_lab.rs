@@ -26,23 +26,16 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use envfence_tests::agent::{agent_binary, proto, Agent};
 use envfence_tests::expect::Policy;
+use envfence_tests::fixture::agent_lock;
 use envfence_tests::gen::wire::{self, check_phase, table};
 use envfence_tests::gen::{pcap, VXLAN_LINUX_PORT};
 use envfence_tests::lab::{require_root, Family, Lab, PodSpec, NODE, POD_IF};
 use envfence_tests::netns::{self, set_gso_sizes, GsoSizes};
-
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-/// One agent (and one lab) at a time.
-fn agent_lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// BIG TCP's size limit on every veth of the path (what Cilium and the
 /// kernel's selftests use).

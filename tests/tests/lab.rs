@@ -7,28 +7,17 @@
 //! `target/<profile>/envfence` is used (`ENVFENCE_NO_BUILD=1` skips the
 //! build). Set `EFL_ECHO=1` to see the agent's stderr.
 //!
-//! Tests that run an agent hold [`AGENT_LOCK`]: one agent at a time, so
+//! Tests that run an agent hold [`agent_lock`]: one agent at a time, so
 //! they never compete for the kernel's attention or for CPU-heavy loading.
 
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::Duration;
 
 use anyhow::Result;
 use envfence_tests::agent::{agent_binary, proto, Agent};
-use envfence_tests::lab::{lab_namespaces, require_root, wait_until, Family, Lab, PodSpec};
-
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-fn agent_lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn root() {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
-}
+use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::{lab_namespaces, wait_until, Family, Lab, PodSpec};
 
 const BLOCKED: Duration = Duration::from_millis(1000);
 const PASSES: Duration = Duration::from_secs(5);

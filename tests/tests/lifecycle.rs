@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::lab::{require_root, wait_until, Lab, TcpListenHandle, UdpReceiver, NODE};
+use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::{wait_until, Lab, TcpListenHandle, UdpReceiver, NODE};
 use envfence_tests::lifecycle::{
     agent_options, bad_policy, base_policy, check_one_program_per_hook, count_opens, flip_policy,
     http_status, median_max, programs_using_map, tcx_census, wait_metric, write_atomically,
@@ -33,12 +34,6 @@ use envfence_tests::lifecycle::{
 };
 use envfence_tests::netns;
 use nix::sys::signal::Signal;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 const METRICS: &str = envfence_tests::agent::METRICS_ADDR;
 const GENERATION: &str = "envfence_policy_generation";
@@ -68,10 +63,8 @@ struct World {
 }
 
 fn world() -> Result<World> {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
-    let serial = serial();
+    root();
+    let serial = agent_lock();
     let bin = agent_binary()?;
     let lab = Lab::example()?;
     let pins = Pins::of(&lab)?;

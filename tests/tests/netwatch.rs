@@ -12,33 +12,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::{Link, LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::lab::{require_root, Lab};
+use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::Lab;
 use envfence_tests::netns;
 
 /// veth pairs created (so twice as many links).
 const PAIRS: usize = 100;
 /// Each event must arrive within this of the command that caused it.
 const DEADLINE: Duration = Duration::from_secs(1);
-
-/// One test at a time: the latencies are measured on an otherwise idle
-/// machine (as far as these tests are concerned).
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn root() {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
-}
 
 /// What the watcher thread reports.
 enum Report {
@@ -348,7 +335,7 @@ fn ip_links(ns: &str) -> Result<View> {
 #[test]
 fn hundred_veth_pairs_are_seen_within_a_second() {
     root();
-    let _serial = serial();
+    let _serial = agent_lock();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
     let (mut watcher, initial) = Watcher::start(&ns, None).expect("watcher");
@@ -495,7 +482,7 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
 #[test]
 fn overflow_is_resynchronised_not_lost() {
     root();
-    let _serial = serial();
+    let _serial = agent_lock();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
     // The smallest buffer the kernel allows: a burst cannot fit.

@@ -18,33 +18,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::peers::{PeerError, PeerEvent, PeerWatcher};
 use envfence::netwatch::{LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::lab::{require_root, Lab, PodSpec, POD_IF};
+use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::{Lab, PodSpec, POD_IF};
 use envfence_tests::netns;
 
 /// Each event must arrive within this of the command that caused it.
 const DEADLINE: Duration = Duration::from_secs(1);
 /// Changes timed one at a time.
 const TIMED: usize = 50;
-
-/// One test at a time: latencies on an otherwise idle lab.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn root() {
-    if let Err(e) = require_root() {
-        panic!("{e:#}");
-    }
-}
 
 fn pods() -> Vec<PodSpec> {
     vec![
@@ -457,7 +445,7 @@ impl Setup {
 #[test]
 fn peer_addresses_follow_the_pods() -> Result<()> {
     root();
-    let _serial = serial();
+    let _serial = agent_lock();
     let Setup {
         lab,
         node,
@@ -749,7 +737,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
 #[test]
 fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
     root();
-    let _serial = serial();
+    let _serial = agent_lock();
     // The smallest buffer the kernel allows.
     let Setup {
         lab,
@@ -899,7 +887,7 @@ fn without(lab: &Lab, cap: u32) -> Result<(PeerRef, Outcome)> {
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
     root();
-    let _serial = serial();
+    let _serial = agent_lock();
     let lab = Lab::new(&pods()[..1])?;
 
     let (_, outcome) = without(&lab, CAP_NET_BROADCAST)?;

@@ -12,20 +12,14 @@
 //! Needs root; the agent binary is found as in `tests/tests/lab.rs`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use envfence::policy::{self, Policy};
 use envfence_tests::agent::{agent_binary, Agent};
+use envfence_tests::fixture::agent_lock;
 use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing, NODE};
 use envfence_tests::spoof::unowned;
-
-static AGENT_LOCK: Mutex<()> = Mutex::new(());
-
-fn agent_lock() -> MutexGuard<'static, ()> {
-    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn example() -> Result<Policy> {
     policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)

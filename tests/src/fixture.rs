@@ -1,0 +1,97 @@
+//! What every integration test of `tests/tests/` starts from: the root
+//! check, the agent lock, and the example policy's addresses as the agent
+//! itself parses them (`agent/policy/example.yaml`), so that no test
+//! restates a CIDR of the policy.
+//!
+//! The example lab's pods (see [`crate::lab::PodSpec::example_pods`]) sit
+//! at host 2 of the n-th /24 (IPv4) or /48 (IPv6) of their environment's
+//! network: [`pod_addr`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use envfence::policy::{self, Policy};
+use ipnet::IpNet;
+
+use crate::lab::Family;
+
+/// Panics with the reason unless the test runs as root (every test of
+/// `tests/tests/` needs namespaces or eBPF).
+pub fn root() {
+    if let Err(e) = crate::netns::require_root() {
+        panic!("{e:#}");
+    }
+}
+
+static AGENT_LOCK: Mutex<()> = Mutex::new(());
+
+/// One agent (or one timing-sensitive test) at a time within a test
+/// binary: loading is CPU-heavy on a 2-CPU machine, and latencies are
+/// measured on an otherwise idle lab. A panicking holder does not poison it.
+pub fn agent_lock() -> MutexGuard<'static, ()> {
+    AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The embedded example policy, parsed by the agent's own parser.
+pub fn example_policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)
+            .unwrap_or_else(|e| panic!("the example policy does not parse: {e}"))
+    })
+}
+
+/// The example policy's network of `family` for environment `env` (its
+/// first CIDR of that family).
+pub fn env_net(env: &str, family: Family) -> IpNet {
+    let e = example_policy()
+        .environments
+        .iter()
+        .find(|e| e.name == env)
+        .unwrap_or_else(|| panic!("the example policy has no environment {env:?}"));
+    e.cidrs
+        .iter()
+        .copied()
+        .find(|c| Family::of(c.addr()) == family)
+        .unwrap_or_else(|| panic!("environment {env:?} has no {} network", family.name()))
+}
+
+/// [`env_net`] as text (`10.30.0.0/16`), for command lines.
+pub fn env_cidr(env: &str, family: Family) -> String {
+    env_net(env, family).to_string()
+}
+
+/// Host 2 of the `n`-th /24 (IPv4) or /48 (IPv6) of environment `env`:
+/// the address of the example lab's pod `n` of that environment (`n` = 0
+/// where the environment's network is that small itself, as `ops`'s).
+pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
+    let net = env_net(env, family);
+    let addr = match net {
+        IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(v4.network()) + (u32::from(n) << 8) + 2,
+        )),
+        IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(v6.network()) + (u128::from(n) << 80) + 2,
+        )),
+    };
+    assert!(
+        net.contains(&addr),
+        "pod {n} of {env:?} ({addr}) is outside {net}"
+    );
+    addr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_addresses_are_the_labs() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("a literal address");
+        assert_eq!(pod_addr("production", Family::V4, 1), ip("10.10.1.2"));
+        assert_eq!(pod_addr("production", Family::V6, 2), ip("fd00:10:2::2"));
+        assert_eq!(pod_addr("ops", Family::V4, 0), ip("10.0.0.2"));
+        assert_eq!(pod_addr("ops", Family::V6, 0), ip("fd00:0:0:1::2"));
+        assert_eq!(env_cidr("test", Family::V4), "10.30.0.0/16");
+    }
+}

@@ -1,0 +1,232 @@
+//! `envfence flows` as the real binary against a real agent in the lab:
+//! the stored events (golden tables, parsed JSON), filters, `--follow`.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Result};
+use envfence_tests::agent::agent_binary;
+use envfence_tests::cli::*;
+use envfence_tests::fixture::agent_lock;
+use envfence_tests::lab::{wait_until, NODE};
+use serde_json::Value;
+
+/// `flows` lists the stored events of the golden traffic (tables, JSON,
+/// JSON lines) and filters them; a bad filter is named before the agent is
+/// asked.
+#[test]
+fn flows_lists_and_filters_the_stored_events() -> Result<()> {
+    let _g = agent_lock();
+    let s = start(&[])?;
+    let sock = s.socket();
+    traffic(&s)?;
+    // --- flows
+    let all = cli_in(&s.lab, &["flows", "--socket", &sock])?.ok()?;
+    golden("flows_all.txt", &mask_times(&all.stdout))?;
+    let drops = cli_in(
+        &s.lab,
+        &[
+            "flows",
+            "--socket",
+            &sock,
+            "--verdict",
+            "drop",
+            "--from-env",
+            "test",
+        ],
+    )?
+    .ok()?;
+    golden("flows_test_drops.txt", &mask_times(&drops.stdout))?;
+
+    let j = cli_in(&s.lab, &["flows", "--socket", &sock, "-o", "json"])?
+        .ok()?
+        .json()?;
+    let events = j["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 9, "{j:#}");
+    assert_eq!(j["stored"], 9);
+    let first = &events[0];
+    assert_eq!(first["src"], "10.30.1.2");
+    assert_eq!(first["sport"], 40001);
+    assert_eq!(first["dport"], 9999);
+    assert_eq!(first["verdict"], "drop");
+    assert_eq!(first["rule"], "test-to-prod");
+    assert_eq!(first["interface"], "veth-test1");
+
+    let count = |args: &[&str]| -> Result<usize> {
+        let mut a = vec!["flows", "--socket", &sock, "-o", "json"];
+        a.extend_from_slice(args);
+        let j = cli_in(&s.lab, &a)?.ok()?.json()?;
+        Ok(j["events"].as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(
+        count(&["--ip", "10.30.0.0/16"])?,
+        5,
+        "test addresses on either side"
+    );
+    assert_eq!(count(&["--ip", "10.10.2.2"])?, 2);
+    assert_eq!(count(&["--ip", "fd00:40::/32"])?, 1);
+    assert_eq!(count(&["--port", "9999"])?, 4);
+    assert_eq!(count(&["--rule", "prod-to-test"])?, 1);
+    assert_eq!(count(&["--rule", "staging-to-prod,ops-to-prod"])?, 2);
+    assert_eq!(count(&["--verdict", "log"])?, 1);
+    assert_eq!(count(&["--to-env", "test"])?, 1);
+    assert_eq!(count(&["--proto", "icmp,icmpv6"])?, 2);
+    assert_eq!(count(&["--since", "10m"])?, 9);
+    assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"])?, 0);
+    assert_eq!(count(&["--since", "2000-01-01T00:00:00+01:00"])?, 9);
+    assert_eq!(count(&["--last", "2"])?, 2);
+    let jl = cli_in(
+        &s.lab,
+        &["flows", "--socket", &sock, "-o", "jsonl", "--last", "3"],
+    )?
+    .ok()?;
+    let lines: Vec<Value> = jl
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["proto"], "icmp");
+    // A bad filter is named before the agent is asked.
+    let bad = cli_in(&s.lab, &["flows", "--socket", &sock, "--ip", "10.0.0.300"])?.code(1)?;
+    assert!(bad.stderr.contains("10.0.0.300"), "{}", bad.stderr);
+    let bad = cli_in(
+        &s.lab,
+        &["flows", "--socket", &sock, "--verdict", "dropped"],
+    )?
+    .code(2)?;
+    assert!(bad.stderr.contains("dropped"), "{}", bad.stderr);
+    Ok(())
+}
+
+/// `flows --follow` prints the last stored match first, then each new
+/// flow as it comes (JSON lines, and a table with its header).
+#[test]
+fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
+    let _g = agent_lock();
+    let s = start(&[])?;
+    let sock = s.socket();
+    traffic(&s)?;
+    // --- follow: the last stored match first, then a new flow as it comes.
+    let mut cmd = Command::new(agent_binary()?);
+    cmd.args([
+        "flows",
+        "--socket",
+        &sock,
+        "--follow",
+        "-o",
+        "jsonl",
+        "--last",
+        "1",
+        "--from-env",
+        "test",
+    ]);
+    let follower = s.lab.spawn_in_ns(NODE, cmd)?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || !follower
+            .stdout_lines()
+            .is_empty()),
+        "no backlog line; stderr: {}",
+        follower.stderr_tail(10)
+    );
+    udp(
+        &s.lab,
+        "test1",
+        SocketAddr::new(ip("10.30.1.2"), 40100),
+        SocketAddr::new(ip("10.10.2.2"), 9998),
+        10,
+    )?;
+    // Not from test: must not show.
+    udp(
+        &s.lab,
+        "dev1",
+        SocketAddr::new(ip("10.40.1.2"), 40101),
+        SocketAddr::new(ip("10.10.2.2"), 9998),
+        10,
+    )?;
+    udp(
+        &s.lab,
+        "test1",
+        SocketAddr::new(ip("10.30.1.2"), 40102),
+        SocketAddr::new(ip("10.10.2.2"), 9998),
+        10,
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || follower.stdout_lines().len()
+            >= 3),
+        "follow printed {:?}; stderr: {}",
+        follower.stdout_lines(),
+        follower.stderr_tail(10)
+    );
+    let followed: Vec<Value> = follower
+        .stdout_lines()
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        followed[0]["proto"], "icmp",
+        "the backlog: the newest stored test flow"
+    );
+    assert_eq!(followed[1]["sport"], 40100);
+    assert_eq!(followed[2]["sport"], 40102);
+    assert_eq!(followed.len(), 3, "{followed:?}");
+    follower.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let _ = follower.wait_timeout(Duration::from_secs(5))?;
+
+    // A table follower prints the header, then each row as it comes.
+    let mut cmd = Command::new(agent_binary()?);
+    cmd.args(["flows", "--socket", &sock, "--follow", "--from-env", "dev"]);
+    let table_follower = s.lab.spawn_in_ns(NODE, cmd)?;
+    std::thread::sleep(Duration::from_millis(500));
+    udp(
+        &s.lab,
+        "dev1",
+        SocketAddr::new(ip("10.40.1.2"), 40104),
+        SocketAddr::new(ip("10.10.2.2"), 9998),
+        10,
+    )?;
+    ensure!(
+        wait_until(Duration::from_secs(10), || table_follower
+            .stdout_lines()
+            .len()
+            >= 2),
+        "table follow printed {:?}; stderr: {}",
+        table_follower.stdout_lines(),
+        table_follower.stderr_tail(10)
+    );
+    let lines = table_follower.stdout_lines();
+    assert!(lines[0].starts_with("TIME "), "{lines:?}");
+    assert!(
+        lines[1].contains("10.40.1.2:40104") && lines[1].contains("test-to-prod"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    table_follower.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let _ = table_follower.wait_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// A follower still connected does not hold the agent up: it stops in
+/// time, and the follower is told and exits 0.
+#[test]
+fn a_follower_does_not_hold_the_agent_up() -> Result<()> {
+    let _g = agent_lock();
+    let s = start(&[])?;
+    let sock = s.socket();
+    let mut cmd = Command::new(agent_binary()?);
+    cmd.args(["flows", "--socket", &sock, "--follow"]);
+    let follower = s.lab.spawn_in_ns(NODE, cmd)?;
+    std::thread::sleep(Duration::from_millis(500));
+    s.agent.stop(Duration::from_secs(10))?;
+    let status = follower
+        .wait_timeout(Duration::from_secs(10))?
+        .ok_or_else(|| anyhow!("the follower did not end with the agent"))?;
+    assert!(status.success(), "{status}: {}", follower.stderr_tail(5));
+    assert!(
+        follower.stderr_tail(5).contains("closed the stream"),
+        "{}",
+        follower.stderr_tail(5)
+    );
+    Ok(())
+}
