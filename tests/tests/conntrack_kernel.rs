@@ -6,9 +6,9 @@
 use envfence::datapath::Hook;
 use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::ctdiff;
+use envfence_tests::fixture::root;
 use envfence_tests::packet::{ip_frame, Packet};
 use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
-use envfence_tests::fixture::root;
 
 /// Conversations per `cargo test` run (`ENVFENCE_CT_CONVERSATIONS`
 /// overrides; `cargo xtask fuzz` runs more).

@@ -20,9 +20,9 @@ use envfence_tests::gen::diff::{
     Options, ALL_CLASSES,
 };
 use envfence_tests::gen::{kernel_refuses, to_hex};
+use envfence_tests::oracle::{self, Oracle};
 use envfence_tests::packet::{ethertype, ip_frame, Packet};
 use envfence_tests::testrun::KernelHarness;
-use envfence_tests::oracle::{self, Oracle};
 
 /// Cases compared per `cargo test` run.
 const CASES: u64 = 250_000;

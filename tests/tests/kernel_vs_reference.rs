@@ -15,9 +15,9 @@ use envfence_ebpf::{proto, stat, tag, verdict};
 use envfence_tests::gen::catalog::catalog;
 use envfence_tests::gen::diff::wrap_in_vlan;
 use envfence_tests::gen::kernel_refuses;
+use envfence_tests::oracle::{self, Oracle};
 use envfence_tests::packet::{ethertype, flat};
 use envfence_tests::testrun::{KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
-use envfence_tests::oracle::{self, Oracle};
 
 fn compiled(mode: Mode) -> CompiledPolicy {
     let src = match mode {

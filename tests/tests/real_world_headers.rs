@@ -12,9 +12,9 @@
 use envfence::datapath::Hook;
 use envfence::policy::{self, reference, CompiledPolicy, Mode};
 use envfence_ebpf::{proto, stat, verdict};
+use envfence_tests::oracle::{self, Oracle};
 use envfence_tests::packet::{ethertype, Ipv4, Ipv6, Packet};
 use envfence_tests::testrun::KernelHarness;
-use envfence_tests::oracle::{self, Oracle};
 
 const TEST4: [u8; 4] = [10, 30, 1, 2];
 const PROD4: [u8; 4] = [10, 10, 1, 2];
