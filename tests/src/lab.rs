@@ -25,6 +25,10 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sys::signal::Signal;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+pub mod metrics;
+pub mod pins;
+pub mod probe;
+
 use crate::netns::{self, MANUAL_OWNER};
 pub use crate::netns::{
     in_netns, is_root, lab_namespaces, require_root, sweep, sweep_leftovers, BPFFS_DIR, PREFIX,

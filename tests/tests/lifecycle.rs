@@ -26,11 +26,17 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent};
 use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::lab::metrics::{http_status, wait_metric};
+use envfence_tests::lab::pins::{
+    check_one_program_per_hook, programs_using_map, tcx_census, Pins, ABI, HOOKS,
+};
+use envfence_tests::lab::probe::{
+    median_max, Outcome, ProbeRecord, ProbeSpec, Prober, Tally, UdpStream,
+};
 use envfence_tests::lab::{wait_until, Lab, TcpListenHandle, UdpReceiver, NODE};
 use envfence_tests::lifecycle::{
-    agent_options, bad_policy, base_policy, check_one_program_per_hook, count_opens, flip_policy,
-    http_status, median_max, programs_using_map, tcx_census, wait_metric, write_atomically,
-    ConfigMapDir, Outcome, Pins, ProbeRecord, ProbeSpec, Prober, Tally, UdpStream, ABI, HOOKS,
+    agent_options, bad_policy, base_policy, count_opens, flip_policy, write_atomically,
+    ConfigMapDir,
 };
 use envfence_tests::netns;
 use nix::sys::signal::Signal;
