@@ -53,20 +53,7 @@ fn api_socket_is_for_root_and_its_group_only() -> Result<()> {
     let f = cli_in(&s.lab, &["flows", "--socket", &sock, "-o", "json"])?.ok()?;
     f.json()?;
     // Another user, not in the group: refused, and told why.
-    let outsider = run_cmd(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                &user.uid.to_string(),
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "--",
-            ])
-            .arg(&bin)
-            .args(["flows", "--socket", &sock]),
-    )?
-    .code(1)?;
+    let outsider = as_user(&bin, user.uid, 65534, &["flows", "--socket", &sock])?.code(1)?;
     assert!(
         outsider
             .stderr
@@ -80,20 +67,7 @@ fn api_socket_is_for_root_and_its_group_only() -> Result<()> {
         outsider.stderr
     );
     // status does not call an agent it cannot reach "down".
-    let st = run_cmd(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                &user.uid.to_string(),
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "--",
-            ])
-            .arg(&bin)
-            .args(["status", "--socket", &sock]),
-    )?
-    .code(1)?;
+    let st = as_user(&bin, user.uid, 65534, &["status", "--socket", &sock])?.code(1)?;
     assert!(
         st.stderr.contains(&format!("permission denied on {sock}")),
         "{}",
@@ -101,22 +75,26 @@ fn api_socket_is_for_root_and_its_group_only() -> Result<()> {
     );
     assert!(!st.stdout.contains("DOWN"), "{}", st.stdout);
     // The same user with the group: answered.
-    let member = run_cmd(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                &user.uid.to_string(),
-                "--regid",
-                &user.gid.to_string(),
-                "--clear-groups",
-                "--",
-            ])
-            .arg(&bin)
-            .args(["flows", "--socket", &sock, "-o", "json"]),
+    let member = as_user(
+        &bin,
+        user.uid,
+        user.gid,
+        &["flows", "--socket", &sock, "-o", "json"],
     )?
     .ok()?;
     member.json()?;
     Ok(())
+}
+
+/// `bin ARGS` run as `uid`:`gid` with no supplementary groups.
+fn as_user(bin: &std::path::Path, uid: u32, gid: u32, args: &[&str]) -> Result<Run> {
+    run_cmd(
+        Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+            .args(["--clear-groups", "--"])
+            .arg(bin)
+            .args(args),
+    )
 }
 
 /// A system user and group made for one test, removed when dropped.

@@ -42,19 +42,12 @@ fn explain_compares_a_file_with_what_is_loaded() -> Result<()> {
         envfence::policy::EXAMPLE_POLICY.replacen("verdict: drop", "verdict: allow", 1),
     )?;
     let other_s = other.display().to_string();
-    let agree = cli_in(
-        &s.lab,
-        &[
-            "explain",
-            "10.30.1.2",
-            "10.10.1.2",
-            "--port",
-            "5432",
-            "--state-dir",
-            &state,
-            "--config",
-            &s.policy.display().to_string(),
-        ],
+    let agree = explain_5432(
+        &s,
+        "10.30.1.2",
+        &state,
+        &s.policy.display().to_string(),
+        &[],
     )?
     .ok()?;
     assert!(
@@ -62,44 +55,15 @@ fn explain_compares_a_file_with_what_is_loaded() -> Result<()> {
         "{}",
         agree.stdout
     );
-    let disagree = cli_in(
-        &s.lab,
-        &[
-            "explain",
-            "10.30.1.2",
-            "10.10.1.2",
-            "--port",
-            "5432",
-            "--state-dir",
-            &state,
-            "--config",
-            &other_s,
-        ],
-    )?
-    .code(3)?;
+    let disagree = explain_5432(&s, "10.30.1.2", &state, &other_s, &[])?.code(3)?;
     golden(
         "explain_disagree.txt",
         &normalize_paths(&disagree.stdout, s.tmp.path()),
     )?;
     assert!(disagree.stderr.contains("DISAGREE"), "{}", disagree.stderr);
-    let dj = cli_in(
-        &s.lab,
-        &[
-            "explain",
-            "10.30.1.2",
-            "10.10.1.2",
-            "--port",
-            "5432",
-            "--state-dir",
-            &state,
-            "--config",
-            &other_s,
-            "-o",
-            "json",
-        ],
-    )?
-    .code(3)?
-    .json()?;
+    let dj = explain_5432(&s, "10.30.1.2", &state, &other_s, &["-o", "json"])?
+        .code(3)?
+        .json()?;
     assert_eq!(dj["agree"], false);
     assert_eq!(dj["kernel"]["verdict"], "drop");
     assert_eq!(dj["file"]["verdict"], "allow");
@@ -113,28 +77,30 @@ fn explain_compares_a_file_with_what_is_loaded() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(diffs, ["verdict: kernel drop, file allow"]);
     // A flow the change does not touch still agrees.
-    cli_in(
-        &s.lab,
-        &[
-            "explain",
-            "10.20.1.2",
-            "10.10.1.2",
-            "--proto",
-            "udp",
-            "--port",
-            "5432",
-            "--state-dir",
-            &state,
-            "--config",
-            &other_s,
-        ],
-    )?
-    .ok()?;
+    explain_5432(&s, "10.20.1.2", &state, &other_s, &["--proto", "udp"])?.ok()?;
     Ok(())
 }
 
 /// agent's own ingress program; the counter cell that moved and the event's
 /// rule must be explain's.
+/// `envfence explain SRC 10.10.1.2 --port 5432` in the node namespace,
+/// comparing with the policy file `config`, plus `extra` arguments.
+fn explain_5432(s: &Setup, src: &str, state: &str, config: &str, extra: &[&str]) -> Result<Run> {
+    let mut args = vec![
+        "explain",
+        src,
+        "10.10.1.2",
+        "--port",
+        "5432",
+        "--state-dir",
+        state,
+        "--config",
+        config,
+    ];
+    args.extend_from_slice(extra);
+    cli_in(&s.lab, &args)
+}
+
 fn check_explain_against_the_kernel(s: &Setup, status: &Value) -> Result<()> {
     let prog = status["interfaces"][0]["hooks"]
         .as_array()
