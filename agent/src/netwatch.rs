@@ -42,6 +42,7 @@
 //! namespace's nsid as seen from the watched one. [`peers::PeerWatcher`]
 //! follows the addresses configured on those other ends.
 
+mod netlink;
 pub mod peers;
 pub mod route_query;
 pub use peers::{PeerEvent, PeerWatcher};
@@ -51,15 +52,18 @@ use std::io;
 use std::time::Duration;
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
-    NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use nix::sys::socket::{getsockopt, setsockopt, sockopt};
-use nix::sys::time::TimeVal;
+use netlink_sys::Socket;
 use tokio::io::unix::AsyncFd;
+
+use netlink::{
+    next_seq, recv_datagram, register, send, DumpEnd, DumpError, DumpOps, DumpReader, Kind,
+    SocketError, Subscription, MAX_DUMP_ATTEMPTS,
+};
 
 /// Receive buffer requested for the notification socket, in bytes (the
 /// kernel doubles it for bookkeeping). About 2 000 link notifications fit
@@ -69,10 +73,6 @@ pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// How long the initial (blocking) dump may wait for the kernel.
 pub const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many times a link dump interrupted by a concurrent change
-/// (`NLM_F_DUMP_INTR`) is retried before [`NetwatchError::DumpInterrupted`].
-const MAX_DUMP_ATTEMPTS: u32 = 8;
 
 /// `RTM_NEWLINK` (`linux/rtnetlink.h`).
 const RTM_NEWLINK: u16 = 16;
@@ -182,35 +182,61 @@ fn socket_error(op: &'static str) -> impl FnOnce(io::Error) -> NetwatchError {
     move |source| NetwatchError::Socket { op, source }
 }
 
+impl From<SocketError> for NetwatchError {
+    fn from(SocketError { op, source }: SocketError) -> NetwatchError {
+        NetwatchError::Socket { op, source }
+    }
+}
+
+impl From<DumpError> for NetwatchError {
+    fn from(e: DumpError) -> NetwatchError {
+        match e {
+            DumpError::Socket(e) => e.into(),
+            DumpError::Refused(errno) => {
+                NetwatchError::DumpRefused(io::Error::from_raw_os_error(errno))
+            }
+            DumpError::Malformed(reason) => NetwatchError::Malformed(reason),
+            DumpError::Interrupted(attempts) => NetwatchError::DumpInterrupted { attempts },
+        }
+    }
+}
+
+/// What the link watcher decodes: `RTM_NEWLINK` and `RTM_DELLINK`.
+const LINKS: Kind<Link> = Kind {
+    new: RTM_NEWLINK,
+    del: RTM_DELLINK,
+    parse: parse_link,
+    what: "link",
+    receive: "receiving link notifications",
+};
+
+/// The names of the link dump's operations.
+const LINK_DUMP: DumpOps = DumpOps {
+    send: "sending the link dump request",
+    receive: "receiving the link dump",
+};
+
 /// Watches the links of one network namespace. See the [module docs](self).
 pub struct LinkWatcher {
-    /// Subscribed to `RTNLGRP_LINK`; never sends.
-    events: AsyncFd<Socket>,
+    /// To `RTNLGRP_LINK`.
+    events: Subscription,
     /// Sends the `RTM_GETLINK` dumps; subscribed to nothing.
     dumper: AsyncFd<Socket>,
-    events_buf: Vec<u8>,
     dump_buf: Vec<u8>,
     /// Decoded events not yet returned by [`LinkWatcher::next`].
     pending: VecDeque<LinkEvent>,
-    /// Set when notifications were lost; cleared once the `Resync` is
-    /// queued, so an interrupted resync (error, cancelled future) is redone.
-    resync_needed: bool,
     /// Sequence number of a dump whose answer was not read to the end
     /// (cancelled or failed); it is read out before the next dump, since
     /// the kernel runs one dump per socket at a time.
     dump_in_flight: Option<u32>,
     seq: u32,
-    resyncs: u64,
-    receive_buffer: usize,
 }
 
 impl std::fmt::Debug for LinkWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LinkWatcher")
             .field("pending", &self.pending.len())
-            .field("resync_needed", &self.resync_needed)
-            .field("resyncs", &self.resyncs)
-            .field("receive_buffer", &self.receive_buffer)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -239,60 +265,37 @@ impl LinkWatcher {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(NetwatchError::NoRuntime);
         }
-        let kernel = SocketAddr::new(0, 0);
-
         // Subscribe first: from here on every change is queued for us.
-        let mut events =
-            Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the event socket"))?;
-        let receive_buffer = set_receive_buffer(&events, bytes)?;
-        events
-            .bind_auto()
-            .map_err(socket_error("binding the event socket"))?;
-        events
-            .add_membership(RTNLGRP_LINK)
-            .map_err(socket_error("joining RTNLGRP_LINK"))?;
-        events
-            .connect(&kernel)
-            .map_err(socket_error("connecting the event socket to the kernel"))?;
-        events
-            .set_non_blocking(true)
-            .map_err(socket_error("making the event socket non-blocking"))?;
-
+        let (events, receive_buffer) =
+            netlink::event_socket(bytes, &[(RTNLGRP_LINK, "joining RTNLGRP_LINK")], |_| {
+                Ok::<_, NetwatchError>(())
+            })?;
         // Then dump, on a socket of its own (blocking for this first dump).
-        let mut dumper =
-            Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
-        dumper
-            .bind_auto()
-            .map_err(socket_error("binding the dump socket"))?;
-        dumper
-            .connect(&kernel)
-            .map_err(socket_error("connecting the dump socket to the kernel"))?;
-        let timeout = TimeVal::new(
-            DUMP_TIMEOUT.as_secs() as libc::time_t,
-            libc::suseconds_t::from(DUMP_TIMEOUT.subsec_micros()),
-        );
-        setsockopt(&dumper, sockopt::ReceiveTimeout, &timeout)
-            .map_err(|e| socket_error("setting SO_RCVTIMEO")(e.into()))?;
+        let dumper = netlink::dump_socket(false)?;
         let mut seq = 0;
         let mut dump_buf = Vec::with_capacity(64 << 10);
-        let links = dump_blocking(&dumper, &mut dump_buf, &mut seq)?;
+        let links = netlink::dump_blocking(
+            &dumper,
+            &mut dump_buf,
+            &mut seq,
+            &LINK_DUMP,
+            &LINKS,
+            dump_request,
+            |link| Ok(Some(link)),
+        )?;
         dumper
             .set_non_blocking(true)
             .map_err(socket_error("making the dump socket non-blocking"))?;
 
         let watcher = LinkWatcher {
-            events: register(events).map_err(socket_error("registering the event socket"))?,
+            events: Subscription::new(events, receive_buffer, 64 << 10)?,
             dumper: register(dumper).map_err(socket_error("registering the dump socket"))?,
-            events_buf: Vec::with_capacity(64 << 10),
             dump_buf,
             pending: VecDeque::new(),
-            resync_needed: false,
             dump_in_flight: None,
             seq,
-            resyncs: 0,
-            receive_buffer,
         };
-        Ok((watcher, links))
+        Ok((watcher, by_ifindex(links)))
     }
 
     /// The next link event. Waits (without polling) until there is one.
@@ -306,75 +309,44 @@ impl LinkWatcher {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            if self.resync_needed {
+            if self.events.resync_needed {
                 self.resync().await?;
                 continue;
             }
-            let from = match recv_datagram(&self.events, &mut self.events_buf).await {
-                Ok(from) => from,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    tracing::warn!(
-                        "link notifications were dropped by the kernel (receive buffer full); \
-                         resynchronising"
-                    );
-                    self.resync_needed = true;
-                    continue;
-                }
-                Err(e) => return Err(socket_error("receiving link notifications")(e)),
-            };
-            if from.port_number() != 0 {
-                tracing::warn!(
-                    port = from.port_number(),
-                    "dropping a netlink datagram not sent by the kernel"
-                );
-                continue;
-            }
-            let (messages, broken) = parse_datagram(&self.events_buf);
-            for message in messages {
-                match message.body {
-                    Body::NewLink(link) => self.pending.push_back(LinkEvent::Added(link)),
-                    Body::DelLink(link) => self.pending.push_back(LinkEvent::Removed {
+            let (changes, _) = self.events.next(&LINKS).await?;
+            self.pending
+                .extend(changes.into_iter().map(|(new, link)| match new {
+                    true => LinkEvent::Added(link),
+                    false => LinkEvent::Removed {
                         name: link.name,
                         ifindex: link.ifindex,
-                    }),
-                    Body::Malformed(reason) => {
-                        tracing::warn!("undecodable link notification ({reason}); resynchronising");
-                        self.resync_needed = true;
-                    }
-                    Body::Overrun => self.resync_needed = true,
-                    Body::Done(_) | Body::Error(_) | Body::Ignored => {}
-                }
-            }
-            if let Some(reason) = broken {
-                tracing::warn!("undecodable netlink datagram ({reason}); resynchronising");
-                self.resync_needed = true;
-            }
+                    },
+                }));
         }
     }
 
     /// How many [`LinkEvent::Resync`]s this watcher has emitted.
     pub fn resyncs(&self) -> u64 {
-        self.resyncs
+        self.events.resyncs
     }
 
     /// The effective receive buffer of the notification socket, in bytes, as
     /// the kernel reports it (twice the requested size).
     pub fn receive_buffer(&self) -> usize {
-        self.receive_buffer
+        self.events.receive_buffer
     }
 
     /// Discards the queued notifications (they may precede lost ones, which
     /// would make them lie), dumps the links and queues the `Resync`.
     async fn resync(&mut self) -> Result<(), NetwatchError> {
-        let discarded = drain(self.events.get_ref());
+        let discarded = self.events.drain();
         let links = self.dump().await?;
         tracing::info!(
             discarded,
             links = links.len(),
             "link watcher resynchronised"
         );
-        self.resync_needed = false;
-        self.resyncs += 1;
+        self.events.resynced();
         self.pending.push_back(LinkEvent::Resync(links));
         Ok(())
     }
@@ -383,23 +355,25 @@ impl LinkWatcher {
     async fn dump(&mut self) -> Result<Vec<Link>, NetwatchError> {
         if let Some(seq) = self.dump_in_flight {
             // Read out the abandoned dump: the kernel runs one per socket.
-            match self.read_dump(seq).await {
-                Ok(_) | Err(NetwatchError::Malformed(_) | NetwatchError::DumpRefused(_)) => {}
-                Err(e) => return Err(e),
-            }
+            self.read_dump(seq).await?;
         }
         for _ in 0..MAX_DUMP_ATTEMPTS {
             let seq = next_seq(&mut self.seq);
-            let request = dump_request(seq);
-            send(&self.dumper, &request)
+            send(&self.dumper, &dump_request(seq))
                 .await
-                .map_err(socket_error("sending the link dump request"))?;
+                .map_err(socket_error(LINK_DUMP.send))?;
             self.dump_in_flight = Some(seq);
             match self.read_dump(seq).await? {
-                DumpOutcome::Complete(links) => return Ok(links),
-                DumpOutcome::Interrupted => {
+                DumpEnd::Complete(links) => return Ok(by_ifindex(links)),
+                DumpEnd::Interrupted => {
                     tracing::debug!("link dump interrupted by a concurrent change; retrying");
                 }
+                DumpEnd::Refused(errno) => {
+                    return Err(NetwatchError::DumpRefused(io::Error::from_raw_os_error(
+                        errno,
+                    )))
+                }
+                DumpEnd::Malformed(reason) => return Err(NetwatchError::Malformed(reason)),
             }
         }
         Err(NetwatchError::DumpInterrupted {
@@ -408,165 +382,27 @@ impl LinkWatcher {
     }
 
     /// Reads the answer to dump `seq` up to its end.
-    async fn read_dump(&mut self, seq: u32) -> Result<DumpOutcome, NetwatchError> {
+    async fn read_dump(&mut self, seq: u32) -> Result<DumpEnd<Link>, NetwatchError> {
         let mut reader = DumpReader::new(seq);
         loop {
             let from = recv_datagram(&self.dumper, &mut self.dump_buf)
                 .await
-                .map_err(socket_error("receiving the link dump"))?;
+                .map_err(socket_error(LINK_DUMP.receive))?;
             if from.port_number() != 0 {
                 continue;
             }
-            if let Some(outcome) = reader.feed(&self.dump_buf) {
+            if let Some(end) = reader.feed(&LINKS, &self.dump_buf, |link| Ok(Some(link))) {
                 self.dump_in_flight = None;
-                return outcome;
+                return Ok(end);
             }
         }
     }
 }
 
-fn next_seq(seq: &mut u32) -> u32 {
-    *seq = seq.wrapping_add(1).max(1);
-    *seq
-}
-
-/// The first dump, on the still blocking dump socket.
-fn dump_blocking(
-    socket: &Socket,
-    buf: &mut Vec<u8>,
-    seq: &mut u32,
-) -> Result<Vec<Link>, NetwatchError> {
-    for _ in 0..MAX_DUMP_ATTEMPTS {
-        let seq = next_seq(seq);
-        let request = dump_request(seq);
-        let sent = socket
-            .send(&request, 0)
-            .map_err(socket_error("sending the link dump request"))?;
-        if sent != request.len() {
-            return Err(socket_error("sending the link dump request")(
-                io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    format!("sent {sent} of {} bytes", request.len()),
-                ),
-            ));
-        }
-        let mut reader = DumpReader::new(seq);
-        let outcome = loop {
-            let from = recv_whole(socket, buf).map_err(|e| {
-                let e = if e.kind() == io::ErrorKind::WouldBlock {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer from the kernel within {DUMP_TIMEOUT:?}"),
-                    )
-                } else {
-                    e
-                };
-                socket_error("receiving the link dump")(e)
-            })?;
-            if from.port_number() != 0 {
-                continue;
-            }
-            if let Some(outcome) = reader.feed(buf) {
-                break outcome?;
-            }
-        };
-        match outcome {
-            DumpOutcome::Complete(links) => return Ok(links),
-            DumpOutcome::Interrupted => {
-                tracing::debug!("link dump interrupted by a concurrent change; retrying");
-            }
-        }
-    }
-    Err(NetwatchError::DumpInterrupted {
-        attempts: MAX_DUMP_ATTEMPTS,
-    })
-}
-
-/// How a link dump ended.
-#[derive(Debug, PartialEq, Eq)]
-enum DumpOutcome {
-    /// Every link, sorted by ifindex.
-    Complete(Vec<Link>),
-    /// The kernel flagged the dump as inconsistent (`NLM_F_DUMP_INTR`).
-    Interrupted,
-}
-
-/// Collects the answer to one link dump from the datagrams fed to it.
-struct DumpReader {
-    seq: u32,
-    links: BTreeMap<u32, Link>,
-    interrupted: bool,
-    malformed: Option<String>,
-}
-
-impl DumpReader {
-    fn new(seq: u32) -> DumpReader {
-        DumpReader {
-            seq,
-            links: BTreeMap::new(),
-            interrupted: false,
-            malformed: None,
-        }
-    }
-
-    /// Takes one datagram; returns how the dump ended once its end is seen.
-    fn feed(&mut self, datagram: &[u8]) -> Option<Result<DumpOutcome, NetwatchError>> {
-        let (messages, broken) = parse_datagram(datagram);
-        for message in messages {
-            if message.seq != self.seq {
-                continue; // the tail of an abandoned earlier dump
-            }
-            if message.flags & NLM_F_DUMP_INTR != 0 {
-                self.interrupted = true;
-            }
-            match message.body {
-                Body::NewLink(link) => {
-                    self.links.insert(link.ifindex, link);
-                }
-                Body::Malformed(reason) => {
-                    // Read on to the end of the dump, then report it.
-                    self.malformed.get_or_insert(reason);
-                }
-                Body::Done(0) | Body::Error(None) => {
-                    return Some(match self.malformed.take() {
-                        Some(reason) => Err(NetwatchError::Malformed(reason)),
-                        None if self.interrupted => Ok(DumpOutcome::Interrupted),
-                        None => Ok(DumpOutcome::Complete(
-                            std::mem::take(&mut self.links).into_values().collect(),
-                        )),
-                    });
-                }
-                Body::Done(code) | Body::Error(Some(code)) => {
-                    return Some(Err(NetwatchError::DumpRefused(
-                        io::Error::from_raw_os_error(code.saturating_neg()),
-                    )));
-                }
-                Body::DelLink(_) | Body::Overrun | Body::Ignored => {}
-            }
-        }
-        // The end of the dump may be in what could not be framed: give up
-        // on it (a next dump on this socket may then be refused with EBUSY
-        // until the kernel is done with this one).
-        broken.map(|reason| Err(NetwatchError::Malformed(reason)))
-    }
-}
-
-/// Registers `socket` with the tokio reactor of the current runtime.
-fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
-    // SAFETY: `Socket` owns its descriptor (it closes it on drop, never
-    // earlier), its `as_raw_fd` always returns that same descriptor, and
-    // nothing here replaces or closes it while the `AsyncFd` owns it.
-    unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)
-}
-
-/// Sets the receive buffer of `socket` and returns the effective size.
-fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<usize, NetwatchError> {
-    if let Err(errno) = setsockopt(socket, sockopt::RcvBufForce, &bytes) {
-        tracing::debug!(%errno, "SO_RCVBUFFORCE refused; using SO_RCVBUF");
-        setsockopt(socket, sockopt::RcvBuf, &bytes)
-            .map_err(|e| socket_error("setting SO_RCVBUF")(e.into()))?;
-    }
-    getsockopt(socket, sockopt::RcvBuf).map_err(|e| socket_error("reading SO_RCVBUF")(e.into()))
+/// A dump's links sorted by ifindex, the last message about each kept.
+fn by_ifindex(links: Vec<Link>) -> Vec<Link> {
+    let sorted: BTreeMap<u32, Link> = links.into_iter().map(|l| (l.ifindex, l)).collect();
+    sorted.into_values().collect()
 }
 
 /// The `RTM_GETLINK` dump request with sequence number `seq`.
@@ -582,160 +418,6 @@ fn dump_request(seq: u32) -> Vec<u8> {
     let mut buf = vec![0; message.buffer_len()];
     message.serialize(&mut buf);
     buf
-}
-
-async fn send(socket: &AsyncFd<Socket>, data: &[u8]) -> io::Result<()> {
-    loop {
-        let mut guard = socket.writable().await?;
-        match guard.try_io(|s| s.get_ref().send(data, 0)) {
-            Ok(result) => {
-                let sent = result?;
-                if sent != data.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("sent {sent} of {} bytes", data.len()),
-                    ));
-                }
-                return Ok(());
-            }
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-/// Receives one datagram into `buf` (grown to fit it, so nothing is ever
-/// truncated) and returns its sender.
-async fn recv_datagram(socket: &AsyncFd<Socket>, buf: &mut Vec<u8>) -> io::Result<SocketAddr> {
-    loop {
-        let mut guard = socket.readable().await?;
-        match guard.try_io(|s| recv_whole(s.get_ref(), buf)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-/// Non-blocking: peeks at the size of the next datagram, makes room for it
-/// in `buf` and reads it.
-fn recv_whole(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<SocketAddr> {
-    let mut probe: &mut [u8] = &mut [];
-    let size = socket.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-    buf.clear();
-    buf.reserve(size);
-    let (len, from) = socket.recv_from(buf, libc::MSG_TRUNC)?;
-    if len > buf.len() {
-        // Cannot happen with a single reader; never hand out a partial one.
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "netlink datagram truncated ({len} bytes, {} read)",
-                buf.len()
-            ),
-        ));
-    }
-    Ok(from)
-}
-
-/// Reads and discards every queued datagram of the non-blocking `socket`.
-/// Returns how many were discarded.
-fn drain(socket: &Socket) -> usize {
-    let mut scratch: &mut [u8] = &mut [];
-    let mut discarded = 0;
-    loop {
-        match socket.recv(&mut scratch, libc::MSG_TRUNC) {
-            Ok(_) => discarded += 1,
-            // Another overflow while draining: what it lost is older than
-            // the dump that follows.
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return discarded, // WouldBlock: empty
-        }
-    }
-}
-
-/// One decoded netlink message (its body decoded by the watcher that
-/// received it: [`Body`] for links).
-#[derive(Debug, PartialEq, Eq)]
-struct Message<B = Body> {
-    seq: u32,
-    flags: u16,
-    body: B,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Body {
-    NewLink(Link),
-    DelLink(Link),
-    /// `NLMSG_DONE` with its error code (0 or a negative errno).
-    Done(i32),
-    /// `NLMSG_ERROR`: `None` for an ACK, else the negative errno.
-    Error(Option<i32>),
-    Overrun,
-    /// A message whose header is sound but whose payload is not.
-    Malformed(String),
-    /// Anything else, and link messages of other families (`AF_BRIDGE`
-    /// port notifications, whose `RTM_DELLINK` does not delete a link).
-    Ignored,
-}
-
-/// Decodes the messages of one datagram. A message whose payload cannot be
-/// decoded is returned as [`Body::Malformed`]; if the framing itself is
-/// broken, returns the messages before it and why.
-fn parse_datagram(buf: &[u8]) -> (Vec<Message>, Option<String>) {
-    parse_messages(buf, parse_body, Body::Malformed)
-}
-
-/// Splits a datagram into its messages and decodes each payload with
-/// `parse_body` (`malformed` wraps why one could not be decoded); if the
-/// framing itself is broken, returns the messages before it and why.
-fn parse_messages<B>(
-    buf: &[u8],
-    parse_body: impl Fn(u16, &[u8]) -> Result<B, String>,
-    malformed: impl Fn(String) -> B,
-) -> (Vec<Message<B>>, Option<String>) {
-    let mut messages = Vec::new();
-    let mut offset = 0;
-    while offset < buf.len() {
-        let nl = match NetlinkBuffer::new_checked(&buf[offset..]) {
-            Ok(nl) => nl,
-            Err(e) => return (messages, Some(e.to_string())),
-        };
-        let length = nl.length() as usize;
-        let payload = &buf[offset + 16..offset + length];
-        let body = parse_body(nl.message_type(), payload).unwrap_or_else(&malformed);
-        messages.push(Message {
-            seq: nl.sequence_number(),
-            flags: nl.flags(),
-            body,
-        });
-        // NLMSG_ALIGN; `length` is at least the 16-byte header.
-        offset += (length + 3) & !3;
-    }
-    (messages, None)
-}
-
-/// The error code (0 or a negative errno) of an `NLMSG_DONE` or
-/// `NLMSG_ERROR` payload; the kernel may send an empty `NLMSG_DONE`.
-fn control_code(message_type: u16, payload: &[u8]) -> Result<i32, String> {
-    if message_type == NLMSG_DONE && payload.is_empty() {
-        return Ok(0);
-    }
-    payload
-        .get(..4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_ne_bytes)
-        .ok_or_else(|| format!("netlink message type {message_type} shorter than 4 bytes"))
-}
-
-fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
-    Ok(match message_type {
-        RTM_NEWLINK => parse_link(payload)?.map_or(Body::Ignored, Body::NewLink),
-        RTM_DELLINK => parse_link(payload)?.map_or(Body::Ignored, Body::DelLink),
-        NLMSG_DONE => Body::Done(control_code(message_type, payload)?),
-        NLMSG_ERROR => Body::Error(Some(control_code(message_type, payload)?).filter(|&c| c != 0)),
-        NLMSG_OVERRUN => Body::Overrun,
-        _ => Body::Ignored,
-    })
 }
 
 /// Decodes an `RTM_NEWLINK`/`RTM_DELLINK` payload with netlink-packet-route;
@@ -865,25 +547,13 @@ fn peer_ref(pair: bool, link: Option<u32>, netnsid: Option<i32>) -> Option<PeerR
 
 #[cfg(test)]
 mod tests {
+    use super::netlink::test_frames::{frame, raw_nla};
+    use super::netlink::Body;
     use super::*;
-    use netlink_packet_core::{Emitable, NLM_F_MULTIPART};
+    use netlink_packet_core::{
+        Emitable, NetlinkBuffer, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR, NLM_F_MULTIPART,
+    };
     use netlink_packet_route::link::LinkHeader;
-
-    /// A netlink message of `message_type` around `payload`.
-    fn frame(message_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let len = 16 + payload.len();
-        let mut out = Vec::new();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&message_type.to_ne_bytes());
-        out.extend_from_slice(&flags.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out
-    }
 
     fn link_payload(family: AddressFamily, index: u32, up: bool, name: &str) -> Vec<u8> {
         let header = LinkHeader {
@@ -905,17 +575,6 @@ mod tests {
         let mut buf = vec![0; message.buffer_len()];
         message.emit(&mut buf);
         buf
-    }
-
-    fn raw_nla(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out
     }
 
     fn link(name: &str, ifindex: u32, up: bool) -> Link {
@@ -941,14 +600,14 @@ mod tests {
             0,
             &link_payload(AddressFamily::Unspec, 8, false, "veth1"),
         ));
-        let (messages, malformed) = parse_datagram(&datagram);
+        let (messages, malformed) = LINKS.parse_datagram(&datagram);
         assert_eq!(malformed, None);
-        let bodies: Vec<Body> = messages.into_iter().map(|m| m.body).collect();
+        let bodies: Vec<Body<_>> = messages.into_iter().map(|m| m.body).collect();
         assert_eq!(
             bodies,
             vec![
-                Body::NewLink(link("veth0", 7, true)),
-                Body::DelLink(link("veth1", 8, false)),
+                Body::New(link("veth0", 7, true)),
+                Body::Del(link("veth1", 8, false)),
             ]
         );
     }
@@ -962,7 +621,7 @@ mod tests {
             0,
             &link_payload(AddressFamily::Bridge, 9, true, "veth2"),
         );
-        let (messages, malformed) = parse_datagram(&datagram);
+        let (messages, malformed) = LINKS.parse_datagram(&datagram);
         assert_eq!(malformed, None);
         assert_eq!(messages[0].body, Body::Ignored);
     }
@@ -977,9 +636,9 @@ mod tests {
         payload.extend(raw_nla(4, &[1, 2]));
         payload.extend(raw_nla(IFLA_IFNAME, b"eth9\0"));
         assert!(LinkMessage::parse(&payload[..]).is_err());
-        let (messages, malformed) = parse_datagram(&frame(RTM_NEWLINK, 0, 0, &payload));
+        let (messages, malformed) = LINKS.parse_datagram(&frame(RTM_NEWLINK, 0, 0, &payload));
         assert_eq!(malformed, None);
-        assert_eq!(messages[0].body, Body::NewLink(link("eth9", 42, true)));
+        assert_eq!(messages[0].body, Body::New(link("eth9", 42, true)));
     }
 
     fn link_with(index: u32, attributes: Vec<LinkAttribute>) -> Vec<u8> {
@@ -992,10 +651,10 @@ mod tests {
     }
 
     fn parsed(payload: &[u8]) -> Link {
-        let (messages, broken) = parse_datagram(&frame(RTM_NEWLINK, 0, 0, payload));
+        let (messages, broken) = LINKS.parse_datagram(&frame(RTM_NEWLINK, 0, 0, payload));
         assert_eq!(broken, None);
         match &messages[0].body {
-            Body::NewLink(link) => link.clone(),
+            Body::New(link) => link.clone(),
             other => panic!("{other:?}"),
         }
     }
@@ -1090,26 +749,26 @@ mod tests {
         let mut datagram = good.clone();
         datagram.extend(frame(RTM_NEWLINK, 0, 0, &payload));
         datagram.extend(good.clone());
-        let (messages, broken) = parse_datagram(&datagram);
+        let (messages, broken) = LINKS.parse_datagram(&datagram);
         assert_eq!(broken, None);
         assert_eq!(
             messages.len(),
             3,
             "the messages around the bad one are kept"
         );
-        assert_eq!(messages[0].body, Body::NewLink(link("lo", 1, true)));
+        assert_eq!(messages[0].body, Body::New(link("lo", 1, true)));
         assert!(matches!(&messages[1].body, Body::Malformed(m) if m.contains("IFLA_IFNAME")));
-        assert_eq!(messages[2].body, Body::NewLink(link("lo", 1, true)));
+        assert_eq!(messages[2].body, Body::New(link("lo", 1, true)));
 
         // A length field beyond the datagram.
         let mut cut = good.clone();
         cut.truncate(good.len() - 8);
-        let (messages, malformed) = parse_datagram(&cut);
+        let (messages, malformed) = LINKS.parse_datagram(&cut);
         assert!(messages.is_empty());
         assert!(malformed.is_some());
 
         // A link header cut short.
-        let (messages, broken) = parse_datagram(&frame(RTM_DELLINK, 0, 0, &[0; 8]));
+        let (messages, broken) = LINKS.parse_datagram(&frame(RTM_DELLINK, 0, 0, &[0; 8]));
         assert_eq!(broken, None);
         assert!(matches!(messages[0].body, Body::Malformed(_)));
     }
@@ -1129,11 +788,11 @@ mod tests {
         let mut nack = (-libc::EPERM).to_ne_bytes().to_vec();
         nack.extend([0; 16]);
         datagram.extend(frame(NLMSG_ERROR, 0, 9, &nack));
-        let (messages, malformed) = parse_datagram(&datagram);
+        let (messages, malformed) = LINKS.parse_datagram(&datagram);
         assert_eq!(malformed, None);
         assert_eq!(messages[0].seq, 5);
         assert_ne!(messages[0].flags & NLM_F_DUMP_INTR, 0);
-        let bodies: Vec<Body> = messages.into_iter().skip(1).map(|m| m.body).collect();
+        let bodies: Vec<Body<_>> = messages.into_iter().skip(1).map(|m| m.body).collect();
         assert_eq!(
             bodies,
             vec![
@@ -1166,6 +825,10 @@ mod tests {
         assert!(matches!(outside, Err(NetwatchError::NoRuntime)));
     }
 
+    fn keep(link: Link) -> Result<Option<Link>, String> {
+        Ok(Some(link))
+    }
+
     #[test]
     fn dump_reader_outcomes() {
         let lo = frame(
@@ -1192,13 +855,15 @@ mod tests {
         let mut reader = DumpReader::new(3);
         let mut first = stale.clone();
         first.extend(eth.clone());
-        assert!(reader.feed(&first).is_none());
+        assert!(reader.feed(&LINKS, &first, keep).is_none());
         let mut second = lo.clone();
         second.extend(done.clone());
-        let outcome = reader.feed(&second).expect("end").expect("complete");
+        let DumpEnd::Complete(links) = reader.feed(&LINKS, &second, keep).expect("end") else {
+            panic!("the dump did not complete");
+        };
         assert_eq!(
-            outcome,
-            DumpOutcome::Complete(vec![link("lo", 1, true), link("eth0", 2, false)])
+            by_ifindex(links),
+            vec![link("lo", 1, true), link("eth0", 2, false)]
         );
 
         // NLM_F_DUMP_INTR on any part.
@@ -1210,8 +875,8 @@ mod tests {
             &link_payload(AddressFamily::Unspec, 1, true, "lo"),
         );
         datagram.extend(done.clone());
-        let outcome = reader.feed(&datagram).expect("end").expect("outcome");
-        assert_eq!(outcome, DumpOutcome::Interrupted);
+        let outcome = reader.feed(&LINKS, &datagram, keep).expect("end");
+        assert_eq!(outcome, DumpEnd::Interrupted);
 
         // A refusal.
         let mut reader = DumpReader::new(3);
@@ -1221,19 +886,19 @@ mod tests {
             3,
             &(-libc::EBUSY).to_ne_bytes(),
         );
-        assert!(matches!(
-            reader.feed(&refused),
-            Some(Err(NetwatchError::DumpRefused(e))) if e.raw_os_error() == Some(libc::EBUSY)
-        ));
+        assert_eq!(
+            reader.feed(&LINKS, &refused, keep),
+            Some(DumpEnd::Refused(libc::EBUSY))
+        );
 
         // A malformed part is reported once the end is read.
         let mut reader = DumpReader::new(3);
         let mut datagram = frame(RTM_NEWLINK, NLM_F_MULTIPART, 3, &[0; 8]);
         datagram.extend(lo);
-        assert!(reader.feed(&datagram).is_none());
+        assert!(reader.feed(&LINKS, &datagram, keep).is_none());
         assert!(matches!(
-            reader.feed(&done),
-            Some(Err(NetwatchError::Malformed(_)))
+            reader.feed(&LINKS, &done, keep),
+            Some(DumpEnd::Malformed(_))
         ));
     }
 }

@@ -1,3 +1,6 @@
+//! Unit tests of the audit trail: writing, rotation, the hash chain and its
+//! verification, and tampering found by `verify`.
+
 use std::path::{Path, PathBuf};
 
 use super::*;

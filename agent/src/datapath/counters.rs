@@ -1,3 +1,7 @@
+//! The kernel's exact counters, summed over CPUs: packets and bytes per
+//! (source environment, destination environment, verdict), per rule, and the
+//! datapath's statistics. Read by the metrics collector and `status`.
+
 use std::sync::Mutex;
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};

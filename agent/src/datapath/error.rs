@@ -1,3 +1,6 @@
+//! `DatapathError`: what can go wrong between the agent and the kernel
+//! (loading, maps, pins, attaching), each with the context to act on it.
+
 use thiserror::Error;
 
 /// What can go wrong between the agent and the kernel.

@@ -1,3 +1,7 @@
+//! Loading the eBPF object: the programs, their maps (pinned or not), the
+//! policy and source-check tables written into them, and the handles the
+//! agent keeps (`Datapath`): counters, the event ring, attachments.
+
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::{

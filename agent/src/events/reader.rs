@@ -1,3 +1,6 @@
+//! Reading the kernel's event ring buffer from tokio: woken when the ring
+//! has data, drained in batches into an `EventSink`.
+
 use aya::maps::{MapData, RingBuf};
 use envfence_ebpf::Event;
 use tokio::io::{unix::AsyncFd, Interest};

@@ -1,3 +1,7 @@
+//! An event as the agent reports it (`EventRecord`, one JSON line): the
+//! kernel's `Event` with names of environments and rules from the policy
+//! slot it was judged under.
+
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

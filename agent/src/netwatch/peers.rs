@@ -85,25 +85,19 @@
 //! from memory (two short dumps per peer; given up after [`DUMP_TIMEOUT`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLMSG_DONE,
-    NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, NetlinkAddr};
-use nix::sys::time::TimeVal;
-use tokio::io::unix::AsyncFd;
+use netlink_sys::Socket;
 
-use super::{
-    control_code, drain, next_seq, parse_messages, recv_whole, register, set_receive_buffer,
-    Message, NetwatchError, PeerRef, DEFAULT_RECEIVE_BUFFER, DUMP_TIMEOUT, MAX_DUMP_ATTEMPTS,
-};
+use super::netlink::{self, DumpError, DumpOps, Kind, SocketError, Subscription};
+use super::{NetwatchError, PeerRef, DEFAULT_RECEIVE_BUFFER};
 
 /// `RTM_NEWADDR` (`linux/rtnetlink.h`).
 const RTM_NEWADDR: u16 = 20;
@@ -113,10 +107,6 @@ const RTM_DELADDR: u16 = 21;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 /// `RTNLGRP_IPV6_IFADDR`.
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
-/// `SOL_NETLINK` (`linux/socket.h`).
-const SOL_NETLINK: libc::c_int = 270;
-/// `NETLINK_LISTEN_ALL_NSID` (`linux/netlink.h`), also the cmsg type.
-const NETLINK_LISTEN_ALL_NSID: libc::c_int = 8;
 /// `IFA_ADDRESS` (`linux/if_addr.h`).
 const IFA_ADDRESS: u16 = 1;
 /// `IFA_LOCAL`.
@@ -218,6 +208,27 @@ fn socket_error(op: &'static str) -> impl FnOnce(io::Error) -> PeerError {
     move |source| PeerError::Socket { op, source }
 }
 
+impl From<SocketError> for PeerError {
+    fn from(SocketError { op, source }: SocketError) -> PeerError {
+        PeerError::Socket { op, source }
+    }
+}
+
+/// What the peer watcher decodes: `RTM_NEWADDR` and `RTM_DELADDR`.
+const ADDRS: Kind<Addr> = Kind {
+    new: RTM_NEWADDR,
+    del: RTM_DELADDR,
+    parse: parse_addr,
+    what: "address",
+    receive: "receiving address notifications",
+};
+
+/// The names of an address dump's operations.
+const ADDR_DUMP: DumpOps = DumpOps {
+    send: "sending the address dump request",
+    receive: "receiving the address dump",
+};
+
 impl From<NetwatchError> for PeerError {
     fn from(e: NetwatchError) -> PeerError {
         match e {
@@ -247,12 +258,10 @@ impl Tracked {
 /// Watches the addresses of the peers of tracked links. See the
 /// [module docs](self).
 pub struct PeerWatcher {
-    /// Subscribed to the address groups of every namespace; never sends.
-    events: AsyncFd<Socket>,
+    /// To the address groups of every namespace.
+    events: Subscription,
     /// Blocking (with a timeout), strict checking, subscribed to nothing.
     dumper: Socket,
-    events_buf: Vec<u8>,
-    cmsg_buf: Vec<u8>,
     dump_buf: Vec<u8>,
     /// By local ifindex.
     tracked: BTreeMap<u32, Tracked>,
@@ -260,12 +269,7 @@ pub struct PeerWatcher {
     by_peer: BTreeMap<PeerRef, u32>,
     /// Decoded events not yet returned by [`PeerWatcher::next`].
     pending: VecDeque<PeerEvent>,
-    /// Set when notifications were lost; cleared once the `Resync` is
-    /// queued, so a failed resync is redone by the next call.
-    resync_needed: bool,
     seq: u32,
-    resyncs: u64,
-    receive_buffer: usize,
 }
 
 impl std::fmt::Debug for PeerWatcher {
@@ -273,9 +277,7 @@ impl std::fmt::Debug for PeerWatcher {
         f.debug_struct("PeerWatcher")
             .field("tracked", &self.tracked.len())
             .field("pending", &self.pending.len())
-            .field("resync_needed", &self.resync_needed)
-            .field("resyncs", &self.resyncs)
-            .field("receive_buffer", &self.receive_buffer)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -299,50 +301,33 @@ impl PeerWatcher {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(PeerError::NoRuntime);
         }
-        let mut events =
-            Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the event socket"))?;
-        let receive_buffer = set_receive_buffer(&events, bytes)?;
-        events
-            .bind_auto()
-            .map_err(socket_error("binding the event socket"))?;
-        events.set_listen_all_namespaces(true).map_err(|source| {
-            if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-                PeerError::MissingCapability {
-                    capability: "CAP_NET_BROADCAST",
-                    needed_for: "NETLINK_LISTEN_ALL_NSID (address notifications of the \
-                                 pods' namespaces)"
-                        .to_string(),
-                    source,
-                }
-            } else {
-                socket_error("setting NETLINK_LISTEN_ALL_NSID")(source)
-            }
-        })?;
-        for (group, op) in [
+        let groups = [
             (RTNLGRP_IPV4_IFADDR, "joining RTNLGRP_IPV4_IFADDR"),
             (RTNLGRP_IPV6_IFADDR, "joining RTNLGRP_IPV6_IFADDR"),
-        ] {
-            events.add_membership(group).map_err(socket_error(op))?;
-        }
-        events
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(socket_error("connecting the event socket to the kernel"))?;
-        events
-            .set_non_blocking(true)
-            .map_err(socket_error("making the event socket non-blocking"))?;
+        ];
+        let (events, receive_buffer) = netlink::event_socket(bytes, &groups, |events| {
+            events.set_listen_all_namespaces(true).map_err(|source| {
+                if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                    PeerError::MissingCapability {
+                        capability: "CAP_NET_BROADCAST",
+                        needed_for: "NETLINK_LISTEN_ALL_NSID (address notifications of the \
+                                     pods' namespaces)"
+                            .to_string(),
+                        source,
+                    }
+                } else {
+                    socket_error("setting NETLINK_LISTEN_ALL_NSID")(source)
+                }
+            })
+        })?;
         Ok(PeerWatcher {
-            events: register(events).map_err(socket_error("registering the event socket"))?,
-            dumper: dump_socket()?,
-            events_buf: Vec::with_capacity(8 << 10),
-            cmsg_buf: nix::cmsg_space!(libc::c_int),
+            events: Subscription::new(events, receive_buffer, 8 << 10)?,
+            dumper: netlink::dump_socket(true)?,
             dump_buf: Vec::with_capacity(32 << 10),
             tracked: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             pending: VecDeque::new(),
-            resync_needed: false,
             seq: 0,
-            resyncs: 0,
-            receive_buffer,
         })
     }
 
@@ -400,59 +385,26 @@ impl PeerWatcher {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
-            if self.resync_needed {
+            if self.events.resync_needed {
                 self.resync()?;
                 continue;
             }
-            let received =
-                recv_tagged(&self.events, &mut self.events_buf, &mut self.cmsg_buf).await;
-            let (port, nsid) = match received {
-                Ok(tagged) => tagged,
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    tracing::warn!(
-                        "address notifications were dropped by the kernel (receive buffer \
-                         full); resynchronising"
-                    );
-                    self.resync_needed = true;
-                    continue;
-                }
-                Err(e) => return Err(socket_error("receiving address notifications")(e)),
-            };
-            if port != 0 {
-                tracing::warn!(port, "dropping a netlink datagram not sent by the kernel");
-                continue;
-            }
-            let (messages, broken) = parse_datagram(&self.events_buf);
-            for message in messages {
-                match message.body {
-                    Body::NewAddr(addr) => self.apply(nsid, &addr, true),
-                    Body::DelAddr(addr) => self.apply(nsid, &addr, false),
-                    Body::Malformed(reason) => {
-                        tracing::warn!(
-                            "undecodable address notification ({reason}); resynchronising"
-                        );
-                        self.resync_needed = true;
-                    }
-                    Body::Overrun => self.resync_needed = true,
-                    Body::Done(_) | Body::Error(_) | Body::Ignored => {}
-                }
-            }
-            if let Some(reason) = broken {
-                tracing::warn!("undecodable netlink datagram ({reason}); resynchronising");
-                self.resync_needed = true;
+            let (changes, nsid) = self.events.next(&ADDRS).await?;
+            for (present, addr) in changes {
+                self.apply(nsid, &addr, present);
             }
         }
     }
 
     /// How many [`PeerEvent::Resync`]s this watcher has emitted.
     pub fn resyncs(&self) -> u64 {
-        self.resyncs
+        self.events.resyncs
     }
 
     /// The effective receive buffer of the notification socket, in bytes, as
     /// the kernel reports it (twice the requested size).
     pub fn receive_buffer(&self) -> usize {
-        self.receive_buffer
+        self.events.receive_buffer
     }
 
     /// Applies one notification from namespace `nsid` (`None`: ours).
@@ -504,7 +456,7 @@ impl PeerWatcher {
             Err(PeerError::PeerGone { .. }) => BTreeMap::new(),
             Err(e) => {
                 tracing::warn!("{e}; resynchronising");
-                self.resync_needed = true;
+                self.events.resync_needed = true;
                 return;
             }
         };
@@ -548,7 +500,7 @@ impl PeerWatcher {
     /// Discards the queued notifications, dumps every tracked peer and
     /// queues the `Resync`.
     fn resync(&mut self) -> Result<(), PeerError> {
-        let discarded = drain(self.events.get_ref());
+        let discarded = self.events.drain();
         let started = std::time::Instant::now();
         let mut fresh = BTreeMap::new();
         let links: Vec<(u32, PeerRef)> = self.tracked.iter().map(|(&i, t)| (i, t.peer)).collect();
@@ -574,8 +526,7 @@ impl PeerWatcher {
             took = ?started.elapsed(),
             "peer address watcher resynchronised"
         );
-        self.resync_needed = false;
-        self.resyncs += 1;
+        self.events.resynced();
         self.pending.push_back(PeerEvent::Resync(snapshot));
         Ok(())
     }
@@ -602,7 +553,7 @@ impl PeerWatcher {
                             | PeerError::DumpInterrupted { .. }
                     ) {
                         // The socket may still hold a part of the dump.
-                        self.dumper = dump_socket()?;
+                        self.dumper = netlink::dump_socket(true)?;
                     }
                     return Err(e);
                 }
@@ -621,56 +572,38 @@ impl PeerWatcher {
         peer: PeerRef,
         family: AddressFamily,
     ) -> Result<Vec<Addr>, PeerError> {
-        for _ in 0..MAX_DUMP_ATTEMPTS {
-            let seq = next_seq(&mut self.seq);
-            let request = dump_request(seq, family, peer);
-            let sent = self
-                .dumper
-                .send(&request, 0)
-                .map_err(socket_error("sending the address dump request"))?;
-            if sent != request.len() {
-                return Err(socket_error("sending the address dump request")(
-                    io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("sent {sent} of {} bytes", request.len()),
-                    ),
-                ));
-            }
-            let mut reader = DumpReader::new(seq, peer);
-            let outcome = loop {
-                let from = recv_whole(&self.dumper, &mut self.dump_buf).map_err(|e| {
-                    let e = if e.kind() == io::ErrorKind::WouldBlock {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("no answer from the kernel within {DUMP_TIMEOUT:?}"),
-                        )
-                    } else {
-                        e
-                    };
-                    socket_error("receiving the address dump")(e)
-                })?;
-                if from.port_number() != 0 {
-                    continue;
-                }
-                if let Some(outcome) = reader.feed(&self.dump_buf) {
-                    break outcome;
-                }
-            };
-            match outcome {
-                Ok(Some(found)) => return Ok(found),
-                Ok(None) => {
-                    tracing::debug!("address dump interrupted by a concurrent change; retrying");
-                }
-                Err(DumpFailure::Malformed(reason)) => return Err(PeerError::Malformed(reason)),
-                Err(DumpFailure::Refused(errno)) => {
-                    return Err(refusal(ifindex, peer, errno));
-                }
-            }
-        }
-        Err(PeerError::DumpInterrupted {
-            attempts: MAX_DUMP_ATTEMPTS,
+        let found = netlink::dump_blocking(
+            &self.dumper,
+            &mut self.dump_buf,
+            &mut self.seq,
+            &ADDR_DUMP,
+            &ADDRS,
+            |seq| dump_request(seq, family, peer),
+            |addr| answer_of(peer, addr),
+        );
+        found.map_err(|e| match e {
+            DumpError::Socket(e) => e.into(),
+            DumpError::Refused(errno) => refusal(ifindex, peer, errno),
+            DumpError::Malformed(reason) => PeerError::Malformed(reason),
+            DumpError::Interrupted(attempts) => PeerError::DumpInterrupted { attempts },
         })
     }
+}
+
+/// What a dump of `peer`'s addresses keeps of `addr`: it, when it is on the
+/// peer; an error when the kernel answered from another namespace than
+/// the one asked (it did not honour `IFA_TARGET_NETNSID`).
+fn answer_of(peer: PeerRef, addr: Addr) -> Result<Option<Addr>, String> {
+    if addr.target_nsid != peer.nsid {
+        return Err(format!(
+            "the answer to a dump in {} came from {} (IFA_TARGET_NETNSID {:?}): the kernel \
+             did not honour the target namespace",
+            nsid_name(peer.nsid),
+            nsid_name(addr.target_nsid),
+            addr.target_nsid
+        ));
+    }
+    Ok((addr.index == peer.ifindex).then_some(addr))
 }
 
 /// What a refused dump of `peer` means.
@@ -697,31 +630,6 @@ fn refusal(ifindex: u32, peer: PeerRef, errno: i32) -> PeerError {
     }
 }
 
-/// The dump socket: blocking with [`DUMP_TIMEOUT`], strict checking (the
-/// kernel honours `IFA_TARGET_NETNSID` and the ifindex filter only then).
-fn dump_socket() -> Result<Socket, PeerError> {
-    let mut socket =
-        Socket::new(NETLINK_ROUTE).map_err(socket_error("creating the dump socket"))?;
-    socket
-        .bind_auto()
-        .map_err(socket_error("binding the dump socket"))?;
-    socket
-        .set_netlink_get_strict_chk(true)
-        .map_err(socket_error(
-            "enabling NETLINK_GET_STRICT_CHK (Linux 4.20+)",
-        ))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(socket_error("connecting the dump socket to the kernel"))?;
-    let timeout = TimeVal::new(
-        DUMP_TIMEOUT.as_secs() as libc::time_t,
-        libc::suseconds_t::from(DUMP_TIMEOUT.subsec_micros()),
-    );
-    setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
-        .map_err(|e| socket_error("setting SO_RCVTIMEO")(e.into()))?;
-    Ok(socket)
-}
-
 /// The `RTM_GETADDR` dump of `family` for `peer`'s ifindex, in its
 /// namespace.
 fn dump_request(seq: u32, family: AddressFamily, peer: PeerRef) -> Vec<u8> {
@@ -742,75 +650,6 @@ fn dump_request(seq: u32, family: AddressFamily, peer: PeerRef) -> Vec<u8> {
     let mut buf = vec![0; message.buffer_len()];
     message.serialize(&mut buf);
     buf
-}
-
-/// Receives one datagram into `buf` (grown to fit), with the nsid the
-/// kernel tagged it with. Returns the sender's port and the nsid (`None`:
-/// the watched namespace).
-async fn recv_tagged(
-    socket: &AsyncFd<Socket>,
-    buf: &mut Vec<u8>,
-    cmsg: &mut [u8],
-) -> io::Result<(u32, Option<i32>)> {
-    loop {
-        let mut guard = socket.readable().await?;
-        match guard.try_io(|s| recv_tagged_now(s.get_ref(), buf, cmsg)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-/// Non-blocking [`recv_tagged`].
-fn recv_tagged_now(
-    socket: &Socket,
-    buf: &mut Vec<u8>,
-    cmsg: &mut [u8],
-) -> io::Result<(u32, Option<i32>)> {
-    let mut probe: &mut [u8] = &mut [];
-    let size = socket.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-    buf.clear();
-    buf.resize(size, 0);
-    let mut iov = [IoSliceMut::new(&mut buf[..])];
-    let message = recvmsg::<NetlinkAddr>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(cmsg),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
-    )
-    .map_err(io::Error::from)?;
-    if message.bytes > size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "netlink datagram truncated ({} bytes, {size} read)",
-                message.bytes
-            ),
-        ));
-    }
-    let port = message.address.map_or(0, |a| a.pid());
-    let mut nsid = None;
-    for control in message.cmsgs().map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("netlink control message truncated: {e}"),
-        )
-    })? {
-        if let ControlMessageOwned::Unknown(unknown) = control {
-            if unknown.cmsg_header.cmsg_level == SOL_NETLINK
-                && unknown.cmsg_header.cmsg_type == NETLINK_LISTEN_ALL_NSID
-            {
-                nsid = unknown
-                    .data_bytes
-                    .get(..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map(i32::from_ne_bytes);
-            }
-        }
-    }
-    let bytes = message.bytes;
-    buf.truncate(bytes);
-    Ok((port, nsid))
 }
 
 /// One address of an address message.
@@ -836,38 +675,6 @@ impl Addr {
             IpAddr::V6(_) => (0, None),
         }
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Body {
-    NewAddr(Addr),
-    DelAddr(Addr),
-    /// `NLMSG_DONE` with its error code (0 or a negative errno).
-    Done(i32),
-    /// `NLMSG_ERROR`: `None` for an ACK, else the negative errno.
-    Error(Option<i32>),
-    Overrun,
-    /// A message whose header is sound but whose payload is not.
-    Malformed(String),
-    /// Anything else, and address messages of other families.
-    Ignored,
-}
-
-/// Decodes the messages of one datagram; if the framing itself is broken,
-/// returns the messages before it and why.
-fn parse_datagram(buf: &[u8]) -> (Vec<Message<Body>>, Option<String>) {
-    parse_messages(buf, parse_body, Body::Malformed)
-}
-
-fn parse_body(message_type: u16, payload: &[u8]) -> Result<Body, String> {
-    Ok(match message_type {
-        RTM_NEWADDR => parse_addr(payload)?.map_or(Body::Ignored, Body::NewAddr),
-        RTM_DELADDR => parse_addr(payload)?.map_or(Body::Ignored, Body::DelAddr),
-        NLMSG_DONE => Body::Done(control_code(message_type, payload)?),
-        NLMSG_ERROR => Body::Error(Some(control_code(message_type, payload)?).filter(|&c| c != 0)),
-        NLMSG_OVERRUN => Body::Overrun,
-        _ => Body::Ignored,
-    })
 }
 
 /// Decodes an `RTM_NEWADDR`/`RTM_DELADDR` payload with netlink-packet-route;
@@ -972,100 +779,15 @@ fn addr_of(
     })
 }
 
-/// How one family's dump failed.
-#[derive(Debug, PartialEq, Eq)]
-enum DumpFailure {
-    /// The kernel refused it with this (positive) errno.
-    Refused(i32),
-    Malformed(String),
-}
-
-/// Collects the answer to one address dump of one peer.
-struct DumpReader {
-    seq: u32,
-    peer: PeerRef,
-    found: Vec<Addr>,
-    interrupted: bool,
-    malformed: Option<String>,
-}
-
-impl DumpReader {
-    fn new(seq: u32, peer: PeerRef) -> DumpReader {
-        DumpReader {
-            seq,
-            peer,
-            found: Vec::new(),
-            interrupted: false,
-            malformed: None,
-        }
-    }
-
-    /// Takes one datagram; once the end of the dump is seen, returns its
-    /// addresses, `None` if it was interrupted (`NLM_F_DUMP_INTR`), or why
-    /// it failed.
-    fn feed(&mut self, datagram: &[u8]) -> Option<Result<Option<Vec<Addr>>, DumpFailure>> {
-        let (messages, broken) = parse_datagram(datagram);
-        for message in messages {
-            if message.seq != self.seq {
-                continue; // not ours
-            }
-            if message.flags & NLM_F_DUMP_INTR != 0 {
-                self.interrupted = true;
-            }
-            match message.body {
-                Body::NewAddr(addr) => {
-                    if addr.target_nsid != self.peer.nsid {
-                        self.malformed.get_or_insert(format!(
-                            "the answer to a dump in {} came from {} (IFA_TARGET_NETNSID \
-                             {:?}): the kernel did not honour the target namespace",
-                            nsid_name(self.peer.nsid),
-                            nsid_name(addr.target_nsid),
-                            addr.target_nsid
-                        ));
-                    } else if addr.index == self.peer.ifindex {
-                        self.found.push(addr);
-                    }
-                }
-                Body::Malformed(reason) => {
-                    self.malformed.get_or_insert(reason);
-                }
-                Body::Done(0) | Body::Error(None) => {
-                    return Some(match self.malformed.take() {
-                        Some(reason) => Err(DumpFailure::Malformed(reason)),
-                        None if self.interrupted => Ok(None),
-                        None => Ok(Some(std::mem::take(&mut self.found))),
-                    });
-                }
-                Body::Done(code) | Body::Error(Some(code)) => {
-                    return Some(Err(DumpFailure::Refused(code.saturating_neg())));
-                }
-                Body::DelAddr(_) | Body::Overrun | Body::Ignored => {}
-            }
-        }
-        broken.map(|reason| Err(DumpFailure::Malformed(reason)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::netlink::test_frames::{frame, raw_nla};
+    use super::super::netlink::{Body, DumpEnd, DumpReader};
     use super::*;
-    use netlink_packet_core::{Emitable, NetlinkBuffer, NLM_F_MULTIPART};
+    use netlink_packet_core::{
+        Emitable, NetlinkBuffer, NLMSG_DONE, NLM_F_DUMP_INTR, NLM_F_MULTIPART,
+    };
     use std::net::{Ipv4Addr, Ipv6Addr};
-
-    fn frame(message_type: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-        let len = 16 + payload.len();
-        let mut out = Vec::new();
-        out.extend_from_slice(&(len as u32).to_ne_bytes());
-        out.extend_from_slice(&message_type.to_ne_bytes());
-        out.extend_from_slice(&flags.to_ne_bytes());
-        out.extend_from_slice(&seq.to_ne_bytes());
-        out.extend_from_slice(&0u32.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out
-    }
 
     fn addr_payload(
         family: AddressFamily,
@@ -1081,17 +803,6 @@ mod tests {
         let mut buf = vec![0; message.buffer_len()];
         message.emit(&mut buf);
         buf
-    }
-
-    fn raw_nla(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
-            out.push(0);
-        }
-        out
     }
 
     const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
@@ -1136,14 +847,14 @@ mod tests {
                 vec![AddressAttribute::Address(V6)],
             ),
         ));
-        let (messages, broken) = parse_datagram(&datagram);
+        let (messages, broken) = ADDRS.parse_datagram(&datagram);
         assert_eq!(broken, None);
-        let bodies: Vec<Body> = messages.into_iter().map(|m| m.body).collect();
+        let bodies: Vec<Body<_>> = messages.into_iter().map(|m| m.body).collect();
         assert_eq!(
             bodies,
             vec![
-                Body::NewAddr(addr(4, V4, 24, None)),
-                Body::DelAddr(addr(4, V6, 64, None)),
+                Body::New(addr(4, V4, 24, None)),
+                Body::Del(addr(4, V6, 64, None)),
             ]
         );
     }
@@ -1160,8 +871,8 @@ mod tests {
                 AddressAttribute::Address(remote),
             ],
         );
-        let (messages, _) = parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
-        let Body::NewAddr(a) = &messages[0].body else {
+        let (messages, _) = ADDRS.parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
+        let Body::New(a) = &messages[0].body else {
             panic!("{messages:?}");
         };
         assert_eq!(a.addr, V4);
@@ -1175,7 +886,7 @@ mod tests {
         let mut payload = vec![45u8, 0, 0, 0];
         payload.extend(3u32.to_ne_bytes());
         payload.extend(raw_nla(IFA_LOCAL, &[8]));
-        let (messages, broken) = parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
+        let (messages, broken) = ADDRS.parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
         assert_eq!(broken, None);
         assert_eq!(messages[0].body, Body::Ignored);
     }
@@ -1192,15 +903,15 @@ mod tests {
         ));
         payload.extend(raw_nla(IFA_TARGET_NETNSID, &5i32.to_ne_bytes()));
         assert!(AddressMessage::parse(&payload[..]).is_err());
-        let (messages, _) = parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
-        assert_eq!(messages[0].body, Body::NewAddr(addr(11, V6, 64, Some(5))));
+        let (messages, _) = ADDRS.parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
+        assert_eq!(messages[0].body, Body::New(addr(11, V6, 64, Some(5))));
     }
 
     #[test]
     fn malformed_address_messages_are_reported() {
         // No address attribute at all.
         let payload = addr_payload(AddressFamily::Inet, 3, 24, vec![]);
-        let (messages, _) = parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
+        let (messages, _) = ADDRS.parse_datagram(&frame(RTM_NEWADDR, 0, 0, &payload));
         assert!(
             matches!(&messages[0].body, Body::Malformed(m) if m.contains("IFA_LOCAL")),
             "{messages:?}"
@@ -1209,10 +920,11 @@ mod tests {
         let mut payload = vec![libc::AF_INET as u8, 24, 0, 0];
         payload.extend(3u32.to_ne_bytes());
         payload.extend(raw_nla(IFA_LOCAL, &[1, 2, 3, 4, 5]));
-        let (messages, _) = parse_datagram(&frame(RTM_DELADDR, 0, 0, &payload));
+        let (messages, _) = ADDRS.parse_datagram(&frame(RTM_DELADDR, 0, 0, &payload));
         assert!(matches!(&messages[0].body, Body::Malformed(_)));
         // A header cut short.
-        let (messages, _) = parse_datagram(&frame(RTM_DELADDR, 0, 0, &[libc::AF_INET as u8, 0]));
+        let (messages, _) =
+            ADDRS.parse_datagram(&frame(RTM_DELADDR, 0, 0, &[libc::AF_INET as u8, 0]));
         assert!(matches!(&messages[0].body, Body::Malformed(_)));
     }
 
@@ -1269,25 +981,29 @@ mod tests {
         let done = frame(NLMSG_DONE, NLM_F_MULTIPART, 7, &0i32.to_ne_bytes());
 
         // Stale parts and other interfaces are skipped.
-        let mut reader = DumpReader::new(7, peer);
+        let mut reader = DumpReader::new(7);
         let mut first = dump_part(6, 5, V6, Some(2));
         first.extend(dump_part(7, 5, V4, Some(2)));
         first.extend(dump_part(7, 6, V6, Some(2)));
-        assert!(reader.feed(&first).is_none());
-        let outcome = reader.feed(&done).expect("end");
-        assert_eq!(outcome, Ok(Some(vec![addr(5, V4, 24, Some(2))])));
+        assert!(reader
+            .feed(&ADDRS, &first, |a| answer_of(peer, a))
+            .is_none());
+        let outcome = reader
+            .feed(&ADDRS, &done, |a| answer_of(peer, a))
+            .expect("end");
+        assert_eq!(outcome, DumpEnd::Complete(vec![addr(5, V4, 24, Some(2))]));
 
         // An answer without the target echo is not trusted.
-        let mut reader = DumpReader::new(7, peer);
+        let mut reader = DumpReader::new(7);
         let mut datagram = dump_part(7, 5, V4, None);
         datagram.extend(done.clone());
         assert!(matches!(
-            reader.feed(&datagram),
-            Some(Err(DumpFailure::Malformed(m))) if m.contains("did not honour")
+            reader.feed(&ADDRS, &datagram, |a| answer_of(peer, a)),
+            Some(DumpEnd::Malformed(m)) if m.contains("did not honour")
         ));
 
         // Interrupted.
-        let mut reader = DumpReader::new(7, peer);
+        let mut reader = DumpReader::new(7);
         let mut datagram = frame(
             NLMSG_DONE,
             NLM_F_MULTIPART | NLM_F_DUMP_INTR,
@@ -1295,10 +1011,13 @@ mod tests {
             &0i32.to_ne_bytes(),
         );
         datagram.extend(done.clone());
-        assert_eq!(reader.feed(&datagram), Some(Ok(None)));
+        assert_eq!(
+            reader.feed(&ADDRS, &datagram, |a| answer_of(peer, a)),
+            Some(DumpEnd::Interrupted)
+        );
 
         // Refused.
-        let mut reader = DumpReader::new(7, peer);
+        let mut reader = DumpReader::new(7);
         let refused = frame(
             NLMSG_DONE,
             NLM_F_MULTIPART,
@@ -1306,8 +1025,8 @@ mod tests {
             &(-libc::EACCES).to_ne_bytes(),
         );
         assert_eq!(
-            reader.feed(&refused),
-            Some(Err(DumpFailure::Refused(libc::EACCES)))
+            reader.feed(&ADDRS, &refused, |a| answer_of(peer, a)),
+            Some(DumpEnd::Refused(libc::EACCES))
         );
     }
 
