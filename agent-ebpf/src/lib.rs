@@ -887,6 +887,24 @@ pub struct PortKey {
     pub _pad2: u16,
 }
 
+impl PortKey {
+    /// The key of the port rule of (`src_env`, `dst_env`, `proto`,
+    /// destination `port`) in policy `slot`. Ids and slot are truncated to
+    /// their fields: callers pass ids below [`MAX_ENVS`] and a slot of 0 or
+    /// 1.
+    #[inline(always)]
+    pub fn new(slot: u32, src_env: u32, dst_env: u32, proto: u8, port: u16) -> Self {
+        PortKey {
+            src_env: src_env as u8,
+            dst_env: dst_env as u8,
+            proto,
+            slot: slot as u8,
+            port,
+            _pad2: 0,
+        }
+    }
+}
+
 /// Value of a port rule.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -667,21 +667,12 @@ impl Tables for Ports {
     type Rule<'a> = &'a RuleVerdict;
 
     #[inline(always)]
-    fn port_rule(
-        &self,
-        src_env: u32,
-        dst_env: u32,
-        proto: u8,
-        port: u16,
-    ) -> Result<Option<&RuleVerdict>, Self::Error> {
-        let key = PortKey {
-            src_env: src_env as u8,
-            dst_env: dst_env as u8,
-            proto,
-            slot: self.slot as u8,
-            port,
-            _pad2: 0,
-        };
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    #[inline(always)]
+    fn port_rule(&self, key: &PortKey) -> Result<Option<&RuleVerdict>, Self::Error> {
         // SAFETY: the value is read at once (by `decide`), not kept.
         Ok(unsafe { PORTS.get(key) })
     }

@@ -313,15 +313,13 @@ impl PinnedState {
         proto: u8,
         port: u16,
     ) -> Result<Option<RuleVerdict>, InspectError> {
-        let key = PortKey {
-            src_env: u8::try_from(src_env & (MAX_ENVS - 1)).unwrap_or(0),
-            dst_env: u8::try_from(dst_env & (MAX_ENVS - 1)).unwrap_or(0),
-            proto,
-            slot: (slot & 1) as u8,
-            port,
-            _pad2: 0,
-        };
-        match self.ports.get(&key, 0) {
+        let (src_env, dst_env) = (src_env & (MAX_ENVS - 1), dst_env & (MAX_ENVS - 1));
+        self.port_rule_at(&PortKey::new(slot & 1, src_env, dst_env, proto, port))
+    }
+
+    /// The pinned port rule of `key`, if there is one.
+    fn port_rule_at(&self, key: &PortKey) -> Result<Option<RuleVerdict>, InspectError> {
+        match self.ports.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(read_error(map_names::PORTS)(e)),
@@ -447,15 +445,12 @@ impl Tables for SlotTables<'_> {
     where
         Self: 'a;
 
-    fn port_rule(
-        &self,
-        src_env: u32,
-        dst_env: u32,
-        proto: u8,
-        port: u16,
-    ) -> Result<Option<RuleVerdict>, InspectError> {
-        self.state
-            .port_rule(self.slot, src_env, dst_env, proto, port)
+    fn slot(&self) -> u32 {
+        self.slot & 1
+    }
+
+    fn port_rule(&self, key: &PortKey) -> Result<Option<RuleVerdict>, InspectError> {
+        self.state.port_rule_at(key)
     }
 }
 

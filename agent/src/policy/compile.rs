@@ -319,15 +319,8 @@ fn verdicts(
     let ports = port_claims
         .into_iter()
         .map(|((src_env, dst_env, proto, port), (verdict, rule))| {
-            let key = PortKey {
-                src_env,
-                dst_env,
-                proto,
-                // The datapath sets the slot it writes the entry into.
-                slot: 0,
-                port,
-                _pad2: 0,
-            };
+            // The datapath sets the slot it writes the entry into.
+            let key = PortKey::new(0, src_env.into(), dst_env.into(), proto, port);
             let value = RuleVerdict {
                 verdict: fold(verdict),
                 _pad: 0,
@@ -453,27 +446,6 @@ impl CompiledPolicy {
         self.pairs.get(pair_index(src_env, dst_env) as usize)
     }
 
-    /// The port rule of (src, dst, proto, port), if there is one.
-    pub fn port_rule(
-        &self,
-        src_env: u32,
-        dst_env: u32,
-        proto: u8,
-        port: u16,
-    ) -> Option<&RuleVerdict> {
-        let key = (
-            u8::try_from(src_env).ok()?,
-            u8::try_from(dst_env).ok()?,
-            proto,
-            port,
-        );
-        let index = self
-            .ports
-            .binary_search_by_key(&key, |(k, _)| (k.src_env, k.dst_env, k.proto, k.port))
-            .ok()?;
-        self.ports.get(index).map(|(_, value)| value)
-    }
-
     /// The verdict ([`envfence_ebpf::verdict`]) and deciding rule id for a
     /// packet from environment `src_env` to `dst_env`, as the datapath
     /// decides it.
@@ -531,16 +503,20 @@ impl Tables for CompiledPolicy {
     type Error = std::convert::Infallible;
     type Rule<'a> = &'a RuleVerdict;
 
-    fn port_rule(
-        &self,
-        src_env: u32,
-        dst_env: u32,
-        proto: u8,
-        port: u16,
-    ) -> Result<Option<&RuleVerdict>, Self::Error> {
-        Ok(CompiledPolicy::port_rule(
-            self, src_env, dst_env, proto, port,
-        ))
+    fn slot(&self) -> u32 {
+        0
+    }
+
+    fn port_rule(&self, key: &PortKey) -> Result<Option<&RuleVerdict>, Self::Error> {
+        // Sorted by (src env, dst env, proto, port); the slot is not set.
+        let order = |k: &PortKey| (k.src_env, k.dst_env, k.proto, k.port);
+        let index = self
+            .ports
+            .binary_search_by_key(&order(key), |(k, _)| order(k));
+        Ok(index
+            .ok()
+            .and_then(|i| self.ports.get(i))
+            .map(|(_, value)| value))
     }
 }
 
