@@ -146,17 +146,21 @@ impl CounterReader {
 
     /// The datapath statistics, indexed by `envfence_ebpf::stat`.
     pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], DatapathError> {
-        let mut out = [0u64; stat::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let values = self
-                .stats
-                .get(&index, 0)
-                .map_err(DatapathError::map(map_names::STATS))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        stats_of(&self.stats).map_err(DatapathError::map(map_names::STATS))
     }
+}
+
+/// The datapath statistics of the `STATS` map `map` (loaded or pinned),
+/// summed over CPUs, indexed by `envfence_ebpf::stat`.
+pub(super) fn stats_of(
+    map: &PerCpuArray<MapData, u64>,
+) -> Result<[u64; stat::COUNT as usize], aya::maps::MapError> {
+    let mut out = [0u64; stat::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        *slot = map.get(&index, 0)?.iter().sum();
+    }
+    Ok(out)
 }
 
 fn zero(

@@ -392,16 +392,7 @@ impl PinnedState {
     /// The datapath statistics, summed over CPUs, indexed by
     /// [`envfence_ebpf::stat`].
     pub fn stats(&self) -> Result<[u64; stat::COUNT as usize], InspectError> {
-        let mut out = [0u64; stat::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            let values = self
-                .stats
-                .get(&index, 0)
-                .map_err(read_error(map_names::STATS))?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+        super::counters::stats_of(&self.stats).map_err(read_error(map_names::STATS))
     }
 
     /// Packets and bytes judged, by verdict, over environment ids

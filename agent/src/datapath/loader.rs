@@ -212,14 +212,7 @@ impl Datapath {
 
     /// The loaded program of a hook (for tests and benchmarks: TestRun).
     pub fn program(&self, hook: Hook) -> Result<&SchedClassifier, DatapathError> {
-        let name = hook.program_name();
-        self.ebpf
-            .program(name)
-            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
-            .ok_or(DatapathError::Missing {
-                kind: "program",
-                name,
-            })
+        classifier(&self.ebpf, hook.program_name())
     }
 
     /// Empties the stage table: every parsed packet then finds no decision
@@ -273,13 +266,7 @@ impl Datapath {
                 source: Box::new(e),
             })?;
         }
-        self.ebpf
-            .program(name)
-            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
-            .ok_or(DatapathError::Missing {
-                kind: "program",
-                name,
-            })
+        classifier(&self.ebpf, name)
     }
 
     /// The counters, shared with the metrics collector.
@@ -312,6 +299,19 @@ pub(super) fn interface_error(ifname: &str, message: &str) -> DatapathError {
         ifname: ifname.to_owned(),
         message: message.to_owned(),
     }
+}
+
+/// The loaded TC program `name` of the object.
+fn classifier<'a>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<&'a SchedClassifier, DatapathError> {
+    ebpf.program(name)
+        .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+        .ok_or(DatapathError::Missing {
+            kind: "program",
+            name,
+        })
 }
 
 pub(super) fn classifier_mut<'a>(
