@@ -1,5 +1,6 @@
 //! What a new user meets first, each with the message it must get: the
-//! agent started where /sys/fs/bpf is not a bpffs (under `ip netns exec`,
+//! agent and the commands that read its pins (`status`, `explain`) run where
+//! /sys/fs/bpf is not a bpffs (under `ip netns exec`,
 //! which remounts /sys), `policy check` on a file with a huge offending
 //! value, and `policy check`'s warnings and notes on a valid policy.
 
@@ -54,6 +55,28 @@ fn under_ip_netns_exec_the_agent_names_the_missing_bpffs() -> Result<()> {
         ensure!(err.contains(want), "no {want:?} in:\n{err}");
     }
     ensure!(!err.contains("No such file or directory"), "{err}");
+
+    // The commands that read the pins say the same, not "nothing is pinned".
+    for args in [
+        &["status", "-o", "json"][..],
+        &["explain", "10.30.1.2", "10.10.1.2", "--port", "5432"][..],
+    ] {
+        let out = output_with_timeout(
+            Command::new("ip")
+                .args(["netns", "exec", lab.node_ns()])
+                .arg(&bin)
+                .args(args),
+            Duration::from_secs(30),
+        )?;
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        for want in [
+            "/sys/fs/bpf is on sysfs, not on a bpffs",
+            "nsenter --net=/run/netns/NAME",
+        ] {
+            ensure!(said.contains(want), "{args:?}: no {want:?} in:\n{said}");
+        }
+        ensure!(!said.contains("nothing is pinned"), "{args:?}: {said}");
+    }
     Ok(())
 }
 

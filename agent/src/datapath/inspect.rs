@@ -36,6 +36,10 @@ pub enum InspectError {
         envfence_ebpf::ABI_VERSION
     )]
     NotPinned { dir: PathBuf },
+    /// The pin root is not on a bpffs (e.g. under `ip netns exec`, which
+    /// remounts /sys): nothing pinned can be seen from here.
+    #[error(transparent)]
+    NotBpffs(Box<super::DatapathError>),
     #[error(
         "opening the pinned map {}: permission denied (reading the kernel's maps needs root)",
         .path.display()
@@ -143,6 +147,7 @@ impl PinnedState {
         let layout = pins::PinLayout::new(pin_root);
         let dir = layout.dir();
         if !layout.is_pinned() {
+            pins::check_bpffs(pin_root).map_err(|e| InspectError::NotBpffs(Box::new(e)))?;
             return Err(InspectError::NotPinned { dir });
         }
         Ok(Self {
