@@ -138,8 +138,18 @@ fn policy_check_warns_of_empty_environments_and_notes_carve_outs() -> Result<()>
     let want_note = format!(
         "{path}: note: 10.9.0.0/16 (test) is carved out of 10.0.0.0/8 (production): its addresses are test (the longest prefix wins)"
     );
-    for want in [want_warning, want_note] {
-        ensure!(stdout.contains(&want), "no {want:?} in:\n{stdout}");
+    for want in [&want_warning, &want_note] {
+        ensure!(stdout.contains(want.as_str()), "no {want:?} in:\n{stdout}");
+    }
+    // With -o json, standard output is the (empty) list of errors and the
+    // same lines are on standard error.
+    let out = run(&bin, &["policy", "check", "-o", "json", &path])?;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    ensure!(out.status.success(), "failed: {stderr}{stdout}");
+    let errors: serde_json::Value = serde_json::from_str(&stdout)?;
+    ensure!(errors == serde_json::json!([]), "{stdout}");
+    for want in [&want_warning, &want_note] {
+        ensure!(stderr.contains(want.as_str()), "no {want:?} in:\n{stderr}");
     }
     Ok(())
 }

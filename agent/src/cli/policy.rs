@@ -93,7 +93,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
                         for pattern in &p.interfaces.include {
                             println!("  {}", p.source_check.explain(pattern));
                         }
-                        print_remarks(file, &p);
+                        for line in remark_lines(file, &p) {
+                            println!("  {line}");
+                        }
                     }
                     Err(errors) => {
                         failed += 1;
@@ -109,9 +111,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The warnings and notes on a valid policy (`policy::remarks`), at most
+/// The warnings and notes on a valid policy (`policy::remarks`), one line
+/// each (`FILE[:LINE]: warning|note: ...`), at most
 /// [`policy::LISTED_CARVE_OUTS`] carve-outs.
-fn print_remarks(file: &std::path::Path, p: &policy::Policy) {
+fn remark_lines(file: &std::path::Path, p: &policy::Policy) -> Vec<String> {
+    let mut lines = Vec::new();
     let remarks = policy::remarks(p);
     let carve_outs = remarks
         .iter()
@@ -125,18 +129,19 @@ fn print_remarks(file: &std::path::Path, p: &policy::Policy) {
                 continue;
             }
         }
-        match r.line() {
-            0 => println!("  {}: {}: {r}", file.display(), r.severity()),
-            line => println!("  {}:{line}: {}: {r}", file.display(), r.severity()),
-        }
+        lines.push(match r.line() {
+            0 => format!("{}: {}: {r}", file.display(), r.severity()),
+            line => format!("{}:{line}: {}: {r}", file.display(), r.severity()),
+        });
     }
     if carve_outs > policy::LISTED_CARVE_OUTS {
-        println!(
-            "  {}: note: and {} more carve-outs",
+        lines.push(format!(
+            "{}: note: and {} more carve-outs",
             file.display(),
             carve_outs - policy::LISTED_CARVE_OUTS
-        );
+        ));
     }
+    lines
 }
 
 /// One error of `policy check -o json`.
@@ -154,9 +159,18 @@ fn check_json(files: &[PathBuf]) -> anyhow::Result<()> {
     let mut all: Vec<policy::PolicyError> = Vec::new();
     let mut failed = 0usize;
     for file in files {
-        if let Err(errors) = policy::load(file) {
-            failed += 1;
-            all.extend(errors);
+        match policy::load(file) {
+            // Standard output stays the JSON list of errors; the warnings
+            // and notes go to standard error, as lines.
+            Ok(p) => {
+                for line in remark_lines(file, &p) {
+                    eprintln!("{line}");
+                }
+            }
+            Err(errors) => {
+                failed += 1;
+                all.extend(errors);
+            }
         }
     }
     let list: Vec<JsonError<'_>> = all
