@@ -23,7 +23,7 @@ use envfence::datapath::Hook;
 use envfence::policy::Mode;
 
 use super::table::{delta, fmt, median, Table};
-use super::Section;
+use super::{Part, Section};
 use crate::gen::routes::RouteLab;
 use crate::netns;
 use crate::packet::{ip_frame, Packet};
@@ -69,19 +69,24 @@ struct Variant {
     action: u32,
 }
 
+/// Host `i` of the /48 fd00:`a`:`b`::.
+fn v6_host(a: u16, b: u16, i: usize) -> IpAddr {
+    IpAddr::from([
+        0xfd00,
+        a,
+        b,
+        0,
+        0,
+        0,
+        (i >> 8) as u16,
+        2 + (i & 0xff) as u16,
+    ])
+}
+
 fn routed(v6: bool, i: usize) -> IpAddr {
     // 10.10.1.0/24 and fd00:10:1::/48 leave through efr0.
     if v6 {
-        IpAddr::from([
-            0xfd00,
-            0x10,
-            1,
-            0,
-            0,
-            0,
-            (i >> 8) as u16,
-            2 + (i & 0xff) as u16,
-        ])
+        v6_host(0x10, 1, i)
     } else {
         IpAddr::from([10, 10, 1, 2 + (i % 250) as u8])
     }
@@ -97,19 +102,9 @@ fn peer(v6: bool, _i: usize) -> IpAddr {
 }
 
 fn unrouted(v6: bool, i: usize) -> IpAddr {
-    // Production addresses no route covers in the lab... none: 10.10/16
-    // is routed; 10.50/16 and fd00:50::/32 are in no route at all.
+    // 10.50/16 and fd00:50::/32 are in no route at all.
     if v6 {
-        IpAddr::from([
-            0xfd00,
-            0x50,
-            0,
-            0,
-            0,
-            0,
-            (i >> 8) as u16,
-            2 + (i & 0xff) as u16,
-        ])
+        v6_host(0x50, 0, i)
     } else {
         IpAddr::from([10, 50, (i >> 8) as u8, 2 + (i % 250) as u8])
     }
@@ -142,7 +137,7 @@ fn run(prog: &SchedClassifier, f: &[u8], ifindex: u32, repeat: u32) -> Result<(u
 type Row = (&'static str, &'static str, f64, f64);
 
 fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
-    let mut dp = super::testrun::load(false)?;
+    let mut dp = super::load(false, false)?;
     let policy = crate::gen::diff::example_policy(Mode::Enforce)?;
     dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;
     lab.install_into(&mut dp)?;
@@ -251,10 +246,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let ns = lab.node_ns.clone();
     let rows = netns::in_netns(&ns, || measure_in_lab(&lab, p))??;
     drop(lab);
-    let mut s = Section::new(
-        "source",
-        "e. The source check per packet (BPF_PROG_TEST_RUN)",
-    );
+    let mut s = Section::new(Part::Source);
     s.intro.push(format!(
         "One datapath (example policy, verdict cache on), the same allowed production → production TCP SYNs entering the route lab's interfaces; the TestRun context names the device, so each packet's bpf_fib_lookup asks the lab node's real routes. hot: one frame × {} runs, median of {}; many flows: {} sources × {} runs each, mean, median of {} rounds. Variants interleaved in rotating order. Δ is over the check-off baseline of the same run.",
         p.hot_repeat, p.hot_runs, p.flows, p.spread_repeat, p.rounds

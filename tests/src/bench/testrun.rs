@@ -27,15 +27,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::SchedClassifier;
-use envfence::datapath::{Datapath, Hook, LoadOptions};
-use envfence::policy::SourceCheck;
+use envfence::datapath::{Datapath, Hook};
 
 use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
-use super::{Goal, Section};
+use super::{load, Goal, Part, Section};
 use crate::lab::Family;
 use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
@@ -97,23 +96,22 @@ impl Params {
     }
 }
 
+/// [`Row::ns`]'s measures: hot, working set, spread.
+pub const HOT: usize = 0;
+pub const WORKING_SET: usize = 1;
+pub const SPREAD: usize = 2;
+
 /// The figures of one (family, packet kind, size), ns per packet.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub family: Family,
     pub kind: Kind,
     pub cidrs: usize,
-    pub hot_empty: f64,
-    pub hot_envfence: f64,
-    pub hot_no_cache: f64,
-    pub spread_empty: f64,
-    pub spread_envfence: f64,
-    pub spread_no_cache: f64,
-    pub ws_empty: f64,
-    pub ws_envfence: f64,
-    pub ws_no_cache: f64,
-    pub first_envfence: f64,
-    pub first_no_cache: f64,
+    /// By measure ([`HOT`], [`WORKING_SET`], [`SPREAD`]): the empty
+    /// program, envfence, envfence without cache.
+    pub ns: [[f64; 3]; 3],
+    /// The first packet: envfence, envfence without cache.
+    pub first: [f64; 2],
 }
 
 #[derive(Clone, Debug)]
@@ -161,22 +159,6 @@ impl Loaded {
             Prog::NoCache => self.no_cache.program(Hook::Ingress)?,
         })
     }
-}
-
-/// A datapath as the bench loads it: decision tag compiled out, `lo`
-/// without a source check.
-pub(super) fn load(no_verdict_cache: bool) -> Result<Datapath> {
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
-        no_verdict_cache,
-        no_conntrack: false,
-        conntrack_capacity: None,
-        log_level: 0,
-    })
-    .context("loading the eBPF programs (root needed)")?;
-    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
-    Ok(dp)
 }
 
 fn expected_action(which: Prog, kind: Kind) -> u32 {
@@ -289,8 +271,8 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     for &n in &p.sizes {
         let policy = SynthPolicy::generate(n, p.seed)?;
         let mut l = Loaded {
-            dp: load(false)?,
-            no_cache: load(true)?,
+            dp: load(false, false)?,
+            no_cache: load(true, false)?,
         };
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
@@ -336,39 +318,23 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                     }
                     drain(&mut events);
                 }
-                let m = |v: &[Vec<f64>; 3], w: Prog| median(&v[w.index()]);
+                let m = |v: &[Vec<f64>; 3]| [median(&v[0]), median(&v[1]), median(&v[2])];
+                let first = [first[Prog::Envfence.index()], first[Prog::NoCache.index()]];
+                let ns = [m(&hot), m(&small), m(&spread)];
                 let row = Row {
                     family,
                     kind,
                     cidrs: n,
-                    hot_empty: m(&hot, Prog::Empty),
-                    hot_envfence: m(&hot, Prog::Envfence),
-                    hot_no_cache: m(&hot, Prog::NoCache),
-                    spread_empty: m(&spread, Prog::Empty),
-                    spread_envfence: m(&spread, Prog::Envfence),
-                    spread_no_cache: m(&spread, Prog::NoCache),
-                    ws_empty: m(&small, Prog::Empty),
-                    ws_envfence: m(&small, Prog::Envfence),
-                    ws_no_cache: m(&small, Prog::NoCache),
-                    first_envfence: first[Prog::Envfence.index()],
-                    first_no_cache: first[Prog::NoCache.index()],
+                    ns,
+                    first,
                 };
+                let [h, w, sp] = ns;
                 log(&format!(
                     "testrun: {:>7} CIDRs {} {:<7}  hot {:.0}/{:.0}/{:.0} ns  working set {:.0}/{:.0}/{:.0} ns  spread {:.0}/{:.0}/{:.0} ns  first packet {:.0}/{:.0} ns  (empty/envfence/no cache)",
                     thousands(n as f64),
                     family.name(),
                     kind.name(),
-                    row.hot_empty,
-                    row.hot_envfence,
-                    row.hot_no_cache,
-                    row.ws_empty,
-                    row.ws_envfence,
-                    row.ws_no_cache,
-                    row.spread_empty,
-                    row.spread_envfence,
-                    row.spread_no_cache,
-                    row.first_envfence,
-                    row.first_no_cache,
+                    h[0], h[1], h[2], w[0], w[1], w[2], sp[0], sp[1], sp[2], first[0], first[1],
                 ));
                 rows.push(row);
             }
@@ -405,7 +371,7 @@ impl Results {
             "Δ over empty",
             base_col.as_str(),
         ];
-        let mut hot = Table::new(
+        let hot = Table::new(
             format!(
                 "a1. TestRun hot: one flow repeated ×{} in the kernel, median of {} runs (a different flow each run), ns/packet",
                 thousands(f64::from(p.hot_repeat)),
@@ -449,54 +415,38 @@ impl Results {
                 "Δ over empty",
             ],
         );
+        let mut by_measure = [hot, small, spread];
         for r in &self.rows {
             let base = self.base(r);
-            let cells = |empty: f64, env: f64, nc: f64, benv: Option<f64>, bnc: Option<f64>| {
-                vec![
+            for (k, t) in by_measure.iter_mut().enumerate() {
+                let [empty, env, nc] = r.ns[k];
+                let to_base = |v: f64, i: usize| ratio(base.map_or(f64::NAN, |b| v / b.ns[k][i]));
+                t.row(vec![
                     r.family.name().to_string(),
                     r.kind.name().to_string(),
                     thousands(r.cidrs as f64),
                     fmt(empty, 0),
                     fmt(env, 0),
                     delta(env - empty),
-                    ratio(benv.map_or(f64::NAN, |b| env / b)),
+                    to_base(env, 1),
                     fmt(nc, 0),
                     delta(nc - empty),
-                    ratio(bnc.map_or(f64::NAN, |b| nc / b)),
-                ]
-            };
-            hot.row(cells(
-                r.hot_empty,
-                r.hot_envfence,
-                r.hot_no_cache,
-                base.map(|b| b.hot_envfence),
-                base.map(|b| b.hot_no_cache),
-            ));
-            small.row(cells(
-                r.ws_empty,
-                r.ws_envfence,
-                r.ws_no_cache,
-                base.map(|b| b.ws_envfence),
-                base.map(|b| b.ws_no_cache),
-            ));
-            spread.row(cells(
-                r.spread_empty,
-                r.spread_envfence,
-                r.spread_no_cache,
-                base.map(|b| b.spread_envfence),
-                base.map(|b| b.spread_no_cache),
-            ));
+                    to_base(nc, 2),
+                ]);
+            }
+            let empty = r.ns[SPREAD][0];
             first.row(vec![
                 r.family.name().into(),
                 r.kind.name().into(),
                 thousands(r.cidrs as f64),
-                fmt(r.spread_empty, 0),
-                fmt(r.first_envfence, 0),
-                delta(r.first_envfence - r.spread_empty),
-                fmt(r.first_no_cache, 0),
-                delta(r.first_no_cache - r.spread_empty),
+                fmt(empty, 0),
+                fmt(r.first[0], 0),
+                delta(r.first[0] - empty),
+                fmt(r.first[1], 0),
+                delta(r.first[1] - empty),
             ]);
         }
+        let [mut hot, mut small, mut spread] = by_measure;
         hot.note("CIDRs: prefixes per family (the policy holds as many IPv4 as IPv6 prefixes), mixed lengths /16–/32 and /32–/128 over 5 environments.");
         hot.note("Allowed packets: any environment pair but test → production, TCP SYN; dropped: test → production. Every packet's TC action is checked.");
         hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet does both LPM lookups). Ratio: the figure at this size over the same program's at the smallest size.");
@@ -523,12 +473,13 @@ impl Results {
             let what = format!("{} {}", r.family.name(), r.kind.name());
             let ws = format!("{} flows", thousands(self.params.working_set as f64));
             let sp = format!("{} flows", thousands(self.params.spread_flows as f64));
-            for (measure, env, empty) in [
-                ("hot", r.hot_envfence, r.hot_empty),
-                (ws.as_str(), r.ws_envfence, r.ws_empty),
-                (sp.as_str(), r.spread_envfence, r.spread_empty),
-            ] {
-                let d = env - empty;
+            let measures = [
+                (HOT, "hot"),
+                (WORKING_SET, ws.as_str()),
+                (SPREAD, sp.as_str()),
+            ];
+            for (k, measure) in measures {
+                let d = r.ns[k][1] - r.ns[k][0];
                 goals.push(Goal::new(
                     format!("adds ≤ 50 ns over empty at 100,000 CIDRs{at}: {what}, {measure}"),
                     format!("{d:+.1} ns"),
@@ -536,11 +487,8 @@ impl Results {
                 ));
             }
             if let Some(b) = self.base(r) {
-                for (measure, env, base) in [
-                    ("hot", r.hot_envfence, b.hot_envfence),
-                    (ws.as_str(), r.ws_envfence, b.ws_envfence),
-                    (sp.as_str(), r.spread_envfence, b.spread_envfence),
-                ] {
+                for (k, measure) in measures {
+                    let (env, base) = (r.ns[k][1], b.ns[k][1]);
                     let q = env / base;
                     goals.push(Goal::new(
                         format!(
@@ -560,7 +508,7 @@ impl Results {
 /// The section of the report.
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let results = measure(p, log)?;
-    let mut s = Section::new("testrun", "a. Per-packet cost (BPF_PROG_TEST_RUN)");
+    let mut s = Section::new(Part::Testrun);
     s.intro.push(
         "envfence's ingress program and an empty TC program (returns TCX_NEXT) are loaded side by side from one object and run interleaved on the same frames with BPF_PROG_TEST_RUN; the kernel reports the mean time per run. Δ over empty is what envfence adds to a packet.".into(),
     );

@@ -19,7 +19,6 @@
 //! each figure is the median over rounds, each ratio the median of the
 //! per-round ratios to the no-filter run of the same round.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -29,17 +28,15 @@ use serde_json::Value;
 
 use super::synth::{SynthPolicy, ENVS, PRODUCTION, TEST};
 use super::table::{fmt, median, ratio, thousands, Table};
-use super::{Goal, Section};
-use crate::agent::{Agent, AgentOptions};
-use crate::lab::{wait_until, Lab, PodSpec};
+use super::{client_server, start_agent, Goal, Part, Section, CLIENT, SERVER};
+use crate::agent::Agent;
+use crate::lab::{wait_until, Family, Lab};
 use crate::netns;
 
 const TCP_PORT: u16 = 5201;
 const UDP_PORT_BASE: u16 = 5301;
-const CLIENT: &str = "client";
 /// iperf3 `-A client,server` CPUs.
 const AFFINITY: &str = "0,1";
-const SERVER: &str = "server";
 
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -67,12 +64,9 @@ impl Params {
     }
     pub fn quick() -> Params {
         Params {
-            sizes: vec![10, 10_000],
             rounds: 1,
             secs: 1,
-            udp_procs: 3,
-            udp_streams: 4,
-            seed: 1,
+            ..Params::full()
         }
     }
 }
@@ -100,6 +94,17 @@ impl Filter {
 struct Variant {
     filter: Filter,
     cidrs: usize,
+}
+
+impl Variant {
+    /// The table cells naming the variant: filter, CIDRs.
+    fn cells(self) -> Vec<String> {
+        let cidrs = match self.filter {
+            Filter::None => "—".into(),
+            _ => thousands(self.cidrs as f64),
+        };
+        vec![self.filter.name().to_string(), cidrs]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,21 +184,8 @@ impl Bench<'_> {
                 let path = self.dir.path().join(format!("policy-{}.yaml", v.cidrs));
                 std::fs::write(&path, &self.policy(v.cidrs)?.yaml)?;
                 let state = self.dir.path().join("state");
-                let agent = Agent::start_with(
-                    &self.lab,
-                    self.agent_bin,
-                    &AgentOptions {
-                        policy_args: vec!["--config".into(), path.display().to_string()],
-                        extra_args: vec![
-                            "--no-pin".into(),
-                            "--no-watch".into(),
-                            "--state-dir".into(),
-                            state.display().to_string(),
-                        ],
-                        ready_timeout: Duration::from_secs(120),
-                        ..AgentOptions::default()
-                    },
-                )?;
+                let timeout = Duration::from_secs(120);
+                let agent = start_agent(&self.lab, self.agent_bin, &path, &state, timeout)?;
                 let attached = agent.metric("envfence_attached_interfaces", &[])?;
                 if attached < 2.0 {
                     bail!("the agent attached to {attached} interfaces, not the lab's 2");
@@ -392,17 +384,15 @@ impl Bench<'_> {
 fn nft_ruleset(p: &SynthPolicy) -> String {
     let mut s = String::from("table inet efbench {\n");
     for (i, env) in ENVS.iter().enumerate() {
-        let v4: Vec<String> =
-            p.v4.iter()
-                .filter(|(_, e)| *e == i)
-                .map(|(n, _)| n.to_string())
+        for (fam, ty, family) in [
+            ("v4", "ipv4_addr", Family::V4),
+            ("v6", "ipv6_addr", Family::V6),
+        ] {
+            let elems: Vec<String> = p
+                .prefixes_of(family, i)
+                .iter()
+                .map(|n| n.to_string())
                 .collect();
-        let v6: Vec<String> =
-            p.v6.iter()
-                .filter(|(_, e)| *e == i)
-                .map(|(n, _)| n.to_string())
-                .collect();
-        for (fam, ty, elems) in [("v4", "ipv4_addr", v4), ("v6", "ipv6_addr", v6)] {
             s.push_str(&format!(
                 "  set env_{env}_{fam} {{\n    type {ty}\n    flags interval\n    auto-merge\n"
             ));
@@ -454,21 +444,6 @@ fn iptables_rules(p: &SynthPolicy) -> String {
 
 const IPTABLES_EMPTY: &str =
     "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
-
-fn pods() -> Vec<PodSpec> {
-    vec![
-        PodSpec::new(
-            CLIENT,
-            Ipv4Addr::new(10, 20, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x20, 1, 0, 0, 0, 0, 2),
-        ),
-        PodSpec::new(
-            SERVER,
-            Ipv4Addr::new(10, 10, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x10, 1, 0, 0, 0, 0, 2),
-        ),
-    ]
-}
 
 fn start_servers(lab: &Lab, p: &Params) -> Result<()> {
     let ip = lab.pod(SERVER)?.ipv4();
@@ -589,7 +564,7 @@ fn measure(
         .collect::<Result<Vec<_>>>()?;
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("iptables-empty.rules"), IPTABLES_EMPTY)?;
-    let lab = Lab::new(&pods())?;
+    let lab = Lab::new(&client_server())?;
     start_servers(&lab, p)?;
     let bench = Bench {
         lab,
@@ -678,14 +653,7 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
         ],
     );
     for f in &figures {
-        let mut row = vec![
-            f.variant.filter.name().to_string(),
-            if f.variant.filter == Filter::None {
-                "—".into()
-            } else {
-                thousands(f.variant.cidrs as f64)
-            },
-        ];
+        let mut row = f.variant.cells();
         for t in 0..3 {
             let m = median(&f.values[t]);
             row.push(if t == 2 { fmt(m / 1e3, 0) } else { fmt(m, 2) });
@@ -701,14 +669,7 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
         &["filter", "CIDRs", "TCP 1 stream Gb/s", "TCP 4 streams Gb/s", "UDP kpps"],
     );
     for f in &figures {
-        let mut row = vec![
-            f.variant.filter.name().to_string(),
-            if f.variant.filter == Filter::None {
-                "—".into()
-            } else {
-                thousands(f.variant.cidrs as f64)
-            },
-        ];
+        let mut row = f.variant.cells();
         for t in 0..3 {
             row.push(
                 f.values[t]
@@ -720,7 +681,7 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
         }
         runs.row(row);
     }
-    let mut s = Section::new("throughput", "b. Throughput across the lab's veth path");
+    let mut s = Section::new(Part::Throughput);
     s.intro.push("A lab of network namespaces: a client pod and a server pod, each joined by a veth pair to a node namespace that routes between them (as a CNI does). Every filter lives in the node namespace only and is removed after its run; nothing touches the host's interfaces.".into());
     s.tables.push(table);
     s.tables.push(runs);

@@ -406,15 +406,6 @@ fn reply_reported(c: &Check) -> bool {
     c.expect.reply_sent() && c.expect.reply.as_ref().is_some_and(Expected::reported)
 }
 
-/// Echo request and reply types.
-fn echo_types(ip: IpAddr) -> (u8, u8) {
-    if ip.is_ipv4() {
-        (8, 0)
-    } else {
-        (128, 129)
-    }
-}
-
 /// Events of the probe's forward packets, and of its replies.
 fn matching_events<'e>(
     c: &Check,
@@ -423,36 +414,34 @@ fn matching_events<'e>(
 ) -> (Vec<&'e FlowEvent>, Vec<&'e FlowEvent>) {
     let p = c.probe.proto(c.src_ip);
     let is_icmp = p == proto::ICMP || p == proto::ICMPV6;
-    let (request, reply) = echo_types(c.src_ip);
-    let fwd = events
-        .iter()
-        .filter(|e| {
-            e.src == c.src_ip
-                && e.dst == c.dst_ip
-                && e.proto == p
-                && if is_icmp {
-                    e.icmp_type.is_none_or(|t| t == request)
-                } else {
-                    e.dport == c.probe.port()
-                        && (o.client_port.is_none() || e.sport == o.client_port)
-                }
-        })
-        .collect();
-    let rep = events
-        .iter()
-        .filter(|e| {
-            e.src == c.dst_ip
-                && e.dst == c.src_ip
-                && e.proto == p
-                && if is_icmp {
-                    e.icmp_type.is_none_or(|t| t == reply)
-                } else {
-                    e.sport == c.probe.port()
-                        && (o.client_port.is_none() || e.dport == o.client_port)
-                }
-        })
-        .collect();
-    (fwd, rep)
+    // Echo request and reply types.
+    let (request, reply) = if c.src_ip.is_ipv4() {
+        (8, 0)
+    } else {
+        (128, 129)
+    };
+    // Events from `src` to `dst` whose ports are (server port, client
+    // port) in that order, or of ICMP type `ty`.
+    let matching = |src,
+                    dst,
+                    ty: u8,
+                    server: fn(&FlowEvent) -> Option<u16>,
+                    client: fn(&FlowEvent) -> Option<u16>| {
+        let select = move |e: &&FlowEvent| {
+            let ports = if is_icmp {
+                e.icmp_type.is_none_or(|t| t == ty)
+            } else {
+                server(e) == c.probe.port()
+                    && (o.client_port.is_none() || client(e) == o.client_port)
+            };
+            e.src == src && e.dst == dst && e.proto == p && ports
+        };
+        events.iter().filter(select).collect::<Vec<_>>()
+    };
+    (
+        matching(c.src_ip, c.dst_ip, request, |e| e.dport, |e| e.sport),
+        matching(c.dst_ip, c.src_ip, reply, |e| e.sport, |e| e.dport),
+    )
 }
 
 struct Row {
@@ -614,22 +603,9 @@ fn print_table(rows: &[Row]) {
 /// packets' source: the source check refuses it (verdict `spoofed`, counted
 /// under `world`), whatever the policy says of production -> production.
 fn spoof_rows(lab: &Lab, agent: &Agent) -> Result<Vec<Row>> {
-    let example = envfence::policy::parse(
-        envfence::policy::EXAMPLE_POLICY,
-        envfence::policy::EXAMPLE_ORIGIN,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows = Vec::new();
     for family in [Family::V4, Family::V6] {
-        let prod = example
-            .environment("production")
-            .and_then(|e| {
-                e.cidrs
-                    .iter()
-                    .find(|n| n.addr().is_ipv4() == (family == Family::V4))
-                    .copied()
-            })
-            .context("a production CIDR of the example policy")?;
+        let prod = envfence_tests::fixture::env_net("production", family);
         let src = envfence_tests::spoof::unowned(&prod);
         let dst = lab.pod("prod1")?.ip(family);
         let arrivals = lab.count_arrivals("prod1", &[src])?;
