@@ -102,12 +102,6 @@ pub fn normalize_paths(s: &str, tmp: &Path) -> String {
         .replace(&format!("policy-v{ABI_VERSION}"), "policy-v<ABI>")
 }
 
-pub fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
-}
-
 /// Compares `actual` with the golden file `name` (or rewrites it with
 /// ENVFENCE_UPDATE_GOLDEN=1).
 pub fn golden(name: &str, actual: &str) -> Result<()> {
@@ -117,7 +111,9 @@ pub fn golden(name: &str, actual: &str) -> Result<()> {
         .map(|l| format!("{}\n", l.trim_end()))
         .collect();
     let actual = actual.as_str();
-    let path = golden_path(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("ENVFENCE_UPDATE_GOLDEN").is_some_and(|v| v != "0") {
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
         std::fs::write(&path, actual).with_context(|| format!("writing {}", path.display()))?;
@@ -303,18 +299,19 @@ pub fn start(extra: &[&str]) -> Result<Setup> {
     let audit = tmp.path().join("audit.jsonl");
     let policy = tmp.path().join("policy.yaml");
     std::fs::write(&policy, envfence::policy::EXAMPLE_POLICY)?;
-    let mut extra_args: Vec<String> = vec![
-        "--api-socket".into(),
-        socket.display().to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--audit-file".into(),
-        audit.display().to_string(),
-        "--no-watch".into(),
-        "--node-name".into(),
-        "lab-node".into(),
+    let paths = [
+        ("--api-socket", &socket),
+        ("--state-dir", &state),
+        ("--audit-file", &audit),
     ];
-    extra_args.extend(extra.iter().map(|s| s.to_string()));
+    let mut extra_args: Vec<String> = paths
+        .iter()
+        .flat_map(|(flag, p)| [flag.to_string(), p.display().to_string()])
+        .collect();
+    let more = ["--no-watch", "--node-name", "lab-node"]
+        .iter()
+        .chain(extra);
+    extra_args.extend(more.map(|s| s.to_string()));
     let agent = Agent::start_with(
         &lab,
         &bin,
@@ -338,10 +335,6 @@ pub fn start(extra: &[&str]) -> Result<Setup> {
         audit,
         policy,
     })
-}
-
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().expect("a literal address")
 }
 
 /// Sends one UDP datagram of `len` bytes from pod `from`'s IPv4 address,

@@ -15,7 +15,6 @@
 //! RSS; then the file is replaced by the other policy and SIGHUP sent, the
 //! time until /metrics shows the new generation, and its RSS.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,7 +27,8 @@ use nix::sys::signal::Signal;
 use super::synth::SynthPolicy;
 use super::table::{thousands, Table};
 use super::{client_server, load, start_agent, Goal, Part, Section};
-use crate::lab::{wait_until, Lab};
+use crate::fixture::pod_addr;
+use crate::lab::{wait_until, Family, Lab};
 use crate::packet::{ip_frame, Packet};
 use crate::testrun::{self, ACTION_NEXT, ACTION_SHOT};
 
@@ -53,28 +53,18 @@ impl Params {
     }
 }
 
-/// Probe frames and the action each must get in both policies.
+/// Probe frames and the action each must get in both policies: staging
+/// -> production (allowed) and test -> production (dropped), IPv4 and IPv6.
 fn probes() -> Vec<(Vec<u8>, u32)> {
-    let ip = |s: &str| -> IpAddr { s.parse().expect("probe address") };
-    let tcp = || Packet::syn(40000, 8080);
-    vec![
-        (
-            ip_frame(ip("10.20.1.2"), ip("10.10.1.2"), 6, tcp()),
-            ACTION_NEXT,
-        ),
-        (
-            ip_frame(ip("10.30.1.2"), ip("10.10.1.2"), 6, tcp()),
-            ACTION_SHOT,
-        ),
-        (
-            ip_frame(ip("fd00:20:1::2"), ip("fd00:10:1::2"), 6, tcp()),
-            ACTION_NEXT,
-        ),
-        (
-            ip_frame(ip("fd00:30:1::2"), ip("fd00:10:1::2"), 6, tcp()),
-            ACTION_SHOT,
-        ),
-    ]
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let prod = pod_addr("production", family, 1);
+        for (env, action) in [("staging", ACTION_NEXT), ("test", ACTION_SHOT)] {
+            let tcp = Packet::syn(40000, 8080);
+            out.push((ip_frame(pod_addr(env, family, 1), prod, 6, tcp), action));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, Default)]

@@ -146,37 +146,38 @@ fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
         lab.ifindex(n)
             .with_context(|| format!("no {n} in the route lab"))
     };
+    let var = |name, ifindex, source: fn(bool, usize) -> IpAddr, action| Variant {
+        name,
+        ifindex,
+        source,
+        action,
+    };
     let variants = [
-        Variant {
-            name: "check off (lo): the baseline",
-            ifindex: LO_IFINDEX,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "strict, route via this interface",
-            ifindex: dev("efr0")?,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "strict, peer address (route elsewhere)",
-            ifindex: dev("efr0")?,
-            source: peer,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "loose",
-            ifindex: dev("efr2")?,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "refused: no route (spoofed, dropped)",
-            ifindex: dev("efr0")?,
-            source: unrouted,
-            action: ACTION_SHOT,
-        },
+        var(
+            "check off (lo): the baseline",
+            LO_IFINDEX,
+            routed,
+            ACTION_NEXT,
+        ),
+        var(
+            "strict, route via this interface",
+            dev("efr0")?,
+            routed,
+            ACTION_NEXT,
+        ),
+        var(
+            "strict, peer address (route elsewhere)",
+            dev("efr0")?,
+            peer,
+            ACTION_NEXT,
+        ),
+        var("loose", dev("efr2")?, routed, ACTION_NEXT),
+        var(
+            "refused: no route (spoofed, dropped)",
+            dev("efr0")?,
+            unrouted,
+            ACTION_SHOT,
+        ),
     ];
     let prog = dp.program(Hook::Ingress)?;
     let mut rows = Vec::new();
@@ -207,32 +208,37 @@ fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
             }
         }
         while events.next().is_some() {}
-        let mut hot: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for r in 0..p.hot_runs {
-            for k in 0..variants.len() {
-                let j = (k + r) % variants.len();
-                let v = &variants[j];
-                let f = &frames[j][r * p.flows / p.hot_runs.max(1)];
-                let (action, ns) = run(prog, f, v.ifindex, p.hot_repeat)?;
+        // The mean ns per run of `fs` through `v`, each run `repeat` times.
+        let mean = |v: &Variant, fs: &[Vec<u8>], repeat| -> Result<f64> {
+            let mut total = 0.0;
+            for f in fs {
+                let (action, ns) = run(prog, f, v.ifindex, repeat)?;
                 check(v, action)?;
-                hot[j].push(ns);
+                total += ns;
             }
-        }
-        let mut spread: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for r in 0..p.rounds {
-            for k in 0..variants.len() {
-                let j = (k + r) % variants.len();
-                let v = &variants[j];
-                let mut total = 0.0;
-                for f in &frames[j] {
-                    let (action, ns) = run(prog, f, v.ifindex, p.spread_repeat)?;
-                    check(v, action)?;
-                    total += ns;
+            Ok(total / fs.len().max(1) as f64)
+        };
+        // `n` rounds of every variant in rotating order: one frame of the
+        // set (another each round) or all of them.
+        let mut rounds = |n: usize, repeat: u32, one: bool| -> Result<Vec<Vec<f64>>> {
+            let mut out = vec![Vec::new(); variants.len()];
+            for r in 0..n {
+                for k in 0..variants.len() {
+                    let j = (k + r) % variants.len();
+                    let i = r * p.flows / n.max(1);
+                    let fs = if one {
+                        &frames[j][i..=i]
+                    } else {
+                        &frames[j][..]
+                    };
+                    out[j].push(mean(&variants[j], fs, repeat)?);
                 }
-                spread[j].push(total / frames[j].len().max(1) as f64);
+                while events.next().is_some() {}
             }
-            while events.next().is_some() {}
-        }
+            Ok(out)
+        };
+        let hot = rounds(p.hot_runs, p.hot_repeat, true)?;
+        let spread = rounds(p.rounds, p.spread_repeat, false)?;
         for (j, v) in variants.iter().enumerate() {
             rows.push((v.name, fam, median(&hot[j]), median(&spread[j])));
         }

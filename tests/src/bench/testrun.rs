@@ -379,26 +379,25 @@ impl Results {
             ),
             &headers,
         );
-        let mut small = Table::new(
-            format!(
-                "a2. TestRun spread, steady state, a working set of {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
-                thousands(p.working_set as f64),
-                p.spread_repeat,
-                p.spread_rounds
-            ),
-            &headers,
+        // a2 and a3: `flows` distinct flows, each run ×spread_repeat.
+        let spread_table = |title: &str, flows: usize| {
+            let mut t = Table::new(
+                format!(
+                    "{title} {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
+                    thousands(flows as f64),
+                    p.spread_repeat,
+                    p.spread_rounds
+                ),
+                &headers,
+            );
+            t.headers[3] = "empty (per-call overhead)".into();
+            t
+        };
+        let small = spread_table(
+            "a2. TestRun spread, steady state, a working set of",
+            p.working_set,
         );
-        small.headers[3] = "empty (per-call overhead)".into();
-        let mut spread = Table::new(
-            format!(
-                "a3. TestRun spread, steady state, {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
-                thousands(p.spread_flows as f64),
-                p.spread_repeat,
-                p.spread_rounds
-            ),
-            &headers,
-        );
-        spread.headers[3] = "empty (per-call overhead)".into();
+        let spread = spread_table("a3. TestRun spread, steady state,", p.spread_flows);
         let mut first = Table::new(
             format!(
                 "a4. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",

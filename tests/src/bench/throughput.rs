@@ -173,19 +173,30 @@ impl Bench<'_> {
             .ok_or_else(|| anyhow!("no policy of {cidrs} CIDRs"))
     }
 
-    fn node(&self) -> String {
-        self.lab.node_ns().to_string()
+    /// `program args` in the node namespace (see [`in_ns`]).
+    fn in_node(&self, program: &str, args: &[&str], secs: u64) -> Result<String> {
+        in_ns(self.lab.node_ns(), program, args, Duration::from_secs(secs))
+    }
+
+    /// Writes `text` to `name` in the bench's directory; returns its path.
+    fn file(&self, name: &str, text: &str) -> Result<String> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
     }
 
     fn setup(&self, v: Variant) -> Result<Active> {
         match v.filter {
             Filter::None => Ok(Active::None),
             Filter::Envfence => {
-                let path = self.dir.path().join(format!("policy-{}.yaml", v.cidrs));
-                std::fs::write(&path, &self.policy(v.cidrs)?.yaml)?;
+                let policy = self.file(
+                    &format!("policy-{}.yaml", v.cidrs),
+                    &self.policy(v.cidrs)?.yaml,
+                )?;
                 let state = self.dir.path().join("state");
                 let timeout = Duration::from_secs(120);
-                let agent = start_agent(&self.lab, self.agent_bin, &path, &state, timeout)?;
+                let agent =
+                    start_agent(&self.lab, self.agent_bin, policy.as_ref(), &state, timeout)?;
                 let attached = agent.metric("envfence_attached_interfaces", &[])?;
                 if attached < 2.0 {
                     bail!("the agent attached to {attached} interfaces, not the lab's 2");
@@ -193,25 +204,15 @@ impl Bench<'_> {
                 Ok(Active::Agent(agent))
             }
             Filter::Nft => {
-                let path = self.dir.path().join(format!("nft-{}.conf", v.cidrs));
-                std::fs::write(&path, nft_ruleset(self.policy(v.cidrs)?))?;
-                in_ns(
-                    &self.node(),
-                    "nft",
-                    &["-f", &path.display().to_string()],
-                    Duration::from_secs(120),
-                )?;
+                let rules = nft_ruleset(self.policy(v.cidrs)?);
+                let path = self.file(&format!("nft-{}.conf", v.cidrs), &rules)?;
+                self.in_node("nft", &["-f", &path], 120)?;
                 Ok(Active::Nft)
             }
             Filter::Iptables => {
-                let path = self.dir.path().join(format!("iptables-{}.rules", v.cidrs));
-                std::fs::write(&path, iptables_rules(self.policy(v.cidrs)?))?;
-                in_ns(
-                    &self.node(),
-                    "iptables-restore",
-                    &[&path.display().to_string()],
-                    Duration::from_secs(300),
-                )?;
+                let rules = iptables_rules(self.policy(v.cidrs)?);
+                let path = self.file(&format!("iptables-{}.rules", v.cidrs), &rules)?;
+                self.in_node("iptables-restore", &[&path], 300)?;
                 Ok(Active::Iptables)
             }
         }
@@ -222,14 +223,12 @@ impl Bench<'_> {
         match active {
             Active::None => Ok(()),
             Active::Agent(agent) => {
-                let allowed = agent.metric(
-                    "envfence_packets_total",
-                    &[
-                        ("src_env", "staging"),
-                        ("dst_env", "production"),
-                        ("verdict", "allow"),
-                    ],
-                );
+                let labels = [
+                    ("src_env", "staging"),
+                    ("dst_env", "production"),
+                    ("verdict", "allow"),
+                ];
+                let allowed = agent.metric("envfence_packets_total", &labels);
                 agent.stop(Duration::from_secs(20))?;
                 if allowed? < 1.0 {
                     bail!("the agent judged none of the benchmark's packets");
@@ -237,32 +236,13 @@ impl Bench<'_> {
                 Ok(())
             }
             Active::Nft => {
-                in_ns(
-                    &self.node(),
-                    "nft",
-                    &["delete", "table", "inet", "efbench"],
-                    Duration::from_secs(60),
-                )?;
+                self.in_node("nft", &["delete", "table", "inet", "efbench"], 60)?;
                 Ok(())
             }
             Active::Iptables => {
-                let counters = in_ns(
-                    &self.node(),
-                    "iptables",
-                    &["-w", "-nvxL", "efb-staging"],
-                    Duration::from_secs(60),
-                );
-                in_ns(
-                    &self.node(),
-                    "iptables-restore",
-                    &[&self
-                        .dir
-                        .path()
-                        .join("iptables-empty.rules")
-                        .display()
-                        .to_string()],
-                    Duration::from_secs(60),
-                )?;
+                let counters = self.in_node("iptables", &["-w", "-nvxL", "efb-staging"], 60);
+                let empty = self.file("iptables-empty.rules", IPTABLES_EMPTY)?;
+                self.in_node("iptables-restore", &[&empty], 60)?;
                 let seen = counters?
                     .lines()
                     .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
@@ -279,12 +259,13 @@ impl Bench<'_> {
         Ok(self.lab.pod(SERVER)?.ipv4().to_string())
     }
 
-    /// One iperf3 client run in the client pod; the parsed JSON.
-    fn iperf(&self, args: &[String]) -> Result<Value> {
+    /// One iperf3 client run in the client pod with `args` (words split
+    /// at spaces); the parsed JSON.
+    fn iperf(&self, args: &str) -> Result<Value> {
         let ns = self.lab.ns(CLIENT)?.to_string();
         let server = self.server_ip()?;
         let secs = self.p.secs.to_string();
-        let mut all: Vec<&str> = vec![
+        let mut all = vec![
             "-c",
             &server,
             "-t",
@@ -296,7 +277,7 @@ impl Bench<'_> {
         if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
             all.extend(["-A", AFFINITY]);
         }
-        all.extend(args.iter().map(String::as_str));
+        all.extend(args.split(' '));
         let timeout = Duration::from_secs(u64::from(self.p.secs) + 20);
         let mut last = None;
         for _attempt in 0..2 {
@@ -319,12 +300,7 @@ impl Bench<'_> {
 
     /// Gb/s received by the server.
     fn tcp(&self, streams: usize) -> Result<f64> {
-        let v = self.iperf(&[
-            "-p".into(),
-            TCP_PORT.to_string(),
-            "-P".into(),
-            streams.to_string(),
-        ])?;
+        let v = self.iperf(&format!("-p {TCP_PORT} -P {streams}"))?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .context("no end.sum_received.bits_per_second in iperf3's answer")?;
@@ -337,17 +313,9 @@ impl Bench<'_> {
             let handles: Vec<_> = (0..self.p.udp_procs)
                 .map(|i| {
                     s.spawn(move || -> Result<f64> {
-                        let v = self.iperf(&[
-                            "-p".into(),
-                            (UDP_PORT_BASE + i as u16).to_string(),
-                            "-u".into(),
-                            "-b".into(),
-                            "0".into(),
-                            "-l".into(),
-                            "64".into(),
-                            "-P".into(),
-                            self.p.udp_streams.to_string(),
-                        ])?;
+                        let port = UDP_PORT_BASE + i as u16;
+                        let streams = self.p.udp_streams;
+                        let v = self.iperf(&format!("-p {port} -u -b 0 -l 64 -P {streams}"))?;
                         let sum = &v["end"]["sum"];
                         let packets = sum["packets"].as_f64().context("end.sum.packets")?;
                         let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -356,19 +324,12 @@ impl Bench<'_> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("a UDP client thread panicked")))
-                })
+            let joined = handles.into_iter().map(|h| h.join());
+            joined
+                .map(|r| r.unwrap_or_else(|_| Err(anyhow!("a UDP client thread panicked"))))
                 .collect()
         });
-        let mut total = 0.0;
-        for r in results {
-            total += r?;
-        }
-        Ok(total)
+        results.into_iter().sum()
     }
 
     fn measure(&self, test: Test) -> Result<f64> {
@@ -513,31 +474,21 @@ fn run_variant(
     log: &mut dyn FnMut(&str),
 ) -> [f64; 3] {
     let mut values = [f64::NAN; 3];
+    let what = format!("round {}: {}", round + 1, label(v));
     let active = match bench.setup(v) {
         Ok(a) => a,
         Err(e) => {
-            problems.push(format!(
-                "round {}: {}: setup failed: {e:#}",
-                round + 1,
-                label(v)
-            ));
+            problems.push(format!("{what}: setup failed: {e:#}"));
             log(problems.last().map_or("", String::as_str));
             return values;
         }
     };
     let mut line = format!("throughput: round {} {:<34}", round + 1, label(v));
     for (t, test) in Test::ALL.iter().enumerate() {
-        values[t] = match bench.measure(*test) {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!(
-                    "round {}: {}: {test:?}: {e:#}",
-                    round + 1,
-                    label(v)
-                ));
-                f64::NAN
-            }
-        };
+        values[t] = bench.measure(*test).unwrap_or_else(|e| {
+            problems.push(format!("{what}: {test:?}: {e:#}"));
+            f64::NAN
+        });
         line.push_str(&match test {
             Test::Udp => format!("  udp {:.0} kpps", values[t] / 1e3),
             _ => format!("  {test:?} {:.2} Gb/s", values[t]),
@@ -545,7 +496,7 @@ fn run_variant(
     }
     log(&line);
     if let Err(e) = bench.teardown(active) {
-        problems.push(format!("round {}: {}: {e:#}", round + 1, label(v)));
+        problems.push(format!("{what}: {e:#}"));
         log(problems.last().map_or("", String::as_str));
     }
     values
@@ -563,7 +514,6 @@ fn measure(
         .map(|&n| SynthPolicy::generate(n, p.seed))
         .collect::<Result<Vec<_>>>()?;
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("iptables-empty.rules"), IPTABLES_EMPTY)?;
     let lab = Lab::new(&client_server())?;
     start_servers(&lab, p)?;
     let bench = Bench {
@@ -617,9 +567,8 @@ fn measure(
         }
     }
     // Leave the node namespace as clean as it came (it is deleted next).
-    let node = bench.node();
-    in_ns(&node, "nft", &["flush", "ruleset"], Duration::from_secs(60))?;
-    let left = in_ns(&node, "nft", &["list", "ruleset"], Duration::from_secs(60))?;
+    bench.in_node("nft", &["flush", "ruleset"], 60)?;
+    let left = bench.in_node("nft", &["list", "ruleset"], 60)?;
     if !left.trim().is_empty() {
         problems.push(format!("nft state left in the node namespace: {left}"));
     }

@@ -152,33 +152,31 @@ fn demo(args: &Args) -> Result<bool> {
     let (_listeners, receivers) = servers(&lab)?;
     let blocked_timeout = Duration::from_millis(args.blocked_timeout_ms);
     let probe_start = Instant::now();
-    let mut observed: Vec<Option<Observed>> = Vec::new();
+    let mut observed: Vec<Observed> = Vec::new();
     for wave in checks.chunks(PARALLEL) {
-        let results: Vec<Observed> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let handles: Vec<_> = wave
                 .iter()
                 .map(|c| s.spawn(|| run_check(&lab, &receivers, c, blocked_timeout)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(Ok(o)) => o,
-                    Ok(Err(e)) => Observed {
-                        passed: false,
-                        client_port: None,
-                        note: format!("probe error: {e:#}"),
-                    },
-                    Err(_) => Observed {
-                        passed: false,
-                        client_port: None,
-                        note: "probe panicked".into(),
-                    },
-                })
-                .collect()
+            for h in handles {
+                let note = match h.join() {
+                    Ok(Ok(o)) => {
+                        observed.push(o);
+                        continue;
+                    }
+                    Ok(Err(e)) => format!("probe error: {e:#}"),
+                    Err(_) => "probe panicked".into(),
+                };
+                let (passed, client_port) = (false, None);
+                observed.push(Observed {
+                    passed,
+                    client_port,
+                    note,
+                });
+            }
         });
-        observed.extend(results.into_iter().map(Some));
     }
-    let observed: Vec<Observed> = observed.into_iter().flatten().collect();
     // The reply of a TCP probe goes to the client's real (ephemeral) port.
     let checks: Vec<Check> = checks
         .into_iter()
@@ -209,21 +207,10 @@ fn demo(args: &Args) -> Result<bool> {
     std::thread::sleep(Duration::from_millis(300));
     let events = agent.events();
 
-    let mut rows = Vec::new();
-    let mut mismatches = 0;
-    for (c, o) in checks.iter().zip(&observed) {
-        let row = row(c, o, &events);
-        if !row.ok {
-            mismatches += 1;
-        }
-        rows.push(row);
-    }
-    for row in spoof_rows(&lab, &agent)? {
-        if !row.ok {
-            mismatches += 1;
-        }
-        rows.push(row);
-    }
+    let checked = checks.iter().zip(&observed);
+    let mut rows: Vec<Row> = checked.map(|(c, o)| row(c, o, &events)).collect();
+    rows.extend(spoof_rows(&lab, &agent)?);
+    let mismatches = rows.iter().filter(|r| !r.ok).count();
     print_table(&rows);
 
     let metrics = agent.metrics();
