@@ -359,6 +359,24 @@ pub fn udp(
     Ok((src, dst))
 }
 
+/// Waits (10 s at most) until `p` printed `n` lines; its lines.
+pub fn wait_lines(p: &LabProcess, n: usize) -> Result<Vec<String>> {
+    ensure!(
+        wait_until(Duration::from_secs(10), || p.stdout_lines().len() >= n),
+        "want {n} lines, {:?} printed; stderr: {}",
+        p.stdout_lines(),
+        p.stderr_tail(10)
+    );
+    Ok(p.stdout_lines())
+}
+
+/// Stops `p` with SIGTERM (waits 5 s at most).
+pub fn stop(p: &LabProcess) -> Result<()> {
+    p.signal(nix::sys::signal::Signal::SIGTERM)?;
+    p.wait_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
 /// Waits until the agent printed an event matching `pred`.
 pub fn wait_event(
     agent: &Agent,

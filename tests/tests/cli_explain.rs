@@ -74,16 +74,9 @@ fn explain_5432(s: &Setup, src: &str, config: &str, extra: &[&str]) -> Result<Ru
     let src = s.lab.pod(src)?.ipv4().to_string();
     let dst = s.lab.pod("prod1")?.ipv4().to_string();
     let state = s.state();
-    let args = [
-        "explain",
-        &src,
-        &dst,
-        "--port",
-        "5432",
-        "--state-dir",
-        &state,
-    ];
-    cli_in(&s.lab, &[&args[..], &["--config", config], extra].concat())
+    let args = ["explain", &src, &dst, "--port", "5432"];
+    let files = ["--state-dir", &state, "--config", config];
+    cli_in(&s.lab, &[&args[..], &files, extra].concat())
 }
 
 /// The cases: source, destination, protocol, port (`-`: none), and what

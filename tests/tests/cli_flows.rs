@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, Result};
 use envfence_tests::cli::*;
 use envfence_tests::fixture::{agent_lock, env_cidr};
-use envfence_tests::lab::{wait_until, Family};
+use envfence_tests::lab::Family;
 use serde_json::Value;
 
 /// `flows` lists the stored events of the golden traffic (tables, JSON,
@@ -83,36 +83,14 @@ fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
     let s = start(&[])?;
     traffic(&s)?;
     // The last stored match first, then a new flow as it comes.
-    let args = [
-        "--follow",
-        "-o",
-        "jsonl",
-        "--last",
-        "1",
-        "--from-env",
-        "test",
-    ];
-    let follower = s.spawn_api(&[&["flows"], &args[..]].concat())?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || !follower
-            .stdout_lines()
-            .is_empty()),
-        "no backlog line; stderr: {}",
-        follower.stderr_tail(10)
-    );
+    let args = ["flows", "--follow", "-o", "jsonl", "--last", "1"];
+    let follower = s.spawn_api(&[&args[..], &["--from-env", "test"]].concat())?;
+    wait_lines(&follower, 1)?;
     // The second is not from test: it must not show.
     for (from, sport) in [("test1", 40100), ("dev1", 40101), ("test1", 40102)] {
         udp(&s.lab, from, sport, "prod2", 9998, 10)?;
     }
-    ensure!(
-        wait_until(Duration::from_secs(10), || follower.stdout_lines().len()
-            >= 3),
-        "follow printed {:?}; stderr: {}",
-        follower.stdout_lines(),
-        follower.stderr_tail(10)
-    );
-    let followed: Vec<Value> = follower
-        .stdout_lines()
+    let followed: Vec<Value> = wait_lines(&follower, 3)?
         .iter()
         .map(|l| serde_json::from_str(l))
         .collect::<Result<_, _>>()?;
@@ -123,31 +101,20 @@ fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
     assert_eq!(followed[1]["sport"], 40100);
     assert_eq!(followed[2]["sport"], 40102);
     assert_eq!(followed.len(), 3, "{followed:?}");
-    follower.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let _ = follower.wait_timeout(Duration::from_secs(5))?;
+    stop(&follower)?;
 
     // A table follower prints the header, then each row as it comes.
     let table_follower = s.spawn_api(&["flows", "--follow", "--from-env", "dev"])?;
     std::thread::sleep(Duration::from_millis(500));
     let (src, _) = udp(&s.lab, "dev1", 40104, "prod2", 9998, 10)?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || table_follower
-            .stdout_lines()
-            .len()
-            >= 2),
-        "table follow printed {:?}; stderr: {}",
-        table_follower.stdout_lines(),
-        table_follower.stderr_tail(10)
-    );
-    let lines = table_follower.stdout_lines();
+    let lines = wait_lines(&table_follower, 2)?;
     assert!(lines[0].starts_with("TIME "), "{lines:?}");
     assert!(
         lines[1].contains(&src.to_string()) && lines[1].contains("test-to-prod"),
         "{lines:?}"
     );
     assert_eq!(lines.len(), 2, "{lines:?}");
-    table_follower.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let _ = table_follower.wait_timeout(Duration::from_secs(5))?;
+    stop(&table_follower)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use envfence_tests::cli::*;
 use envfence_tests::fixture::{env_cidr, pod_addr};
 use envfence_tests::lab::Family::V4;
 use ipnet::IpNet;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// `policy check` gives every error of every file with its place; -o json
 /// for CI annotations.
@@ -28,30 +28,24 @@ fn policy_check_reports_every_error_with_its_position() -> Result<()> {
     let r = cli(&["policy", "check", "-o", "json", &b1, &g, &b2])?.code(1)?;
     let list = r.json()?;
     let errors = list.as_array().cloned().unwrap_or_default();
-    let got: Vec<(String, u64, u64, String, String)> = errors
+    // file:line:column field = value
+    let text = |e: &Value, k: &str| e[k].as_str().unwrap_or("").to_owned();
+    let got: Vec<String> = errors
         .iter()
         .map(|e| {
-            (
-                e["file"].as_str().unwrap_or("").to_owned(),
-                e["line"].as_u64().unwrap_or(0),
-                e["column"].as_u64().unwrap_or(0),
-                e["field"].as_str().unwrap_or("").to_owned(),
-                e["value"].as_str().unwrap_or("").to_owned(),
-            )
+            let (file, field, value) = (text(e, "file"), text(e, "field"), text(e, "value"));
+            format!("{file}:{}:{} {field} = {value}", e["line"], e["column"])
         })
         .collect();
-    let want: Vec<(String, u64, u64, String, String)> = [
-        (&b1, 1, 7, "mode", "enforcing"),
-        (&b1, 5, 10, "environments.test[0]", "10.30.0.0/33"),
-        (&b1, 9, 10, "rules[0].to[0]", "prodd"),
-        (&b1, 10, 14, "rules[0].verdict", "dropp"),
+    let want = [
+        format!("{b1}:1:7 mode = enforcing"),
+        format!("{b1}:5:10 environments.test[0] = 10.30.0.0/33"),
+        format!("{b1}:9:10 rules[0].to[0] = prodd"),
+        format!("{b1}:10:14 rules[0].verdict = dropp"),
         // One CIDR in two environments.
-        (&b2, 3, 7, "environments.b[0]", "10.0.0.0/8"),
-        (&b2, 9, 13, "rules[0].ports[0]", "99999/tcp"),
-    ]
-    .iter()
-    .map(|(f, l, c, field, v)| ((*f).clone(), *l, *c, (*field).to_owned(), (*v).to_owned()))
-    .collect();
+        format!("{b2}:3:7 environments.b[0] = 10.0.0.0/8"),
+        format!("{b2}:9:13 rules[0].ports[0] = 99999/tcp"),
+    ];
     assert_eq!(got, want, "{list:#}");
     for e in &errors {
         assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{e}");
@@ -60,17 +54,12 @@ fn policy_check_reports_every_error_with_its_position() -> Result<()> {
     let t = cli(&["policy", "check", &b1, &g, &b2])?.code(1)?;
     assert!(t.stdout.contains(&format!("{g}: ok")), "{}", t.stdout);
     for e in &errors {
-        let place = format!(
-            "{}:{}:{}: ",
-            e["file"].as_str().unwrap_or(""),
-            e["line"],
-            e["column"]
-        );
+        let place = format!("{}:{}:{}: ", text(e, "file"), e["line"], e["column"]);
         assert!(t.stderr.contains(&place), "{place} not in:\n{}", t.stderr);
     }
     // All good: an empty list, exit 0.
     let ok = cli(&["policy", "check", "-o", "json", &g])?.ok()?.json()?;
-    assert_eq!(ok, serde_json::json!([]));
+    assert_eq!(ok, json!([]));
     Ok(())
 }
 
@@ -125,7 +114,7 @@ fn policy_diff_lists_the_changes() -> Result<()> {
         .json()?;
     assert_eq!(j["default"], Value::Null);
     assert_eq!(j["mode"], Value::Null);
-    assert_eq!(j["environments_added"], serde_json::json!(["qa"]));
+    assert_eq!(j["environments_added"], json!(["qa"]));
     let cidrs = j["cidrs"].as_array().cloned().unwrap_or_default();
     assert!(cidrs.iter().any(|c| c["cidr"] == moved.as_str()
         && c["old"] == "production"
@@ -135,15 +124,10 @@ fn policy_diff_lists_the_changes() -> Result<()> {
         .iter()
         .any(|c| c["cidr"] == qa && c["old"] == "world" && c["new"] == "qa"));
     let find = |from, to, ports| verdict_change(&j, from, to, ports);
+    let verdict = |v: &str, rule: &str| json!({"verdict": v, "rule": rule});
     let dns = find("test", "production", "53/tcp")?;
-    assert_eq!(
-        dns["old"],
-        serde_json::json!({"verdict": "allow", "rule": "test-dns-in-prod"})
-    );
-    assert_eq!(
-        dns["new"],
-        serde_json::json!({"verdict": "drop", "rule": "test-to-prod"})
-    );
+    assert_eq!(dns["old"], verdict("allow", "test-dns-in-prod"));
+    assert_eq!(dns["new"], verdict("drop", "test-to-prod"));
     assert!(
         find("test", "production", "53/udp").is_err(),
         "53/udp does not change"
@@ -156,21 +140,12 @@ fn policy_diff_lists_the_changes() -> Result<()> {
     let j = cli(&["policy", "diff", &o, &logged, "-o", "json"])?
         .code(1)?
         .json()?;
-    assert_eq!(
-        j["default"],
-        serde_json::json!({"old": "allow", "new": "log"})
-    );
+    assert_eq!(j["default"], json!({"old": "allow", "new": "log"}));
     // 6 environments (world included): 36 pairs, 6 of them named by a rule.
     assert_eq!(j["verdicts"].as_array().map_or(0, Vec::len), 30, "{j:#}");
     let dflt = verdict_change(&j, "staging", "test", "*")?;
-    assert_eq!(
-        dflt["old"],
-        serde_json::json!({"verdict": "allow", "rule": "default"})
-    );
-    assert_eq!(
-        dflt["new"],
-        serde_json::json!({"verdict": "log", "rule": "default"})
-    );
+    assert_eq!(dflt["old"], verdict("allow", "default"));
+    assert_eq!(dflt["new"], verdict("log", "default"));
 
     let none = cli(&["policy", "diff", &o, &sm])?.ok()?;
     assert!(

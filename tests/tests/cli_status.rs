@@ -69,10 +69,7 @@ fn status_of_a_running_agent() -> Result<()> {
             assert_eq!(programs, 2, "{name}: one program per hook: {chain:?}");
         }
     }
-    let drops = st["counters"]["verdicts"]["drop"]["packets"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(drops >= 7, "drop packets {drops}: {st:#}");
+    assert!(drop_packets(&st) >= 7, "{st:#}");
     let table = s.api(&["status", "--state-dir", &s.state()])?.ok()?;
     golden(
         "status_running.txt",
@@ -92,16 +89,10 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
     s.udp_event("test1", 40201, "prod1", 9999, 21)?;
     let running = s.api(&["status", "-o", "json"])?.ok()?.json()?;
 
-    s.agent
-        .process()
-        .signal(nix::sys::signal::Signal::SIGKILL)?;
-    ensure!(
-        s.agent
-            .process()
-            .wait_timeout(Duration::from_secs(10))?
-            .is_some(),
-        "the agent did not die"
-    );
+    let agent = s.agent.process();
+    agent.signal(nix::sys::signal::Signal::SIGKILL)?;
+    let died = agent.wait_timeout(Duration::from_secs(10))?.is_some();
+    ensure!(died, "the agent did not die");
     // Still enforced: a forbidden datagram does not arrive.
     let rx = s
         .lab
@@ -153,29 +144,12 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
     };
     assert_eq!(progs(&j), progs(&running));
     assert_eq!(progs(&j).len(), 7);
-    assert!(
-        j["counters"]["verdicts"]["drop"]["packets"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2,
-        "{j:#}"
-    );
+    assert!(drop_packets(&j) >= 2, "{j:#}");
 
     // explain needs no agent.
     let (src, dst) = (src.ip().to_string(), dst.ip().to_string());
-    let e = cli_in(
-        &s.lab,
-        &[
-            "explain",
-            &src,
-            &dst,
-            "--port",
-            "9997",
-            "--state-dir",
-            &state,
-        ],
-    )?
-    .ok()?;
+    let args = ["explain", &src, &dst, "--port", "9997", "--state-dir"];
+    let e = cli_in(&s.lab, &[&args[..], &[&state]].concat())?.ok()?;
     golden(
         "explain_drop.txt",
         &normalize_paths(&e.stdout, s.tmp.path()),
@@ -204,4 +178,11 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
         .json()?;
     assert_eq!(t["rows"][0]["src_env"], "test", "{t:#}");
     Ok(())
+}
+
+/// The dropped packets `status -o json` counts.
+fn drop_packets(status: &Value) -> u64 {
+    status["counters"]["verdicts"]["drop"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
 }

@@ -26,7 +26,7 @@ use nix::sys::signal::Signal;
 
 use super::synth::SynthPolicy;
 use super::table::{thousands, Table};
-use super::{client_server, load, start_agent, Goal, Part, Section};
+use super::{client_server, load, measured_at, start_agent, Goal, Part, Section};
 use crate::fixture::pod_addr;
 use crate::lab::{wait_until, Family, Lab};
 use crate::packet::{ip_frame, Packet};
@@ -252,26 +252,11 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
 
     let mut lib = Table::new(
         "c1. Load and reload in process (the agent's datapath library)",
-        &[
-            "CIDRs per family",
-            "prefixes",
-            "parse + compile",
-            "load programs",
-            "load policy",
-            "reload policy",
-            "probe packets during reload",
-            "wrong verdicts",
-        ],
+        "CIDRs per family | prefixes | parse + compile | load programs | load policy | reload policy | probe packets during reload | wrong verdicts",
     );
     let mut agent = Table::new(
         "c2. The agent binary (in a lab, attached to 2 veths)",
-        &[
-            "CIDRs per family",
-            "start → ready",
-            "RSS after load",
-            "reload: SIGHUP → new generation",
-            "RSS after reload",
-        ],
+        "CIDRs per family | start → ready | RSS after load | reload: SIGHUP → new generation | RSS after reload",
     );
     for r in &rows {
         lib.row(vec![
@@ -301,11 +286,7 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
     let mut s = Section::new(Part::Control);
     s.tables = vec![lib, agent];
     if let Some(r) = rows.iter().max_by_key(|r| r.cidrs) {
-        let at = if r.cidrs == 100_000 {
-            String::new()
-        } else {
-            format!(" (measured at {}, not 100,000)", thousands(r.cidrs as f64))
-        };
+        let at = measured_at(r.cidrs);
         let load = r.load_programs + r.load_policy;
         s.goals.push(Goal::new(
             format!("a 100,000-CIDR policy loads in under 1 s{at} (programs + policy)"),

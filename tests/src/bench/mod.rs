@@ -52,7 +52,7 @@ impl Goal {
 }
 
 /// One part of the report.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Section {
     pub heading: String,
     pub intro: Vec<String>,
@@ -68,18 +68,12 @@ impl Section {
     pub fn new(part: Part) -> Section {
         Section {
             heading: part.heading().into(),
-            intro: Vec::new(),
-            tables: Vec::new(),
-            goals: Vec::new(),
-            verbatim: Vec::new(),
-            error: None,
-            elapsed: Duration::ZERO,
+            ..Section::default()
         }
     }
 
     fn goals_table(&self) -> Option<Table> {
-        let goals: Vec<&Goal> = self.goals.iter().collect();
-        goals_table(format!("Goals ({})", self.heading), &goals)
+        goals_table(format!("Goals ({})", self.heading), &self.goals)
     }
 
     /// The section as terminal text.
@@ -173,15 +167,24 @@ impl Part {
 }
 
 /// The goals as a table (None: no goals).
-fn goals_table(title: String, goals: &[&Goal]) -> Option<Table> {
-    if goals.is_empty() {
-        return None;
-    }
-    let mut t = Table::new(title, &["goal", "figure", "result"]);
+fn goals_table<'a>(title: String, goals: impl IntoIterator<Item = &'a Goal>) -> Option<Table> {
+    let mut t = Table::new(title, "goal | figure | result");
     for g in goals {
         t.row(vec![g.goal.clone(), g.figure.clone(), pass(g.met)]);
     }
-    Some(t)
+    (!t.rows.is_empty()).then_some(t)
+}
+
+/// What a goal stated at 100,000 CIDRs says when measured at `largest`.
+fn measured_at(largest: usize) -> String {
+    if largest == 100_000 {
+        String::new()
+    } else {
+        format!(
+            " (measured at {}, not 100,000)",
+            table::thousands(largest as f64)
+        )
+    }
 }
 
 /// `quick()` or `full()` parameters.
@@ -371,7 +374,7 @@ impl Report {
             "\nLoad average at the end: {}. Other builds and tests may have been running on the machine at the same time; a load average above the core count means the figures carry that noise.\n\n",
             self.load_at_end
         ));
-        if let Some(t) = goals_table("Goals of the performance issue".into(), &self.goals()) {
+        if let Some(t) = goals_table("Goals of the performance issue".into(), self.goals()) {
             out.push_str("## Summary\n\n");
             out.push_str(&t.to_markdown());
             out.push('\n');

@@ -259,14 +259,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     ));
     let mut t = Table::new(
         "e1. ns per packet, source check on vs off",
-        &[
-            "path",
-            "family",
-            "hot",
-            "Δ hot",
-            "many flows",
-            "Δ many flows",
-        ],
+        "path | family | hot | Δ hot | many flows | Δ many flows",
     );
     for fam in ["IPv4", "IPv6"] {
         let base = rows

@@ -27,7 +27,6 @@ use rand::Rng as _;
 /// The environments, in the order their prefixes are dealt.
 pub const ENVS: [&str; 5] = ["production", "staging", "test", "dev", "ops"];
 pub const PRODUCTION: usize = 0;
-pub const STAGING: usize = 1;
 pub const TEST: usize = 2;
 
 /// A synthetic policy: its YAML text, compiled form, and prefixes by

@@ -10,10 +10,11 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(title: impl Into<String>, headers: &[&str]) -> Table {
+    /// A table of `headers` (`"a | b | c"`, as a Markdown header row).
+    pub fn new(title: impl Into<String>, headers: &str) -> Table {
         Table {
             title: title.into(),
-            headers: headers.iter().map(|h| h.to_string()).collect(),
+            headers: headers.split(" | ").map(str::to_owned).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
         }
@@ -200,7 +201,8 @@ mod tests {
 
     #[test]
     fn renders() {
-        let mut t = Table::new("T", &["name", "ns"]);
+        let mut t = Table::new("T", "name | ns");
+        assert_eq!(t.headers, ["name", "ns"]);
         t.row(vec!["a|b".into(), "12.5".into()]);
         t.note("n");
         let md = t.to_markdown();

@@ -34,7 +34,7 @@ use envfence::datapath::{Datapath, Hook};
 
 use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
-use super::{load, Goal, Part, Section};
+use super::{load, measured_at, Goal, Part, Section};
 use crate::lab::Family;
 use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
@@ -96,10 +96,13 @@ impl Params {
     }
 }
 
-/// [`Row::ns`]'s measures: hot, working set, spread.
-pub const HOT: usize = 0;
-pub const WORKING_SET: usize = 1;
-pub const SPREAD: usize = 2;
+/// The measures of [`Row::ns`], in its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    Hot,
+    WorkingSet,
+    Spread,
+}
 
 /// The figures of one (family, packet kind, size), ns per packet.
 #[derive(Clone, Debug)]
@@ -107,7 +110,7 @@ pub struct Row {
     pub family: Family,
     pub kind: Kind,
     pub cidrs: usize,
-    /// By measure ([`HOT`], [`WORKING_SET`], [`SPREAD`]): the empty
+    /// By [`Measure`]: the empty
     /// program, envfence, envfence without cache.
     pub ns: [[f64; 3]; 3],
     /// The first packet: envfence, envfence without cache.
@@ -302,18 +305,9 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                 // Hot: one flow repeated, a different flow each run.
                 let mut hot: [Vec<f64>; 3] = Default::default();
                 for r in 0..p.hot_runs {
-                    let f = &flows[r * flows.len() / p.hot_runs.max(1)];
+                    let i = r * flows.len() / p.hot_runs.max(1);
                     for which in order(r) {
-                        let (action, ns) = timed(l.prog(which)?, &f.frame, None, p.hot_repeat)?;
-                        let want = expected_action(which, kind);
-                        if action != want {
-                            bail!(
-                                "hot run of {} -> {} ({}): TC action {action:#x}, expected {want:#x}",
-                                f.src,
-                                f.dst,
-                                which.name()
-                            );
-                        }
+                        let ns = pass(&mut l, which, &flows[i..=i], p.hot_repeat, kind)?;
                         hot[which.index()].push(ns);
                     }
                     drain(&mut events);
@@ -358,19 +352,9 @@ impl Results {
     pub fn tables(&self) -> Vec<Table> {
         let p = &self.params;
         let smallest = p.sizes.iter().min().copied().unwrap_or(0);
-        let base_col = format!("ratio to {smallest}");
-        let headers = [
-            "family",
-            "packet",
-            "CIDRs",
-            "empty",
-            "envfence",
-            "Δ over empty",
-            base_col.as_str(),
-            "without cache",
-            "Δ over empty",
-            base_col.as_str(),
-        ];
+        let headers = format!(
+            "family | packet | CIDRs | empty | envfence | Δ over empty | ratio to {smallest} | without cache | Δ over empty | ratio to {smallest}"
+        );
         let hot = Table::new(
             format!(
                 "a1. TestRun hot: one flow repeated ×{} in the kernel, median of {} runs (a different flow each run), ns/packet",
@@ -403,16 +387,7 @@ impl Results {
                 "a4. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",
                 thousands(p.spread_flows as f64)
             ),
-            &[
-                "family",
-                "packet",
-                "CIDRs",
-                "empty (per-call overhead)",
-                "envfence",
-                "Δ over empty",
-                "without cache",
-                "Δ over empty",
-            ],
+            "family | packet | CIDRs | empty (per-call overhead) | envfence | Δ over empty | without cache | Δ over empty",
         );
         let mut by_measure = [hot, small, spread];
         for r in &self.rows {
@@ -433,7 +408,7 @@ impl Results {
                     to_base(nc, 2),
                 ]);
             }
-            let empty = r.ns[SPREAD][0];
+            let empty = r.ns[Measure::Spread as usize][0];
             first.row(vec![
                 r.family.name().into(),
                 r.kind.name().into(),
@@ -462,20 +437,16 @@ impl Results {
         let Some(&largest) = self.params.sizes.iter().max() else {
             return Vec::new();
         };
-        let at = if largest == 100_000 {
-            String::new()
-        } else {
-            format!(" (measured at {}, not 100,000)", thousands(largest as f64))
-        };
+        let at = measured_at(largest);
         let mut goals = Vec::new();
         for r in self.rows.iter().filter(|r| r.cidrs == largest) {
             let what = format!("{} {}", r.family.name(), r.kind.name());
             let ws = format!("{} flows", thousands(self.params.working_set as f64));
             let sp = format!("{} flows", thousands(self.params.spread_flows as f64));
             let measures = [
-                (HOT, "hot"),
-                (WORKING_SET, ws.as_str()),
-                (SPREAD, sp.as_str()),
+                (Measure::Hot as usize, "hot"),
+                (Measure::WorkingSet as usize, ws.as_str()),
+                (Measure::Spread as usize, sp.as_str()),
             ];
             for (k, measure) in measures {
                 let d = r.ns[k][1] - r.ns[k][0];
@@ -514,7 +485,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     s.tables = results.tables();
     let mut load = Table::new(
         "a5. Writing the synthetic policy into the maps (for reference)",
-        &["CIDRs per family", "prefixes in all", "apply_policy"],
+        "CIDRs per family | prefixes in all | apply_policy",
     );
     for (n, d) in &results.apply_times {
         load.row(vec![

@@ -242,29 +242,21 @@ fn demo(args: &Args) -> Result<bool> {
         Err(e) => println!("  /metrics failed: {e:#}"),
     }
 
-    let mut agent_ok = metrics.is_ok();
-    if !agent.process().is_running() {
-        agent_ok = false;
-        println!(
-            "\nthe agent exited during the demo; its stderr:\n{}",
-            agent.process().stderr_tail(30)
-        );
-    } else {
-        match agent.stop(Duration::from_secs(10)) {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                agent_ok = false;
-                println!(
-                    "\nthe agent exited with {status} on SIGTERM; its stderr:\n{}",
-                    agent.process().stderr_tail(30)
-                );
-            }
-            Err(e) => {
-                agent_ok = false;
-                println!("\n{e:#}");
-            }
-        }
+    // None: the agent exited during the demo.
+    let stopped = (agent.process().is_running()).then(|| agent.stop(Duration::from_secs(10)));
+    let exited = match &stopped {
+        None => Some("during the demo".to_string()),
+        Some(Ok(status)) if !status.success() => Some(format!("with {status} on SIGTERM")),
+        Some(_) => None,
+    };
+    if let Some(how) = &exited {
+        let tail = agent.process().stderr_tail(30);
+        println!("\nthe agent exited {how}; its stderr:\n{tail}");
     }
+    if let Some(Err(e)) = &stopped {
+        println!("\n{e:#}");
+    }
+    let agent_ok = metrics.is_ok() && matches!(&stopped, Some(Ok(s)) if s.success());
     drop(receivers);
     drop(lab);
     println!(
@@ -464,21 +456,12 @@ fn row(c: &Check, o: &Observed, events: &[FlowEvent]) -> Row {
     let mut ok = o.passed == expect.passes();
     let fwd_want = expect.forward.reported();
     let rep_want = reply_reported(c);
-    if fwd_want == fwd.is_empty() {
-        ok = false;
-        notes.push(format!(
-            "{} forward events, expected {}",
-            fwd.len(),
-            if fwd_want { ">=1" } else { "0" }
-        ));
-    }
-    if rep_want == rep.is_empty() {
-        ok = false;
-        notes.push(format!(
-            "{} reply events, expected {}",
-            rep.len(),
-            if rep_want { ">=1" } else { "0" }
-        ));
+    for (what, evs, want) in [("forward", &fwd, fwd_want), ("reply", &rep, rep_want)] {
+        if want == evs.is_empty() {
+            ok = false;
+            let want = if want { ">=1" } else { "0" };
+            notes.push(format!("{} {what} events, expected {want}", evs.len()));
+        }
     }
     let check_fields =
         |evs: &[&FlowEvent], want: &Expected, what: &str, notes: &mut Vec<String>| {
@@ -538,7 +521,7 @@ fn row(c: &Check, o: &Observed, events: &[FlowEvent]) -> Row {
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = [
+    let head = [
         "FLOW",
         "ENVS",
         "EXPECTED (policy)",
@@ -546,42 +529,38 @@ fn print_table(rows: &[Row]) {
         "EVENTS",
         "RESULT",
     ];
-    let cols: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.flow.clone(),
-                r.envs.clone(),
-                r.expected.clone(),
-                r.observed.clone(),
-                r.events.clone(),
-                if r.ok { "OK".into() } else { "MISMATCH".into() },
-            ]
-        })
+    let cells = |r: &Row| {
+        let result = if r.ok { "OK" } else { "MISMATCH" };
+        [
+            &r.flow,
+            &r.envs,
+            &r.expected,
+            &r.observed,
+            &r.events,
+            result,
+        ]
+        .map(str::to_owned)
+    };
+    let lines: Vec<[String; 6]> = std::iter::once(head.map(str::to_owned))
+        .chain(rows.iter().map(cells))
         .collect();
-    let mut widths = headers.map(str::len);
-    for c in &cols {
-        for (w, cell) in widths.iter_mut().zip(c) {
+    let mut widths = [0; 6];
+    for l in &lines {
+        for (w, cell) in widths.iter_mut().zip(l) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 6]| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 5 {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
     println!();
-    line(headers);
-    for (c, r) in cols.iter().zip(rows) {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
-        if !r.note.is_empty() {
-            println!("    ^ {}", r.note);
+    for (i, l) in lines.iter().enumerate() {
+        let s: String = l
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}  "))
+            .collect();
+        println!("{}", s.trim_end());
+        match i.checked_sub(1).map(|k| &rows[k]) {
+            Some(r) if !r.note.is_empty() => println!("    ^ {}", r.note),
+            _ => {}
         }
     }
 }
