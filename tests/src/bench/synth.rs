@@ -5,9 +5,8 @@
 //! environments. The first five prefixes of each family are fixed: the
 //! example policy's networks of the five environments (where the lab's
 //! pods are: [`crate::fixture::env_net`]), so a lab's flows have known
-//! environments; the others
-//! are drawn at random, outside 10/8 and fd00::/8, so they never shadow the
-//! lab's. Rules: test → production is dropped, except 53/udp; everything
+//! environments; the others are drawn at random, outside 10/8 and fd00::/8,
+//! so they never shadow the lab's. Rules: test → production is dropped, except 53/udp; everything
 //! else is allowed (the default).
 
 use std::collections::HashSet;
