@@ -64,9 +64,18 @@ impl Run {
 
 /// Runs `envfence ARGS` inside the lab's node namespace.
 pub fn cli_in(lab: &Lab, args: &[&str]) -> Result<Run> {
+    finish(&spawn_in(lab, args)?, args)
+}
+
+/// `envfence ARGS` started inside the lab's node namespace.
+fn spawn_in(lab: &Lab, args: &[&str]) -> Result<LabProcess> {
     let mut cmd = Command::new(agent_binary()?);
     cmd.args(args).env_remove("NO_COLOR");
-    let p = lab.spawn_in_ns(NODE, cmd)?;
+    lab.spawn_in_ns(NODE, cmd)
+}
+
+/// What the started `envfence ARGS` printed once it exited.
+fn finish(p: &LabProcess, args: &[&str]) -> Result<Run> {
     let status = p
         .wait_timeout(Duration::from_secs(60))?
         .ok_or_else(|| anyhow!("envfence {args:?} did not exit within 60 s"))?;
@@ -263,17 +272,13 @@ impl Setup {
     /// `envfence CMD --socket <the agent's socket> ARGS...` (`args` = CMD,
     /// ARGS...) in the node namespace.
     pub fn api(&self, args: &[&str]) -> Result<Run> {
-        let sock = self.socket();
-        let (cmd, rest) = args.split_first().ok_or_else(|| anyhow!("no command"))?;
-        cli_in(&self.lab, &[&[*cmd, "--socket", &sock], rest].concat())
+        finish(&self.spawn_api(args)?, args)
     }
-    /// [`Setup::api`] started in the node namespace, not waited for.
+    /// [`Setup::api`] started, not waited for.
     pub fn spawn_api(&self, args: &[&str]) -> Result<LabProcess> {
         let sock = self.socket();
         let (cmd, rest) = args.split_first().ok_or_else(|| anyhow!("no command"))?;
-        let mut c = Command::new(agent_binary()?);
-        c.args([*cmd, "--socket", &sock]).args(rest);
-        self.lab.spawn_in_ns(NODE, c)
+        spawn_in(&self.lab, &[&[*cmd, "--socket", &sock], rest].concat())
     }
     /// `envfence status --state-dir <state> -o json` against the agent,
     /// exiting `code`.
