@@ -13,7 +13,6 @@
 //! `ENVFENCE_UPDATE_GOLDEN=1` rewrites the golden files.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +24,8 @@ use envfence_ebpf::{counter_index, map_names, Counter, ABI_VERSION, NUM_VERDICTS
 use serde_json::Value;
 
 use crate::agent::{agent_binary, Agent, AgentOptions, FlowEvent};
-use crate::lab::{require_root, wait_until, Lab, NODE};
+use crate::lab::{require_root, wait_until, Lab, LabProcess, NODE};
+use crate::testrun::LO_IFINDEX;
 
 // ---------------------------------------------------------------------------
 // Running the CLI
@@ -48,14 +48,7 @@ impl Run {
         })
     }
     pub fn ok(self) -> Result<Run> {
-        ensure!(
-            self.code == 0,
-            "exit {} (want 0)\nstdout:\n{}\nstderr:\n{}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        Ok(self)
+        self.code(0)
     }
     pub fn code(self, want: i32) -> Result<Run> {
         ensure!(
@@ -71,9 +64,18 @@ impl Run {
 
 /// Runs `envfence ARGS` inside the lab's node namespace.
 pub fn cli_in(lab: &Lab, args: &[&str]) -> Result<Run> {
+    finish(&spawn_in(lab, args)?, args)
+}
+
+/// `envfence ARGS` started inside the lab's node namespace.
+fn spawn_in(lab: &Lab, args: &[&str]) -> Result<LabProcess> {
     let mut cmd = Command::new(agent_binary()?);
     cmd.args(args).env_remove("NO_COLOR");
-    let p = lab.spawn_in_ns(NODE, cmd)?;
+    lab.spawn_in_ns(NODE, cmd)
+}
+
+/// What the started `envfence ARGS` printed once it exited.
+fn finish(p: &LabProcess, args: &[&str]) -> Result<Run> {
     let status = p
         .wait_timeout(Duration::from_secs(60))?
         .ok_or_else(|| anyhow!("envfence {args:?} did not exit within 60 s"))?;
@@ -109,12 +111,6 @@ pub fn normalize_paths(s: &str, tmp: &Path) -> String {
         .replace(&format!("policy-v{ABI_VERSION}"), "policy-v<ABI>")
 }
 
-pub fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
-}
-
 /// Compares `actual` with the golden file `name` (or rewrites it with
 /// ENVFENCE_UPDATE_GOLDEN=1).
 pub fn golden(name: &str, actual: &str) -> Result<()> {
@@ -124,7 +120,9 @@ pub fn golden(name: &str, actual: &str) -> Result<()> {
         .map(|l| format!("{}\n", l.trim_end()))
         .collect();
     let actual = actual.as_str();
-    let path = golden_path(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("ENVFENCE_UPDATE_GOLDEN").is_some_and(|v| v != "0") {
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
         std::fs::write(&path, actual).with_context(|| format!("writing {}", path.display()))?;
@@ -214,6 +212,7 @@ pub fn normalize_status(s: &str, tmp: &Path) -> String {
         };
         let words: Vec<String> = line
             .split(' ')
+            .filter(|w| !w.is_empty())
             .map(|w| {
                 if w.len() == 64 && w.bytes().all(|c| c.is_ascii_hexdigit()) {
                     "<sha256>".to_owned()
@@ -222,15 +221,7 @@ pub fn normalize_status(s: &str, tmp: &Path) -> String {
                 }
             })
             .collect();
-        let joined = words.join(" ");
-        let mut collapsed = String::new();
-        for part in joined.split(' ').filter(|p| !p.is_empty()) {
-            if !collapsed.is_empty() {
-                collapsed.push(' ');
-            }
-            collapsed.push_str(part);
-        }
-        lines.push(collapsed);
+        lines.push(words.join(" "));
     }
     lines.join("\n") + "\n"
 }
@@ -278,14 +269,23 @@ impl Setup {
     pub fn state(&self) -> String {
         self.state.display().to_string()
     }
-    /// The agent's pin directory as the host sees it.
-    pub fn pin_dir(&self) -> Result<PathBuf> {
-        Ok(self
-            .lab
-            .bpffs_dir()
-            .ok_or_else(|| anyhow!("the host has no bpffs at /sys/fs/bpf"))?
-            .join("envfence")
-            .join(format!("v{ABI_VERSION}")))
+    /// `envfence CMD --socket <the agent's socket> ARGS...` (`args` = CMD,
+    /// ARGS...) in the node namespace.
+    pub fn api(&self, args: &[&str]) -> Result<Run> {
+        finish(&self.spawn_api(args)?, args)
+    }
+    /// [`Setup::api`] started, not waited for.
+    pub fn spawn_api(&self, args: &[&str]) -> Result<LabProcess> {
+        let sock = self.socket();
+        let (cmd, rest) = args.split_first().ok_or_else(|| anyhow!("no command"))?;
+        spawn_in(&self.lab, &[&[*cmd, "--socket", &sock], rest].concat())
+    }
+    /// `envfence status --state-dir <state> -o json` against the agent,
+    /// exiting `code`.
+    pub fn status_json(&self, code: i32) -> Result<Value> {
+        self.api(&["status", "--state-dir", &self.state(), "-o", "json"])?
+            .code(code)?
+            .json()
     }
 }
 
@@ -304,18 +304,19 @@ pub fn start(extra: &[&str]) -> Result<Setup> {
     let audit = tmp.path().join("audit.jsonl");
     let policy = tmp.path().join("policy.yaml");
     std::fs::write(&policy, envfence::policy::EXAMPLE_POLICY)?;
-    let mut extra_args: Vec<String> = vec![
-        "--api-socket".into(),
-        socket.display().to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--audit-file".into(),
-        audit.display().to_string(),
-        "--no-watch".into(),
-        "--node-name".into(),
-        "lab-node".into(),
+    let paths = [
+        ("--api-socket", &socket),
+        ("--state-dir", &state),
+        ("--audit-file", &audit),
     ];
-    extra_args.extend(extra.iter().map(|s| s.to_string()));
+    let mut extra_args: Vec<String> = paths
+        .iter()
+        .flat_map(|(flag, p)| [flag.to_string(), p.display().to_string()])
+        .collect();
+    let more = ["--no-watch", "--node-name", "lab-node"]
+        .iter()
+        .chain(extra);
+    extra_args.extend(more.map(|s| s.to_string()));
     let agent = Agent::start_with(
         &lab,
         &bin,
@@ -341,25 +342,44 @@ pub fn start(extra: &[&str]) -> Result<Setup> {
     })
 }
 
-pub fn ip(s: &str) -> IpAddr {
-    s.parse().expect("a literal address")
-}
-
-/// Sends one UDP datagram from `src` (bound in `pod`) to `dst`.
+/// Sends one UDP datagram of `len` bytes from pod `from`'s IPv4 address,
+/// port `sport`, to pod `to`'s, port `dport`; returns (source, destination).
 pub fn udp(
     lab: &Lab,
-    pod: &str,
-    src: SocketAddr,
-    dst: SocketAddr,
-    payload_len: usize,
-) -> Result<()> {
-    let payload = vec![0x5au8; payload_len];
-    lab.in_ns(pod, move || -> Result<()> {
+    from: &str,
+    sport: u16,
+    to: &str,
+    dport: u16,
+    len: usize,
+) -> Result<(SocketAddr, SocketAddr)> {
+    let src = SocketAddr::new(lab.pod(from)?.ipv4().into(), sport);
+    let dst = SocketAddr::new(lab.pod(to)?.ipv4().into(), dport);
+    let payload = vec![0x5au8; len];
+    lab.in_ns(from, move || -> Result<()> {
         let s = UdpSocket::bind(src).with_context(|| format!("binding {src}"))?;
         s.send_to(&payload, dst)
             .with_context(|| format!("sending to {dst}"))?;
         Ok(())
-    })?
+    })??;
+    Ok((src, dst))
+}
+
+/// Waits (10 s at most) until `p` printed `n` lines; its lines.
+pub fn wait_lines(p: &LabProcess, n: usize) -> Result<Vec<String>> {
+    ensure!(
+        wait_until(Duration::from_secs(10), || p.stdout_lines().len() >= n),
+        "want {n} lines, {:?} printed; stderr: {}",
+        p.stdout_lines(),
+        p.stderr_tail(10)
+    );
+    Ok(p.stdout_lines())
+}
+
+/// Stops `p` with SIGTERM (waits 5 s at most).
+pub fn stop(p: &LabProcess) -> Result<()> {
+    p.signal(nix::sys::signal::Signal::SIGTERM)?;
+    p.wait_timeout(Duration::from_secs(5))?;
+    Ok(())
 }
 
 /// Waits until the agent printed an event matching `pred`.
@@ -385,55 +405,66 @@ pub fn wait_event(
     })
 }
 
+impl Setup {
+    /// [`udp`], then waits for the agent's event of that datagram.
+    pub fn udp_event(
+        &self,
+        from: &str,
+        sport: u16,
+        to: &str,
+        dport: u16,
+        len: usize,
+    ) -> Result<()> {
+        let (src, dst) = udp(&self.lab, from, sport, to, dport, len)?;
+        wait_event(&self.agent, &format!("{src} -> {dst}"), |e| {
+            e.src == src.ip() && e.sport == Some(sport) && e.dst == dst.ip()
+        })?;
+        Ok(())
+    }
+}
+
 /// The traffic of the golden tables: each flow sent once, in order, each
 /// waited for (so the agent's store holds them in this order).
 pub fn traffic(s: &Setup) -> Result<()> {
     let lab = &s.lab;
-    let sa = |a: &str, p: u16| SocketAddr::new(ip(a), p);
+    let v4 = |pod: &str| -> Result<IpAddr> { Ok(lab.pod(pod)?.ipv4().into()) };
+    let v6 = |pod: &str| -> Result<IpAddr> { Ok(lab.pod(pod)?.ipv6().into()) };
     // Receivers where packets pass, so that no ICMP error comes back.
-    let _r1 = lab.udp_receiver("prod2", ip("10.10.2.2"), 5432)?;
-    let _r2 = lab.udp_receiver("prod1", ip("10.10.1.2"), 8080)?;
-    let r3 = lab.udp_receiver("prod1", ip("10.10.1.2"), 53)?;
-    let udp_flows: [(&str, SocketAddr, SocketAddr, usize); 8] = [
-        ("test1", sa("10.30.1.2", 40001), sa("10.10.1.2", 9999), 11),
-        ("test1", sa("10.30.1.2", 40002), sa("10.10.1.2", 9999), 12),
-        ("test1", sa("10.30.1.2", 40003), sa("10.10.2.2", 9999), 13),
-        ("dev1", sa("10.40.1.2", 40004), sa("10.10.1.2", 9999), 14),
-        ("prod1", sa("10.10.1.2", 40006), sa("10.30.1.2", 7000), 16),
-        (
-            "staging1",
-            sa("10.20.1.2", 40007),
-            sa("10.10.2.2", 5432),
-            27,
-        ),
-        ("ops1", sa("10.0.0.2", 40008), sa("10.10.1.2", 8080), 18),
-        // Allowed by the port rule test-dns-in-prod: no event.
-        ("test1", sa("10.30.1.2", 40009), sa("10.10.1.2", 53), 19),
+    let _r1 = lab.udp_receiver("prod2", v4("prod2")?, 5432)?;
+    let _r2 = lab.udp_receiver("prod1", v4("prod1")?, 8080)?;
+    let dns = lab.udp_receiver("prod1", v4("prod1")?, 53)?;
+    // (from, source port, to, destination port, length): each reported.
+    let reported = [
+        ("test1", 40001, "prod1", 9999, 11),
+        ("test1", 40002, "prod1", 9999, 12),
+        ("test1", 40003, "prod2", 9999, 13),
+        ("dev1", 40004, "prod1", 9999, 14),
+        ("prod1", 40006, "test1", 7000, 16),
+        ("staging1", 40007, "prod2", 5432, 27),
+        ("ops1", 40008, "prod1", 8080, 18),
     ];
-    for (i, (pod, src, dst, len)) in udp_flows.iter().enumerate() {
-        udp(lab, pod, *src, *dst, *len)?;
-        if i == 7 {
-            ensure!(
-                r3.wait_from(src.ip(), 1, Duration::from_secs(5)) == 1,
-                "the allowed DNS datagram did not arrive"
-            );
-            continue;
-        }
-        wait_event(&s.agent, &format!("{src} -> {dst}"), |e| {
-            e.src == src.ip() && e.sport == Some(src.port()) && e.dst == dst.ip()
-        })?;
+    for (i, (from, sport, to, dport, len)) in reported.into_iter().enumerate() {
+        s.udp_event(from, sport, to, dport, len)?;
         if i == 3 {
             // An ICMPv6 echo dev1 -> prod2 (dropped: test-to-prod).
-            ensure!(!lab.ping("dev1", ip("fd00:10:2::2"), Duration::from_millis(500))?);
+            let (src, dst) = (v6("dev1")?, v6("prod2")?);
+            ensure!(!lab.ping("dev1", dst, Duration::from_millis(500))?);
             wait_event(&s.agent, "icmpv6 dev1 -> prod2", |e| {
-                e.dst == ip("fd00:10:2::2") && e.src == ip("fd00:40:1::2")
+                e.dst == dst && e.src == src
             })?;
         }
     }
+    // Allowed by the port rule test-dns-in-prod: no event.
+    let (src, _) = udp(lab, "test1", 40009, "prod1", 53, 19)?;
+    ensure!(
+        dns.wait_from(src.ip(), 1, Duration::from_secs(5)) == 1,
+        "the allowed DNS datagram did not arrive"
+    );
     // An ICMP echo test1 -> prod1 (dropped).
-    ensure!(!lab.ping("test1", ip("10.10.1.2"), Duration::from_millis(500))?);
+    let (src, dst) = (v4("test1")?, v4("prod1")?);
+    ensure!(!lab.ping("test1", dst, Duration::from_millis(500))?);
     wait_event(&s.agent, "icmp test1 -> prod1", |e| {
-        e.dst == ip("10.10.1.2") && e.src == ip("10.30.1.2") && e.proto == 1
+        e.dst == dst && e.src == src && e.proto == 1
     })?;
     Ok(())
 }
@@ -446,67 +477,20 @@ pub fn traffic(s: &Setup) -> Result<()> {
 /// discovery, moves cells by a few packets at most).
 pub const REPEAT: u32 = 64;
 
-/// BPF_PROG_TEST_RUN of the loaded program `prog_id` on `frame`, REPEAT
-/// times; returns the TC action.
-pub fn test_run(prog_id: u32, data: &[u8]) -> Result<u32> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let info = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .find(|p| p.id() == prog_id)
-        .ok_or_else(|| anyhow!("no loaded program with id {prog_id}"))?;
-    let fd = info.fd()?;
-    let mut attr = TestAttr {
-        prog_fd: u32::try_from(fd.as_fd().as_raw_fd())?,
-        data_size_in: u32::try_from(data.len())?,
-        data_in: data.as_ptr() as u64,
-        repeat: REPEAT,
-        ..TestAttr::default()
-    };
-    // SAFETY: bpf(2) BPF_PROG_TEST_RUN with a `union bpf_attr.test` whose
-    // input buffer outlives the call; no output buffer is given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-    }
-    Ok(attr.retval)
-}
-
-/// The agent's pinned counters of environment ids below 8, summed over
-/// CPUs: (src, dst, verdict) -> packets.
 /// A counter cell (src env, dst env, verdict) and its packets.
 pub type Cell = ((u32, u32, u32), u64);
 
-pub fn counters(pin_dir: &Path) -> Result<Vec<Cell>> {
-    let path = pin_dir.join(map_names::COUNTERS);
+/// The agent's map pinned in `pin_dir` as `name`.
+fn pinned(pin_dir: &Path, name: &str) -> Result<Map> {
+    let path = pin_dir.join(name);
     let data = MapData::from_pin(&path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
-    let map = PerCpuArray::<MapData, Counter>::try_from(Map::from_map_data(data)?)?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// The agent's pinned counters of environment ids below 8, summed over
+/// CPUs.
+pub fn counters(pin_dir: &Path) -> Result<Vec<Cell>> {
+    let map = PerCpuArray::<MapData, Counter>::try_from(pinned(pin_dir, map_names::COUNTERS)?)?;
     let mut out = Vec::new();
     for s in 0..8 {
         for d in 0..8 {
@@ -519,32 +503,20 @@ pub fn counters(pin_dir: &Path) -> Result<Vec<Cell>> {
     Ok(out)
 }
 
-pub fn verdict_name(v: u32) -> &'static str {
-    match v {
-        0 => "allow",
-        1 => "log",
-        2 => "audit",
-        3 => "drop",
-        4 => "spoofed",
-        _ => "?",
-    }
-}
-
-/// TestRun frames enter through `lo` (ifindex 1), which the agent does not
-/// attach to: turn its source check off in the agent's pinned map, so that
-/// these checks judge the policy (the source check has tests of its own).
+/// TestRun frames enter through `lo`, which the agent does not attach to:
+/// turn its source check off in the agent's pinned map, so that these
+/// checks judge the policy (the source check has tests of its own).
 pub fn no_source_check_on_lo(pin_dir: &Path) -> Result<()> {
-    let path = pin_dir.join(map_names::IFCONF);
-    let data = MapData::from_pin(&path).map_err(|e| anyhow!("opening {}: {e}", path.display()))?;
-    let mut map = aya::maps::HashMap::<MapData, u32, envfence_ebpf::IfConfig>::try_from(
-        Map::from_map_data(data)?,
-    )?;
-    map.insert(1, envfence_ebpf::IfConfig::default(), 0)?;
+    let mut map = aya::maps::HashMap::<MapData, u32, envfence_ebpf::IfConfig>::try_from(pinned(
+        pin_dir,
+        map_names::IFCONF,
+    )?)?;
+    map.insert(LO_IFINDEX, envfence_ebpf::IfConfig::default(), 0)?;
     Ok(())
 }
 
 // ---------------------------------------------------------------------------
-// The tests
+// The API socket
 
 /// Sends one raw HTTP request line to the socket; returns the status code
 /// and the body.
@@ -568,27 +540,4 @@ pub fn raw_http(socket: &Path, request_line: &str) -> Result<(u16, String)> {
         .map_or("", |(_, b)| b)
         .to_owned();
     Ok((code, body))
-}
-
-/// (hook, program id, name) of the tcx chains of `ifname` in the node.
-pub fn tcx_programs(lab: &Lab, ifname: &str) -> Result<Vec<(String, u32, String)>> {
-    use aya::programs::{tc::SchedClassifier, TcAttachType};
-    let ifname = ifname.to_owned();
-    lab.in_ns(NODE, move || -> Result<Vec<(String, u32, String)>> {
-        let mut out = Vec::new();
-        for (hook, ty) in [
-            ("ingress", TcAttachType::Ingress),
-            ("egress", TcAttachType::Egress),
-        ] {
-            let (_, progs) = SchedClassifier::query_tcx(&ifname, ty)?;
-            for p in progs {
-                out.push((
-                    hook.to_owned(),
-                    p.id(),
-                    p.name_as_str().unwrap_or("").to_owned(),
-                ));
-            }
-        }
-        Ok(out)
-    })?
 }

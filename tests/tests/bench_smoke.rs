@@ -18,19 +18,10 @@ fn testrun_part_runs_and_tabulates() -> Result<()> {
     assert_eq!(results.rows.len(), p.sizes.len() * 2 * 2);
     assert_eq!(lines.len(), results.rows.len());
     for r in &results.rows {
-        for v in [
-            r.hot_empty,
-            r.hot_envfence,
-            r.hot_no_cache,
-            r.spread_empty,
-            r.spread_envfence,
-            r.spread_no_cache,
-            r.ws_empty,
-            r.ws_envfence,
-            r.ws_no_cache,
-            r.first_envfence,
-            r.first_no_cache,
-        ] {
+        // Hot, working set, spread of 3 programs; 2 first-packet figures.
+        let figures: Vec<f64> = r.ns.iter().flatten().chain(&r.first).copied().collect();
+        assert_eq!(figures.len(), 11);
+        for v in figures {
             assert!(v.is_finite() && v > 0.0, "not a figure: {r:?}");
         }
     }

@@ -50,7 +50,7 @@ fn api_socket_is_for_root_and_its_group_only() -> Result<()> {
     let sock = s.socket();
 
     // Root: fine.
-    let f = cli_in(&s.lab, &["flows", "--socket", &sock, "-o", "json"])?.ok()?;
+    let f = s.api(&["flows", "-o", "json"])?.ok()?;
     f.json()?;
     // Another user, not in the group: refused, and told why.
     let outsider = as_user(&bin, user.uid, 65534, &["flows", "--socket", &sock])?.code(1)?;
@@ -107,20 +107,13 @@ struct TempUser {
 impl TempUser {
     fn create() -> Result<TempUser> {
         let name = format!("efcli{}", std::process::id());
-        let _ = run_cmd(Command::new("userdel").arg(&name));
-        let _ = run_cmd(Command::new("groupdel").arg(&name));
+        remove_user(&name);
         run_cmd(Command::new("groupadd").args(["--system", &name]))?.ok()?;
-        let made = run_cmd(Command::new("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            "--gid",
-            &name,
-            &name,
-        ]))?;
+        let mut useradd = Command::new("useradd");
+        useradd.args("--system --no-create-home --shell /usr/sbin/nologin --gid".split(' '));
+        let made = run_cmd(useradd.args([&name, &name]))?;
         if made.code != 0 {
-            let _ = run_cmd(Command::new("groupdel").arg(&name));
+            remove_user(&name);
             bail!("useradd {name}: {}", made.stderr);
         }
         let user = nix::unistd::User::from_name(&name)?
@@ -135,7 +128,12 @@ impl TempUser {
 
 impl Drop for TempUser {
     fn drop(&mut self) {
-        let _ = run_cmd(Command::new("userdel").arg(&self.name));
-        let _ = run_cmd(Command::new("groupdel").arg(&self.name));
+        remove_user(&self.name);
     }
+}
+
+/// Removes user `name` and group `name` where they exist.
+fn remove_user(name: &str) {
+    let _ = run_cmd(Command::new("userdel").arg(name));
+    let _ = run_cmd(Command::new("groupdel").arg(name));
 }

@@ -1,15 +1,12 @@
 //! `envfence flows` as the real binary against a real agent in the lab:
 //! the stored events (golden tables, parsed JSON), filters, `--follow`.
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure, Result};
-use envfence_tests::agent::agent_binary;
+use anyhow::{anyhow, Result};
 use envfence_tests::cli::*;
-use envfence_tests::fixture::agent_lock;
-use envfence_tests::lab::{wait_until, NODE};
+use envfence_tests::fixture::{agent_lock, env_cidr};
+use envfence_tests::lab::Family;
 use serde_json::Value;
 
 /// `flows` lists the stored events of the golden traffic (tables, JSON,
@@ -19,34 +16,18 @@ use serde_json::Value;
 fn flows_lists_and_filters_the_stored_events() -> Result<()> {
     let _g = agent_lock();
     let s = start(&[])?;
-    let sock = s.socket();
     traffic(&s)?;
-    // --- flows
-    let all = cli_in(&s.lab, &["flows", "--socket", &sock])?.ok()?;
+    let all = s.api(&["flows"])?.ok()?;
     golden("flows_all.txt", &mask_times(&all.stdout))?;
-    let drops = cli_in(
-        &s.lab,
-        &[
-            "flows",
-            "--socket",
-            &sock,
-            "--verdict",
-            "drop",
-            "--from-env",
-            "test",
-        ],
-    )?
-    .ok()?;
-    golden("flows_test_drops.txt", &mask_times(&drops.stdout))?;
+    let drops = s.api(&["flows", "--verdict", "drop", "--from-env", "test"])?;
+    golden("flows_test_drops.txt", &mask_times(&drops.ok()?.stdout))?;
 
-    let j = cli_in(&s.lab, &["flows", "--socket", &sock, "-o", "json"])?
-        .ok()?
-        .json()?;
+    let j = s.api(&["flows", "-o", "json"])?.ok()?.json()?;
     let events = j["events"].as_array().cloned().unwrap_or_default();
     assert_eq!(events.len(), 9, "{j:#}");
     assert_eq!(j["stored"], 9);
     let first = &events[0];
-    assert_eq!(first["src"], "10.30.1.2");
+    assert_eq!(first["src"], s.lab.pod("test1")?.ipv4().to_string());
     assert_eq!(first["sport"], 40001);
     assert_eq!(first["dport"], 9999);
     assert_eq!(first["verdict"], "drop");
@@ -54,18 +35,20 @@ fn flows_lists_and_filters_the_stored_events() -> Result<()> {
     assert_eq!(first["interface"], "veth-test1");
 
     let count = |args: &[&str]| -> Result<usize> {
-        let mut a = vec!["flows", "--socket", &sock, "-o", "json"];
-        a.extend_from_slice(args);
-        let j = cli_in(&s.lab, &a)?.ok()?.json()?;
-        Ok(j["events"].as_array().map_or(0, Vec::len))
+        let j = s.api(&[&["flows", "-o", "json"], args].concat())?;
+        Ok(j.ok()?.json()?["events"].as_array().map_or(0, Vec::len))
     };
+    let test_v4 = env_cidr("test", Family::V4);
     assert_eq!(
-        count(&["--ip", "10.30.0.0/16"])?,
+        count(&["--ip", &test_v4])?,
         5,
         "test addresses on either side"
     );
-    assert_eq!(count(&["--ip", "10.10.2.2"])?, 2);
-    assert_eq!(count(&["--ip", "fd00:40::/32"])?, 1);
+    assert_eq!(
+        count(&["--ip", &s.lab.pod("prod2")?.ipv4().to_string()])?,
+        2
+    );
+    assert_eq!(count(&["--ip", &env_cidr("dev", Family::V6)])?, 1);
     assert_eq!(count(&["--port", "9999"])?, 4);
     assert_eq!(count(&["--rule", "prod-to-test"])?, 1);
     assert_eq!(count(&["--rule", "staging-to-prod,ops-to-prod"])?, 2);
@@ -76,11 +59,7 @@ fn flows_lists_and_filters_the_stored_events() -> Result<()> {
     assert_eq!(count(&["--until", "2000-01-01T00:00:00Z"])?, 0);
     assert_eq!(count(&["--since", "2000-01-01T00:00:00+01:00"])?, 9);
     assert_eq!(count(&["--last", "2"])?, 2);
-    let jl = cli_in(
-        &s.lab,
-        &["flows", "--socket", &sock, "-o", "jsonl", "--last", "3"],
-    )?
-    .ok()?;
+    let jl = s.api(&["flows", "-o", "jsonl", "--last", "3"])?.ok()?;
     let lines: Vec<Value> = jl
         .stdout
         .lines()
@@ -89,13 +68,9 @@ fn flows_lists_and_filters_the_stored_events() -> Result<()> {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["proto"], "icmp");
     // A bad filter is named before the agent is asked.
-    let bad = cli_in(&s.lab, &["flows", "--socket", &sock, "--ip", "10.0.0.300"])?.code(1)?;
+    let bad = s.api(&["flows", "--ip", "10.0.0.300"])?.code(1)?;
     assert!(bad.stderr.contains("10.0.0.300"), "{}", bad.stderr);
-    let bad = cli_in(
-        &s.lab,
-        &["flows", "--socket", &sock, "--verdict", "dropped"],
-    )?
-    .code(2)?;
+    let bad = s.api(&["flows", "--verdict", "dropped"])?.code(2)?;
     assert!(bad.stderr.contains("dropped"), "{}", bad.stderr);
     Ok(())
 }
@@ -106,61 +81,16 @@ fn flows_lists_and_filters_the_stored_events() -> Result<()> {
 fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
     let _g = agent_lock();
     let s = start(&[])?;
-    let sock = s.socket();
     traffic(&s)?;
-    // --- follow: the last stored match first, then a new flow as it comes.
-    let mut cmd = Command::new(agent_binary()?);
-    cmd.args([
-        "flows",
-        "--socket",
-        &sock,
-        "--follow",
-        "-o",
-        "jsonl",
-        "--last",
-        "1",
-        "--from-env",
-        "test",
-    ]);
-    let follower = s.lab.spawn_in_ns(NODE, cmd)?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || !follower
-            .stdout_lines()
-            .is_empty()),
-        "no backlog line; stderr: {}",
-        follower.stderr_tail(10)
-    );
-    udp(
-        &s.lab,
-        "test1",
-        SocketAddr::new(ip("10.30.1.2"), 40100),
-        SocketAddr::new(ip("10.10.2.2"), 9998),
-        10,
-    )?;
-    // Not from test: must not show.
-    udp(
-        &s.lab,
-        "dev1",
-        SocketAddr::new(ip("10.40.1.2"), 40101),
-        SocketAddr::new(ip("10.10.2.2"), 9998),
-        10,
-    )?;
-    udp(
-        &s.lab,
-        "test1",
-        SocketAddr::new(ip("10.30.1.2"), 40102),
-        SocketAddr::new(ip("10.10.2.2"), 9998),
-        10,
-    )?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || follower.stdout_lines().len()
-            >= 3),
-        "follow printed {:?}; stderr: {}",
-        follower.stdout_lines(),
-        follower.stderr_tail(10)
-    );
-    let followed: Vec<Value> = follower
-        .stdout_lines()
+    // The last stored match first, then a new flow as it comes.
+    let args = ["flows", "--follow", "-o", "jsonl", "--last", "1"];
+    let follower = s.spawn_api(&[&args[..], &["--from-env", "test"]].concat())?;
+    wait_lines(&follower, 1)?;
+    // The second is not from test: it must not show.
+    for (from, sport) in [("test1", 40100), ("dev1", 40101), ("test1", 40102)] {
+        udp(&s.lab, from, sport, "prod2", 9998, 10)?;
+    }
+    let followed: Vec<Value> = wait_lines(&follower, 3)?
         .iter()
         .map(|l| serde_json::from_str(l))
         .collect::<Result<_, _>>()?;
@@ -171,39 +101,20 @@ fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
     assert_eq!(followed[1]["sport"], 40100);
     assert_eq!(followed[2]["sport"], 40102);
     assert_eq!(followed.len(), 3, "{followed:?}");
-    follower.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let _ = follower.wait_timeout(Duration::from_secs(5))?;
+    stop(&follower)?;
 
     // A table follower prints the header, then each row as it comes.
-    let mut cmd = Command::new(agent_binary()?);
-    cmd.args(["flows", "--socket", &sock, "--follow", "--from-env", "dev"]);
-    let table_follower = s.lab.spawn_in_ns(NODE, cmd)?;
+    let table_follower = s.spawn_api(&["flows", "--follow", "--from-env", "dev"])?;
     std::thread::sleep(Duration::from_millis(500));
-    udp(
-        &s.lab,
-        "dev1",
-        SocketAddr::new(ip("10.40.1.2"), 40104),
-        SocketAddr::new(ip("10.10.2.2"), 9998),
-        10,
-    )?;
-    ensure!(
-        wait_until(Duration::from_secs(10), || table_follower
-            .stdout_lines()
-            .len()
-            >= 2),
-        "table follow printed {:?}; stderr: {}",
-        table_follower.stdout_lines(),
-        table_follower.stderr_tail(10)
-    );
-    let lines = table_follower.stdout_lines();
+    let (src, _) = udp(&s.lab, "dev1", 40104, "prod2", 9998, 10)?;
+    let lines = wait_lines(&table_follower, 2)?;
     assert!(lines[0].starts_with("TIME "), "{lines:?}");
     assert!(
-        lines[1].contains("10.40.1.2:40104") && lines[1].contains("test-to-prod"),
+        lines[1].contains(&src.to_string()) && lines[1].contains("test-to-prod"),
         "{lines:?}"
     );
     assert_eq!(lines.len(), 2, "{lines:?}");
-    table_follower.signal(nix::sys::signal::Signal::SIGTERM)?;
-    let _ = table_follower.wait_timeout(Duration::from_secs(5))?;
+    stop(&table_follower)?;
     Ok(())
 }
 
@@ -213,10 +124,7 @@ fn flows_follow_prints_the_backlog_then_new_flows() -> Result<()> {
 fn a_follower_does_not_hold_the_agent_up() -> Result<()> {
     let _g = agent_lock();
     let s = start(&[])?;
-    let sock = s.socket();
-    let mut cmd = Command::new(agent_binary()?);
-    cmd.args(["flows", "--socket", &sock, "--follow"]);
-    let follower = s.lab.spawn_in_ns(NODE, cmd)?;
+    let follower = s.spawn_api(&["flows", "--follow"])?;
     std::thread::sleep(Duration::from_millis(500));
     s.agent.stop(Duration::from_secs(10))?;
     let status = follower

@@ -3,58 +3,49 @@
 
 use anyhow::{anyhow, ensure, Result};
 use envfence_tests::cli::*;
-use serde_json::Value;
+use envfence_tests::fixture::{env_cidr, pod_addr};
+use envfence_tests::lab::Family::V4;
+use ipnet::IpNet;
+use serde_json::{json, Value};
 
 /// `policy check` gives every error of every file with its place; -o json
 /// for CI annotations.
 #[test]
 fn policy_check_reports_every_error_with_its_position() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let bad1 = tmp.path().join("bad1.yaml");
-    std::fs::write(
-        &bad1,
+    let b1 = file(
+        &tmp,
+        "bad1.yaml",
         "mode: enforcing\ndefault: allow\nenvironments:\n  prod: [\"10.10.0.0/16\"]\n  test: [\"10.30.0.0/33\"]\nrules:\n  - name: t2p\n    from: [test]\n    to: [prodd]\n    verdict: dropp\n",
     )?;
-    let bad2 = tmp.path().join("bad2.yaml");
-    std::fs::write(
-        &bad2,
+    let b2 = file(
+        &tmp,
+        "bad2.yaml",
         "environments:\n  a: [\"10.0.0.0/8\"]\n  b: [\"10.0.0.0/8\"]\nrules:\n  - name: x\n    from: [a]\n    to: [b]\n    verdict: drop\n    ports: [\"99999/tcp\"]\n",
     )?;
-    let good = tmp.path().join("good.yaml");
-    std::fs::write(&good, envfence::policy::EXAMPLE_POLICY)?;
-    let (b1, b2, g) = (
-        bad1.display().to_string(),
-        bad2.display().to_string(),
-        good.display().to_string(),
-    );
+    let g = file(&tmp, "good.yaml", envfence::policy::EXAMPLE_POLICY)?;
 
     let r = cli(&["policy", "check", "-o", "json", &b1, &g, &b2])?.code(1)?;
     let list = r.json()?;
     let errors = list.as_array().cloned().unwrap_or_default();
-    let got: Vec<(String, u64, u64, String, String)> = errors
+    // file:line:column field = value
+    let text = |e: &Value, k: &str| e[k].as_str().unwrap_or("").to_owned();
+    let got: Vec<String> = errors
         .iter()
         .map(|e| {
-            (
-                e["file"].as_str().unwrap_or("").to_owned(),
-                e["line"].as_u64().unwrap_or(0),
-                e["column"].as_u64().unwrap_or(0),
-                e["field"].as_str().unwrap_or("").to_owned(),
-                e["value"].as_str().unwrap_or("").to_owned(),
-            )
+            let (file, field, value) = (text(e, "file"), text(e, "field"), text(e, "value"));
+            format!("{file}:{}:{} {field} = {value}", e["line"], e["column"])
         })
         .collect();
-    let want: Vec<(String, u64, u64, String, String)> = [
-        (&b1, 1, 7, "mode", "enforcing"),
-        (&b1, 5, 10, "environments.test[0]", "10.30.0.0/33"),
-        (&b1, 9, 10, "rules[0].to[0]", "prodd"),
-        (&b1, 10, 14, "rules[0].verdict", "dropp"),
+    let want = [
+        format!("{b1}:1:7 mode = enforcing"),
+        format!("{b1}:5:10 environments.test[0] = 10.30.0.0/33"),
+        format!("{b1}:9:10 rules[0].to[0] = prodd"),
+        format!("{b1}:10:14 rules[0].verdict = dropp"),
         // One CIDR in two environments.
-        (&b2, 3, 7, "environments.b[0]", "10.0.0.0/8"),
-        (&b2, 9, 13, "rules[0].ports[0]", "99999/tcp"),
-    ]
-    .iter()
-    .map(|(f, l, c, field, v)| ((*f).clone(), *l, *c, (*field).to_owned(), (*v).to_owned()))
-    .collect();
+        format!("{b2}:3:7 environments.b[0] = 10.0.0.0/8"),
+        format!("{b2}:9:13 rules[0].ports[0] = 99999/tcp"),
+    ];
     assert_eq!(got, want, "{list:#}");
     for e in &errors {
         assert!(!e["message"].as_str().unwrap_or("").is_empty(), "{e}");
@@ -63,17 +54,12 @@ fn policy_check_reports_every_error_with_its_position() -> Result<()> {
     let t = cli(&["policy", "check", &b1, &g, &b2])?.code(1)?;
     assert!(t.stdout.contains(&format!("{g}: ok")), "{}", t.stdout);
     for e in &errors {
-        let place = format!(
-            "{}:{}:{}: ",
-            e["file"].as_str().unwrap_or(""),
-            e["line"],
-            e["column"]
-        );
+        let place = format!("{}:{}:{}: ", text(e, "file"), e["line"], e["column"]);
         assert!(t.stderr.contains(&place), "{place} not in:\n{}", t.stderr);
     }
     // All good: an empty list, exit 0.
     let ok = cli(&["policy", "check", "-o", "json", &g])?.ok()?.json()?;
-    assert_eq!(ok, serde_json::json!([]));
+    assert_eq!(ok, json!([]));
     Ok(())
 }
 
@@ -82,32 +68,43 @@ fn policy_check_reports_every_error_with_its_position() -> Result<()> {
 #[test]
 fn policy_diff_lists_the_changes() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let old = tmp.path().join("old.yaml");
-    let new = tmp.path().join("new.yaml");
-    let same = tmp.path().join("same.yaml");
     let example = envfence::policy::EXAMPLE_POLICY;
-    std::fs::write(&old, example)?;
+    let o = file(&tmp, "old.yaml", example)?;
     // Same meaning, other form.
-    std::fs::write(&same, format!("# a comment\n{example}"))?;
-    let changed = example
-        .replace("ports: [\"53/udp\", \"53/tcp\"]", "ports: [\"53/udp\"]")
-        .replace(
-            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\"]",
-            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\", \"10.10.9.0/24\"]\n  qa:         [\"10.50.0.0/16\"]",
-        )
-        .replace(
-            "  - name: ops-to-prod",
-            "  - name: qa-to-prod\n    from: [qa]\n    to: [production]\n    verdict: drop\n  - name: ops-to-prod",
-        );
-    ensure!(changed != example, "the edits did not apply");
-    std::fs::write(&new, &changed)?;
-    let logged = tmp.path().join("logged.yaml");
-    std::fs::write(&logged, example.replace("default: allow", "default: log"))?;
-    let (o, n, sm) = (
-        old.display().to_string(),
-        new.display().to_string(),
-        same.display().to_string(),
-    );
+    let sm = file(&tmp, "same.yaml", &format!("# a comment\n{example}"))?;
+    // A /24 of production moves to staging; qa (in no environment before)
+    // is new, with a rule; DNS over TCP loses its port rule.
+    let (prod, staging) = (env_cidr("production", V4), env_cidr("staging", V4));
+    let moved = IpNet::new(pod_addr("production", V4, 9), 24)?
+        .trunc()
+        .to_string();
+    let qa = "10.50.0.0/16";
+    let changed = edit(
+        example,
+        r#"ports: ["53/udp", "53/tcp"]"#,
+        r#"ports: ["53/udp"]"#,
+    )?;
+    let changed = edit(
+        &changed,
+        &format!("\"{staging}\""),
+        &format!("\"{staging}\", \"{moved}\""),
+    )?;
+    let changed = edit(
+        &changed,
+        "\n  test:",
+        &format!("\n  qa: [\"{qa}\"]\n  test:"),
+    )?;
+    let changed = edit(
+        &changed,
+        "  - name: ops-to-prod",
+        "  - name: qa-to-prod\n    from: [qa]\n    to: [production]\n    verdict: drop\n  - name: ops-to-prod",
+    )?;
+    let n = file(&tmp, "new.yaml", &changed)?;
+    let logged = file(
+        &tmp,
+        "logged.yaml",
+        &edit(example, "default: allow", "default: log")?,
+    )?;
     let tmp_s = tmp.path().display().to_string();
 
     let d = cli(&["policy", "diff", &o, &n])?.code(1)?;
@@ -117,71 +114,38 @@ fn policy_diff_lists_the_changes() -> Result<()> {
         .json()?;
     assert_eq!(j["default"], Value::Null);
     assert_eq!(j["mode"], Value::Null);
-    assert_eq!(j["environments_added"], serde_json::json!(["qa"]));
+    assert_eq!(j["environments_added"], json!(["qa"]));
     let cidrs = j["cidrs"].as_array().cloned().unwrap_or_default();
-    assert!(cidrs.iter().any(|c| c["cidr"] == "10.10.9.0/24"
+    assert!(cidrs.iter().any(|c| c["cidr"] == moved.as_str()
         && c["old"] == "production"
         && c["new"] == "staging"
-        && c["old_via"] == "10.10.0.0/16"));
+        && c["old_via"] == prod.as_str()));
     assert!(cidrs
         .iter()
-        .any(|c| c["cidr"] == "10.50.0.0/16" && c["old"] == "world" && c["new"] == "qa"));
-    let v = j["verdicts"].as_array().cloned().unwrap_or_default();
-    let find = |from: &str, to: &str, ports: &str| {
-        v.iter()
-            .find(|x| x["from"] == from && x["to"] == to && x["ports"] == ports)
-            .cloned()
-    };
-    let dns =
-        find("test", "production", "53/tcp").ok_or_else(|| anyhow!("no 53/tcp change: {j:#}"))?;
-    assert_eq!(
-        dns["old"],
-        serde_json::json!({"verdict": "allow", "rule": "test-dns-in-prod"})
-    );
-    assert_eq!(
-        dns["new"],
-        serde_json::json!({"verdict": "drop", "rule": "test-to-prod"})
-    );
+        .any(|c| c["cidr"] == qa && c["old"] == "world" && c["new"] == "qa"));
+    let find = |from, to, ports| verdict_change(&j, from, to, ports);
+    let verdict = |v: &str, rule: &str| json!({"verdict": v, "rule": rule});
+    let dns = find("test", "production", "53/tcp")?;
+    assert_eq!(dns["old"], verdict("allow", "test-dns-in-prod"));
+    assert_eq!(dns["new"], verdict("drop", "test-to-prod"));
     assert!(
-        find("test", "production", "53/udp").is_none(),
+        find("test", "production", "53/udp").is_err(),
         "53/udp does not change"
     );
-    let qa = find("qa", "production", "*").ok_or_else(|| anyhow!("no qa change: {j:#}"))?;
+    let qa = find("qa", "production", "*")?;
     assert_eq!(qa["old"], Value::Null);
     assert_eq!(qa["new"]["verdict"], "drop");
-    assert_eq!(v.len(), 2, "{j:#}");
+    assert_eq!(j["verdicts"].as_array().map_or(0, Vec::len), 2, "{j:#}");
     // default allow -> log: every pair no rule names changes.
-    let j = cli(&[
-        "policy",
-        "diff",
-        &o,
-        &logged.display().to_string(),
-        "-o",
-        "json",
-    ])?
-    .code(1)?
-    .json()?;
-    assert_eq!(
-        j["default"],
-        serde_json::json!({"old": "allow", "new": "log"})
-    );
-    let v = j["verdicts"].as_array().cloned().unwrap_or_default();
+    let j = cli(&["policy", "diff", &o, &logged, "-o", "json"])?
+        .code(1)?
+        .json()?;
+    assert_eq!(j["default"], json!({"old": "allow", "new": "log"}));
     // 6 environments (world included): 36 pairs, 6 of them named by a rule.
-    assert_eq!(v.len(), 30, "{j:#}");
-    let find = |from: &str, to: &str, ports: &str| {
-        v.iter()
-            .find(|x| x["from"] == from && x["to"] == to && x["ports"] == ports)
-            .cloned()
-    };
-    let dflt = find("staging", "test", "*").ok_or_else(|| anyhow!("no default change: {j:#}"))?;
-    assert_eq!(
-        dflt["old"],
-        serde_json::json!({"verdict": "allow", "rule": "default"})
-    );
-    assert_eq!(
-        dflt["new"],
-        serde_json::json!({"verdict": "log", "rule": "default"})
-    );
+    assert_eq!(j["verdicts"].as_array().map_or(0, Vec::len), 30, "{j:#}");
+    let dflt = verdict_change(&j, "staging", "test", "*")?;
+    assert_eq!(dflt["old"], verdict("allow", "default"));
+    assert_eq!(dflt["new"], verdict("log", "default"));
 
     let none = cli(&["policy", "diff", &o, &sm])?.ok()?;
     assert!(
@@ -189,9 +153,8 @@ fn policy_diff_lists_the_changes() -> Result<()> {
         "{}",
         none.stdout
     );
-    let broken = tmp.path().join("broken.yaml");
-    std::fs::write(&broken, "mode: sometimes\n")?;
-    let b = cli(&["policy", "diff", &o, &broken.display().to_string()])?.code(2)?;
+    let broken = file(&tmp, "broken.yaml", "mode: sometimes\n")?;
+    let b = cli(&["policy", "diff", &o, &broken])?.code(2)?;
     assert!(b.stderr.contains("broken.yaml:1:"), "{}", b.stderr);
     let missing = cli(&["policy", "diff", &o, "/nonexistent/p.yaml"])?.code(2)?;
     assert!(
@@ -200,4 +163,29 @@ fn policy_diff_lists_the_changes() -> Result<()> {
         missing.stderr
     );
     Ok(())
+}
+
+/// Writes `text` to `name` in `dir`; returns its path.
+fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> Result<String> {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
+}
+
+/// `text` with its one `from` replaced by `to`.
+fn edit(text: &str, from: &str, to: &str) -> Result<String> {
+    ensure!(
+        text.matches(from).count() == 1,
+        "{from:?} is not once in the policy"
+    );
+    Ok(text.replacen(from, to, 1))
+}
+
+/// The change of `policy diff -o json` output `j` for (from, to, ports).
+fn verdict_change(j: &Value, from: &str, to: &str, ports: &str) -> Result<Value> {
+    let v = j["verdicts"].as_array().into_iter().flatten();
+    v.into_iter()
+        .find(|x| x["from"] == from && x["to"] == to && x["ports"] == ports)
+        .cloned()
+        .ok_or_else(|| anyhow!("no change of {from} -> {to} {ports}: {j:#}"))
 }

@@ -2,13 +2,13 @@
 //! while it runs, and from the pins once it is killed (where `explain` and
 //! `flows --file` still answer).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
 use envfence_ebpf::ABI_VERSION;
 use envfence_tests::cli::*;
 use envfence_tests::fixture::agent_lock;
+use envfence_tests::lab::pins::tcx_census;
 use serde_json::Value;
 
 /// `status -o json` and the table against a running agent after the
@@ -17,24 +17,8 @@ use serde_json::Value;
 fn status_of_a_running_agent() -> Result<()> {
     let _g = agent_lock();
     let s = start(&[])?;
-    let sock = s.socket();
-    let state = s.state();
     traffic(&s)?;
-    // --- status
-    let st = cli_in(
-        &s.lab,
-        &[
-            "status",
-            "--socket",
-            &sock,
-            "--state-dir",
-            &state,
-            "-o",
-            "json",
-        ],
-    )?
-    .ok()?
-    .json()?;
+    let st = s.status_json(0)?;
     assert_eq!(st["source"], "agent");
     assert_eq!(st["agent_running"], true);
     assert_eq!(st["ready"], true);
@@ -51,49 +35,42 @@ fn status_of_a_running_agent() -> Result<()> {
     assert_eq!(st["events_stored"], 9);
     let ifaces = st["interfaces"].as_array().cloned().unwrap_or_default();
     let names: Vec<&str> = ifaces.iter().filter_map(|i| i["name"].as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "veth-dev1",
-            "veth-ops1",
-            "veth-prod1",
-            "veth-prod2",
-            "veth-staging1",
-            "veth-staging2",
-            "veth-test1"
-        ]
-    );
+    // Every pod's veth on the node, by name.
+    let mut veths: Vec<String> = s.lab.pods().map(|p| p.node_if()).collect();
+    veths.sort();
+    assert_eq!(names, veths);
+    assert_eq!(names.len(), 7);
     // Each hook's program is the one the kernel has in that tcx chain.
+    let census = tcx_census(s.lab.node_ns())?;
     for i in &ifaces {
         let name = i["name"].as_str().unwrap_or("");
-        let census = tcx_programs(&s.lab, name)?;
+        let chain = census
+            .iter()
+            .find(|c| c.ifname == name)
+            .ok_or_else(|| anyhow!("no interface {name} in the node: {census:?}"))?;
         for h in i["hooks"].as_array().cloned().unwrap_or_default() {
             let hook = h["hook"].as_str().unwrap_or("");
             let id = h["program_id"]
                 .as_u64()
                 .ok_or_else(|| anyhow!("{name} {hook}: no program id: {h}"))?;
-            let want = census.iter().find(|(hk, _, _)| hk == hook);
             assert_eq!(
                 Some((id, h["program_name"].as_str().unwrap_or(""))),
-                want.map(|(_, id, n)| (u64::from(*id), n.as_str())),
-                "{name} {hook}: status says {h}, the kernel {census:?}"
+                chain
+                    .hook(hook)
+                    .first()
+                    .map(|(id, n)| (u64::from(*id), n.as_str())),
+                "{name} {hook}: status says {h}, the kernel {chain:?}"
             );
             // The kernel keeps 15 bytes of the name.
             assert!(
                 format!("envfence_{hook}").starts_with(h["program_name"].as_str().unwrap_or("-"))
             );
-            assert_eq!(census.len(), 2, "{name}: one program per hook: {census:?}");
+            let programs = chain.ingress.len() + chain.egress.len();
+            assert_eq!(programs, 2, "{name}: one program per hook: {chain:?}");
         }
     }
-    let drops = st["counters"]["verdicts"]["drop"]["packets"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(drops >= 7, "drop packets {drops}: {st:#}");
-    let table = cli_in(
-        &s.lab,
-        &["status", "--socket", &sock, "--state-dir", &state],
-    )?
-    .ok()?;
+    assert!(drop_packets(&st) >= 7, "{st:#}");
+    let table = s.api(&["status", "--state-dir", &s.state()])?.ok()?;
     golden(
         "status_running.txt",
         &normalize_status(&table.stdout, s.tmp.path()),
@@ -108,35 +85,19 @@ fn status_of_a_running_agent() -> Result<()> {
 #[test]
 fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
     let s = start(&[])?;
-    let sock = s.socket();
-    let state = s.state();
-    let src = SocketAddr::new(ip("10.30.1.2"), 40201);
-    let dst = SocketAddr::new(ip("10.10.1.2"), 9999);
-    udp(&s.lab, "test1", src, dst, 21)?;
-    wait_event(&s.agent, "test -> prod", |e| e.sport == Some(40201))?;
-    let running = cli_in(&s.lab, &["status", "--socket", &sock, "-o", "json"])?
-        .ok()?
-        .json()?;
+    let (sock, state) = (s.socket(), s.state());
+    s.udp_event("test1", 40201, "prod1", 9999, 21)?;
+    let running = s.api(&["status", "-o", "json"])?.ok()?.json()?;
 
-    s.agent
-        .process()
-        .signal(nix::sys::signal::Signal::SIGKILL)?;
-    ensure!(
-        s.agent
-            .process()
-            .wait_timeout(Duration::from_secs(10))?
-            .is_some(),
-        "the agent did not die"
-    );
+    let agent = s.agent.process();
+    agent.signal(nix::sys::signal::Signal::SIGKILL)?;
+    let died = agent.wait_timeout(Duration::from_secs(10))?.is_some();
+    ensure!(died, "the agent did not die");
     // Still enforced: a forbidden datagram does not arrive.
-    let rx = s.lab.udp_receiver("prod1", ip("10.10.1.2"), 9997)?;
-    udp(
-        &s.lab,
-        "test1",
-        SocketAddr::new(ip("10.30.1.2"), 40202),
-        SocketAddr::new(ip("10.10.1.2"), 9997),
-        5,
-    )?;
+    let rx = s
+        .lab
+        .udp_receiver("prod1", s.lab.pod("prod1")?.ipv4().into(), 9997)?;
+    let (src, dst) = udp(&s.lab, "test1", 40202, "prod1", 9997, 5)?;
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         rx.total(),
@@ -144,11 +105,7 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
         "the kernel stopped enforcing with the agent gone"
     );
 
-    let down = cli_in(
-        &s.lab,
-        &["status", "--socket", &sock, "--state-dir", &state],
-    )?
-    .code(2)?;
+    let down = s.api(&["status", "--state-dir", &state])?.code(2)?;
     golden(
         "status_agent_killed.txt",
         &normalize_status(&down.stdout, s.tmp.path()),
@@ -159,20 +116,7 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
         "{}",
         down.stdout
     );
-    let j = cli_in(
-        &s.lab,
-        &[
-            "status",
-            "--socket",
-            &sock,
-            "--state-dir",
-            &state,
-            "-o",
-            "json",
-        ],
-    )?
-    .code(2)?
-    .json()?;
+    let j = s.status_json(2)?;
     assert_eq!(j["source"], "pins");
     assert_eq!(j["agent_running"], false);
     assert!(
@@ -189,56 +133,30 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
     assert!(j["active_slot"].is_u64(), "{j:#}");
     // The same interfaces and programs as when it ran.
     let progs = |v: &Value| -> Vec<(String, Vec<u64>)> {
-        v["interfaces"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|i| {
-                        (
-                            i["name"].as_str().unwrap_or("").to_owned(),
-                            i["hooks"]
-                                .as_array()
-                                .map(|h| {
-                                    h.iter().filter_map(|h| h["program_id"].as_u64()).collect()
-                                })
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect()
+        let ifaces = v["interfaces"].as_array().into_iter().flatten();
+        ifaces
+            .map(|i| {
+                let hooks = i["hooks"].as_array().into_iter().flatten();
+                let ids = hooks.filter_map(|h| h["program_id"].as_u64()).collect();
+                (i["name"].as_str().unwrap_or("").to_owned(), ids)
             })
-            .unwrap_or_default()
+            .collect()
     };
     assert_eq!(progs(&j), progs(&running));
     assert_eq!(progs(&j).len(), 7);
-    assert!(
-        j["counters"]["verdicts"]["drop"]["packets"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 2,
-        "{j:#}"
-    );
+    assert!(drop_packets(&j) >= 2, "{j:#}");
 
     // explain needs no agent.
-    let e = cli_in(
-        &s.lab,
-        &[
-            "explain",
-            "10.30.1.2",
-            "10.10.1.2",
-            "--port",
-            "9997",
-            "--state-dir",
-            &state,
-        ],
-    )?
-    .ok()?;
+    let (src, dst) = (src.ip().to_string(), dst.ip().to_string());
+    let args = ["explain", &src, &dst, "--port", "9997", "--state-dir"];
+    let e = cli_in(&s.lab, &[&args[..], &[&state]].concat())?.ok()?;
     golden(
         "explain_drop.txt",
         &normalize_paths(&e.stdout, s.tmp.path()),
     )?;
 
     // flows points at the audit log, which has the event.
-    let f = cli_in(&s.lab, &["flows", "--socket", &sock])?.code(1)?;
+    let f = s.api(&["flows"])?.code(1)?;
     assert!(
         f.stderr.contains(&format!("agent not reachable at {sock}")),
         "{}",
@@ -260,4 +178,11 @@ fn status_and_explain_from_the_pins_when_the_agent_is_killed() -> Result<()> {
         .json()?;
     assert_eq!(t["rows"][0]["src_env"], "test", "{t:#}");
     Ok(())
+}
+
+/// The dropped packets `status -o json` counts.
+fn drop_packets(status: &Value) -> u64 {
+    status["counters"]["verdicts"]["drop"]["packets"]
+        .as_u64()
+        .unwrap_or(0)
 }

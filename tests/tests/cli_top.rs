@@ -1,7 +1,5 @@
 //! `envfence top` as the real binary against a real agent in the lab.
 
-use std::net::SocketAddr;
-
 use anyhow::Result;
 use envfence_tests::cli::*;
 use envfence_tests::fixture::agent_lock;
@@ -12,68 +10,39 @@ use envfence_tests::fixture::agent_lock;
 fn top_ranks_the_stored_flows() -> Result<()> {
     let _g = agent_lock();
     let s = start(&[])?;
-    let sock = s.socket();
     traffic(&s)?;
     // The datagrams the follow checks send, each waited for.
-    let prod2 = s.lab.pod("prod2")?.ipv4();
-    for (pod, sport) in [
+    for (from, sport) in [
         ("test1", 40100),
         ("dev1", 40101),
         ("test1", 40102),
         ("dev1", 40104),
     ] {
-        let src = SocketAddr::new(s.lab.pod(pod)?.ipv4().into(), sport);
-        let dst = SocketAddr::new(prod2.into(), 9998);
-        udp(&s.lab, pod, src, dst, 10)?;
-        wait_event(&s.agent, &format!("{src} -> {dst}"), |e| {
-            e.src == src.ip() && e.sport == Some(sport)
-        })?;
+        s.udp_event(from, sport, "prod2", 9998, 10)?;
     }
-    // --- top (over the 9 golden events and the 4 follow ones)
-    let top = cli_in(&s.lab, &["top", "--socket", &sock, "--until", "now"]);
-    // "now" is not a time: a clear error.
-    let top = top?.code(1)?;
+    // Over the 9 golden events and the 4 follow ones; "now" is not a time:
+    // a clear error.
+    let top = s.api(&["top", "--until", "now"])?.code(1)?;
     assert!(top.stderr.contains("--until"), "{}", top.stderr);
-    let top = cli_in(&s.lab, &["top", "--socket", &sock])?.ok()?;
+    let top = s.api(&["top"])?.ok()?;
     golden("top_pairs.txt", &mask_times(&top.stdout))?;
-    let t = cli_in(
-        &s.lab,
-        &["top", "--socket", &sock, "--by", "src", "-o", "json"],
-    )?
-    .ok()?
-    .json()?;
+    let t = s.api(&["top", "--by", "src", "-o", "json"])?.ok()?.json()?;
     let rows = t["rows"].as_array().cloned().unwrap_or_default();
-    assert_eq!(rows[0]["src"], "10.30.1.2", "{t:#}");
+    assert_eq!(
+        rows[0]["src"],
+        s.lab.pod("test1")?.ipv4().to_string(),
+        "{t:#}"
+    );
     assert_eq!(rows[0]["packets"], 6);
     assert_eq!(t["verdicts"], serde_json::json!(["drop", "audit"]));
-    let t = cli_in(
-        &s.lab,
-        &[
-            "top", "--socket", &sock, "--by", "rule", "-o", "json", "-n", "1",
-        ],
-    )?
-    .ok()?
-    .json()?;
+    let t = s.api(&["top", "--by", "rule", "-o", "json", "-n", "1"])?;
+    let t = t.ok()?.json()?;
     assert_eq!(t["rows"][0]["rule"], "test-to-prod");
     assert_eq!(t["rows"][0]["packets"], 10);
     assert_eq!(t["rows"].as_array().map_or(0, Vec::len), 1);
-    let t = cli_in(
-        &s.lab,
-        &[
-            "top",
-            "--socket",
-            &sock,
-            "--by",
-            "dst",
-            "--verdict",
-            "log",
-            "-o",
-            "json",
-        ],
-    )?
-    .ok()?
-    .json()?;
-    assert_eq!(t["rows"][0]["dst"], "10.10.1.2");
+    let t = s.api(&["top", "--by", "dst", "--verdict", "log", "-o", "json"])?;
+    let t = t.ok()?.json()?;
+    assert_eq!(t["rows"][0]["dst"], s.lab.pod("prod1")?.ipv4().to_string());
     assert_eq!(t["rows"][0]["verdicts"]["log"], 1);
     Ok(())
 }

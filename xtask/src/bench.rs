@@ -19,14 +19,7 @@ pub struct BenchArgs {
 pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     crate::setup::setup()?;
     run(&mut cargo(["build", "--release", "-p", "envfence"]))?;
-    run(&mut cargo([
-        "build",
-        "--release",
-        "-p",
-        "envfence-tests",
-        "--bin",
-        "envfence-bench",
-    ]))?;
+    crate::util::build_tests_bin("envfence-bench")?;
     let release = target_dir().join("release");
     let mut cmd = bench_command(&release.join("envfence-bench"))?;
     cmd.arg("--agent").arg(release.join("envfence"));

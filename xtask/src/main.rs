@@ -106,14 +106,7 @@ fn main() -> ExitCode {
 
 fn build() -> Result<()> {
     run(&mut cargo(["build", "--release", "-p", "envfence"]))?;
-    run(&mut cargo([
-        "build",
-        "--release",
-        "-p",
-        "envfence-tests",
-        "--bin",
-        "envfence-demo",
-    ]))
+    util::build_tests_bin("envfence-demo")
 }
 
 type StepFn = Box<dyn FnOnce() -> Result<()>>;
@@ -225,14 +218,7 @@ fn demo() -> Result<ExitCode> {
 fn lab_cmd(action: LabAction) -> Result<()> {
     match action {
         LabAction::Up => {
-            run(&mut cargo([
-                "build",
-                "--release",
-                "-p",
-                "envfence-tests",
-                "--bin",
-                "envfence-demo",
-            ]))?;
+            util::build_tests_bin("envfence-demo")?;
             let demo = util::target_dir().join("release").join("envfence-demo");
             run(std::process::Command::new(demo).arg("--lab-up"))
         }

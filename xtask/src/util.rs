@@ -56,6 +56,18 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// `cargo build --release` of the envfence-tests binary `bin`.
+pub fn build_tests_bin(bin: &str) -> Result<()> {
+    run(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        "envfence-tests",
+        "--bin",
+        bin,
+    ]))
+}
+
 /// Runs `cmd` with inherited stdio, echoing it first.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
     eprintln!("$ {}", describe(cmd));

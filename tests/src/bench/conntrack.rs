@@ -1,4 +1,4 @@
-//! e. What connection tracking costs per packet (BPF_PROG_TEST_RUN, the
+//! f. What connection tracking costs per packet (BPF_PROG_TEST_RUN, the
 //! example policy, IPv4 TCP): envfence as the agent loads it (tracking on)
 //! side by side with the same object loaded with tracking off (today's
 //! stateless datapath, the baseline), and the empty TC program.
@@ -11,13 +11,13 @@
 //! - reply: production -> test of that flow, hot (baseline: the same
 //!   packet, dropped by the stateless policy).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use aya::programs::SchedClassifier;
-use envfence::datapath::{Datapath, Hook, LoadOptions};
-use envfence::policy::{self, SourceCheck};
+use envfence::datapath::{Datapath, Hook};
+use envfence::policy;
 
 use super::table::{fmt, median, ratio, Table};
-use super::Section;
+use super::{load, Part, Section};
 use crate::packet::{ip_frame, Packet};
 use crate::testrun::{timed, ACTION_NEXT};
 
@@ -46,24 +46,11 @@ impl Params {
     }
 }
 
-fn load(no_conntrack: bool) -> Result<Datapath> {
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
-        no_verdict_cache: false,
-        no_conntrack,
-        conntrack_capacity: None,
-        log_level: 0,
-    })
-    .context("loading the eBPF programs (root needed)")?;
-    let p = policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    dp.apply_policy(
-        &policy::compile(&p),
-        None,
-        std::time::Duration::from_secs(3600),
-    )?;
-    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
+/// A datapath of the example policy, tracking on or off.
+fn load_example(no_conntrack: bool) -> Result<Datapath> {
+    let mut dp = load(false, no_conntrack)?;
+    let p = policy::compile(crate::fixture::example_policy());
+    dp.apply_policy(&p, None, std::time::Duration::from_secs(3600))?;
     Ok(dp)
 }
 
@@ -86,8 +73,8 @@ fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8>
 
 /// The section.
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
-    let mut on = load(false)?;
-    let off = load(true)?;
+    let mut on = load_example(false)?;
+    let off = load_example(true)?;
     let (t, pr, pr2) = ([10, 30, 0, 5], [10, 10, 0, 53], [10, 10, 0, 54]);
     log("conntrack: hot packets");
     let untracked = tcp(pr, pr2, 40000, 443, 0x10);
@@ -114,12 +101,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     ];
     let mut table = Table::new(
         "Connection tracking: ns per packet (median of runs)",
-        &[
-            "packet",
-            "tracking on",
-            "tracking off (baseline)",
-            "on / off",
-        ],
+        "packet | tracking on | tracking off (baseline) | on / off",
     );
     for (name, f) in rows_hot {
         let a = hot(on.program(Hook::Ingress)?, f, p)?;
@@ -127,24 +109,23 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         table.row(vec![name.to_string(), fmt(a, 1), fmt(b, 1), ratio(a / b)]);
     }
     log("conntrack: first packets");
-    let empty = on.empty_program()?;
-    let mut overhead = 0.0;
-    for i in 0..p.flows {
-        overhead += timed(empty, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?.1;
-    }
-    let overhead = overhead / f64::from(p.flows);
-    let mut first = [0.0f64; 2];
-    for (k, dp) in [&on, &off].into_iter().enumerate() {
-        let prog = dp.program(Hook::Ingress)?;
+    // The mean ns of the first SYNs of `p.flows` new flows through `prog`
+    // (`check`: each must pass).
+    let first_syns = |prog: &SchedClassifier, check: bool| -> Result<f64> {
         let mut sum = 0.0;
         for i in 0..p.flows {
             let (action, ns) = timed(prog, &tcp(t, pr, 1000 + i, 53, 0x02), None, 1)?;
-            if action != ACTION_NEXT {
+            if check && action != ACTION_NEXT {
                 bail!("a first SYN was dropped");
             }
             sum += ns;
         }
-        first[k] = (sum / f64::from(p.flows) - overhead).max(0.0);
+        Ok(sum / f64::from(p.flows))
+    };
+    let overhead = first_syns(on.empty_program()?, false)?;
+    let mut first = [0.0f64; 2];
+    for (k, dp) in [&on, &off].into_iter().enumerate() {
+        first[k] = (first_syns(dp.program(Hook::Ingress)?, true)? - overhead).max(0.0);
     }
     table.row(vec![
         format!("first packet of a new tracked flow ({} flows, one run each, TestRun overhead {} ns subtracted)", p.flows, fmt(overhead, 0)),
@@ -152,10 +133,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         fmt(first[1], 1),
         ratio(first[0] / first[1].max(1.0)),
     ]);
-    let mut s = Section::new(
-        "conntrack",
-        "e. Connection tracking per packet (BPF_PROG_TEST_RUN)",
-    );
+    let mut s = Section::new(Part::Conntrack);
     s.intro.push(
         "The example policy, IPv4 TCP, ingress; the same object loaded with tracking on (as the agent runs) and off (the stateless datapath before issue 12).".into(),
     );

@@ -15,22 +15,20 @@
 //! RSS; then the file is replaced by the other policy and SIGHUP sent, the
 //! time until /metrics shows the new generation, and its RSS.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use envfence::datapath::{Datapath, Hook, LoadOptions};
+use envfence::datapath::Hook;
 use envfence::policy;
-use envfence::policy::SourceCheck;
 use nix::sys::signal::Signal;
 
 use super::synth::SynthPolicy;
 use super::table::{thousands, Table};
-use super::{Goal, Section};
-use crate::agent::{Agent, AgentOptions};
-use crate::lab::{wait_until, Lab, PodSpec};
+use super::{client_server, load, measured_at, start_agent, Goal, Part, Section};
+use crate::fixture::pod_addr;
+use crate::lab::{wait_until, Family, Lab};
 use crate::packet::{ip_frame, Packet};
 use crate::testrun::{self, ACTION_NEXT, ACTION_SHOT};
 
@@ -50,33 +48,23 @@ impl Params {
     pub fn quick() -> Params {
         Params {
             sizes: vec![1_000, 10_000],
-            seed: 11,
+            ..Params::full()
         }
     }
 }
 
-/// Probe frames and the action each must get in both policies.
+/// Probe frames and the action each must get in both policies: staging
+/// -> production (allowed) and test -> production (dropped), IPv4 and IPv6.
 fn probes() -> Vec<(Vec<u8>, u32)> {
-    let ip = |s: &str| -> IpAddr { s.parse().expect("probe address") };
-    let tcp = || Packet::syn(40000, 8080);
-    vec![
-        (
-            ip_frame(ip("10.20.1.2"), ip("10.10.1.2"), 6, tcp()),
-            ACTION_NEXT,
-        ),
-        (
-            ip_frame(ip("10.30.1.2"), ip("10.10.1.2"), 6, tcp()),
-            ACTION_SHOT,
-        ),
-        (
-            ip_frame(ip("fd00:20:1::2"), ip("fd00:10:1::2"), 6, tcp()),
-            ACTION_NEXT,
-        ),
-        (
-            ip_frame(ip("fd00:30:1::2"), ip("fd00:10:1::2"), 6, tcp()),
-            ACTION_SHOT,
-        ),
-    ]
+    let mut out = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let prod = pod_addr("production", family, 1);
+        for (env, action) in [("staging", ACTION_NEXT), ("test", ACTION_SHOT)] {
+            let tcp = Packet::syn(40000, 8080);
+            out.push((ip_frame(pod_addr(env, family, 1), prod, 6, tcp), action));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, Default)]
@@ -97,21 +85,12 @@ struct Row {
 
 fn in_process(row: &mut Row, a: &SynthPolicy, b: &SynthPolicy) -> Result<()> {
     let t = Instant::now();
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
-        no_verdict_cache: false,
-        no_conntrack: false,
-        conntrack_capacity: None,
-        log_level: 0,
-    })
-    .context("loading the eBPF programs (root needed)")?;
+    let mut dp = load(false, false)?;
     row.load_programs = t.elapsed();
     let interval = Duration::from_secs(1);
     let t = Instant::now();
     dp.apply_policy(&a.compiled, None, interval)?;
     row.load_policy = t.elapsed();
-    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
     let probes = probes();
     // A handle of the prober's own: the main thread holds the datapath
     // mutably for the reload.
@@ -183,21 +162,7 @@ fn with_agent(
     std::fs::write(&path, &a.yaml)?;
     let state = dir.join(format!("state-{}", a.cidrs));
     let t = Instant::now();
-    let agent = Agent::start_with(
-        lab,
-        agent_bin,
-        &AgentOptions {
-            policy_args: vec!["--config".into(), path.display().to_string()],
-            extra_args: vec![
-                "--no-pin".into(),
-                "--no-watch".into(),
-                "--state-dir".into(),
-                state.display().to_string(),
-            ],
-            ready_timeout: Duration::from_secs(300),
-            ..AgentOptions::default()
-        },
-    )?;
+    let agent = start_agent(lab, agent_bin, &path, &state, Duration::from_secs(300))?;
     row.agent_ready = Some(t.elapsed());
     let pid = agent.process().pid();
     row.agent_rss_kib = status_kib(pid, "VmRSS");
@@ -245,10 +210,7 @@ fn mib(kib: Option<u64>) -> String {
 pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Result<Section> {
     crate::lab::require_root()?;
     let dir = tempfile::tempdir()?;
-    let lab = Lab::new(&[
-        PodSpec::new("client", "10.20.1.2".parse()?, "fd00:20:1::2".parse()?),
-        PodSpec::new("server", "10.10.1.2".parse()?, "fd00:10:1::2".parse()?),
-    ])?;
+    let lab = Lab::new(&client_server())?;
     let mut rows = Vec::new();
     for &n in &p.sizes {
         let a = SynthPolicy::generate(n, p.seed)?;
@@ -290,26 +252,11 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
 
     let mut lib = Table::new(
         "c1. Load and reload in process (the agent's datapath library)",
-        &[
-            "CIDRs per family",
-            "prefixes",
-            "parse + compile",
-            "load programs",
-            "load policy",
-            "reload policy",
-            "probe packets during reload",
-            "wrong verdicts",
-        ],
+        "CIDRs per family | prefixes | parse + compile | load programs | load policy | reload policy | probe packets during reload | wrong verdicts",
     );
     let mut agent = Table::new(
         "c2. The agent binary (in a lab, attached to 2 veths)",
-        &[
-            "CIDRs per family",
-            "start → ready",
-            "RSS after load",
-            "reload: SIGHUP → new generation",
-            "RSS after reload",
-        ],
+        "CIDRs per family | start → ready | RSS after load | reload: SIGHUP → new generation | RSS after reload",
     );
     for r in &rows {
         lib.row(vec![
@@ -336,14 +283,10 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
     lib.note("parse + compile: the YAML text (validated, every error collected) to map entries. Load programs: `Datapath::load` (the eBPF object, verifier included). Load policy / reload policy: `Datapath::apply_policy` into the inactive slot, then the flip. The reload installs another policy of the same size (other random prefixes and environments).");
     lib.note("Probe packets: IPv4 and IPv6, one allowed and one dropped flow whose verdict both policies share, run through the ingress program by a second thread without pause during the reload (it keeps one core busy, which slows the reload); a wrong verdict is any other TC action.");
     agent.note("start → ready: from spawning the agent until it printed `envfence ready` and /metrics answered (parse, compile, load, attach). Reload: the policy file replaced, SIGHUP, until /metrics shows the next generation (parse, compile, install; polled every ~10 ms).");
-    let mut s = Section::new("control", "c. Control plane: load, reload, memory");
+    let mut s = Section::new(Part::Control);
     s.tables = vec![lib, agent];
     if let Some(r) = rows.iter().max_by_key(|r| r.cidrs) {
-        let at = if r.cidrs == 100_000 {
-            String::new()
-        } else {
-            format!(" (measured at {}, not 100,000)", thousands(r.cidrs as f64))
-        };
+        let at = measured_at(r.cidrs);
         let load = r.load_programs + r.load_policy;
         s.goals.push(Goal::new(
             format!("a 100,000-CIDR policy loads in under 1 s{at} (programs + policy)"),

@@ -93,8 +93,7 @@ impl Machine {
     }
 
     pub fn table(&self) -> Table {
-        let mut t = Table::new("Machine", &["", ""]);
-        t.headers = vec!["what".into(), "value".into()];
+        let mut t = Table::new("Machine", "what | value");
         t.row(vec!["CPU".into(), self.cpu.clone()]);
         t.row(vec!["cores (online)".into(), self.cores.to_string()]);
         t.row(vec!["kernel".into(), self.kernel.clone()]);

@@ -22,10 +22,16 @@ pub mod table;
 pub mod testrun;
 pub mod throughput;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use envfence::datapath::{Datapath, LoadOptions};
+use envfence::policy::SourceCheck;
 use table::{pass, Table};
+
+use crate::agent::{Agent, AgentOptions};
+use crate::lab::{Lab, PodSpec};
 
 /// One goal of the issue and how the run fared.
 #[derive(Clone, Debug)]
@@ -46,9 +52,8 @@ impl Goal {
 }
 
 /// One part of the report.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Section {
-    pub key: &'static str,
     pub heading: String,
     pub intro: Vec<String>,
     pub tables: Vec<Table>,
@@ -60,31 +65,15 @@ pub struct Section {
 }
 
 impl Section {
-    pub fn new(key: &'static str, heading: impl Into<String>) -> Section {
+    pub fn new(part: Part) -> Section {
         Section {
-            key,
-            heading: heading.into(),
-            intro: Vec::new(),
-            tables: Vec::new(),
-            goals: Vec::new(),
-            verbatim: Vec::new(),
-            error: None,
-            elapsed: Duration::ZERO,
+            heading: part.heading().into(),
+            ..Section::default()
         }
     }
 
     fn goals_table(&self) -> Option<Table> {
-        if self.goals.is_empty() {
-            return None;
-        }
-        let mut t = Table::new(
-            format!("Goals ({})", self.heading),
-            &["goal", "figure", "result"],
-        );
-        for g in &self.goals {
-            t.row(vec![g.goal.clone(), g.figure.clone(), pass(g.met)]);
-        }
-        Some(t)
+        goals_table(format!("Goals ({})", self.heading), &self.goals)
     }
 
     /// The section as terminal text.
@@ -163,6 +152,107 @@ impl Part {
         Part::Source,
         Part::Conntrack,
     ];
+
+    /// The heading of the part's section.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Part::Testrun => "a. Per-packet cost (BPF_PROG_TEST_RUN)",
+            Part::Throughput => "b. Throughput across the lab's veth path",
+            Part::Control => "c. Control plane: load, reload, memory",
+            Part::Storm => "d. Event storm",
+            Part::Source => "e. The source check per packet (BPF_PROG_TEST_RUN)",
+            Part::Conntrack => "f. Connection tracking per packet (BPF_PROG_TEST_RUN)",
+        }
+    }
+}
+
+/// The goals as a table (None: no goals).
+fn goals_table<'a>(title: String, goals: impl IntoIterator<Item = &'a Goal>) -> Option<Table> {
+    let mut t = Table::new(title, "goal | figure | result");
+    for g in goals {
+        t.row(vec![g.goal.clone(), g.figure.clone(), pass(g.met)]);
+    }
+    (!t.rows.is_empty()).then_some(t)
+}
+
+/// What a goal stated at 100,000 CIDRs says when measured at `largest`.
+fn measured_at(largest: usize) -> String {
+    if largest == 100_000 {
+        String::new()
+    } else {
+        format!(
+            " (measured at {}, not 100,000)",
+            table::thousands(largest as f64)
+        )
+    }
+}
+
+/// `quick()` or `full()` parameters.
+fn pick<P>(quick: bool, q: fn() -> P, f: fn() -> P) -> P {
+    if quick {
+        q()
+    } else {
+        f()
+    }
+}
+
+/// A datapath as the bench loads it: decision tag compiled out, `lo`
+/// without a source check.
+fn load(no_verdict_cache: bool, no_conntrack: bool) -> anyhow::Result<Datapath> {
+    let mut dp = Datapath::load_with(LoadOptions {
+        debug_tag_decision: false,
+        pin_root: None,
+        no_verdict_cache,
+        no_conntrack,
+        conntrack_capacity: None,
+        log_level: 0,
+    })
+    .context("loading the eBPF programs (root needed)")?;
+    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
+    Ok(dp)
+}
+
+/// The bench labs' pods: a client in staging and a server in production,
+/// at the example lab's staging1 and prod1 addresses.
+pub const CLIENT: &str = "client";
+pub const SERVER: &str = "server";
+
+fn client_server() -> Vec<PodSpec> {
+    let example = PodSpec::example_pods();
+    let like = |name: &str, pod: &str| {
+        let p = example.iter().find(|p| p.name == pod);
+        p.map(|p| PodSpec::new(name, p.ipv4(), p.ipv6()))
+    };
+    [like(CLIENT, "staging1"), like(SERVER, "prod1")]
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The agent `bin` started in `lab` on the policy file `policy`, without
+/// pins or file watching, its state in `state`.
+fn start_agent(
+    lab: &Lab,
+    bin: &Path,
+    policy: &Path,
+    state: &Path,
+    ready_timeout: Duration,
+) -> anyhow::Result<Agent> {
+    Agent::start_with(
+        lab,
+        bin,
+        &AgentOptions {
+            policy_args: vec!["--config".into(), policy.display().to_string()],
+            extra_args: vec![
+                "--no-pin".into(),
+                "--no-watch".into(),
+                "--state-dir".into(),
+                state.display().to_string(),
+            ],
+            ready_timeout,
+            ..AgentOptions::default()
+        },
+    )
 }
 
 /// How to run the suite.
@@ -195,51 +285,32 @@ pub fn run(opts: &Options) -> Report {
     let mut log = |line: &str| eprintln!("{line}");
     for part in &opts.parts {
         let t = Instant::now();
+        let q = opts.quick;
         let result = match part {
-            Part::Testrun => {
-                let p = if opts.quick {
-                    testrun::Params::quick()
-                } else {
-                    testrun::Params::full()
-                };
-                testrun::section(&p, &mut log)
-            }
+            Part::Testrun => testrun::section(
+                &pick(q, testrun::Params::quick, testrun::Params::full),
+                &mut log,
+            ),
             Part::Throughput => {
-                let p = if opts.quick {
-                    throughput::Params::quick()
-                } else {
-                    throughput::Params::full()
-                };
+                let p = pick(q, throughput::Params::quick, throughput::Params::full);
                 throughput::section(&p, &opts.agent, &mut log)
             }
             Part::Control => {
-                let p = if opts.quick {
-                    control::Params::quick()
-                } else {
-                    control::Params::full()
-                };
+                let p = pick(q, control::Params::quick, control::Params::full);
                 control::section(&p, &opts.agent, &mut log)
             }
             Part::Storm => storm::section(opts.storm_test.as_deref(), &opts.agent, &mut log),
-            Part::Source => {
-                let p = if opts.quick {
-                    source::Params::quick()
-                } else {
-                    source::Params::full()
-                };
-                source::section(&p, &mut log)
-            }
+            Part::Source => source::section(
+                &pick(q, source::Params::quick, source::Params::full),
+                &mut log,
+            ),
             Part::Conntrack => {
-                let p = if opts.quick {
-                    conntrack::Params::quick()
-                } else {
-                    conntrack::Params::full()
-                };
+                let p = pick(q, conntrack::Params::quick, conntrack::Params::full);
                 conntrack::section(&p, &mut log)
             }
         };
         let mut section = result.unwrap_or_else(|e| {
-            let mut s = Section::new(part_key(*part), part_heading(*part));
+            let mut s = Section::new(*part);
             s.error = Some(format!("{e:#}"));
             s
         });
@@ -253,28 +324,6 @@ pub fn run(opts: &Options) -> Report {
         sections,
         load_at_end: machine::load_average(),
         elapsed: started.elapsed(),
-    }
-}
-
-fn part_key(p: Part) -> &'static str {
-    match p {
-        Part::Testrun => "testrun",
-        Part::Throughput => "throughput",
-        Part::Control => "control",
-        Part::Storm => "storm",
-        Part::Source => "source",
-        Part::Conntrack => "conntrack",
-    }
-}
-
-fn part_heading(p: Part) -> &'static str {
-    match p {
-        Part::Testrun => "a. Per-packet cost (BPF_PROG_TEST_RUN)",
-        Part::Throughput => "b. Throughput across the lab's veth path",
-        Part::Control => "c. Control plane: load, reload, memory",
-        Part::Storm => "d. Event storm",
-        Part::Source => "e. The source check per packet (BPF_PROG_TEST_RUN)",
-        Part::Conntrack => "f. Connection tracking per packet (BPF_PROG_TEST_RUN)",
     }
 }
 
@@ -325,15 +374,7 @@ impl Report {
             "\nLoad average at the end: {}. Other builds and tests may have been running on the machine at the same time; a load average above the core count means the figures carry that noise.\n\n",
             self.load_at_end
         ));
-        let goals = self.goals();
-        if !goals.is_empty() {
-            let mut t = Table::new(
-                "Goals of the performance issue",
-                &["goal", "figure", "result"],
-            );
-            for g in &goals {
-                t.row(vec![g.goal.clone(), g.figure.clone(), pass(g.met)]);
-            }
+        if let Some(t) = goals_table("Goals of the performance issue".into(), self.goals()) {
             out.push_str("## Summary\n\n");
             out.push_str(&t.to_markdown());
             out.push('\n');

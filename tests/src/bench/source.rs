@@ -23,7 +23,7 @@ use envfence::datapath::Hook;
 use envfence::policy::Mode;
 
 use super::table::{delta, fmt, median, Table};
-use super::Section;
+use super::{Part, Section};
 use crate::gen::routes::RouteLab;
 use crate::netns;
 use crate::packet::{ip_frame, Packet};
@@ -69,19 +69,24 @@ struct Variant {
     action: u32,
 }
 
+/// Host `i` of the /48 fd00:`a`:`b`::.
+fn v6_host(a: u16, b: u16, i: usize) -> IpAddr {
+    IpAddr::from([
+        0xfd00,
+        a,
+        b,
+        0,
+        0,
+        0,
+        (i >> 8) as u16,
+        2 + (i & 0xff) as u16,
+    ])
+}
+
 fn routed(v6: bool, i: usize) -> IpAddr {
     // 10.10.1.0/24 and fd00:10:1::/48 leave through efr0.
     if v6 {
-        IpAddr::from([
-            0xfd00,
-            0x10,
-            1,
-            0,
-            0,
-            0,
-            (i >> 8) as u16,
-            2 + (i & 0xff) as u16,
-        ])
+        v6_host(0x10, 1, i)
     } else {
         IpAddr::from([10, 10, 1, 2 + (i % 250) as u8])
     }
@@ -97,19 +102,9 @@ fn peer(v6: bool, _i: usize) -> IpAddr {
 }
 
 fn unrouted(v6: bool, i: usize) -> IpAddr {
-    // Production addresses no route covers in the lab... none: 10.10/16
-    // is routed; 10.50/16 and fd00:50::/32 are in no route at all.
+    // 10.50/16 and fd00:50::/32 are in no route at all.
     if v6 {
-        IpAddr::from([
-            0xfd00,
-            0x50,
-            0,
-            0,
-            0,
-            0,
-            (i >> 8) as u16,
-            2 + (i & 0xff) as u16,
-        ])
+        v6_host(0x50, 0, i)
     } else {
         IpAddr::from([10, 50, (i >> 8) as u8, 2 + (i % 250) as u8])
     }
@@ -142,7 +137,7 @@ fn run(prog: &SchedClassifier, f: &[u8], ifindex: u32, repeat: u32) -> Result<(u
 type Row = (&'static str, &'static str, f64, f64);
 
 fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
-    let mut dp = super::testrun::load(false)?;
+    let mut dp = super::load(false, false)?;
     let policy = crate::gen::diff::example_policy(Mode::Enforce)?;
     dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;
     lab.install_into(&mut dp)?;
@@ -151,37 +146,38 @@ fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
         lab.ifindex(n)
             .with_context(|| format!("no {n} in the route lab"))
     };
+    let var = |name, ifindex, source: fn(bool, usize) -> IpAddr, action| Variant {
+        name,
+        ifindex,
+        source,
+        action,
+    };
     let variants = [
-        Variant {
-            name: "check off (lo): the baseline",
-            ifindex: LO_IFINDEX,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "strict, route via this interface",
-            ifindex: dev("efr0")?,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "strict, peer address (route elsewhere)",
-            ifindex: dev("efr0")?,
-            source: peer,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "loose",
-            ifindex: dev("efr2")?,
-            source: routed,
-            action: ACTION_NEXT,
-        },
-        Variant {
-            name: "refused: no route (spoofed, dropped)",
-            ifindex: dev("efr0")?,
-            source: unrouted,
-            action: ACTION_SHOT,
-        },
+        var(
+            "check off (lo): the baseline",
+            LO_IFINDEX,
+            routed,
+            ACTION_NEXT,
+        ),
+        var(
+            "strict, route via this interface",
+            dev("efr0")?,
+            routed,
+            ACTION_NEXT,
+        ),
+        var(
+            "strict, peer address (route elsewhere)",
+            dev("efr0")?,
+            peer,
+            ACTION_NEXT,
+        ),
+        var("loose", dev("efr2")?, routed, ACTION_NEXT),
+        var(
+            "refused: no route (spoofed, dropped)",
+            dev("efr0")?,
+            unrouted,
+            ACTION_SHOT,
+        ),
     ];
     let prog = dp.program(Hook::Ingress)?;
     let mut rows = Vec::new();
@@ -212,32 +208,37 @@ fn measure_in_lab(lab: &RouteLab, p: &Params) -> Result<Vec<Row>> {
             }
         }
         while events.next().is_some() {}
-        let mut hot: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for r in 0..p.hot_runs {
-            for k in 0..variants.len() {
-                let j = (k + r) % variants.len();
-                let v = &variants[j];
-                let f = &frames[j][r * p.flows / p.hot_runs.max(1)];
-                let (action, ns) = run(prog, f, v.ifindex, p.hot_repeat)?;
+        // The mean ns per run of `fs` through `v`, each run `repeat` times.
+        let mean = |v: &Variant, fs: &[Vec<u8>], repeat| -> Result<f64> {
+            let mut total = 0.0;
+            for f in fs {
+                let (action, ns) = run(prog, f, v.ifindex, repeat)?;
                 check(v, action)?;
-                hot[j].push(ns);
+                total += ns;
             }
-        }
-        let mut spread: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        for r in 0..p.rounds {
-            for k in 0..variants.len() {
-                let j = (k + r) % variants.len();
-                let v = &variants[j];
-                let mut total = 0.0;
-                for f in &frames[j] {
-                    let (action, ns) = run(prog, f, v.ifindex, p.spread_repeat)?;
-                    check(v, action)?;
-                    total += ns;
+            Ok(total / fs.len().max(1) as f64)
+        };
+        // `n` rounds of every variant in rotating order: one frame of the
+        // set (another each round) or all of them.
+        let mut rounds = |n: usize, repeat: u32, one: bool| -> Result<Vec<Vec<f64>>> {
+            let mut out = vec![Vec::new(); variants.len()];
+            for r in 0..n {
+                for k in 0..variants.len() {
+                    let j = (k + r) % variants.len();
+                    let i = r * p.flows / n.max(1);
+                    let fs = if one {
+                        &frames[j][i..=i]
+                    } else {
+                        &frames[j][..]
+                    };
+                    out[j].push(mean(&variants[j], fs, repeat)?);
                 }
-                spread[j].push(total / frames[j].len().max(1) as f64);
+                while events.next().is_some() {}
             }
-            while events.next().is_some() {}
-        }
+            Ok(out)
+        };
+        let hot = rounds(p.hot_runs, p.hot_repeat, true)?;
+        let spread = rounds(p.rounds, p.spread_repeat, false)?;
         for (j, v) in variants.iter().enumerate() {
             rows.push((v.name, fam, median(&hot[j]), median(&spread[j])));
         }
@@ -251,24 +252,14 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let ns = lab.node_ns.clone();
     let rows = netns::in_netns(&ns, || measure_in_lab(&lab, p))??;
     drop(lab);
-    let mut s = Section::new(
-        "source",
-        "e. The source check per packet (BPF_PROG_TEST_RUN)",
-    );
+    let mut s = Section::new(Part::Source);
     s.intro.push(format!(
         "One datapath (example policy, verdict cache on), the same allowed production → production TCP SYNs entering the route lab's interfaces; the TestRun context names the device, so each packet's bpf_fib_lookup asks the lab node's real routes. hot: one frame × {} runs, median of {}; many flows: {} sources × {} runs each, mean, median of {} rounds. Variants interleaved in rotating order. Δ is over the check-off baseline of the same run.",
         p.hot_repeat, p.hot_runs, p.flows, p.spread_repeat, p.rounds
     ));
     let mut t = Table::new(
         "e1. ns per packet, source check on vs off",
-        &[
-            "path",
-            "family",
-            "hot",
-            "Δ hot",
-            "many flows",
-            "Δ many flows",
-        ],
+        "path | family | hot | Δ hot | many flows | Δ many flows",
     );
     for fam in ["IPv4", "IPv6"] {
         let base = rows

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use super::table::{thousands, Table};
-use super::Section;
+use super::{Part, Section};
 use crate::netns;
 
 /// The newest `storm-<hash>` test executable next to this one, if any.
@@ -122,20 +122,11 @@ pub fn section(
         }
     }
     let f = parse(&lines);
-    let mut s = Section::new("storm", "d. Event storm");
+    let mut s = Section::new(Part::Storm);
     s.intro.push("From the `storm` integration test (tests/tests/storm.rs): sender threads in a test pod flood UDP to a production pod over thousands of distinct flows (all dropped and reported by the agent, report interval 1 s, audit log on) for a fixed time, then the test checks that counters, events and the audit log add up exactly. Its printed figures are below, verbatim too.".into());
     let mut t = Table::new(
         "d. Event storm (forbidden UDP flows through the lab at the agent)",
-        &[
-            "packets/s sent",
-            "events delivered",
-            "events/s delivered",
-            "events lost",
-            "agent CPU % (storm)",
-            "agent CPU % (until drained)",
-            "agent RSS max",
-            "agent RSS high-water",
-        ],
+        "packets/s sent | events delivered | events/s delivered | events lost | agent CPU % (storm) | agent CPU % (until drained) | agent RSS max | agent RSS high-water",
     );
     let n = |v: Option<f64>| v.map_or("—".into(), thousands);
     let pct = |v: Option<f64>| v.map_or("—".into(), |x| format!("{x:.1}"));

@@ -3,21 +3,21 @@
 //! A policy of N CIDRs holds N IPv4 and N IPv6 prefixes (2N entries in
 //! all) of mixed lengths (/16–/32 for IPv4, /32–/128 for IPv6) over five
 //! environments. The first five prefixes of each family are fixed: the
-//! /16s (/32s) of the lab's pods (production 10.10/16, staging 10.20/16,
-//! test 10.30/16, dev 10.40/16, ops 10.0.0/24 and the IPv6 ones of the
-//! example policy), so a lab's flows have known environments; the others
-//! are drawn at random, outside 10/8 and fd00::/8, so they never shadow the
-//! lab's. Rules: test → production is dropped, except 53/udp; everything
+//! example policy's networks of the five environments (where the lab's
+//! pods are: [`crate::fixture::env_net`]), so a lab's flows have known
+//! environments; the others are drawn at random, outside 10/8 and fd00::/8,
+//! so they never shadow the lab's. Rules: test → production is dropped, except 53/udp; everything
 //! else is allowed (the default).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use envfence::policy::{self, CompiledPolicy};
 use envfence_ebpf::verdict;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::fixture::env_net;
 use crate::lab::Family;
 use crate::packet::{ip_frame, Packet};
 use crate::rng::{seeded, Draw as _, Rng};
@@ -26,23 +26,7 @@ use rand::Rng as _;
 /// The environments, in the order their prefixes are dealt.
 pub const ENVS: [&str; 5] = ["production", "staging", "test", "dev", "ops"];
 pub const PRODUCTION: usize = 0;
-pub const STAGING: usize = 1;
 pub const TEST: usize = 2;
-
-const FIXED_V4: [(&str, usize); 5] = [
-    ("10.10.0.0/16", 0),
-    ("10.20.0.0/16", 1),
-    ("10.30.0.0/16", 2),
-    ("10.40.0.0/16", 3),
-    ("10.0.0.0/24", 4),
-];
-const FIXED_V6: [(&str, usize); 5] = [
-    ("fd00:10::/32", 0),
-    ("fd00:20::/32", 1),
-    ("fd00:30::/32", 2),
-    ("fd00:40::/32", 3),
-    ("fd00:0:0:1::/64", 4),
-];
 
 /// A synthetic policy: its YAML text, compiled form, and prefixes by
 /// environment index ([`ENVS`]).
@@ -74,29 +58,22 @@ impl SynthPolicy {
         })
     }
 
-    /// The prefixes of environment `env` of `family`.
-    pub fn prefixes_of(&self, family: Family, env: usize) -> Vec<IpNet> {
+    /// Every prefix of `family` with its environment.
+    pub fn nets(&self, family: Family) -> Vec<(IpNet, usize)> {
         match family {
-            Family::V4 => self
-                .v4
-                .iter()
-                .filter(|(_, e)| *e == env)
-                .map(|(n, _)| IpNet::V4(*n))
-                .collect(),
-            Family::V6 => self
-                .v6
-                .iter()
-                .filter(|(_, e)| *e == env)
-                .map(|(n, _)| IpNet::V6(*n))
-                .collect(),
+            Family::V4 => self.v4.iter().map(|(n, e)| (IpNet::V4(*n), *e)).collect(),
+            Family::V6 => self.v6.iter().map(|(n, e)| (IpNet::V6(*n), *e)).collect(),
         }
     }
 
+    /// The prefixes of environment `env` of `family`.
+    pub fn prefixes_of(&self, family: Family, env: usize) -> Vec<IpNet> {
+        let nets = self.nets(family).into_iter();
+        nets.filter(|(_, e)| *e == env).map(|(n, _)| n).collect()
+    }
+
     fn all(&self, family: Family) -> Vec<IpNet> {
-        match family {
-            Family::V4 => self.v4.iter().map(|(n, _)| IpNet::V4(*n)).collect(),
-            Family::V6 => self.v6.iter().map(|(n, _)| IpNet::V6(*n)).collect(),
-        }
+        self.nets(family).into_iter().map(|(n, _)| n).collect()
     }
 }
 
@@ -104,16 +81,24 @@ impl SynthPolicy {
 /// ones first, then random distinct ones.
 #[allow(clippy::type_complexity)]
 fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net, usize)>)> {
-    if n < FIXED_V4.len() {
-        bail!("a synthetic policy needs at least {} CIDRs", FIXED_V4.len());
+    if n < ENVS.len() {
+        bail!("a synthetic policy needs at least {} CIDRs", ENVS.len());
     }
+    let fixed = |family| {
+        ENVS.iter()
+            .enumerate()
+            .map(move |(i, e)| (env_net(e, family), i))
+    };
+    let fixed_v4 = fixed(Family::V4).filter_map(|(n, i)| match n {
+        IpNet::V4(n) => Some((n, i)),
+        IpNet::V6(_) => None,
+    });
+    let fixed_v6 = fixed(Family::V6).filter_map(|(n, i)| match n {
+        IpNet::V6(n) => Some((n, i)),
+        IpNet::V4(_) => None,
+    });
     let mut rng = seeded(seed);
-    let mut v4: Vec<(Ipv4Net, usize)> = Vec::with_capacity(n);
-    for (cidr, env) in FIXED_V4 {
-        v4.push((cidr.parse().context("fixed IPv4 prefix")?, env));
-    }
-    let mut seen: HashSet<Ipv4Net> = v4.iter().map(|(n, _)| *n).collect();
-    while v4.len() < n {
+    let v4 = deal(fixed_v4.collect(), n, &mut rng, |rng| {
         let len = rng.range(16, 32) as u8;
         let first = loop {
             let f = rng.range(11, 223) as u32;
@@ -122,35 +107,40 @@ fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net,
             }
         };
         let addr = (first << 24) | (rng.random::<u32>() & 0x00ff_ffff);
-        let net = Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc();
-        if seen.insert(net) {
-            v4.push((net, rng.below(ENVS.len())));
-        }
-    }
-    let mut v6: Vec<(Ipv6Net, usize)> = Vec::with_capacity(n);
-    for (cidr, env) in FIXED_V6 {
-        v6.push((cidr.parse().context("fixed IPv6 prefix")?, env));
-    }
-    let mut seen: HashSet<Ipv6Net> = v6.iter().map(|(n, _)| *n).collect();
-    while v6.len() < n {
+        Ok(Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc())
+    })?;
+    let v6 = deal(fixed_v6.collect(), n, &mut rng, |rng| {
         let len = rng.range(32, 128) as u8;
         // Global unicast 2000::/3.
         let addr = (rng.random::<u128>() & !(0b111u128 << 125)) | (0b001u128 << 125);
-        let net = Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc();
+        Ok(Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc())
+    })?;
+    Ok((v4, v6))
+}
+
+/// The `fixed` prefixes, then distinct ones of `draw` up to `n`, each of a
+/// random environment.
+fn deal<N: Copy + Eq + std::hash::Hash>(
+    mut out: Vec<(N, usize)>,
+    n: usize,
+    rng: &mut Rng,
+    mut draw: impl FnMut(&mut Rng) -> Result<N>,
+) -> Result<Vec<(N, usize)>> {
+    let mut seen: HashSet<N> = out.iter().map(|(n, _)| *n).collect();
+    while out.len() < n {
+        let net = draw(rng)?;
         if seen.insert(net) {
-            v6.push((net, rng.below(ENVS.len())));
+            out.push((net, rng.below(ENVS.len())));
         }
     }
-    Ok((v4, v6))
+    Ok(out)
 }
 
 fn yaml(v4: &[(Ipv4Net, usize)], v6: &[(Ipv6Net, usize)]) -> String {
     let mut y = String::with_capacity(24 * (v4.len() + v6.len()) + 1024);
     y.push_str("# synthetic benchmark policy (envfence-bench)\nmode: enforce\ndefault: allow\nenvironments:\n");
     for (i, env) in ENVS.iter().enumerate() {
-        y.push_str("  ");
-        y.push_str(env);
-        y.push_str(":\n");
+        y.push_str(&format!("  {env}:\n"));
         for (net, _) in v4.iter().filter(|(_, e)| *e == i) {
             y.push_str(&format!("    - \"{net}\"\n"));
         }

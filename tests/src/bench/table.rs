@@ -10,10 +10,11 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(title: impl Into<String>, headers: &[&str]) -> Table {
+    /// A table of `headers` (`"a | b | c"`, as a Markdown header row).
+    pub fn new(title: impl Into<String>, headers: &str) -> Table {
         Table {
             title: title.into(),
-            headers: headers.iter().map(|h| h.to_string()).collect(),
+            headers: headers.split(" | ").map(str::to_owned).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
         }
@@ -113,53 +114,43 @@ impl Table {
     }
 }
 
-/// A figure with `digits` decimals, or a dash when not a number.
-pub fn fmt(v: f64, digits: usize) -> String {
+/// `f(v)`, or a dash when `v` is not a number.
+fn or_dash(v: f64, f: impl Fn(f64) -> String) -> String {
     if v.is_finite() {
-        format!("{v:.digits$}")
+        f(v)
     } else {
         "—".to_string()
     }
+}
+
+/// A figure with `digits` decimals.
+pub fn fmt(v: f64, digits: usize) -> String {
+    or_dash(v, |v| format!("{v:.digits$}"))
 }
 
 /// An integer-ish figure with thousands separators (`12,345`).
 pub fn thousands(v: f64) -> String {
-    if !v.is_finite() {
-        return "—".to_string();
-    }
-    let neg = v < 0.0;
-    let n = v.abs().round() as u128;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
+    or_dash(v, |v| {
+        let digits = (v.abs().round() as u128).to_string();
+        let mut out = String::from(if v < 0.0 { "-" } else { "" });
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(ch);
         }
-        out.push(ch);
-    }
-    if neg {
-        format!("-{out}")
-    } else {
         out
-    }
+    })
 }
 
 /// A signed difference in ns: `+12.3`.
 pub fn delta(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:+.1}")
-    } else {
-        "—".to_string()
-    }
+    or_dash(v, |v| format!("{v:+.1}"))
 }
 
 /// A ratio: `1.03×`.
 pub fn ratio(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.2}×")
-    } else {
-        "—".to_string()
-    }
+    or_dash(v, |v| format!("{v:.2}×"))
 }
 
 /// The median of `v` (NaN when empty).
@@ -200,7 +191,8 @@ mod tests {
 
     #[test]
     fn renders() {
-        let mut t = Table::new("T", &["name", "ns"]);
+        let mut t = Table::new("T", "name | ns");
+        assert_eq!(t.headers, ["name", "ns"]);
         t.row(vec!["a|b".into(), "12.5".into()]);
         t.note("n");
         let md = t.to_markdown();

@@ -27,15 +27,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::SchedClassifier;
-use envfence::datapath::{Datapath, Hook, LoadOptions};
-use envfence::policy::SourceCheck;
+use envfence::datapath::{Datapath, Hook};
 
 use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
-use super::{Goal, Section};
+use super::{load, measured_at, Goal, Part, Section};
 use crate::lab::Family;
 use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
@@ -97,23 +96,25 @@ impl Params {
     }
 }
 
+/// The measures of [`Row::ns`], in its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    Hot,
+    WorkingSet,
+    Spread,
+}
+
 /// The figures of one (family, packet kind, size), ns per packet.
 #[derive(Clone, Debug)]
 pub struct Row {
     pub family: Family,
     pub kind: Kind,
     pub cidrs: usize,
-    pub hot_empty: f64,
-    pub hot_envfence: f64,
-    pub hot_no_cache: f64,
-    pub spread_empty: f64,
-    pub spread_envfence: f64,
-    pub spread_no_cache: f64,
-    pub ws_empty: f64,
-    pub ws_envfence: f64,
-    pub ws_no_cache: f64,
-    pub first_envfence: f64,
-    pub first_no_cache: f64,
+    /// By [`Measure`]: the empty
+    /// program, envfence, envfence without cache.
+    pub ns: [[f64; 3]; 3],
+    /// The first packet: envfence, envfence without cache.
+    pub first: [f64; 2],
 }
 
 #[derive(Clone, Debug)]
@@ -161,22 +162,6 @@ impl Loaded {
             Prog::NoCache => self.no_cache.program(Hook::Ingress)?,
         })
     }
-}
-
-/// A datapath as the bench loads it: decision tag compiled out, `lo`
-/// without a source check.
-pub(super) fn load(no_verdict_cache: bool) -> Result<Datapath> {
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
-        no_verdict_cache,
-        no_conntrack: false,
-        conntrack_capacity: None,
-        log_level: 0,
-    })
-    .context("loading the eBPF programs (root needed)")?;
-    dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
-    Ok(dp)
 }
 
 fn expected_action(which: Prog, kind: Kind) -> u32 {
@@ -289,8 +274,8 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     for &n in &p.sizes {
         let policy = SynthPolicy::generate(n, p.seed)?;
         let mut l = Loaded {
-            dp: load(false)?,
-            no_cache: load(true)?,
+            dp: load(false, false)?,
+            no_cache: load(true, false)?,
         };
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
@@ -320,55 +305,30 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                 // Hot: one flow repeated, a different flow each run.
                 let mut hot: [Vec<f64>; 3] = Default::default();
                 for r in 0..p.hot_runs {
-                    let f = &flows[r * flows.len() / p.hot_runs.max(1)];
+                    let i = r * flows.len() / p.hot_runs.max(1);
                     for which in order(r) {
-                        let (action, ns) = timed(l.prog(which)?, &f.frame, None, p.hot_repeat)?;
-                        let want = expected_action(which, kind);
-                        if action != want {
-                            bail!(
-                                "hot run of {} -> {} ({}): TC action {action:#x}, expected {want:#x}",
-                                f.src,
-                                f.dst,
-                                which.name()
-                            );
-                        }
+                        let ns = pass(&mut l, which, &flows[i..=i], p.hot_repeat, kind)?;
                         hot[which.index()].push(ns);
                     }
                     drain(&mut events);
                 }
-                let m = |v: &[Vec<f64>; 3], w: Prog| median(&v[w.index()]);
+                let m = |v: &[Vec<f64>; 3]| [median(&v[0]), median(&v[1]), median(&v[2])];
+                let first = [first[Prog::Envfence.index()], first[Prog::NoCache.index()]];
+                let ns = [m(&hot), m(&small), m(&spread)];
                 let row = Row {
                     family,
                     kind,
                     cidrs: n,
-                    hot_empty: m(&hot, Prog::Empty),
-                    hot_envfence: m(&hot, Prog::Envfence),
-                    hot_no_cache: m(&hot, Prog::NoCache),
-                    spread_empty: m(&spread, Prog::Empty),
-                    spread_envfence: m(&spread, Prog::Envfence),
-                    spread_no_cache: m(&spread, Prog::NoCache),
-                    ws_empty: m(&small, Prog::Empty),
-                    ws_envfence: m(&small, Prog::Envfence),
-                    ws_no_cache: m(&small, Prog::NoCache),
-                    first_envfence: first[Prog::Envfence.index()],
-                    first_no_cache: first[Prog::NoCache.index()],
+                    ns,
+                    first,
                 };
+                let [h, w, sp] = ns;
                 log(&format!(
                     "testrun: {:>7} CIDRs {} {:<7}  hot {:.0}/{:.0}/{:.0} ns  working set {:.0}/{:.0}/{:.0} ns  spread {:.0}/{:.0}/{:.0} ns  first packet {:.0}/{:.0} ns  (empty/envfence/no cache)",
                     thousands(n as f64),
                     family.name(),
                     kind.name(),
-                    row.hot_empty,
-                    row.hot_envfence,
-                    row.hot_no_cache,
-                    row.ws_empty,
-                    row.ws_envfence,
-                    row.ws_no_cache,
-                    row.spread_empty,
-                    row.spread_envfence,
-                    row.spread_no_cache,
-                    row.first_envfence,
-                    row.first_no_cache,
+                    h[0], h[1], h[2], w[0], w[1], w[2], sp[0], sp[1], sp[2], first[0], first[1],
                 ));
                 rows.push(row);
             }
@@ -392,20 +352,10 @@ impl Results {
     pub fn tables(&self) -> Vec<Table> {
         let p = &self.params;
         let smallest = p.sizes.iter().min().copied().unwrap_or(0);
-        let base_col = format!("ratio to {smallest}");
-        let headers = [
-            "family",
-            "packet",
-            "CIDRs",
-            "empty",
-            "envfence",
-            "Δ over empty",
-            base_col.as_str(),
-            "without cache",
-            "Δ over empty",
-            base_col.as_str(),
-        ];
-        let mut hot = Table::new(
+        let headers = format!(
+            "family | packet | CIDRs | empty | envfence | Δ over empty | ratio to {smallest} | without cache | Δ over empty | ratio to {smallest}"
+        );
+        let hot = Table::new(
             format!(
                 "a1. TestRun hot: one flow repeated ×{} in the kernel, median of {} runs (a different flow each run), ns/packet",
                 thousands(f64::from(p.hot_repeat)),
@@ -413,90 +363,64 @@ impl Results {
             ),
             &headers,
         );
-        let mut small = Table::new(
-            format!(
-                "a2. TestRun spread, steady state, a working set of {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
-                thousands(p.working_set as f64),
-                p.spread_repeat,
-                p.spread_rounds
-            ),
-            &headers,
+        // a2 and a3: `flows` distinct flows, each run ×spread_repeat.
+        let spread_table = |title: &str, flows: usize| {
+            let mut t = Table::new(
+                format!(
+                    "{title} {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
+                    thousands(flows as f64),
+                    p.spread_repeat,
+                    p.spread_rounds
+                ),
+                &headers,
+            );
+            t.headers[3] = "empty (per-call overhead)".into();
+            t
+        };
+        let small = spread_table(
+            "a2. TestRun spread, steady state, a working set of",
+            p.working_set,
         );
-        small.headers[3] = "empty (per-call overhead)".into();
-        let mut spread = Table::new(
-            format!(
-                "a3. TestRun spread, steady state, {} distinct flows over the whole table: each run ×{}, mean of the kernel's per-run time, median of {} rounds, ns/packet",
-                thousands(p.spread_flows as f64),
-                p.spread_repeat,
-                p.spread_rounds
-            ),
-            &headers,
-        );
-        spread.headers[3] = "empty (per-call overhead)".into();
+        let spread = spread_table("a3. TestRun spread, steady state,", p.spread_flows);
         let mut first = Table::new(
             format!(
                 "a4. TestRun spread, first packet of each of the {} flows (fresh datapath), ns/packet",
                 thousands(p.spread_flows as f64)
             ),
-            &[
-                "family",
-                "packet",
-                "CIDRs",
-                "empty (per-call overhead)",
-                "envfence",
-                "Δ over empty",
-                "without cache",
-                "Δ over empty",
-            ],
+            "family | packet | CIDRs | empty (per-call overhead) | envfence | Δ over empty | without cache | Δ over empty",
         );
+        let mut by_measure = [hot, small, spread];
         for r in &self.rows {
             let base = self.base(r);
-            let cells = |empty: f64, env: f64, nc: f64, benv: Option<f64>, bnc: Option<f64>| {
-                vec![
+            for (k, t) in by_measure.iter_mut().enumerate() {
+                let [empty, env, nc] = r.ns[k];
+                let to_base = |v: f64, i: usize| ratio(base.map_or(f64::NAN, |b| v / b.ns[k][i]));
+                t.row(vec![
                     r.family.name().to_string(),
                     r.kind.name().to_string(),
                     thousands(r.cidrs as f64),
                     fmt(empty, 0),
                     fmt(env, 0),
                     delta(env - empty),
-                    ratio(benv.map_or(f64::NAN, |b| env / b)),
+                    to_base(env, 1),
                     fmt(nc, 0),
                     delta(nc - empty),
-                    ratio(bnc.map_or(f64::NAN, |b| nc / b)),
-                ]
-            };
-            hot.row(cells(
-                r.hot_empty,
-                r.hot_envfence,
-                r.hot_no_cache,
-                base.map(|b| b.hot_envfence),
-                base.map(|b| b.hot_no_cache),
-            ));
-            small.row(cells(
-                r.ws_empty,
-                r.ws_envfence,
-                r.ws_no_cache,
-                base.map(|b| b.ws_envfence),
-                base.map(|b| b.ws_no_cache),
-            ));
-            spread.row(cells(
-                r.spread_empty,
-                r.spread_envfence,
-                r.spread_no_cache,
-                base.map(|b| b.spread_envfence),
-                base.map(|b| b.spread_no_cache),
-            ));
+                    to_base(nc, 2),
+                ]);
+            }
+            let empty = r.ns[Measure::Spread as usize][0];
             first.row(vec![
                 r.family.name().into(),
                 r.kind.name().into(),
                 thousands(r.cidrs as f64),
-                fmt(r.spread_empty, 0),
-                fmt(r.first_envfence, 0),
-                delta(r.first_envfence - r.spread_empty),
-                fmt(r.first_no_cache, 0),
-                delta(r.first_no_cache - r.spread_empty),
+                fmt(empty, 0),
+                fmt(r.first[0], 0),
+                delta(r.first[0] - empty),
+                fmt(r.first[1], 0),
+                delta(r.first[1] - empty),
             ]);
         }
+        let [mut hot, mut small, mut spread] = by_measure;
         hot.note("CIDRs: prefixes per family (the policy holds as many IPv4 as IPv6 prefixes), mixed lengths /16–/32 and /32–/128 over 5 environments.");
         hot.note("Allowed packets: any environment pair but test → production, TCP SYN; dropped: test → production. Every packet's TC action is checked.");
         hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet does both LPM lookups). Ratio: the figure at this size over the same program's at the smallest size.");
@@ -513,22 +437,19 @@ impl Results {
         let Some(&largest) = self.params.sizes.iter().max() else {
             return Vec::new();
         };
-        let at = if largest == 100_000 {
-            String::new()
-        } else {
-            format!(" (measured at {}, not 100,000)", thousands(largest as f64))
-        };
+        let at = measured_at(largest);
         let mut goals = Vec::new();
         for r in self.rows.iter().filter(|r| r.cidrs == largest) {
             let what = format!("{} {}", r.family.name(), r.kind.name());
             let ws = format!("{} flows", thousands(self.params.working_set as f64));
             let sp = format!("{} flows", thousands(self.params.spread_flows as f64));
-            for (measure, env, empty) in [
-                ("hot", r.hot_envfence, r.hot_empty),
-                (ws.as_str(), r.ws_envfence, r.ws_empty),
-                (sp.as_str(), r.spread_envfence, r.spread_empty),
-            ] {
-                let d = env - empty;
+            let measures = [
+                (Measure::Hot as usize, "hot"),
+                (Measure::WorkingSet as usize, ws.as_str()),
+                (Measure::Spread as usize, sp.as_str()),
+            ];
+            for (k, measure) in measures {
+                let d = r.ns[k][1] - r.ns[k][0];
                 goals.push(Goal::new(
                     format!("adds ≤ 50 ns over empty at 100,000 CIDRs{at}: {what}, {measure}"),
                     format!("{d:+.1} ns"),
@@ -536,11 +457,8 @@ impl Results {
                 ));
             }
             if let Some(b) = self.base(r) {
-                for (measure, env, base) in [
-                    ("hot", r.hot_envfence, b.hot_envfence),
-                    (ws.as_str(), r.ws_envfence, b.ws_envfence),
-                    (sp.as_str(), r.spread_envfence, b.spread_envfence),
-                ] {
+                for (k, measure) in measures {
+                    let (env, base) = (r.ns[k][1], b.ns[k][1]);
                     let q = env / base;
                     goals.push(Goal::new(
                         format!(
@@ -560,14 +478,14 @@ impl Results {
 /// The section of the report.
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let results = measure(p, log)?;
-    let mut s = Section::new("testrun", "a. Per-packet cost (BPF_PROG_TEST_RUN)");
+    let mut s = Section::new(Part::Testrun);
     s.intro.push(
         "envfence's ingress program and an empty TC program (returns TCX_NEXT) are loaded side by side from one object and run interleaved on the same frames with BPF_PROG_TEST_RUN; the kernel reports the mean time per run. Δ over empty is what envfence adds to a packet.".into(),
     );
     s.tables = results.tables();
     let mut load = Table::new(
         "a5. Writing the synthetic policy into the maps (for reference)",
-        &["CIDRs per family", "prefixes in all", "apply_policy"],
+        "CIDRs per family | prefixes in all | apply_policy",
     );
     for (n, d) in &results.apply_times {
         load.row(vec![

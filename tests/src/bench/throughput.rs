@@ -19,7 +19,6 @@
 //! each figure is the median over rounds, each ratio the median of the
 //! per-round ratios to the no-filter run of the same round.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -29,17 +28,15 @@ use serde_json::Value;
 
 use super::synth::{SynthPolicy, ENVS, PRODUCTION, TEST};
 use super::table::{fmt, median, ratio, thousands, Table};
-use super::{Goal, Section};
-use crate::agent::{Agent, AgentOptions};
-use crate::lab::{wait_until, Lab, PodSpec};
+use super::{client_server, start_agent, Goal, Part, Section, CLIENT, SERVER};
+use crate::agent::Agent;
+use crate::lab::{wait_until, Family, Lab};
 use crate::netns;
 
 const TCP_PORT: u16 = 5201;
 const UDP_PORT_BASE: u16 = 5301;
-const CLIENT: &str = "client";
 /// iperf3 `-A client,server` CPUs.
 const AFFINITY: &str = "0,1";
-const SERVER: &str = "server";
 
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -67,12 +64,9 @@ impl Params {
     }
     pub fn quick() -> Params {
         Params {
-            sizes: vec![10, 10_000],
             rounds: 1,
             secs: 1,
-            udp_procs: 3,
-            udp_streams: 4,
-            seed: 1,
+            ..Params::full()
         }
     }
 }
@@ -100,6 +94,17 @@ impl Filter {
 struct Variant {
     filter: Filter,
     cidrs: usize,
+}
+
+impl Variant {
+    /// The table cells naming the variant: filter, CIDRs.
+    fn cells(self) -> Vec<String> {
+        let cidrs = match self.filter {
+            Filter::None => "—".into(),
+            _ => thousands(self.cidrs as f64),
+        };
+        vec![self.filter.name().to_string(), cidrs]
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,32 +173,30 @@ impl Bench<'_> {
             .ok_or_else(|| anyhow!("no policy of {cidrs} CIDRs"))
     }
 
-    fn node(&self) -> String {
-        self.lab.node_ns().to_string()
+    /// `program args` in the node namespace (see [`in_ns`]).
+    fn in_node(&self, program: &str, args: &[&str], secs: u64) -> Result<String> {
+        in_ns(self.lab.node_ns(), program, args, Duration::from_secs(secs))
+    }
+
+    /// Writes `text` to `name` in the bench's directory; returns its path.
+    fn file(&self, name: &str, text: &str) -> Result<String> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
     }
 
     fn setup(&self, v: Variant) -> Result<Active> {
         match v.filter {
             Filter::None => Ok(Active::None),
             Filter::Envfence => {
-                let path = self.dir.path().join(format!("policy-{}.yaml", v.cidrs));
-                std::fs::write(&path, &self.policy(v.cidrs)?.yaml)?;
-                let state = self.dir.path().join("state");
-                let agent = Agent::start_with(
-                    &self.lab,
-                    self.agent_bin,
-                    &AgentOptions {
-                        policy_args: vec!["--config".into(), path.display().to_string()],
-                        extra_args: vec![
-                            "--no-pin".into(),
-                            "--no-watch".into(),
-                            "--state-dir".into(),
-                            state.display().to_string(),
-                        ],
-                        ready_timeout: Duration::from_secs(120),
-                        ..AgentOptions::default()
-                    },
+                let policy = self.file(
+                    &format!("policy-{}.yaml", v.cidrs),
+                    &self.policy(v.cidrs)?.yaml,
                 )?;
+                let state = self.dir.path().join("state");
+                let timeout = Duration::from_secs(120);
+                let agent =
+                    start_agent(&self.lab, self.agent_bin, policy.as_ref(), &state, timeout)?;
                 let attached = agent.metric("envfence_attached_interfaces", &[])?;
                 if attached < 2.0 {
                     bail!("the agent attached to {attached} interfaces, not the lab's 2");
@@ -201,25 +204,15 @@ impl Bench<'_> {
                 Ok(Active::Agent(agent))
             }
             Filter::Nft => {
-                let path = self.dir.path().join(format!("nft-{}.conf", v.cidrs));
-                std::fs::write(&path, nft_ruleset(self.policy(v.cidrs)?))?;
-                in_ns(
-                    &self.node(),
-                    "nft",
-                    &["-f", &path.display().to_string()],
-                    Duration::from_secs(120),
-                )?;
+                let rules = nft_ruleset(self.policy(v.cidrs)?);
+                let path = self.file(&format!("nft-{}.conf", v.cidrs), &rules)?;
+                self.in_node("nft", &["-f", &path], 120)?;
                 Ok(Active::Nft)
             }
             Filter::Iptables => {
-                let path = self.dir.path().join(format!("iptables-{}.rules", v.cidrs));
-                std::fs::write(&path, iptables_rules(self.policy(v.cidrs)?))?;
-                in_ns(
-                    &self.node(),
-                    "iptables-restore",
-                    &[&path.display().to_string()],
-                    Duration::from_secs(300),
-                )?;
+                let rules = iptables_rules(self.policy(v.cidrs)?);
+                let path = self.file(&format!("iptables-{}.rules", v.cidrs), &rules)?;
+                self.in_node("iptables-restore", &[&path], 300)?;
                 Ok(Active::Iptables)
             }
         }
@@ -230,14 +223,12 @@ impl Bench<'_> {
         match active {
             Active::None => Ok(()),
             Active::Agent(agent) => {
-                let allowed = agent.metric(
-                    "envfence_packets_total",
-                    &[
-                        ("src_env", "staging"),
-                        ("dst_env", "production"),
-                        ("verdict", "allow"),
-                    ],
-                );
+                let labels = [
+                    ("src_env", "staging"),
+                    ("dst_env", "production"),
+                    ("verdict", "allow"),
+                ];
+                let allowed = agent.metric("envfence_packets_total", &labels);
                 agent.stop(Duration::from_secs(20))?;
                 if allowed? < 1.0 {
                     bail!("the agent judged none of the benchmark's packets");
@@ -245,32 +236,13 @@ impl Bench<'_> {
                 Ok(())
             }
             Active::Nft => {
-                in_ns(
-                    &self.node(),
-                    "nft",
-                    &["delete", "table", "inet", "efbench"],
-                    Duration::from_secs(60),
-                )?;
+                self.in_node("nft", &["delete", "table", "inet", "efbench"], 60)?;
                 Ok(())
             }
             Active::Iptables => {
-                let counters = in_ns(
-                    &self.node(),
-                    "iptables",
-                    &["-w", "-nvxL", "efb-staging"],
-                    Duration::from_secs(60),
-                );
-                in_ns(
-                    &self.node(),
-                    "iptables-restore",
-                    &[&self
-                        .dir
-                        .path()
-                        .join("iptables-empty.rules")
-                        .display()
-                        .to_string()],
-                    Duration::from_secs(60),
-                )?;
+                let counters = self.in_node("iptables", &["-w", "-nvxL", "efb-staging"], 60);
+                let empty = self.file("iptables-empty.rules", IPTABLES_EMPTY)?;
+                self.in_node("iptables-restore", &[&empty], 60)?;
                 let seen = counters?
                     .lines()
                     .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
@@ -287,12 +259,13 @@ impl Bench<'_> {
         Ok(self.lab.pod(SERVER)?.ipv4().to_string())
     }
 
-    /// One iperf3 client run in the client pod; the parsed JSON.
-    fn iperf(&self, args: &[String]) -> Result<Value> {
+    /// One iperf3 client run in the client pod with `args` (words split
+    /// at spaces); the parsed JSON.
+    fn iperf(&self, args: &str) -> Result<Value> {
         let ns = self.lab.ns(CLIENT)?.to_string();
         let server = self.server_ip()?;
         let secs = self.p.secs.to_string();
-        let mut all: Vec<&str> = vec![
+        let mut all = vec![
             "-c",
             &server,
             "-t",
@@ -304,7 +277,7 @@ impl Bench<'_> {
         if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
             all.extend(["-A", AFFINITY]);
         }
-        all.extend(args.iter().map(String::as_str));
+        all.extend(args.split(' '));
         let timeout = Duration::from_secs(u64::from(self.p.secs) + 20);
         let mut last = None;
         for _attempt in 0..2 {
@@ -327,12 +300,7 @@ impl Bench<'_> {
 
     /// Gb/s received by the server.
     fn tcp(&self, streams: usize) -> Result<f64> {
-        let v = self.iperf(&[
-            "-p".into(),
-            TCP_PORT.to_string(),
-            "-P".into(),
-            streams.to_string(),
-        ])?;
+        let v = self.iperf(&format!("-p {TCP_PORT} -P {streams}"))?;
         let bps = v["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .context("no end.sum_received.bits_per_second in iperf3's answer")?;
@@ -345,17 +313,9 @@ impl Bench<'_> {
             let handles: Vec<_> = (0..self.p.udp_procs)
                 .map(|i| {
                     s.spawn(move || -> Result<f64> {
-                        let v = self.iperf(&[
-                            "-p".into(),
-                            (UDP_PORT_BASE + i as u16).to_string(),
-                            "-u".into(),
-                            "-b".into(),
-                            "0".into(),
-                            "-l".into(),
-                            "64".into(),
-                            "-P".into(),
-                            self.p.udp_streams.to_string(),
-                        ])?;
+                        let port = UDP_PORT_BASE + i as u16;
+                        let streams = self.p.udp_streams;
+                        let v = self.iperf(&format!("-p {port} -u -b 0 -l 64 -P {streams}"))?;
                         let sum = &v["end"]["sum"];
                         let packets = sum["packets"].as_f64().context("end.sum.packets")?;
                         let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
@@ -364,19 +324,12 @@ impl Bench<'_> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow!("a UDP client thread panicked")))
-                })
+            let joined = handles.into_iter().map(|h| h.join());
+            joined
+                .map(|r| r.unwrap_or_else(|_| Err(anyhow!("a UDP client thread panicked"))))
                 .collect()
         });
-        let mut total = 0.0;
-        for r in results {
-            total += r?;
-        }
-        Ok(total)
+        results.into_iter().sum()
     }
 
     fn measure(&self, test: Test) -> Result<f64> {
@@ -392,17 +345,15 @@ impl Bench<'_> {
 fn nft_ruleset(p: &SynthPolicy) -> String {
     let mut s = String::from("table inet efbench {\n");
     for (i, env) in ENVS.iter().enumerate() {
-        let v4: Vec<String> =
-            p.v4.iter()
-                .filter(|(_, e)| *e == i)
-                .map(|(n, _)| n.to_string())
+        for (fam, ty, family) in [
+            ("v4", "ipv4_addr", Family::V4),
+            ("v6", "ipv6_addr", Family::V6),
+        ] {
+            let elems: Vec<String> = p
+                .prefixes_of(family, i)
+                .iter()
+                .map(|n| n.to_string())
                 .collect();
-        let v6: Vec<String> =
-            p.v6.iter()
-                .filter(|(_, e)| *e == i)
-                .map(|(n, _)| n.to_string())
-                .collect();
-        for (fam, ty, elems) in [("v4", "ipv4_addr", v4), ("v6", "ipv6_addr", v6)] {
             s.push_str(&format!(
                 "  set env_{env}_{fam} {{\n    type {ty}\n    flags interval\n    auto-merge\n"
             ));
@@ -454,21 +405,6 @@ fn iptables_rules(p: &SynthPolicy) -> String {
 
 const IPTABLES_EMPTY: &str =
     "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
-
-fn pods() -> Vec<PodSpec> {
-    vec![
-        PodSpec::new(
-            CLIENT,
-            Ipv4Addr::new(10, 20, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x20, 1, 0, 0, 0, 0, 2),
-        ),
-        PodSpec::new(
-            SERVER,
-            Ipv4Addr::new(10, 10, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x10, 1, 0, 0, 0, 0, 2),
-        ),
-    ]
-}
 
 fn start_servers(lab: &Lab, p: &Params) -> Result<()> {
     let ip = lab.pod(SERVER)?.ipv4();
@@ -538,31 +474,21 @@ fn run_variant(
     log: &mut dyn FnMut(&str),
 ) -> [f64; 3] {
     let mut values = [f64::NAN; 3];
+    let what = format!("round {}: {}", round + 1, label(v));
     let active = match bench.setup(v) {
         Ok(a) => a,
         Err(e) => {
-            problems.push(format!(
-                "round {}: {}: setup failed: {e:#}",
-                round + 1,
-                label(v)
-            ));
+            problems.push(format!("{what}: setup failed: {e:#}"));
             log(problems.last().map_or("", String::as_str));
             return values;
         }
     };
     let mut line = format!("throughput: round {} {:<34}", round + 1, label(v));
     for (t, test) in Test::ALL.iter().enumerate() {
-        values[t] = match bench.measure(*test) {
-            Ok(x) => x,
-            Err(e) => {
-                problems.push(format!(
-                    "round {}: {}: {test:?}: {e:#}",
-                    round + 1,
-                    label(v)
-                ));
-                f64::NAN
-            }
-        };
+        values[t] = bench.measure(*test).unwrap_or_else(|e| {
+            problems.push(format!("{what}: {test:?}: {e:#}"));
+            f64::NAN
+        });
         line.push_str(&match test {
             Test::Udp => format!("  udp {:.0} kpps", values[t] / 1e3),
             _ => format!("  {test:?} {:.2} Gb/s", values[t]),
@@ -570,7 +496,7 @@ fn run_variant(
     }
     log(&line);
     if let Err(e) = bench.teardown(active) {
-        problems.push(format!("round {}: {}: {e:#}", round + 1, label(v)));
+        problems.push(format!("{what}: {e:#}"));
         log(problems.last().map_or("", String::as_str));
     }
     values
@@ -588,8 +514,7 @@ fn measure(
         .map(|&n| SynthPolicy::generate(n, p.seed))
         .collect::<Result<Vec<_>>>()?;
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("iptables-empty.rules"), IPTABLES_EMPTY)?;
-    let lab = Lab::new(&pods())?;
+    let lab = Lab::new(&client_server())?;
     start_servers(&lab, p)?;
     let bench = Bench {
         lab,
@@ -642,9 +567,8 @@ fn measure(
         }
     }
     // Leave the node namespace as clean as it came (it is deleted next).
-    let node = bench.node();
-    in_ns(&node, "nft", &["flush", "ruleset"], Duration::from_secs(60))?;
-    let left = in_ns(&node, "nft", &["list", "ruleset"], Duration::from_secs(60))?;
+    bench.in_node("nft", &["flush", "ruleset"], 60)?;
+    let left = bench.in_node("nft", &["list", "ruleset"], 60)?;
     if !left.trim().is_empty() {
         problems.push(format!("nft state left in the node namespace: {left}"));
     }
@@ -666,26 +590,13 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
             "b. Throughput client pod → node (forwarding) → server pod, iperf3, {} s per run, {} rounds, medians",
             p.secs, p.rounds
         ),
-        &[
-            "filter",
-            "CIDRs",
-            "TCP 1 stream Gb/s",
-            "ratio",
-            "TCP 4 streams Gb/s",
-            "ratio",
-            &format!("UDP 64 B ({}×{} streams) kpps", p.udp_procs, p.udp_streams),
-            "ratio",
-        ],
+        &format!(
+            "filter | CIDRs | TCP 1 stream Gb/s | ratio | TCP 4 streams Gb/s | ratio | UDP 64 B ({}×{} streams) kpps | ratio",
+            p.udp_procs, p.udp_streams
+        ),
     );
     for f in &figures {
-        let mut row = vec![
-            f.variant.filter.name().to_string(),
-            if f.variant.filter == Filter::None {
-                "—".into()
-            } else {
-                thousands(f.variant.cidrs as f64)
-            },
-        ];
+        let mut row = f.variant.cells();
         for t in 0..3 {
             let m = median(&f.values[t]);
             row.push(if t == 2 { fmt(m / 1e3, 0) } else { fmt(m, 2) });
@@ -698,17 +609,10 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
     table.note("TCP segments are GSO/GRO aggregates: per-packet cost hides in TCP throughput; the small-packet UDP rate and the TestRun figures show it. Sender, forwarding and receiver share the machine's cores.");
     let mut runs = Table::new(
         "b2. Every run, in order (no filter: before the first filter and after each), to show the spread",
-        &["filter", "CIDRs", "TCP 1 stream Gb/s", "TCP 4 streams Gb/s", "UDP kpps"],
+        "filter | CIDRs | TCP 1 stream Gb/s | TCP 4 streams Gb/s | UDP kpps",
     );
     for f in &figures {
-        let mut row = vec![
-            f.variant.filter.name().to_string(),
-            if f.variant.filter == Filter::None {
-                "—".into()
-            } else {
-                thousands(f.variant.cidrs as f64)
-            },
-        ];
+        let mut row = f.variant.cells();
         for t in 0..3 {
             row.push(
                 f.values[t]
@@ -720,7 +624,7 @@ pub fn section(p: &Params, agent_bin: &Path, log: &mut dyn FnMut(&str)) -> Resul
         }
         runs.row(row);
     }
-    let mut s = Section::new("throughput", "b. Throughput across the lab's veth path");
+    let mut s = Section::new(Part::Throughput);
     s.intro.push("A lab of network namespaces: a client pod and a server pod, each joined by a veth pair to a node namespace that routes between them (as a CNI does). Every filter lives in the node namespace only and is removed after its run; nothing touches the host's interfaces.".into());
     s.tables.push(table);
     s.tables.push(runs);

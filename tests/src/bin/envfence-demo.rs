@@ -152,33 +152,31 @@ fn demo(args: &Args) -> Result<bool> {
     let (_listeners, receivers) = servers(&lab)?;
     let blocked_timeout = Duration::from_millis(args.blocked_timeout_ms);
     let probe_start = Instant::now();
-    let mut observed: Vec<Option<Observed>> = Vec::new();
+    let mut observed: Vec<Observed> = Vec::new();
     for wave in checks.chunks(PARALLEL) {
-        let results: Vec<Observed> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let handles: Vec<_> = wave
                 .iter()
                 .map(|c| s.spawn(|| run_check(&lab, &receivers, c, blocked_timeout)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| match h.join() {
-                    Ok(Ok(o)) => o,
-                    Ok(Err(e)) => Observed {
-                        passed: false,
-                        client_port: None,
-                        note: format!("probe error: {e:#}"),
-                    },
-                    Err(_) => Observed {
-                        passed: false,
-                        client_port: None,
-                        note: "probe panicked".into(),
-                    },
-                })
-                .collect()
+            for h in handles {
+                let note = match h.join() {
+                    Ok(Ok(o)) => {
+                        observed.push(o);
+                        continue;
+                    }
+                    Ok(Err(e)) => format!("probe error: {e:#}"),
+                    Err(_) => "probe panicked".into(),
+                };
+                let (passed, client_port) = (false, None);
+                observed.push(Observed {
+                    passed,
+                    client_port,
+                    note,
+                });
+            }
         });
-        observed.extend(results.into_iter().map(Some));
     }
-    let observed: Vec<Observed> = observed.into_iter().flatten().collect();
     // The reply of a TCP probe goes to the client's real (ephemeral) port.
     let checks: Vec<Check> = checks
         .into_iter()
@@ -209,21 +207,10 @@ fn demo(args: &Args) -> Result<bool> {
     std::thread::sleep(Duration::from_millis(300));
     let events = agent.events();
 
-    let mut rows = Vec::new();
-    let mut mismatches = 0;
-    for (c, o) in checks.iter().zip(&observed) {
-        let row = row(c, o, &events);
-        if !row.ok {
-            mismatches += 1;
-        }
-        rows.push(row);
-    }
-    for row in spoof_rows(&lab, &agent)? {
-        if !row.ok {
-            mismatches += 1;
-        }
-        rows.push(row);
-    }
+    let checked = checks.iter().zip(&observed);
+    let mut rows: Vec<Row> = checked.map(|(c, o)| row(c, o, &events)).collect();
+    rows.extend(spoof_rows(&lab, &agent)?);
+    let mismatches = rows.iter().filter(|r| !r.ok).count();
     print_table(&rows);
 
     let metrics = agent.metrics();
@@ -255,29 +242,21 @@ fn demo(args: &Args) -> Result<bool> {
         Err(e) => println!("  /metrics failed: {e:#}"),
     }
 
-    let mut agent_ok = metrics.is_ok();
-    if !agent.process().is_running() {
-        agent_ok = false;
-        println!(
-            "\nthe agent exited during the demo; its stderr:\n{}",
-            agent.process().stderr_tail(30)
-        );
-    } else {
-        match agent.stop(Duration::from_secs(10)) {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                agent_ok = false;
-                println!(
-                    "\nthe agent exited with {status} on SIGTERM; its stderr:\n{}",
-                    agent.process().stderr_tail(30)
-                );
-            }
-            Err(e) => {
-                agent_ok = false;
-                println!("\n{e:#}");
-            }
-        }
+    // None: the agent exited during the demo.
+    let stopped = (agent.process().is_running()).then(|| agent.stop(Duration::from_secs(10)));
+    let exited = match &stopped {
+        None => Some("during the demo".to_string()),
+        Some(Ok(status)) if !status.success() => Some(format!("with {status} on SIGTERM")),
+        Some(_) => None,
+    };
+    if let Some(how) = &exited {
+        let tail = agent.process().stderr_tail(30);
+        println!("\nthe agent exited {how}; its stderr:\n{tail}");
     }
+    if let Some(Err(e)) = &stopped {
+        println!("\n{e:#}");
+    }
+    let agent_ok = metrics.is_ok() && matches!(&stopped, Some(Ok(s)) if s.success());
     drop(receivers);
     drop(lab);
     println!(
@@ -406,15 +385,6 @@ fn reply_reported(c: &Check) -> bool {
     c.expect.reply_sent() && c.expect.reply.as_ref().is_some_and(Expected::reported)
 }
 
-/// Echo request and reply types.
-fn echo_types(ip: IpAddr) -> (u8, u8) {
-    if ip.is_ipv4() {
-        (8, 0)
-    } else {
-        (128, 129)
-    }
-}
-
 /// Events of the probe's forward packets, and of its replies.
 fn matching_events<'e>(
     c: &Check,
@@ -423,36 +393,34 @@ fn matching_events<'e>(
 ) -> (Vec<&'e FlowEvent>, Vec<&'e FlowEvent>) {
     let p = c.probe.proto(c.src_ip);
     let is_icmp = p == proto::ICMP || p == proto::ICMPV6;
-    let (request, reply) = echo_types(c.src_ip);
-    let fwd = events
-        .iter()
-        .filter(|e| {
-            e.src == c.src_ip
-                && e.dst == c.dst_ip
-                && e.proto == p
-                && if is_icmp {
-                    e.icmp_type.is_none_or(|t| t == request)
-                } else {
-                    e.dport == c.probe.port()
-                        && (o.client_port.is_none() || e.sport == o.client_port)
-                }
-        })
-        .collect();
-    let rep = events
-        .iter()
-        .filter(|e| {
-            e.src == c.dst_ip
-                && e.dst == c.src_ip
-                && e.proto == p
-                && if is_icmp {
-                    e.icmp_type.is_none_or(|t| t == reply)
-                } else {
-                    e.sport == c.probe.port()
-                        && (o.client_port.is_none() || e.dport == o.client_port)
-                }
-        })
-        .collect();
-    (fwd, rep)
+    // Echo request and reply types.
+    let (request, reply) = if c.src_ip.is_ipv4() {
+        (8, 0)
+    } else {
+        (128, 129)
+    };
+    // Events from `src` to `dst` whose ports are (server port, client
+    // port) in that order, or of ICMP type `ty`.
+    let matching = |src,
+                    dst,
+                    ty: u8,
+                    server: fn(&FlowEvent) -> Option<u16>,
+                    client: fn(&FlowEvent) -> Option<u16>| {
+        let select = move |e: &&FlowEvent| {
+            let ports = if is_icmp {
+                e.icmp_type.is_none_or(|t| t == ty)
+            } else {
+                server(e) == c.probe.port()
+                    && (o.client_port.is_none() || client(e) == o.client_port)
+            };
+            e.src == src && e.dst == dst && e.proto == p && ports
+        };
+        events.iter().filter(select).collect::<Vec<_>>()
+    };
+    (
+        matching(c.src_ip, c.dst_ip, request, |e| e.dport, |e| e.sport),
+        matching(c.dst_ip, c.src_ip, reply, |e| e.sport, |e| e.dport),
+    )
 }
 
 struct Row {
@@ -488,21 +456,12 @@ fn row(c: &Check, o: &Observed, events: &[FlowEvent]) -> Row {
     let mut ok = o.passed == expect.passes();
     let fwd_want = expect.forward.reported();
     let rep_want = reply_reported(c);
-    if fwd_want == fwd.is_empty() {
-        ok = false;
-        notes.push(format!(
-            "{} forward events, expected {}",
-            fwd.len(),
-            if fwd_want { ">=1" } else { "0" }
-        ));
-    }
-    if rep_want == rep.is_empty() {
-        ok = false;
-        notes.push(format!(
-            "{} reply events, expected {}",
-            rep.len(),
-            if rep_want { ">=1" } else { "0" }
-        ));
+    for (what, evs, want) in [("forward", &fwd, fwd_want), ("reply", &rep, rep_want)] {
+        if want == evs.is_empty() {
+            ok = false;
+            let want = if want { ">=1" } else { "0" };
+            notes.push(format!("{} {what} events, expected {want}", evs.len()));
+        }
     }
     let check_fields =
         |evs: &[&FlowEvent], want: &Expected, what: &str, notes: &mut Vec<String>| {
@@ -562,7 +521,7 @@ fn row(c: &Check, o: &Observed, events: &[FlowEvent]) -> Row {
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = [
+    let head = [
         "FLOW",
         "ENVS",
         "EXPECTED (policy)",
@@ -570,42 +529,38 @@ fn print_table(rows: &[Row]) {
         "EVENTS",
         "RESULT",
     ];
-    let cols: Vec<[String; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.flow.clone(),
-                r.envs.clone(),
-                r.expected.clone(),
-                r.observed.clone(),
-                r.events.clone(),
-                if r.ok { "OK".into() } else { "MISMATCH".into() },
-            ]
-        })
+    let cells = |r: &Row| {
+        let result = if r.ok { "OK" } else { "MISMATCH" };
+        [
+            &r.flow,
+            &r.envs,
+            &r.expected,
+            &r.observed,
+            &r.events,
+            result,
+        ]
+        .map(str::to_owned)
+    };
+    let lines: Vec<[String; 6]> = std::iter::once(head.map(str::to_owned))
+        .chain(rows.iter().map(cells))
         .collect();
-    let mut widths = headers.map(str::len);
-    for c in &cols {
-        for (w, cell) in widths.iter_mut().zip(c) {
+    let mut widths = [0; 6];
+    for l in &lines {
+        for (w, cell) in widths.iter_mut().zip(l) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 6]| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 5 {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
     println!();
-    line(headers);
-    for (c, r) in cols.iter().zip(rows) {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4], &c[5]]);
-        if !r.note.is_empty() {
-            println!("    ^ {}", r.note);
+    for (i, l) in lines.iter().enumerate() {
+        let s: String = l
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}  "))
+            .collect();
+        println!("{}", s.trim_end());
+        match i.checked_sub(1).map(|k| &rows[k]) {
+            Some(r) if !r.note.is_empty() => println!("    ^ {}", r.note),
+            _ => {}
         }
     }
 }
@@ -614,22 +569,9 @@ fn print_table(rows: &[Row]) {
 /// packets' source: the source check refuses it (verdict `spoofed`, counted
 /// under `world`), whatever the policy says of production -> production.
 fn spoof_rows(lab: &Lab, agent: &Agent) -> Result<Vec<Row>> {
-    let example = envfence::policy::parse(
-        envfence::policy::EXAMPLE_POLICY,
-        envfence::policy::EXAMPLE_ORIGIN,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut rows = Vec::new();
     for family in [Family::V4, Family::V6] {
-        let prod = example
-            .environment("production")
-            .and_then(|e| {
-                e.cidrs
-                    .iter()
-                    .find(|n| n.addr().is_ipv4() == (family == Family::V4))
-                    .copied()
-            })
-            .context("a production CIDR of the example policy")?;
+        let prod = envfence_tests::fixture::env_net("production", family);
         let src = envfence_tests::spoof::unowned(&prod);
         let dst = lab.pod("prod1")?.ip(family);
         let arrivals = lab.count_arrivals("prod1", &[src])?;
