@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+pub mod watch;
 
 use crate::netns::{self, MANUAL_OWNER};
 pub use crate::netns::{
@@ -431,6 +432,16 @@ impl Lab {
         let ns = format!("{}-{who}", self.id);
         self.add_namespace(&ns, false)
     }
+    /// Creates a veth pair `name` - `peer`, both ends (down) in `who`'s
+    /// namespace: interfaces appearing on a node, as a CNI adds them.
+    pub fn add_veth(&self, who: &str, name: &str, peer: &str) -> Result<()> {
+        let ns = self.ns(who)?;
+        netns::ip(&[
+            "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer,
+        ])
+        .with_context(|| format!("creating the veth pair {name} - {peer} in {ns}"))
+    }
+
     /// Where the agent's /sys/fs/bpf lives on the host (a per-lab directory
     /// of the host's bpffs), when the host has a bpffs.
     pub fn bpffs_dir(&self) -> Option<&Path> {

@@ -170,8 +170,7 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
             emitted >= flows as u64,
             "round {round}: {emitted} events for {flows} flows"
         );
-        let status = agent.stop(Duration::from_secs(10))?;
-        ensure!(status.success(), "agent exit {status}");
+        agent.stop_ok(Duration::from_secs(10))?;
         printed.extend(agent.events().into_iter().map(|e| e.raw));
     }
 
@@ -457,8 +456,7 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     put(&policy, &good.replace("mode: enforce", "mode: audit"))?;
     ensure!(wait_changes(5), "no record of the mode change");
     let changes_metric = agent.metric("envfence_policy_changes_total", &[])?;
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     let printed = change_lines(&agent);
 
     // Exactly one record per change, in the chain and on stdout.

@@ -343,12 +343,7 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
 
     // An upgrade (the pod restarted): the kernel keeps enforcing while no
     // agent runs, and the next agent, as confined, adopts what is pinned.
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(
-        status.success(),
-        "exit {status}: {}",
-        agent.process().stderr_tail(20)
-    );
+    agent.stop_ok(Duration::from_secs(10))?;
     let prod1 = lab.pod("prod1")?.ip(Family::V4);
     let _l = lab.tcp_listen("prod1", prod1, 8080)?;
     assert!(
@@ -363,8 +358,7 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
     uninstall.extra_args.push("--detach-on-exit".into());
     let agent = Agent::start_with(&lab, &launcher.path, &uninstall)?;
     assert!(!lab.tcp_connect("test1", prod1, 8080, BLOCKED)?);
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    agent.stop_ok(Duration::from_secs(10))?;
     assert!(
         lab.tcp_connect("test1", prod1, 8080, PASSES)?,
         "after the uninstall run test1 -> prod1 is still blocked"
@@ -543,7 +537,6 @@ fn sys_admin_alone_is_accepted_as_the_kernel_accepts_it() -> Result<()> {
     let (_, [eff, ..]) = proc_caps(agent.process().pid())?;
     assert_eq!(eff, CapSet::of(&[caps::CAP_SYS_ADMIN]));
     assert_eq!(agent.metric("envfence_attached_interfaces", &[])?, 2.0);
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    agent.stop_ok(Duration::from_secs(10))?;
     Ok(())
 }

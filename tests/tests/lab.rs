@@ -145,12 +145,7 @@ impl Running {
     /// Stops the agent (it must exit 0 on SIGTERM), tears the lab down and
     /// checks nothing of it is left.
     fn finish(self) -> Result<()> {
-        let status = self.agent.stop(Duration::from_secs(10))?;
-        assert!(
-            status.success(),
-            "agent exit {status}: {}",
-            self.agent.process().stderr_tail(20)
-        );
+        self.agent.stop_ok(Duration::from_secs(10))?;
         let id = self.lab.id().to_string();
         drop(self.lab);
         assert!(

@@ -648,8 +648,7 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
         .is_empty());
 
     // The agent stops: its target is down.
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     let down = prom.wait_alert(
         "EnvfenceAgentDown",
         &[("job", "envfence"), ("instance", METRICS_ADDR)],
@@ -753,8 +752,7 @@ fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> R
     ensure!(heads >= 3.0, "only {heads} head changes recorded");
     let first_anchor =
         prom.scalar(r#"min_over_time(envfence_audit_head_seq{node="anchor-node"}[10m])"#)? as u64;
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
 
     let url = format!("http://{PROM_ADDR}");
     let verify = |file: &Path, anchors: bool| {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use envfence::policy::{self, Policy};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::fixture::agent_lock;
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing, NODE};
+use envfence_tests::fixture::serial;
+use envfence_tests::lab::{wait_until, Family, Lab, PodSpec, Routing, NODE};
 use envfence_tests::spoof::unowned;
 
 fn example() -> Result<Policy> {
@@ -117,8 +117,7 @@ fn honest_flows_pass(lab: &Lab) -> Result<()> {
 }
 
 fn spoofing_is_refused(routing: Routing) -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
+    let _g = serial();
     let p = example()?;
     let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
     let list = attempts(&lab, &p)?;
@@ -201,8 +200,7 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
             "bridged lab: no packet accepted by a peer address"
         );
     }
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     drop(lab);
     Ok(())
 }
@@ -309,8 +307,7 @@ fn arrived(lab: &Lab, from: &str, src: IpAddr, to: &str, fam: Family) -> Result<
 /// given to a new one) is accepted on the new pod's veth and refused on
 /// the old one within a second: no stale state lets the old pod keep it.
 fn moved_address_follows(routing: Routing) -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
+    let _g = serial();
     let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
     wait_until(Duration::from_secs(5), || honest_flows_pass(&lab).is_ok());
     let agent = Agent::start(&lab, &agent_binary()?)?;
@@ -364,8 +361,7 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
         old_refused && old_after <= Duration::from_secs(1),
         "{routing:?}: {moving} still accepted from prod1 {old_after:?} after the move"
     );
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     drop(lab);
     Ok(())
 }
