@@ -373,20 +373,39 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
     }
 }
 
-/// Keys of `obj` outside `allowed`, and `required` keys it lacks.
-fn keys(obj: &Value, at: &str, allowed: &[&str], required: &[&str], problems: &mut Vec<String>) {
+/// Keys of `obj` outside `allowed`, and `required` keys it lacks (both
+/// lists of names separated by spaces).
+fn keys(obj: &Value, at: &str, allowed: &str, required: &str, problems: &mut Vec<String>) {
     let Some(map) = obj.as_object() else {
         problems.push(format!("{at}: not a mapping"));
         return;
     };
     for k in map.keys() {
-        if !allowed.contains(&k.as_str()) {
+        if !allowed.split_whitespace().any(|a| a == k) {
             problems.push(format!("{at}: unknown field {k:?}"));
         }
     }
-    for r in required {
-        if !map.contains_key(*r) {
+    for r in required.split_whitespace() {
+        if !map.contains_key(r) {
             problems.push(format!("{at}: missing {r}"));
+        }
+    }
+}
+
+/// The elements of `v` with their paths `at[i]` (none unless an array).
+fn items<'a>(v: &'a Value, at: &str) -> Vec<(String, &'a Value)> {
+    let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter()
+        .enumerate()
+        .map(|(i, e)| (format!("{at}[{i}]"), e))
+        .collect()
+}
+
+/// The durations among `fields` of `obj` that are set and are not.
+fn durations(obj: &Value, at: &str, fields: &[&str], p: &mut Vec<String>) {
+    for d in fields {
+        if !obj[d].is_null() && !is_duration(&obj[d]) {
+            p.push(format!("{at}.{d}: {} is not a duration", obj[d]));
         }
     }
 }
@@ -436,188 +455,92 @@ fn string_map(v: &Value, at: &str, problems: &mut Vec<String>) {
 fn crd_problems(o: &Value) -> Vec<String> {
     let mut p = Vec::new();
     if o["apiVersion"] != "monitoring.coreos.com/v1" {
-        p.push(format!(
-            "apiVersion {} is not monitoring.coreos.com/v1",
-            o["apiVersion"]
-        ));
+        let v = &o["apiVersion"];
+        p.push(format!("apiVersion {v} is not monitoring.coreos.com/v1"));
     }
     keys(
         o,
         "",
-        &["apiVersion", "kind", "metadata", "spec"],
-        &["metadata", "spec"],
+        "apiVersion kind metadata spec",
+        "metadata spec",
         &mut p,
     );
+    let meta = &o["metadata"];
     keys(
-        &o["metadata"],
+        meta,
         "metadata",
-        &["name", "namespace", "labels", "annotations"],
-        &["name"],
+        "name namespace labels annotations",
+        "name",
         &mut p,
     );
-    if !o["metadata"]["labels"].is_null() {
-        string_map(&o["metadata"]["labels"], "metadata.labels", &mut p);
+    if !meta["labels"].is_null() {
+        string_map(&meta["labels"], "metadata.labels", &mut p);
     }
     let spec = &o["spec"];
     match o["kind"].as_str() {
         Some("ServiceMonitor") => {
-            keys(
-                spec,
-                "spec",
-                &["selector", "namespaceSelector", "endpoints", "jobLabel"],
-                &["selector", "endpoints"],
-                &mut p,
-            );
-            string_map(
-                &spec["selector"]["matchLabels"],
-                "spec.selector.matchLabels",
-                &mut p,
-            );
+            let allowed = "selector namespaceSelector endpoints jobLabel";
+            keys(spec, "spec", allowed, "selector endpoints", &mut p);
+            let labels = &spec["selector"]["matchLabels"];
+            string_map(labels, "spec.selector.matchLabels", &mut p);
             if !spec["namespaceSelector"].is_null() {
-                keys(
-                    &spec["namespaceSelector"],
-                    "spec.namespaceSelector",
-                    &["matchNames", "any"],
-                    &[],
-                    &mut p,
-                );
+                let at = "spec.namespaceSelector";
+                keys(&spec["namespaceSelector"], at, "matchNames any", "", &mut p);
             }
-            let endpoints = spec["endpoints"].as_array().cloned().unwrap_or_default();
+            let endpoints = items(&spec["endpoints"], "spec.endpoints");
             if endpoints.is_empty() {
                 p.push("spec.endpoints: empty".into());
             }
-            for (i, e) in endpoints.iter().enumerate() {
-                let at = format!("spec.endpoints[{i}]");
-                keys(
-                    e,
-                    &at,
-                    &[
-                        "port",
-                        "path",
-                        "interval",
-                        "scrapeTimeout",
-                        "scheme",
-                        "relabelings",
-                    ],
-                    &["port"],
-                    &mut p,
-                );
+            for (at, e) in endpoints {
+                let allowed = "port path interval scrapeTimeout scheme relabelings";
+                keys(e, &at, allowed, "port", &mut p);
                 if !e["port"].is_string() {
                     p.push(format!("{at}.port: not a port name"));
                 }
-                for d in ["interval", "scrapeTimeout"] {
-                    if !e[d].is_null() && !is_duration(&e[d]) {
-                        p.push(format!("{at}.{d}: {} is not a duration", e[d]));
-                    }
-                }
+                durations(e, &at, &["interval", "scrapeTimeout"], &mut p);
                 if e["path"].as_str().is_some_and(|s| !s.starts_with('/')) {
                     p.push(format!("{at}.path: must start with /"));
                 }
-                for (j, r) in e["relabelings"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let at = format!("{at}.relabelings[{j}]");
-                    keys(
-                        r,
-                        &at,
-                        &[
-                            "sourceLabels",
-                            "separator",
-                            "targetLabel",
-                            "regex",
-                            "modulus",
-                            "replacement",
-                            "action",
-                        ],
-                        &[],
-                        &mut p,
-                    );
-                    let actions = [
-                        "replace",
-                        "keep",
-                        "drop",
-                        "hashmod",
-                        "labelmap",
-                        "labeldrop",
-                        "labelkeep",
-                        "lowercase",
-                        "uppercase",
-                        "keepequal",
-                        "dropequal",
-                    ];
-                    if !r["action"].is_null() && !actions.iter().any(|a| r["action"] == *a) {
+                for (at, r) in items(&e["relabelings"], &format!("{at}.relabelings")) {
+                    let allowed =
+                        "sourceLabels separator targetLabel regex modulus replacement action";
+                    keys(r, &at, allowed, "", &mut p);
+                    let actions = "replace keep drop hashmod labelmap labeldrop labelkeep \
+                                   lowercase uppercase keepequal dropequal";
+                    if !r["action"].is_null()
+                        && !actions.split_whitespace().any(|a| r["action"] == a)
+                    {
                         p.push(format!("{at}.action: {} unknown", r["action"]));
                     }
                 }
             }
         }
         Some("PrometheusRule") => {
-            keys(spec, "spec", &["groups"], &["groups"], &mut p);
-            let groups = spec["groups"].as_array().cloned().unwrap_or_default();
+            keys(spec, "spec", "groups", "groups", &mut p);
+            let groups = items(&spec["groups"], "spec.groups");
             if groups.is_empty() {
                 p.push("spec.groups: empty".into());
             }
-            for (i, g) in groups.iter().enumerate() {
-                let at = format!("spec.groups[{i}]");
-                keys(
-                    g,
-                    &at,
-                    &[
-                        "name",
-                        "interval",
-                        "rules",
-                        "limit",
-                        "query_offset",
-                        "labels",
-                        "partial_response_strategy",
-                    ],
-                    &["name", "rules"],
-                    &mut p,
-                );
+            for (at, g) in groups {
+                let allowed =
+                    "name interval rules limit query_offset labels partial_response_strategy";
+                keys(g, &at, allowed, "name rules", &mut p);
                 if !g["name"].is_string() {
                     p.push(format!("{at}.name: not a string"));
                 }
                 if !g["interval"].is_null() && !is_duration(&g["interval"]) {
                     p.push(format!("{at}.interval: not a duration"));
                 }
-                for (j, r) in g["rules"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let at = format!("{at}.rules[{j}]");
-                    keys(
-                        r,
-                        &at,
-                        &[
-                            "alert",
-                            "record",
-                            "expr",
-                            "for",
-                            "keep_firing_for",
-                            "labels",
-                            "annotations",
-                        ],
-                        &["expr"],
-                        &mut p,
-                    );
+                for (at, r) in items(&g["rules"], &format!("{at}.rules")) {
+                    let allowed = "alert record expr for keep_firing_for labels annotations";
+                    keys(r, &at, allowed, "expr", &mut p);
                     if r["alert"].is_string() == r["record"].is_string() {
                         p.push(format!("{at}: exactly one of alert and record"));
                     }
                     if !(r["expr"].is_string() || r["expr"].is_number()) {
                         p.push(format!("{at}.expr: not a string"));
                     }
-                    for d in ["for", "keep_firing_for"] {
-                        if !r[d].is_null() && !is_duration(&r[d]) {
-                            p.push(format!("{at}.{d}: {} is not a duration", r[d]));
-                        }
-                    }
+                    durations(r, &at, &["for", "keep_firing_for"], &mut p);
                     for m in ["labels", "annotations"] {
                         if !r[m].is_null() {
                             string_map(&r[m], &format!("{at}.{m}"), &mut p);
@@ -863,92 +786,119 @@ fn least_privilege_policy_catches_each_regression() {
     let objects = base_objects();
     let good = daemonset(&objects).clone();
     let caps = deployed_capabilities();
-    type Mutation = (&'static str, &'static str, fn(&mut Value));
-    let mutations: Vec<Mutation> = vec![
-        ("privileged", "is privileged", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
-                json!(true)
-        }),
-        ("an extra capability", "adds capability SYS_ADMIN", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["add"]
-                .as_array_mut()
-                .expect("add list")
-                .push(json!("SYS_ADMIN"))
-        }),
-        ("a capability less", "must add exactly", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["add"]
-                .as_array_mut()
-                .expect("add list")
-                .pop();
-        }),
-        ("no drop ALL", "capabilities.drop", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["drop"] = json!([])
-        }),
-        ("writable root", "readOnlyRootFilesystem", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                .as_object_mut()
-                .expect("securityContext")
-                .remove("readOnlyRootFilesystem");
-        }),
-        ("privilege escalation", "allowPrivilegeEscalation", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                ["allowPrivilegeEscalation"] = json!(true)
-        }),
-        ("no liveness probe", "no livenessProbe", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]
-                .as_object_mut()
-                .expect("container")
-                .remove("livenessProbe");
-        }),
-        ("no readiness probe", "no readinessProbe", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]
-                .as_object_mut()
-                .expect("container")
-                .remove("readinessProbe");
-        }),
+    /// How a mutation changes the value at its path.
+    enum Op {
+        Set(Value),
+        Push(Value),
+        Pop,
+        Remove,
+    }
+    use Op::*;
+    // Paths below the pod spec; `c/` is the agent's container.
+    let mutations: Vec<(&str, &str, &str, Op)> = vec![
+        (
+            "privileged",
+            "is privileged",
+            "c/securityContext/privileged",
+            Set(json!(true)),
+        ),
+        (
+            "an extra capability",
+            "adds capability SYS_ADMIN",
+            "c/securityContext/capabilities/add",
+            Push(json!("SYS_ADMIN")),
+        ),
+        (
+            "a capability less",
+            "must add exactly",
+            "c/securityContext/capabilities/add",
+            Pop,
+        ),
+        (
+            "no drop ALL",
+            "capabilities.drop",
+            "c/securityContext/capabilities/drop",
+            Set(json!([])),
+        ),
+        (
+            "writable root",
+            "readOnlyRootFilesystem",
+            "c/securityContext/readOnlyRootFilesystem",
+            Remove,
+        ),
+        (
+            "privilege escalation",
+            "allowPrivilegeEscalation",
+            "c/securityContext/allowPrivilegeEscalation",
+            Set(json!(true)),
+        ),
+        (
+            "no liveness probe",
+            "no livenessProbe",
+            "c/livenessProbe",
+            Remove,
+        ),
+        (
+            "no readiness probe",
+            "no readinessProbe",
+            "c/readinessProbe",
+            Remove,
+        ),
         (
             "a privileged init container",
             "container init is privileged",
-            |ds| {
-                ds["spec"]["template"]["spec"]["initContainers"] = json!([{
-                    "name": "init", "image": "busybox",
-                    "securityContext": {"privileged": true, "allowPrivilegeEscalation": false,
-                        "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
-                }])
-            },
+            "initContainers",
+            Set(json!([{
+                "name": "init", "image": "busybox",
+                "securityContext": {"privileged": true, "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
+            }])),
         ),
-        ("the host's root mounted", "hostPath volume /", |ds| {
-            ds["spec"]["template"]["spec"]["volumes"]
-                .as_array_mut()
-                .expect("volumes")
-                .push(json!({"name": "root", "hostPath": {"path": "/"}}))
-        }),
-        ("Bidirectional propagation", "Bidirectional", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][1]["mountPropagation"] =
-                json!("Bidirectional")
-        }),
+        (
+            "the host's root mounted",
+            "hostPath volume /",
+            "volumes",
+            Push(json!({"name": "root", "hostPath": {"path": "/"}})),
+        ),
+        (
+            "Bidirectional propagation",
+            "Bidirectional",
+            "c/volumeMounts/1/mountPropagation",
+            Set(json!("Bidirectional")),
+        ),
         (
             "the API token mounted",
             "automountServiceAccountToken",
-            |ds| ds["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true),
+            "automountServiceAccountToken",
+            Set(json!(true)),
         ),
-        ("no memory limit", "resources.limits.memory", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-                .as_object_mut()
-                .expect("limits")
-                .remove("memory");
-        }),
+        (
+            "no memory limit",
+            "resources.limits.memory",
+            "c/resources/limits/memory",
+            Remove,
+        ),
     ];
     assert_eq!(
         good["spec"]["template"]["spec"]["containers"][0]["name"],
         "agent"
     );
-    for (what, expected, mutate) in mutations {
+    for (what, expected, path, op) in mutations {
         let mut ds = good.clone();
-        mutate(&mut ds);
+        let path = path.replacen("c/", "containers/0/", 1);
+        let (parent, last) = path.rsplit_once('/').unwrap_or(("", &path));
+        let parent = format!("/spec/template/spec/{parent}")
+            .trim_end_matches('/')
+            .to_owned();
+        let at = ds
+            .pointer_mut(&parent)
+            .unwrap_or_else(|| panic!("{what}: no {parent}"));
+        match op {
+            Set(v) => at[last] = v,
+            Push(v) => at[last].as_array_mut().expect("a list").push(v),
+            Pop => drop(at[last].as_array_mut().expect("a list").pop()),
+            Remove => drop(at.as_object_mut().expect("a mapping").remove(last)),
+        }
         let problems = daemonset_problems(&ds, &caps).join("\n");
         assert!(
             problems.contains(expected),
