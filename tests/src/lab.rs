@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+pub mod procfs;
 pub mod watch;
 
 use crate::netns::{self, MANUAL_OWNER};

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, METRICS_ADDR, READY_LINE};
 use envfence_tests::fixture::root;
+use envfence_tests::lab::procfs::{cpu_seconds, status_kib};
 use envfence_tests::lab::{Family, Lab, NODE};
 use serde_json::{json, Value};
 
@@ -1403,31 +1404,6 @@ impl Drop for MemCgroup {
 }
 
 /// user + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state is field 3; utime and stime are 14 and 15.
-    let ticks = |i: usize| -> Result<f64> {
-        f.get(i - 3)
-            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
-            .parse::<f64>()
-            .context("parsing /proc/pid/stat")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) / hz)
-}
-
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
-
 /// Bytes the agent's per-CPU eBPF maps take for each CPU, at most (every
 /// entry filled), read from the kernel (`/proc/PID/fdinfo` of its map fds):
 /// they grow with the node's CPU count, so a 2-CPU lab underestimates a big
