@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use envfence::caps::{self, CapSet};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::{wait_until, Family, Lab, LabProcess, PodSpec, NODE};
 
 fn workspace() -> PathBuf {
@@ -239,8 +239,7 @@ const PASSES: Duration = Duration::from_secs(5);
 
 #[test]
 fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let set = deployed();
     let launcher = Launcher::new("exact", &set)?;
     let lab = Lab::example()?;
@@ -388,8 +387,7 @@ fn pin_count(dir: &Path) -> usize {
 
 #[test]
 fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let set = deployed();
     let lab = Lab::new(&PodSpec::example_pods()[..2])?;
     for &gone in &set {
@@ -524,8 +522,7 @@ fn without_a_wanted_one(lab: &Lab, launcher: &Launcher, gone: u8, keep: &[u8]) -
 /// nothing the kernel allows.
 #[test]
 fn sys_admin_alone_is_accepted_as_the_kernel_accepts_it() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let launcher = Launcher::new("sys_admin", &[caps::CAP_SYS_ADMIN])?;
     let lab = Lab::new(&PodSpec::example_pods()[..2])?;
     let opts = AgentOptions {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::metrics::{http_status, wait_metric};
 use envfence_tests::lab::pins::{
     check_one_program_per_hook, programs_using_map, tcx_census, Pins, ABI, HOOKS,
@@ -76,8 +76,7 @@ fn world_on(policy: &str) -> Result<World> {
 }
 
 fn world() -> Result<World> {
-    root();
-    let serial = agent_lock();
+    let serial = serial();
     let bin = agent_binary()?;
     let lab = Lab::example()?;
     let pins = Pins::of(&lab)?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::{Link, LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::Lab;
 use envfence_tests::netns;
@@ -199,8 +199,7 @@ fn ip_links(ns: &str) -> Result<View> {
 
 #[test]
 fn hundred_veth_pairs_are_seen_within_a_second() {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
     let (mut watcher, initial) = start(&ns, None).expect("watcher");
@@ -343,8 +342,7 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
 
 #[test]
 fn overflow_is_resynchronised_not_lost() {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
     // The smallest buffer the kernel allows: a burst cannot fit.

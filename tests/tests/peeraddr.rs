@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::peers::{PeerError, PeerEvent, PeerWatcher};
 use envfence::netwatch::{LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::{Lab, PodSpec, POD_IF};
 use envfence_tests::netns;
@@ -347,8 +347,7 @@ impl Setup {
 
 #[test]
 fn peer_addresses_follow_the_pods() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let Setup {
         lab,
         node,
@@ -570,8 +569,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
 
 #[test]
 fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     // The smallest buffer the kernel allows.
     let Setup {
         lab,
@@ -720,8 +718,7 @@ fn without(lab: &Lab, cap: u32) -> Result<(PeerRef, Outcome)> {
 
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&pods()[..1])?;
 
     let (_, outcome) = without(&lab, CAP_NET_BROADCAST)?;
