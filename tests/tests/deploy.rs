@@ -113,32 +113,23 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        // Tests run in parallel threads: one directory each.
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "envfence-deploy-{}-{seq}-{name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        Scratch(dir)
+        let prefix = format!("envfence-deploy-{name}-");
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir();
+        Scratch(dir.unwrap_or_else(|e| panic!("a scratch directory: {e}")))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path().join(name);
         fs::write(&path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1052,7 +1043,7 @@ fn image_is_tagged_with_the_workspace_version() {
 fn own_policy_overlay_replaces_the_example() {
     let scratch = Scratch::new("overlay");
     // kustomize takes relative paths: from the scratch dir up to / and down.
-    let up = scratch.0.components().count().saturating_sub(1);
+    let up = scratch.path().components().count().saturating_sub(1);
     let deploy_rel = format!(
         "{}{}",
         "../".repeat(up),
@@ -1069,7 +1060,7 @@ fn own_policy_overlay_replaces_the_example() {
     let policy = "mode: audit\ndefault: allow\nenvironments:\n  a: [\"10.1.0.0/16\"]\n\
                   rules: []\ninterfaces:\n  include: [\"eth*\"]\n";
     scratch.write("policy.yaml", policy);
-    let objects = render_objects(&scratch.0);
+    let objects = render_objects(scratch.path());
     let cm = find(&objects, "ConfigMap", "envfence-policy");
     assert_eq!(cm["data"]["policy.yaml"], policy);
     assert_eq!(cm["metadata"]["namespace"], "envfence");
@@ -1511,9 +1502,9 @@ fn agent_fits_in_its_resources() -> Result<()> {
         .arg(deploy().join("base/policy.yaml"))
         .args(["--metrics-addr", METRICS_ADDR])
         .arg("--state-dir")
-        .arg(&state.0)
+        .arg(state.path())
         .arg("--api-socket")
-        .arg(state.0.join("envfence.sock"));
+        .arg(state.path().join("envfence.sock"));
     // SAFETY: write(2) on an fd opened before the fork is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
