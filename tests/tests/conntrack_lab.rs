@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
 use envfence_tests::fixture::{example_lab, host_addr, serial};
-use envfence_tests::lab::{Family, Lab};
+use envfence_tests::lab::{unspecified, Family, Lab};
 
 const BLOCKED: Duration = Duration::from_millis(1000);
 
@@ -78,12 +78,7 @@ fn connect(lab: &Lab, pod: &str, to: SocketAddr, timeout: Duration) -> Result<Op
 fn udp_query(lab: &Lab, from: &str, server: &str, to: SocketAddr) -> Result<bool> {
     let srv = lab.in_ns(server, || UdpSocket::bind(to))??;
     srv.set_read_timeout(Some(BLOCKED))?;
-    let any: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let cli = lab.in_ns(from, || UdpSocket::bind(any))??;
+    let cli = lab.in_ns(from, || UdpSocket::bind(unspecified(to.ip())))??;
     cli.set_read_timeout(Some(BLOCKED))?;
     let echo = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
