@@ -903,7 +903,8 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
             })
         })
     };
-    let snapshot = || churn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let churned = || churn.lock().unwrap_or_else(|p| p.into_inner());
+    let snapshot = || churned().clone();
     let ip_node = |args: &[&str]| -> Result<()> {
         let mut full = vec!["-n", w.node_ns()];
         full.extend_from_slice(args);
@@ -912,30 +913,18 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     let began = Instant::now();
     for i in 0..N {
         let name = format!("vethc{i}");
-        let created = Instant::now();
-        churn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Churned {
-                name: name.clone(),
-                created,
-                exists: None,
-                ifindex: None,
-                attached: None,
-                deleted: None,
-                unpinned: None,
-            });
+        churned().push(Churned {
+            name: name.clone(),
+            created: Instant::now(),
+            exists: None,
+            ifindex: None,
+            attached: None,
+            deleted: None,
+            unpinned: None,
+        });
         // The peer's name (pc*) matches no include pattern.
         w.lab.add_veth(NODE, &name, &format!("pc{i}"))?;
-        let exists = Instant::now();
-        if let Some(c) = churn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-            .find(|c| c.name == name)
-        {
-            c.exists = Some(exists);
-        }
+        churned()[i].exists = Some(Instant::now());
         if i % 2 == 0 {
             ip_node(&["link", "set", &name, "up"])?;
         }
@@ -997,12 +986,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     let began = Instant::now();
     for i in 0..N {
         let name = format!("vethc{i}");
-        {
-            let mut churn = churn.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = churn.iter_mut().find(|c| c.name == name) {
-                c.deleted = Some(Instant::now());
-            }
-        }
+        churned()[i].deleted = Some(Instant::now());
         ip_node(&["link", "del", &name])?;
     }
     let removed_in = began.elapsed();
