@@ -210,10 +210,13 @@ fn daemonset(objects: &[Value]) -> &Value {
 }
 
 fn agent_container(ds: &Value) -> &Value {
-    ds["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
-        .expect("the DaemonSet has a container named agent")
+    let containers = &ds["spec"]["template"]["spec"]["containers"];
+    entry(containers, "name", &json!("agent")).expect("the DaemonSet has a container named agent")
+}
+
+/// The first element of the list `list` whose `key` is `value`.
+fn entry<'a>(list: &'a Value, key: &str, value: &Value) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|e| e[key] == *value)
 }
 
 /// `--flag VALUE` in an argument list.
@@ -687,10 +690,7 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
             }
         }
     }
-    let Some(agent) = pod["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
-    else {
+    let Some(agent) = entry(&pod["containers"], "name", &json!("agent")) else {
         p.push("no container named agent".into());
         return p;
     };
@@ -703,10 +703,8 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
             "the agent must add exactly {caps:?} (deploy/capabilities.txt), it adds {added:?}"
         ));
     }
-    let metrics_port = agent["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|x| x["name"] == "metrics"))
-        .map(|x| x["containerPort"].clone());
+    let metrics_port =
+        entry(&agent["ports"], "name", &json!("metrics")).map(|x| x["containerPort"].clone());
     for (probe, paths) in [
         ("livenessProbe", &["/healthz"][..]),
         ("readinessProbe", &["/readyz"][..]),
@@ -916,19 +914,15 @@ fn configmap_policy_is_the_example_and_passes_policy_check() {
     let (dir, key) = config
         .rsplit_once('/')
         .expect("--config is an absolute path");
-    let mount = agent["volumeMounts"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == dir))
+    let mount = entry(&agent["volumeMounts"], "mountPath", &json!(dir))
         .unwrap_or_else(|| panic!("no volume is mounted at {dir} (--config {config})"));
     assert_eq!(mount["readOnly"], true, "the policy is mounted read-only");
     assert!(
         mount["subPath"].is_null(),
         "no subPath: an edited ConfigMap must reach the file"
     );
-    let volume = ds["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
-        .expect("the policy volume");
+    let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+    let volume = entry(volumes, "name", &mount["name"]).expect("the policy volume");
     let cm_name = volume["configMap"]["name"]
         .as_str()
         .expect("the policy volume is a ConfigMap");
@@ -967,14 +961,9 @@ fn service_and_servicemonitor_reach_the_agent() {
             "the Service selects {k}={v}, the pods do not have it"
         );
     }
-    let svc_port = svc["spec"]["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .expect("the Service has a metrics port");
-    let container_port = agent["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .expect("the agent has a metrics port");
+    let metrics = json!("metrics");
+    let svc_port = entry(&svc["spec"]["ports"], "name", &metrics).expect("a Service metrics port");
+    let container_port = entry(&agent["ports"], "name", &metrics).expect("an agent metrics port");
     assert_eq!(svc_port["targetPort"], "metrics");
     assert_eq!(svc_port["port"], container_port["containerPort"]);
     let args = agent["args"].as_array().cloned().unwrap_or_default();
@@ -1668,10 +1657,8 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
             })
             .unwrap_or_else(|| panic!("{}: no volume holds {file}", rel(&dir)));
         assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
-        let volume = ds["spec"]["template"]["spec"]["volumes"]
-            .as_array()
-            .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
-            .expect("the audit volume");
+        let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+        let volume = entry(volumes, "name", &mount["name"]).expect("the audit volume");
         assert_eq!(
             volume["hostPath"]["path"],
             "/var/log/envfence",
@@ -1692,9 +1679,7 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
             rel(&dir)
         );
         // The revision of change records from the pod's annotation.
-        let rev = agent["env"]
-            .as_array()
-            .and_then(|e| e.iter().find(|v| v["name"] == "ENVFENCE_POLICY_REVISION"))
+        let rev = entry(&agent["env"], "name", &json!("ENVFENCE_POLICY_REVISION"))
             .expect("ENVFENCE_POLICY_REVISION");
         assert_eq!(
             rev["valueFrom"]["fieldRef"]["fieldPath"],
