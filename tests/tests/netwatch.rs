@@ -53,8 +53,7 @@ async fn watch(feed: Feed<Vec<Link>, LinkEvent>, rcvbuf: Option<usize>) -> Resul
         return Ok(());
     }
     while !feed.stopping() {
-        if feed.paused() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if feed.held().await {
             continue;
         }
         // `next()` is cancel-safe; the timeout only lets us see `stop`.
@@ -126,6 +125,30 @@ fn latencies(
     );
     all.sort();
     all
+}
+
+/// Waits (up to [`DEADLINE`]) for the `what` event of every name of
+/// `started`, found by `arrived`; their [`latencies`].
+fn arrivals(
+    watcher: &mut Watcher,
+    started: &HashMap<String, Instant>,
+    arrived: impl Fn(&[(Instant, LinkEvent)], &str) -> Option<Instant>,
+    what: &str,
+) -> Vec<Duration> {
+    let all = watcher
+        .wait_for(DEADLINE, |events| {
+            started.keys().all(|n| arrived(events, n).is_some())
+        })
+        .expect("watching");
+    let all_latencies = latencies(started, |n| arrived(&watcher.events, n), what);
+    assert!(all, "not every {what} arrived");
+    all_latencies
+}
+
+/// Whether `want` arrives within [`DEADLINE`] (or came already).
+fn saw(watcher: &mut Watcher, want: &LinkEvent) -> bool {
+    let seen = |events: &[(Instant, LinkEvent)]| events.iter().any(|(_, e)| e == want);
+    watcher.wait_for(DEADLINE, seen).expect("watching")
 }
 
 fn summary(what: &str, sorted: &[Duration]) {
@@ -224,17 +247,8 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
         created.insert(a, t0);
         created.insert(b, t0);
     }
-    let all_added = watcher
-        .wait_for(DEADLINE, |events| {
-            created.keys().all(|n| first_added(events, n).is_some())
-        })
-        .expect("watching");
-    let added = latencies(
-        &created,
-        |n| first_added(&watcher.events, n).map(|(at, _)| at),
-        "Added",
-    );
-    assert!(all_added);
+    let added = |ev: &[_], n: &str| first_added(ev, n).map(|(at, _)| at);
+    let added = arrivals(&mut watcher, &created, added, "Added");
     summary("Added after `ip link add`", &added);
 
     let mut ifindex: HashMap<String, u32> = HashMap::new();
@@ -270,21 +284,13 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
         }),
     };
     assert!(
-        watcher
-            .wait_for(DEADLINE, |events| events
-                .iter()
-                .any(|(_, e)| *e == LinkEvent::Added(want.clone())))
-            .expect("watching"),
+        saw(&mut watcher, &LinkEvent::Added(want.clone())),
         "no Added for the rename of {a0} (ifindex {index0}) to {renamed}"
     );
     netns::ip(&["-n", &ns, "link", "set", "dev", renamed, "up"]).expect("set up");
     let want = Link { up: true, ..want };
     assert!(
-        watcher
-            .wait_for(DEADLINE, |events| events
-                .iter()
-                .any(|(_, e)| *e == LinkEvent::Added(want.clone())))
-            .expect("watching"),
+        saw(&mut watcher, &LinkEvent::Added(want)),
         "no Added with up=true for {renamed}"
     );
     ifindex.remove(&a0);
@@ -300,17 +306,8 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
         deleted.insert(a, t0);
         deleted.insert(b, t0);
     }
-    let all_removed = watcher
-        .wait_for(DEADLINE, |events| {
-            deleted.keys().all(|n| first_removed(events, n).is_some())
-        })
-        .expect("watching");
-    let removed = latencies(
-        &deleted,
-        |n| first_removed(&watcher.events, n).map(|(at, _)| at),
-        "Removed",
-    );
-    assert!(all_removed);
+    let removed = |ev: &[_], n: &str| first_removed(ev, n).map(|(at, _)| at);
+    let removed = arrivals(&mut watcher, &deleted, removed, "Removed");
     summary("Removed after `ip link del`", &removed);
     for name in deleted.keys() {
         let (_, index) = first_removed(&watcher.events, name).expect("seen above");

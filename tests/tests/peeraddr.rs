@@ -138,8 +138,7 @@ async fn watch(feed: Feed<Started, Seen>, rcvbuf: Option<usize>) -> Result<()> {
         return Ok(());
     }
     while !feed.stopping() {
-        if feed.paused() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if feed.held().await {
             continue;
         }
         // Both `next()`s are cancel-safe.

@@ -38,6 +38,16 @@ impl<S, E> Feed<S, E> {
     pub fn event(&self, event: E) -> bool {
         self.tx.send(Report::Event(Instant::now(), event)).is_ok()
     }
+    /// [`Feed::paused`], and then a 10 ms nap: `if feed.held().await {
+    /// continue }` at the top of the body's loop.
+    pub async fn held(&self) -> bool {
+        let paused = self.paused();
+        if paused {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        paused
+    }
+
     /// Whether the test wants the body to return.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
