@@ -231,6 +231,24 @@ impl World {
         self.lab.tcp_connect(from, self.ip(to), PORT, timeout)
     }
 
+    /// [`flip_policy`]`(staging_blocked)` is in force: staging1 -> prod1
+    /// is dropped and dev1 -> prod1 passes when `staging_blocked`, the
+    /// reverse otherwise.
+    fn flip_in_force(&self, staging_blocked: bool, what: &str) -> Result<()> {
+        for (from, blocked) in [("staging1", staging_blocked), ("dev1", !staging_blocked)] {
+            let (timeout, wrong) = if blocked {
+                (Duration::from_millis(500), "connected")
+            } else {
+                (Duration::from_secs(2), "failed")
+            };
+            ensure!(
+                self.connects(from, "prod1", timeout)? != blocked,
+                "{what}: {from} -> prod1 {wrong}"
+            );
+        }
+        Ok(())
+    }
+
     /// test1 -> prod1 is dropped (TCP and UDP) and prod1 -> prod2 passes.
     fn assert_enforcing(&self, rx: &UdpReceiver, what: &str) -> Result<()> {
         ensure!(
@@ -660,8 +678,7 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
     );
 
     // After the last reload: the last policy (staging blocked, dev allowed).
-    ensure!(!w.connects("staging1", "prod1", Duration::from_millis(500))?);
-    ensure!(w.connects("dev1", "prod1", Duration::from_secs(2))?);
+    w.flip_in_force(true, "after the last reload")?;
     let success = metric(&agent, RELOADS, &[("result", "success")])?;
     let failure = metric(&agent, RELOADS, &[("result", "failure")])?;
     ensure!(
@@ -698,14 +715,7 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     let good_gen = gen0 + 10;
     // In force: staging blocked, dev allowed.
     let in_force = |what: &str| -> Result<()> {
-        ensure!(
-            !w.connects("staging1", "prod1", Duration::from_millis(500))?,
-            "{what}: staging1 -> prod1 connected"
-        );
-        ensure!(
-            w.connects("dev1", "prod1", Duration::from_secs(2))?,
-            "{what}: dev1 -> prod1 failed"
-        );
+        w.flip_in_force(true, what)?;
         w.assert_enforcing(&rx, what)
     };
     in_force("before the bad file")?;
@@ -764,8 +774,7 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     write_atomically(&w.config(), &flip_policy(false))?;
     hup()?;
     w.generation_reached(&agent, good_gen + 1, "the good file")?;
-    ensure!(w.connects("staging1", "prod1", Duration::from_secs(2))?);
-    ensure!(!w.connects("dev1", "prod1", Duration::from_millis(500))?);
+    w.flip_in_force(false, "the good file again")?;
     ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 2.0);
     ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 12.0);
     sigterm(&agent)
@@ -796,11 +805,7 @@ fn configmap_data_swap_reloads() -> Result<()> {
         Ok(at - before)
     };
     let l1 = swap(&mut cm, &flip_policy(false), (gen0 + 1) as f64, GENERATION)?;
-    ensure!(
-        w.connects("staging1", "prod1", Duration::from_secs(2))?,
-        "the swapped-in policy (staging allowed) is not in force"
-    );
-    ensure!(!w.connects("dev1", "prod1", Duration::from_millis(500))?);
+    w.flip_in_force(false, "the swapped-in policy (staging allowed)")?;
     let l2 = swap(&mut cm, &bad_policy(), 1.0, RELOADS)?;
     ensure!(generation(&agent)? == gen0 + 1);
     ensure!(
@@ -808,8 +813,7 @@ fn configmap_data_swap_reloads() -> Result<()> {
         "a bad ConfigMap version changed the policy"
     );
     let l3 = swap(&mut cm, &flip_policy(true), (gen0 + 2) as f64, GENERATION)?;
-    ensure!(!w.connects("staging1", "prod1", Duration::from_millis(500))?);
-    ensure!(w.connects("dev1", "prod1", Duration::from_secs(2))?);
+    w.flip_in_force(true, "swapped back")?;
     println!(
         "ConfigMap ..data swaps: applied after {l1:?} and {l3:?}; bad version refused after {l2:?}"
     );
