@@ -296,6 +296,13 @@ impl World {
         Ok(())
     }
 
+    /// The agent's `path` answers with HTTP status `want`.
+    fn expect_status(&self, path: &str, want: u16) -> Result<()> {
+        let (code, body) = http_status(self.node_ns(), METRICS, path)?;
+        ensure!(code == want, "{path} {code}: {body}");
+        Ok(())
+    }
+
     /// The lab interfaces' ifindexes by name (`veth-*` in the node).
     fn lab_ifindexes(&self) -> Result<BTreeMap<String, u32>> {
         Ok(tcx_census(self.node_ns())?
@@ -420,6 +427,11 @@ fn sigterm(agent: &Agent) -> Result<()> {
 
 fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     agent.metric(name, labels)
+}
+
+/// `envfence_policy_reloads_total{result}`.
+fn reloads(agent: &Agent, result: &str) -> Result<f64> {
+    metric(agent, RELOADS, &[("result", result)])
 }
 
 fn generation(agent: &Agent) -> Result<u64> {
@@ -679,8 +691,8 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
 
     // After the last reload: the last policy (staging blocked, dev allowed).
     w.flip_in_force(true, "after the last reload")?;
-    let success = metric(&agent, RELOADS, &[("result", "success")])?;
-    let failure = metric(&agent, RELOADS, &[("result", "failure")])?;
+    let success = reloads(&agent, "success")?;
+    let failure = reloads(&agent, "failure")?;
     ensure!(
         success == (RELOADS_N + 1) as f64 && failure == 0.0,
         "reloads: {success} successes, {failure} failures"
@@ -767,16 +779,15 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     )));
     in_force("with the file gone")?;
     ensure!(generation(&agent)? == good_gen);
-    let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
-    ensure!(code == 200, "/readyz {code}: {body}");
+    w.expect_status("/readyz", 200)?;
 
     // A good file again.
     write_atomically(&w.config(), &flip_policy(false))?;
     hup()?;
     w.generation_reached(&agent, good_gen + 1, "the good file")?;
     w.flip_in_force(false, "the good file again")?;
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 2.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 12.0);
+    ensure!(reloads(&agent, "failure")? == 2.0);
+    ensure!(reloads(&agent, "success")? == 12.0);
     sigterm(&agent)
 }
 
@@ -817,8 +828,8 @@ fn configmap_data_swap_reloads() -> Result<()> {
     println!(
         "ConfigMap ..data swaps: applied after {l1:?} and {l3:?}; bad version refused after {l2:?}"
     );
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 3.0);
+    ensure!(reloads(&agent, "failure")? == 1.0);
+    ensure!(reloads(&agent, "success")? == 3.0);
     let ts = metric(
         &agent,
         "envfence_policy_last_reload_success_timestamp_seconds",
@@ -1172,12 +1183,10 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     ensure!(stderr_has(&agent, "keeping the policy pinned"));
     ensure!(stderr_has(&agent, "unknown environment"));
     w.assert_enforcing(&rx, "invalid policy over a pinned one")?;
-    let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
-    ensure!(code == 200, "/readyz {code}: {body}");
-    let (code, body) = http_status(w.node_ns(), METRICS, "/healthz")?;
-    ensure!(code == 200, "/healthz {code}: {body}");
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 0.0);
+    w.expect_status("/readyz", 200)?;
+    w.expect_status("/healthz", 200)?;
+    ensure!(reloads(&agent, "failure")? == 1.0);
+    ensure!(reloads(&agent, "success")? == 0.0);
     ensure!(generation(&agent)? == good_gen, "generation changed");
     ensure!(metric(&agent, "envfence_attached_interfaces", &[])? == 7.0);
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
@@ -1185,7 +1194,7 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     // The file fixed: picked up by the watch.
     write_atomically(&w.config(), &base_policy())?;
     w.generation_reached(&agent, good_gen + 1, "the fixed file")?;
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 1.0);
+    ensure!(reloads(&agent, "success")? == 1.0);
     w.assert_enforcing(&rx, "after fixing the file")?;
 
     // Pinned, but the saved copy lost: still enforcing, not ready.
@@ -1197,7 +1206,7 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
     println!("without the saved policy: /readyz {code} {}", body.trim());
     ensure!(code == 503, "/readyz {code}: {body}");
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
+    ensure!(reloads(&agent, "failure")? == 1.0);
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
     sigterm(&agent)
 }
