@@ -265,14 +265,21 @@ fn spoofed_sources_never_arrive_bridged() -> Result<()> {
     spoofing_is_refused(Routing::Bridged)
 }
 
-/// Sends 3 datagrams from `from` with source `src` to `to` and tells how
-/// many arrived.
-fn arrived(lab: &Lab, from: &str, src: IpAddr, to: &str, fam: Family) -> Result<u64> {
-    let dst = lab.pod(to)?.ip(fam);
-    let c = lab.count_arrivals(to, &[src])?;
+/// Sends 3 datagrams from `from` with source `src` to staging1 (IPv4)
+/// and tells how many arrived.
+fn arrived(lab: &Lab, from: &str, src: IpAddr) -> Result<u64> {
+    let dst = lab.pod("staging1")?.ip(Family::V4);
+    let c = lab.count_arrivals("staging1", &[src])?;
     lab.spoof_udp(from, src, SocketAddr::new(dst, UDP_PORT), 3)?;
     std::thread::sleep(Duration::from_millis(50));
     c.from(src)
+}
+
+/// Whether [`arrived`] gives `n` within `timeout`.
+fn arrives(lab: &Lab, from: &str, src: IpAddr, n: u64, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        arrived(lab, from, src).is_ok_and(|got| got == n)
+    })
 }
 
 /// An address that moves from one pod to another (a pod deleted, its IP
@@ -290,18 +297,11 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
     };
     ip_in("prod1", &format!("addr add {moving}/32 dev pod0"))?;
     ensure!(
-        wait_until(Duration::from_secs(1), || arrived(
-            &lab,
-            "prod1",
-            moving,
-            "staging1",
-            Family::V4
-        )
-        .is_ok_and(|n| n == 3)),
+        arrives(&lab, "prod1", moving, 3, Duration::from_secs(1)),
         "{routing:?}: {moving} on prod1 is not accepted from prod1"
     );
     ensure!(
-        arrived(&lab, "prod2", moving, "staging1", Family::V4)? == 0,
+        arrived(&lab, "prod2", moving)? == 0,
         "{routing:?}: {moving} accepted from prod2 before it moved there"
     );
     // The move: off prod1, onto prod2 (and, with per-pod routes, the
@@ -315,14 +315,10 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
         )?;
     }
     let moved = std::time::Instant::now();
-    let new_ok = wait_until(Duration::from_secs(1), || {
-        arrived(&lab, "prod2", moving, "staging1", Family::V4).is_ok_and(|n| n == 3)
-    });
+    let new_ok = arrives(&lab, "prod2", moving, 3, Duration::from_secs(1));
     let new_after = moved.elapsed();
-    let old_refused = wait_until(
-        Duration::from_secs(1).saturating_sub(moved.elapsed()),
-        || arrived(&lab, "prod1", moving, "staging1", Family::V4).is_ok_and(|n| n == 0),
-    );
+    let left = Duration::from_secs(1).saturating_sub(moved.elapsed());
+    let old_refused = arrives(&lab, "prod1", moving, 0, left);
     let old_after = moved.elapsed();
     eprintln!("{routing:?}: accepted on the new veth after {new_after:?}, refused on the old after {old_after:?}");
     ensure!(
