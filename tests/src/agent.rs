@@ -122,6 +122,31 @@ impl Default for AgentOptions {
     }
 }
 
+impl AgentOptions {
+    /// The default options with the policy file `path` (`--config`).
+    pub fn config(path: &Path) -> AgentOptions {
+        AgentOptions {
+            policy_args: vec!["--config".into(), path.display().to_string()],
+            ..AgentOptions::default()
+        }
+    }
+
+    /// These options with a report every `ms` milliseconds.
+    pub fn report_every(self, ms: u64) -> AgentOptions {
+        AgentOptions {
+            report_interval_ms: ms,
+            ..self
+        }
+    }
+
+    /// These options with `args` appended to the extra arguments.
+    pub fn args<S: ToString>(mut self, args: impl IntoIterator<Item = S>) -> AgentOptions {
+        self.extra_args
+            .extend(args.into_iter().map(|a| a.to_string()));
+        self
+    }
+}
+
 /// An agent running in a lab's node namespace. The lab kills it when it is
 /// dropped; [`Agent::stop`] stops it gracefully.
 pub struct Agent {
@@ -241,6 +266,46 @@ impl Agent {
                 ("verdict", verdict),
             ],
         )
+    }
+
+    /// `envfence_datapath_total{kind="events_emitted"}`: the events the
+    /// kernel emitted (the counter is pinned: it outlives an agent).
+    pub fn events_emitted(&self) -> Result<u64> {
+        Ok(self.datapath_stat("events_emitted")? as u64)
+    }
+
+    /// Polls metric `name{labels}` (0 while it does not exist) until
+    /// `done(value)` holds; false after `timeout`.
+    pub fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> bool {
+        wait_until(timeout, || self.metric(name, labels).is_ok_and(&done))
+    }
+
+    /// SIGKILL, and waits (10 s) for it to be gone: the kernel goes on
+    /// enforcing what the agent pinned.
+    pub fn kill(&self) -> Result<()> {
+        self.process.signal(nix::sys::signal::Signal::SIGKILL)?;
+        self.process
+            .wait_timeout(Duration::from_secs(10))?
+            .ok_or_else(|| anyhow!("the agent survived SIGKILL"))?;
+        Ok(())
+    }
+
+    /// [`Agent::stop`], failing unless the agent exited successfully.
+    pub fn stop_ok(&self, grace: Duration) -> Result<()> {
+        let status = self.stop(grace)?;
+        if !status.success() {
+            bail!(
+                "agent exit {status}; its stderr:\n{}",
+                self.process.stderr_tail(20)
+            );
+        }
+        Ok(())
     }
 
     /// SIGTERM and wait (up to `grace`, then SIGKILL). Returns the exit

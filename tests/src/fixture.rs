@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use envfence::policy::{self, Policy};
 use ipnet::IpNet;
 
-use crate::lab::Family;
+use crate::lab::{Family, Lab};
 
 /// Panics with the reason unless the test runs as root (every test of
 /// `tests/tests/` needs namespaces or eBPF).
@@ -30,6 +30,20 @@ static AGENT_LOCK: Mutex<()> = Mutex::new(());
 /// measured on an otherwise idle lab. A panicking holder does not poison it.
 pub fn agent_lock() -> MutexGuard<'static, ()> {
     AGENT_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`root`], then [`agent_lock`]: how a test that runs an agent begins
+/// (hold the guard until the end).
+pub fn serial() -> MutexGuard<'static, ()> {
+    root();
+    agent_lock()
+}
+
+/// [`serial`] and a lab of the example pods ([`Lab::example`]). Bind the
+/// guard first, so that the lab goes before it.
+pub fn example_lab() -> anyhow::Result<(MutexGuard<'static, ()>, Lab)> {
+    let guard = serial();
+    Ok((guard, Lab::example()?))
 }
 
 /// The embedded example policy, parsed by the agent's own parser.
@@ -65,20 +79,44 @@ pub fn env_cidr(env: &str, family: Family) -> String {
 /// the address of the example lab's pod `n` of that environment (`n` = 0
 /// where the environment's network is that small itself, as `ops`'s).
 pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
+    host_addr(env, family, n, 2)
+}
+
+/// Host `host` of the `n`-th /24 (IPv4) or /48 (IPv6) of environment
+/// `env` (see [`pod_addr`]): addresses of the environment the lab has no
+/// pod at, for hosts a test adds.
+pub fn host_addr(env: &str, family: Family, n: u8, host: u8) -> IpAddr {
     let net = env_net(env, family);
     let addr = match net {
         IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(v4.network()) + (u32::from(n) << 8) + 2,
+            u32::from(v4.network()) + (u32::from(n) << 8) + u32::from(host),
         )),
         IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(v6.network()) + (u128::from(n) << 80) + 2,
+            u128::from(v6.network()) + (u128::from(n) << 80) + u128::from(host),
         )),
     };
     assert!(
         net.contains(&addr),
-        "pod {n} of {env:?} ({addr}) is outside {net}"
+        "host {host} of subnet {n} of {env:?} ({addr}) is outside {net}"
     );
     addr
+}
+
+/// The example policy's `environments:` entries as YAML lines (`  name:
+/// ["cidr", ...]`), for test policies over the same networks.
+pub fn environments_yaml() -> String {
+    example_policy()
+        .environments
+        .iter()
+        .map(|e| {
+            let cidrs: Vec<String> = e
+                .cidrs
+                .iter()
+                .map(|c| format!("{:?}", c.to_string()))
+                .collect();
+            format!("  {}: [{}]\n", e.name, cidrs.join(", "))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -93,5 +131,10 @@ mod tests {
         assert_eq!(pod_addr("ops", Family::V4, 0), ip("10.0.0.2"));
         assert_eq!(pod_addr("ops", Family::V6, 0), ip("fd00:0:0:1::2"));
         assert_eq!(env_cidr("test", Family::V4), "10.30.0.0/16");
+        assert_eq!(
+            host_addr("production", Family::V4, 201, 3),
+            ip("10.10.201.3")
+        );
+        assert!(environments_yaml().contains("  ops: [\"10.0.0.0/24\", \"fd00:0:0:1::/64\"]\n"));
     }
 }

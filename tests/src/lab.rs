@@ -28,6 +28,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub mod metrics;
 pub mod pins;
 pub mod probe;
+pub mod procfs;
+pub mod watch;
 
 use crate::netns::{self, MANUAL_OWNER};
 pub use crate::netns::{
@@ -431,6 +433,16 @@ impl Lab {
         let ns = format!("{}-{who}", self.id);
         self.add_namespace(&ns, false)
     }
+    /// Creates a veth pair `name` - `peer`, both ends (down) in `who`'s
+    /// namespace: interfaces appearing on a node, as a CNI adds them.
+    pub fn add_veth(&self, who: &str, name: &str, peer: &str) -> Result<()> {
+        let ns = self.ns(who)?;
+        netns::ip(&[
+            "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer,
+        ])
+        .with_context(|| format!("creating the veth pair {name} - {peer} in {ns}"))
+    }
+
     /// Where the agent's /sys/fs/bpf lives on the host (a per-lab directory
     /// of the host's bpffs), when the host has a bpffs.
     pub fn bpffs_dir(&self) -> Option<&Path> {
@@ -456,31 +468,24 @@ impl Lab {
         listener
             .set_nonblocking(true)
             .context("making the listener non-blocking")?;
-        let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU32::new(0));
-        let thread = {
-            let stop = stop.clone();
-            let accepted = accepted.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            accepted.fetch_add(1, Ordering::Relaxed);
-                            drop(conn);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(5))
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        let count = accepted.clone();
+        let thread = Background::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        drop(conn);
                     }
+                    // Nothing to accept (non-blocking) or a failed accept.
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
-            })
-        };
+            }
+        });
         Ok(TcpListenHandle {
             addr,
-            stop,
             accepted,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -513,12 +518,9 @@ impl Lab {
             };
             let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
                 .context("creating a TCP socket")?;
-            let any: SocketAddr = if to.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            socket.bind(&any.into()).context("binding the TCP client")?;
+            socket
+                .bind(&unspecified(to).into())
+                .context("binding the TCP client")?;
             let local_port = socket
                 .local_addr()
                 .ok()
@@ -546,28 +548,23 @@ impl Lab {
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
             .context("setting the UDP read timeout")?;
-        let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<HashMap<SocketAddr, (u64, u64)>>> = Arc::default();
-        let thread = {
-            let stop = stop.clone();
-            let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                        let mut seen = lock(&seen);
-                        let e = seen.entry(from).or_default();
-                        e.0 += 1;
-                        e.1 += n as u64;
-                    }
+        let counts = seen.clone();
+        let thread = Background::spawn(move |stop| {
+            let mut buf = vec![0u8; 65536];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let mut seen = lock(&counts);
+                    let e = seen.entry(from).or_default();
+                    e.0 += 1;
+                    e.1 += n as u64;
                 }
-            })
-        };
+            }
+        });
         Ok(UdpReceiver {
             addr,
-            stop,
             seen,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -583,12 +580,7 @@ impl Lab {
     ) -> Result<u16> {
         let dst = SocketAddr::new(to, port);
         self.in_ns(from, || -> Result<u16> {
-            let any: SocketAddr = if to.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let socket = UdpSocket::bind(any).context("binding the UDP sender")?;
+            let socket = UdpSocket::bind(unspecified(to)).context("binding the UDP sender")?;
             for _ in 0..count {
                 socket
                     .send_to(payload, dst)
@@ -785,12 +777,37 @@ pub struct TcpProbe {
     pub error: Option<String>,
 }
 
+/// A thread that runs until the flag is set, which dropping does (and
+/// waits for it).
+struct Background {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `body(stop)` on a thread.
+    fn spawn(body: impl FnOnce(&AtomicBool) + Send + 'static) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = Some(std::thread::spawn(move || body(&flag)));
+        Background { stop, thread }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP listener running in a pod; stops when dropped.
 pub struct TcpListenHandle {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
     accepted: Arc<AtomicU32>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl TcpListenHandle {
@@ -803,21 +820,11 @@ impl TcpListenHandle {
     }
 }
 
-impl Drop for TcpListenHandle {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A UDP socket in a pod counting what it receives; stops when dropped.
 pub struct UdpReceiver {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
     seen: Arc<Mutex<HashMap<SocketAddr, (u64, u64)>>>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl UdpReceiver {
@@ -855,15 +862,6 @@ impl UdpReceiver {
     pub fn wait_total(&self, n: u64, timeout: Duration) -> u64 {
         wait_until(timeout, || self.total() >= n);
         self.total()
-    }
-}
-
-impl Drop for UdpReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -993,6 +991,15 @@ impl LabProcess {
             )
         })?;
         Ok((status, true))
+    }
+}
+
+/// The unspecified address of `to`'s family, any port: what a client
+/// binds to.
+pub fn unspecified(to: IpAddr) -> SocketAddr {
+    match to {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     }
 }
 

@@ -19,7 +19,8 @@ use crate::agent::AgentOptions;
 // ---------------------------------------------------------------------------
 // Policies
 
-/// The environments of the lab's example pods, and a drop of test ->
+/// The environments of the lab's example pods (the example policy's,
+/// [`crate::fixture::environments_yaml`]), and a drop of test ->
 /// production; `extra_rules` are appended (YAML list items, indented by 2).
 /// Interfaces: `veth*`. Only one direction of test/production is dropped,
 /// so a forbidden TCP connect fails exactly when its SYN is dropped (the
@@ -39,12 +40,7 @@ pub fn policy_on(extra_rules: &str, include: &[&str]) -> String {
         r#"mode: enforce
 default: allow
 environments:
-  production: ["10.10.0.0/16", "fd00:10::/32"]
-  staging: ["10.20.0.0/16", "fd00:20::/32"]
-  test: ["10.30.0.0/16", "fd00:30::/32"]
-  dev: ["10.40.0.0/16", "fd00:40::/32"]
-  ops: ["10.0.0.0/24", "fd00:0:0:1::/64"]
-rules:
+{environments}rules:
   - name: test-to-prod
     from: [test]
     to: [production]
@@ -52,7 +48,8 @@ rules:
 {extra_rules}interfaces:
   include: [{include}]
   exclude: ["lo"]
-"#
+"#,
+        environments = crate::fixture::environments_yaml()
     )
 }
 

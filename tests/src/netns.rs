@@ -33,6 +33,12 @@ pub fn netns_path(ns: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(ns)
 }
 
+/// Opens the handle of the named namespace.
+fn open_ns(ns: &str) -> Result<File> {
+    let path = netns_path(ns);
+    File::open(&path).with_context(|| format!("opening namespace {}", path.display()))
+}
+
 /// Whether this process runs as root (the lab needs it).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -57,9 +63,7 @@ where
     F: FnOnce() -> T + Send,
     T: Send,
 {
-    let path = netns_path(ns);
-    let handle =
-        File::open(&path).with_context(|| format!("opening namespace {}", path.display()))?;
+    let handle = open_ns(ns)?;
     std::thread::scope(|scope| {
         let joined = scope
             .spawn(move || -> Result<T> {
@@ -81,9 +85,7 @@ where
 /// the thread that spawns it dies. Returns the namespace handle, which must
 /// stay open until the command is spawned.
 pub fn command_in_netns(ns: &str, cmd: &mut Command) -> Result<File> {
-    let path = netns_path(ns);
-    let handle =
-        File::open(&path).with_context(|| format!("opening namespace {}", path.display()))?;
+    let handle = open_ns(ns)?;
     let fd = handle.as_raw_fd();
     // SAFETY: the closure only makes async-signal-safe system calls on data
     // prepared before the fork.
@@ -111,9 +113,7 @@ pub fn command_in_netns_with_mounts(
     bpffs_dir: Option<&Path>,
     cmd: &mut Command,
 ) -> Result<File> {
-    let path = netns_path(ns);
-    let handle =
-        File::open(&path).with_context(|| format!("opening namespace {}", path.display()))?;
+    let handle = open_ns(ns)?;
     let fd = handle.as_raw_fd();
     let bind_src = bpffs_dir
         .map(|d| CString::new(d.as_os_str().as_encoded_bytes()))
@@ -218,22 +218,17 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Outpu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_end(&mut buf);
-        }
-        buf
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_end(&mut buf);
-        }
-        buf
-    });
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out_thread = drain(child.stdout.take());
+    let err_thread = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for child")? {
@@ -266,24 +261,31 @@ pub fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     run_ip(&["-n", ns, "-batch", "-"], Some(script.as_bytes()))
 }
 
-fn run_ip(args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
+/// Runs `cmd` with `stdin` on its standard input (none when `None`) and
+/// its output captured; `what` names it in errors.
+pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>, what: &str) -> Result<Output> {
     use std::io::Write;
-    let mut cmd = Command::new("ip");
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+    let input = if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(input)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .context("running `ip` (is iproute2 installed? `cargo xtask setup`)")?;
+    let mut child = cmd.spawn().with_context(|| format!("running {what}"))?;
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).context("writing to `ip -batch`")?;
+        pipe.write_all(data)
+            .with_context(|| format!("writing to {what}"))?;
     }
-    let out = child.wait_with_output().context("waiting for `ip`")?;
+    child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {what}"))
+}
+
+fn run_ip(args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
+    let what = "`ip` (is iproute2 installed? `cargo xtask setup`)";
+    let out = output_with_stdin(Command::new("ip").args(args), stdin, what)?;
     if !out.status.success() {
         bail!(
             "`ip {}` failed ({}): {}",
@@ -407,26 +409,20 @@ pub fn sweep(all: bool) -> Result<Vec<String>> {
             Err(e) => errors.push(format!("{ns}: {e:#}")),
         }
     }
-    if let Ok(dir) = std::fs::read_dir(BPFFS_DIR) {
-        for entry in dir.flatten() {
+    // The bpffs directories, and the agents' state directories (see
+    // `agent::Agent::start_with`).
+    let dirs = [
+        (PathBuf::from(BPFFS_DIR), ""),
+        (std::env::temp_dir(), "-agent"),
+    ];
+    for (dir, suffix) in dirs {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PREFIX) && (all || !owner_alive(&name)) {
+            if name.starts_with(PREFIX) && name.ends_with(suffix) && (all || !owner_alive(&name)) {
+                let path = entry.path().display().to_string();
                 match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => removed.push(format!("{BPFFS_DIR}/{name}")),
-                    Err(e) => errors.push(format!("{BPFFS_DIR}/{name}: {e}")),
-                }
-            }
-        }
-    }
-    // Agents' state directories (see `agent::Agent::start_with`).
-    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
-        for entry in dir.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PREFIX) && name.ends_with("-agent") && (all || !owner_alive(&name))
-            {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => removed.push(entry.path().display().to_string()),
-                    Err(e) => errors.push(format!("{}: {e}", entry.path().display())),
+                    Ok(()) => removed.push(path),
+                    Err(e) => errors.push(format!("{path}: {e}")),
                 }
             }
         }

@@ -23,44 +23,37 @@ pub struct TestCa {
     pub client_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("running openssl")?;
+/// `openssl WORDS` (separated by spaces) in `dir`, with `-subj SUBJECT`.
+fn openssl(dir: &Path, words: &str, subject: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(dir).args(words.split_whitespace());
+    if let Some(subject) = subject {
+        cmd.args(["-subj", subject]);
+    }
+    let out = cmd.output().context("running openssl")?;
     ensure!(
         out.status.success(),
-        "openssl {args:?}: {}",
+        "openssl {words}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
 }
 
 impl TestCa {
-    /// A CA `name` in `dir`, a server certificate for 127.0.0.1 and
-    /// `localhost`, and a client certificate.
+    /// A CA `name` (no spaces) in `dir`, a server certificate for
+    /// 127.0.0.1 and `localhost`, and a client certificate.
     pub fn make(dir: &Path, name: &str) -> Result<TestCa> {
+        ensure!(!name.contains(char::is_whitespace), "CA name {name:?}");
         std::fs::create_dir_all(dir)?;
         let p = |f: &str| dir.join(format!("{name}-{f}"));
-        let s = |f: &str| format!("{name}-{f}");
+        let ca = format!("-CA {name}-ca.pem -CAkey {name}-ca.key");
+        let key = "-newkey rsa:2048 -nodes";
+        let out = format!("-keyout {name}-ca.key -out {name}-ca.pem");
+        let subject = format!("/CN={name} test CA");
         openssl(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name} test CA"),
-                "-keyout",
-                &s("ca.key"),
-                "-out",
-                &s("ca.pem"),
-            ],
+            &format!("req -x509 {key} -days 2 {out}"),
+            Some(&subject),
         )?;
         for (who, ext) in [
             (
@@ -70,41 +63,11 @@ impl TestCa {
             ("client", "extendedKeyUsage=clientAuth\n"),
         ] {
             std::fs::write(p(&format!("{who}.ext")), ext)?;
-            openssl(
-                dir,
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={who}"),
-                    "-keyout",
-                    &s(&format!("{who}.key")),
-                    "-out",
-                    &s(&format!("{who}.csr")),
-                ],
-            )?;
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &s(&format!("{who}.csr")),
-                    "-CA",
-                    &s("ca.pem"),
-                    "-CAkey",
-                    &s("ca.key"),
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &s(&format!("{who}.ext")),
-                    "-out",
-                    &s(&format!("{who}.pem")),
-                ],
-            )?;
+            let f = format!("{name}-{who}");
+            let req = format!("req {key} -keyout {f}.key -out {f}.csr");
+            openssl(dir, &req, Some(&format!("/CN={who}")))?;
+            let sign = format!("x509 -req -in {f}.csr {ca} -CAcreateserial -days 2");
+            openssl(dir, &format!("{sign} -extfile {f}.ext -out {f}.pem"), None)?;
         }
         Ok(TestCa {
             ca: p("ca.pem"),

@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::lab::Lab;
+use crate::netns;
 
 fn transparent_socket(src: IpAddr, kind: Type, proto: Protocol) -> Result<Socket> {
     let domain = if src.is_ipv4() {
@@ -124,21 +125,9 @@ impl Arrivals {
 }
 
 fn nft(ns: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    use std::io::Write as _;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "nft"]).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("running nft (nftables)")?;
-    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-        input.write_all(text.as_bytes()).context("writing to nft")?;
-    }
-    let out = child.wait_with_output().context("waiting for nft")?;
+    let out = netns::output_with_stdin(&mut cmd, stdin.map(str::as_bytes), "nft (nftables)")?;
     if !out.status.success() {
         bail!(
             "nft {} in {ns}: {}",

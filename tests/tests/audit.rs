@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab};
+use envfence_tests::cli::cli;
+use envfence_tests::fixture::{env_cidr, example_lab, host_addr};
+use envfence_tests::lab::{wait_until, Family, Lab};
 use serde_json::Value;
 
 const AUDIT_MAX_BYTES: u64 = 8192;
@@ -37,17 +39,13 @@ fn make_events(lab: &Lab, flows: usize) -> Result<()> {
     Ok(())
 }
 
-fn emitted(agent: &Agent) -> Result<u64> {
-    Ok(agent.metric("envfence_datapath_total", &[("kind", "events_emitted")])? as u64)
-}
-
 /// Waits until the agent printed as many events as the kernel emitted since
 /// `since`, and that number stopped moving; returns it.
 fn settle(agent: &Agent, since: u64) -> Result<u64> {
     let mut last = u64::MAX;
     let ok = wait_until(Duration::from_secs(15), || {
         std::thread::sleep(Duration::from_millis(300));
-        let emitted = emitted(agent).map_or(u64::MAX, |e| e - since);
+        let emitted = agent.events_emitted().map_or(u64::MAX, |e| e - since);
         let printed = agent.events().len() as u64;
         let stable = emitted == printed && emitted == last;
         last = emitted;
@@ -57,19 +55,14 @@ fn settle(agent: &Agent, since: u64) -> Result<u64> {
     Ok(last)
 }
 
-/// `envfence audit verify ARGS`: (success, stdout + stderr).
-fn verify(bin: &Path, args: &[&Path]) -> Result<(bool, String)> {
-    let out = Command::new(bin)
-        .args(["audit", "verify"])
-        .args(args)
-        .output()
-        .context("running envfence audit verify")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
+/// `envfence audit verify FILES.. ARGS..`: (success, stdout + stderr).
+fn verify(files: &[&Path], args: &[&str]) -> Result<(bool, String)> {
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let mut all = vec!["audit", "verify"];
+    all.extend(files.iter().map(String::as_str));
+    all.extend(args);
+    let run = cli(&all)?;
+    Ok((run.code == 0, run.stdout + &run.stderr))
 }
 
 /// The records of an audit set, oldest first: (file, line number, JSON).
@@ -124,7 +117,6 @@ fn seq_of(line: &str) -> u64 {
 /// Runs verify on a tampered copy and checks it fails at `file:line` with
 /// `seq` and a message containing `what`.
 fn expect_break(
-    bin: &Path,
     base: &Path,
     case: &str,
     file: &Path,
@@ -132,7 +124,7 @@ fn expect_break(
     seq: Option<u64>,
     what: &str,
 ) -> Result<()> {
-    let (ok, out) = verify(bin, &[base])?;
+    let (ok, out) = verify(&[base], &[])?;
     println!("--- {case}:\n{out}");
     ensure!(!ok, "{case}: verify passed:\n{out}");
     let mut want = format!("BROKEN: {}:{line}: ", file.display());
@@ -146,32 +138,28 @@ fn expect_break(
 
 #[test]
 fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
-    require_root()?;
     let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let logs = dir.path().join("log");
     std::fs::create_dir(&logs)?;
     let base = logs.join("audit.jsonl");
-    let lab = Lab::example()?;
-    let opts = AgentOptions {
-        report_interval_ms: 100,
-        extra_args: audit_args(&base),
-        ..AgentOptions::default()
-    };
+    let (_g, lab) = example_lab()?;
+    let opts = AgentOptions::default()
+        .report_every(100)
+        .args(audit_args(&base));
 
     // A first agent, then a second one continuing the same chain.
     let mut printed: Vec<Value> = Vec::new();
     for (round, flows) in [(1, 60), (2, 40)] {
         let agent = Agent::start_with(&lab, &bin, &opts)?;
-        let since = emitted(&agent)?;
+        let since = agent.events_emitted()?;
         make_events(&lab, flows)?;
         let emitted = settle(&agent, since)?;
         ensure!(
             emitted >= flows as u64,
             "round {round}: {emitted} events for {flows} flows"
         );
-        let status = agent.stop(Duration::from_secs(10))?;
-        ensure!(status.success(), "agent exit {status}");
+        agent.stop_ok(Duration::from_secs(10))?;
         printed.extend(agent.events().into_iter().map(|e| e.raw));
     }
 
@@ -211,7 +199,7 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
     }
 
     // Untouched: OK with the record count.
-    let (ok, out) = verify(&bin, &[&base])?;
+    let (ok, out) = verify(&[&base], &[])?;
     println!("--- untouched:\n{out}");
     ensure!(ok, "untouched log does not verify:\n{out}");
     ensure!(
@@ -226,7 +214,7 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
     // The same files given one by one, in any order.
     let mut shuffled: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
     shuffled.reverse();
-    let (ok, out) = verify(&bin, &shuffled)?;
+    let (ok, out) = verify(&shuffled, &[])?;
     ensure!(ok, "files given in reverse order:\n{out}");
 
     let newest = files.last().context("files")?.clone();
@@ -238,66 +226,56 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
         dir.path().join(format!("case{n}"))
     };
 
-    // 1. A field edited in a rotated file.
-    {
+    // Cases that edit the lines of one file of a copy: `edit` returns
+    // where verify must report the break (line, seq) and what it says.
+    type Edit = fn(&mut Vec<String>) -> Result<(usize, Option<u64>, String)>;
+    let line_cases: [(&str, &Path, Edit); 5] = [
+        // 1. A field edited in a rotated file.
+        ("edited field", &middle, |lines| {
+            let k = lines.len() / 2;
+            let seq = seq_of(&lines[k]);
+            ensure!(lines[k].contains("\"packets\":"), "{}", lines[k]);
+            lines[k] = lines[k].replacen("\"packets\":", "\"packets\":1", 1);
+            Ok((k + 1, Some(seq), "edited".into()))
+        }),
+        // 2. A record deleted.
+        ("deleted record", &middle, |lines| {
+            let k = lines.len() / 2;
+            let seq = seq_of(&lines[k]);
+            lines.remove(k);
+            Ok((k + 1, Some(seq + 1), format!("record seq {seq} is missing")))
+        }),
+        // 3. Two records swapped (in a rotated file: the newest may hold
+        // only a record or two, depending on where the last rotation fell).
+        ("swapped records", &middle, |lines| {
+            ensure!(lines.len() >= 4, "middle file too short");
+            let seq = seq_of(&lines[1]);
+            lines.swap(1, 2);
+            Ok((2, Some(seq + 1), "reordered".into()))
+        }),
+        // 5. Whole records cut from the end of the newest file (it may
+        // hold only a few records: cut up to two, keep at least one).
+        ("records cut from the end", &newest, |lines| {
+            ensure!(lines.len() >= 2, "newest file too short");
+            let keep = lines.len() - (lines.len() - 1).min(2);
+            let last_kept = seq_of(&lines[keep - 1]);
+            lines.truncate(keep);
+            Ok((keep + 1, None, format!("the chain ends at seq {last_kept}")))
+        }),
+        // 7. The first records of the oldest file deleted.
+        ("beginning deleted", &files[0], |lines| {
+            let seq = seq_of(&lines[2]);
+            lines.drain(..2);
+            Ok((1, Some(seq), "file_start".into()))
+        }),
+    ];
+    for (case, file, edit) in line_cases {
         let copy = copy_set(&base, &case_dir())?;
-        let target = copy.with_file_name(name(&middle)?);
+        let target = copy.with_file_name(name(file)?);
         let mut lines = read_lines(&target)?;
-        let k = lines.len() / 2;
-        let seq = seq_of(&lines[k]);
-        ensure!(lines[k].contains("\"packets\":"), "{}", lines[k]);
-        lines[k] = lines[k].replacen("\"packets\":", "\"packets\":1", 1);
+        let (line, seq, what) = edit(&mut lines)?;
         write_lines(&target, &lines)?;
-        expect_break(
-            &bin,
-            &copy,
-            "edited field",
-            &target,
-            k + 1,
-            Some(seq),
-            "edited",
-        )?;
-    }
-    // 2. A record deleted.
-    {
-        let copy = copy_set(&base, &case_dir())?;
-        let target = copy.with_file_name(name(&middle)?);
-        let mut lines = read_lines(&target)?;
-        let k = lines.len() / 2;
-        let seq = seq_of(&lines[k]);
-        lines.remove(k);
-        write_lines(&target, &lines)?;
-        expect_break(
-            &bin,
-            &copy,
-            "deleted record",
-            &target,
-            k + 1,
-            Some(seq + 1),
-            &format!("record seq {seq} is missing"),
-        )?;
-    }
-    // 3. Two records swapped.
-    {
-        let copy = copy_set(&base, &case_dir())?;
-        // A rotated file: the newest may hold only a record or two (how many
-        // depends on where the last rotation fell).
-        let target = copy.with_file_name(name(&middle)?);
-        let mut lines = read_lines(&target)?;
-        ensure!(lines.len() >= 4, "middle file too short");
-        let k = 1;
-        let seq = seq_of(&lines[k]);
-        lines.swap(k, k + 1);
-        write_lines(&target, &lines)?;
-        expect_break(
-            &bin,
-            &copy,
-            "swapped records",
-            &target,
-            k + 1,
-            Some(seq + 1),
-            "reordered",
-        )?;
+        expect_break(&copy, case, &target, line, seq, &what)?;
     }
     // 4. Truncated in the middle of the last record.
     {
@@ -307,34 +285,12 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
         let lines = read_lines(&target)?;
         std::fs::write(&target, &bytes[..bytes.len() - 40])?;
         expect_break(
-            &bin,
             &copy,
             "truncated mid-record",
             &target,
             lines.len(),
             Some(seq_of(&lines[lines.len() - 1])),
             "cut short",
-        )?;
-    }
-    // 5. Whole records cut from the end of the newest file (it may hold
-    // only a few records: cut up to two, keep at least one).
-    {
-        let copy = copy_set(&base, &case_dir())?;
-        let target = copy.with_file_name(name(&newest)?);
-        let mut lines = read_lines(&target)?;
-        ensure!(lines.len() >= 2, "newest file too short");
-        let keep = lines.len() - (lines.len() - 1).min(2);
-        let last_kept = seq_of(&lines[keep - 1]);
-        lines.truncate(keep);
-        write_lines(&target, &lines)?;
-        expect_break(
-            &bin,
-            &copy,
-            "records cut from the end",
-            &target,
-            keep + 1,
-            None,
-            &format!("the chain ends at seq {last_kept}"),
         )?;
     }
     // 6. A rotated file deleted from the middle of the set.
@@ -346,7 +302,6 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
         let next_first = seq_of(&read_lines(&next)?[0]);
         std::fs::remove_file(&victim)?;
         expect_break(
-            &bin,
             &copy,
             "rotated file deleted",
             &next,
@@ -355,26 +310,8 @@ fn a_real_audit_log_verifies_and_every_tampering_is_found() -> Result<()> {
             "missing",
         )?;
     }
-    // 7. The first records of the oldest file deleted.
-    {
-        let copy = copy_set(&base, &case_dir())?;
-        let target = copy.with_file_name(name(&files[0])?);
-        let mut lines = read_lines(&target)?;
-        let seq = seq_of(&lines[2]);
-        lines.drain(..2);
-        write_lines(&target, &lines)?;
-        expect_break(
-            &bin,
-            &copy,
-            "beginning deleted",
-            &target,
-            1,
-            Some(seq),
-            "file_start",
-        )?;
-    }
     // And the original is still intact.
-    let (ok, out) = verify(&bin, &[&base])?;
+    let (ok, out) = verify(&[&base], &[])?;
     ensure!(ok, "{out}");
     drop(lab);
     Ok(())
@@ -400,7 +337,6 @@ fn put(path: &Path, text: &str) -> Result<()> {
 
 #[test]
 fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<()> {
-    require_root()?;
     let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let logs = dir.path().join("log");
@@ -413,21 +349,15 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     let example = envfence::policy::EXAMPLE_POLICY;
     std::fs::write(&policy, example)?;
     std::fs::write(&revision, "rev-1\n")?;
-    let lab = Lab::example()?;
-    let opts = AgentOptions {
-        policy_args: vec!["--config".into(), policy.display().to_string()],
-        extra_args: [
-            "--audit-file",
-            &base.display().to_string(),
-            "--audit-key",
-            &key.display().to_string(),
-            "--policy-revision-file",
-            &revision.display().to_string(),
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..AgentOptions::default()
-    };
+    let (_g, lab) = example_lab()?;
+    let opts = AgentOptions::config(&policy).args([
+        "--audit-file",
+        &base.display().to_string(),
+        "--audit-key",
+        &key.display().to_string(),
+        "--policy-revision-file",
+        &revision.display().to_string(),
+    ]);
     let agent = Agent::start_with(&lab, &bin, &opts)?;
     let wait_changes = |n: usize| {
         let ok = wait_until(Duration::from_secs(10), || change_lines(&agent).len() >= n);
@@ -437,11 +367,15 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     ensure!(wait_changes(2), "no start and load records");
     // 1. A good change: a CIDR moves to staging, a rule's ports change.
     std::fs::write(&revision, "rev-2\n")?;
+    // A /24 of production moves to staging.
+    let staging = format!(
+        "staging:    [{:?}, {:?}",
+        env_cidr("staging", Family::V4),
+        env_cidr("staging", Family::V6)
+    );
+    let moved = format!("{}/24", host_addr("production", Family::V4, 9, 0));
     let good = example
-        .replace(
-            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\"]",
-            "staging:    [\"10.20.0.0/16\", \"fd00:20::/32\", \"10.10.9.0/24\"]",
-        )
+        .replace(&format!("{staging}]"), &format!("{staging}, {moved:?}]"))
         .replace("\"53/udp\", \"53/tcp\"", "\"53/udp\"");
     ensure!(
         good != example,
@@ -457,21 +391,13 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     put(&policy, &good.replace("mode: enforce", "mode: audit"))?;
     ensure!(wait_changes(5), "no record of the mode change");
     let changes_metric = agent.metric("envfence_policy_changes_total", &[])?;
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     let printed = change_lines(&agent);
 
     // Exactly one record per change, in the chain and on stdout.
-    let out = Command::new(&bin)
-        .args(["audit", "show", "--changes", "-o", "json"])
-        .arg(&base)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let shown: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    let base_arg = base.display().to_string();
+    let shown = cli(&["audit", "show", "--changes", "-o", "json", &base_arg])?.ok()?;
+    let shown: Vec<Value> = serde_json::from_str(&shown.stdout)?;
     let kinds: Vec<&str> = shown
         .iter()
         .map(|c| c["change"].as_str().unwrap_or("?"))
@@ -520,12 +446,9 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     // The same diff as `envfence policy diff`.
     std::fs::write(dir.path().join("old.yaml"), example)?;
     std::fs::write(dir.path().join("new.yaml"), &good)?;
-    let diff = Command::new(&bin)
-        .args(["policy", "diff", "-o", "json"])
-        .arg(dir.path().join("old.yaml"))
-        .arg(dir.path().join("new.yaml"))
-        .output()?;
-    let diff: Value = serde_json::from_slice(&diff.stdout)?;
+    let (old, new) = (dir.path().join("old.yaml"), dir.path().join("new.yaml"));
+    let (old, new) = (old.display().to_string(), new.display().to_string());
+    let diff: Value = cli(&["policy", "diff", "-o", "json", &old, &new])?.json()?;
     assert_eq!(diff["cidrs"].as_array().map(Vec::len), Some(1));
     assert_eq!(
         diff["verdicts"].as_array().map(Vec::len),
@@ -550,10 +473,11 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
 
     // The keyed chain verifies with its key only; rewritten without the
     // key (consistently, unkeyed), it fails with the key.
-    let (ok, text) = verify_with(&bin, &base, &["--key", &key.display().to_string()])?;
+    let key_arg = ["--key", &key.display().to_string()];
+    let (ok, text) = verify(&[&base], &key_arg)?;
     ensure!(ok && text.contains("keyed"), "{text}");
     ensure!(text.contains("6 change record(s)"), "{text}");
-    let (ok, text) = verify_with(&bin, &base, &[])?;
+    let (ok, text) = verify(&[&base], &[])?;
     ensure!(!ok && text.contains("--key FILE"), "{text}");
     let copy = copy_set(&base, &dir.path().join("forged"))?;
     envfence_tests::audit_rewrite::rewrite_chain(
@@ -561,7 +485,7 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
         &envfence::audit::head_path(&copy),
         None,
     )?;
-    let (ok, text) = verify_with(&bin, &copy, &["--key", &key.display().to_string()])?;
+    let (ok, text) = verify(&[&copy], &key_arg)?;
     println!("--- rewritten without the key:\n{text}");
     ensure!(
         !ok && text.contains(":1: seq 0: the record was edited"),
@@ -605,11 +529,7 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
         ensure!(mode == 0o644, "audit files are mode {mode:o}");
     }
     // The human table lists them too.
-    let out = Command::new(&bin)
-        .args(["audit", "show", "--changes"])
-        .arg(&base)
-        .output()?;
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = cli(&["audit", "show", "--changes", &base_arg])?.stdout;
     println!("{table}");
     ensure!(
         table.contains("6 change record(s)") && table.contains("rev-3"),
@@ -617,20 +537,4 @@ fn every_policy_change_is_one_keyed_change_record_with_its_summary() -> Result<(
     );
     drop(lab);
     Ok(())
-}
-
-fn verify_with(bin: &Path, base: &Path, extra: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new(bin)
-        .args(["audit", "verify"])
-        .arg(base)
-        .args(extra)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
 }

@@ -23,26 +23,28 @@ use std::time::Duration;
 
 use anyhow::Result;
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::fixture::agent_lock;
+use envfence_tests::fixture::example_lab;
 use envfence_tests::gen::wire::{self, check_phase, table, Scenario};
-use envfence_tests::lab::{require_root, Lab};
+use envfence_tests::lab::Lab;
 
-/// Runs `scenario` without and with the agent; returns the agent (still
-/// running, for metrics) and the lab. Field order of the tuple's users: the
-/// agent must be dropped before the lab.
-fn run_both_phases(
-    lab: &Lab,
+/// In a lab of the example pods: runs the scenario `make` builds without
+/// and with the agent, then `check`s the running agent's counters against
+/// it; the agent must then exit 0 on SIGTERM.
+fn bypass(
     make: impl FnOnce(&Lab) -> Result<Scenario>,
-) -> Result<(Agent, Scenario)> {
-    let scenario = make(lab)?;
+    check: impl FnOnce(&Agent, &Scenario),
+) -> Result<()> {
+    let (_g, lab) = example_lab()?;
+    let scenario = make(&lab)?;
     let without = scenario.run()?;
     eprintln!("{} without the agent:\n{}", scenario.name, table(&without));
     check_phase(&scenario, &without, false)?;
-    let agent = Agent::start(lab, &agent_binary()?)?;
+    let agent = Agent::start(&lab, &agent_binary()?)?;
     let with = scenario.run()?;
     eprintln!("{} with the agent:\n{}", scenario.name, table(&with));
     check_phase(&scenario, &with, true)?;
-    Ok((agent, scenario))
+    check(&agent, &scenario);
+    agent.stop_ok(Duration::from_secs(10))
 }
 
 fn datapath(agent: &Agent, kind: &str) -> f64 {
@@ -57,11 +59,13 @@ fn packets(agent: &Agent, src: &str, dst: &str, verdict: &str) -> f64 {
         .unwrap_or_else(|e| panic!("reading /metrics: {e:#}"))
 }
 
-fn stop(agent: Agent, lab: Lab) -> Result<()> {
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(status.success(), "agent exit {status}");
-    drop(lab);
-    Ok(())
+/// How many of the scenario's probes have `any` of these in their names.
+fn probes_named(scenario: &Scenario, any: &[&str]) -> f64 {
+    scenario
+        .probes
+        .iter()
+        .filter(|p| any.iter().any(|n| p.name.contains(n)))
+        .count() as f64
 }
 
 /// VLAN tags (0 to 5 priority tags in front of test1 -> prod1 and allowed
@@ -69,22 +73,15 @@ fn stop(agent: Agent, lab: Lab) -> Result<()> {
 /// as `vlan_too_deep`.
 #[test]
 fn bypass_vlan_tags() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let (agent, scenario) = run_both_phases(&lab, wire::vlan_scenario)?;
-    let too_deep = scenario
-        .probes
-        .iter()
-        .filter(|p| p.name.contains("4 tags") || p.name.contains("5 tags"))
-        .count() as f64;
-    assert!(too_deep >= 6.0);
-    assert!(
-        datapath(&agent, "vlan_too_deep") >= too_deep,
-        "vlan_too_deep did not count the frames with 3+ tags in the data"
-    );
-    assert!(packets(&agent, "test", "production", "drop") >= 5.0);
-    stop(agent, lab)
+    bypass(wire::vlan_scenario, |agent, scenario| {
+        let too_deep = probes_named(scenario, &["4 tags", "5 tags"]);
+        assert!(too_deep >= 6.0);
+        assert!(
+            datapath(agent, "vlan_too_deep") >= too_deep,
+            "vlan_too_deep did not count the frames with 3+ tags in the data"
+        );
+        assert!(packets(agent, "test", "production", "drop") >= 5.0);
+    })
 }
 
 /// Fragments: a port rule (test -> production DNS) is no way around the
@@ -93,16 +90,13 @@ fn bypass_vlan_tags() -> Result<()> {
 /// one does, and fragmented production -> production traffic does.
 #[test]
 fn bypass_fragments() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let (agent, _scenario) = run_both_phases(&lab, wire::fragment_scenario)?;
-    assert!(
-        datapath(&agent, "fragments") >= 4.0,
-        "non-first fragments were not counted"
-    );
-    assert!(packets(&agent, "test", "production", "drop") >= 4.0);
-    stop(agent, lab)
+    bypass(wire::fragment_scenario, |agent, _| {
+        assert!(
+            datapath(agent, "fragments") >= 4.0,
+            "non-first fragments were not counted"
+        );
+        assert!(packets(agent, "test", "production", "drop") >= 4.0);
+    })
 }
 
 /// A real VXLAN tunnel between two production pods carrying test ->
@@ -110,13 +104,10 @@ fn bypass_fragments() -> Result<()> {
 /// wins; production -> production inside the same tunnel goes through.
 #[test]
 fn bypass_tunnel_vxlan() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let (agent, _scenario) = run_both_phases(&lab, wire::vxlan_scenario)?;
-    assert!(datapath(&agent, "tunneled") >= 4.0);
-    assert!(packets(&agent, "test", "production", "drop") >= 2.0);
-    stop(agent, lab)
+    bypass(wire::vxlan_scenario, |agent, _| {
+        assert!(datapath(agent, "tunneled") >= 4.0);
+        assert!(packets(agent, "test", "production", "drop") >= 2.0);
+    })
 }
 
 /// IPIP, IPv6-in-IPv4, IPv6-in-IPv6, IPv4-in-IPv6, GRE (plain, with key
@@ -126,19 +117,12 @@ fn bypass_tunnel_vxlan() -> Result<()> {
 /// inside a tunnel is dropped whatever it carries.
 #[test]
 fn bypass_tunnel_ipip_gre_geneve() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let (agent, scenario) = run_both_phases(&lab, wire::crafted_tunnel_scenario)?;
-    let forbidden_inner = scenario
-        .probes
-        .iter()
-        .filter(|p| p.name.contains("inner test -> production"))
-        .count() as f64;
-    assert!(forbidden_inner >= 9.0);
-    assert!(packets(&agent, "test", "production", "drop") >= forbidden_inner);
-    assert!(datapath(&agent, "tunnel_too_deep") >= 1.0);
-    stop(agent, lab)
+    bypass(wire::crafted_tunnel_scenario, |agent, scenario| {
+        let forbidden_inner = probes_named(scenario, &["inner test -> production"]);
+        assert!(forbidden_inner >= 9.0);
+        assert!(packets(agent, "test", "production", "drop") >= forbidden_inner);
+        assert!(datapath(agent, "tunnel_too_deep") >= 1.0);
+    })
 }
 
 /// IPv6 extension headers in front of test -> production: walked while
@@ -146,10 +130,7 @@ fn bypass_tunnel_ipip_gre_geneve() -> Result<()> {
 /// verdict past it (DNS is dropped), and udp/9000 never arrives.
 #[test]
 fn bypass_ipv6_extension_headers() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let (agent, _scenario) = run_both_phases(&lab, wire::ipv6_ext_scenario)?;
-    assert!(datapath(&agent, "ipv6_ext_too_deep") >= 2.0);
-    stop(agent, lab)
+    bypass(wire::ipv6_ext_scenario, |agent, _| {
+        assert!(datapath(agent, "ipv6_ext_too_deep") >= 2.0);
+    })
 }

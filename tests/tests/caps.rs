@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use envfence::caps::{self, CapSet};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::{wait_until, Family, Lab, LabProcess, PodSpec, NODE};
 
 fn workspace() -> PathBuf {
@@ -153,36 +153,47 @@ impl Drop for Launcher {
     }
 }
 
-fn policy_args() -> Vec<String> {
-    vec![
-        "--config".into(),
-        workspace()
-            .join("deploy/base/policy.yaml")
-            .display()
-            .to_string(),
-    ]
+/// The ConfigMap's policy file.
+fn policy_file() -> PathBuf {
+    workspace().join("deploy/base/policy.yaml")
 }
 
 /// The agent's default state directory and API socket, as the DaemonSet
 /// uses them (Agent::start_with would choose others).
-fn daemonset_dirs() -> Vec<String> {
-    [
-        "--state-dir",
-        "/run/envfence",
-        "--api-socket",
-        "/run/envfence/envfence.sock",
-    ]
-    .map(String::from)
-    .to_vec()
+const DAEMONSET_DIRS: [&str; 4] = [
+    "--state-dir",
+    "/run/envfence",
+    "--api-socket",
+    "/run/envfence/envfence.sock",
+];
+
+/// The options of the DaemonSet's agent: its policy and directories.
+fn daemonset_options() -> AgentOptions {
+    AgentOptions::config(&policy_file()).args(DAEMONSET_DIRS)
+}
+
+/// Whether the agent `p` exited or said it is ready within 60 s.
+fn settles(p: &LabProcess) -> bool {
+    wait_until(Duration::from_secs(60), || {
+        !p.is_running() || p.stderr_lines().iter().any(|l| l.contains(READY_LINE))
+    })
+}
+
+/// `envfence_attached_interfaces` of the agent in the lab's node.
+fn attached(lab: &Lab) -> Result<f64> {
+    let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
+    let name = "envfence_attached_interfaces";
+    Ok(envfence_tests::metric_value(&metrics, name, &[]).unwrap_or(0.0))
 }
 
 /// Starts the launcher in the node namespace with the agent's arguments.
 fn spawn(lab: &Lab, launcher: &Launcher, skip_check: bool) -> Result<LabProcess> {
     let mut cmd = Command::new(&launcher.path);
     cmd.arg("agent")
-        .args(policy_args())
+        .arg("--config")
+        .arg(policy_file())
         .args(["--metrics-addr", METRICS_ADDR])
-        .args(daemonset_dirs())
+        .args(DAEMONSET_DIRS)
         .env("NO_COLOR", "1");
     if skip_check {
         cmd.env(caps::SKIP_ENV, "1");
@@ -200,16 +211,11 @@ enum Outcome {
 
 /// Waits until the agent exits, or is ready; fails if it enforces.
 fn must_not_enforce(lab: &Lab, p: &LabProcess) -> Result<Outcome> {
-    let settled = wait_until(Duration::from_secs(60), || {
-        !p.is_running() || p.stderr_lines().iter().any(|l| l.contains(READY_LINE))
-    });
-    ensure!(settled, "the agent neither exited nor became ready");
+    ensure!(settles(p), "the agent neither exited nor became ready");
     if let Some(status) = p.wait_timeout(Duration::from_millis(200))? {
         return Ok(Outcome::Exited(status, p.stderr_tail(40)));
     }
-    let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
-    let attached =
-        envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[]).unwrap_or(0.0);
+    let attached = attached(lab)?;
     if attached == 0.0 {
         return Ok(Outcome::AttachedNothing(p.stderr_tail(40)));
     }
@@ -224,13 +230,8 @@ fn must_not_enforce(lab: &Lab, p: &LabProcess) -> Result<Outcome> {
 fn proc_caps(pid: u32) -> Result<(String, [CapSet; 5])> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let get = |f: &str| CapSet::from_status(&status, f);
-    let sets = [
-        get("CapEff")?,
-        get("CapPrm")?,
-        get("CapBnd")?,
-        get("CapInh")?,
-        get("CapAmb")?,
-    ];
+    let [eff, prm, bnd, inh, amb] = ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"].map(get);
+    let sets = [eff?, prm?, bnd?, inh?, amb?];
     Ok((status, sets))
 }
 
@@ -239,16 +240,11 @@ const PASSES: Duration = Duration::from_secs(5);
 
 #[test]
 fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let set = deployed();
     let launcher = Launcher::new("exact", &set)?;
     let lab = Lab::example()?;
-    let opts = AgentOptions {
-        policy_args: policy_args(),
-        extra_args: daemonset_dirs(),
-        ..AgentOptions::default()
-    };
+    let opts = daemonset_options();
     let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
     let pid = agent.process().pid();
 
@@ -343,12 +339,7 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
 
     // An upgrade (the pod restarted): the kernel keeps enforcing while no
     // agent runs, and the next agent, as confined, adopts what is pinned.
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(
-        status.success(),
-        "exit {status}: {}",
-        agent.process().stderr_tail(20)
-    );
+    agent.stop_ok(Duration::from_secs(10))?;
     let prod1 = lab.pod("prod1")?.ip(Family::V4);
     let _l = lab.tcp_listen("prod1", prod1, 8080)?;
     assert!(
@@ -359,12 +350,10 @@ fn enforces_with_exactly_the_daemonset_capabilities() -> Result<()> {
 
     // Uninstall (deploy/uninstall adds --detach-on-exit): the next agent
     // adopts, and on SIGTERM detaches and removes every pin.
-    let mut uninstall = opts.clone();
-    uninstall.extra_args.push("--detach-on-exit".into());
+    let uninstall = opts.clone().args(["--detach-on-exit"]);
     let agent = Agent::start_with(&lab, &launcher.path, &uninstall)?;
     assert!(!lab.tcp_connect("test1", prod1, 8080, BLOCKED)?);
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    agent.stop_ok(Duration::from_secs(10))?;
     assert!(
         lab.tcp_connect("test1", prod1, 8080, PASSES)?,
         "after the uninstall run test1 -> prod1 is still blocked"
@@ -394,8 +383,7 @@ fn pin_count(dir: &Path) -> usize {
 
 #[test]
 fn each_capability_is_needed_and_named_when_missing() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let set = deployed();
     let lab = Lab::new(&PodSpec::example_pods()[..2])?;
     for &gone in &set {
@@ -480,19 +468,14 @@ fn without_a_wanted_one(lab: &Lab, launcher: &Launcher, gone: u8, keep: &[u8]) -
     let lacks = format!("envfence lacks capability {} (", caps::name(gone));
     for skip_check in [false, true] {
         let p = spawn(lab, launcher, skip_check)?;
-        let ready = wait_until(Duration::from_secs(60), || {
-            !p.is_running() || p.stderr_lines().iter().any(|l| l.contains(READY_LINE))
-        });
+        let ready = settles(&p);
         let stderr = p.stderr_tail(40);
         ensure!(
             ready && p.is_running(),
             "without {} (check skipped: {skip_check}) the agent should enforce:\n{stderr}",
             caps::name(gone)
         );
-        let metrics = lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
-        let attached = envfence_tests::metric_value(&metrics, "envfence_attached_interfaces", &[])
-            .unwrap_or(0.0);
-        ensure!(attached > 0.0, "attached nothing:\n{stderr}");
+        ensure!(attached(lab)? > 0.0, "attached nothing:\n{stderr}");
         // The kernel refuses the subscription either way.
         ensure!(
             stderr.contains(caps::PEERS_NOT_FOLLOWED),
@@ -530,20 +513,13 @@ fn without_a_wanted_one(lab: &Lab, launcher: &Launcher, gone: u8, keep: &[u8]) -
 /// nothing the kernel allows.
 #[test]
 fn sys_admin_alone_is_accepted_as_the_kernel_accepts_it() -> Result<()> {
-    root();
-    let _guard = agent_lock();
+    let _guard = serial();
     let launcher = Launcher::new("sys_admin", &[caps::CAP_SYS_ADMIN])?;
     let lab = Lab::new(&PodSpec::example_pods()[..2])?;
-    let opts = AgentOptions {
-        policy_args: policy_args(),
-        extra_args: daemonset_dirs(),
-        ..AgentOptions::default()
-    };
-    let agent = Agent::start_with(&lab, &launcher.path, &opts)?;
+    let agent = Agent::start_with(&lab, &launcher.path, &daemonset_options())?;
     let (_, [eff, ..]) = proc_caps(agent.process().pid())?;
     assert_eq!(eff, CapSet::of(&[caps::CAP_SYS_ADMIN]));
     assert_eq!(agent.metric("envfence_attached_interfaces", &[])?, 2.0);
-    let status = agent.stop(Duration::from_secs(10))?;
-    assert!(status.success(), "{}", agent.process().stderr_tail(20));
+    agent.stop_ok(Duration::from_secs(10))?;
     Ok(())
 }

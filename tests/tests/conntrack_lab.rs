@@ -7,12 +7,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
-use envfence_tests::fixture::agent_lock;
-use envfence_tests::lab::{require_root, wait_until, Family, Lab};
+use envfence_tests::fixture::{example_lab, host_addr, serial};
+use envfence_tests::lab::{unspecified, Family, Lab};
 
 const BLOCKED: Duration = Duration::from_millis(1000);
 
@@ -50,6 +51,19 @@ fn echoed(s: &mut TcpStream, msg: &[u8]) -> bool {
     s.read_exact(&mut buf).is_ok() && buf == msg
 }
 
+/// A TCP connection `from` -> `to` that must open (within 5 s).
+fn open(lab: &Lab, from: &str, to: SocketAddr) -> Result<TcpStream> {
+    connect(lab, from, to, Duration::from_secs(5))?
+        .with_context(|| format!("{from} -> {to} tcp did not connect"))
+}
+
+/// Whether `from` fails to connect (within [`BLOCKED`]) to a TCP echo
+/// server started on `to` in `server`.
+fn blocked(lab: &Lab, server: &str, from: &str, to: SocketAddr) -> Result<bool> {
+    tcp_echo(lab, server, to)?;
+    Ok(connect(lab, from, to, BLOCKED)?.is_none())
+}
+
 fn connect(lab: &Lab, pod: &str, to: SocketAddr, timeout: Duration) -> Result<Option<TcpStream>> {
     let s = lab.in_ns(pod, || TcpStream::connect_timeout(&to, timeout))?;
     Ok(match s {
@@ -64,12 +78,7 @@ fn connect(lab: &Lab, pod: &str, to: SocketAddr, timeout: Duration) -> Result<Op
 fn udp_query(lab: &Lab, from: &str, server: &str, to: SocketAddr) -> Result<bool> {
     let srv = lab.in_ns(server, || UdpSocket::bind(to))??;
     srv.set_read_timeout(Some(BLOCKED))?;
-    let any: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let cli = lab.in_ns(from, || UdpSocket::bind(any))??;
+    let cli = lab.in_ns(from, || UdpSocket::bind(unspecified(to.ip())))??;
     cli.set_read_timeout(Some(BLOCKED))?;
     let echo = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -88,22 +97,22 @@ fn start(lab: &Lab, opts: &AgentOptions) -> Result<Agent> {
     Agent::start_with(lab, &agent_binary()?, opts)
 }
 
+/// The agent on the policy `text`, written to `policy.yaml` in `dir`
+/// (rewrite it and SIGHUP to reload).
+fn start_on(lab: &Lab, dir: &Path, text: &str) -> Result<(Agent, PathBuf)> {
+    let file = dir.join("policy.yaml");
+    std::fs::write(&file, text)?;
+    Ok((start(lab, &AgentOptions::config(&file))?, file))
+}
+
 #[test]
 fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
+    let (_g, lab) = example_lab()?;
     let agent = start(&lab, &AgentOptions::default())?;
     for family in [Family::V4, Family::V6] {
         let (t, p) = (ip(&lab, "test1", family), ip(&lab, "prod1", family));
         tcp_echo(&lab, "prod1", SocketAddr::new(p, 53))?;
-        let mut s = connect(
-            &lab,
-            "test1",
-            SocketAddr::new(p, 53),
-            Duration::from_secs(5),
-        )?
-        .with_context(|| format!("test1 -> prod1 tcp/53 did not connect ({family:?})"))?;
+        let mut s = open(&lab, "test1", SocketAddr::new(p, 53))?;
         assert!(echoed(&mut s, b"query and answer"), "{family:?}");
         assert!(
             udp_query(&lab, "test1", "prod1", SocketAddr::new(p, 53))?,
@@ -111,9 +120,8 @@ fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result
         );
         // Production still opens nothing towards test: TCP (same port as
         // the tracked flow's, too) and UDP.
-        tcp_echo(&lab, "test1", SocketAddr::new(t, 8053))?;
         assert!(
-            connect(&lab, "prod1", SocketAddr::new(t, 8053), BLOCKED)?.is_none(),
+            blocked(&lab, "test1", "prod1", SocketAddr::new(t, 8053))?,
             "prod1 -> test1 tcp connected ({family:?})"
         );
         assert!(
@@ -121,8 +129,7 @@ fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result
             "prod1 -> test1 udp answered ({family:?})"
         );
         // Other ports from test to production stay dropped.
-        tcp_echo(&lab, "prod1", SocketAddr::new(p, 8080))?;
-        assert!(connect(&lab, "test1", SocketAddr::new(p, 8080), BLOCKED)?.is_none());
+        assert!(blocked(&lab, "prod1", "test1", SocketAddr::new(p, 8080))?);
     }
     let replies = agent.packets("production", "test", "reply")?;
     assert!(replies >= 4.0, "replies counted: {replies}");
@@ -132,42 +139,22 @@ fn dns_from_test_works_and_production_still_cannot_open_towards_test() -> Result
 
 #[test]
 fn a_reload_without_the_dns_exception_stops_an_established_connection() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let dir = std::env::temp_dir().join(format!("{}-ctpolicy", lab.node_ns()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("policy.yaml");
-    std::fs::write(&file, envfence::policy::EXAMPLE_POLICY)?;
-    let opts = AgentOptions {
-        policy_args: vec!["--config".into(), file.display().to_string()],
-        ..AgentOptions::default()
-    };
-    let agent = start(&lab, &opts)?;
+    let (_g, lab) = example_lab()?;
+    let dir = tempfile::tempdir()?;
+    let (agent, file) = start_on(&lab, dir.path(), envfence::policy::EXAMPLE_POLICY)?;
     let p = ip(&lab, "prod1", Family::V4);
     tcp_echo(&lab, "prod1", SocketAddr::new(p, 53))?;
-    let mut s = connect(
-        &lab,
-        "test1",
-        SocketAddr::new(p, 53),
-        Duration::from_secs(5),
-    )?
-    .context("test1 -> prod1 tcp/53 did not connect")?;
+    let mut s = open(&lab, "test1", SocketAddr::new(p, 53))?;
     assert!(echoed(&mut s, b"before the reload"));
-    let generation = |a: &Agent| {
-        a.metrics()
-            .ok()
-            .and_then(|m| envfence_tests::metric_value(&m, "envfence_policy_generation", &[]))
-            .unwrap_or(0.0)
-    };
-    let before = generation(&agent);
+    const GENERATION: &str = "envfence_policy_generation";
+    let before = agent.metric(GENERATION, &[])?;
     let without = envfence::policy::EXAMPLE_POLICY
         .replace("ports: [\"53/udp\", \"53/tcp\"]", "ports: [\"54/udp\"]");
     assert_ne!(without, envfence::policy::EXAMPLE_POLICY);
     std::fs::write(&file, without)?;
     agent.process().signal(nix::sys::signal::Signal::SIGHUP)?;
     assert!(
-        wait_until(Duration::from_secs(10), || generation(&agent) > before),
+        agent.wait_metric(GENERATION, &[], Duration::from_secs(10), |g| g > before),
         "the reload did not happen"
     );
     // Neither direction passes any more: the client's data is dropped
@@ -177,7 +164,6 @@ fn a_reload_without_the_dns_exception_stops_an_established_connection() -> Resul
         "the connection survived the reload"
     );
     agent.stop(Duration::from_secs(10))?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -189,9 +175,7 @@ fn a_reload_without_the_dns_exception_stops_an_established_connection() -> Resul
 fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() -> Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
+    let (_g, lab) = example_lab()?;
     let agent = start(&lab, &AgentOptions::default())?;
     let (t, p) = (ip(&lab, "test1", Family::V4), ip(&lab, "prod1", Family::V4));
     // A server that streams until the client goes away.
@@ -208,13 +192,7 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
             }
         });
     }
-    let mut s = connect(
-        &lab,
-        "test1",
-        SocketAddr::new(p, 53),
-        Duration::from_secs(5),
-    )?
-    .context("test1 -> prod1 tcp/53 did not connect")?;
+    let mut s = open(&lab, "test1", SocketAddr::new(p, 53))?;
     let got = Arc::new(AtomicU64::new(0));
     let reader = {
         let got = got.clone();
@@ -238,17 +216,11 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
         before > 50_000,
         "the transfer did not start ({before} bytes)"
     );
-    agent.process().signal(nix::sys::signal::Signal::SIGKILL)?;
-    agent
-        .process()
-        .wait_timeout(Duration::from_secs(10))?
-        .context("the agent survived SIGKILL")?;
+    agent.kill()?;
     let at_kill = got.load(Ordering::Relaxed);
     // Nothing forbidden passes without an agent.
-    tcp_echo(&lab, "prod1", SocketAddr::new(p, 8080))?;
-    assert!(connect(&lab, "test1", SocketAddr::new(p, 8080), BLOCKED)?.is_none());
-    tcp_echo(&lab, "test1", SocketAddr::new(t, 8053))?;
-    assert!(connect(&lab, "prod1", SocketAddr::new(t, 8053), BLOCKED)?.is_none());
+    assert!(blocked(&lab, "prod1", "test1", SocketAddr::new(p, 8080))?);
+    assert!(blocked(&lab, "test1", "prod1", SocketAddr::new(t, 8053))?);
     std::thread::sleep(Duration::from_secs(1));
     let after = got.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -265,42 +237,25 @@ fn kill_9_in_the_middle_of_a_transfer_keeps_it_and_nothing_forbidden_passes() ->
 /// are replies of the ops flow.
 #[test]
 fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
-    let dir = std::env::temp_dir().join(format!("{}-ctops", lab.node_ns()));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("policy.yaml");
+    let (_g, lab) = example_lab()?;
+    let dir = tempfile::tempdir()?;
     let policy = envfence::policy::EXAMPLE_POLICY.replace(
         "interfaces:\n",
         "  - name: prod-to-ops\n    from: [production]\n    to: [ops]\n    verdict: drop\ninterfaces:\n",
     );
     assert_ne!(policy, envfence::policy::EXAMPLE_POLICY);
-    std::fs::write(&file, policy)?;
-    let opts = AgentOptions {
-        policy_args: vec!["--config".into(), file.display().to_string()],
-        ..AgentOptions::default()
-    };
-    let agent = start(&lab, &opts)?;
+    let (agent, _) = start_on(&lab, dir.path(), &policy)?;
     for family in [Family::V4, Family::V6] {
         let (o, p) = (ip(&lab, "ops1", family), ip(&lab, "prod1", family));
         tcp_echo(&lab, "prod1", SocketAddr::new(p, 9100))?;
-        let mut s = connect(
-            &lab,
-            "ops1",
-            SocketAddr::new(p, 9100),
-            Duration::from_secs(5),
-        )?
-        .with_context(|| format!("ops1 -> prod1 tcp/9100 did not connect ({family:?})"))?;
+        let mut s = open(&lab, "ops1", SocketAddr::new(p, 9100))?;
         assert!(echoed(&mut s, b"GET /metrics"), "{family:?}");
-        tcp_echo(&lab, "ops1", SocketAddr::new(o, 9101))?;
         assert!(
-            connect(&lab, "prod1", SocketAddr::new(o, 9101), BLOCKED)?.is_none(),
+            blocked(&lab, "ops1", "prod1", SocketAddr::new(o, 9101))?,
             "prod1 -> ops1 connected ({family:?})"
         );
     }
     agent.stop(Duration::from_secs(10))?;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -314,19 +269,21 @@ fn ops_scrapes_production_while_production_to_ops_stays_blocked() -> Result<()> 
 #[test]
 fn path_mtu_discovery_works_across_environments() -> Result<()> {
     use envfence_tests::netns;
-    require_root()?;
-    let _g = agent_lock();
+    let _g = serial();
     let mut lab = Lab::example()?;
     lab.add_host("prodsrv")?;
     let router = "prod1";
     let (r4, r6) = (lab.pod(router)?.ipv4(), lab.pod(router)?.ipv6());
-    // The server's subnet behind the router (production addresses): one
-    // address per family for the run without the agent, one for the run
-    // with it (a path MTU, once learnt, is kept per destination).
+    // The server's subnet behind the router (production addresses, the
+    // router at host 1): one address per family for the run without the
+    // agent, one for the run with it (a path MTU, once learnt, is kept per
+    // destination).
+    let behind = |family, host| host_addr("production", family, 201, host);
     let servers: [(IpAddr, IpAddr); 2] = [
-        ("10.10.201.2".parse()?, "10.10.201.3".parse()?),
-        ("fd00:10:201::2".parse()?, "fd00:10:201::3".parse()?),
+        (behind(Family::V4, 2), behind(Family::V4, 3)),
+        (behind(Family::V6, 2), behind(Family::V6, 3)),
     ];
+    let (gw4, gw6) = (behind(Family::V4, 1), behind(Family::V6, 1));
     let all = [servers[0].0, servers[0].1, servers[1].0, servers[1].1];
     let policy = envfence_tests::expect::Policy::example()?;
     let t4 = ip(&lab, "test1", Family::V4);
@@ -348,21 +305,18 @@ fn path_mtu_discovery_works_across_environments() -> Result<()> {
     lab.link(
         router,
         "pmtu0",
-        "10.10.201.1/24".parse()?,
+        format!("{gw4}/24").parse()?,
         &lab,
         "prodsrv",
         "pmtu1",
-        "10.10.201.2/24".parse()?,
+        format!("{}/24", servers[0].0).parse()?,
     )?;
     let (rns, sns, node) = (
         lab.ns(router)?.to_owned(),
         lab.ns("prodsrv")?.to_owned(),
         lab.node_ns().to_owned(),
     );
-    netns::ip_batch(
-        &rns,
-        &["addr add fd00:10:201::1/64 dev pmtu0 nodad".to_owned()],
-    )?;
+    netns::ip_batch(&rns, &[format!("addr add {gw6}/64 dev pmtu0 nodad")])?;
     // Smaller MTU on the way to the server (both ends of the veth stay at
     // 1500, so the router must say "too big").
     let mtu_routes: Vec<String> = all
@@ -376,11 +330,11 @@ fn path_mtu_discovery_works_across_environments() -> Result<()> {
     netns::ip_batch(
         &sns,
         &[
-            "addr add 10.10.201.3/24 dev pmtu1".to_owned(),
-            "addr add fd00:10:201::2/64 dev pmtu1 nodad".to_owned(),
-            "addr add fd00:10:201::3/64 dev pmtu1 nodad".to_owned(),
-            "route add default via 10.10.201.1".to_owned(),
-            "route add default via fd00:10:201::1".to_owned(),
+            format!("addr add {}/24 dev pmtu1", servers[0].1),
+            format!("addr add {}/64 dev pmtu1 nodad", servers[1].0),
+            format!("addr add {}/64 dev pmtu1 nodad", servers[1].1),
+            format!("route add default via {gw4}"),
+            format!("route add default via {gw6}"),
         ],
     )?;
     lab.in_ns(router, || -> Result<()> {
@@ -391,8 +345,8 @@ fn path_mtu_discovery_works_across_environments() -> Result<()> {
     netns::ip_batch(
         &node,
         &[
-            format!("route add 10.10.201.0/24 via {r4}"),
-            format!("route add fd00:10:201::/64 via {r6}"),
+            format!("route add {}/24 via {r4}", behind(Family::V4, 0)),
+            format!("route add {}/64 via {r6}", behind(Family::V6, 0)),
         ],
     )?;
     // A server that counts what it receives and answers with the count.

@@ -29,9 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, METRICS_ADDR, READY_LINE};
 use envfence_tests::fixture::root;
+use envfence_tests::lab::procfs::{cpu_seconds, status_kib};
 use envfence_tests::lab::{Family, Lab, NODE};
 use serde_json::{json, Value};
 
@@ -112,32 +113,23 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 /// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        // Tests run in parallel threads: one directory each.
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "envfence-deploy-{}-{seq}-{name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        Scratch(dir)
+        let prefix = format!("envfence-deploy-{name}-");
+        let dir = tempfile::Builder::new().prefix(&prefix).tempdir();
+        Scratch(dir.unwrap_or_else(|e| panic!("a scratch directory: {e}")))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 
     fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path().join(name);
         fs::write(&path, content).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -218,10 +210,13 @@ fn daemonset(objects: &[Value]) -> &Value {
 }
 
 fn agent_container(ds: &Value) -> &Value {
-    ds["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
-        .expect("the DaemonSet has a container named agent")
+    let containers = &ds["spec"]["template"]["spec"]["containers"];
+    entry(containers, "name", &json!("agent")).expect("the DaemonSet has a container named agent")
+}
+
+/// The first element of the list `list` whose `key` is `value`.
+fn entry<'a>(list: &'a Value, key: &str, value: &Value) -> Option<&'a Value> {
+    list.as_array()?.iter().find(|e| e[key] == *value)
 }
 
 /// `--flag VALUE` in an argument list.
@@ -373,20 +368,39 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
     }
 }
 
-/// Keys of `obj` outside `allowed`, and `required` keys it lacks.
-fn keys(obj: &Value, at: &str, allowed: &[&str], required: &[&str], problems: &mut Vec<String>) {
+/// Keys of `obj` outside `allowed`, and `required` keys it lacks (both
+/// lists of names separated by spaces).
+fn keys(obj: &Value, at: &str, allowed: &str, required: &str, problems: &mut Vec<String>) {
     let Some(map) = obj.as_object() else {
         problems.push(format!("{at}: not a mapping"));
         return;
     };
     for k in map.keys() {
-        if !allowed.contains(&k.as_str()) {
+        if !allowed.split_whitespace().any(|a| a == k) {
             problems.push(format!("{at}: unknown field {k:?}"));
         }
     }
-    for r in required {
-        if !map.contains_key(*r) {
+    for r in required.split_whitespace() {
+        if !map.contains_key(r) {
             problems.push(format!("{at}: missing {r}"));
+        }
+    }
+}
+
+/// The elements of `v` with their paths `at[i]` (none unless an array).
+fn items<'a>(v: &'a Value, at: &str) -> Vec<(String, &'a Value)> {
+    let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
+    all.iter()
+        .enumerate()
+        .map(|(i, e)| (format!("{at}[{i}]"), e))
+        .collect()
+}
+
+/// The durations among `fields` of `obj` that are set and are not.
+fn durations(obj: &Value, at: &str, fields: &[&str], p: &mut Vec<String>) {
+    for d in fields {
+        if !obj[d].is_null() && !is_duration(&obj[d]) {
+            p.push(format!("{at}.{d}: {} is not a duration", obj[d]));
         }
     }
 }
@@ -436,188 +450,92 @@ fn string_map(v: &Value, at: &str, problems: &mut Vec<String>) {
 fn crd_problems(o: &Value) -> Vec<String> {
     let mut p = Vec::new();
     if o["apiVersion"] != "monitoring.coreos.com/v1" {
-        p.push(format!(
-            "apiVersion {} is not monitoring.coreos.com/v1",
-            o["apiVersion"]
-        ));
+        let v = &o["apiVersion"];
+        p.push(format!("apiVersion {v} is not monitoring.coreos.com/v1"));
     }
     keys(
         o,
         "",
-        &["apiVersion", "kind", "metadata", "spec"],
-        &["metadata", "spec"],
+        "apiVersion kind metadata spec",
+        "metadata spec",
         &mut p,
     );
+    let meta = &o["metadata"];
     keys(
-        &o["metadata"],
+        meta,
         "metadata",
-        &["name", "namespace", "labels", "annotations"],
-        &["name"],
+        "name namespace labels annotations",
+        "name",
         &mut p,
     );
-    if !o["metadata"]["labels"].is_null() {
-        string_map(&o["metadata"]["labels"], "metadata.labels", &mut p);
+    if !meta["labels"].is_null() {
+        string_map(&meta["labels"], "metadata.labels", &mut p);
     }
     let spec = &o["spec"];
     match o["kind"].as_str() {
         Some("ServiceMonitor") => {
-            keys(
-                spec,
-                "spec",
-                &["selector", "namespaceSelector", "endpoints", "jobLabel"],
-                &["selector", "endpoints"],
-                &mut p,
-            );
-            string_map(
-                &spec["selector"]["matchLabels"],
-                "spec.selector.matchLabels",
-                &mut p,
-            );
+            let allowed = "selector namespaceSelector endpoints jobLabel";
+            keys(spec, "spec", allowed, "selector endpoints", &mut p);
+            let labels = &spec["selector"]["matchLabels"];
+            string_map(labels, "spec.selector.matchLabels", &mut p);
             if !spec["namespaceSelector"].is_null() {
-                keys(
-                    &spec["namespaceSelector"],
-                    "spec.namespaceSelector",
-                    &["matchNames", "any"],
-                    &[],
-                    &mut p,
-                );
+                let at = "spec.namespaceSelector";
+                keys(&spec["namespaceSelector"], at, "matchNames any", "", &mut p);
             }
-            let endpoints = spec["endpoints"].as_array().cloned().unwrap_or_default();
+            let endpoints = items(&spec["endpoints"], "spec.endpoints");
             if endpoints.is_empty() {
                 p.push("spec.endpoints: empty".into());
             }
-            for (i, e) in endpoints.iter().enumerate() {
-                let at = format!("spec.endpoints[{i}]");
-                keys(
-                    e,
-                    &at,
-                    &[
-                        "port",
-                        "path",
-                        "interval",
-                        "scrapeTimeout",
-                        "scheme",
-                        "relabelings",
-                    ],
-                    &["port"],
-                    &mut p,
-                );
+            for (at, e) in endpoints {
+                let allowed = "port path interval scrapeTimeout scheme relabelings";
+                keys(e, &at, allowed, "port", &mut p);
                 if !e["port"].is_string() {
                     p.push(format!("{at}.port: not a port name"));
                 }
-                for d in ["interval", "scrapeTimeout"] {
-                    if !e[d].is_null() && !is_duration(&e[d]) {
-                        p.push(format!("{at}.{d}: {} is not a duration", e[d]));
-                    }
-                }
+                durations(e, &at, &["interval", "scrapeTimeout"], &mut p);
                 if e["path"].as_str().is_some_and(|s| !s.starts_with('/')) {
                     p.push(format!("{at}.path: must start with /"));
                 }
-                for (j, r) in e["relabelings"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let at = format!("{at}.relabelings[{j}]");
-                    keys(
-                        r,
-                        &at,
-                        &[
-                            "sourceLabels",
-                            "separator",
-                            "targetLabel",
-                            "regex",
-                            "modulus",
-                            "replacement",
-                            "action",
-                        ],
-                        &[],
-                        &mut p,
-                    );
-                    let actions = [
-                        "replace",
-                        "keep",
-                        "drop",
-                        "hashmod",
-                        "labelmap",
-                        "labeldrop",
-                        "labelkeep",
-                        "lowercase",
-                        "uppercase",
-                        "keepequal",
-                        "dropequal",
-                    ];
-                    if !r["action"].is_null() && !actions.iter().any(|a| r["action"] == *a) {
+                for (at, r) in items(&e["relabelings"], &format!("{at}.relabelings")) {
+                    let allowed =
+                        "sourceLabels separator targetLabel regex modulus replacement action";
+                    keys(r, &at, allowed, "", &mut p);
+                    let actions = "replace keep drop hashmod labelmap labeldrop labelkeep \
+                                   lowercase uppercase keepequal dropequal";
+                    if !r["action"].is_null()
+                        && !actions.split_whitespace().any(|a| r["action"] == a)
+                    {
                         p.push(format!("{at}.action: {} unknown", r["action"]));
                     }
                 }
             }
         }
         Some("PrometheusRule") => {
-            keys(spec, "spec", &["groups"], &["groups"], &mut p);
-            let groups = spec["groups"].as_array().cloned().unwrap_or_default();
+            keys(spec, "spec", "groups", "groups", &mut p);
+            let groups = items(&spec["groups"], "spec.groups");
             if groups.is_empty() {
                 p.push("spec.groups: empty".into());
             }
-            for (i, g) in groups.iter().enumerate() {
-                let at = format!("spec.groups[{i}]");
-                keys(
-                    g,
-                    &at,
-                    &[
-                        "name",
-                        "interval",
-                        "rules",
-                        "limit",
-                        "query_offset",
-                        "labels",
-                        "partial_response_strategy",
-                    ],
-                    &["name", "rules"],
-                    &mut p,
-                );
+            for (at, g) in groups {
+                let allowed =
+                    "name interval rules limit query_offset labels partial_response_strategy";
+                keys(g, &at, allowed, "name rules", &mut p);
                 if !g["name"].is_string() {
                     p.push(format!("{at}.name: not a string"));
                 }
                 if !g["interval"].is_null() && !is_duration(&g["interval"]) {
                     p.push(format!("{at}.interval: not a duration"));
                 }
-                for (j, r) in g["rules"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                {
-                    let at = format!("{at}.rules[{j}]");
-                    keys(
-                        r,
-                        &at,
-                        &[
-                            "alert",
-                            "record",
-                            "expr",
-                            "for",
-                            "keep_firing_for",
-                            "labels",
-                            "annotations",
-                        ],
-                        &["expr"],
-                        &mut p,
-                    );
+                for (at, r) in items(&g["rules"], &format!("{at}.rules")) {
+                    let allowed = "alert record expr for keep_firing_for labels annotations";
+                    keys(r, &at, allowed, "expr", &mut p);
                     if r["alert"].is_string() == r["record"].is_string() {
                         p.push(format!("{at}: exactly one of alert and record"));
                     }
                     if !(r["expr"].is_string() || r["expr"].is_number()) {
                         p.push(format!("{at}.expr: not a string"));
                     }
-                    for d in ["for", "keep_firing_for"] {
-                        if !r[d].is_null() && !is_duration(&r[d]) {
-                            p.push(format!("{at}.{d}: {} is not a duration", r[d]));
-                        }
-                    }
+                    durations(r, &at, &["for", "keep_firing_for"], &mut p);
                     for m in ["labels", "annotations"] {
                         if !r[m].is_null() {
                             string_map(&r[m], &format!("{at}.{m}"), &mut p);
@@ -772,10 +690,7 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
             }
         }
     }
-    let Some(agent) = pod["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "agent"))
-    else {
+    let Some(agent) = entry(&pod["containers"], "name", &json!("agent")) else {
         p.push("no container named agent".into());
         return p;
     };
@@ -788,10 +703,8 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
             "the agent must add exactly {caps:?} (deploy/capabilities.txt), it adds {added:?}"
         ));
     }
-    let metrics_port = agent["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|x| x["name"] == "metrics"))
-        .map(|x| x["containerPort"].clone());
+    let metrics_port =
+        entry(&agent["ports"], "name", &json!("metrics")).map(|x| x["containerPort"].clone());
     for (probe, paths) in [
         ("livenessProbe", &["/healthz"][..]),
         ("readinessProbe", &["/readyz"][..]),
@@ -863,92 +776,119 @@ fn least_privilege_policy_catches_each_regression() {
     let objects = base_objects();
     let good = daemonset(&objects).clone();
     let caps = deployed_capabilities();
-    type Mutation = (&'static str, &'static str, fn(&mut Value));
-    let mutations: Vec<Mutation> = vec![
-        ("privileged", "is privileged", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] =
-                json!(true)
-        }),
-        ("an extra capability", "adds capability SYS_ADMIN", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["add"]
-                .as_array_mut()
-                .expect("add list")
-                .push(json!("SYS_ADMIN"))
-        }),
-        ("a capability less", "must add exactly", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["add"]
-                .as_array_mut()
-                .expect("add list")
-                .pop();
-        }),
-        ("no drop ALL", "capabilities.drop", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]
-                ["drop"] = json!([])
-        }),
-        ("writable root", "readOnlyRootFilesystem", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                .as_object_mut()
-                .expect("securityContext")
-                .remove("readOnlyRootFilesystem");
-        }),
-        ("privilege escalation", "allowPrivilegeEscalation", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
-                ["allowPrivilegeEscalation"] = json!(true)
-        }),
-        ("no liveness probe", "no livenessProbe", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]
-                .as_object_mut()
-                .expect("container")
-                .remove("livenessProbe");
-        }),
-        ("no readiness probe", "no readinessProbe", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]
-                .as_object_mut()
-                .expect("container")
-                .remove("readinessProbe");
-        }),
+    /// How a mutation changes the value at its path.
+    enum Op {
+        Set(Value),
+        Push(Value),
+        Pop,
+        Remove,
+    }
+    use Op::*;
+    // Paths below the pod spec; `c/` is the agent's container.
+    let mutations: Vec<(&str, &str, &str, Op)> = vec![
+        (
+            "privileged",
+            "is privileged",
+            "c/securityContext/privileged",
+            Set(json!(true)),
+        ),
+        (
+            "an extra capability",
+            "adds capability SYS_ADMIN",
+            "c/securityContext/capabilities/add",
+            Push(json!("SYS_ADMIN")),
+        ),
+        (
+            "a capability less",
+            "must add exactly",
+            "c/securityContext/capabilities/add",
+            Pop,
+        ),
+        (
+            "no drop ALL",
+            "capabilities.drop",
+            "c/securityContext/capabilities/drop",
+            Set(json!([])),
+        ),
+        (
+            "writable root",
+            "readOnlyRootFilesystem",
+            "c/securityContext/readOnlyRootFilesystem",
+            Remove,
+        ),
+        (
+            "privilege escalation",
+            "allowPrivilegeEscalation",
+            "c/securityContext/allowPrivilegeEscalation",
+            Set(json!(true)),
+        ),
+        (
+            "no liveness probe",
+            "no livenessProbe",
+            "c/livenessProbe",
+            Remove,
+        ),
+        (
+            "no readiness probe",
+            "no readinessProbe",
+            "c/readinessProbe",
+            Remove,
+        ),
         (
             "a privileged init container",
             "container init is privileged",
-            |ds| {
-                ds["spec"]["template"]["spec"]["initContainers"] = json!([{
-                    "name": "init", "image": "busybox",
-                    "securityContext": {"privileged": true, "allowPrivilegeEscalation": false,
-                        "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
-                }])
-            },
+            "initContainers",
+            Set(json!([{
+                "name": "init", "image": "busybox",
+                "securityContext": {"privileged": true, "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
+            }])),
         ),
-        ("the host's root mounted", "hostPath volume /", |ds| {
-            ds["spec"]["template"]["spec"]["volumes"]
-                .as_array_mut()
-                .expect("volumes")
-                .push(json!({"name": "root", "hostPath": {"path": "/"}}))
-        }),
-        ("Bidirectional propagation", "Bidirectional", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][1]["mountPropagation"] =
-                json!("Bidirectional")
-        }),
+        (
+            "the host's root mounted",
+            "hostPath volume /",
+            "volumes",
+            Push(json!({"name": "root", "hostPath": {"path": "/"}})),
+        ),
+        (
+            "Bidirectional propagation",
+            "Bidirectional",
+            "c/volumeMounts/1/mountPropagation",
+            Set(json!("Bidirectional")),
+        ),
         (
             "the API token mounted",
             "automountServiceAccountToken",
-            |ds| ds["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(true),
+            "automountServiceAccountToken",
+            Set(json!(true)),
         ),
-        ("no memory limit", "resources.limits.memory", |ds| {
-            ds["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-                .as_object_mut()
-                .expect("limits")
-                .remove("memory");
-        }),
+        (
+            "no memory limit",
+            "resources.limits.memory",
+            "c/resources/limits/memory",
+            Remove,
+        ),
     ];
     assert_eq!(
         good["spec"]["template"]["spec"]["containers"][0]["name"],
         "agent"
     );
-    for (what, expected, mutate) in mutations {
+    for (what, expected, path, op) in mutations {
         let mut ds = good.clone();
-        mutate(&mut ds);
+        let path = path.replacen("c/", "containers/0/", 1);
+        let (parent, last) = path.rsplit_once('/').unwrap_or(("", &path));
+        let parent = format!("/spec/template/spec/{parent}")
+            .trim_end_matches('/')
+            .to_owned();
+        let at = ds
+            .pointer_mut(&parent)
+            .unwrap_or_else(|| panic!("{what}: no {parent}"));
+        match op {
+            Set(v) => at[last] = v,
+            Push(v) => at[last].as_array_mut().expect("a list").push(v),
+            Pop => drop(at[last].as_array_mut().expect("a list").pop()),
+            Remove => drop(at.as_object_mut().expect("a mapping").remove(last)),
+        }
         let problems = daemonset_problems(&ds, &caps).join("\n");
         assert!(
             problems.contains(expected),
@@ -974,19 +914,15 @@ fn configmap_policy_is_the_example_and_passes_policy_check() {
     let (dir, key) = config
         .rsplit_once('/')
         .expect("--config is an absolute path");
-    let mount = agent["volumeMounts"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["mountPath"] == dir))
+    let mount = entry(&agent["volumeMounts"], "mountPath", &json!(dir))
         .unwrap_or_else(|| panic!("no volume is mounted at {dir} (--config {config})"));
     assert_eq!(mount["readOnly"], true, "the policy is mounted read-only");
     assert!(
         mount["subPath"].is_null(),
         "no subPath: an edited ConfigMap must reach the file"
     );
-    let volume = ds["spec"]["template"]["spec"]["volumes"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
-        .expect("the policy volume");
+    let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+    let volume = entry(volumes, "name", &mount["name"]).expect("the policy volume");
     let cm_name = volume["configMap"]["name"]
         .as_str()
         .expect("the policy volume is a ConfigMap");
@@ -1025,14 +961,9 @@ fn service_and_servicemonitor_reach_the_agent() {
             "the Service selects {k}={v}, the pods do not have it"
         );
     }
-    let svc_port = svc["spec"]["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .expect("the Service has a metrics port");
-    let container_port = agent["ports"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == "metrics"))
-        .expect("the agent has a metrics port");
+    let metrics = json!("metrics");
+    let svc_port = entry(&svc["spec"]["ports"], "name", &metrics).expect("a Service metrics port");
+    let container_port = entry(&agent["ports"], "name", &metrics).expect("an agent metrics port");
     assert_eq!(svc_port["targetPort"], "metrics");
     assert_eq!(svc_port["port"], container_port["containerPort"]);
     let args = agent["args"].as_array().cloned().unwrap_or_default();
@@ -1101,7 +1032,7 @@ fn image_is_tagged_with_the_workspace_version() {
 fn own_policy_overlay_replaces_the_example() {
     let scratch = Scratch::new("overlay");
     // kustomize takes relative paths: from the scratch dir up to / and down.
-    let up = scratch.0.components().count().saturating_sub(1);
+    let up = scratch.path().components().count().saturating_sub(1);
     let deploy_rel = format!(
         "{}{}",
         "../".repeat(up),
@@ -1118,7 +1049,7 @@ fn own_policy_overlay_replaces_the_example() {
     let policy = "mode: audit\ndefault: allow\nenvironments:\n  a: [\"10.1.0.0/16\"]\n\
                   rules: []\ninterfaces:\n  include: [\"eth*\"]\n";
     scratch.write("policy.yaml", policy);
-    let objects = render_objects(&scratch.0);
+    let objects = render_objects(scratch.path());
     let cm = find(&objects, "ConfigMap", "envfence-policy");
     assert_eq!(cm["data"]["policy.yaml"], policy);
     assert_eq!(cm["metadata"]["namespace"], "envfence");
@@ -1453,31 +1384,6 @@ impl Drop for MemCgroup {
 }
 
 /// user + system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the command: state is field 3; utime and stime are 14 and 15.
-    let ticks = |i: usize| -> Result<f64> {
-        f.get(i - 3)
-            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
-            .parse::<f64>()
-            .context("parsing /proc/pid/stat")
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(14)? + ticks(15)?) / hz)
-}
-
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
-
 /// Bytes the agent's per-CPU eBPF maps take for each CPU, at most (every
 /// entry filled), read from the kernel (`/proc/PID/fdinfo` of its map fds):
 /// they grow with the node's CPU count, so a 2-CPU lab underestimates a big
@@ -1585,9 +1491,9 @@ fn agent_fits_in_its_resources() -> Result<()> {
         .arg(deploy().join("base/policy.yaml"))
         .args(["--metrics-addr", METRICS_ADDR])
         .arg("--state-dir")
-        .arg(&state.0)
+        .arg(state.path())
         .arg("--api-socket")
-        .arg(state.0.join("envfence.sock"));
+        .arg(state.path().join("envfence.sock"));
     // SAFETY: write(2) on an fd opened before the fork is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -1751,10 +1657,8 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
             })
             .unwrap_or_else(|| panic!("{}: no volume holds {file}", rel(&dir)));
         assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
-        let volume = ds["spec"]["template"]["spec"]["volumes"]
-            .as_array()
-            .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
-            .expect("the audit volume");
+        let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+        let volume = entry(volumes, "name", &mount["name"]).expect("the audit volume");
         assert_eq!(
             volume["hostPath"]["path"],
             "/var/log/envfence",
@@ -1775,9 +1679,7 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
             rel(&dir)
         );
         // The revision of change records from the pod's annotation.
-        let rev = agent["env"]
-            .as_array()
-            .and_then(|e| e.iter().find(|v| v["name"] == "ENVFENCE_POLICY_REVISION"))
+        let rev = entry(&agent["env"], "name", &json!("ENVFENCE_POLICY_REVISION"))
             .expect("ENVFENCE_POLICY_REVISION");
         assert_eq!(
             rev["valueFrom"]["fieldRef"]["fieldPath"],

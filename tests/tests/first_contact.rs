@@ -4,22 +4,14 @@
 //! which remounts /sys), `policy check` on a file with a huge offending
 //! value, and `policy check`'s warnings and notes on a valid policy.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use envfence_tests::agent::agent_binary;
+use envfence_tests::cli::cli;
 use envfence_tests::lab::Lab;
 use envfence_tests::netns::{output_with_timeout, require_root};
-
-fn run(bin: &Path, args: &[&str]) -> Result<Output> {
-    output_with_timeout(Command::new(bin).args(args), Duration::from_secs(30))
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
 
 /// Under `ip netns exec` the agent finds sysfs at /sys/fs/bpf: it says so,
 /// and how to run it instead, before it touches any interface.
@@ -44,7 +36,7 @@ fn under_ip_netns_exec_the_agent_names_the_missing_bpffs() -> Result<()> {
             ]),
         Duration::from_secs(30),
     )?;
-    let err = text(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "the agent started: {err}");
     for want in [
         "pin root /sys/fs/bpf/envfence: /sys/fs/bpf is on sysfs, not on a bpffs",
@@ -84,7 +76,6 @@ fn under_ip_netns_exec_the_agent_names_the_missing_bpffs() -> Result<()> {
 /// prefix and its size, in text and in JSON.
 #[test]
 fn policy_check_quotes_a_huge_value_by_a_short_prefix() -> Result<()> {
-    let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("huge.yaml");
     let huge = "9".repeat(200_000);
@@ -93,9 +84,9 @@ fn policy_check_quotes_a_huge_value_by_a_short_prefix() -> Result<()> {
         format!("environments:\n  production: [10.1.0.0/16]\n  test: [{huge}]\n"),
     )?;
     let path = file.display().to_string();
-    let out = run(&bin, &["policy", "check", &path])?;
-    let err = text(&out.stderr);
-    ensure!(!out.status.success(), "accepted: {err}");
+    let run = cli(&["policy", "check", &path])?;
+    let err = run.stderr;
+    ensure!(run.code != 0, "accepted: {err}");
     ensure!(
         err.len() < 1000,
         "{} bytes of error:\n{}",
@@ -104,8 +95,7 @@ fn policy_check_quotes_a_huge_value_by_a_short_prefix() -> Result<()> {
     );
     ensure!(err.contains(&format!("{path}:3:")), "no place in:\n{err}");
     ensure!(err.contains("… (200000 bytes)"), "no size in:\n{err}");
-    let out = run(&bin, &["policy", "check", "-o", "json", &path])?;
-    let json = text(&out.stdout);
+    let json = cli(&["policy", "check", "-o", "json", &path])?.stdout;
     ensure!(json.len() < 1000, "{} bytes of JSON", json.len());
     ensure!(json.contains("(200000 bytes)"), "{json}");
     Ok(())
@@ -116,7 +106,6 @@ fn policy_check_quotes_a_huge_value_by_a_short_prefix() -> Result<()> {
 /// neither fails the check.
 #[test]
 fn policy_check_warns_of_empty_environments_and_notes_carve_outs() -> Result<()> {
-    let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("p.yaml");
     std::fs::write(
@@ -125,13 +114,7 @@ fn policy_check_warns_of_empty_environments_and_notes_carve_outs() -> Result<()>
          rules:\n  - name: dev-to-prod\n    from: [dev]\n    to: [production]\n    verdict: drop\n",
     )?;
     let path = file.display().to_string();
-    let out = run(&bin, &["policy", "check", &path])?;
-    let stdout = text(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "failed: {}{stdout}",
-        text(&out.stderr)
-    );
+    let stdout = cli(&["policy", "check", &path])?.ok()?.stdout;
     let want_warning = format!(
         "{path}:6: warning: rule \"dev-to-prod\" names environment \"dev\", which has no CIDRs: the rule never matches it"
     );

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{ensure, Context, Result};
 use envfence::fleet::queries;
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, NODE};
+use envfence_tests::fixture::serial;
+use envfence_tests::lab::{wait_until, Family, Lab, NODE};
 use envfence_tests::netns;
 use envfence_tests::prom::{self, Server};
 use ipnet::Ipv4Net;
@@ -44,9 +45,7 @@ fn repo() -> PathBuf {
 }
 
 fn example_policy() -> Result<String> {
-    Ok(std::fs::read_to_string(
-        repo().join("agent/policy/example.yaml"),
-    )?)
+    Ok(envfence::policy::EXAMPLE_POLICY.to_owned())
 }
 
 /// The example policy with one more rule: dev -> staging dropped.
@@ -108,17 +107,12 @@ fn start_node(
     std::fs::create_dir_all(&pdir)?;
     let policy = pdir.join("policy.yaml");
     std::fs::write(&policy, policy_text)?;
-    let agent = Agent::start_with(
-        &lab,
-        bin,
-        &AgentOptions {
-            policy_args: vec!["--config".into(), policy.display().to_string()],
-            metrics_addr: format!("0.0.0.0:{METRICS_PORT}"),
-            report_interval_ms: 200,
-            extra_args: vec!["--node-name".into(), name.into()],
-            ..AgentOptions::default()
-        },
-    )?;
+    let opts = AgentOptions {
+        metrics_addr: format!("0.0.0.0:{METRICS_PORT}"),
+        ..AgentOptions::config(&policy)
+    };
+    let opts = opts.report_every(200).args(["--node-name", name]);
+    let agent = Agent::start_with(&lab, bin, &opts)?;
     Ok(Node {
         name,
         lab,
@@ -402,7 +396,7 @@ fn readme_documents_every_fleet_query() -> Result<()> {
 
 #[test]
 fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
-    require_root()?;
+    let _g = serial();
     let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let t0 = unix_now().floor() - 2.0;
@@ -438,34 +432,19 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     for c in [&config1, &config2] {
         prom::promtool(&["check".as_ref(), "config".as_ref(), c.as_os_str()])?;
     }
-    let lookback = ["--query.lookback-delta=5s"];
-    let p3 = Server::start(
-        &mon,
-        NODE,
+    let server = |addr, config: &Path, data: &str, flags: &[&str]| {
+        let lookback = ["--query.lookback-delta=5s"];
+        let flags = [&lookback[..], flags].concat();
+        Server::start(&mon, NODE, addr, config, &dir.path().join(data), &flags)
+    };
+    let p3 = server(
         PROM3,
         &config3,
-        &dir.path().join("data3"),
-        &[
-            "--query.lookback-delta=5s",
-            "--web.enable-remote-write-receiver",
-        ],
+        "data3",
+        &["--web.enable-remote-write-receiver"],
     )?;
-    let p1 = Server::start(
-        &mon,
-        NODE,
-        PROM1,
-        &config1,
-        &dir.path().join("data1"),
-        &lookback,
-    )?;
-    let p2 = Server::start(
-        &mon,
-        NODE,
-        PROM2,
-        &config2,
-        &dir.path().join("data2"),
-        &lookback,
-    )?;
+    let p1 = server(PROM1, &config1, "data1", &[])?;
+    let p2 = server(PROM2, &config2, "data2", &[])?;
     let all_up = wait_until(Duration::from_secs(20), || {
         p1.scalar(r#"sum(up{job="envfence"})"#)
             .is_ok_and(|v| v == 3.0)
@@ -524,18 +503,17 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let mut want_bytes = BTreeMap::new();
     let mut want_rules = BTreeMap::new();
     for n in nodes {
-        want_pairs.insert(
-            n.name.to_owned(),
-            agent_cells(&n.agent, "envfence_packets_total", &pair_key)?,
-        );
-        want_bytes.insert(
-            n.name.to_owned(),
-            agent_cells(&n.agent, "envfence_bytes_total", &pair_key)?,
-        );
-        want_rules.insert(
-            n.name.to_owned(),
-            agent_cells(&n.agent, "envfence_rule_packets_total", &rule_key)?,
-        );
+        for (want, metric, key) in [
+            (&mut want_pairs, "envfence_packets_total", &pair_key[..]),
+            (&mut want_bytes, "envfence_bytes_total", &pair_key[..]),
+            (
+                &mut want_rules,
+                "envfence_rule_packets_total",
+                &rule_key[..],
+            ),
+        ] {
+            want.insert(n.name.to_owned(), agent_cells(&n.agent, metric, key)?);
+        }
     }
     let cell = |node: &str, k: [&str; 3]| {
         want_pairs[node]
@@ -638,19 +616,13 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     );
     assert_eq!(row0["nodes"], serde_json::json!(["node-a", "node-c"]));
     let top_node = by("node")?;
-    let per_node: BTreeMap<String, u64> = top_node["rows"]
-        .as_array()
-        .context("rows")?
+    let rows = top_node["rows"].as_array().context("rows")?;
+    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let per_node: BTreeMap<String, u64> = rows
         .iter()
         .map(|r| {
-            (
-                format!(
-                    "{}/{}",
-                    r["node"].as_str().unwrap_or(""),
-                    r["verdict"].as_str().unwrap_or("")
-                ),
-                r["packets"].as_u64().unwrap_or(0),
-            )
+            let key = format!("{}/{}", text(&r["node"]), text(&r["verdict"]));
+            (key, r["packets"].as_u64().unwrap_or(0))
         })
         .collect();
     for n in nodes {
@@ -719,19 +691,15 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         &[3],
     )?;
     let kinds = |d: &Value| -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = d["findings"]
+        let findings = d["findings"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|f| {
-                        (
-                            f["node"].as_str().unwrap_or("").to_owned(),
-                            f["kind"].as_str().unwrap_or("").to_owned(),
-                        )
-                    })
-                    .collect()
-            })
+            .map(Vec::as_slice)
             .unwrap_or_default();
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let mut v: Vec<_> = findings
+            .iter()
+            .map(|f| (text(&f["node"]), text(&f["kind"])))
+            .collect();
         v.sort();
         v
     };
@@ -897,13 +865,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         "{e}"
     );
     // ... and --node-label instance names nodes by address.
-    let s = fleet_json(
-        &mon,
-        &bin,
-        &p1.url(),
-        &["status", "--node-label", "instance"],
-        &[3],
-    )?;
+    let args = ["status", "--node-label", "instance"];
+    let s = fleet_json(&mon, &bin, &p1.url(), &args, &[3])?;
     assert_eq!(s["nodes"].as_array().map(Vec::len), Some(4), "{s}");
 
     drop((p1, p2, p3));

@@ -28,13 +28,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use envfence_tests::agent::{agent_binary, proto, Agent};
 use envfence_tests::expect::Policy;
-use envfence_tests::fixture::agent_lock;
+use envfence_tests::fixture::{example_lab, serial};
 use envfence_tests::gen::wire::{self, check_phase, table};
 use envfence_tests::gen::{pcap, VXLAN_LINUX_PORT};
-use envfence_tests::lab::{require_root, Family, Lab, PodSpec, NODE, POD_IF};
+use envfence_tests::lab::{Family, Lab, PodSpec, NODE, POD_IF};
 use envfence_tests::netns::{self, set_gso_sizes, GsoSizes};
 
 /// BIG TCP's size limit on every veth of the path (what Cilium and the
@@ -235,8 +235,7 @@ fn captured_transfer(lab: &Lab, fam: Family, dir: &Path) -> Result<(Transfer, Se
 /// length (`ip_length_from_skb`), allowed, none malformed or dropped.
 #[test]
 fn big_tcp_transfers_complete_with_the_agent() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
+    let _g = serial();
     let lab = prod_lab()?;
     let policy = Policy::example()?;
     for fam in [Family::V4, Family::V6] {
@@ -302,8 +301,7 @@ fn big_tcp_transfers_complete_with_the_agent() -> Result<()> {
             ensure!(malformed == 0.0, "{malformed} packets malformed");
             let dropped = agent.packets("production", "production", "drop")?;
             ensure!(dropped == 0.0, "{dropped} production packets dropped");
-            let status = agent.stop(Duration::from_secs(10))?;
-            ensure!(status.success(), "agent exit {status}");
+            agent.stop_ok(Duration::from_secs(10))?;
         }
     }
     drop(lab);
@@ -316,9 +314,7 @@ fn big_tcp_transfers_complete_with_the_agent() -> Result<()> {
 /// inside.
 #[test]
 fn vxlan_8472_test_to_production_inside_is_dropped() -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let lab = Lab::example()?;
+    let (_g, lab) = example_lab()?;
     let policy = Policy::example()?;
     let a = wire::VxlanAddrs::example()?;
     // The scenario's inner flows are what the policy says they are.
@@ -380,10 +376,7 @@ fn vxlan_8472_test_to_production_inside_is_dropped() -> Result<()> {
     eprintln!("agent: tunneled {tunneled}, test -> production dropped {dropped}");
     ensure!(tunneled >= 4.0, "tunneled {tunneled}");
     ensure!(dropped >= 2.0, "test -> production dropped {dropped}");
-    let status = agent.stop(Duration::from_secs(10))?;
-    if !status.success() {
-        bail!("agent exit {status}");
-    }
+    agent.stop_ok(Duration::from_secs(10))?;
     drop(lab);
     Ok(())
 }

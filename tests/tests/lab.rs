@@ -15,8 +15,8 @@ use std::sync::MutexGuard;
 use std::time::Duration;
 
 use anyhow::Result;
-use envfence_tests::agent::{agent_binary, proto, Agent};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::agent::{agent_binary, proto, Agent, FlowEvent};
+use envfence_tests::fixture::{root, serial};
 use envfence_tests::lab::{lab_namespaces, wait_until, Family, Lab, PodSpec};
 
 const BLOCKED: Duration = Duration::from_millis(1000);
@@ -129,8 +129,7 @@ struct Running {
 }
 
 fn running() -> Result<Running> {
-    root();
-    let guard = agent_lock();
+    let guard = serial();
     let bin = agent_binary()?;
     let lab = Lab::example()?;
     let agent = Agent::start(&lab, &bin)?;
@@ -145,12 +144,7 @@ impl Running {
     /// Stops the agent (it must exit 0 on SIGTERM), tears the lab down and
     /// checks nothing of it is left.
     fn finish(self) -> Result<()> {
-        let status = self.agent.stop(Duration::from_secs(10))?;
-        assert!(
-            status.success(),
-            "agent exit {status}: {}",
-            self.agent.process().stderr_tail(20)
-        );
+        self.agent.stop_ok(Duration::from_secs(10))?;
         let id = self.lab.id().to_string();
         drop(self.lab);
         assert!(
@@ -161,13 +155,16 @@ impl Running {
         Ok(())
     }
 
-    fn events_matching(&self, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> Vec<String> {
-        self.agent
-            .events()
-            .into_iter()
-            .filter(|e| e.matches(src, dst, proto, Some(dport)))
-            .map(|e| format!("{} {} ({})", e.verdict, e.rule, e.raw))
-            .collect()
+    /// The agent's events of `src` -> `dst` `proto`/`dport`, once there is
+    /// one (none after 5 s).
+    fn events_of(&self, src: IpAddr, dst: IpAddr, proto: u8, dport: u16) -> Vec<FlowEvent> {
+        let matching = || -> Vec<FlowEvent> {
+            let mut events = self.agent.events();
+            events.retain(|e| e.matches(src, dst, proto, Some(dport)));
+            events
+        };
+        wait_until(Duration::from_secs(5), || !matching().is_empty());
+        matching()
     }
 }
 
@@ -189,24 +186,16 @@ fn agent_blocks_test_to_production() -> Result<()> {
             "test1 -> prod1 udp/9000 delivered ({family:?})"
         );
         for (proto, port) in [(proto::TCP, 8080), (proto::UDP, 9000)] {
-            let seen = wait_until(Duration::from_secs(5), || {
-                !r.events_matching(test1, prod1, proto, port).is_empty()
-            });
+            let events = r.events_of(test1, prod1, proto, port);
             assert!(
-                seen,
+                !events.is_empty(),
                 "no event for test1 -> prod1 {proto}/{port} ({family:?})"
             );
-            for e in r.agent.events() {
-                if e.matches(test1, prod1, proto, Some(port)) {
-                    assert_eq!(
-                        (e.verdict.as_str(), e.rule.as_str()),
-                        ("drop", "test-to-prod")
-                    );
-                    assert_eq!(
-                        (e.src_env.as_str(), e.dst_env.as_str()),
-                        ("test", "production")
-                    );
-                }
+            for e in events {
+                let (verdict, rule) = (e.verdict.as_str(), e.rule.as_str());
+                assert_eq!((verdict, rule), ("drop", "test-to-prod"));
+                let envs = (e.src_env.as_str(), e.dst_env.as_str());
+                assert_eq!(envs, ("test", "production"));
             }
         }
     }
@@ -257,21 +246,14 @@ fn agent_audits_staging_to_production() -> Result<()> {
             r.lab.tcp_connect("staging1", prod1, 8080, PASSES)?,
             "staging1 -> prod1 must pass in audit ({family:?})"
         );
-        let seen = wait_until(Duration::from_secs(5), || {
-            !r.events_matching(staging1, prod1, proto::TCP, 8080)
-                .is_empty()
-        });
-        assert!(seen, "no audit event ({family:?})");
-        for e in r.agent.events() {
-            if e.matches(staging1, prod1, proto::TCP, Some(8080)) {
-                assert_eq!(e.verdict, "audit");
-                assert_eq!(e.rule, "staging-to-prod");
-                assert_eq!(
-                    (e.src_env.as_str(), e.dst_env.as_str()),
-                    ("staging", "production")
-                );
-                assert!(e.packets >= 1);
-            }
+        let events = r.events_of(staging1, prod1, proto::TCP, 8080);
+        assert!(!events.is_empty(), "no audit event ({family:?})");
+        for e in events {
+            assert_eq!(e.verdict, "audit");
+            assert_eq!(e.rule, "staging-to-prod");
+            let envs = (e.src_env.as_str(), e.dst_env.as_str());
+            assert_eq!(envs, ("staging", "production"));
+            assert!(e.packets >= 1);
         }
     }
     r.finish()
@@ -294,9 +276,10 @@ fn agent_metrics_count_every_packet_exactly() -> Result<()> {
     ];
     let read = || -> Result<(f64, f64)> {
         let text = r.agent.metrics()?;
+        let value = |name| envfence_tests::metric_value(&text, name, &labels).unwrap_or(0.0);
         Ok((
-            envfence_tests::metric_value(&text, "envfence_packets_total", &labels).unwrap_or(0.0),
-            envfence_tests::metric_value(&text, "envfence_bytes_total", &labels).unwrap_or(0.0),
+            value("envfence_packets_total"),
+            value("envfence_bytes_total"),
         ))
     };
     // Warm up (ARP) so nothing but our datagrams moves the counters after.

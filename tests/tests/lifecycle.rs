@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
 use envfence_tests::lab::metrics::{http_status, wait_metric};
 use envfence_tests::lab::pins::{
     check_one_program_per_hook, programs_using_map, tcx_census, Pins, ABI, HOOKS,
@@ -68,9 +68,15 @@ struct World {
     _serial: MutexGuard<'static, ()>,
 }
 
+/// [`world`] with `policy` written to [`World::config`].
+fn world_on(policy: &str) -> Result<World> {
+    let w = world()?;
+    write_atomically(&w.config(), policy)?;
+    Ok(w)
+}
+
 fn world() -> Result<World> {
-    root();
-    let serial = agent_lock();
+    let serial = serial();
     let bin = agent_binary()?;
     let lab = Lab::example()?;
     let pins = Pins::of(&lab)?;
@@ -147,13 +153,100 @@ impl World {
         Ok(out)
     }
 
+    /// [`World::listeners`] on prod1 and prod2, and a UDP receiver on
+    /// prod1's `UDP_PORT` (it counts what test1 gets through).
+    fn traffic(&self) -> Result<(Vec<TcpListenHandle>, UdpReceiver)> {
+        let listeners = self.listeners(&["prod1", "prod2"])?;
+        let rx = self.lab.udp_receiver("prod1", self.ip("prod1"), UDP_PORT)?;
+        Ok((listeners, rx))
+    }
+
     fn probe(&self, from: &str, to: &str, v6: bool, timeout: Duration) -> Result<ProbeSpec> {
         ProbeSpec::between(&self.lab, from, to, v6, PORT, timeout)
+    }
+
+    /// Probers on `probes` ((from, to, IPv6?, forbidden?); a forbidden one
+    /// given up after [`FORBIDDEN_TIMEOUT`], an allowed one after
+    /// [`ALLOWED_TIMEOUT`]) and a forbidden UDP stream test1 -> prod1.
+    fn guard(&self, probes: &[(&str, &str, bool, bool)]) -> Result<Guard> {
+        let mut specs = Vec::new();
+        for &(from, to, v6, forbidden) in probes {
+            let timeout = if forbidden {
+                FORBIDDEN_TIMEOUT
+            } else {
+                ALLOWED_TIMEOUT
+            };
+            specs.push(self.probe(from, to, v6, timeout)?);
+        }
+        Ok(Guard {
+            prober: Prober::start(specs, PROBE_EVERY)?,
+            udp: UdpStream::start(
+                self.lab.ns("test1")?,
+                SocketAddr::new(self.ip("prod1"), UDP_PORT),
+                PROBE_EVERY,
+            )?,
+            forbidden: probes.iter().map(|p| p.3).collect(),
+            test1: self.ip("test1"),
+        })
+    }
+
+    /// Waits (up to 5 s) until the agent's metric `name{labels}` reaches
+    /// `want`; the value and when it was seen.
+    fn reached(
+        &self,
+        agent: &Agent,
+        name: &str,
+        labels: &[(&str, &str)],
+        want: f64,
+        what: &str,
+    ) -> Result<(f64, Instant)> {
+        wait_metric(
+            self.node_ns(),
+            METRICS,
+            name,
+            labels,
+            Duration::from_secs(5),
+            move |v| v >= want,
+        )?
+        .ok_or_else(|| {
+            anyhow!(
+                "{what}: {name} did not reach {want} within 5 s; agent stderr:\n{}",
+                agent.process().stderr_tail(20)
+            )
+        })
+    }
+
+    /// [`World::reached`] for the policy generation `want`.
+    fn generation_reached(&self, agent: &Agent, want: u64, what: &str) -> Result<(f64, Instant)> {
+        self.reached(agent, GENERATION, &[], want as f64, what)
+    }
+
+    /// [`World::reached`] for `n` failed reloads.
+    fn failures_reached(&self, agent: &Agent, n: f64, what: &str) -> Result<(f64, Instant)> {
+        self.reached(agent, RELOADS, &[("result", "failure")], n, what)
     }
 
     /// One connect `from` -> `to`:PORT (IPv4).
     fn connects(&self, from: &str, to: &str, timeout: Duration) -> Result<bool> {
         self.lab.tcp_connect(from, self.ip(to), PORT, timeout)
+    }
+
+    /// [`flip_policy`]`(staging_blocked)` is in force: staging1 -> prod1
+    /// is dropped and dev1 -> prod1 passes when `staging_blocked`, the
+    /// reverse otherwise.
+    fn flip_in_force(&self, staging_blocked: bool, what: &str) -> Result<()> {
+        for (from, blocked) in [("staging1", staging_blocked), ("dev1", !staging_blocked)] {
+            let (timeout, wrong) = if blocked {
+                (Duration::from_millis(500), "connected")
+            } else {
+                (Duration::from_secs(2), "failed")
+            };
+            ensure!(
+                self.connects(from, "prod1", timeout)? != blocked,
+                "{what}: {from} -> prod1 {wrong}"
+            );
+        }
+        Ok(())
     }
 
     /// test1 -> prod1 is dropped (TCP and UDP) and prod1 -> prod2 passes.
@@ -203,6 +296,13 @@ impl World {
         Ok(())
     }
 
+    /// The agent's `path` answers with HTTP status `want`.
+    fn expect_status(&self, path: &str, want: u16) -> Result<()> {
+        let (code, body) = http_status(self.node_ns(), METRICS, path)?;
+        ensure!(code == want, "{path} {code}: {body}");
+        Ok(())
+    }
+
     /// The lab interfaces' ifindexes by name (`veth-*` in the node).
     fn lab_ifindexes(&self) -> Result<BTreeMap<String, u32>> {
         Ok(tcx_census(self.node_ns())?
@@ -227,27 +327,111 @@ impl World {
     }
 }
 
-fn kill9(agent: &Agent) -> Result<()> {
-    agent.process().signal(Signal::SIGKILL)?;
-    agent
-        .process()
-        .wait_timeout(Duration::from_secs(10))?
-        .ok_or_else(|| anyhow!("the agent survived SIGKILL"))?;
+/// The two probes most tests keep running: test1 -> prod1 (forbidden)
+/// and prod1 -> prod2 (allowed), IPv4.
+const GUARDED: &[(&str, &str, bool, bool)] = &[
+    ("test1", "prod1", false, true),
+    ("prod1", "prod2", false, false),
+];
+
+/// Probers and a forbidden UDP stream running while a test changes
+/// something ([`World::guard`]).
+struct Guard {
+    prober: Prober,
+    udp: UdpStream,
+    forbidden: Vec<bool>,
+    test1: IpAddr,
+}
+
+/// What a [`Guard`] saw: every probe's records (and whether it was
+/// forbidden), their violations, the UDP datagrams sent and delivered.
+struct Guarded {
+    results: Vec<(ProbeSpec, Vec<ProbeRecord>, bool)>,
+    problems: Vec<String>,
+    sent: u64,
+    leaked: u64,
+}
+
+impl Guard {
+    /// Stops probing and sending; `rx` counts what test1 got through.
+    fn finish(self, rx: &UdpReceiver) -> Result<Guarded> {
+        let results = self.prober.finish()?;
+        let sent = self.udp.finish()?;
+        let mut problems = Vec::new();
+        let results: Vec<_> = results
+            .into_iter()
+            .zip(self.forbidden)
+            .map(|((spec, records), forbidden)| {
+                problems.extend(violations(&spec, forbidden, &records));
+                (spec, records, forbidden)
+            })
+            .collect();
+        Ok(Guarded {
+            results,
+            problems,
+            sent,
+            leaked: rx.count_from(self.test1),
+        })
+    }
+}
+
+impl Guarded {
+    /// Prints every probe's tally.
+    fn print_tallies(&self) {
+        for (spec, records, _) in &self.results {
+            println!("  {:<16} {}", spec.name, Tally::of(records));
+        }
+    }
+
+    /// No probe was wrong and no forbidden datagram was delivered.
+    fn check(&self) -> Result<()> {
+        println!(
+            "  udp test1->prod1: {} sent, {} delivered (forbidden)",
+            self.sent, self.leaked
+        );
+        ensure!(self.problems.is_empty(), "gaps: {:#?}", self.problems);
+        ensure!(
+            self.leaked == 0,
+            "{} of {} forbidden datagrams delivered",
+            self.leaked,
+            self.sent
+        );
+        Ok(())
+    }
+}
+
+/// Every pinned link of `after` is `before`'s (adopted, not replaced) and
+/// runs another program (the new agent's).
+fn adopted(
+    before: &BTreeMap<String, (u32, u32)>,
+    after: &BTreeMap<String, (u32, u32)>,
+    what: &str,
+) -> Result<()> {
+    for (key, (link, prog)) in after {
+        let (link0, prog0) = before[key];
+        ensure!(
+            *link == link0,
+            "{what}: {key} has link {link}, was {link0}: the link was replaced, not adopted"
+        );
+        ensure!(
+            *prog != prog0,
+            "{what}: {key} still runs the old program {prog}"
+        );
+    }
     Ok(())
 }
 
 fn sigterm(agent: &Agent) -> Result<()> {
-    let status = agent.stop(Duration::from_secs(15))?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status} on SIGTERM: {}",
-        agent.process().stderr_tail(20)
-    );
-    Ok(())
+    agent.stop_ok(Duration::from_secs(15))
 }
 
 fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     agent.metric(name, labels)
+}
+
+/// `envfence_policy_reloads_total{result}`.
+fn reloads(agent: &Agent, result: &str) -> Result<f64> {
+    metric(agent, RELOADS, &[("result", result)])
 }
 
 fn generation(agent: &Agent) -> Result<u64> {
@@ -308,27 +492,18 @@ fn phase(r: &ProbeRecord, marks: &[(Instant, &'static str)]) -> &'static str {
 /// kernel counters continue across it.
 #[test]
 fn kill_9_under_probes_never_gaps() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&base_policy())?;
+    let (_l, rx) = w.traffic()?;
     let agent = w.start(&[])?;
     let gen0 = generation(&agent)?;
 
-    let specs = vec![
-        (w.probe("test1", "prod1", false, FORBIDDEN_TIMEOUT)?, true),
-        (w.probe("test1", "prod1", true, FORBIDDEN_TIMEOUT)?, true),
-        (w.probe("prod1", "prod2", false, ALLOWED_TIMEOUT)?, false),
-        (w.probe("prod1", "prod2", true, ALLOWED_TIMEOUT)?, false),
-    ];
-    let forbidden: Vec<bool> = specs.iter().map(|s| s.1).collect();
     let began = Instant::now();
-    let prober = Prober::start(specs.into_iter().map(|s| s.0).collect(), PROBE_EVERY)?;
-    let udp = UdpStream::start(
-        w.lab.ns("test1")?,
-        SocketAddr::new(w.ip("prod1"), UDP_PORT),
-        PROBE_EVERY,
-    )?;
+    let guard = w.guard(&[
+        ("test1", "prod1", false, true),
+        ("test1", "prod1", true, true),
+        ("prod1", "prod2", false, false),
+        ("prod1", "prod2", true, false),
+    ])?;
 
     std::thread::sleep(Duration::from_secs(3));
     let drop_labels = [
@@ -338,7 +513,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
     ];
     let dropped_before = metric(&agent, "envfence_packets_total", &drop_labels)?;
     let killed = Instant::now();
-    kill9(&agent)?;
+    agent.kill()?;
     std::thread::sleep(Duration::from_secs(2));
     let restarting = Instant::now();
     let agent = w.start(&[])?;
@@ -348,8 +523,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
     while began.elapsed() < Duration::from_secs(10) || ready.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let results = prober.finish()?;
-    let sent = udp.finish()?;
+    let mut guarded = guard.finish(&rx)?;
     let dropped_after = metric(&agent, "envfence_packets_total", &drop_labels)?;
     let gen1 = generation(&agent)?;
 
@@ -361,7 +535,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
         began.elapsed(),
         ready - killed
     );
-    for ((spec, records), forbidden) in results.iter().zip(&forbidden) {
+    for (spec, records, forbidden) in &guarded.results {
         for p in ["before", "during", "after"] {
             let in_phase: Vec<&ProbeRecord> =
                 records.iter().filter(|r| phase(r, &marks) == p).collect();
@@ -380,17 +554,16 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
                 during_forbidden += t.attempts;
             }
         }
-        problems.extend(violations(spec, *forbidden, records));
     }
-    let leaked = rx.count_from(w.ip("test1"));
-    println!("  udp test1->prod1: {sent} sent, {leaked} delivered (forbidden)");
     println!(
         "  kernel counter test->production drop: {dropped_before} before the kill, {dropped_after} after the restart; generation {gen0} -> {gen1}"
     );
-    ensure!(problems.is_empty(), "gaps: {problems:#?}");
+    guarded.problems.extend(problems);
+    guarded.check()?;
     ensure!(
-        leaked == 0 && sent > 100,
-        "udp test1 -> prod1: {leaked} of {sent} delivered"
+        guarded.sent > 100,
+        "udp test1 -> prod1: only {} sent",
+        guarded.sent
     );
     // The new agent adopted the pinned counters, which the kernel kept
     // incrementing while no agent ran.
@@ -407,8 +580,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
 /// senses, under continuous probes of those pairs and of two control pairs.
 #[test]
 fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &flip_policy(true))?;
+    let w = world_on(&flip_policy(true))?;
     let _l = w.listeners(&["prod1", "prod2"])?;
     let agent = w.start(&[])?;
     let gen0 = generation(&agent)?;
@@ -437,22 +609,12 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
             // In place, as `echo >` or a ConfigMap-less editor does.
             std::fs::write(w.config(), &text)?;
         }
-        let want = (gen0 + i) as f64;
-        let seen = wait_metric(
-            w.node_ns(),
-            METRICS,
-            GENERATION,
-            &[],
-            Duration::from_secs(5),
-            move |v| v >= want,
-        )?;
-        let (value, at) = seen.ok_or_else(|| {
-            anyhow!(
-                "reload {i} was not applied within 5 s; agent stderr:\n{}",
-                agent.process().stderr_tail(20)
-            )
-        })?;
-        ensure!(value == want, "reload {i}: generation {value}, want {want}");
+        let want = gen0 + i;
+        let (value, at) = w.generation_reached(&agent, want, &format!("reload {i}"))?;
+        ensure!(
+            value == want as f64,
+            "reload {i}: generation {value}, want {want}"
+        );
         latencies.push(at - written);
         from = at;
     }
@@ -528,10 +690,9 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
     );
 
     // After the last reload: the last policy (staging blocked, dev allowed).
-    ensure!(!w.connects("staging1", "prod1", Duration::from_millis(500))?);
-    ensure!(w.connects("dev1", "prod1", Duration::from_secs(2))?);
-    let success = metric(&agent, RELOADS, &[("result", "success")])?;
-    let failure = metric(&agent, RELOADS, &[("result", "failure")])?;
+    w.flip_in_force(true, "after the last reload")?;
+    let success = reloads(&agent, "success")?;
+    let failure = reloads(&agent, "failure")?;
     ensure!(
         success == (RELOADS_N + 1) as f64 && failure == 0.0,
         "reloads: {success} successes, {failure} failures"
@@ -545,10 +706,8 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
 /// applied. Also measures the SIGHUP reload latency.
 #[test]
 fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &flip_policy(true))?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&flip_policy(true))?;
+    let (_l, rx) = w.traffic()?;
     let agent = w.start(&["--no-watch"])?;
     let gen0 = generation(&agent)?;
     let hup = || agent.process().signal(Signal::SIGHUP);
@@ -558,16 +717,7 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
         write_atomically(&w.config(), &flip_policy(i % 2 == 0))?;
         let sent = Instant::now();
         hup()?;
-        let want = (gen0 + i) as f64;
-        let (_, at) = wait_metric(
-            w.node_ns(),
-            METRICS,
-            GENERATION,
-            &[],
-            Duration::from_secs(5),
-            move |v| v >= want,
-        )?
-        .ok_or_else(|| anyhow!("SIGHUP reload {i} not applied within 5 s"))?;
+        let (_, at) = w.generation_reached(&agent, gen0 + i, &format!("SIGHUP reload {i}"))?;
         latencies.push(at - sent);
     }
     let (median, max) = median_max(&latencies);
@@ -577,14 +727,7 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     let good_gen = gen0 + 10;
     // In force: staging blocked, dev allowed.
     let in_force = |what: &str| -> Result<()> {
-        ensure!(
-            !w.connects("staging1", "prod1", Duration::from_millis(500))?,
-            "{what}: staging1 -> prod1 connected"
-        );
-        ensure!(
-            w.connects("dev1", "prod1", Duration::from_secs(2))?,
-            "{what}: dev1 -> prod1 failed"
-        );
+        w.flip_in_force(true, what)?;
         w.assert_enforcing(&rx, what)
     };
     in_force("before the bad file")?;
@@ -593,15 +736,7 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     write_atomically(&w.config(), &bad_policy())?;
     let sent = Instant::now();
     hup()?;
-    let seen = wait_metric(
-        w.node_ns(),
-        METRICS,
-        RELOADS,
-        &[("result", "failure")],
-        Duration::from_secs(5),
-        |v| v >= 1.0,
-    )?
-    .ok_or_else(|| anyhow!("the bad file was not counted as a failed reload"))?;
+    let seen = w.failures_reached(&agent, 1.0, "the bad file as a failed reload")?;
     println!("bad file refused after {:?}", seen.1 - sent);
     ensure!(
         generation(&agent)? == good_gen,
@@ -637,41 +772,22 @@ fn bad_file_on_sighup_keeps_the_policy() -> Result<()> {
     // The file gone.
     std::fs::remove_file(w.config())?;
     hup()?;
-    wait_metric(
-        w.node_ns(),
-        METRICS,
-        RELOADS,
-        &[("result", "failure")],
-        Duration::from_secs(5),
-        |v| v >= 2.0,
-    )?
-    .ok_or_else(|| anyhow!("the missing file was not counted as a failed reload"))?;
+    w.failures_reached(&agent, 2.0, "the missing file as a failed reload")?;
     ensure!(wait_until(Duration::from_secs(2), || stderr_has(
         &agent,
         "cannot read the policy file"
     )));
     in_force("with the file gone")?;
     ensure!(generation(&agent)? == good_gen);
-    let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
-    ensure!(code == 200, "/readyz {code}: {body}");
+    w.expect_status("/readyz", 200)?;
 
     // A good file again.
     write_atomically(&w.config(), &flip_policy(false))?;
     hup()?;
-    let want = (good_gen + 1) as f64;
-    wait_metric(
-        w.node_ns(),
-        METRICS,
-        GENERATION,
-        &[],
-        Duration::from_secs(5),
-        move |v| v >= want,
-    )?
-    .ok_or_else(|| anyhow!("the good file was not applied"))?;
-    ensure!(w.connects("staging1", "prod1", Duration::from_secs(2))?);
-    ensure!(!w.connects("dev1", "prod1", Duration::from_millis(500))?);
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 2.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 12.0);
+    w.generation_reached(&agent, good_gen + 1, "the good file")?;
+    w.flip_in_force(false, "the good file again")?;
+    ensure!(reloads(&agent, "failure")? == 2.0);
+    ensure!(reloads(&agent, "success")? == 12.0);
     sigterm(&agent)
 }
 
@@ -691,32 +807,16 @@ fn configmap_data_swap_reloads() -> Result<()> {
     let swap = |cm: &mut ConfigMapDir, text: &str, want: f64, name: &str| -> Result<Duration> {
         let before = Instant::now();
         cm.update(text)?;
-        let (_, at) = wait_metric(
-            w.node_ns(),
-            METRICS,
-            name,
-            if name == RELOADS {
-                &[("result", "failure")]
-            } else {
-                &[]
-            },
-            Duration::from_secs(5),
-            move |v| v >= want,
-        )?
-        .ok_or_else(|| {
-            anyhow!(
-                "the ..data swap was not picked up within 5 s:\n{}",
-                agent.process().stderr_tail(20)
-            )
-        })?;
+        let labels: &[(&str, &str)] = if name == RELOADS {
+            &[("result", "failure")]
+        } else {
+            &[]
+        };
+        let (_, at) = w.reached(&agent, name, labels, want, "the ..data swap")?;
         Ok(at - before)
     };
     let l1 = swap(&mut cm, &flip_policy(false), (gen0 + 1) as f64, GENERATION)?;
-    ensure!(
-        w.connects("staging1", "prod1", Duration::from_secs(2))?,
-        "the swapped-in policy (staging allowed) is not in force"
-    );
-    ensure!(!w.connects("dev1", "prod1", Duration::from_millis(500))?);
+    w.flip_in_force(false, "the swapped-in policy (staging allowed)")?;
     let l2 = swap(&mut cm, &bad_policy(), 1.0, RELOADS)?;
     ensure!(generation(&agent)? == gen0 + 1);
     ensure!(
@@ -724,13 +824,12 @@ fn configmap_data_swap_reloads() -> Result<()> {
         "a bad ConfigMap version changed the policy"
     );
     let l3 = swap(&mut cm, &flip_policy(true), (gen0 + 2) as f64, GENERATION)?;
-    ensure!(!w.connects("staging1", "prod1", Duration::from_millis(500))?);
-    ensure!(w.connects("dev1", "prod1", Duration::from_secs(2))?);
+    w.flip_in_force(true, "swapped back")?;
     println!(
         "ConfigMap ..data swaps: applied after {l1:?} and {l3:?}; bad version refused after {l2:?}"
     );
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 3.0);
+    ensure!(reloads(&agent, "failure")? == 1.0);
+    ensure!(reloads(&agent, "success")? == 3.0);
     let ts = metric(
         &agent,
         "envfence_policy_last_reload_success_timestamp_seconds",
@@ -766,8 +865,7 @@ struct Churned {
 #[test]
 fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     const N: usize = 100;
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
+    let w = world_on(&base_policy())?;
     let agent = w.start(&[])?;
     let lab_links = w.pins.link_pins();
     ensure!(lab_links.len() == 14, "lab link pins: {lab_links:?}");
@@ -820,7 +918,8 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
             })
         })
     };
-    let snapshot = || churn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let churned = || churn.lock().unwrap_or_else(|p| p.into_inner());
+    let snapshot = || churned().clone();
     let ip_node = |args: &[&str]| -> Result<()> {
         let mut full = vec!["-n", w.node_ns()];
         full.extend_from_slice(args);
@@ -829,39 +928,18 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     let began = Instant::now();
     for i in 0..N {
         let name = format!("vethc{i}");
-        let created = Instant::now();
-        churn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Churned {
-                name: name.clone(),
-                created,
-                exists: None,
-                ifindex: None,
-                attached: None,
-                deleted: None,
-                unpinned: None,
-            });
+        churned().push(Churned {
+            name: name.clone(),
+            created: Instant::now(),
+            exists: None,
+            ifindex: None,
+            attached: None,
+            deleted: None,
+            unpinned: None,
+        });
         // The peer's name (pc*) matches no include pattern.
-        ip_node(&[
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &format!("pc{i}"),
-        ])?;
-        let exists = Instant::now();
-        if let Some(c) = churn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-            .find(|c| c.name == name)
-        {
-            c.exists = Some(exists);
-        }
+        w.lab.add_veth(NODE, &name, &format!("pc{i}"))?;
+        churned()[i].exists = Some(Instant::now());
         if i % 2 == 0 {
             ip_node(&["link", "set", &name, "up"])?;
         }
@@ -923,12 +1001,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     let began = Instant::now();
     for i in 0..N {
         let name = format!("vethc{i}");
-        {
-            let mut churn = churn.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = churn.iter_mut().find(|c| c.name == name) {
-                c.deleted = Some(Instant::now());
-            }
-        }
+        churned()[i].deleted = Some(Instant::now());
         ip_node(&["link", "del", &name])?;
     }
     let removed_in = began.elapsed();
@@ -985,33 +1058,20 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
 #[test]
 fn twenty_restarts_one_program_per_hook() -> Result<()> {
     const RESTARTS: usize = 20;
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&base_policy())?;
+    let (_l, rx) = w.traffic()?;
     let mut agent = w.start(&[])?;
     let links0 = w.link_ids()?;
-    let specs = vec![
-        (w.probe("test1", "prod1", false, FORBIDDEN_TIMEOUT)?, true),
-        (w.probe("prod1", "prod2", false, ALLOWED_TIMEOUT)?, false),
-    ];
-    let forbidden: Vec<bool> = specs.iter().map(|s| s.1).collect();
-    let prober = Prober::start(specs.into_iter().map(|s| s.0).collect(), PROBE_EVERY)?;
-    let udp = UdpStream::start(
-        w.lab.ns("test1")?,
-        SocketAddr::new(w.ip("prod1"), UDP_PORT),
-        PROBE_EVERY,
-    )?;
+    let guard = w.guard(GUARDED)?;
     let began = Instant::now();
     let mut startups = Vec::new();
-    let mut progs_before: BTreeMap<String, u32> =
-        links0.iter().map(|(k, (_, p))| (k.clone(), *p)).collect();
+    let mut links_before = links0;
     for r in 0..RESTARTS {
         let how = if r % 2 == 0 { "SIGTERM" } else { "SIGKILL" };
         if r % 2 == 0 {
             sigterm(&agent)?;
         } else {
-            kill9(&agent)?;
+            agent.kill()?;
         }
         let t = Instant::now();
         agent = w
@@ -1022,18 +1082,8 @@ fn twenty_restarts_one_program_per_hook() -> Result<()> {
             .with_context(|| format!("after restart {} ({how})", r + 1))?;
         ensure!(chains.len() == 7, "lab interfaces: {:?}", chains.keys());
         let links = w.link_ids()?;
-        for (key, (link, prog)) in &links {
-            let (link0, _) = links0[key];
-            ensure!(
-                *link == link0,
-                "restart {}: {key} has link {link}, was {link0}: the link was replaced, not adopted",
-                r + 1
-            );
-            ensure!(
-                *prog != progs_before[key],
-                "restart {}: {key} still runs the old program {prog}",
-                r + 1
-            );
+        adopted(&links_before, &links, &format!("restart {}", r + 1))?;
+        for (key, (_, prog)) in &links {
             let (ifname, hook) = key.split_once('/').unwrap_or_default();
             let attached = &chains[ifname].hook(hook)[0];
             ensure!(
@@ -1042,25 +1092,17 @@ fn twenty_restarts_one_program_per_hook() -> Result<()> {
                 attached
             );
         }
-        progs_before = links.iter().map(|(k, (_, p))| (k.clone(), *p)).collect();
+        links_before = links;
     }
     let probed = began.elapsed();
     std::thread::sleep(Duration::from_millis(500));
-    let results = prober.finish()?;
-    let sent = udp.finish()?;
+    let guarded = guard.finish(&rx)?;
     let (median, max) = median_max(&startups);
     println!(
         "{RESTARTS} restarts (SIGTERM/SIGKILL alternately) in {probed:?}: agent start to ready median {median:?}, max {max:?}"
     );
-    let mut problems = Vec::new();
-    for ((spec, records), forbidden) in results.iter().zip(&forbidden) {
-        println!("  {:<16} {}", spec.name, Tally::of(records));
-        problems.extend(violations(spec, *forbidden, records));
-    }
-    let leaked = rx.count_from(w.ip("test1"));
-    println!("  udp test1->prod1: {sent} sent, {leaked} delivered (forbidden)");
-    ensure!(problems.is_empty(), "gaps: {problems:#?}");
-    ensure!(leaked == 0, "{leaked} forbidden datagrams delivered");
+    guarded.print_tallies();
+    guarded.check()?;
     w.assert_enforcing(&rx, "after 20 restarts")?;
 
     // Only the live agent's three programs (the two hooks and their
@@ -1086,12 +1128,9 @@ fn twenty_restarts_one_program_per_hook() -> Result<()> {
 /// still enforces it but is not ready.
 #[test]
 fn startup_with_an_invalid_policy() -> Result<()> {
-    let w = world()?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
-
     // Nothing pinned: refuse, load nothing.
-    write_atomically(&w.config(), &bad_policy())?;
+    let w = world_on(&bad_policy())?;
+    let (_l, rx) = w.traffic()?;
     let mut cmd = Command::new(&w.bin);
     cmd.arg("agent")
         .args(["--config", &w.config().display().to_string()])
@@ -1144,40 +1183,22 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     ensure!(stderr_has(&agent, "keeping the policy pinned"));
     ensure!(stderr_has(&agent, "unknown environment"));
     w.assert_enforcing(&rx, "invalid policy over a pinned one")?;
-    let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
-    ensure!(code == 200, "/readyz {code}: {body}");
-    let (code, body) = http_status(w.node_ns(), METRICS, "/healthz")?;
-    ensure!(code == 200, "/healthz {code}: {body}");
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 0.0);
+    w.expect_status("/readyz", 200)?;
+    w.expect_status("/healthz", 200)?;
+    ensure!(reloads(&agent, "failure")? == 1.0);
+    ensure!(reloads(&agent, "success")? == 0.0);
     ensure!(generation(&agent)? == good_gen, "generation changed");
     ensure!(metric(&agent, "envfence_attached_interfaces", &[])? == 7.0);
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
-    let after = w.link_ids()?;
-    for (key, (link, prog)) in &after {
-        ensure!(before[key].0 == *link, "{key}: link replaced");
-        ensure!(
-            before[key].1 != *prog,
-            "{key}: not switched to the new agent's program"
-        );
-    }
+    adopted(&before, &w.link_ids()?, "invalid policy over a pinned one")?;
     // The file fixed: picked up by the watch.
     write_atomically(&w.config(), &base_policy())?;
-    let want = (good_gen + 1) as f64;
-    wait_metric(
-        w.node_ns(),
-        METRICS,
-        GENERATION,
-        &[],
-        Duration::from_secs(5),
-        move |v| v >= want,
-    )?
-    .ok_or_else(|| anyhow!("the fixed file was not applied"))?;
-    ensure!(metric(&agent, RELOADS, &[("result", "success")])? == 1.0);
+    w.generation_reached(&agent, good_gen + 1, "the fixed file")?;
+    ensure!(reloads(&agent, "success")? == 1.0);
     w.assert_enforcing(&rx, "after fixing the file")?;
 
     // Pinned, but the saved copy lost: still enforcing, not ready.
-    kill9(&agent)?;
+    agent.kill()?;
     std::fs::remove_dir_all(w.state_dir())?;
     write_atomically(&w.config(), &bad_policy())?;
     let agent = w.start(&[])?;
@@ -1185,7 +1206,7 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     let (code, body) = http_status(w.node_ns(), METRICS, "/readyz")?;
     println!("without the saved policy: /readyz {code} {}", body.trim());
     ensure!(code == 503, "/readyz {code}: {body}");
-    ensure!(metric(&agent, RELOADS, &[("result", "failure")])? == 1.0);
+    ensure!(reloads(&agent, "failure")? == 1.0);
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
     sigterm(&agent)
 }
@@ -1196,10 +1217,8 @@ fn startup_with_an_invalid_policy() -> Result<()> {
 /// envfence's is left alone.
 #[test]
 fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&base_policy())?;
+    let (_l, rx) = w.traffic()?;
     let bpffs = w
         .lab
         .bpffs_dir()
@@ -1225,7 +1244,7 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
 
     let agent = w.start(&[])?;
     w.assert_enforcing(&rx, "before the kill")?;
-    kill9(&agent)?;
+    agent.kill()?;
     w.assert_enforcing(&rx, "killed, before the cleanup")?;
     let out = netns::output_with_timeout(
         Command::new(&w.bin).args([
@@ -1259,10 +1278,8 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
 /// re-pinned under v<ABI>, and v<ABI-1> is removed.
 #[test]
 fn previous_abi_layout_is_migrated_without_a_window() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&base_policy())?;
+    let (_l, rx) = w.traffic()?;
     let agent = w.start(&[])?;
     let ifaces = w.lab_ifindexes()?;
     let before = w.link_ids()?;
@@ -1270,17 +1287,7 @@ fn previous_abi_layout_is_migrated_without_a_window() -> Result<()> {
     let old_abi = ABI - 1;
     let old_config_map = w.pins.config_map_id(ABI)?;
 
-    let specs = vec![
-        (w.probe("test1", "prod1", false, FORBIDDEN_TIMEOUT)?, true),
-        (w.probe("prod1", "prod2", false, ALLOWED_TIMEOUT)?, false),
-    ];
-    let forbidden: Vec<bool> = specs.iter().map(|s| s.1).collect();
-    let prober = Prober::start(specs.into_iter().map(|s| s.0).collect(), PROBE_EVERY)?;
-    let udp = UdpStream::start(
-        w.lab.ns("test1")?,
-        SocketAddr::new(w.ip("prod1"), UDP_PORT),
-        PROBE_EVERY,
-    )?;
+    let guard = w.guard(GUARDED)?;
     std::thread::sleep(Duration::from_millis(500));
     // The previous ABI's layout: rename(2) works on bpffs.
     std::fs::rename(w.pins.dir(), w.pins.version_dir(old_abi))
@@ -1296,18 +1303,10 @@ fn previous_abi_layout_is_migrated_without_a_window() -> Result<()> {
     let agent = w.start(&[])?;
     let startup = t.elapsed();
     std::thread::sleep(Duration::from_millis(1000));
-    let results = prober.finish()?;
-    let sent = udp.finish()?;
+    let guarded = guard.finish(&rx)?;
     println!("v{old_abi} -> v{ABI} migration: agent ready after {startup:?}");
-    let mut problems = Vec::new();
-    for ((spec, records), forbidden) in results.iter().zip(&forbidden) {
-        println!("  {:<16} {}", spec.name, Tally::of(records));
-        problems.extend(violations(spec, *forbidden, records));
-    }
-    let leaked = rx.count_from(w.ip("test1"));
-    println!("  udp test1->prod1: {sent} sent, {leaked} delivered (forbidden)");
-    ensure!(problems.is_empty(), "gaps: {problems:#?}");
-    ensure!(leaked == 0, "{leaked} forbidden datagrams delivered");
+    guarded.print_tallies();
+    guarded.check()?;
 
     // The final layout: only v<ABI>, with its maps and one pin per
     // interface and hook.
@@ -1328,11 +1327,7 @@ fn previous_abi_layout_is_migrated_without_a_window() -> Result<()> {
     }
     want.sort();
     ensure!(tree == want, "layout {tree:?}, want {want:?}");
-    let after = w.link_ids()?;
-    for (key, (link, prog)) in &after {
-        ensure!(before[key].0 == *link, "{key}: link replaced, not adopted");
-        ensure!(before[key].1 != *prog, "{key}: still the old program");
-    }
+    adopted(&before, &w.link_ids()?, "after the migration")?;
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
     w.assert_enforcing(&rx, "after the migration")?;
     // The old ABI's maps are no longer used by any program.
@@ -1355,23 +1350,10 @@ fn previous_abi_layout_is_migrated_without_a_window() -> Result<()> {
 /// them any more: test1 -> prod1 would pass once veth-test1 is deselected.
 #[test]
 fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
-    let w = world()?;
-    write_atomically(&w.config(), &base_policy())?;
-    let _l = w.listeners(&["prod1", "prod2"])?;
-    let rx = w.lab.udp_receiver("prod1", w.ip("prod1"), UDP_PORT)?;
+    let w = world_on(&base_policy())?;
+    let (_l, rx) = w.traffic()?;
     let agent = w.start(&[])?;
-    netns::ip(&[
-        "-n",
-        w.node_ns(),
-        "link",
-        "add",
-        "vethgone",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "pgone",
-    ])?;
+    w.lab.add_veth(NODE, "vethgone", "pgone")?;
     let gone = netns::in_netns(w.node_ns(), || nix::net::if_::if_nametoindex("vethgone"))??;
     ensure!(
         wait_until(Duration::from_secs(2), || w.pins.attached(gone)),
@@ -1428,16 +1410,7 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
     // The same by reloads while running: wide, then narrow again.
     let g = generation(&agent)?;
     write_atomically(&w.config(), &base_policy())?;
-    let want = (g + 1) as f64;
-    wait_metric(
-        w.node_ns(),
-        METRICS,
-        GENERATION,
-        &[],
-        Duration::from_secs(5),
-        move |v| v >= want,
-    )?
-    .ok_or_else(|| anyhow!("reload to veth* not applied"))?;
+    w.generation_reached(&agent, g + 1, "reload to veth*")?;
     ensure!(
         wait_until(Duration::from_secs(2), || w.pins.attached(test1)),
         "veth-test1 not attached again"
@@ -1446,16 +1419,7 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
         &w.config(),
         &envfence_tests::lifecycle::policy_on("", &narrow),
     )?;
-    let want = (g + 2) as f64;
-    wait_metric(
-        w.node_ns(),
-        METRICS,
-        GENERATION,
-        &[],
-        Duration::from_secs(5),
-        move |v| v >= want,
-    )?
-    .ok_or_else(|| anyhow!("reload to the narrow selection not applied"))?;
+    w.generation_reached(&agent, g + 2, "reload to the narrow selection")?;
     check("reloaded to a narrower selection")?;
     sigterm(&agent)
 }

@@ -10,15 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::{Link, LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
+use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::Lab;
 use envfence_tests::netns;
 
@@ -27,183 +24,50 @@ const PAIRS: usize = 100;
 /// Each event must arrive within this of the command that caused it.
 const DEADLINE: Duration = Duration::from_secs(1);
 
-/// What the watcher thread reports.
-enum Report {
-    Started(Vec<Link>),
-    Event(Instant, LinkEvent),
-    Paused,
-    Failed(String),
+/// A [`LinkWatcher`] in a lab namespace (see [`NsWatcher`]).
+type Watcher = NsWatcher<Vec<Link>, LinkEvent>;
+
+/// Starts the watcher in `ns` (with a receive buffer of `rcvbuf` bytes
+/// when given) and returns it with its initial dump.
+fn start(ns: &str, rcvbuf: Option<usize>) -> Result<(Watcher, Vec<Link>)> {
+    NsWatcher::start(ns, move |feed| watch(feed, rcvbuf))
 }
 
-/// A [`LinkWatcher`] on its own thread, inside a namespace, in a
-/// current-thread tokio runtime, forwarding every event (stamped with the
-/// time `next()` returned it) to the test.
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    reports: Receiver<Report>,
-    handle: Option<JoinHandle<()>>,
-    /// Every event received so far, in order.
-    events: Vec<(Instant, LinkEvent)>,
-}
-
-impl Watcher {
-    /// Starts the watcher in `ns` (with a receive buffer of `rcvbuf` bytes
-    /// when given) and returns it with its initial dump.
-    fn start(ns: &str, rcvbuf: Option<usize>) -> Result<(Watcher, Vec<Link>)> {
-        let (tx, reports) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(false));
-        let ns = ns.to_string();
-        let handle = {
-            let (stop, paused) = (stop.clone(), paused.clone());
-            std::thread::spawn(move || {
-                let failed = tx.clone();
-                let outcome = netns::in_netns(&ns, move || watch(&tx, &stop, &paused, rcvbuf));
-                if let Err(e) = outcome.and_then(|r| r) {
-                    let _ = failed.send(Report::Failed(format!("{e:#}")));
-                }
-            })
-        };
-        let watcher = Watcher {
-            stop,
-            paused,
-            reports,
-            handle: Some(handle),
-            events: Vec::new(),
-        };
-        match watcher.reports.recv_timeout(Duration::from_secs(10)) {
-            Ok(Report::Started(links)) => Ok((watcher, links)),
-            Ok(Report::Failed(e)) => bail!("the watcher failed to start: {e}"),
-            Ok(_) => bail!("the watcher reported before starting"),
-            Err(e) => bail!("the watcher did not start: {e}"),
-        }
-    }
-
-    fn absorb(&mut self, report: Report) -> Result<()> {
-        match report {
-            Report::Event(at, event) => self.events.push((at, event)),
-            Report::Failed(e) => bail!("the watcher failed: {e}"),
-            Report::Started(_) | Report::Paused => {}
-        }
-        Ok(())
-    }
-
-    /// Collects reports until `done(events)` holds or `timeout` passes.
-    /// Returns whether `done` held.
-    fn wait_for(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&[(Instant, LinkEvent)]) -> bool,
-    ) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if done(&self.events) {
-                return Ok(true);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.reports.recv_timeout(left) {
-                Ok(report) => self.absorb(report)?,
-                Err(RecvTimeoutError::Timeout) => return Ok(done(&self.events)),
-                Err(RecvTimeoutError::Disconnected) => bail!("the watcher thread is gone"),
-            }
-        }
-    }
-
-    /// Collects reports until none came for `quiet`.
-    fn wait_quiet(&mut self, quiet: Duration) -> Result<()> {
-        loop {
-            match self.reports.recv_timeout(quiet) {
-                Ok(report) => self.absorb(report)?,
-                Err(RecvTimeoutError::Timeout) => return Ok(()),
-                Err(RecvTimeoutError::Disconnected) => bail!("the watcher thread is gone"),
-            }
-        }
-    }
-
-    /// Stops reading events (the kernel keeps queueing them) until
-    /// [`Watcher::resume`].
-    fn pause(&mut self) -> Result<()> {
-        self.paused.store(true, Ordering::SeqCst);
-        loop {
-            match self.reports.recv_timeout(Duration::from_secs(5)) {
-                Ok(Report::Paused) => return Ok(()),
-                Ok(report) => self.absorb(report)?,
-                Err(e) => bail!("the watcher did not pause: {e}"),
-            }
-        }
-    }
-
-    fn resume(&self) {
-        self.paused.store(false, Ordering::SeqCst);
-    }
-
-    fn resyncs(&self) -> usize {
-        self.events
-            .iter()
-            .filter(|(_, e)| matches!(e, LinkEvent::Resync(_)))
-            .count()
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
-    }
+fn resyncs(watcher: &Watcher) -> usize {
+    watcher.count(|e| matches!(e, LinkEvent::Resync(_)))
 }
 
 /// The watcher thread's body (already in the namespace).
-fn watch(
-    tx: &mpsc::Sender<Report>,
-    stop: &AtomicBool,
-    paused: &AtomicBool,
-    rcvbuf: Option<usize>,
-) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(async {
-        let t0 = Instant::now();
-        let (mut watcher, links) = match rcvbuf {
-            Some(bytes) => LinkWatcher::with_receive_buffer(bytes)?,
-            None => LinkWatcher::new()?,
-        };
-        eprintln!(
-            "netwatch: LinkWatcher::new took {:?} (receive buffer {} bytes)",
-            t0.elapsed(),
-            watcher.receive_buffer()
-        );
-        if tx.send(Report::Started(links)).is_err() {
-            return Ok(());
+async fn watch(feed: Feed<Vec<Link>, LinkEvent>, rcvbuf: Option<usize>) -> Result<()> {
+    let t0 = Instant::now();
+    let (mut watcher, links) = match rcvbuf {
+        Some(bytes) => LinkWatcher::with_receive_buffer(bytes)?,
+        None => LinkWatcher::new()?,
+    };
+    eprintln!(
+        "netwatch: LinkWatcher::new took {:?} (receive buffer {} bytes)",
+        t0.elapsed(),
+        watcher.receive_buffer()
+    );
+    if !feed.started(links) {
+        return Ok(());
+    }
+    while !feed.stopping() {
+        if feed.held().await {
+            continue;
         }
-        let mut told_paused = false;
-        while !stop.load(Ordering::SeqCst) {
-            if paused.load(Ordering::SeqCst) {
-                if !told_paused {
-                    told_paused = true;
-                    let _ = tx.send(Report::Paused);
+        // `next()` is cancel-safe; the timeout only lets us see `stop`.
+        match tokio::time::timeout(Duration::from_millis(50), watcher.next()).await {
+            Err(_elapsed) => {}
+            Ok(Ok(event)) => {
+                if !feed.event(event) {
+                    return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
             }
-            told_paused = false;
-            // `next()` is cancel-safe; the timeout only lets us see `stop`.
-            match tokio::time::timeout(Duration::from_millis(50), watcher.next()).await {
-                Err(_elapsed) => {}
-                Ok(Ok(event)) => {
-                    if tx.send(Report::Event(Instant::now(), event)).is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("LinkWatcher::next")),
-            }
+            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("LinkWatcher::next")),
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 fn veth_names(i: usize) -> (String, String) {
@@ -261,6 +125,30 @@ fn latencies(
     );
     all.sort();
     all
+}
+
+/// Waits (up to [`DEADLINE`]) for the `what` event of every name of
+/// `started`, found by `arrived`; their [`latencies`].
+fn arrivals(
+    watcher: &mut Watcher,
+    started: &HashMap<String, Instant>,
+    arrived: impl Fn(&[(Instant, LinkEvent)], &str) -> Option<Instant>,
+    what: &str,
+) -> Vec<Duration> {
+    let all = watcher
+        .wait_for(DEADLINE, |events| {
+            started.keys().all(|n| arrived(events, n).is_some())
+        })
+        .expect("watching");
+    let all_latencies = latencies(started, |n| arrived(&watcher.events, n), what);
+    assert!(all, "not every {what} arrived");
+    all_latencies
+}
+
+/// Whether `want` arrives within [`DEADLINE`] (or came already).
+fn saw(watcher: &mut Watcher, want: &LinkEvent) -> bool {
+    let seen = |events: &[(Instant, LinkEvent)]| events.iter().any(|(_, e)| e == want);
+    watcher.wait_for(DEADLINE, seen).expect("watching")
 }
 
 fn summary(what: &str, sorted: &[Duration]) {
@@ -334,11 +222,10 @@ fn ip_links(ns: &str) -> Result<View> {
 
 #[test]
 fn hundred_veth_pairs_are_seen_within_a_second() {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
-    let (mut watcher, initial) = Watcher::start(&ns, None).expect("watcher");
+    let (mut watcher, initial) = start(&ns, None).expect("watcher");
 
     let lo = initial
         .iter()
@@ -356,24 +243,12 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
     for i in 0..PAIRS {
         let (a, b) = veth_names(i);
         let t0 = Instant::now();
-        netns::ip(&[
-            "-n", &ns, "link", "add", &a, "type", "veth", "peer", "name", &b,
-        ])
-        .expect("ip link add");
+        lab.add_veth(&ns, &a, &b).expect("ip link add");
         created.insert(a, t0);
         created.insert(b, t0);
     }
-    let all_added = watcher
-        .wait_for(DEADLINE, |events| {
-            created.keys().all(|n| first_added(events, n).is_some())
-        })
-        .expect("watching");
-    let added = latencies(
-        &created,
-        |n| first_added(&watcher.events, n).map(|(at, _)| at),
-        "Added",
-    );
-    assert!(all_added);
+    let added = |ev: &[_], n: &str| first_added(ev, n).map(|(at, _)| at);
+    let added = arrivals(&mut watcher, &created, added, "Added");
     summary("Added after `ip link add`", &added);
 
     let mut ifindex: HashMap<String, u32> = HashMap::new();
@@ -409,21 +284,13 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
         }),
     };
     assert!(
-        watcher
-            .wait_for(DEADLINE, |events| events
-                .iter()
-                .any(|(_, e)| *e == LinkEvent::Added(want.clone())))
-            .expect("watching"),
+        saw(&mut watcher, &LinkEvent::Added(want.clone())),
         "no Added for the rename of {a0} (ifindex {index0}) to {renamed}"
     );
     netns::ip(&["-n", &ns, "link", "set", "dev", renamed, "up"]).expect("set up");
     let want = Link { up: true, ..want };
     assert!(
-        watcher
-            .wait_for(DEADLINE, |events| events
-                .iter()
-                .any(|(_, e)| *e == LinkEvent::Added(want.clone())))
-            .expect("watching"),
+        saw(&mut watcher, &LinkEvent::Added(want)),
         "no Added with up=true for {renamed}"
     );
     ifindex.remove(&a0);
@@ -439,17 +306,8 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
         deleted.insert(a, t0);
         deleted.insert(b, t0);
     }
-    let all_removed = watcher
-        .wait_for(DEADLINE, |events| {
-            deleted.keys().all(|n| first_removed(events, n).is_some())
-        })
-        .expect("watching");
-    let removed = latencies(
-        &deleted,
-        |n| first_removed(&watcher.events, n).map(|(at, _)| at),
-        "Removed",
-    );
-    assert!(all_removed);
+    let removed = |ev: &[_], n: &str| first_removed(ev, n).map(|(at, _)| at);
+    let removed = arrivals(&mut watcher, &deleted, removed, "Removed");
     summary("Removed after `ip link del`", &removed);
     for name in deleted.keys() {
         let (_, index) = first_removed(&watcher.events, name).expect("seen above");
@@ -460,7 +318,7 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
     }
 
     assert_eq!(
-        watcher.resyncs(),
+        resyncs(&watcher),
         0,
         "no notification may be dropped with the default receive buffer"
     );
@@ -481,12 +339,11 @@ fn hundred_veth_pairs_are_seen_within_a_second() {
 
 #[test]
 fn overflow_is_resynchronised_not_lost() {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&[]).expect("lab");
     let ns = lab.node_ns().to_string();
     // The smallest buffer the kernel allows: a burst cannot fit.
-    let (mut watcher, initial) = Watcher::start(&ns, Some(1)).expect("watcher");
+    let (mut watcher, initial) = start(&ns, Some(1)).expect("watcher");
     let mut view = view_of(&initial);
 
     // A burst of creations while the watcher does not read.
@@ -511,7 +368,7 @@ fn overflow_is_resynchronised_not_lost() {
     for (_, event) in &watcher.events {
         apply(&mut view, event);
     }
-    let after_add = watcher.resyncs();
+    let after_add = resyncs(&watcher);
     assert!(
         after_add >= 1,
         "a burst of {} notifications into a tiny buffer must overflow and resync",
@@ -543,7 +400,7 @@ fn overflow_is_resynchronised_not_lost() {
         apply(&mut view, event);
     }
     assert!(
-        watcher.resyncs() > after_add,
+        resyncs(&watcher) > after_add,
         "the deletion burst must overflow and resync too"
     );
     let kernel = ip_links(&ns).expect("ip link");
@@ -555,10 +412,7 @@ fn overflow_is_resynchronised_not_lost() {
     // links counts as well as their Added.
     let from = watcher.events.len();
     let t0 = Instant::now();
-    netns::ip(&[
-        "-n", &ns, "link", "add", "nwx", "type", "veth", "peer", "name", "nwy",
-    ])
-    .expect("ip link add");
+    lab.add_veth(&ns, "nwx", "nwy").expect("ip link add");
     let both = watcher
         .wait_for(DEADLINE, |events| {
             ["nwx", "nwy"].iter().all(|n| {
@@ -578,6 +432,6 @@ fn overflow_is_resynchronised_not_lost() {
     eprintln!(
         "netwatch: overflow: {} events, {} resyncs",
         watcher.events.len(),
-        watcher.resyncs()
+        resyncs(&watcher)
     );
 }

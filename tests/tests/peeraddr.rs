@@ -16,16 +16,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::peers::{PeerError, PeerEvent, PeerWatcher};
 use envfence::netwatch::{LinkEvent, LinkWatcher, PeerRef};
-use envfence_tests::fixture::{agent_lock, root};
+use envfence_tests::fixture::serial;
+use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::{Lab, PodSpec, POD_IF};
 use envfence_tests::netns;
 
@@ -64,138 +61,43 @@ enum Seen {
     Tracked(u32, Vec<IpAddr>),
 }
 
-enum Report {
-    Started(Started),
-    Seen(Instant, Seen),
-    Failed(String),
+/// The link watcher and the peer watcher in the node namespace (see
+/// [`NsWatcher`]).
+type Watcher = NsWatcher<Started, Seen>;
+
+fn start(ns: &str, rcvbuf: Option<usize>) -> Result<(Watcher, Started)> {
+    NsWatcher::start(ns, move |feed| watch(feed, rcvbuf))
 }
 
-/// The link watcher and the peer watcher on a thread in the node
-/// namespace, in a current-thread runtime, forwarding what they see.
-struct Watcher {
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    reports: Receiver<Report>,
-    handle: Option<JoinHandle<()>>,
-    seen: Vec<(Instant, Seen)>,
-}
-
-impl Watcher {
-    fn start(ns: &str, rcvbuf: Option<usize>) -> Result<(Watcher, Started)> {
-        let (tx, reports) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(false));
-        let ns = ns.to_string();
-        let handle = {
-            let (stop, paused) = (stop.clone(), paused.clone());
-            std::thread::spawn(move || {
-                let failed = tx.clone();
-                let outcome = netns::in_netns(&ns, move || watch(&tx, &stop, &paused, rcvbuf));
-                if let Err(e) = outcome.and_then(|r| r) {
-                    let _ = failed.send(Report::Failed(format!("{e:#}")));
-                }
-            })
-        };
-        let watcher = Watcher {
-            stop,
-            paused,
-            reports,
-            handle: Some(handle),
-            seen: Vec::new(),
-        };
-        match watcher.reports.recv_timeout(Duration::from_secs(10)) {
-            Ok(Report::Started(tracked)) => Ok((watcher, tracked)),
-            Ok(Report::Failed(e)) => bail!("the watcher failed to start: {e}"),
-            Ok(Report::Seen(..)) => bail!("the watcher reported before starting"),
-            Err(e) => bail!("the watcher did not start: {e}"),
-        }
-    }
-
-    fn absorb(&mut self, report: Report) -> Result<()> {
-        match report {
-            Report::Seen(at, seen) => self.seen.push((at, seen)),
-            Report::Failed(e) => bail!("the watcher failed: {e}"),
-            Report::Started(_) => {}
-        }
-        Ok(())
-    }
-
-    /// Collects reports until `done(seen)` holds or `timeout` passes.
-    fn wait_for(
-        &mut self,
-        timeout: Duration,
-        mut done: impl FnMut(&[(Instant, Seen)]) -> bool,
-    ) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if done(&self.seen) {
-                return Ok(true);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.reports.recv_timeout(left) {
-                Ok(report) => self.absorb(report)?,
-                Err(RecvTimeoutError::Timeout) => return Ok(done(&self.seen)),
-                Err(RecvTimeoutError::Disconnected) => bail!("the watcher thread is gone"),
-            }
-        }
-    }
-
-    /// Collects reports until none came for `quiet`.
-    fn wait_quiet(&mut self, quiet: Duration) -> Result<()> {
-        loop {
-            match self.reports.recv_timeout(quiet) {
-                Ok(report) => self.absorb(report)?,
-                Err(RecvTimeoutError::Timeout) => return Ok(()),
-                Err(RecvTimeoutError::Disconnected) => bail!("the watcher thread is gone"),
-            }
-        }
-    }
-
-    /// Stops reading (the kernel keeps queueing) until [`Watcher::resume`].
-    fn pause(&mut self) -> Result<()> {
-        self.paused.store(true, Ordering::SeqCst);
-        // Whatever was in flight before the pause.
-        self.wait_quiet(Duration::from_millis(200))
-    }
-
-    fn resume(&mut self) {
-        self.paused.store(false, Ordering::SeqCst);
-    }
-
-    fn resyncs(&self) -> usize {
-        self.seen
-            .iter()
-            .filter(|(_, s)| matches!(s, Seen::Peer(PeerEvent::Resync(_))))
-            .count()
-    }
-
+/// What the peer tests ask of the [`Watcher`].
+trait PeerWatch {
+    fn resyncs(&self) -> usize;
     /// When the first event `want` arrived after position `from`.
+    fn arrival(&self, from: usize, want: &PeerEvent) -> Option<Instant>;
+    /// Waits for `want` (after position `from`); its arrival time.
+    fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant>;
+}
+
+impl PeerWatch for Watcher {
+    fn resyncs(&self) -> usize {
+        self.count(|s| matches!(s, Seen::Peer(PeerEvent::Resync(_))))
+    }
+
     fn arrival(&self, from: usize, want: &PeerEvent) -> Option<Instant> {
-        self.seen[from..].iter().find_map(|(at, s)| match s {
+        self.events[from..].iter().find_map(|(at, s)| match s {
             Seen::Peer(e) if e == want => Some(*at),
             _ => None,
         })
     }
 
-    /// Waits for `want` (after position `from`); its arrival time.
     fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant> {
-        let want2 = want.clone();
         self.wait_for(DEADLINE, |seen| {
             seen[from..]
                 .iter()
-                .any(|(_, s)| matches!(s, Seen::Peer(e) if *e == want2))
+                .any(|(_, s)| matches!(s, Seen::Peer(e) if e == want))
         })?;
         self.arrival(from, want)
             .with_context(|| format!("no {want:?} within {DEADLINE:?}"))
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
     }
 }
 
@@ -208,92 +110,77 @@ enum Got {
 
 /// The watcher thread's body (already in the namespace): the agent's
 /// integration in miniature.
-fn watch(
-    tx: &mpsc::Sender<Report>,
-    stop: &AtomicBool,
-    paused: &AtomicBool,
-    rcvbuf: Option<usize>,
-) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("building the tokio runtime")?;
-    runtime.block_on(async {
-        // The link dump allocates the pods' nsids; the peer watcher
-        // subscribes before any peer is dumped (in track).
-        let (mut links, initial) = LinkWatcher::new()?;
-        let mut peers = match rcvbuf {
-            Some(bytes) => PeerWatcher::with_receive_buffer(bytes)?,
-            None => PeerWatcher::new()?,
+async fn watch(feed: Feed<Started, Seen>, rcvbuf: Option<usize>) -> Result<()> {
+    // The link dump allocates the pods' nsids; the peer watcher
+    // subscribes before any peer is dumped (in track).
+    let (mut links, initial) = LinkWatcher::new()?;
+    let mut peers = match rcvbuf {
+        Some(bytes) => PeerWatcher::with_receive_buffer(bytes)?,
+        None => PeerWatcher::new()?,
+    };
+    let mut tracked: BTreeMap<u32, PeerRef> = BTreeMap::new();
+    let mut started = BTreeMap::new();
+    let t0 = Instant::now();
+    for link in initial {
+        if let Some(peer) = link.peer {
+            let addrs = peers.track(link.ifindex, peer)?;
+            tracked.insert(link.ifindex, peer);
+            started.insert(link.name, (link.ifindex, peer, addrs));
+        }
+    }
+    eprintln!(
+        "peeraddr: tracking {} peers took {:?} (receive buffer {} bytes)",
+        started.len(),
+        t0.elapsed(),
+        peers.receive_buffer()
+    );
+    if !feed.started(started) {
+        return Ok(());
+    }
+    while !feed.stopping() {
+        if feed.held().await {
+            continue;
+        }
+        // Both `next()`s are cancel-safe.
+        let got = tokio::select! {
+            e = peers.next() => Got::Peer(e),
+            e = links.next() => Got::Link(e),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => Got::Idle,
         };
-        let mut tracked: BTreeMap<u32, PeerRef> = BTreeMap::new();
-        let mut started = BTreeMap::new();
-        let t0 = Instant::now();
-        for link in initial {
-            if let Some(peer) = link.peer {
-                let addrs = peers.track(link.ifindex, peer)?;
-                tracked.insert(link.ifindex, peer);
-                started.insert(link.name, (link.ifindex, peer, addrs));
-            }
-        }
-        eprintln!(
-            "peeraddr: tracking {} peers took {:?} (receive buffer {} bytes)",
-            started.len(),
-            t0.elapsed(),
-            peers.receive_buffer()
-        );
-        if tx.send(Report::Started(started)).is_err() {
-            return Ok(());
-        }
-        while !stop.load(Ordering::SeqCst) {
-            if paused.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-            // Both `next()`s are cancel-safe.
-            let got = tokio::select! {
-                e = peers.next() => Got::Peer(e),
-                e = links.next() => Got::Link(e),
-                _ = tokio::time::sleep(Duration::from_millis(50)) => Got::Idle,
-            };
-            let seen = match got {
-                Got::Idle => continue,
-                Got::Peer(e) => Seen::Peer(e.context("PeerWatcher::next")?),
-                Got::Link(e) => {
-                    let event = e.context("LinkWatcher::next")?;
-                    match &event {
-                        LinkEvent::Added(link) => {
-                            if let Some(peer) = link.peer {
-                                if tracked.get(&link.ifindex) != Some(&peer) {
-                                    match peers.track(link.ifindex, peer) {
-                                        Ok(addrs) => {
-                                            tracked.insert(link.ifindex, peer);
-                                            let _ = tx.send(Report::Seen(
-                                                Instant::now(),
-                                                Seen::Tracked(link.ifindex, addrs),
-                                            ));
-                                        }
-                                        Err(PeerError::PeerGone { .. }) => {}
-                                        Err(e) => return Err(e.into()),
+        let seen = match got {
+            Got::Idle => continue,
+            Got::Peer(e) => Seen::Peer(e.context("PeerWatcher::next")?),
+            Got::Link(e) => {
+                let event = e.context("LinkWatcher::next")?;
+                match &event {
+                    LinkEvent::Added(link) => {
+                        if let Some(peer) = link.peer {
+                            if tracked.get(&link.ifindex) != Some(&peer) {
+                                match peers.track(link.ifindex, peer) {
+                                    Ok(addrs) => {
+                                        tracked.insert(link.ifindex, peer);
+                                        feed.event(Seen::Tracked(link.ifindex, addrs));
                                     }
+                                    Err(PeerError::PeerGone { .. }) => {}
+                                    Err(e) => return Err(e.into()),
                                 }
                             }
                         }
-                        LinkEvent::Removed { ifindex, .. } => {
-                            peers.untrack(*ifindex);
-                            tracked.remove(ifindex);
-                        }
-                        LinkEvent::Resync(_) => {}
                     }
-                    Seen::Link(event)
+                    LinkEvent::Removed { ifindex, .. } => {
+                        peers.untrack(*ifindex);
+                        tracked.remove(ifindex);
+                    }
+                    LinkEvent::Resync(_) => {}
                 }
-            };
-            if tx.send(Report::Seen(Instant::now(), seen)).is_err() {
-                return Ok(());
+                Seen::Link(event)
             }
+        };
+        if !feed.event(seen) {
+            return Ok(());
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// A consumer's view: tracked ifindex -> addresses.
@@ -377,6 +264,21 @@ fn ip_flag(ns: &str, addr: IpAddr, flag: &str) -> Result<Option<bool>> {
     bail!("{addr} is not on {POD_IF} in {ns}")
 }
 
+fn peer_added(ifindex: u32, addr: IpAddr) -> PeerEvent {
+    PeerEvent::Added { ifindex, addr }
+}
+
+fn peer_removed(ifindex: u32, addr: IpAddr) -> PeerEvent {
+    PeerEvent::Removed { ifindex, addr }
+}
+
+/// `ip -n NS addr VERB ADDR [ARGS] dev pod0`: `args` = `[VERB, ADDR, ARGS..]`.
+fn pod_ip_addr(ns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["-n", ns, "addr", args[0], args[1], "dev", POD_IF];
+    full.extend_from_slice(&args[2..]);
+    netns::ip(&full)
+}
+
 fn is_link_local(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
@@ -430,7 +332,7 @@ impl Setup {
         let (ns_a, ns_b) = (lab.ns("a")?.to_string(), lab.ns("b")?.to_string());
         wait_link_local(&ns_a)?;
         wait_link_local(&ns_b)?;
-        let (watcher, started) = Watcher::start(&node, rcvbuf)?;
+        let (watcher, started) = start(&node, rcvbuf)?;
         Ok(Setup {
             watcher,
             started,
@@ -444,8 +346,7 @@ impl Setup {
 
 #[test]
 fn peer_addresses_follow_the_pods() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let Setup {
         lab,
         node,
@@ -496,21 +397,21 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
             let v6 = Ipv6Addr::new(0xfd00, 0x71, 1, 0, 0, 0, 0x77, i as u16);
             (IpAddr::V6(v6), format!("{v6}/128"))
         };
-        let from = watcher.seen.len();
+        let from = watcher.events.len();
         let t0 = Instant::now();
-        netns::ip(&["-n", &ns_a, "addr", "add", &arg, "dev", POD_IF, "nodad"])?;
+        pod_ip_addr(&ns_a, &["add", &arg, "nodad"])?;
         let done = Instant::now();
         ip_took.push(done - t0);
-        let at = watcher.expect(from, &PeerEvent::Added { ifindex: a, addr })?;
+        let at = watcher.expect(from, &peer_added(a, addr))?;
         added.push(at.saturating_duration_since(t0));
         after_exit.push(at.saturating_duration_since(done));
 
-        let from = watcher.seen.len();
+        let from = watcher.events.len();
         let t0 = Instant::now();
-        netns::ip(&["-n", &ns_a, "addr", "del", &arg, "dev", POD_IF])?;
+        pod_ip_addr(&ns_a, &["del", &arg])?;
         let done = Instant::now();
         ip_took.push(done - t0);
-        let at = watcher.expect(from, &PeerEvent::Removed { ifindex: a, addr })?;
+        let at = watcher.expect(from, &peer_removed(a, addr))?;
         removed.push(at.saturating_duration_since(t0));
         after_exit.push(at.saturating_duration_since(done));
     }
@@ -525,49 +426,21 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     netns::in_netns(&ns_a, || {
         std::fs::write(format!("/proc/sys/net/ipv6/conf/{POD_IF}/accept_dad"), "1")
     })??;
-    let from = watcher.seen.len();
+    let from = watcher.events.len();
     let tentative: IpAddr = "fd00:71:1::7e".parse()?;
-    netns::ip(&[
-        "-n",
-        &ns_a,
-        "addr",
-        "add",
-        "fd00:71:1::7e/128",
-        "dev",
-        POD_IF,
-    ])?;
-    watcher.expect(
-        from,
-        &PeerEvent::Added {
-            ifindex: a,
-            addr: tentative,
-        },
-    )?;
+    pod_ip_addr(&ns_a, &["add", "fd00:71:1::7e/128"])?;
+    watcher.expect(from, &peer_added(a, tentative))?;
     assert_eq!(
         ip_flag(&ns_a, tentative, "tentative")?,
         Some(true),
         "{tentative} is still tentative when its Added has arrived"
     );
     let deprecated: IpAddr = "fd00:71:1::de".parse()?;
-    netns::ip(&[
-        "-n",
+    pod_ip_addr(
         &ns_a,
-        "addr",
-        "add",
-        "fd00:71:1::de/128",
-        "dev",
-        POD_IF,
-        "nodad",
-        "preferred_lft",
-        "0",
-    ])?;
-    watcher.expect(
-        from,
-        &PeerEvent::Added {
-            ifindex: a,
-            addr: deprecated,
-        },
+        &["add", "fd00:71:1::de/128", "nodad", "preferred_lft", "0"],
     )?;
+    watcher.expect(from, &peer_added(a, deprecated))?;
     assert_eq!(ip_flag(&ns_a, deprecated, "deprecated")?, Some(true));
     // DAD takes a second (one probe, RetransTimer 1 s).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -580,7 +453,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         "DAD of {tentative} completed"
     );
     watcher.wait_quiet(Duration::from_millis(200))?;
-    let after: Vec<&Seen> = watcher.seen[from..]
+    let after: Vec<&Seen> = watcher.events[from..]
         .iter()
         .map(|(_, s)| s)
         .filter(|s| matches!(s, Seen::Peer(_)))
@@ -594,62 +467,35 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     // An address moves from pod a to pod b, as when a pod is deleted and
     // its IP given to a new one: Removed on a's veth, then Added on b's.
     let moving: IpAddr = "10.71.9.9".parse()?;
-    netns::ip(&["-n", &ns_a, "addr", "add", "10.71.9.9/32", "dev", POD_IF])?;
-    watcher.expect(
-        0,
-        &PeerEvent::Added {
-            ifindex: a,
-            addr: moving,
-        },
-    )?;
-    let from = watcher.seen.len();
-    netns::ip(&["-n", &ns_a, "addr", "del", "10.71.9.9/32", "dev", POD_IF])?;
-    netns::ip(&["-n", &ns_b, "addr", "add", "10.71.9.9/32", "dev", POD_IF])?;
-    let gone = watcher.expect(
-        from,
-        &PeerEvent::Removed {
-            ifindex: a,
-            addr: moving,
-        },
-    )?;
-    let came = watcher.expect(
-        from,
-        &PeerEvent::Added {
-            ifindex: b,
-            addr: moving,
-        },
-    )?;
+    pod_ip_addr(&ns_a, &["add", "10.71.9.9/32"])?;
+    watcher.expect(0, &peer_added(a, moving))?;
+    let from = watcher.events.len();
+    pod_ip_addr(&ns_a, &["del", "10.71.9.9/32"])?;
+    pod_ip_addr(&ns_b, &["add", "10.71.9.9/32"])?;
+    let gone = watcher.expect(from, &peer_removed(a, moving))?;
+    let came = watcher.expect(from, &peer_added(b, moving))?;
     assert!(gone <= came, "Removed on a arrives before Added on b");
 
     // The same address twice on one interface (two IPv4 prefixes): it stays
     // until its last instance goes.
     let twice: IpAddr = "10.71.1.50".parse()?;
-    netns::ip(&["-n", &ns_a, "addr", "add", "10.71.1.50/32", "dev", POD_IF])?;
-    netns::ip(&["-n", &ns_a, "addr", "add", "10.71.1.50/28", "dev", POD_IF])?;
-    watcher.expect(
-        0,
-        &PeerEvent::Added {
-            ifindex: a,
-            addr: twice,
-        },
-    )?;
-    let from = watcher.seen.len();
-    netns::ip(&["-n", &ns_a, "addr", "del", "10.71.1.50/32", "dev", POD_IF])?;
+    pod_ip_addr(&ns_a, &["add", "10.71.1.50/32"])?;
+    pod_ip_addr(&ns_a, &["add", "10.71.1.50/28"])?;
+    watcher.expect(0, &peer_added(a, twice))?;
+    let from = watcher.events.len();
+    pod_ip_addr(&ns_a, &["del", "10.71.1.50/32"])?;
     watcher.wait_quiet(Duration::from_millis(300))?;
-    let gone = PeerEvent::Removed {
-        ifindex: a,
-        addr: twice,
-    };
+    let gone = peer_removed(a, twice);
     assert!(
         watcher.arrival(from, &gone).is_none(),
         "one instance of {twice} is left, so it is not removed"
     );
-    netns::ip(&["-n", &ns_a, "addr", "del", "10.71.1.50/28", "dev", POD_IF])?;
+    pod_ip_addr(&ns_a, &["del", "10.71.1.50/28"])?;
     watcher.expect(from, &gone)?;
 
     // The consumer's view agrees with `ip` in both pods.
     watcher.wait_quiet(Duration::from_millis(200))?;
-    for (_, seen) in &watcher.seen {
+    for (_, seen) in &watcher.events {
         apply(&mut view, seen);
     }
     assert_eq!(view[&a], ip_addrs(&ns_a)?, "pod a");
@@ -658,10 +504,8 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
 
     // A pair with both ends in the node itself: the peer has no nsid and its
     // notifications no nsid tag; it is tracked when it appears.
-    let from = watcher.seen.len();
-    netns::ip(&[
-        "-n", &node, "link", "add", "pxa", "type", "veth", "peer", "name", "pxb",
-    ])?;
+    let from = watcher.events.len();
+    lab.add_veth(&node, "pxa", "pxb")?;
     netns::ip(&["-n", &node, "addr", "add", "10.73.0.1/32", "dev", "pxb"])?;
     let appeared = watcher.wait_for(DEADLINE, |seen| {
         seen[from..].iter().any(|(_, s)| {
@@ -670,7 +514,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         })
     })?;
     assert!(appeared, "pxa appears with a same-namespace peer");
-    let pxa = watcher.seen[from..]
+    let pxa = watcher.events[from..]
         .iter()
         .find_map(|(_, s)| match s {
             Seen::Link(LinkEvent::Added(l)) if l.name == "pxa" => Some(l.ifindex),
@@ -686,20 +530,14 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         })
     })?;
     assert!(known, "{local} on pxb is known as pxa's peer address");
-    let from = watcher.seen.len();
+    let from = watcher.events.len();
     netns::ip(&["-n", &node, "addr", "del", "10.73.0.1/32", "dev", "pxb"])?;
-    watcher.expect(
-        from,
-        &PeerEvent::Removed {
-            ifindex: pxa,
-            addr: local,
-        },
-    )?;
+    watcher.expect(from, &peer_removed(pxa, local))?;
     netns::ip(&["-n", &node, "link", "del", "pxa"])?;
 
     // Pod b's namespace is deleted: its veth vanishes from the node, the
     // watcher untracks it and carries on without an error.
-    let from = watcher.seen.len();
+    let from = watcher.events.len();
     netns::delete_namespace(&ns_b)?;
     let vanished = watcher.wait_for(Duration::from_secs(5), |seen| {
         seen[from..].iter().any(
@@ -707,18 +545,12 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         )
     })?;
     assert!(vanished, "veth-b is removed when pod b's namespace goes");
-    let from = watcher.seen.len();
-    netns::ip(&["-n", &ns_a, "addr", "add", "10.71.1.99/32", "dev", POD_IF])?;
-    watcher.expect(
-        from,
-        &PeerEvent::Added {
-            ifindex: a,
-            addr: "10.71.1.99".parse()?,
-        },
-    )?;
+    let from = watcher.events.len();
+    pod_ip_addr(&ns_a, &["add", "10.71.1.99/32"])?;
+    watcher.expect(from, &peer_added(a, "10.71.1.99".parse()?))?;
     watcher.wait_quiet(Duration::from_millis(200))?;
     assert!(
-        watcher.seen[from..].iter().all(|(_, s)| match s {
+        watcher.events[from..].iter().all(|(_, s)| match s {
             Seen::Peer(PeerEvent::Added { ifindex, .. } | PeerEvent::Removed { ifindex, .. }) =>
                 *ifindex == a,
             Seen::Peer(PeerEvent::Resync(map)) => !map.contains_key(&b),
@@ -728,7 +560,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     );
     eprintln!(
         "peeraddr: {} events in all, {} resyncs",
-        watcher.seen.len(),
+        watcher.events.len(),
         watcher.resyncs()
     );
     Ok(())
@@ -736,8 +568,7 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
 
 #[test]
 fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     // The smallest buffer the kernel allows.
     let Setup {
         lab,
@@ -757,7 +588,7 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
     // added in a, every third removed again; 100 in b; b's own pod address
     // removed.
     watcher.pause()?;
-    let from = watcher.seen.len();
+    let from = watcher.events.len();
     let mut lines_a: Vec<String> = (0..200u32)
         .map(|i| format!("addr add 10.72.{}.{}/32 dev {POD_IF}", i / 200, 1 + i % 200))
         .collect();
@@ -780,7 +611,7 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
         "a burst of {} notifications into a tiny buffer must overflow and resync",
         lines_a.len() + lines_b.len()
     );
-    if let Some((at, _)) = watcher.seen[from..]
+    if let Some((at, _)) = watcher.events[from..]
         .iter()
         .find(|(_, s)| matches!(s, Seen::Peer(PeerEvent::Resync(_))))
     {
@@ -789,7 +620,7 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
             at.saturating_duration_since(t0)
         );
     }
-    for (_, seen) in &watcher.seen {
+    for (_, seen) in &watcher.events {
         apply(&mut view, seen);
     }
     let (want_a, want_b) = (ip_addrs(&ns_a)?, ip_addrs(&ns_b)?);
@@ -800,8 +631,8 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
 
     // After the resyncs the watcher still follows the kernel (with a buffer
     // this small, a resync listing the address counts as well).
-    let from = watcher.seen.len();
-    netns::ip(&["-n", &ns_b, "addr", "add", "10.71.2.77/32", "dev", POD_IF])?;
+    let from = watcher.events.len();
+    pod_ip_addr(&ns_b, &["add", "10.71.2.77/32"])?;
     let want: IpAddr = "10.71.2.77".parse()?;
     let seen = watcher.wait_for(DEADLINE, |seen| {
         seen[from..].iter().any(|(_, s)| match s {
@@ -813,7 +644,7 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
     assert!(seen, "{want} seen on veth-b after the resyncs");
     eprintln!(
         "peeraddr: flood: {} events, {} resyncs",
-        watcher.seen.len(),
+        watcher.events.len(),
         watcher.resyncs()
     );
     Ok(())
@@ -886,8 +717,7 @@ fn without(lab: &Lab, cap: u32) -> Result<(PeerRef, Outcome)> {
 
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
-    root();
-    let _serial = agent_lock();
+    let _serial = serial();
     let lab = Lab::new(&pods()[..1])?;
 
     let (_, outcome) = without(&lab, CAP_NET_BROADCAST)?;

@@ -10,12 +10,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, NODE};
+use envfence_tests::cli::cli_in;
+use envfence_tests::fixture::example_lab;
+use envfence_tests::lab::{wait_until, Family, Lab, NODE};
 use envfence_tests::prom::{promtool, Server as Prometheus};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -108,39 +109,11 @@ fn alert_rules() -> Result<Vec<(String, Yaml)>> {
 // ---------------------------------------------------------------------------
 // Metric names in PromQL.
 
-const GROUPING: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-const KEYWORDS: &[&str] = &[
-    "offset",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "atan2",
-    "inf",
-    "nan",
-    // Aggregation operators (`sum by (x) (…)`: no parenthesis right after).
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-    "limitk",
-    "limit_ratio",
-];
+/// Words before a label list (`by (…)`), and PromQL keywords and
+/// aggregation operators (`sum by (x) (…)`: no parenthesis right after).
+const GROUPING: &str = "by without on ignoring group_left group_right";
+const KEYWORDS: &str = "offset bool and or unless atan2 inf nan sum min max avg group \
+                        stddev stdvar count count_values bottomk topk quantile limitk limit_ratio";
 
 /// The metric names a PromQL expression (or a Grafana `label_values(…)`
 /// query) selects. Strings, label matchers, ranges, Grafana variables,
@@ -216,14 +189,18 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let word: String = bytes[start..i].iter().collect();
             let j = next_non_space(i);
             let paren = bytes.get(j) == Some(&'(');
-            if GROUPING.contains(&word.as_str()) {
+            if GROUPING.split_whitespace().any(|g| g == word) {
                 if paren {
                     // Skip the label list.
                     while i < bytes.len() && bytes[i] != ')' {
                         i += 1;
                     }
                 }
-            } else if paren || KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            } else if paren
+                || KEYWORDS
+                    .split_whitespace()
+                    .any(|k| k == word.to_ascii_lowercase())
+            {
                 // A function or an operator keyword.
             } else {
                 names.insert(word);
@@ -418,15 +395,10 @@ fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
         panels.len()
     );
     // What the dashboard is for: verdicts by pair, lost events, health.
-    for needed in [
-        "envfence_packets_total",
-        "envfence_rule_packets_total",
-        "envfence_policy_reloads_total",
-        "envfence_datapath_total",
-        "envfence_attached_interfaces",
-        "envfence_policy_info",
-        "up",
-    ] {
+    let needed =
+        "envfence_packets_total envfence_rule_packets_total envfence_policy_reloads_total \
+                  envfence_datapath_total envfence_attached_interfaces envfence_policy_info up";
+    for needed in needed.split_whitespace() {
         ensure!(
             used.contains(needed),
             "the dashboard does not show {needed}"
@@ -495,42 +467,36 @@ fn test_copy_of_rules() -> Result<String> {
     Ok(out)
 }
 
-#[test]
-fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
-    const N: usize = 37;
-    require_root()?;
-    let dir = tempfile::tempdir()?;
-    let rules = dir.path().join("envfence-rules.yml");
+/// A Prometheus in the lab's node namespace scraping the agent there
+/// every second with the test copy of the rules (written to `dir`, as
+/// its data), once it has scraped the agent; and the rules file. A target
+/// removed from the configuration gets no staleness marker: its last `up`
+/// sample would stay visible for the lookback (5 min by default) and
+/// absent() would wait that long, so the lookback is 5 s.
+fn scraping<'a>(lab: &'a Lab, dir: &Path) -> Result<(Prometheus<'a>, PathBuf)> {
+    let rules = dir.join("envfence-rules.yml");
     std::fs::write(&rules, test_copy_of_rules()?)?;
-    promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()])?;
-    let config = dir.path().join("prometheus.yml");
+    let config = dir.join("prometheus.yml");
     std::fs::write(&config, prometheus_config(&rules, true))?;
-
-    let bin = agent_binary()?;
-    let lab = Lab::example()?;
-    let agent = Agent::start_with(
-        &lab,
-        &bin,
-        &AgentOptions {
-            report_interval_ms: 200,
-            ..AgentOptions::default()
-        },
-    )?;
-    // A target removed from the configuration gets no staleness marker: its
-    // last `up` sample stays visible for the lookback (5 min by default)
-    // and absent() would wait that long.
-    let prom = Prometheus::start(
-        &lab,
-        NODE,
-        PROM_ADDR,
-        &config,
-        &dir.path().join("data"),
-        &["--query.lookback-delta=5s"],
-    )?;
+    let data = dir.join("data");
+    let lookback = ["--query.lookback-delta=5s"];
+    let prom = Prometheus::start(lab, NODE, PROM_ADDR, &config, &data, &lookback)?;
     let scraped = wait_until(Duration::from_secs(20), || {
         prom.scalar(r#"up{job="envfence"}"#).is_ok_and(|v| v == 1.0)
     });
     ensure!(scraped, "prometheus never scraped the agent");
+    Ok((prom, rules))
+}
+
+#[test]
+fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
+    const N: usize = 37;
+    let dir = tempfile::tempdir()?;
+    let (_g, lab) = example_lab()?;
+    let opts = AgentOptions::default().report_every(200);
+    let agent = Agent::start_with(&lab, &agent_binary()?, &opts)?;
+    let (prom, rules) = scraping(&lab, dir.path())?;
+    promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()])?;
 
     let series = r#"envfence_packets_total{job="envfence",src_env="test",dst_env="production",verdict="drop"}"#;
     let before = prom.scalar(series)?;
@@ -563,14 +529,7 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
         "Prometheus' dropped test -> production series"
     );
     assert_eq!(
-        agent.metric(
-            "envfence_packets_total",
-            &[
-                ("src_env", "test"),
-                ("dst_env", "production"),
-                ("verdict", "drop")
-            ]
-        )?,
+        agent.packets("test", "production", "drop")?,
         N as f64,
         "the agent's own /metrics"
     );
@@ -628,14 +587,9 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
     let summary = alert["annotations"]["summary"].as_str().unwrap_or("");
     assert!(summary.contains("test -> production"), "{summary}");
     // Negative controls while the agent runs.
-    for quiet in [
-        "EnvfenceAgentDown",
-        "EnvfenceAgentAbsent",
-        "EnvfenceNoInterfaceAttached",
-        "EnvfenceAuditModeUnexpected",
-        "EnvfenceEventsLost",
-        "EnvfenceConntrackFull",
-    ] {
+    let quiet = "EnvfenceAgentDown EnvfenceAgentAbsent EnvfenceNoInterfaceAttached \
+                 EnvfenceAuditModeUnexpected EnvfenceEventsLost EnvfenceConntrackFull";
+    for quiet in quiet.split_whitespace() {
         let firing = prom.alerts(quiet, "firing", &[])?;
         assert!(firing.is_empty(), "{quiet} fires: {firing:?}");
     }
@@ -648,8 +602,7 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
         .is_empty());
 
     // The agent stops: its target is down.
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     let down = prom.wait_alert(
         "EnvfenceAgentDown",
         &[("job", "envfence"), ("instance", METRICS_ADDR)],
@@ -667,67 +620,26 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
 // ---------------------------------------------------------------------------
 // The audit trail's anchors (issue 16): the chain head Prometheus keeps.
 
-/// Runs `envfence ARGS` in the node namespace (where Prometheus listens):
-/// (success, stdout + stderr).
-fn envfence_in_node(lab: &Lab, bin: &Path, args: &[String]) -> Result<(bool, String)> {
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    let p = lab.spawn_in_ns(NODE, cmd)?;
-    let status = p
-        .wait_timeout(Duration::from_secs(60))?
-        .context("envfence did not exit")?;
-    let text = format!(
-        "{}\n{}",
-        p.stdout_lines().join("\n"),
-        p.stderr_lines().join("\n")
-    );
-    Ok((status.success(), text))
-}
-
 #[test]
 fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> Result<()> {
     use envfence_tests::audit_rewrite::rewrite_chain;
-    require_root()?;
     let dir = tempfile::tempdir()?;
-    let rules = dir.path().join("envfence-rules.yml");
-    std::fs::write(&rules, test_copy_of_rules()?)?;
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, prometheus_config(&rules, true))?;
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, envfence::policy::EXAMPLE_POLICY)?;
     let logs = dir.path().join("log");
     std::fs::create_dir(&logs)?;
     let base = logs.join("audit.jsonl");
 
-    let bin = agent_binary()?;
-    let lab = Lab::example()?;
-    let agent = Agent::start_with(
-        &lab,
-        &bin,
-        &AgentOptions {
-            policy_args: vec!["--config".into(), policy.display().to_string()],
-            report_interval_ms: 100,
-            extra_args: vec![
-                "--audit-file".into(),
-                base.display().to_string(),
-                "--node-name".into(),
-                "anchor-node".into(),
-            ],
-            ..AgentOptions::default()
-        },
-    )?;
-    let prom = Prometheus::start(
-        &lab,
-        NODE,
-        PROM_ADDR,
-        &config,
-        &dir.path().join("data"),
-        &["--query.lookback-delta=5s"],
-    )?;
-    let scraped = wait_until(Duration::from_secs(20), || {
-        prom.scalar(r#"up{job="envfence"}"#).is_ok_and(|v| v == 1.0)
-    });
-    ensure!(scraped, "prometheus never scraped the agent");
+    let (_g, lab) = example_lab()?;
+    let base_arg = base.display().to_string();
+    let opts = AgentOptions::config(&policy).report_every(100).args([
+        "--audit-file",
+        &base_arg,
+        "--node-name",
+        "anchor-node",
+    ]);
+    let agent = Agent::start_with(&lab, &agent_binary()?, &opts)?;
+    let (prom, _) = scraping(&lab, dir.path())?;
     // Events in rounds, so that scrapes see several heads.
     let prod1 = lab.pod("prod1")?.ip(Family::V4);
     for round in 0..4u16 {
@@ -753,20 +665,18 @@ fn prometheus_anchors_reveal_a_rewritten_chain_and_a_policy_change_alerts() -> R
     ensure!(heads >= 3.0, "only {heads} head changes recorded");
     let first_anchor =
         prom.scalar(r#"min_over_time(envfence_audit_head_seq{node="anchor-node"}[10m])"#)? as u64;
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
 
     let url = format!("http://{PROM_ADDR}");
-    let verify = |file: &Path, anchors: bool| {
-        let mut args = vec![
-            "audit".to_owned(),
-            "verify".into(),
-            file.display().to_string(),
-        ];
+    // In the node namespace, where Prometheus listens: (success, output).
+    let verify = |file: &Path, anchors: bool| -> Result<(bool, String)> {
+        let file = file.display().to_string();
+        let mut args = vec!["audit", "verify", &file];
         if anchors {
-            args.extend(["--anchors".into(), url.clone()]);
+            args.extend(["--anchors", &url]);
         }
-        envfence_in_node(&lab, &bin, &args)
+        let run = cli_in(&lab, &args)?;
+        Ok((run.code == 0, format!("{}\n{}", run.stdout, run.stderr)))
     };
     // Untouched: every recorded head is in the chain.
     let (ok, out) = verify(&base, true)?;

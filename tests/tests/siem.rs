@@ -15,8 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use envfence::audit::{decode_line, head_path, Head};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
-use envfence_tests::lab::{require_root, wait_until, Family, Lab};
+use envfence_tests::cli::cli;
+use envfence_tests::fixture::example_lab;
+use envfence_tests::lab::{wait_until, Family, Lab};
 use envfence_tests::rsyslog::{Rsyslog, TestCa};
+
+const CONNECTED: &str = "envfence_audit_ship_connected";
+const BACKLOG: &str = "envfence_audit_ship_backlog_records";
 
 /// Sends one datagram test1 -> prod1 to each of `n` ports from `base`: `n`
 /// new flows, so `n` events.
@@ -31,16 +36,12 @@ fn storm(lab: &Lab, base: u16, n: u16) -> Result<()> {
     })?
 }
 
-fn emitted(agent: &Agent) -> Result<u64> {
-    Ok(agent.metric("envfence_datapath_total", &[("kind", "events_emitted")])? as u64)
-}
-
 /// Waits until every event the kernel emitted (since `since`: the
 /// counter is pinned, it outlives an agent) was printed.
 fn printed_all(agent: &Agent, since: u64, at_least: u64) -> Result<u64> {
     let mut n = 0;
     let ok = wait_until(Duration::from_secs(20), || {
-        let e = emitted(agent).map_or(u64::MAX, |e| e - since);
+        let e = agent.events_emitted().map_or(u64::MAX, |e| e - since);
         n = agent.events().len() as u64;
         e == n && n >= at_least
     });
@@ -62,19 +63,10 @@ fn audit_args(base: &Path, rsyslog: &str) -> Vec<String> {
     .collect()
 }
 
-fn verify(bin: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new(bin)
-        .args(["audit", "verify"])
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+/// `envfence audit verify ARGS`: (success, stdout + stderr).
+fn verify(args: &[&str]) -> Result<(bool, String)> {
+    let run = cli(&[&["audit", "verify"][..], args].concat())?;
+    Ok((run.code == 0, run.stdout + &run.stderr))
 }
 
 /// The node's records by seq.
@@ -91,10 +83,9 @@ fn node_records(base: &Path) -> Result<BTreeMap<u64, String>> {
 
 /// The whole scenario; `tls` selects the transport.
 fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
-    require_root()?;
     let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
-    let lab = Lab::example()?;
+    let (_g, lab) = example_lab()?;
     let ca = if tls {
         Some(TestCa::make(&dir.path().join("ca"), "siem")?)
     } else {
@@ -120,17 +111,9 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     let agent = Agent::start_with(
         &lab,
         &bin,
-        &AgentOptions {
-            report_interval_ms: 100,
-            extra_args: extra,
-            ..AgentOptions::default()
-        },
+        &AgentOptions::default().report_every(100).args(extra),
     )?;
-    let connected = wait_until(Duration::from_secs(10), || {
-        agent
-            .metric("envfence_audit_ship_connected", &[])
-            .is_ok_and(|v| v == 1.0)
-    });
+    let connected = agent.wait_metric(CONNECTED, &[], Duration::from_secs(10), |v| v == 1.0);
     ensure!(
         connected,
         "never connected: {}",
@@ -148,46 +131,30 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     storm(&lab, 23000, N)?;
     // Enforcement and events go on while it is down.
     let during = printed_all(&agent, 0, before_down + 2 * u64::from(N))?;
-    let drops = agent.metric(
-        "envfence_packets_total",
-        &[
-            ("src_env", "test"),
-            ("dst_env", "production"),
-            ("verdict", "drop"),
-        ],
-    )?;
+    let drops = agent.packets("test", "production", "drop")?;
     ensure!(drops >= f64::from(3 * N), "drops {drops}");
     let behind = wait_until(Duration::from_secs(10), || {
-        agent
-            .metric("envfence_audit_ship_connected", &[])
-            .is_ok_and(|v| v == 0.0)
-            && agent
-                .metric("envfence_audit_ship_backlog_records", &[])
-                .is_ok_and(|v| v > 0.0)
+        agent.metric(CONNECTED, &[]).is_ok_and(|v| v == 0.0)
+            && agent.metric(BACKLOG, &[]).is_ok_and(|v| v > 0.0)
     });
     ensure!(behind, "no backlog while the receiver is down");
     println!(
         "receiver down for {:.1?}: {during} events printed, backlog {}",
         stopped_at.elapsed(),
-        agent.metric("envfence_audit_ship_backlog_records", &[])?
+        agent.metric(BACKLOG, &[])?
     );
     rs.restart()?;
     storm(&lab, 24500, N)?;
     let total_events = printed_all(&agent, 0, during + u64::from(N))?;
     // Caught up: nothing left to send.
-    let caught_up = wait_until(Duration::from_secs(20), || {
-        agent
-            .metric("envfence_audit_ship_backlog_records", &[])
-            .is_ok_and(|v| v == 0.0)
-    });
+    let caught_up = agent.wait_metric(BACKLOG, &[], Duration::from_secs(20), |v| v == 0.0);
     ensure!(
         caught_up,
         "backlog never drained: {}",
         agent.process().stderr_tail(20)
     );
     let resent = agent.metric("envfence_audit_ship_resent_records_total", &[])?;
-    let status = agent.stop(Duration::from_secs(15))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(15))?;
 
     // Everything up to the last record (the stop record) reached rsyslog.
     let head = Head::read(&head_path(&base))?.context("head file")?;
@@ -229,7 +196,7 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     // The SIEM copy verifies on its own, up to the node's head.
     let out = rs.out.display().to_string();
     let head_file = head_path(&base).display().to_string();
-    let (ok, text) = verify(&bin, &["--siem", &out, "--head", &head_file])?;
+    let (ok, text) = verify(&["--siem", &out, "--head", &head_file])?;
     println!("{text}");
     ensure!(ok, "the SIEM copy does not verify:\n{text}");
     ensure!(
@@ -242,7 +209,7 @@ fn storm_with_a_receiver_restart(tls: bool) -> Result<()> {
     edited[k] = edited[k].replacen("\"dport\":", "\"dport\":1", 1);
     let copy = dir.path().join("edited.log");
     std::fs::write(&copy, edited.join("\n") + "\n")?;
-    let (ok, text) = verify(&bin, &["--siem", &copy.display().to_string()])?;
+    let (ok, text) = verify(&["--siem", &copy.display().to_string()])?;
     ensure!(
         !ok && text.contains("BROKEN"),
         "edited copy passed:\n{text}"
@@ -265,10 +232,9 @@ fn a_storm_reaches_rsyslog_over_tls_across_a_receiver_restart_with_nothing_lost(
 /// prints events anyway.
 #[test]
 fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
-    require_root()?;
     let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
-    let lab = Lab::example()?;
+    let (_g, lab) = example_lab()?;
     let good = TestCa::make(&dir.path().join("good"), "good")?;
     let other = TestCa::make(&dir.path().join("other"), "other")?;
     let mut rs = Rsyslog::start(&lab, &dir.path().join("rsyslog"), Some(&good))?;
@@ -314,16 +280,9 @@ fn bad_receiver_settings_are_named_and_cost_nothing() -> Result<()> {
         };
         let mut extra = audit_args(&logs.join("audit.jsonl"), &addr);
         extra.extend(tls_args);
-        let agent = Agent::start_with(
-            &lab,
-            &bin,
-            &AgentOptions {
-                report_interval_ms: 100,
-                extra_args: extra,
-                ..AgentOptions::default()
-            },
-        )?;
-        let since = emitted(&agent)?;
+        let opts = AgentOptions::default().report_every(100).args(extra);
+        let agent = Agent::start_with(&lab, &bin, &opts)?;
+        let since = agent.events_emitted()?;
         storm(&lab, 20000 + 100 * i as u16, 50)?;
         printed_all(&agent, since, 50)?;
         ensure!(

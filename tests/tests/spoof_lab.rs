@@ -15,26 +15,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use envfence::policy::{self, Policy};
 use envfence_tests::agent::{agent_binary, Agent};
-use envfence_tests::fixture::agent_lock;
-use envfence_tests::lab::{require_root, wait_until, Family, Lab, PodSpec, Routing, NODE};
+use envfence_tests::cli::cli_in;
+use envfence_tests::fixture::{env_net, serial};
+use envfence_tests::lab::{wait_until, Family, Lab, PodSpec, Routing};
 use envfence_tests::spoof::unowned;
 
-fn example() -> Result<Policy> {
-    policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// An address of environment `env` (family `fam`) that no pod holds.
-fn claimed(p: &Policy, env: &str, fam: Family) -> Result<IpAddr> {
-    let e = p.environment(env).context("environment of the example")?;
-    let net = e
-        .cidrs
-        .iter()
-        .find(|n| (fam == Family::V4) == n.addr().is_ipv4())
-        .context("a CIDR of that family")?;
-    Ok(unowned(net))
+/// An address of the example policy's environment `env` (family `fam`)
+/// that no pod holds.
+fn claimed(env: &str, fam: Family) -> Result<IpAddr> {
+    Ok(unowned(&env_net(env, fam)))
 }
 
 /// One spoofing attempt: `from` claims `src` towards `to`'s address.
@@ -45,21 +35,21 @@ struct Attempt {
     dst: IpAddr,
 }
 
-fn attempts(lab: &Lab, p: &Policy) -> Result<Vec<Attempt>> {
+fn attempts(lab: &Lab) -> Result<Vec<Attempt>> {
     let mut out = Vec::new();
     for fam in [Family::V4, Family::V6] {
         // A test pod claims production (it would be judged prod -> prod).
         out.push(Attempt {
             from: "test1",
             to: "prod1",
-            src: claimed(p, "production", fam)?,
+            src: claimed("production", fam)?,
             dst: lab.pod("prod1")?.ip(fam),
         });
         // A production pod claims test, to send data into test.
         out.push(Attempt {
             from: "prod1",
             to: "test1",
-            src: claimed(p, "test", fam)?,
+            src: claimed("test", fam)?,
             dst: lab.pod("test1")?.ip(fam),
         });
     }
@@ -117,11 +107,9 @@ fn honest_flows_pass(lab: &Lab) -> Result<()> {
 }
 
 fn spoofing_is_refused(routing: Routing) -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
-    let p = example()?;
+    let _g = serial();
     let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
-    let list = attempts(&lab, &p)?;
+    let list = attempts(&lab)?;
 
     // Honest traffic first: a new bridge port may take a moment to forward
     // (neighbours are resolved on the way).
@@ -152,21 +140,14 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
     // Counted as spoofed, never under the claimed environment.
     let per_attempt = DATAGRAMS as f64 + 1.0;
     for (dst_env, n) in [("production", 2.0), ("test", 2.0)] {
-        let got = agent.metric(
-            "envfence_packets_total",
-            &[
-                ("src_env", "world"),
-                ("dst_env", dst_env),
-                ("verdict", "spoofed"),
-            ],
-        )?;
+        let got = agent.packets("world", dst_env, "spoofed")?;
         ensure!(
             got >= n * per_attempt,
             "world -> {dst_env} spoofed: {got}, expected at least {}",
             n * per_attempt
         );
     }
-    let strict = agent.metric("envfence_datapath_total", &[("kind", "spoofed_strict")])?;
+    let strict = agent.datapath_stat("spoofed_strict")?;
     ensure!(strict >= 4.0 * per_attempt, "spoofed_strict = {strict}");
     // A claimed source is never counted under its environment: no packet
     // of production's spoofed address shows as production -> production.
@@ -192,17 +173,13 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
     ensure!(spoofed_events, "not every spoofed flow was reported");
     explain_says_what_the_kernel_did(&lab, &list, &agent, routing)?;
     if routing == Routing::Bridged {
-        let peer = agent.metric(
-            "envfence_datapath_total",
-            &[("kind", "source_by_peer_address")],
-        )?;
+        let peer = agent.datapath_stat("source_by_peer_address")?;
         ensure!(
             peer > 0.0,
             "bridged lab: no packet accepted by a peer address"
         );
     }
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     drop(lab);
     Ok(())
 }
@@ -210,22 +187,15 @@ fn spoofing_is_refused(routing: Routing) -> Result<()> {
 /// `envfence explain SRC DST --iif VETH -o json` in the node namespace.
 fn explain_iif(lab: &Lab, src: IpAddr, dst: IpAddr, iif: &str) -> Result<serde_json::Value> {
     let state = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
-    let mut cmd = std::process::Command::new(agent_binary()?);
-    cmd.args(["explain", &src.to_string(), &dst.to_string()])
-        .args(["--proto", "udp", "--port", &UDP_PORT.to_string()])
-        .args(["--iif", iif, "-o", "json", "--state-dir"])
-        .arg(&state);
-    let p = lab.spawn_in_ns(NODE, cmd)?;
-    let status = p
-        .wait_timeout(Duration::from_secs(30))?
-        .context("explain did not exit")?;
-    ensure!(
-        status.success(),
-        "explain {src} {dst} --iif {iif}: {status}\n{}",
-        p.stderr_tail(20)
-    );
-    let out: String = p.stdout_lines().join("\n");
-    serde_json::from_str(&out).with_context(|| format!("explain's JSON: {out}"))
+    let (src, dst, port) = (src.to_string(), dst.to_string(), UDP_PORT.to_string());
+    let state = state.display().to_string();
+    let args = ["explain", &src, &dst, "--proto", "udp", "--port", &port];
+    let args = [
+        &args[..],
+        &["--iif", iif, "-o", "json", "--state-dir", &state],
+    ]
+    .concat();
+    cli_in(lab, &args)?.ok()?.json()
 }
 
 /// `explain --iif` says of every spoofing attempt what the kernel did with
@@ -295,22 +265,28 @@ fn spoofed_sources_never_arrive_bridged() -> Result<()> {
     spoofing_is_refused(Routing::Bridged)
 }
 
-/// Sends 3 datagrams from `from` with source `src` to `to` and tells how
-/// many arrived.
-fn arrived(lab: &Lab, from: &str, src: IpAddr, to: &str, fam: Family) -> Result<u64> {
-    let dst = lab.pod(to)?.ip(fam);
-    let c = lab.count_arrivals(to, &[src])?;
+/// Sends 3 datagrams from `from` with source `src` to staging1 (IPv4)
+/// and tells how many arrived.
+fn arrived(lab: &Lab, from: &str, src: IpAddr) -> Result<u64> {
+    let dst = lab.pod("staging1")?.ip(Family::V4);
+    let c = lab.count_arrivals("staging1", &[src])?;
     lab.spoof_udp(from, src, SocketAddr::new(dst, UDP_PORT), 3)?;
     std::thread::sleep(Duration::from_millis(50));
     c.from(src)
+}
+
+/// Whether [`arrived`] gives `n` within `timeout`.
+fn arrives(lab: &Lab, from: &str, src: IpAddr, n: u64, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        arrived(lab, from, src).is_ok_and(|got| got == n)
+    })
 }
 
 /// An address that moves from one pod to another (a pod deleted, its IP
 /// given to a new one) is accepted on the new pod's veth and refused on
 /// the old one within a second: no stale state lets the old pod keep it.
 fn moved_address_follows(routing: Routing) -> Result<()> {
-    require_root()?;
-    let _g = agent_lock();
+    let _g = serial();
     let lab = Lab::new_shaped(&PodSpec::example_pods(), routing)?;
     wait_until(Duration::from_secs(5), || honest_flows_pass(&lab).is_ok());
     let agent = Agent::start(&lab, &agent_binary()?)?;
@@ -321,18 +297,11 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
     };
     ip_in("prod1", &format!("addr add {moving}/32 dev pod0"))?;
     ensure!(
-        wait_until(Duration::from_secs(1), || arrived(
-            &lab,
-            "prod1",
-            moving,
-            "staging1",
-            Family::V4
-        )
-        .is_ok_and(|n| n == 3)),
+        arrives(&lab, "prod1", moving, 3, Duration::from_secs(1)),
         "{routing:?}: {moving} on prod1 is not accepted from prod1"
     );
     ensure!(
-        arrived(&lab, "prod2", moving, "staging1", Family::V4)? == 0,
+        arrived(&lab, "prod2", moving)? == 0,
         "{routing:?}: {moving} accepted from prod2 before it moved there"
     );
     // The move: off prod1, onto prod2 (and, with per-pod routes, the
@@ -346,14 +315,10 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
         )?;
     }
     let moved = std::time::Instant::now();
-    let new_ok = wait_until(Duration::from_secs(1), || {
-        arrived(&lab, "prod2", moving, "staging1", Family::V4).is_ok_and(|n| n == 3)
-    });
+    let new_ok = arrives(&lab, "prod2", moving, 3, Duration::from_secs(1));
     let new_after = moved.elapsed();
-    let old_refused = wait_until(
-        Duration::from_secs(1).saturating_sub(moved.elapsed()),
-        || arrived(&lab, "prod1", moving, "staging1", Family::V4).is_ok_and(|n| n == 0),
-    );
+    let left = Duration::from_secs(1).saturating_sub(moved.elapsed());
+    let old_refused = arrives(&lab, "prod1", moving, 0, left);
     let old_after = moved.elapsed();
     eprintln!("{routing:?}: accepted on the new veth after {new_after:?}, refused on the old after {old_after:?}");
     ensure!(
@@ -364,8 +329,7 @@ fn moved_address_follows(routing: Routing) -> Result<()> {
         old_refused && old_after <= Duration::from_secs(1),
         "{routing:?}: {moving} still accepted from prod1 {old_after:?} after the move"
     );
-    let status = agent.stop(Duration::from_secs(10))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(10))?;
     drop(lab);
     Ok(())
 }

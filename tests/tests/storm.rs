@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, FlowEvent, METRICS_ADDR};
-use envfence_tests::lab::{http_get_here, require_root, wait_until, Family, Lab, POD_IF};
+use envfence_tests::fixture::example_lab;
+use envfence_tests::lab::procfs::{cpu_seconds, status_kib};
+use envfence_tests::lab::{http_get_here, wait_until, Family, POD_IF};
 use serde_json::Value;
 
 const STORM: Duration = Duration::from_secs(10);
@@ -108,34 +110,11 @@ fn link_stats(ns: &str, ifname: &str) -> Result<[u64; 4]> {
     ])
 }
 
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
-}
-
-fn status_kib(pid: u32, key: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    for line in status.lines() {
-        if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
-            return Ok(v.trim().trim_end_matches(" kB").trim().parse()?);
-        }
-    }
-    bail!("no {key} in /proc/{pid}/status")
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
-}
+const TEST_TO_PROD_DROPPED: [(&str, &str); 3] = [
+    ("src_env", "test"),
+    ("dst_env", "production"),
+    ("verdict", "drop"),
+];
 
 struct Counters {
     dropped: u64,
@@ -149,14 +128,7 @@ fn counters(agent: &Agent) -> Result<Counters> {
         envfence_tests::metric_value(&text, name, labels).unwrap_or(0.0) as u64
     };
     Ok(Counters {
-        dropped: v(
-            "envfence_packets_total",
-            &[
-                ("src_env", "test"),
-                ("dst_env", "production"),
-                ("verdict", "drop"),
-            ],
-        ),
+        dropped: v("envfence_packets_total", &TEST_TO_PROD_DROPPED),
         emitted: v("envfence_datapath_total", &[("kind", "events_emitted")]),
         lost: v("envfence_datapath_total", &[("kind", "events_lost")]),
     })
@@ -201,27 +173,15 @@ struct Poll {
 
 #[test]
 fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
-    require_root()?;
-    let bin = agent_binary()?;
     let dir = tempfile::tempdir()?;
     let audit = dir.path().join("audit.jsonl");
-    let lab = Lab::example()?;
-    let agent = Agent::start_with(
-        &lab,
-        &bin,
-        &AgentOptions {
-            report_interval_ms: REPORT_INTERVAL_MS,
-            extra_args: vec![
-                "--audit-file".into(),
-                audit.display().to_string(),
-                "--audit-max-bytes".into(),
-                (16u64 << 20).to_string(),
-                "--audit-keep".into(),
-                "1000".into(),
-            ],
-            ..AgentOptions::default()
-        },
-    )?;
+    let (_g, lab) = example_lab()?;
+    let opts = AgentOptions::default()
+        .report_every(REPORT_INTERVAL_MS)
+        .args(["--audit-file", &audit.display().to_string()])
+        .args(["--audit-max-bytes", &(16u64 << 20).to_string()])
+        .args(["--audit-keep", "1000"]);
+    let agent = Agent::start_with(&lab, &agent_binary()?, &opts)?;
     let pid = agent.process().pid();
     let test1_ns = lab.ns("test1")?.to_string();
     let prod1 = match lab.pod("prod1")?.ip(Family::V4) {
@@ -233,7 +193,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
     let before = counters(&agent)?;
     let printed_before = printed(&agent);
     let link_before = link_stats(&test1_ns, POD_IF)?;
-    let ticks_before = cpu_ticks(pid)?;
+    let cpu_before = cpu_seconds(pid)?;
     let rss_before = status_kib(pid, "VmRSS")?;
 
     // The storm, with /metrics polled (and the agent's RSS sampled) from
@@ -282,7 +242,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
             failed += err;
         }
         let storm_secs = started.elapsed().as_secs_f64();
-        let ticks_storm = cpu_ticks(pid)? - ticks_before;
+        let cpu_storm = cpu_seconds(pid)? - cpu_before;
         let measured = (|| -> Result<_> {
             let after_storm = counters(&agent).context("/metrics right after the storm")?;
             let rss_after_storm = status_kib(pid, "VmRSS")?;
@@ -291,7 +251,7 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
             Ok((after_storm, rss_after_storm, settled))
         })();
         let drain_secs = started.elapsed().as_secs_f64();
-        let ticks_drain = cpu_ticks(pid)? - ticks_before;
+        let cpu_drain = cpu_seconds(pid)? - cpu_before;
         stop.store(true, Ordering::Relaxed);
         poller
             .join()
@@ -306,16 +266,16 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
         let (after_storm, rss_after_storm, settled) = measured?;
         storm_end = Some((
             storm_secs,
-            ticks_storm,
+            cpu_storm,
             after_storm,
             rss_after_storm,
             settled,
             drain_secs,
-            ticks_drain,
+            cpu_drain,
         ));
         Ok(())
     })?;
-    let (storm_secs, ticks_storm, after_storm, rss_after_storm, settled, drain_secs, ticks_drain) =
+    let (storm_secs, cpu_storm, after_storm, rss_after_storm, settled, drain_secs, cpu_drain) =
         storm_end.context("the storm did not finish")?;
 
     // Flush: every flow reports once more (an interval after its last
@@ -341,15 +301,13 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
     }
     let link_after = link_stats(&test1_ns, POD_IF)?;
     let rss_hwm = status_kib(pid, "VmHWM")?;
-    let status = agent.stop(Duration::from_secs(20))?;
-    ensure!(status.success(), "agent exit {status}");
+    agent.stop_ok(Duration::from_secs(20))?;
 
     // --- Figures.
-    let hz = clock_ticks_per_sec();
     let storm_emitted = after_storm.emitted - before.emitted;
     let storm_lost = after_storm.lost - before.lost;
-    let cpu_storm = ticks_storm as f64 / hz / storm_secs * 100.0;
-    let cpu_drain = ticks_drain as f64 / hz / drain_secs * 100.0;
+    let cpu_storm = cpu_storm / storm_secs * 100.0;
+    let cpu_drain = cpu_drain / drain_secs * 100.0;
     let p = poll.into_inner().unwrap_or_else(|e| e.into_inner());
     let veth_dropped = link_after[1] - link_before[1];
     println!("storm figures ({} CPUs, {THREADS} pinned sender threads, {} flows, report interval {REPORT_INTERVAL_MS} ms, audit log on):", cpus(), flows());

@@ -366,12 +366,8 @@ impl UdpStream {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 netns::in_netns(&ns, move || -> Result<u64> {
-                    let any: SocketAddr = if dst.is_ipv4() {
-                        "0.0.0.0:0".parse()?
-                    } else {
-                        "[::]:0".parse()?
-                    };
-                    let socket = std::net::UdpSocket::bind(any).context("binding UDP")?;
+                    let socket = std::net::UdpSocket::bind(crate::lab::unspecified(dst.ip()))
+                        .context("binding UDP")?;
                     let mut sent = 0u64;
                     while !stop.load(Ordering::SeqCst) {
                         socket
