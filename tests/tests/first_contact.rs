@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use envfence_tests::agent::agent_binary;
-use envfence_tests::cli::cli;
+use envfence_tests::cli::{cli, run_cmd};
 use envfence_tests::lab::Lab;
 use envfence_tests::netns::{output_with_timeout, require_root};
 
@@ -53,14 +53,13 @@ fn under_ip_netns_exec_the_agent_names_the_missing_bpffs() -> Result<()> {
         &["status", "-o", "json"][..],
         &["explain", "10.30.1.2", "10.10.1.2", "--port", "5432"][..],
     ] {
-        let out = output_with_timeout(
+        let out = run_cmd(
             Command::new("ip")
                 .args(["netns", "exec", lab.node_ns()])
                 .arg(&bin)
                 .args(args),
-            Duration::from_secs(30),
         )?;
-        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        let said = format!("{}{}", out.stdout, out.stderr);
         for want in [
             "/sys/fs/bpf is on sysfs, not on a bpffs",
             "nsenter --net=/run/netns/NAME",
@@ -126,13 +125,14 @@ fn policy_check_warns_of_empty_environments_and_notes_carve_outs() -> Result<()>
     }
     // With -o json, standard output is the (empty) list of errors and the
     // same lines are on standard error.
-    let out = run(&bin, &["policy", "check", "-o", "json", &path])?;
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    ensure!(out.status.success(), "failed: {stderr}{stdout}");
-    let errors: serde_json::Value = serde_json::from_str(&stdout)?;
-    ensure!(errors == serde_json::json!([]), "{stdout}");
+    let out = cli(&["policy", "check", "-o", "json", &path])?.ok()?;
+    ensure!(out.json()? == serde_json::json!([]), "{}", out.stdout);
     for want in [&want_warning, &want_note] {
-        ensure!(stderr.contains(want.as_str()), "no {want:?} in:\n{stderr}");
+        ensure!(
+            out.stderr.contains(want.as_str()),
+            "no {want:?} in:\n{}",
+            out.stderr
+        );
     }
     Ok(())
 }
