@@ -13,17 +13,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence::datapath::{inspect::PinnedState, Datapath, Hook, LoadOptions};
 use envfence::policy::{self, SourceCheck};
 use envfence::state::{self, SavedPolicy};
 use envfence_ebpf::{tag, verdict};
-use envfence_tests::cli::{cli, run_cmd, Run};
+use envfence_tests::agent::{Agent, AgentOptions};
+use envfence_tests::cli::{cli, cli_in, run_cmd, Run};
 use envfence_tests::fixture::{agent_lock, pod_addr, root};
 use envfence_tests::gen::kernel_refuses;
 use envfence_tests::gen::pcap::{self, Capture, Format, Packet};
-use envfence_tests::lab::Family;
+use envfence_tests::lab::{Family, Lab, NODE};
 use envfence_tests::packet::{ip_frame, Packet as Pkt};
 use envfence_tests::testrun::{test_run, SkbCtx, ACTION_SHOT, LO_IFINDEX};
 use serde_json::Value;
@@ -193,7 +195,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         conntrack_capacity: None,
         log_level: 0,
     })?;
-    dp.apply_policy(&compiled, None, std::time::Duration::from_secs(3600))?;
+    dp.apply_policy(&compiled, None, Duration::from_secs(3600))?;
     dp.set_source_check(LO_IFINDEX, SourceCheck::OFF)?;
     let state_dir = tmp.path().join("state");
     state::save(
@@ -702,5 +704,174 @@ fn a_large_capture_streams_in_bounded_memory() -> Result<()> {
         "peak RSS {large} KiB is not below the capture's {} bytes",
         sizes[1].1
     );
+    Ok(())
+}
+
+/// What tcpdump (`-i any`: Linux cooked SLL2) wrote in the node namespace
+/// while `f` ran.
+fn tcpdump_any<T>(lab: &Lab, file: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut cmd = Command::new("tcpdump");
+    cmd.args([
+        "-i",
+        "any",
+        "-n",
+        "-U",
+        "--immediate-mode",
+        "-Z",
+        "root",
+        "-w",
+    ])
+    .arg(file)
+    .args(["udp", "and", "portrange", "5400-5499"]);
+    let dump = lab.spawn_in_ns(NODE, cmd)?;
+    ensure!(
+        dump.wait_for_stderr("listening on", Duration::from_secs(10)),
+        "tcpdump did not start: {}",
+        dump.stderr_tail(5)
+    );
+    let result = f();
+    std::thread::sleep(Duration::from_millis(300));
+    dump.terminate(Duration::from_secs(5))?;
+    result
+}
+
+/// Lab traffic captured by tcpdump without the agent: the flows explain
+/// says the agent drops are exactly those not delivered once the agent
+/// runs; the capture taken with the agent, explained from its pinned maps
+/// in the node's namespace (interfaces named by the cooked header, so the
+/// source check is asked), says the same of every packet.
+#[test]
+fn lab_capture_predicts_what_the_agent_drops() -> Result<()> {
+    root();
+    let _g = agent_lock();
+    let lab = Lab::example()?;
+    let tmp = tempfile::tempdir()?;
+    let example = example_file(tmp.path())?;
+    // (from, to, port): test -> production is dropped, staging ->
+    // production audited (passed), production -> production allowed.
+    let flows = [
+        ("test1", "prod1", 5432u16),
+        ("staging1", "prod1", 5433),
+        ("prod2", "prod1", 5434),
+        ("test1", "prod2", 5435),
+    ];
+    let mut receivers = Vec::new();
+    for (_, to, port) in flows {
+        receivers.push(lab.udp_receiver(to, lab.pod(to)?.ip(Family::V4), port)?);
+    }
+    let send = |round: &str| -> Result<Vec<u64>> {
+        let before: Vec<u64> = receivers.iter().map(|r| r.total()).collect();
+        for (from, to, port) in flows {
+            lab.udp_send(from, lab.pod(to)?.ip(Family::V4), port, round.as_bytes(), 3)?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(receivers
+            .iter()
+            .zip(before)
+            .map(|(r, b)| r.total() - b)
+            .collect())
+    };
+    let without = tmp.path().join("without-agent.pcap");
+    let delivered = tcpdump_any(&lab, &without, || send("without"))?;
+    ensure!(
+        delivered == vec![3, 3, 3, 3],
+        "without the agent: delivered {delivered:?}"
+    );
+    let lines = jsonl(
+        &cli(&[
+            "explain",
+            "--pcap",
+            &without.display().to_string(),
+            "--policy",
+            &example.display().to_string(),
+            "-o",
+            "jsonl",
+        ])?
+        .ok()?,
+    )?;
+    let of_flow = |lines: &[Value], port: u16| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|l| l["outer"]["dport"] == port)
+            .cloned()
+            .collect()
+    };
+    let mut predicted = Vec::new();
+    for (_, _, port) in flows {
+        let ls = of_flow(&lines, port);
+        ensure!(!ls.is_empty(), "port {port}: not in the capture");
+        let drops = ls.iter().filter(|l| l["action"] == "drop").count();
+        ensure!(
+            drops == 0 || drops == ls.len(),
+            "port {port}: some dropped: {ls:?}"
+        );
+        predicted.push(drops > 0);
+    }
+    ensure!(
+        predicted.contains(&true) && predicted.contains(&false),
+        "{predicted:?}"
+    );
+
+    // With the agent.
+    let state = tmp.path().join("state");
+    let agent = Agent::start_with(
+        &lab,
+        &envfence_tests::agent::agent_binary()?,
+        &AgentOptions {
+            policy_args: vec!["--config".into(), example.display().to_string()],
+            extra_args: vec![
+                "--state-dir".into(),
+                state.display().to_string(),
+                "--no-watch".into(),
+            ],
+            ..AgentOptions::default()
+        },
+    )?;
+    let with = tmp.path().join("with-agent.pcap");
+    let delivered = tcpdump_any(&lab, &with, || send("with"))?;
+    let lost: Vec<bool> = delivered.iter().map(|n| *n == 0).collect();
+    ensure!(
+        delivered.iter().all(|n| *n == 0 || *n == 3),
+        "with the agent: delivered {delivered:?}"
+    );
+    ensure!(
+        lost == predicted,
+        "explain of the capture without the agent predicted drops {predicted:?}; with the agent delivered {delivered:?}"
+    );
+    // The capture with the agent, explained from the agent's pinned maps.
+    let run = cli_in(
+        &lab,
+        &[
+            "explain",
+            "--pcap",
+            &with.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "-o",
+            "jsonl",
+        ],
+    )?
+    .ok()?;
+    let lines = jsonl(&run)?;
+    let mut checked = 0;
+    for (i, (_, _, port)) in flows.iter().enumerate() {
+        for l in of_flow(&lines, *port) {
+            ensure!(
+                (l["action"] == "drop") == predicted[i],
+                "port {port}: {l} (predicted drop {})",
+                predicted[i]
+            );
+            ensure!(l["interface"].is_string(), "no interface: {l}");
+            if l["direction"] == "in"
+                && l["source_check"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("accepted"))
+            {
+                checked += 1;
+            }
+        }
+    }
+    ensure!(checked > 0, "no packet had its source checked: {lines:?}");
+    agent.stop(Duration::from_secs(10))?;
     Ok(())
 }
