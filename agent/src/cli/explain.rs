@@ -385,16 +385,9 @@ fn kernel_answer(
     dst: IpAddr,
     names: Option<&(Policy, CompiledPolicy, u32, String)>,
 ) -> anyhow::Result<KernelAnswer> {
-    let env = |id: u32| match names {
-        Some((_, c, _, _)) => c.env_name(id).to_owned(),
-        None if id == 0 => policy::WORLD.to_owned(),
-        None => format!("#{id}"),
-    };
-    let rule = |id: u16| match names {
-        Some((_, c, _, _)) => c.rule_name(id).to_owned(),
-        None if id == RULE_DEFAULT => policy::DEFAULT_RULE.to_owned(),
-        None => format!("#{id}"),
-    };
+    let n = super::explain_pcap::Names(names.map(|(_, c, _, _)| c.clone()));
+    let env = |id: u32| n.env(id);
+    let rule = |id: u16| n.rule(id);
     let rule_name = rule(k.rule);
     let rule_verdict = names.and_then(|(p, _, _, _)| {
         if k.rule == RULE_DEFAULT {

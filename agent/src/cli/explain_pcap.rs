@@ -128,11 +128,12 @@ pub struct PairCount {
     pub bytes: u64,
 }
 
-/// Environment and rule names: a compiled policy's, or ids.
-struct Names(Option<CompiledPolicy>);
+/// Environment and rule names: a compiled policy's (the kernel's ids as
+/// installed), or ids.
+pub(super) struct Names(pub Option<CompiledPolicy>);
 
 impl Names {
-    fn env(&self, id: u32) -> String {
+    pub(super) fn env(&self, id: u32) -> String {
         match &self.0 {
             Some(c) => c.env_name(id).to_owned(),
             None if id == 0 => WORLD.to_owned(),
@@ -140,7 +141,7 @@ impl Names {
         }
     }
 
-    fn rule(&self, id: u16) -> String {
+    pub(super) fn rule(&self, id: u16) -> String {
         match &self.0 {
             _ if id == RULE_SOURCE_CHECK => SOURCE_CHECK_RULE.to_owned(),
             Some(c) => c.rule_name(id).to_owned(),
