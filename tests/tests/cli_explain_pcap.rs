@@ -258,6 +258,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         let file = tmp.path().join(name);
         pcap::write(&file, &capture(format, linktype, &frames))?;
         let file_s = file.display().to_string();
+        let started = std::time::Instant::now();
         let pinned = cli(&[
             "explain",
             "--pcap",
@@ -270,6 +271,11 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             "jsonl",
         ])?
         .ok()?;
+        eprintln!(
+            "{name}: {} packets explained from the pinned maps in {:.2?}",
+            frames.len(),
+            started.elapsed()
+        );
         let lines = jsonl(&pinned)?;
         ensure!(
             lines.len() == frames.len(),

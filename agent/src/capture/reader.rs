@@ -757,8 +757,37 @@ mod tests {
         );
     }
 
+    /// Every byte of a pcap and a pcapng set to 0, 0x7f, 0x80 and 0xff in
+    /// turn, and every cut: an error or packets, never a panic, and an
+    /// error names a packet or the file header.
     #[test]
-    fn pcapng_interface_names() {
+    fn damaged_files_never_panic() {
+        let frame = [0x11u8; 61];
+        let files = [
+            classic(MAGIC_US, 65535, 1, &[(61, &frame[..]), (61, &frame[..])]),
+            pcapng_with_names(),
+        ];
+        for file in files {
+            for i in 0..file.len() {
+                for v in [0u8, 0x7f, 0x80, 0xff] {
+                    let mut f = file.clone();
+                    f[i] = v;
+                    check(&f);
+                }
+                check(&file[..i]);
+            }
+        }
+        fn check(bytes: &[u8]) {
+            let r = CaptureReader::new(bytes).and_then(|r| r.collect::<Result<Vec<_>>>());
+            if let Err(e) = r {
+                let text = e.to_string();
+                assert!(text.contains("packet ") || text.contains("magic"), "{text}");
+            }
+        }
+    }
+
+    /// A pcapng: an interface named `lxc1`, one 3-byte packet.
+    fn pcapng_with_names() -> Vec<u8> {
         let mut ng = Vec::new();
         for v in [
             SHB_MAGIC,
@@ -796,6 +825,12 @@ mod tests {
         ng.extend(len.to_le_bytes());
         ng.extend(&epb);
         ng.extend(len.to_le_bytes());
+        ng
+    }
+
+    #[test]
+    fn pcapng_interface_names() {
+        let ng = pcapng_with_names();
         let packets: Vec<Packet> = CaptureReader::new(&ng[..])
             .expect("header")
             .collect::<Result<_>>()

@@ -54,7 +54,9 @@ ICMP errors that may be `related`; timeouts are not modelled. The source
 check is asked (pinned maps and this namespace's routes) for packets entering
 a named interface envfence is attached to; otherwise the line says `not
 checked` and why. A capture streams: memory stays bounded whatever its size;
-progress is shown on stderr when it is a terminal. A bad capture (cut short,
+progress is shown on stderr when it is a terminal. With `tcpdump -i any` a
+forwarded packet is captured twice (in, then out): both lines say what the
+datapath does, which judges it once. A bad capture (cut short,
 bad block length, absurd captured length, unknown link type) is an error
 naming the packet.
 
