@@ -151,6 +151,10 @@ impl Names {
     }
 }
 
+/// Source-check answers remembered at most (then forgotten and asked
+/// again): a capture of many sources stays in bounded memory.
+const MAX_ANSWERS: usize = 65_536;
+
 /// A source check's (accepted, result code, why), or why it could not be
 /// asked.
 type Answer = Result<(bool, u8, String), String>;
@@ -199,6 +203,9 @@ impl SourceChecker<'_> {
             );
         }
         let slot = self.slot;
+        if self.answers.len() >= MAX_ANSWERS {
+            self.answers.clear();
+        }
         let answer = self
             .answers
             .entry((iface.to_owned(), src, dst))

@@ -20,9 +20,10 @@ use std::collections::HashMap;
 
 use envfence_ebpf::{ct, family, proto, verdict, walk::Layer, L4};
 
-/// Flows remembered at most (then new ones are not tracked, like a full
-/// kernel table: their replies are judged by the policy).
-const MAX_FLOWS: usize = 1 << 20;
+/// Flows remembered at most: the kernel table's default capacity (then new
+/// ones are not tracked, like in a full kernel table: their replies are
+/// judged by the policy). Bounds the memory a capture of many flows takes.
+const MAX_FLOWS: usize = envfence_ebpf::capacity::CONNTRACK as usize;
 
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
