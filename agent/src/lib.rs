@@ -2,6 +2,7 @@
 pub mod api;
 pub mod audit;
 pub mod caps;
+pub mod capture;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::explain_source::{self, SourceAnswer};
-use super::table::{self, Output, Style};
+use super::table::{self, PacketsOutput, Style};
 use crate::{
     datapath::{
         inspect::{DecidedBy, KernelDecision, PinnedState},
@@ -38,17 +38,60 @@ the file's answer is computed too and compared with the kernel's.
 Exit status: 0 the kernel's answer (and the file's, if any, which agrees);
 3 the kernel and the policy file DISAGREE; 1 an error.
 
+With --pcap FILE (pcap or pcapng as `tcpdump -w` writes them: Ethernet,
+Linux cooked SLL and SLL2 of `-i any`, raw IP), every packet of the capture
+instead: time, interface (pcapng if_name, SLL2 ifindex), the tuple as the
+datapath reads it (outer and inner of tunnels), environments, deciding rule,
+verdict, what the datapath does (pass/drop) and why when it is not a plain
+rule (non-ip, malformed, fragment, spoofed, reply ...), then a summary.
+Decided by the kernel's own header walk and decision over the pinned maps
+(or over --policy FILE, where no agent ever ran); explaining counts and
+reports nothing. Replies: the flows the capture's own packets open are
+tracked as the kernel tracks them, so their replies say `reply`; a packet
+that may answer a flow opened before the capture says so in its reason
+(`would pass as reply if ...`) and keeps the policy's verdict, and so do
+ICMP errors that may be `related`; timeouts are not modelled. The source
+check is asked (pinned maps and this namespace's routes) for packets entering
+a named interface envfence is attached to; otherwise the line says `not
+checked` and why. A capture streams: memory stays bounded whatever its size;
+progress is shown on stderr when it is a terminal. With `tcpdump -i any` a
+forwarded packet is captured twice (in, then out): both lines say what the
+datapath does, which judges it once. A bad capture (cut short,
+bad block length, absurd captured length, unknown link type) is an error
+naming the packet.
+
 Examples:
   envfence explain 10.30.1.2 10.10.1.2 --port 5432
   envfence explain 10.30.1.2 10.10.1.2 --proto udp --port 53
   envfence explain fd00:30::7 fd00:10::1 --proto icmp
   envfence explain 10.10.9.9 10.10.1.2 --proto udp --port 53 --iif lxc12ab
-  envfence explain 10.30.1.2 10.10.1.2 --port 443 --config /etc/envfence/policy.yaml")]
+  envfence explain 10.30.1.2 10.10.1.2 --port 443 --config /etc/envfence/policy.yaml
+  envfence explain --pcap node.pcap --verdict drop
+  envfence explain --pcap node.pcapng --env test -o jsonl
+  envfence explain --pcap lab.pcap --policy policy.yaml")]
 pub struct ExplainArgs {
     /// Source address.
-    pub src: IpAddr,
+    #[arg(required_unless_present = "pcap")]
+    pub src: Option<IpAddr>,
     /// Destination address.
-    pub dst: IpAddr,
+    #[arg(required_unless_present = "pcap")]
+    pub dst: Option<IpAddr>,
+    /// Judge every packet of this capture (pcap or pcapng) instead of one
+    /// flow.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["src", "dst", "proto", "port", "sport", "fragment", "iif", "config"])]
+    pub pcap: Option<PathBuf>,
+    /// With --pcap: judge by this policy file, not by the pinned maps.
+    #[arg(long, value_name = "FILE", requires = "pcap")]
+    pub policy: Option<PathBuf>,
+    /// With --pcap: show only packets with this verdict (allow, log, audit,
+    /// drop, reply, spoofed, pass, related; drop: every packet the
+    /// datapath drops, whatever the reason). Repeatable.
+    #[arg(long, value_name = "VERDICT", requires = "pcap")]
+    pub verdict: Vec<String>,
+    /// With --pcap: show only packets from or to this environment.
+    /// Repeatable.
+    #[arg(long, value_name = "ENV", requires = "pcap")]
+    pub env: Vec<String>,
     /// Protocol: tcp, udp, sctp, icmp, icmpv6 or a number (default: tcp
     /// with --port, else a protocol without ports).
     #[arg(long, value_name = "PROTO", value_parser = parse_proto)]
@@ -77,9 +120,10 @@ pub struct ExplainArgs {
     /// The agent's state directory (its saved policy copy).
     #[arg(long, default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    /// Output format (jsonl: one line per packet with --pcap; the one
+    /// record on one line without).
+    #[arg(short = 'o', long, value_enum, default_value_t = PacketsOutput::Table)]
+    pub output: PacketsOutput,
     /// No colour, even on a terminal.
     #[arg(long)]
     pub no_color: bool,
@@ -184,7 +228,7 @@ pub struct Explanation {
 
 /// The names of the kernel's ids: the saved policy, compiled with the ids
 /// it was installed with.
-fn saved_names(state_dir: &Path) -> Option<(Policy, CompiledPolicy, u32, String)> {
+pub(super) fn saved_names(state_dir: &Path) -> Option<(Policy, CompiledPolicy, u32, String)> {
     let saved = state::load(state_dir)?;
     let (p, compiled) = saved.compile().ok()?;
     Some((
@@ -222,14 +266,26 @@ fn l4_of(proto: Option<u8>, port: Option<u16>, fragment: bool) -> L4 {
 }
 
 pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
+    let (src, dst) = match (&args.pcap, args.src, args.dst) {
+        (Some(file), _, _) => {
+            return super::explain_pcap::run(super::explain_pcap::PcapArgs {
+                file,
+                policy: args.policy.as_deref(),
+                pin_root: &args.pin_root,
+                state_dir: &args.state_dir,
+                verdicts: &args.verdict,
+                envs: &args.env,
+                output: args.output,
+                no_color: args.no_color,
+            })
+        }
+        (None, Some(src), Some(dst)) => (src, dst),
+        _ => anyhow::bail!("explain needs SRC and DST, or --pcap FILE"),
+    };
     // An IPv4-mapped IPv6 address goes with either family.
     let v6_only = |ip: IpAddr| matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_none());
-    if (args.src.is_ipv4() && v6_only(args.dst)) || (args.dst.is_ipv4() && v6_only(args.src)) {
-        anyhow::bail!(
-            "{} and {} are of different address families",
-            args.src,
-            args.dst
-        );
+    if (src.is_ipv4() && v6_only(dst)) || (dst.is_ipv4() && v6_only(src)) {
+        anyhow::bail!("{} and {} are of different address families", src, dst);
     }
     let proto = args.proto.or(args.port.map(|_| proto::TCP));
     if args.port.is_some() && proto.is_some_and(|p| !proto_has_ports(p)) {
@@ -237,7 +293,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     }
     let l4 = l4_of(proto, args.port, args.fragment);
     let state = PinnedState::open(&args.pin_root)?;
-    let k = state.decide(args.src, args.dst, l4)?;
+    let k = state.decide(src, dst, l4)?;
     let names = saved_names(&args.state_dir);
     let mut notes = Vec::new();
     if proto.is_some_and(proto_has_ports) && args.port.is_none() && !args.fragment {
@@ -259,11 +315,9 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
             state::path(&args.state_dir).display()
         ));
     }
-    let kernel = kernel_answer(&state, &k, args.src, args.dst, names.as_ref())?;
+    let kernel = kernel_answer(&state, &k, src, dst, names.as_ref())?;
     let source_check = match &args.iif {
-        Some(iface) => Some(explain_source::answer(
-            &state, k.slot, iface, args.src, args.dst,
-        )?),
+        Some(iface) => Some(explain_source::answer(&state, k.slot, iface, src, dst)?),
         None => None,
     };
 
@@ -281,7 +335,7 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     let (file, differences) = match file {
         Some((path, p)) => {
             let compiled = policy::compile(&p);
-            let answer = file_answer(&compiled, &path, args.src, args.dst, l4);
+            let answer = file_answer(&compiled, &path, src, dst, l4);
             let diffs = compare(&kernel, &answer, names.is_some());
             (Some(answer), diffs)
         }
@@ -289,8 +343,8 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
     };
     let agree = file.as_ref().map(|_| differences.is_empty());
     let explanation = Explanation {
-        src: args.src,
-        dst: args.dst,
+        src,
+        dst,
         proto: proto.map(|p| policy::proto_name(p).map_or_else(|| p.to_string(), str::to_owned)),
         port: args.port,
         sport: args.sport,
@@ -303,8 +357,11 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<()> {
         notes,
     };
     match args.output {
-        Output::Json => table::print_json(&explanation)?,
-        Output::Table => table::print(&render(&explanation, &Style::for_stdout(args.no_color))),
+        PacketsOutput::Json => table::print_json(&explanation)?,
+        PacketsOutput::Jsonl => println!("{}", serde_json::to_string(&explanation)?),
+        PacketsOutput::Table => {
+            table::print(&render(&explanation, &Style::for_stdout(args.no_color)))
+        }
     }
     if explanation.agree == Some(false) {
         eprintln!(
@@ -330,16 +387,9 @@ fn kernel_answer(
     dst: IpAddr,
     names: Option<&(Policy, CompiledPolicy, u32, String)>,
 ) -> anyhow::Result<KernelAnswer> {
-    let env = |id: u32| match names {
-        Some((_, c, _, _)) => c.env_name(id).to_owned(),
-        None if id == 0 => policy::WORLD.to_owned(),
-        None => format!("#{id}"),
-    };
-    let rule = |id: u16| match names {
-        Some((_, c, _, _)) => c.rule_name(id).to_owned(),
-        None if id == RULE_DEFAULT => policy::DEFAULT_RULE.to_owned(),
-        None => format!("#{id}"),
-    };
+    let n = super::explain_pcap::Names(names.map(|(_, c, _, _)| c.clone()));
+    let env = |id: u32| n.env(id);
+    let rule = |id: u16| n.rule(id);
     let rule_name = rule(k.rule);
     let rule_verdict = names.and_then(|(p, _, _, _)| {
         if k.rule == RULE_DEFAULT {

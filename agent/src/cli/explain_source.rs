@@ -34,6 +34,9 @@ pub struct SourceAnswer {
     /// The check's result (`route`, `peer-address`, ... as in events).
     pub result: String,
     pub accepted: bool,
+    /// The result's code (`envfence_ebpf::source`).
+    #[serde(skip)]
+    pub code: u8,
     /// The route to the source, in `ip route` words (None: not asked).
     pub route: Option<String>,
     /// The interface that route leaves through.
@@ -83,6 +86,7 @@ pub fn answer(
         configured: setting.is_some(),
         result: String::new(),
         accepted: true,
+        code: source::NOT_CHECKED,
         route: None,
         route_interface: None,
         why: String::new(),
@@ -90,6 +94,7 @@ pub fn answer(
     let finish = |mut out: SourceAnswer, result: u8, why: String| {
         out.result = source::result_name(result).to_owned();
         out.accepted = source::accepted(result);
+        out.code = result;
         out.why = why;
         out
     };

@@ -6,6 +6,7 @@ mod audit;
 mod cleanup;
 mod completions;
 mod explain;
+mod explain_pcap;
 mod explain_source;
 mod fleet;
 mod flows;
@@ -65,8 +66,10 @@ pub enum Command {
     /// Explain how the kernel judges a flow from SRC to DST: each side's
     /// CIDR and environment, the deciding rule and the verdict, read from
     /// the pinned maps (no agent needed); compared with a policy file.
+    /// With --pcap FILE: every packet of a capture, judged the same way.
     ///
     /// Example: envfence explain 10.30.1.2 10.10.1.2 --port 5432
+    /// Example: envfence explain --pcap node.pcap --verdict drop
     Explain(explain::ExplainArgs),
     /// The heaviest violating environment pairs, addresses or rules, by
     /// packets.

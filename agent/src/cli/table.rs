@@ -27,6 +27,18 @@ pub enum FlowsOutput {
     Jsonl,
 }
 
+/// `-o` of commands that print one record per packet or event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PacketsOutput {
+    /// Aligned lines for people, then a summary.
+    #[default]
+    Table,
+    /// One JSON document: the records and the summary.
+    Json,
+    /// One JSON record per line (no summary).
+    Jsonl,
+}
+
 /// ANSI styles, or nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct Style {

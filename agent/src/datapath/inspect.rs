@@ -20,7 +20,7 @@ use envfence_ebpf::{
     counter_index,
     decide::{self, By, Tables},
     lpm, map_names, slot_pair_index, stat, Config, Counter, IfConfig, PairVerdict, PeerKey,
-    PortKey, RuleVerdict, MAX_ENVS, NUM_VERDICTS,
+    PortKey, RuleVerdict, TunnelPorts, MAX_ENVS, NUM_VERDICTS, TUNNEL_ENTRIES_PER_SLOT,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -80,6 +80,7 @@ pub struct PinnedState {
     ifconf: HashMap<MapData, u32, IfConfig>,
     peers: HashMap<MapData, PeerKey, u32>,
     conntrack: HashMap<MapData, envfence_ebpf::CtKey, envfence_ebpf::CtEntry>,
+    tunnel_ports: Array<MapData, TunnelPorts>,
 }
 
 /// The environment an address is in, as the kernel's LPM trie says.
@@ -162,6 +163,7 @@ impl PinnedState {
             ifconf: open_typed(&layout, map_names::IFCONF)?,
             peers: open_typed(&layout, map_names::PEERS)?,
             conntrack: open_typed(&layout, map_names::CONNTRACK)?,
+            tunnel_ports: open_typed(&layout, map_names::TUNNEL_PORTS)?,
             dir,
         })
     }
@@ -241,13 +243,75 @@ impl PinnedState {
         }
     }
 
-    fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
+    /// The environment id of `ip` in policy slot `slot`, as the datapath
+    /// looks it up (one longest-prefix lookup; [`PinnedState::lookup_env`]
+    /// also names the prefix).
+    pub fn env_id(&self, ip: IpAddr, slot: u32) -> Result<u32, InspectError> {
+        let s = slot & 1;
+        match ip {
+            IpAddr::V4(a) => self.id_v4(a, s),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => self.id_v4(v4, s),
+                None => self.id_v6(a, s),
+            },
+        }
+    }
+
+    fn id_v4(&self, a: Ipv4Addr, slot: u32) -> Result<u32, InspectError> {
         let (len, data) = lpm::v4(slot, a.octets(), 32);
-        let id = match self.v4.get(&Key::new(len, data), 0) {
-            Ok(id) => id & (MAX_ENVS - 1),
-            Err(MapError::KeyNotFound) => 0,
-            Err(e) => return Err(read_error(map_names::ENV_V4)(e)),
+        match self.v4.get(&Key::new(len, data), 0) {
+            Ok(id) => Ok(id & (MAX_ENVS - 1)),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(read_error(map_names::ENV_V4)(e)),
+        }
+    }
+
+    fn id_v6(&self, a: Ipv6Addr, slot: u32) -> Result<u32, InspectError> {
+        let (len, data) = lpm::v6(slot, &a.octets(), 128);
+        match self.v6.get(&Key::new(len, data), 0) {
+            Ok(id) => Ok(id & (MAX_ENVS - 1)),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(read_error(map_names::ENV_V6)(e)),
+        }
+    }
+
+    /// The [`envfence_ebpf::tunnel`] kind of every UDP port (indexed by
+    /// port) in policy slot `slot` (`EF_TUNNEL_PORTS`).
+    pub fn tunnel_kinds(&self, slot: u32) -> Result<Vec<u8>, InspectError> {
+        let mut out = Vec::with_capacity(65_536);
+        for i in 0..TUNNEL_ENTRIES_PER_SLOT {
+            let e = self
+                .tunnel_ports
+                .get(&envfence_ebpf::tunnel_ports_index(slot, (i << 8) as u16), 0)
+                .map_err(read_error(map_names::TUNNEL_PORTS))?;
+            out.extend_from_slice(&e.kind);
+        }
+        Ok(out)
+    }
+
+    /// The decision of a packet between two environments in `slot`, as
+    /// the datapath decides it ([`envfence_ebpf::decide::decide`]), and the
+    /// pair's entry.
+    pub fn decided(
+        &self,
+        slot: u32,
+        src_env: u32,
+        dst_env: u32,
+        l4: envfence_ebpf::L4,
+        proto: u8,
+        dport: u16,
+    ) -> Result<(decide::Decided, PairVerdict), InspectError> {
+        let pair = self.pair(slot, src_env, dst_env)?;
+        let tables = SlotTables {
+            state: self,
+            slot: slot & 1,
         };
+        let d = decide::decide(&tables, &pair, src_env, dst_env, l4, proto, dport)?;
+        Ok((d, pair))
+    }
+
+    fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
+        let id = self.id_v4(a, slot)?;
         let mut best: Option<Ipv4Net> = None;
         for key in self.v4.keys() {
             let key = key.map_err(read_error(map_names::ENV_V4))?;
@@ -271,12 +335,7 @@ impl PinnedState {
     }
 
     fn lookup_v6(&self, a: Ipv6Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let (len, data) = lpm::v6(slot, &a.octets(), 128);
-        let id = match self.v6.get(&Key::new(len, data), 0) {
-            Ok(id) => id & (MAX_ENVS - 1),
-            Err(MapError::KeyNotFound) => 0,
-            Err(e) => return Err(read_error(map_names::ENV_V6)(e)),
-        };
+        let id = self.id_v6(a, slot)?;
         let mut best: Option<Ipv6Net> = None;
         for key in self.v6.keys() {
             let key = key.map_err(read_error(map_names::ENV_V6))?;
@@ -361,9 +420,7 @@ impl PinnedState {
         let s = self.lookup_env(src, slot)?;
         let d = self.lookup_env(dst, slot)?;
         let (kind, proto, dport) = l4.parts();
-        let pair = self.pair(slot, s.id, d.id)?;
-        let tables = SlotTables { state: self, slot };
-        let decided = decide::decide(&tables, &pair, s.id, d.id, kind, proto, dport)?;
+        let (decided, pair) = self.decided(slot, s.id, d.id, kind, proto, dport)?;
         let by = match decided.by {
             By::PortRule => DecidedBy::PortRule { proto, port: dport },
             By::Pair => DecidedBy::Pair,

@@ -9,6 +9,7 @@ mod error;
 pub mod inspect;
 mod loader;
 pub mod logging;
+pub mod pinned_tables;
 pub mod pins;
 mod policy_maps;
 mod source_maps;

@@ -1,11 +1,13 @@
 //! The userspace classifier: what the datapath does with a frame,
 //! computed from the frame's bytes, what the skb says of it ([`Skb`]) and
-//! the compiled policy. `explain` and the tests use it.
+//! a policy's tables ([`PolicyTables`]: the compiled policy, or the maps
+//! pinned in bpffs, `datapath::inspect::PinnedTables`). `explain` and the
+//! tests use it.
 //!
 //! It is not a second implementation: the header walk is the kernel's own
 //! (`envfence_ebpf::walk_for!`, instantiated here for a byte slice,
 //! [`SliceFrame`]) and so is the decision (`envfence_ebpf::decide`, over
-//! the compiled policy's tables, [`CompiledPolicy::decided`]). What this module adds is what the
+//! the policy's tables, [`PolicyTables::decided`]). What this module adds is what the
 //! kernel does around them, in plain Rust: the source check of a frame
 //! entering an interface (`rpf`), judging the outer packet, a tunnel's
 //! inner packet and a routing header's final destination (the strictest
@@ -16,10 +18,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use envfence_ebpf::walk::{self, Frame, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE};
+use envfence_ebpf::decide::Decided;
+use envfence_ebpf::walk::{self, Frame, Reject, ENCAP_MPLS, ENCAP_PPPOE};
+pub use envfence_ebpf::walk::{Layer, Packet};
 use envfence_ebpf::{family, stat, tunnel, verdict};
 
-use super::{rpf, CompiledPolicy, Mode, NonIp, Tunnels};
+use super::{rpf, CompiledPolicy, Mode, NonIp};
 
 /// The kernel's header walk ([`envfence_ebpf::walk_for!`]) over a
 /// [`SliceFrame`].
@@ -32,6 +36,61 @@ mod walked {
 /// extension-header chain, or a tunnel in a non-first fragment) whose
 /// ports could not be read, or a protocol without ports.
 pub use envfence_ebpf::L4 as L4Seen;
+
+/// Where the classifier finds the policy it judges by: the tables the
+/// datapath reads, from a compiled policy or from the maps pinned in bpffs.
+/// Lookups may fail (pinned maps are read with syscalls): `Error` is
+/// `Infallible` where they cannot.
+pub trait PolicyTables {
+    type Error;
+    /// The environment id of `ip` (an IPv4-mapped IPv6 address as the IPv4
+    /// address it carries).
+    fn env_of(&self, ip: IpAddr) -> Result<u32, Self::Error>;
+    /// The kernel's decision ([`envfence_ebpf::decide::decide`]) for a
+    /// packet between two environments; `proto` and `dport` are read when
+    /// `l4` is `Ports`.
+    fn decided(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        l4: L4Seen,
+        proto: u8,
+        dport: u16,
+    ) -> Result<Decided, Self::Error>;
+    /// The connection-tracking flags ([`envfence_ebpf::ct`]) of the pair.
+    fn pair_ct(&self, src_env: u32, dst_env: u32) -> Result<u8, Self::Error>;
+    /// The [`envfence_ebpf::tunnel`] kind of UDP destination port `port`.
+    fn tunnel_kind(&self, port: u16) -> u8;
+}
+
+impl PolicyTables for CompiledPolicy {
+    type Error = std::convert::Infallible;
+
+    fn env_of(&self, ip: IpAddr) -> Result<u32, Self::Error> {
+        Ok(self.lookup_env(ip).0)
+    }
+
+    fn decided(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        l4: L4Seen,
+        proto: u8,
+        dport: u16,
+    ) -> Result<Decided, Self::Error> {
+        Ok(CompiledPolicy::decided(
+            self, src_env, dst_env, l4, proto, dport,
+        ))
+    }
+
+    fn pair_ct(&self, src_env: u32, dst_env: u32) -> Result<u8, Self::Error> {
+        Ok(self.pair(src_env, dst_env).map_or(0, |p| p.ct))
+    }
+
+    fn tunnel_kind(&self, port: u16) -> u8 {
+        self.tunnels.kind(port).map_or(tunnel::NONE, |k| k.as_u8())
+    }
+}
 
 /// What the skb says of a frame beyond its bytes (BPF_PROG_TEST_RUN sets
 /// it through the `__sk_buff` context).
@@ -153,9 +212,14 @@ pub struct Judgement {
 impl Outcome {
     /// Whether the datapath lets the frame through under `policy`.
     pub fn passes(&self, policy: &CompiledPolicy) -> bool {
-        let audit = policy.mode == Mode::Audit;
+        self.passes_under(policy.mode == Mode::Audit, policy.non_ip == NonIp::Drop)
+    }
+
+    /// Whether the datapath lets the frame through under a policy in audit
+    /// mode or not, whose `non_ip` is `drop` or not.
+    pub fn passes_under(&self, audit: bool, non_ip_drop: bool) -> bool {
         match self {
-            Outcome::NonIp(_) => policy.non_ip == NonIp::Pass || audit,
+            Outcome::NonIp(_) => !non_ip_drop || audit,
             Outcome::Malformed
             | Outcome::VlanTooDeep
             | Outcome::TunnelTooDeep
@@ -180,30 +244,44 @@ impl NonIpKind {
     }
 }
 
+/// The tunnel ports of a policy, as the walk asks them.
+type TunnelKindOf<'a> = &'a dyn Fn(u16) -> u8;
+
 /// A frame as the walk reads it in userspace: its bytes (all of them
-/// readable, like a linear skb), whether the skb is GSO, and the compiled
-/// policy's tunnel ports.
+/// readable, like a linear skb; a captured frame cut by its snap length is
+/// longer than them, like a non-linear skb), whether the skb is GSO, and
+/// the policy's tunnel ports.
 pub struct SliceFrame<'a> {
     bytes: &'a [u8],
+    len: usize,
     gso: bool,
-    tunnels: &'a Tunnels,
+    tunnels: TunnelKindOf<'a>,
 }
 
 impl<'a> SliceFrame<'a> {
-    /// The frame `bytes` whose skb says `skb`, under `tunnels`.
-    pub fn new(bytes: &'a [u8], skb: Skb, tunnels: &'a Tunnels) -> Self {
+    /// The frame `bytes` whose skb says `skb`, under the tunnel ports
+    /// `tunnels` ([`PolicyTables::tunnel_kind`]).
+    pub fn new(bytes: &'a [u8], skb: Skb, tunnels: TunnelKindOf<'a>) -> Self {
         SliceFrame {
             bytes,
+            len: bytes.len(),
             gso: skb.gso_size != 0,
             tunnels,
         }
+    }
+
+    /// The frame is `len` bytes long of which `bytes` were captured (`len`
+    /// below their length is taken as their length).
+    pub fn with_len(mut self, len: usize) -> Self {
+        self.len = len.max(self.bytes.len());
+        self
     }
 }
 
 impl Frame for SliceFrame<'_> {
     #[inline(always)]
     fn packet_len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     #[inline(always)]
@@ -223,14 +301,20 @@ impl Frame for SliceFrame<'_> {
 
     #[inline(always)]
     fn tunnel_kind(&self, _slot: u32, port: u16) -> Option<u8> {
-        Some(self.tunnels.kind(port).map_or(tunnel::NONE, |k| k.as_u8()))
+        Some((self.tunnels)(port))
     }
 }
 
-/// Walks `frame` as the kernel's hook does.
-fn parse(frame: &[u8], skb: Skb, policy: &CompiledPolicy) -> Result<Packet, Outcome> {
+/// Walks `frame` (`len` bytes on the wire) as the kernel's hook does.
+fn parse<T: PolicyTables>(
+    frame: &[u8],
+    len: usize,
+    skb: Skb,
+    tables: &T,
+) -> Result<Packet, Outcome> {
     let mut pkt = Packet::default();
-    let f = SliceFrame::new(frame, skb, &policy.tunnels);
+    let kind = |port: u16| tables.tunnel_kind(port);
+    let f = SliceFrame::new(frame, skb, &kind).with_len(len);
     match walked::parse(&f, &mut pkt, 0) {
         Ok(()) => Ok(pkt),
         Err(Reject::NonIp) => Err(Outcome::NonIp(NonIpKind::of(pkt.l2_type))),
@@ -250,6 +334,14 @@ fn address(fam: u8, a: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// Never fails: the compiled policy's lookups.
+fn infallible<T>(r: Result<T, std::convert::Infallible>) -> T {
+    match r {
+        Ok(t) => t,
+        Err(never) => match never {},
+    }
+}
+
 /// Classifies one Ethernet frame as the kernel program does, for a frame
 /// that is not a GSO packet.
 pub fn classify(frame: &[u8], policy: &CompiledPolicy) -> Outcome {
@@ -258,7 +350,13 @@ pub fn classify(frame: &[u8], policy: &CompiledPolicy) -> Outcome {
 
 /// Classifies one Ethernet frame whose skb says `skb`.
 pub fn classify_skb(frame: &[u8], skb: Skb, policy: &CompiledPolicy) -> Outcome {
-    classify_full(frame, skb, policy, None)
+    infallible(classify_with(
+        frame,
+        frame.len(),
+        skb,
+        policy,
+        &mut |_, _| None,
+    ))
 }
 
 /// Classifies one Ethernet frame (not a GSO packet) entering interface
@@ -272,49 +370,80 @@ pub fn classify_on(
     node: &rpf::Node,
     ifindex: u32,
 ) -> Outcome {
-    classify_full(frame, Skb::default(), policy, Some((node, ifindex)))
+    infallible(classify_with(
+        frame,
+        frame.len(),
+        Skb::default(),
+        policy,
+        &mut |src, dst| node.check(ifindex, src, dst),
+    ))
 }
 
 /// The outer packet's (source, destination), when the frame (not a GSO
 /// packet) can be read up to its addresses: what the source check looks at.
 pub fn outer_addresses(frame: &[u8], policy: &CompiledPolicy) -> Option<(IpAddr, IpAddr)> {
-    let pkt = parse(frame, Skb::default(), policy).ok()?;
-    let o = &pkt.outer;
-    Some((address(o.family, &o.src), address(o.family, &o.dst)))
+    let pkt = parse(frame, frame.len(), Skb::default(), policy).ok()?;
+    Some(outer_of(&pkt))
 }
 
-fn classify_full(
+/// Classifies one Ethernet frame, `len` bytes on the wire of which `frame`
+/// was captured, whose skb says `skb`, by the policy's `tables`. `check`
+/// is the source check of the outer (source, destination) of a frame the
+/// parser can read up to its addresses (None: not checked); a refused one
+/// is [`Outcome::Spoofed`].
+pub fn classify_with<T: PolicyTables>(
     frame: &[u8],
+    len: usize,
     skb: Skb,
-    policy: &CompiledPolicy,
-    on: Option<(&rpf::Node, u32)>,
-) -> Outcome {
-    let pkt = match parse(frame, skb, policy) {
-        Ok(p) => p,
-        Err(outcome) => return outcome,
-    };
+    tables: &T,
+    check: &mut dyn FnMut(IpAddr, IpAddr) -> Option<rpf::SourceFound>,
+) -> Result<Outcome, T::Error> {
+    match walk(frame, len, skb, tables) {
+        Ok(pkt) => judge_walked(&pkt, tables, check),
+        Err(outcome) => Ok(outcome),
+    }
+}
+
+/// The kernel's header walk of one Ethernet frame (see [`classify_with`]):
+/// the parsed packet, or the outcome of a frame that is not judged.
+pub fn walk<T: PolicyTables>(
+    frame: &[u8],
+    len: usize,
+    skb: Skb,
+    tables: &T,
+) -> Result<Packet, Outcome> {
+    parse(frame, len, skb, tables)
+}
+
+/// The outer (source, destination) of a walked packet.
+pub fn outer_of(pkt: &Packet) -> (IpAddr, IpAddr) {
+    let o = &pkt.outer;
+    (address(o.family, &o.src), address(o.family, &o.dst))
+}
+
+/// The outcome of a packet [`walk`] parsed (see [`classify_with`]).
+pub fn judge_walked<T: PolicyTables>(
+    pkt: &Packet,
+    tables: &T,
+    check: &mut dyn FnMut(IpAddr, IpAddr) -> Option<rpf::SourceFound>,
+) -> Result<Outcome, T::Error> {
     let outer = &pkt.outer;
-    if let Some((node, ifindex)) = on {
-        let (src, dst) = (
-            address(outer.family, &outer.src),
-            address(outer.family, &outer.dst),
-        );
-        if let Some(found) = node.check(ifindex, src, dst) {
-            if !envfence_ebpf::source::accepted(found.result) {
-                return Outcome::Spoofed(Spoofed {
-                    src,
-                    dst,
-                    dst_env: policy.lookup_env(dst).0,
-                    found,
-                });
-            }
+    let (src, dst) = outer_of(pkt);
+    if let Some(found) = check(src, dst) {
+        if !envfence_ebpf::source::accepted(found.result) {
+            return Ok(Outcome::Spoofed(Spoofed {
+                src,
+                dst,
+                dst_env: tables.env_of(dst)?,
+                found,
+            }));
         }
     }
-    let mut judged = judge_all(outer, policy);
+    let mut judged = judge_all(outer, tables)?;
     let mut by_inner = false;
     let inner = pkt.has_inner.then_some(&pkt.inner);
     if let Some(inner) = inner {
-        let j = judge_all(inner, policy);
+        let j = judge_all(inner, tables)?;
         if j.verdict > judged.verdict {
             judged = j;
             by_inner = true;
@@ -336,33 +465,37 @@ fn classify_full(
     judged.len_from_skb = len_from_skb;
     judged.jumbo = jumbo;
     judged.routed = routed;
-    Outcome::Judged(judged)
+    Ok(Outcome::Judged(judged))
 }
 
 /// A layer judged for where it is going now and, with a routing header,
 /// for where it ends up: the stricter verdict, the current destination's on
 /// a tie.
-fn judge_all(layer: &Layer, policy: &CompiledPolicy) -> Judgement {
-    let now = judge(layer, &layer.dst, policy);
+fn judge_all<T: PolicyTables>(layer: &Layer, tables: &T) -> Result<Judgement, T::Error> {
+    let now = judge(layer, &layer.dst, tables)?;
     if !layer.has_final {
-        return now;
+        return Ok(now);
     }
-    let mut last = judge(layer, &layer.final_dst, policy);
-    if last.verdict > now.verdict {
+    let mut last = judge(layer, &layer.final_dst, tables)?;
+    Ok(if last.verdict > now.verdict {
         last.by_final = true;
         last
     } else {
         now
-    }
+    })
 }
 
-fn judge(layer: &Layer, dst: &[u8; 16], policy: &CompiledPolicy) -> Judgement {
+fn judge<T: PolicyTables>(
+    layer: &Layer,
+    dst: &[u8; 16],
+    tables: &T,
+) -> Result<Judgement, T::Error> {
     let src = address(layer.family, &layer.src);
     let dst = address(layer.family, dst);
-    let (src_env, _) = policy.lookup_env(src);
-    let (dst_env, _) = policy.lookup_env(dst);
-    let d = policy.decided(src_env, dst_env, layer.l4, layer.proto, layer.dport);
-    Judgement {
+    let src_env = tables.env_of(src)?;
+    let dst_env = tables.env_of(dst)?;
+    let d = tables.decided(src_env, dst_env, layer.l4, layer.proto, layer.dport)?;
+    Ok(Judgement {
         family: layer.family,
         proto: layer.proto,
         src,
@@ -383,5 +516,5 @@ fn judge(layer: &Layer, dst: &[u8; 16], policy: &CompiledPolicy) -> Judgement {
         jumbo: false,
         routed: false,
         by_final: false,
-    }
+    })
 }

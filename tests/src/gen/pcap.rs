@@ -1,53 +1,24 @@
-//! Capture files, read and written with the `pcap-parser` crate: classic
-//! pcap (what `tcpdump -w` writes: microsecond or nanosecond timestamps,
-//! either byte order, the "modified" variant) and pcapng (sections of
-//! either byte order, several interfaces, `if_tsresol` / `if_tsoffset`,
-//! enhanced and simple packet blocks, packet comments).
-//!
-//! What this module adds to the crate's parsers, which hand out the raw
-//! fields: timestamps turned into seconds and nanoseconds without overflow
-//! (a fraction at or past one second, which some writers produce, is
-//! carried into the seconds), the link type taken from the low 16 bits of
-//! the pcap header's field (the bits above carry the FCS length and are
-//! returned apart), and an error naming the packet and byte offset where a
-//! file is cut short, never a panic.
+//! Capture files for the tests: read whole with the product's streaming
+//! reader (`envfence::capture`, the one `explain --pcap` uses: classic pcap
+//! and pcapng, timestamps without overflow, the link type apart from the
+//! FCS bits, positioned errors), and written with the `pcap-parser`
+//! crate's serializers (only tests write captures).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use pcap_parser::nom;
+use envfence::capture::reader::{FCS_PRESENT, MAGIC_NS, MAGIC_US};
+use envfence::capture::{CaptureError, CaptureReader};
 use pcap_parser::pcapng::{
-    parse_block_be, parse_block_le, Block, EnhancedPacketBlock, InterfaceDescriptionBlock,
-    SectionHeaderBlock, BOM_MAGIC, SHB_MAGIC,
+    EnhancedPacketBlock, InterfaceDescriptionBlock, SectionHeaderBlock, BOM_MAGIC, SHB_MAGIC,
 };
-use pcap_parser::{
-    parse_pcap_frame, parse_pcap_frame_be, parse_pcap_frame_modified, parse_pcap_header,
-    LegacyPcapBlock, Linktype, OptionCode, PcapHeader, PcapNGOption, ToVec,
-};
+use pcap_parser::{LegacyPcapBlock, Linktype, OptionCode, PcapHeader, PcapNGOption, ToVec};
 
 /// LINKTYPE_ETHERNET.
 pub const LINKTYPE_ETHERNET: u32 = 1;
-/// Bit 26 of a pcap header's link-type field: the FCS length (bits 28-31)
-/// is present.
-const FCS_PRESENT: u32 = 0x0400_0000;
-const MAGIC_US: u32 = 0xa1b2_c3d4;
-const MAGIC_NS: u32 = 0xa1b2_3c4d;
-const MAGIC_MODIFIED: u32 = 0xa1b2_cd34;
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
-/// What a capture file is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// Classic pcap: nanosecond or microsecond timestamps, byte order, the
-    /// "modified" (Kuznetsov) record header.
-    Pcap {
-        nanos: bool,
-        big_endian: bool,
-        modified: bool,
-    },
-    /// pcapng.
-    PcapNg,
-}
+pub use envfence::capture::Format;
 
 /// One captured packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,20 +78,9 @@ pub enum PcapError {
         #[source]
         source: Box<PcapError>,
     },
-    #[error("not a capture file (magic {0:#010x} is neither pcap nor pcapng)")]
-    NotACapture(u32),
-    #[error("truncated capture: the file ends inside {what} (at byte {offset}; {missing} more bytes wanted)")]
-    Truncated {
-        what: String,
-        offset: usize,
-        missing: usize,
-    },
-    #[error("invalid capture: {what} at byte {offset}: {why}")]
-    Invalid {
-        what: String,
-        offset: usize,
-        why: String,
-    },
+    /// What the reader said.
+    #[error(transparent)]
+    Read(#[from] CaptureError),
     #[error("cannot write the capture: {0}")]
     Write(String),
 }
@@ -129,11 +89,11 @@ type Result<T> = std::result::Result<T, PcapError>;
 
 /// Reads a pcap or pcapng file.
 pub fn read(path: &Path) -> Result<Capture> {
-    let bytes = std::fs::read(path).map_err(|source| PcapError::Io {
+    let file = std::fs::File::open(path).map_err(|source| PcapError::Io {
         path: path.to_owned(),
         source,
     })?;
-    parse(&bytes).map_err(|e| PcapError::File {
+    collect(std::io::BufReader::new(file)).map_err(|e| PcapError::File {
         path: path.to_owned(),
         source: Box::new(e),
     })
@@ -141,264 +101,27 @@ pub fn read(path: &Path) -> Result<Capture> {
 
 /// Parses the bytes of a pcap or pcapng file.
 pub fn parse(bytes: &[u8]) -> Result<Capture> {
-    let Some(magic) = bytes.get(..4) else {
-        return Err(PcapError::Truncated {
-            what: "the file header".into(),
-            offset: 0,
-            missing: 4 - bytes.len(),
-        });
-    };
-    if u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == SHB_MAGIC {
-        parse_pcapng(bytes)
-    } else {
-        parse_classic(bytes)
-    }
+    collect(bytes)
 }
 
-/// How many more bytes a nom `Incomplete` wants.
-fn missing(n: nom::Needed) -> usize {
-    match n {
-        nom::Needed::Size(n) => n.get(),
-        nom::Needed::Unknown => 1,
-    }
-}
-
-/// The result of one nom parser at `offset` of a file of `len` bytes, as
-/// this module's errors.
-fn step<'a, T>(
-    parsed: nom::IResult<&'a [u8], T, pcap_parser::PcapError<&'a [u8]>>,
-    what: impl Fn() -> String,
-    offset: usize,
-    len: usize,
-) -> Result<(&'a [u8], T)> {
-    match parsed {
-        Ok(x) => Ok(x),
-        Err(nom::Err::Incomplete(n)) => Err(PcapError::Truncated {
-            what: what(),
-            offset: len,
-            missing: missing(n),
-        }),
-        Err(e) => Err(PcapError::Invalid {
-            what: what(),
-            offset,
-            why: format!("{e:?}"),
-        }),
-    }
-}
-
-/// Seconds and nanoseconds of `ticks` at `per_sec` ticks a second, after
-/// `sec` seconds; exact, whatever the values (`ticks` >= `per_sec` is
-/// carried into the seconds).
-fn timestamp(sec: u64, ticks: u64, per_sec: u64) -> Option<(u64, u32)> {
-    if per_sec == 0 {
-        return None;
-    }
-    let sec = sec.checked_add(ticks / per_sec)?;
-    let nsec = u128::from(ticks % per_sec) * u128::from(NANOS_PER_SEC) / u128::from(per_sec);
-    Some((sec, u32::try_from(nsec).ok()?))
-}
-
-/// Timestamp units per second of a pcapng `if_tsresol`: 10^n, or 2^n when
-/// the top bit is set. (Not `pcap_parser::build_ts_resolution`, which
-/// refuses every 2^n resolution: it compares the value with the flag bit
-/// still set against 63.)
-fn ticks_per_sec(tsresol: u8) -> Option<u64> {
-    let n = u32::from(tsresol & 0x7f);
-    if tsresol & 0x80 == 0 {
-        10u64.checked_pow(n)
-    } else {
-        1u64.checked_shl(n).filter(|_| n < 64)
-    }
-}
-
-/// A pcapng `if_tsoffset` in the section's byte order (the crate's
-/// `if_tsoffset` field reads it little-endian whatever the section's).
-fn ts_offset(options: &[PcapNGOption], big_endian: bool) -> Option<i64> {
-    let o = options.iter().find(|o| o.code == OptionCode::IfTsoffset)?;
-    let b: [u8; 8] = o.value().get(..8)?.try_into().ok()?;
-    Some(if big_endian {
-        i64::from_be_bytes(b)
-    } else {
-        i64::from_le_bytes(b)
-    })
-}
-
-fn parse_classic(bytes: &[u8]) -> Result<Capture> {
-    let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let known = [MAGIC_US, MAGIC_NS, MAGIC_MODIFIED];
-    if !known.iter().any(|m| *m == magic || m.swap_bytes() == magic) {
-        return Err(PcapError::NotACapture(magic));
-    }
-    if bytes.len() < 24 {
-        return Err(PcapError::Truncated {
-            what: "the pcap file header".into(),
-            offset: 0,
-            missing: 24 - bytes.len(),
-        });
-    }
-    let (mut rest, h) = parse_pcap_header(bytes).map_err(|_| PcapError::NotACapture(magic))?;
-    let field = h.network.0 as u32;
-    let linktype = field & 0xffff;
-    // The FCS length is written in 16-bit units.
-    let fcs_len = (field & FCS_PRESENT != 0).then_some(((field >> 28) as u8) * 2);
-    let (nanos, big_endian, modified) = (
-        h.is_nanosecond_precision(),
-        h.is_bigendian(),
-        h.is_modified_format(),
-    );
-    let per_sec = if nanos { NANOS_PER_SEC } else { 1_000_000 };
+/// Every packet of a capture.
+fn collect(r: impl std::io::Read) -> Result<Capture> {
+    let mut reader = CaptureReader::new(r)?;
     let mut packets = Vec::new();
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        let what = || format!("packet {} (record at byte {offset})", packets.len() + 1);
-        let parsed = if modified {
-            parse_pcap_frame_modified(rest)
-        } else if big_endian {
-            parse_pcap_frame_be(rest)
-        } else {
-            parse_pcap_frame(rest)
-        };
-        let (next, b) = step(parsed, what, offset, bytes.len())?;
-        let (ts_sec, ts_nsec) = timestamp(u64::from(b.ts_sec), u64::from(b.ts_usec), per_sec)
-            .ok_or_else(|| PcapError::Invalid {
-                what: what(),
-                offset,
-                why: "timestamp out of range".into(),
-            })?;
+    while let Some(p) = reader.next_packet()? {
         packets.push(Packet {
-            ts_sec,
-            ts_nsec,
-            orig_len: b.origlen,
-            linktype,
-            data: b.data.to_vec(),
-            comment: None,
+            ts_sec: p.ts_sec,
+            ts_nsec: p.ts_nsec,
+            orig_len: p.orig_len,
+            linktype: p.linktype,
+            data: p.data,
+            comment: p.comment,
         });
-        rest = next;
     }
     Ok(Capture {
-        format: Format::Pcap {
-            nanos,
-            big_endian,
-            modified,
-        },
-        linktype,
-        fcs_len,
-        packets,
-    })
-}
-
-/// What a pcapng section says of one of its interfaces.
-struct Interface {
-    linktype: u32,
-    snaplen: u32,
-    /// Timestamp ticks per second.
-    per_sec: u64,
-    /// Seconds added to every timestamp.
-    offset: i64,
-}
-
-fn parse_pcapng(bytes: &[u8]) -> Result<Capture> {
-    let mut rest = bytes;
-    let mut big_endian = false;
-    let mut interfaces: Vec<Interface> = Vec::new();
-    let mut first: Option<u32> = None;
-    let mut packets = Vec::new();
-    let mut block_no = 0;
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        block_no += 1;
-        let what = || format!("block {block_no} (at byte {offset})");
-        let parsed = if big_endian {
-            parse_block_be(rest)
-        } else {
-            parse_block_le(rest)
-        };
-        let (next, block) = step(parsed, what, offset, bytes.len())?;
-        let invalid = |why: String| PcapError::Invalid {
-            what: what(),
-            offset,
-            why,
-        };
-        match block {
-            Block::SectionHeader(shb) => {
-                big_endian = shb.big_endian();
-                interfaces.clear();
-            }
-            Block::InterfaceDescription(idb) => {
-                let per_sec = ticks_per_sec(idb.if_tsresol)
-                    .ok_or_else(|| invalid(format!("if_tsresol {:#04x}", idb.if_tsresol)))?;
-                let linktype = (idb.linktype.0 as u32) & 0xffff;
-                first.get_or_insert(linktype);
-                interfaces.push(Interface {
-                    linktype,
-                    snaplen: idb.snaplen,
-                    per_sec,
-                    offset: ts_offset(&idb.options, big_endian).unwrap_or(idb.if_tsoffset),
-                });
-            }
-            Block::EnhancedPacket(epb) => {
-                let n = interfaces.len();
-                let iface = interfaces.get(epb.if_id as usize).ok_or_else(|| {
-                    invalid(format!(
-                        "packet of interface {} (the section describes {n})",
-                        epb.if_id
-                    ))
-                })?;
-                let data = epb.data.get(..epb.caplen as usize).ok_or_else(|| {
-                    invalid(format!(
-                        "captured length {} > the block's {} data bytes",
-                        epb.caplen,
-                        epb.data.len()
-                    ))
-                })?;
-                let ticks = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
-                let (sec, nsec) = timestamp(0, ticks, iface.per_sec)
-                    .ok_or_else(|| invalid("timestamp out of range".into()))?;
-                let sec = sec
-                    .checked_add_signed(iface.offset)
-                    .ok_or_else(|| invalid(format!("timestamp offset {}", iface.offset)))?;
-                let comment = epb
-                    .options
-                    .iter()
-                    .find(|o| o.code == OptionCode::Comment)
-                    .and_then(|o| o.as_bytes().ok())
-                    .map(|b| String::from_utf8_lossy(b).into_owned());
-                packets.push(Packet {
-                    ts_sec: sec,
-                    ts_nsec: nsec,
-                    orig_len: epb.origlen,
-                    linktype: iface.linktype,
-                    data: data.to_vec(),
-                    comment,
-                });
-            }
-            Block::SimplePacket(spb) => {
-                let iface = interfaces
-                    .first()
-                    .ok_or_else(|| invalid("simple packet before any interface".into()))?;
-                let snap = if iface.snaplen == 0 {
-                    u32::MAX
-                } else {
-                    iface.snaplen
-                };
-                let caplen = (spb.origlen.min(snap) as usize).min(spb.data.len());
-                packets.push(Packet {
-                    ts_sec: 0,
-                    ts_nsec: 0,
-                    orig_len: spb.origlen,
-                    linktype: iface.linktype,
-                    data: spb.data[..caplen].to_vec(),
-                    comment: None,
-                });
-            }
-            _ => {}
-        }
-        rest = next;
-    }
-    Ok(Capture {
-        format: Format::PcapNg,
-        linktype: first.unwrap_or(0),
-        fcs_len: None,
+        format: reader.format(),
+        linktype: reader.linktype().unwrap_or(0),
+        fcs_len: reader.fcs_len(),
         packets,
     })
 }
@@ -858,7 +581,7 @@ mod tests {
                 };
                 let text = e.to_string();
                 assert!(
-                    matches!(e, PcapError::Truncated { .. }),
+                    matches!(e, PcapError::Read(CaptureError::Truncated { .. })),
                     "{name} cut at {cut}: {text}"
                 );
                 assert!(
@@ -870,9 +593,15 @@ mod tests {
         let e = parse(&classic[..40]).unwrap_err().to_string();
         assert!(e.contains("packet 1 (record at byte 24)"), "{e}");
         let e = parse(&[0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0]).unwrap_err();
-        assert!(matches!(e, PcapError::NotACapture(0x7856_3412)), "{e}");
+        assert!(
+            matches!(e, PcapError::Read(CaptureError::NotACapture(0x7856_3412))),
+            "{e}"
+        );
         let e = parse(&[0x12; 30]).unwrap_err();
-        assert!(matches!(e, PcapError::NotACapture(_)), "{e}");
+        assert!(
+            matches!(e, PcapError::Read(CaptureError::NotACapture(_))),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cut.pcap");
         std::fs::write(&path, &classic[..50]).unwrap();
