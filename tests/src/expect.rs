@@ -78,10 +78,6 @@ impl Probe {
             Probe::Icmp => None,
         }
     }
-    /// Whether the probe needs an answer to count as passing.
-    pub fn needs_reply(self) -> bool {
-        !matches!(self, Probe::Udp(_))
-    }
     pub fn label(self) -> String {
         match self {
             Probe::Tcp(p) => format!("tcp/{p}"),

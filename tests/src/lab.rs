@@ -396,11 +396,6 @@ impl Lab {
             .map(|p| &p.spec)
             .ok_or_else(|| anyhow!("lab {} has no pod {name:?}", self.id))
     }
-    /// The pod that owns address `ip`, if any.
-    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodSpec> {
-        self.pods()
-            .find(|p| p.ip(Family::V4) == ip || p.ip(Family::V6) == ip)
-    }
     /// The namespace of `who`: [`NODE`], a pod name, or a full namespace name
     /// of this lab.
     pub fn ns(&self, who: &str) -> Result<&str> {
@@ -846,10 +841,6 @@ impl UdpReceiver {
     /// Datagrams received so far from exactly `src`.
     pub fn count_from_addr(&self, src: SocketAddr) -> u64 {
         lock(&self.seen).get(&src).map(|v| v.0).unwrap_or(0)
-    }
-    /// Payload bytes received so far from any source.
-    pub fn bytes_total(&self) -> u64 {
-        lock(&self.seen).values().map(|v| v.1).sum()
     }
     /// Waits until `n` datagrams came from `ip` or `timeout` passes;
     /// returns the count then.

@@ -8,13 +8,6 @@ use anyhow::{anyhow, Context, Result};
 use crate::netns;
 use crate::prom;
 
-/// One metric of the agent at `addr` in namespace `ns` (None when the series
-/// does not exist).
-pub fn metric_in(ns: &str, addr: &str, name: &str, labels: &[(&str, &str)]) -> Result<Option<f64>> {
-    let text = crate::lab::http_get(ns, addr, "/metrics")?;
-    Ok(prom::metric_value(&text, name, labels))
-}
-
 /// Polls metric `name` (every 2 ms, from one thread inside `ns`) until
 /// `done(value)` holds; returns the value and the moment it was seen, or
 /// `None` after `timeout`.
