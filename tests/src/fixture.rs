@@ -61,24 +61,50 @@ pub fn env_cidr(env: &str, family: Family) -> String {
     env_net(env, family).to_string()
 }
 
-/// Host 2 of the `n`-th /24 (IPv4) or /48 (IPv6) of environment `env`:
-/// the address of the example lab's pod `n` of that environment (`n` = 0
-/// where the environment's network is that small itself, as `ops`'s).
-pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
+/// The host `offset` past the start of [`env_net`] (panics past its end).
+pub fn env_host(env: &str, family: Family, offset: u128) -> IpAddr {
     let net = env_net(env, family);
     let addr = match net {
-        IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(v4.network()) + (u32::from(n) << 8) + 2,
-        )),
+        IpNet::V4(v4) => {
+            let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()).wrapping_add(offset)))
+        }
         IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(v6.network()) + (u128::from(n) << 80) + 2,
+            u128::from(v6.network()).wrapping_add(offset),
         )),
     };
     assert!(
         net.contains(&addr),
-        "pod {n} of {env:?} ({addr}) is outside {net}"
+        "host {offset:#x} of {env:?} ({addr}) is outside {net}"
     );
     addr
+}
+
+/// Host 2 of the `n`-th /24 (IPv4) or /48 (IPv6) of environment `env`:
+/// the address of the example lab's pod `n` of that environment (`n` = 0
+/// where the environment's network is that small itself, as `ops`'s).
+pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
+    let shift = match family {
+        Family::V4 => 8,
+        Family::V6 => 80,
+    };
+    env_host(env, family, (u128::from(n) << shift) + 2)
+}
+
+/// [`pod_addr`] of IPv4.
+pub fn pod_v4(env: &str, n: u8) -> Ipv4Addr {
+    match pod_addr(env, Family::V4, n) {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => unreachable!("{a} is IPv6"),
+    }
+}
+
+/// [`pod_addr`] of IPv6.
+pub fn pod_v6(env: &str, n: u8) -> Ipv6Addr {
+    match pod_addr(env, Family::V6, n) {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => unreachable!("{a} is IPv4"),
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +119,9 @@ mod tests {
         assert_eq!(pod_addr("ops", Family::V4, 0), ip("10.0.0.2"));
         assert_eq!(pod_addr("ops", Family::V6, 0), ip("fd00:0:0:1::2"));
         assert_eq!(env_cidr("test", Family::V4), "10.30.0.0/16");
+        assert_eq!(
+            env_host("production", Family::V6, 0x9_0009),
+            ip("fd00:10::9:9")
+        );
     }
 }
