@@ -763,6 +763,34 @@ pub fn v6_in(rng: &mut Rng, env: Env) -> [u8; 16] {
 /// They are pods 1 to 3 of the example lab ([`pod_v4`]); ops, whose
 /// network holds one pod, has its hosts 2 to 4.
 pub fn v4_pool(env: Env, i: u8) -> [u8; 4] {
+    let pool = pools()[env as usize].0.get(usize::from(i)).copied();
+    pool.unwrap_or_else(|| pool4(env, i))
+}
+
+/// The `i`-th of a few fixed IPv6 addresses of `env` (see [`v4_pool`]):
+/// host 2 + `i` of pod 1's network (ops: pod 0's).
+pub fn v6_pool(env: Env, i: u8) -> [u8; 16] {
+    let pool = pools()[env as usize].1.get(usize::from(i)).copied();
+    pool.unwrap_or_else(|| pool6(env, i))
+}
+
+/// The first three of [`v4_pool`] and [`v6_pool`] of each environment.
+type Pools = [([[u8; 4]; 3], [[u8; 16]; 3]); 6];
+
+/// [`Pools`], worked out once.
+fn pools() -> &'static Pools {
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        Env::ALL.map(|e| {
+            (
+                [0, 1, 2].map(|i| pool4(e, i)),
+                [0, 1, 2].map(|i| pool6(e, i)),
+            )
+        })
+    })
+}
+
+fn pool4(env: Env, i: u8) -> [u8; 4] {
     match env.name() {
         None => [192, 0, 2, 1 + i],
         Some(name) if env == Env::Ops => (u32::from(pod_v4(name, 0)) + u32::from(i)).to_be_bytes(),
@@ -770,9 +798,7 @@ pub fn v4_pool(env: Env, i: u8) -> [u8; 4] {
     }
 }
 
-/// The `i`-th of a few fixed IPv6 addresses of `env` (see [`v4_pool`]):
-/// host 2 + `i` of pod 1's network (ops: pod 0's).
-pub fn v6_pool(env: Env, i: u8) -> [u8; 16] {
+fn pool6(env: Env, i: u8) -> [u8; 16] {
     let pod = match env.name() {
         None => return Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2 + u16::from(i)).octets(),
         Some(name) => pod_v6(name, u8::from(env != Env::Ops)),
