@@ -282,6 +282,15 @@ impl Model {
         }
     }
 
+    /// Records the judgement `j` of the opener's packet at `now` in `f`.
+    fn stamp(&self, f: &mut Flow, j: &reference::Judgement, now: u64) {
+        f.generation = self.generation;
+        (f.rule, f.verdict) = (j.rule, j.verdict);
+        (f.src_env, f.dst_env) = (j.src_env, j.dst_env);
+        f.last_seen = now;
+        f.expires = now + self.timeout(j.proto, f);
+    }
+
     fn timeout(&self, p: u8, f: &Flow) -> u64 {
         let i = if p == proto::TCP {
             if f.fin_opener && f.fin_responder {
@@ -342,6 +351,22 @@ impl Model {
         let (v, rule) = policy.decide(s, d, l4);
         let ok = (v == verdict::ALLOW || v == verdict::LOG) && !Self::all_allowed(policy, d, s);
         ok.then_some((v, rule, s, d))
+    }
+
+    /// Re-judges flow `id` when the policy changed since it was last
+    /// judged: false when the new policy ends it (removed and counted).
+    fn still_allowed(&mut self, policy: &CompiledPolicy, id: &FlowId, f: &mut Flow) -> bool {
+        if f.generation == self.generation {
+            return true;
+        }
+        let Some((v, rule, se, de)) = Self::rejudge(policy, id, f) else {
+            self.flows.remove(id);
+            self.stats.policy_ended += 1;
+            return false;
+        };
+        f.generation = self.generation;
+        (f.verdict, f.rule, f.src_env, f.dst_env) = (v, rule, se, de);
+        true
     }
 
     /// Judges one frame at time `now`.
@@ -419,21 +444,8 @@ impl Model {
                     return policy_said;
                 }
                 let mut f = f;
-                if f.generation != self.generation {
-                    match Self::rejudge(policy, &id, &f) {
-                        Some((v, rule, se, de)) => {
-                            f.generation = self.generation;
-                            f.verdict = v;
-                            f.rule = rule;
-                            f.src_env = se;
-                            f.dst_env = de;
-                        }
-                        None => {
-                            self.flows.remove(&id);
-                            self.stats.policy_ended += 1;
-                            return policy_said;
-                        }
-                    }
+                if !self.still_allowed(policy, &id, &mut f) {
+                    return policy_said;
                 }
                 self.stats.replies += 1;
                 let said = Said {
@@ -480,13 +492,7 @@ impl Model {
                 f = self.fresh(me, j.proto, syn_only, fin);
                 self.stats.new += 1;
             }
-            f.generation = self.generation;
-            f.rule = j.rule;
-            f.verdict = j.verdict;
-            f.src_env = j.src_env;
-            f.dst_env = j.dst_env;
-            f.last_seen = now;
-            f.expires = now + self.timeout(j.proto, &f);
+            self.stamp(&mut f, &j, now);
             self.flows.insert(id, f);
             return policy_said;
         }
@@ -498,13 +504,7 @@ impl Model {
             return policy_said;
         }
         let mut f = self.fresh(me, j.proto, syn_only, fin);
-        f.generation = self.generation;
-        f.rule = j.rule;
-        f.verdict = j.verdict;
-        f.src_env = j.src_env;
-        f.dst_env = j.dst_env;
-        f.last_seen = now;
-        f.expires = now + self.timeout(j.proto, &f);
+        self.stamp(&mut f, &j, now);
         self.flows.insert(id, f);
         self.stats.new += 1;
         policy_said
@@ -611,23 +611,10 @@ impl Model {
         if now >= f.expires {
             return policy_said;
         }
-        if f.generation != self.generation {
-            match Self::rejudge(policy, &id, &f) {
-                Some((v, rule, se, de)) => {
-                    f.generation = self.generation;
-                    f.verdict = v;
-                    f.rule = rule;
-                    f.src_env = se;
-                    f.dst_env = de;
-                    self.flows.insert(id, f);
-                }
-                None => {
-                    self.flows.remove(&id);
-                    self.stats.policy_ended += 1;
-                    return policy_said;
-                }
-            }
+        if !self.still_allowed(policy, &id, &mut f) {
+            return policy_said;
         }
+        self.flows.insert(id, f);
         self.stats.related += 1;
         Said {
             pass: true,

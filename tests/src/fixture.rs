@@ -75,6 +75,25 @@ pub fn env_cidr(env: &str, family: Family) -> String {
     env_net(env, family).to_string()
 }
 
+/// The host `offset` past the start of [`env_net`] (panics past its end).
+pub fn env_host(env: &str, family: Family, offset: u128) -> IpAddr {
+    let net = env_net(env, family);
+    let addr = match net {
+        IpNet::V4(v4) => {
+            let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4.network()).wrapping_add(offset)))
+        }
+        IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(v6.network()).wrapping_add(offset),
+        )),
+    };
+    assert!(
+        net.contains(&addr),
+        "host {offset:#x} of {env:?} ({addr}) is outside {net}"
+    );
+    addr
+}
+
 /// Host 2 of the `n`-th /24 (IPv4) or /48 (IPv6) of environment `env`:
 /// the address of the example lab's pod `n` of that environment (`n` = 0
 /// where the environment's network is that small itself, as `ops`'s).
@@ -86,20 +105,27 @@ pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
 /// `env` (see [`pod_addr`]): addresses of the environment the lab has no
 /// pod at, for hosts a test adds.
 pub fn host_addr(env: &str, family: Family, n: u8, host: u8) -> IpAddr {
-    let net = env_net(env, family);
-    let addr = match net {
-        IpNet::V4(v4) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(v4.network()) + (u32::from(n) << 8) + u32::from(host),
-        )),
-        IpNet::V6(v6) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(v6.network()) + (u128::from(n) << 80) + u128::from(host),
-        )),
+    let shift = match family {
+        Family::V4 => 8,
+        Family::V6 => 80,
     };
-    assert!(
-        net.contains(&addr),
-        "host {host} of subnet {n} of {env:?} ({addr}) is outside {net}"
-    );
-    addr
+    env_host(env, family, (u128::from(n) << shift) + u128::from(host))
+}
+
+/// [`pod_addr`] of IPv4.
+pub fn pod_v4(env: &str, n: u8) -> Ipv4Addr {
+    match pod_addr(env, Family::V4, n) {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => unreachable!("{a} is IPv6"),
+    }
+}
+
+/// [`pod_addr`] of IPv6.
+pub fn pod_v6(env: &str, n: u8) -> Ipv6Addr {
+    match pod_addr(env, Family::V6, n) {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) => unreachable!("{a} is IPv4"),
+    }
 }
 
 /// The example policy's `environments:` entries as YAML lines (`  name:
@@ -136,5 +162,9 @@ mod tests {
             ip("10.10.201.3")
         );
         assert!(environments_yaml().contains("  ops: [\"10.0.0.0/24\", \"fd00:0:0:1::/64\"]\n"));
+        assert_eq!(
+            env_host("production", Family::V6, 0x9_0009),
+            ip("fd00:10::9:9")
+        );
     }
 }

@@ -24,13 +24,19 @@ pub mod pcap;
 pub mod routes;
 pub mod wire;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::fixture::{env_net, pod_v4, pod_v6};
+use crate::lab::Family;
 pub use crate::packet::{
     ethertype, ip_checksum, ipproto, ppp, LenField, GENEVE_PORT, VXLAN_GPE_PORT, VXLAN_LINUX_PORT,
     VXLAN_PORT,
 };
-use crate::packet::{tcp_flags, Ipv4, Ipv6, Packet};
+use crate::packet::{tcp_flags, Packet};
+pub use crate::packet::{Ipv4, Ipv6};
 pub use crate::rng::{seeded, Draw, Rng};
 
 /// Largest frame the generator produces (an Ethernet MTU frame).
@@ -110,34 +116,23 @@ impl PppoeSpec {
     }
 }
 
-/// An IPv4 packet.
+/// An IPv4 packet: its header (the protocol field is the payload's) and
+/// what it carries.
 #[derive(Clone, Debug)]
 pub struct Ip4Spec {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    /// Options (padded to a multiple of 4 when built).
-    pub options: Vec<u8>,
-    /// The raw flags + fragment offset field.
-    pub frag: u16,
-    /// IHL to write instead of the right one.
-    pub ihl: Option<u8>,
-    pub version: u8,
-    pub tot_len: LenField,
-    pub id: u16,
+    pub hdr: Ipv4,
     pub payload: L4Spec,
     /// Keep only this many bytes of the payload (the length fields follow:
     /// a consistent truncation of the L4 header or what is tunnelled).
     pub cut: Option<usize>,
 }
 
-/// An IPv6 packet.
+/// An IPv6 packet: its fixed header (the next header field is the first
+/// extension header's or the payload's), extension headers and payload.
 #[derive(Clone, Debug)]
 pub struct Ip6Spec {
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub hdr: Ipv6,
     pub ext: Vec<ExtSpec>,
-    pub payload_len: LenField,
-    pub version: u8,
     pub payload: L4Spec,
     /// As [`Ip4Spec::cut`], applied to everything after the fixed header.
     pub cut: Option<usize>,
@@ -287,6 +282,30 @@ pub enum Inner {
     Raw(Vec<u8>),
 }
 
+/// `From` for the boxed variants, so that a description nests with
+/// `.into()`.
+macro_rules! boxed_from {
+    ($($from:ty => $to:ident::$var:ident),* $(,)?) => {$(
+        impl From<$from> for $to {
+            fn from(x: $from) -> $to {
+                $to::$var(Box::new(x))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Ip4Spec => L3Spec::V4,
+    Ip6Spec => L3Spec::V6,
+    Ip4Spec => L4Spec::Ip4,
+    Ip6Spec => L4Spec::Ip6,
+    Ip4Spec => Inner::Ip4,
+    Ip6Spec => Inner::Ip6,
+    FrameSpec => Inner::Eth,
+    MplsSpec => L3Spec::Mpls,
+    PppoeSpec => L3Spec::Pppoe,
+);
+
 impl FrameSpec {
     /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
@@ -351,11 +370,6 @@ impl PppoeSpec {
 }
 
 impl Ip4Spec {
-    /// The packet's bytes (IP header included).
-    pub fn build(&self) -> Vec<u8> {
-        self.packet().into_bytes()
-    }
-
     /// The packet (IP header included) as a [`Packet`].
     pub fn packet(&self) -> Packet {
         let mut body = self.payload.packet();
@@ -363,25 +377,13 @@ impl Ip4Spec {
             body.cut(n);
         }
         body.ipv4(&Ipv4 {
-            src: self.src,
-            dst: self.dst,
             proto: self.payload.proto(),
-            options: self.options.clone(),
-            frag: self.frag,
-            ihl: self.ihl,
-            version: self.version,
-            tot_len: self.tot_len,
-            id: self.id,
+            ..self.hdr.clone()
         })
     }
 }
 
 impl Ip6Spec {
-    /// The packet's bytes (IP header included).
-    pub fn build(&self) -> Vec<u8> {
-        self.packet().into_bytes()
-    }
-
     /// The packet (IP header included) as a [`Packet`].
     pub fn packet(&self) -> Packet {
         let mut p = self.payload.packet();
@@ -394,18 +396,15 @@ impl Ip6Spec {
             p.cut(n);
         }
         p.ipv6(&Ipv6 {
-            src: self.src,
-            dst: self.dst,
             next,
-            payload_len: self.payload_len,
-            version: self.version,
+            ..self.hdr.clone()
         })
     }
 }
 
 impl ExtSpec {
     /// The header's bytes, with `next` as its next header.
-    fn bytes(&self, next: u8) -> Vec<u8> {
+    pub fn bytes(&self, next: u8) -> Vec<u8> {
         if let Some(body) = &self.body {
             let mut h = vec![next, 0];
             h.extend(body);
@@ -597,35 +596,91 @@ impl Env {
         Env::Ops,
         Env::World,
     ];
+
+    /// Its name in the example policy (None: `World`).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Env::Production => Some("production"),
+            Env::Staging => Some("staging"),
+            Env::Test => Some("test"),
+            Env::Dev => Some("dev"),
+            Env::Ops => Some("ops"),
+            Env::World => None,
+        }
+    }
+
+    /// Its networks in the example policy ([`env_net`]; None: `World`).
+    fn nets(self) -> Option<(Ipv4Net, Ipv6Net)> {
+        static NETS: OnceLock<Vec<(Ipv4Net, Ipv6Net)>> = OnceLock::new();
+        let all = NETS.get_or_init(|| {
+            Env::ALL
+                .iter()
+                .filter_map(|e| e.name())
+                .map(
+                    |name| match (env_net(name, Family::V4), env_net(name, Family::V6)) {
+                        (IpNet::V4(a), IpNet::V6(b)) => (a, b),
+                        other => unreachable!("env_net keeps the family: {other:?}"),
+                    },
+                )
+                .collect()
+        });
+        all.get(self as usize).copied()
+    }
+
+    fn net4(self) -> Option<Ipv4Net> {
+        self.nets().map(|n| n.0)
+    }
+
+    fn net6(self) -> Option<Ipv6Net> {
+        self.nets().map(|n| n.1)
+    }
+}
+
+/// The address of `net`'s `n`-th neighbour of its size (0: `net` itself)
+/// whose host bits are `host`'s.
+fn beside4(net: Ipv4Net, n: i64, host: u32) -> [u8; 4] {
+    let size = i64::from(!u32::from(net.netmask())) + 1;
+    let start = (i64::from(u32::from(net.network())) + n * size) as u32;
+    (start | (host & u32::from(net.hostmask()))).to_be_bytes()
+}
+
+/// [`beside4`] of IPv6 (`host`: the bytes whose host bits are taken).
+fn beside6(net: Ipv6Net, n: u128, host: [u8; 16]) -> [u8; 16] {
+    let size = !u128::from(net.netmask()) + 1;
+    let start = u128::from(net.network()) + n * size;
+    (start | (u128::from_be_bytes(host) & u128::from(net.hostmask()))).to_be_bytes()
 }
 
 /// An IPv4 address of `env` (World: one of several near misses and
 /// unrelated addresses).
 pub fn v4_in(rng: &mut Rng, env: Env) -> [u8; 4] {
     let (a, b) = (rng.u8(), rng.u8());
-    match env {
-        Env::Production => [10, 10, a, b],
-        Env::Staging => [10, 20, a, b],
-        Env::Test => [10, 30, a, b],
-        Env::Dev => [10, 40, a, b],
-        Env::Ops => [10, 0, 0, b],
-        Env::World => match rng.below(9) {
-            // A link-local multicast group (mDNS).
-            8 => [224, 0, 0, 251],
-            0 => [10, 0, 1 + rng.below(255) as u8, b],
-            1 => [10, 11, a, b],
-            2 => [10, 31, a, b],
-            3 => [192, 0, 2, b],
-            4 => [0, 0, 0, 0],
-            5 => [255, 255, 255, 255],
-            6 => [10, 9, 255, 255],
-            _ => {
-                let x = rng.u32();
-                // Anything outside 10/8.
-                let x = if x >> 24 == 10 { x ^ 0x8000_0000 } else { x };
-                Ipv4Addr::from(x).octets()
-            }
-        },
+    let ab = u32::from(a) << 8 | u32::from(b);
+    if let Some(net) = env.net4() {
+        return beside4(net, 0, ab);
+    }
+    let net = |e: Env| {
+        e.net4()
+            .unwrap_or_else(|| unreachable!("{e:?} has a network"))
+    };
+    match rng.below(9) {
+        // A link-local multicast group (mDNS).
+        8 => [224, 0, 0, 251],
+        // Just past ops, production and test.
+        0 => beside4(net(Env::Ops), 1 + i64::from(rng.below(255) as u8), ab),
+        1 => beside4(net(Env::Production), 1, ab),
+        2 => beside4(net(Env::Test), 1, ab),
+        3 => [192, 0, 2, b],
+        4 => [0, 0, 0, 0],
+        5 => [255, 255, 255, 255],
+        // Just before production.
+        6 => beside4(net(Env::Production), -1, u32::MAX),
+        _ => {
+            let x = rng.u32();
+            // Anything outside 10/8, which holds every environment.
+            let x = if x >> 24 == 10 { x ^ 0x8000_0000 } else { x };
+            Ipv4Addr::from(x).octets()
+        }
     }
 }
 
@@ -640,110 +695,115 @@ pub fn v6_in(rng: &mut Rng, env: Env) -> [u8; 16] {
     for b in a.iter_mut().skip(4) {
         *b = rng.u8();
     }
-    let prefix: [u8; 4] = match env {
-        Env::Production => [0xfd, 0, 0, 0x10],
-        Env::Staging => [0xfd, 0, 0, 0x20],
-        Env::Test => [0xfd, 0, 0, 0x30],
-        Env::Dev => [0xfd, 0, 0, 0x40],
-        Env::Ops => {
-            a[..8].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 1]);
-            return a;
-        }
-        Env::World => {
-            let env = rng.pick(&Env::ALL);
-            let v4 = v4_in(rng, env);
-            match rng.below(11) {
-                0 => {
-                    a[..8].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 2]);
-                    return a;
-                }
-                9 => {
-                    // Link-local (neighbour discovery's sources).
-                    a[..8].copy_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0]);
-                    return a;
-                }
-                10 => {
-                    // All-nodes or a solicited-node group.
-                    let mut x = [0u8; 16];
-                    x[..2].copy_from_slice(&[0xff, 0x02]);
-                    if rng.chance(50) {
-                        x[15] = 1;
-                    } else {
-                        x[11] = 1;
-                        x[12] = 0xff;
-                        x[13..].copy_from_slice(&a[13..]);
-                    }
-                    return x;
-                }
-                1 => [0xfd, 0, 0, 0x11],
-                2 => [0xfd, 0, 0, 0x31],
-                3 => {
-                    // ::ffff:0:a.b.c.d (SIIT), not mapped.
-                    let mut x = [0u8; 16];
-                    x[8..10].copy_from_slice(&[0xff, 0xff]);
-                    x[12..].copy_from_slice(&v4);
-                    return x;
-                }
-                4 => {
-                    // ::a.b.c.d (IPv4-compatible), not mapped.
-                    let mut x = [0u8; 16];
-                    x[12..].copy_from_slice(&v4);
-                    return x;
-                }
-                5 => {
-                    // 64:ff9b::a.b.c.d (NAT64).
-                    let mut x = [0u8; 16];
-                    x[..4].copy_from_slice(&[0, 0x64, 0xff, 0x9b]);
-                    x[12..].copy_from_slice(&v4);
-                    return x;
-                }
-                6 => {
-                    // ::fffe:a.b.c.d: one bit off mapped.
-                    let mut x = mapped(v4);
-                    x[11] = 0xfe;
-                    return x;
-                }
-                7 => [0x20, 0x01, 0x0d, 0xb8],
-                _ => {
-                    for b in a.iter_mut().take(4) {
-                        *b = rng.u8();
-                    }
-                    return a;
-                }
-            }
-        }
+    if let Some(net) = env.net6() {
+        return beside6(net, 0, a);
+    }
+    let net = |e: Env| {
+        e.net6()
+            .unwrap_or_else(|| unreachable!("{e:?} has a network"))
     };
-    a[..4].copy_from_slice(&prefix);
-    a
+    let env = rng.pick(&Env::ALL);
+    let v4 = v4_in(rng, env);
+    let with_v4 = |prefix: &[u8]| {
+        let mut x = [0u8; 16];
+        x[..prefix.len()].copy_from_slice(prefix);
+        x[12..].copy_from_slice(&v4);
+        x
+    };
+    match rng.below(11) {
+        // Just past ops, production and test.
+        0 => beside6(net(Env::Ops), 1, a),
+        1 => beside6(net(Env::Production), 1, a),
+        2 => beside6(net(Env::Test), 1, a),
+        // Link-local (neighbour discovery's sources).
+        9 => {
+            a[..8].copy_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0]);
+            a
+        }
+        10 => {
+            // All-nodes or a solicited-node group.
+            let mut x = [0u8; 16];
+            x[..2].copy_from_slice(&[0xff, 0x02]);
+            if rng.chance(50) {
+                x[15] = 1;
+            } else {
+                x[11] = 1;
+                x[12] = 0xff;
+                x[13..].copy_from_slice(&a[13..]);
+            }
+            x
+        }
+        // ::ffff:0:a.b.c.d (SIIT), not mapped.
+        3 => with_v4(&[0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]),
+        // ::a.b.c.d (IPv4-compatible), not mapped.
+        4 => with_v4(&[]),
+        // 64:ff9b::a.b.c.d (NAT64).
+        5 => with_v4(&[0, 0x64, 0xff, 0x9b]),
+        6 => {
+            // ::fffe:a.b.c.d: one bit off mapped.
+            let mut x = mapped(v4);
+            x[11] = 0xfe;
+            x
+        }
+        7 => {
+            a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            a
+        }
+        _ => {
+            for b in a.iter_mut().take(4) {
+                *b = rng.u8();
+            }
+            a
+        }
+    }
 }
 
 /// The `i`-th of a few fixed IPv4 addresses of `env`: flows repeat, so the
 /// datapath's per-flow verdict cache is hit by frames of other shapes.
+/// They are pods 1 to 3 of the example lab ([`pod_v4`]); ops, whose
+/// network holds one pod, has its hosts 2 to 4.
 pub fn v4_pool(env: Env, i: u8) -> [u8; 4] {
-    match env {
-        Env::Production => [10, 10, i + 1, 2],
-        Env::Staging => [10, 20, i + 1, 2],
-        Env::Test => [10, 30, i + 1, 2],
-        Env::Dev => [10, 40, i + 1, 2],
-        Env::Ops => [10, 0, 0, 2 + i],
-        Env::World => [192, 0, 2, 1 + i],
+    let pool = pools()[env as usize].0.get(usize::from(i)).copied();
+    pool.unwrap_or_else(|| pool4(env, i))
+}
+
+/// The `i`-th of a few fixed IPv6 addresses of `env` (see [`v4_pool`]):
+/// host 2 + `i` of pod 1's network (ops: pod 0's).
+pub fn v6_pool(env: Env, i: u8) -> [u8; 16] {
+    let pool = pools()[env as usize].1.get(usize::from(i)).copied();
+    pool.unwrap_or_else(|| pool6(env, i))
+}
+
+/// The first three of [`v4_pool`] and [`v6_pool`] of each environment.
+type Pools = [([[u8; 4]; 3], [[u8; 16]; 3]); 6];
+
+/// [`Pools`], worked out once.
+fn pools() -> &'static Pools {
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    POOLS.get_or_init(|| {
+        Env::ALL.map(|e| {
+            (
+                [0, 1, 2].map(|i| pool4(e, i)),
+                [0, 1, 2].map(|i| pool6(e, i)),
+            )
+        })
+    })
+}
+
+fn pool4(env: Env, i: u8) -> [u8; 4] {
+    match env.name() {
+        None => [192, 0, 2, 1 + i],
+        Some(name) if env == Env::Ops => (u32::from(pod_v4(name, 0)) + u32::from(i)).to_be_bytes(),
+        Some(name) => pod_v4(name, i + 1).octets(),
     }
 }
 
-/// The `i`-th of a few fixed IPv6 addresses of `env` (see [`v4_pool`]).
-pub fn v6_pool(env: Env, i: u8) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[15] = 2 + i;
-    let head: [u8; 8] = match env {
-        Env::Production => [0xfd, 0, 0, 0x10, 0, 1, 0, 0],
-        Env::Staging => [0xfd, 0, 0, 0x20, 0, 1, 0, 0],
-        Env::Test => [0xfd, 0, 0, 0x30, 0, 1, 0, 0],
-        Env::Dev => [0xfd, 0, 0, 0x40, 0, 1, 0, 0],
-        Env::Ops => [0xfd, 0, 0, 0, 0, 0, 0, 1],
-        Env::World => [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0],
+fn pool6(env: Env, i: u8) -> [u8; 16] {
+    let pod = match env.name() {
+        None => return Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2 + u16::from(i)).octets(),
+        Some(name) => pod_v6(name, u8::from(env != Env::Ops)),
     };
-    a[..8].copy_from_slice(&head);
-    a
+    (u128::from(pod) + u128::from(i)).to_be_bytes()
 }
 
 /// `::ffff:a.b.c.d`.
@@ -1094,7 +1154,8 @@ impl Gen {
         let tot_len = self.len_field();
         let payload = self.l4(depth, false);
         let cut = self.cut();
-        Ip4Spec {
+        let id = self.rng.u16();
+        let hdr = Ipv4 {
             src,
             dst,
             options,
@@ -1102,10 +1163,10 @@ impl Gen {
             ihl,
             version,
             tot_len,
-            id: self.rng.u16(),
-            payload,
-            cut,
-        }
+            id,
+            ..Ipv4::default()
+        };
+        Ip4Spec { hdr, payload, cut }
     }
 
     /// A random IPv6 packet.
@@ -1166,12 +1227,16 @@ impl Gen {
         }
         let payload = self.l4(depth, true);
         let cut = self.cut();
-        Ip6Spec {
+        let hdr = Ipv6 {
             src,
             dst,
-            ext,
             payload_len,
             version,
+            ..Ipv6::default()
+        };
+        Ip6Spec {
+            hdr,
+            ext,
             payload,
             cut,
         }
@@ -1622,15 +1687,15 @@ mod tests {
 
     #[test]
     fn ipv4_checksum_verifies() {
-        let ip = Ip4Spec {
+        let hdr = Ipv4 {
             src: [10, 30, 1, 2],
             dst: [10, 10, 1, 2],
             options: vec![1, 1, 1, 0],
-            frag: 0,
-            ihl: None,
-            version: 4,
-            tot_len: LenField::Exact,
             id: 1,
+            ..Ipv4::default()
+        };
+        let ip = Ip4Spec {
+            hdr,
             payload: L4Spec::Icmp {
                 v6: false,
                 ty: 8,
@@ -1638,7 +1703,7 @@ mod tests {
             },
             cut: None,
         };
-        let b = ip.build();
+        let b = ip.packet().into_bytes();
         assert_eq!(b[0], 0x46);
         assert_eq!(ip_checksum(&b[..24]), 0);
         assert_eq!(u16::from_be_bytes([b[2], b[3]]) as usize, b.len());

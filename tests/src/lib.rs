@@ -25,5 +25,4 @@ pub mod testrun;
 
 pub use lab::{http_get, sweep_leftovers, wait_until, Family, Lab, PodSpec};
 pub use prom::metric_value;
-pub mod decode;
 pub mod gen;

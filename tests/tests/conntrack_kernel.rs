@@ -6,7 +6,8 @@
 use envfence::datapath::Hook;
 use envfence_ebpf::{stat, tag, verdict};
 use envfence_tests::ctdiff;
-use envfence_tests::fixture::root;
+use envfence_tests::fixture::{env_host, root};
+use envfence_tests::lab::Family::V4;
 use envfence_tests::packet::{ip_frame, Packet};
 use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
@@ -86,8 +87,9 @@ fn a_full_table_judges_new_flows_without_state() {
     assert!(filled > 100, "the table never filled ({filled})");
 }
 
-fn v4(a: [u8; 4]) -> std::net::IpAddr {
-    std::net::IpAddr::from(a)
+/// The host `offset` past the start of `env`'s IPv4 network.
+fn host(env: &str, offset: u128) -> std::net::IpAddr {
+    env_host(env, V4, offset)
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -101,7 +103,7 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
 fn dns_over_tcp_replies_pass_and_nothing_rides_on_them() {
     root();
     let h = harness();
-    let (t, p) = (v4([10, 30, 0, 5]), v4([10, 10, 0, 53]));
+    let (t, p) = (host("test", 5), host("production", 53));
     let (test, prod) = (
         h.policy.env_id("test").expect("test"),
         h.policy.env_id("production").expect("production"),
@@ -141,7 +143,7 @@ fn a_reload_that_forbids_a_flow_ends_it() {
     root();
     let mut h = harness();
     let variants = ctdiff::variants().expect("variants");
-    let (t, p) = (v4([10, 30, 0, 6]), v4([10, 10, 0, 53]));
+    let (t, p) = (host("test", 6), host("production", 53));
     let f = |src, dst, l4: Vec<u8>| ip_frame(src, dst, 17, Packet::data(&l4));
     let q = f(t, p, Packet::data(b"q").udp(41000, 53).into_bytes());
     let a = f(p, t, Packet::data(b"a").udp(53, 41000).into_bytes());
@@ -195,33 +197,24 @@ fn related_errors_pass_and_are_reported() {
     use envfence_tests::ctdiff::{icmp_error, quoted_ip};
     root();
     let mut h = harness();
-    let (t, p, router) = (v4([10, 30, 0, 5]), v4([10, 10, 0, 53]), v4([10, 10, 9, 1]));
+    let (t, p) = (host("test", 5), host("production", 53));
+    let router = host("production", 0x0901);
     let (test, prod) = (
         h.policy.env_id("test").expect("test"),
         h.policy.env_id("production").expect("production"),
     );
+    let run = |src, dst, p, l4: &[u8]| {
+        let f = ip_frame(src, dst, p, Packet::data(l4));
+        h.run_tagged(Hook::Ingress, &f, 0).expect("run")
+    };
     let syn = tcp(40000, 53, 0x02);
-    let r = h
-        .run_tagged(Hook::Ingress, &ip_frame(t, p, 6, Packet::data(&syn)), 0)
-        .expect("run");
+    let r = run(t, p, 6, &syn);
     assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod)));
     let too_big = icmp_error(false, 0, &quoted_ip(t, p, 6, &syn));
-    let r = h
-        .run_tagged(
-            Hook::Ingress,
-            &ip_frame(router, t, 1, Packet::data(&too_big)),
-            0,
-        )
-        .expect("run");
+    let r = run(router, t, 1, &too_big);
     assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::RELATED, prod, test)));
     let stranger = icmp_error(false, 0, &quoted_ip(t, p, 6, &tcp(40001, 53, 0x02)));
-    let r = h
-        .run_tagged(
-            Hook::Ingress,
-            &ip_frame(router, t, 1, Packet::data(&stranger)),
-            0,
-        )
-        .expect("run");
+    let r = run(router, t, 1, &stranger);
     assert_eq!(r, (ACTION_SHOT, tag::judged(verdict::DROP, prod, test)));
     let events = h.events().expect("events");
     let related: Vec<_> = events.iter().filter(|e| e.verdict == "related").collect();

@@ -25,12 +25,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use envfence_tests::decode;
 use envfence_tests::fixture::root;
 use envfence_tests::gen::catalog::{catalog, gso_comment, gso_of_comment};
 use envfence_tests::gen::diff::{self, check_frames, regressions_dir, Engine};
 use envfence_tests::gen::{pcap, wire};
 use envfence_tests::lab::{require_root, Lab, NODE};
+use envfence_tests::oracle::describe::stack;
 
 /// Frames larger than this cannot be fed to BPF_PROG_TEST_RUN (about a
 /// page); a capture holds none unless GRO merged segments.
@@ -172,7 +172,7 @@ fn synthetic_pcaps_are_the_catalogue() {
 #[test]
 fn lab_capture_has_every_shape() {
     let cap = pcap::read(&corpus_dir().join("lab-traffic.pcap")).expect("reading the capture");
-    let stacks: Vec<String> = cap.packets.iter().map(|p| decode::stack(&p.data)).collect();
+    let stacks: Vec<String> = cap.packets.iter().map(|p| stack(&p.data, false)).collect();
     // (what, words that must all be on one line of a decoded stack)
     let shapes: [(&str, &[&str]); 14] = [
         ("icmp echo", &["icmp type 8"]),

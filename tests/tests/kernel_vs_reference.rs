@@ -7,132 +7,92 @@
 
 use std::net::IpAddr;
 
-use envfence::{
-    datapath::Hook,
-    policy::{self, reference, CompiledPolicy, Mode},
-};
+use envfence::datapath::Hook;
+use envfence::policy::reference::{L4Seen, NonIpKind, Outcome};
+use envfence::policy::{self, Mode};
 use envfence_ebpf::{proto, stat, tag, verdict};
+use envfence_tests::fixture::{pod_addr, pod_v4, pod_v6, root};
 use envfence_tests::gen::catalog::catalog;
-use envfence_tests::gen::diff::wrap_in_vlan;
+use envfence_tests::gen::diff::{example_policy, held_on_both_hooks, wrap_in_vlan};
 use envfence_tests::gen::kernel_refuses;
-use envfence_tests::oracle::{self, Oracle};
-use envfence_tests::packet::{ethertype, flat};
-use envfence_tests::testrun::{KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
-
-fn compiled(mode: Mode) -> CompiledPolicy {
-    let src = match mode {
-        Mode::Enforce => policy::EXAMPLE_POLICY.to_owned(),
-        Mode::Audit => policy::EXAMPLE_POLICY.replacen("mode: enforce", "mode: audit", 1),
-    };
-    let p = oracle::parse(&src, "example").expect("example policy is valid");
-    assert_eq!(p.mode, mode);
-    policy::compile(&p)
-}
+use envfence_tests::lab::Family::{V4, V6};
+use envfence_tests::oracle;
+use envfence_tests::packet::{ethertype, ip_frame, v6_octets, Ipv4, Ipv6, Packet};
+use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 fn harness(mode: Mode) -> KernelHarness {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests load eBPF programs into the kernel: run them as root (cargo xtask test does)"
-    );
-    KernelHarness::new(compiled(mode)).expect("loading the datapath")
+    root();
+    KernelHarness::new(example_policy(mode).expect("the example policy"))
+        .expect("loading the datapath")
+}
+
+/// `a` as an IPv4-mapped IPv6 address.
+fn mapped(a: IpAddr) -> IpAddr {
+    IpAddr::V6(v6_octets(a).into())
 }
 
 /// Addresses in every environment of the example policy and outside all.
 fn addresses() -> Vec<(&'static str, IpAddr)> {
+    let mut all = Vec::new();
+    for (env, n) in [
+        ("production", 1),
+        ("staging", 1),
+        ("test", 1),
+        ("dev", 7),
+        ("ops", 0),
+    ] {
+        all.extend([(env, pod_addr(env, V4, n)), (env, pod_addr(env, V6, n))]);
+    }
+    all.extend([
+        ("world", "192.0.2.1".parse().expect("address")),
+        ("world", "2001:db8::1".parse().expect("address")),
+        ("test", mapped(pod_addr("test", V4, 1))),
+        ("production", mapped(pod_addr("production", V4, 1))),
+    ]);
+    all
+}
+
+/// (proto, L4 header) for a family.
+fn l4s(v6: bool) -> [(u8, Packet); 5] {
     [
-        ("production", "10.10.1.2"),
-        ("production", "fd00:10:1::2"),
-        ("staging", "10.20.1.2"),
-        ("staging", "fd00:20:1::2"),
-        ("test", "10.30.1.2"),
-        ("test", "fd00:30:1::2"),
-        ("dev", "10.40.7.9"),
-        ("dev", "fd00:40::9"),
-        ("ops", "10.0.0.2"),
-        ("ops", "fd00:0:0:1::2"),
-        ("world", "192.0.2.1"),
-        ("world", "2001:db8::1"),
-        ("test", "::ffff:10.30.1.2"),
-        ("production", "::ffff:10.10.1.2"),
+        (proto::TCP, Packet::syn(40000, 8080)),
+        (proto::TCP, Packet::syn(40001, 53)),
+        (proto::UDP, Packet::data(b"dns?").udp(40002, 53)),
+        (proto::UDP, Packet::data(b"hello").udp(40003, 9000)),
+        (
+            if v6 { proto::ICMPV6 } else { proto::ICMP },
+            Packet::echo(v6),
+        ),
     ]
-    .into_iter()
-    .map(|(env, a)| (env, a.parse().expect("valid address")))
-    .collect()
-}
-
-/// (proto, l4 bytes) for a family.
-fn l4s(v6: bool) -> Vec<(u8, Vec<u8>)> {
-    vec![
-        (proto::TCP, flat::tcp_syn(40000, 8080)),
-        (proto::TCP, flat::tcp_syn(40001, 53)),
-        (proto::UDP, flat::udp(40002, 53, b"dns?")),
-        (proto::UDP, flat::udp(40003, 9000, b"hello")),
-        (if v6 { proto::ICMPV6 } else { proto::ICMP }, flat::echo(v6)),
-    ]
-}
-
-fn expected_action(outcome: &reference::Outcome, policy: &CompiledPolicy) -> u32 {
-    if outcome.passes(policy) {
-        ACTION_NEXT
-    } else {
-        ACTION_SHOT
-    }
-}
-
-fn expected_tag(outcome: &reference::Outcome) -> u32 {
-    match outcome {
-        reference::Outcome::Judged(j) => tag::judged(j.verdict, j.src_env, j.dst_env),
-        reference::Outcome::NonIp(_) => tag::UNJUDGED | tag::REASON_NON_IP,
-        reference::Outcome::MplsTooDeep => tag::UNJUDGED | tag::REASON_MPLS_TOO_DEEP,
-        reference::Outcome::Malformed => tag::UNJUDGED | tag::REASON_MALFORMED,
-        reference::Outcome::VlanTooDeep => tag::UNJUDGED | tag::REASON_VLAN_TOO_DEEP,
-        reference::Outcome::TunnelTooDeep => tag::UNJUDGED | tag::REASON_TUNNEL_TOO_DEEP,
-        reference::Outcome::Spoofed(s) => tag::judged(verdict::SPOOFED, 0, s.dst_env),
-    }
 }
 
 /// Asserts kernel == reference for one frame on both hooks.
-fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> reference::Outcome {
+fn check(h: &KernelHarness, mode: Mode, what: &str, f: &[u8]) -> Outcome {
     check_gso(h, mode, what, f, 0)
 }
 
 /// [`check`] of a frame whose skb has `gso_size` (non-zero: a GSO packet,
-/// set through the `__sk_buff` context).
-fn check_gso(
-    h: &KernelHarness,
-    mode: Mode,
-    what: &str,
-    f: &[u8],
-    gso_size: u32,
-) -> reference::Outcome {
+/// set through the `__sk_buff` context), with the counters: exactly one
+/// packet in exactly the judged cell, or the statistic of why it was not
+/// judged.
+fn check_gso(h: &KernelHarness, mode: Mode, what: &str, f: &[u8], gso_size: u32) -> Outcome {
     assert_eq!(h.policy.mode, mode, "{what}: harness in the wrong mode");
-    let skb = reference::Skb { gso_size };
-    let outcome =
-        Oracle::held_to_reference(&h.policy, f, skb).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    for hook in Hook::ALL {
-        let got: KernelResult = h.run_gso(hook, f, gso_size).expect("test run");
-        let ctx = format!("{what} on {} ({outcome:?}): kernel {got:?}", hook.as_str());
-        assert_eq!(
-            got.action,
-            expected_action(&outcome, &h.policy),
-            "action: {ctx}"
-        );
-        assert_eq!(got.mark, expected_tag(&outcome), "decision tag: {ctx}");
+    let (outcome, runs) =
+        held_on_both_hooks(h, f, gso_size).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    for got in runs {
+        let ctx = format!("{what} ({outcome:?}): kernel {got:?}");
         match &outcome {
-            reference::Outcome::Judged(j) => {
-                assert_eq!(
-                    got.moved,
-                    vec![(j.src_env, j.dst_env, j.verdict, 1, f.len() as u64)],
-                    "counters: {ctx}"
-                );
+            Outcome::Judged(j) => {
+                let cell = (j.src_env, j.dst_env, j.verdict, 1, f.len() as u64);
+                assert_eq!(got.moved, vec![cell], "counters: {ctx}");
             }
             other => {
                 assert!(got.moved.is_empty(), "unjudged frame counted: {ctx}");
                 let index = match other {
-                    reference::Outcome::NonIp(_) => stat::NON_IP,
-                    reference::Outcome::MplsTooDeep => stat::MPLS_TOO_DEEP,
-                    reference::Outcome::Malformed => stat::MALFORMED,
-                    reference::Outcome::TunnelTooDeep => stat::TUNNEL_TOO_DEEP,
+                    Outcome::NonIp(_) => stat::NON_IP,
+                    Outcome::MplsTooDeep => stat::MPLS_TOO_DEEP,
+                    Outcome::Malformed => stat::MALFORMED,
+                    Outcome::TunnelTooDeep => stat::TUNNEL_TOO_DEEP,
                     _ => stat::VLAN_TOO_DEEP,
                 };
                 assert!(
@@ -156,10 +116,10 @@ fn every_pair(mode: Mode) {
                 continue;
             }
             for (p, l4) in l4s(src.is_ipv6()) {
-                let f = flat::ip_frame(*src, *dst, p, &l4);
+                let f = ip_frame(*src, *dst, p, l4);
                 let what = format!("{src} ({src_env}) -> {dst} ({dst_env}) proto {p}");
                 let outcome = check(&h, mode, &what, &f);
-                let reference::Outcome::Judged(j) = outcome else {
+                let Outcome::Judged(j) = outcome else {
                     panic!("{what} was not judged: {outcome:?}");
                 };
                 assert_eq!(h.policy.env_name(j.src_env), *src_env, "{what}");
@@ -204,112 +164,89 @@ fn every_env_pair_audit() {
 /// reader of the policy has (not only against the reference).
 #[test]
 fn example_policy_cases() {
+    use verdict::{ALLOW, AUDIT, DROP, LOG};
     let h = harness(Mode::Enforce);
-    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
-    let cases: Vec<(&str, Vec<u8>, u8, &str)> = vec![
+    let (test, prod) = (pod_addr("test", V4, 1), pod_addr("production", V4, 1));
+    let tcp = |port| (proto::TCP, Packet::syn(1234, port));
+    let dns = || (proto::UDP, Packet::data(b"q").udp(1234, 53));
+    let (test6, prod6) = (pod_addr("test", V6, 1), pod_addr("production", V6, 1));
+    let cases = [
         (
             "test -> production tcp/8080",
-            flat::ip_frame(
-                ip("10.30.1.2"),
-                ip("10.10.1.2"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 8080),
-            ),
-            verdict::DROP,
+            test,
+            prod,
+            tcp(8080),
+            DROP,
             "test-to-prod",
         ),
         (
             "test -> production udp/53 (port rule)",
-            flat::ip_frame(
-                ip("10.30.1.2"),
-                ip("10.10.1.2"),
-                proto::UDP,
-                &flat::udp(1234, 53, b"q"),
-            ),
-            verdict::ALLOW,
+            test,
+            prod,
+            dns(),
+            ALLOW,
             "test-dns-in-prod",
         ),
         (
             "test -> production tcp/53 over IPv6 (port rule)",
-            flat::ip_frame(
-                ip("fd00:30::5"),
-                ip("fd00:10::5"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 53),
-            ),
-            verdict::ALLOW,
+            test6,
+            prod6,
+            tcp(53),
+            ALLOW,
             "test-dns-in-prod",
         ),
         (
             "dev -> production udp/53 (the port rule is for test only)",
-            flat::ip_frame(
-                ip("10.40.1.2"),
-                ip("10.10.1.2"),
-                proto::UDP,
-                &flat::udp(1234, 53, b"q"),
-            ),
-            verdict::DROP,
+            pod_addr("dev", V4, 1),
+            prod,
+            dns(),
+            DROP,
             "test-to-prod",
         ),
         (
             "production -> test icmp",
-            flat::ip_frame(
-                ip("10.10.1.2"),
-                ip("10.30.1.2"),
-                proto::ICMP,
-                &flat::echo(false),
-            ),
-            verdict::DROP,
+            prod,
+            test,
+            (proto::ICMP, Packet::echo(false)),
+            DROP,
             "prod-to-test",
         ),
         (
             "staging -> production (audit)",
-            flat::ip_frame(
-                ip("10.20.1.2"),
-                ip("10.10.1.2"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 443),
-            ),
-            verdict::AUDIT,
+            pod_addr("staging", V4, 1),
+            prod,
+            tcp(443),
+            AUDIT,
             "staging-to-prod",
         ),
         (
             "ops -> production (log)",
-            flat::ip_frame(
-                ip("10.0.0.2"),
-                ip("10.10.1.2"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 22),
-            ),
-            verdict::LOG,
+            pod_addr("ops", V4, 0),
+            prod,
+            tcp(22),
+            LOG,
             "ops-to-prod",
         ),
         (
             "production -> production",
-            flat::ip_frame(
-                ip("10.10.1.2"),
-                ip("10.10.2.2"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 5432),
-            ),
-            verdict::ALLOW,
+            prod,
+            pod_addr("production", V4, 2),
+            tcp(5432),
+            ALLOW,
             "default",
         ),
         (
             "v4-mapped test -> production is judged as IPv4",
-            flat::ip_frame(
-                ip("::ffff:10.30.1.2"),
-                ip("::ffff:10.10.1.2"),
-                proto::TCP,
-                &flat::tcp_syn(1234, 80),
-            ),
-            verdict::DROP,
+            mapped(test),
+            mapped(prod),
+            tcp(80),
+            DROP,
             "test-to-prod",
         ),
     ];
-    for (what, f, want_verdict, want_rule) in cases {
-        let outcome = check(&h, Mode::Enforce, what, &f);
-        let reference::Outcome::Judged(j) = outcome else {
+    for (what, src, dst, (p, l4), want_verdict, want_rule) in cases {
+        let outcome = check(&h, Mode::Enforce, what, &ip_frame(src, dst, p, l4));
+        let Outcome::Judged(j) = outcome else {
             panic!("{what}: not judged");
         };
         assert_eq!(j.verdict, want_verdict, "{what}");
@@ -347,79 +284,80 @@ fn catalogue_shapes_counted_exactly() {
     assert!(frames > 4000 && gso > 300, "{frames} frames, {gso} GSO");
 }
 
+/// An IPv4 header from `src` to `dst` in front of `l4`.
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], frag: u16, l4: Packet) -> Packet {
+    l4.ipv4(&Ipv4 {
+        src,
+        dst,
+        proto,
+        options: options.to_vec(),
+        frag,
+        ..Ipv4::default()
+    })
+}
+
+/// An untagged test -> production IPv6 frame: next header `next`, then
+/// `rest`.
+fn test_to_prod6(next: u8, rest: &[u8]) -> Vec<u8> {
+    let ip = Ipv6 {
+        src: pod_v6("test", 1).octets(),
+        dst: pod_v6("production", 1).octets(),
+        next,
+        ..Ipv6::default()
+    };
+    Packet::data(rest).ipv6(&ip).ethernet(&[]).into_bytes()
+}
+
+/// The strictest verdict of `mode` (what hidden ports get).
+fn strictest(mode: Mode) -> u8 {
+    if mode == Mode::Audit {
+        verdict::AUDIT
+    } else {
+        verdict::DROP
+    }
+}
+
 /// Header shapes the foundation parser handles explicitly.
 #[test]
 fn header_shapes() {
+    use ethertype::{IPV4, IPV6, QINQ, VLAN};
     for mode in [Mode::Enforce, Mode::Audit] {
         let h = harness(mode);
-        let test4 = [10, 30, 1, 2];
-        let prod4 = [10, 10, 1, 2];
-        let dns = flat::udp(1234, 53, b"q");
+        let (t4, p4) = (pod_v4("test", 1).octets(), pod_v4("production", 1).octets());
+        let ip4 = |p, options: &[u8], frag, l4| ipv4(t4, p4, p, options, frag, l4);
+        let dns = || Packet::data(b"q").udp(1234, 53);
+        let frame = |p: Packet| p.eth(&[], IPV4).into_bytes();
+        let strict = strictest(mode);
 
         // ARP passes, counted as non-IP.
-        let mut arp = flat::eth(&[], ethertype::ARP);
-        arp.extend([0u8; 28]);
-        let o = check(&h, mode, "arp", &arp);
-        assert_eq!(o, reference::Outcome::NonIp(reference::NonIpKind::Arp));
+        let arp = Packet::data(&[0u8; 28]).eth(&[], ethertype::ARP);
+        let o = check(&h, mode, "arp", arp.bytes());
+        assert_eq!(o, Outcome::NonIp(NonIpKind::Arp));
 
         // One and two VLAN tags are walked; three are too deep.
-        for tags in [
-            vec![(ethertype::VLAN, 10)],
-            vec![(ethertype::QINQ, 10), (ethertype::VLAN, 20)],
-        ] {
-            let mut f = flat::eth(&tags, ethertype::IPV4);
-            f.extend(flat::ipv4(
-                test4,
-                prod4,
-                proto::TCP,
-                &[],
-                0,
-                &flat::tcp_syn(1, 80),
-            ));
-            let o = check(&h, mode, "vlan-tagged test->prod", &f);
-            assert!(
-                matches!(o, reference::Outcome::Judged(ref j) if j.src_env != 0 && j.dst_env != 0)
-            );
+        for tags in [vec![(VLAN, 10)], vec![(QINQ, 10), (VLAN, 20)]] {
+            let f = ip4(proto::TCP, &[], 0, Packet::syn(1, 80)).eth(&tags, IPV4);
+            let o = check(&h, mode, "vlan-tagged test->prod", f.bytes());
+            assert!(matches!(o, Outcome::Judged(ref j) if j.src_env != 0 && j.dst_env != 0));
         }
-        let mut f = flat::eth(
-            &[
-                (ethertype::QINQ, 1),
-                (ethertype::VLAN, 2),
-                (ethertype::VLAN, 3),
-            ],
-            ethertype::IPV4,
-        );
-        f.extend(flat::ipv4(
-            test4,
-            prod4,
-            proto::TCP,
-            &[],
-            0,
-            &flat::tcp_syn(1, 80),
-        ));
+        let f = ip4(proto::TCP, &[], 0, Packet::syn(1, 80))
+            .eth(&[(QINQ, 1), (VLAN, 2), (VLAN, 3)], IPV4);
         assert_eq!(
-            check(&h, mode, "triple vlan", &f),
-            reference::Outcome::VlanTooDeep
+            check(&h, mode, "triple vlan", f.bytes()),
+            Outcome::VlanTooDeep
         );
 
         // IPv4 options: the ports are found after them (port rule applies).
-        let mut f = flat::eth(&[], ethertype::IPV4);
-        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[1, 1, 1, 0], 0, &dns));
+        let f = frame(ip4(proto::UDP, &[1, 1, 1, 0], 0, dns()));
         let o = check(&h, mode, "ipv4 with options, dns", &f);
-        assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW));
+        assert!(matches!(o, Outcome::Judged(ref j) if j.verdict == verdict::ALLOW));
 
         // Non-first fragment of DNS: no ports, so the strictest verdict of
         // the pair applies (a port rule is no way around a pair rule).
-        let mut f = flat::eth(&[], ethertype::IPV4);
-        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[], 185, &dns));
+        let f = frame(ip4(proto::UDP, &[], 185, dns()));
         let o = check(&h, mode, "non-first fragment", &f);
-        let strict = if mode == Mode::Audit {
-            verdict::AUDIT
-        } else {
-            verdict::DROP
-        };
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict),
             "{o:?}"
         );
 
@@ -427,78 +365,65 @@ fn header_shapes() {
         // refuses an untagged IP frame shorter than its IP header, so the
         // truncated ones travel behind a VLAN tag, which the kernel does not
         // look into.)
-        let vlan = [(ethertype::VLAN, 7)];
-        let mut f = flat::eth(&[], ethertype::IPV4);
-        let mut ip = flat::ipv4(test4, prod4, proto::TCP, &[], 0, &flat::tcp_syn(1, 80));
-        ip[0] = 0x44;
-        f.extend(ip);
-        assert_eq!(check(&h, mode, "ihl 4", &f), reference::Outcome::Malformed);
-        let mut f = flat::eth(&vlan, ethertype::IPV4);
-        f.extend(&flat::ipv4(test4, prod4, proto::TCP, &[], 0, &[])[..12]);
+        let vlan = [(VLAN, 7)];
+        let mut f = frame(ip4(proto::TCP, &[], 0, Packet::syn(1, 80)));
+        f[14] = 0x44;
+        assert_eq!(check(&h, mode, "ihl 4", &f), Outcome::Malformed);
+        let mut ip = ip4(proto::TCP, &[], 0, Packet::new());
+        ip.cut(12);
+        let f = ip.eth(&vlan, IPV4);
         assert_eq!(
-            check(&h, mode, "truncated ipv4", &f),
-            reference::Outcome::Malformed
+            check(&h, mode, "truncated ipv4", f.bytes()),
+            Outcome::Malformed
         );
-        let mut f = flat::eth(&vlan, ethertype::IPV6);
-        f.extend([0x60u8; 30]);
+        let f = Packet::data(&[0x60u8; 30]).eth(&vlan, IPV6);
         assert_eq!(
-            check(&h, mode, "truncated ipv6", &f),
-            reference::Outcome::Malformed
+            check(&h, mode, "truncated ipv6", f.bytes()),
+            Outcome::Malformed
         );
 
         // Truncated L4: ports unknown -> strictest verdict.
-        let mut f = flat::eth(&[], ethertype::IPV4);
-        f.extend(flat::ipv4(test4, prod4, proto::UDP, &[], 0, &[0, 53]));
+        let f = frame(ip4(proto::UDP, &[], 0, Packet::data(&[0, 53])));
         let o = check(&h, mode, "truncated udp", &f);
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict),
             "{o:?}"
         );
 
         // IPv6 extension headers are walked: DNS behind hop-by-hop and
         // destination options still meets the port rule.
-        let t6: std::net::Ipv6Addr = "fd00:30::2".parse().expect("v6");
-        let p6: std::net::Ipv6Addr = "fd00:10::2".parse().expect("v6");
         let mut chain = vec![60u8, 0, 0, 0, 0, 0, 0, 0];
         chain.extend([proto::UDP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        chain.extend(&dns);
-        let mut f = flat::eth(&[], ethertype::IPV6);
-        f.extend(flat::ipv6(t6.octets(), p6.octets(), 0, &chain));
-        let o = check(&h, mode, "ipv6 hop-by-hop + dstopts, dns", &f);
+        chain.extend(dns().bytes());
+        let o = check(
+            &h,
+            mode,
+            "ipv6 hop-by-hop + dstopts, dns",
+            &test_to_prod6(0, &chain),
+        );
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.dport == 53),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.dport == 53),
             "{o:?}"
         );
 
         // A chain longer than the walk bound: strictest verdict.
-        let mut chain = Vec::new();
-        for _ in 0..7 {
-            chain.extend([60u8, 0, 0, 0, 0, 0, 0, 0]);
-        }
+        let mut chain = [60u8, 0, 0, 0, 0, 0, 0, 0].repeat(7);
         let last = chain.len() - 8;
         chain[last] = proto::UDP;
-        chain.extend(&dns);
-        let mut f = flat::eth(&[], ethertype::IPV6);
-        f.extend(flat::ipv6(t6.octets(), p6.octets(), 60, &chain));
-        let o = check(&h, mode, "ipv6 chain too deep", &f);
+        chain.extend(dns().bytes());
+        let o = check(&h, mode, "ipv6 chain too deep", &test_to_prod6(60, &chain));
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.ext_too_deep),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict && j.ext_too_deep),
             "{o:?}"
         );
 
         // IPv6 non-first fragment of DNS: strictest verdict.
         let mut fragment = vec![proto::UDP, 0, 0x05, 0x00, 0, 0, 0, 1];
-        fragment.extend(&dns);
-        let mut f = flat::eth(&[], ethertype::IPV6);
-        f.extend(flat::ipv6(
-            t6.octets(),
-            p6.octets(),
-            proto::FRAGMENT,
-            &fragment,
-        ));
+        fragment.extend(dns().bytes());
+        let f = test_to_prod6(proto::FRAGMENT, &fragment);
         let o = check(&h, mode, "ipv6 non-first fragment", &f);
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.fragment),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict && j.fragment),
             "{o:?}"
         );
 
@@ -506,12 +431,15 @@ fn header_shapes() {
         // hop-by-hop header gets the strictest verdict.
         let mut chain = vec![proto::UDP, 59];
         chain.resize(480, 0);
-        chain.extend(&dns);
-        let mut f = flat::eth(&[], ethertype::IPV6);
-        f.extend(flat::ipv6(t6.octets(), p6.octets(), 0, &chain));
-        let o = check(&h, mode, "l4 past the read limit", &f);
+        chain.extend(dns().bytes());
+        let o = check(
+            &h,
+            mode,
+            "l4 past the read limit",
+            &test_to_prod6(0, &chain),
+        );
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.l4 == reference::L4Seen::NoPorts),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict && j.l4 == L4Seen::NoPorts),
             "{o:?}"
         );
 
@@ -522,140 +450,113 @@ fn header_shapes() {
 /// Tunnels whose outer addresses are allowed (production to production)
 /// carrying test -> production: the inner verdict, stricter, applies.
 fn tunnels(h: &KernelHarness, mode: Mode) {
-    let strict = if mode == Mode::Audit {
-        verdict::AUDIT
-    } else {
-        verdict::DROP
-    };
-    let prod_a = [10, 10, 1, 2];
-    let prod_b = [10, 10, 2, 2];
-    let inner4 = flat::ipv4(
-        [10, 30, 1, 2],
-        [10, 10, 1, 2],
+    use ethertype::{ARP, IPV4, IPV6, TEB};
+    let strict = strictest(mode);
+    let (prod_a, prod_b) = (
+        pod_v4("production", 1).octets(),
+        pod_v4("production", 2).octets(),
+    );
+    let syn = || Packet::syn(5, 22);
+    let inner4 = ipv4(
+        pod_v4("test", 1).octets(),
+        prod_a,
         proto::TCP,
         &[],
         0,
-        &flat::tcp_syn(5, 22),
+        syn(),
     );
-    let t6: std::net::Ipv6Addr = "fd00:30::2".parse().expect("v6");
-    let p6: std::net::Ipv6Addr = "fd00:10::2".parse().expect("v6");
-    let inner6 = flat::ipv6(t6.octets(), p6.octets(), proto::TCP, &flat::tcp_syn(5, 22));
-    let mut inner_eth = flat::eth(&[], ethertype::IPV4);
-    inner_eth.extend(&inner4);
-    let allowed_inner = flat::ipv4(
-        [10, 10, 3, 3],
-        [10, 10, 4, 4],
+    let inner6 = syn().ipv6(&Ipv6 {
+        src: pod_v6("test", 1).octets(),
+        dst: pod_v6("production", 1).octets(),
+        next: proto::TCP,
+        ..Ipv6::default()
+    });
+    let inner_eth = inner4.clone().eth(&[], IPV4);
+    let allowed_inner = ipv4(
+        pod_v4("production", 3).octets(),
+        pod_v4("production", 4).octets(),
         proto::TCP,
         &[],
         0,
-        &flat::tcp_syn(5, 22),
+        syn(),
     );
-
-    let outer4 = |p: u8, payload: &[u8]| {
-        let mut f = flat::eth(&[], ethertype::IPV4);
-        f.extend(flat::ipv4(prod_a, prod_b, p, &[], 0, payload));
-        f
-    };
-    let gre = |flags: u16, ethertype: u16, extra: usize, payload: &[u8]| {
-        let mut g = flags.to_be_bytes().to_vec();
-        g.extend(ethertype.to_be_bytes());
-        g.extend(vec![0u8; extra]);
-        g.extend(payload);
-        g
-    };
-    let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
-    vxlan.extend(&inner_eth);
-    let mut geneve = vec![0x01, 0, 0x65, 0x58, 0, 0, 0x2a, 0, 0, 0, 0, 0];
-    geneve.extend(&inner_eth);
-
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("ipip", outer4(proto::IPIP, &inner4)),
-        ("ipv6 in ipv4", outer4(proto::IPV6, &inner6)),
-        (
-            "gre ipv4",
-            outer4(proto::GRE, &gre(0, ethertype::IPV4, 0, &inner4)),
-        ),
+    let outer4 = |p, payload| ipv4(prod_a, prod_b, p, &[], 0, payload).eth(&[], IPV4);
+    let vxlan = |inner: Packet| inner.vxlan(0x08, 42);
+    let udp = |port, payload: Packet| outer4(proto::UDP, payload.udp(1000, port));
+    let ipv4_in_ipv6 = inner4
+        .clone()
+        .ipv6(&Ipv6 {
+            src: pod_v6("production", 1).octets(),
+            dst: pod_v6("production", 2).octets(),
+            next: proto::IPIP,
+            ..Ipv6::default()
+        })
+        .eth(&[], IPV6);
+    let cases = [
+        ("ipip", outer4(proto::IPIP, inner4.clone())),
+        ("ipv6 in ipv4", outer4(proto::IPV6, inner6.clone())),
+        ("gre ipv4", outer4(proto::GRE, inner4.clone().gre(0, IPV4))),
         (
             "gre key+seq ipv6",
-            outer4(proto::GRE, &gre(0x3000, ethertype::IPV6, 8, &inner6)),
+            outer4(proto::GRE, inner6.gre(0x3000, IPV6)),
         ),
         (
             "gre teb",
-            outer4(proto::GRE, &gre(0x8000, 0x6558, 4, &inner_eth)),
+            outer4(proto::GRE, inner_eth.clone().gre(0x8000, TEB)),
         ),
-        ("vxlan", outer4(proto::UDP, &flat::udp(1000, 4789, &vxlan))),
+        ("vxlan", udp(4789, vxlan(inner_eth.clone()))),
         (
             "geneve with options",
-            outer4(proto::UDP, &flat::udp(1000, 6081, &geneve)),
+            udp(6081, inner_eth.clone().geneve(1, TEB)),
         ),
-        ("ipv4 in ipv6", {
-            let a: std::net::Ipv6Addr = "fd00:10::a".parse().expect("v6");
-            let b: std::net::Ipv6Addr = "fd00:10::b".parse().expect("v6");
-            let mut f = flat::eth(&[], ethertype::IPV6);
-            f.extend(flat::ipv6(a.octets(), b.octets(), proto::IPIP, &inner4));
-            f
-        }),
+        ("ipv4 in ipv6", ipv4_in_ipv6),
     ];
     for (what, f) in cases {
-        let o = check(h, mode, what, &f);
+        let o = check(h, mode, what, f.bytes());
         assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == strict && j.by_inner && j.tunneled),
+            matches!(o, Outcome::Judged(ref j) if j.verdict == strict && j.by_inner && j.tunneled),
             "{what}: {o:?}"
         );
     }
     // Allowed inside allowed: passes, judged on the outer.
-    let o = check(
-        h,
-        mode,
-        "ipip allowed",
-        &outer4(proto::IPIP, &allowed_inner),
-    );
+    let f = outer4(proto::IPIP, allowed_inner);
+    let o = check(h, mode, "ipip allowed", f.bytes());
     assert!(
-        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.tunneled && !j.by_inner),
+        matches!(o, Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && j.tunneled && !j.by_inner),
         "{o:?}"
     );
     // GRE version 1 and non-IP inside VXLAN carry nothing Linux would
     // decapsulate into IP: judged on the outer packet.
-    let o = check(
-        h,
-        mode,
-        "gre v1",
-        &outer4(proto::GRE, &gre(0x0001, ethertype::IPV4, 0, &inner4)),
-    );
+    let f = outer4(proto::GRE, inner4.clone().gre(0x0001, IPV4));
+    let o = check(h, mode, "gre v1", f.bytes());
     assert!(
-        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
+        matches!(o, Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
         "{o:?}"
     );
-    let mut arp_in_vxlan = vec![0x08, 0, 0, 0, 0, 0, 0x2a, 0];
-    arp_in_vxlan.extend(flat::eth(&[], ethertype::ARP));
-    arp_in_vxlan.extend([0u8; 28]);
-    let o = check(
-        h,
-        mode,
-        "arp in vxlan",
-        &outer4(proto::UDP, &flat::udp(1000, 4789, &arp_in_vxlan)),
-    );
+    let arp = Packet::data(&[0u8; 28]).eth(&[], ARP);
+    let o = check(h, mode, "arp in vxlan", udp(4789, vxlan(arp)).bytes());
     assert!(
-        matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
+        matches!(o, Outcome::Judged(ref j) if j.verdict == verdict::ALLOW && !j.tunneled),
         "{o:?}"
     );
     // A tunnel in a tunnel is not walked: handled like malformed.
-    let mut nested = flat::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &inner4);
-    nested = flat::ipv4(prod_a, prod_b, proto::IPIP, &[], 0, &nested);
-    let mut f = flat::eth(&[], ethertype::IPV4);
-    f.extend(nested);
+    let nested = ipv4(prod_a, prod_b, proto::IPIP, &[], 0, inner4);
+    let f = outer4(proto::IPIP, nested);
     assert_eq!(
-        check(h, mode, "ipip in ipip", &f),
-        reference::Outcome::TunnelTooDeep
+        check(h, mode, "ipip in ipip", f.bytes()),
+        Outcome::TunnelTooDeep
     );
     // A tunnel whose inner header is cut short is malformed.
-    let o = check(
-        h,
-        mode,
-        "truncated vxlan",
-        &outer4(proto::UDP, &flat::udp(1000, 4789, &vxlan[..20])),
-    );
-    assert_eq!(o, reference::Outcome::Malformed);
+    let mut cut = vxlan(inner_eth);
+    cut.cut(20);
+    let o = check(h, mode, "truncated vxlan", udp(4789, cut).bytes());
+    assert_eq!(o, Outcome::Malformed);
+}
+
+/// A test -> production TCP SYN to `dport`, IPv4.
+fn test_to_prod(sport: u16, dport: u16) -> Vec<u8> {
+    let (test, prod) = (pod_addr("test", V4, 1), pod_addr("production", V4, 1));
+    ip_frame(test, prod, proto::TCP, Packet::syn(sport, dport))
 }
 
 /// The mode's effect on malformed frames is what the README documents.
@@ -663,10 +564,9 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
 fn malformed_dropped_only_in_enforce() {
     for (mode, action) in [(Mode::Enforce, ACTION_SHOT), (Mode::Audit, ACTION_NEXT)] {
         let h = harness(mode);
-        let mut f = flat::eth(&[(ethertype::VLAN, 7)], ethertype::IPV4);
-        f.extend([0x45u8, 0, 0]);
+        let f = Packet::data(&[0x45, 0, 0]).eth(&[(ethertype::VLAN, 7)], ethertype::IPV4);
         let before = h.stat(stat::MALFORMED).expect("stat");
-        let got = h.run(Hook::Ingress, &f).expect("run");
+        let got = h.run(Hook::Ingress, f.bytes()).expect("run");
         assert_eq!(got.action, action, "{mode}");
         assert_eq!(h.stat(stat::MALFORMED).expect("stat"), before + 1);
     }
@@ -678,14 +578,9 @@ fn malformed_dropped_only_in_enforce() {
 #[test]
 fn egress_judges_packets_from_unattached_interfaces() {
     let h = harness(Mode::Enforce);
-    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
-    let f = flat::ip_frame(
-        ip("10.30.1.2"),
-        ip("10.10.1.2"),
-        proto::TCP,
-        &flat::tcp_syn(9, 80),
-    );
-    let (action, mark) = h.run_tagged(Hook::Egress, &f, 1).expect("run");
+    let (action, mark) = h
+        .run_tagged(Hook::Egress, &test_to_prod(9, 80), 1)
+        .expect("run");
     assert_eq!(action, ACTION_SHOT);
     let (test, prod) = (
         h.policy.env_id("test").expect("test"),
@@ -699,16 +594,17 @@ fn egress_judges_packets_from_unattached_interfaces() {
 #[test]
 fn reload_invalidates_cached_verdicts() {
     let mut h = harness(Mode::Enforce);
-    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
-    let f = flat::ip_frame(
-        ip("10.20.1.2"),
-        ip("10.10.1.2"),
-        proto::TCP,
-        &flat::tcp_syn(7, 443),
-    );
+    let (staging, prod) = (pod_addr("staging", V4, 1), pod_addr("production", V4, 1));
+    let f = ip_frame(staging, prod, proto::TCP, Packet::syn(7, 443));
+    let verdict_now = |h: &KernelHarness, what: &str| match check(h, Mode::Enforce, what, &f) {
+        Outcome::Judged(j) => j.verdict,
+        o => panic!("{what}: {o:?}"),
+    };
     for _ in 0..3 {
-        let o = check(&h, Mode::Enforce, "staging -> production before", &f);
-        assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));
+        assert_eq!(
+            verdict_now(&h, "staging -> production before"),
+            verdict::AUDIT
+        );
     }
     let stricter = policy::EXAMPLE_POLICY.replacen(
         "    to: [production]\n    verdict: audit",
@@ -723,17 +619,18 @@ fn reload_invalidates_cached_verdicts() {
     h.reload(&oracle::parse(&stricter, "stricter").expect("valid"))
         .expect("reload");
     for _ in 0..3 {
-        let o = check(&h, Mode::Enforce, "staging -> production after", &f);
-        assert!(
-            matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::DROP),
-            "{o:?}"
+        assert_eq!(
+            verdict_now(&h, "staging -> production after"),
+            verdict::DROP
         );
     }
     // And back: the older generation's cache entries are not revived.
     h.reload(&oracle::parse(policy::EXAMPLE_POLICY, "example").expect("valid"))
         .expect("reload");
-    let o = check(&h, Mode::Enforce, "staging -> production restored", &f);
-    assert!(matches!(o, reference::Outcome::Judged(ref j) if j.verdict == verdict::AUDIT));
+    assert_eq!(
+        verdict_now(&h, "staging -> production restored"),
+        verdict::AUDIT
+    );
 }
 
 /// A parsed packet whose decision stage cannot be called (the stage table
@@ -742,14 +639,9 @@ fn reload_invalidates_cached_verdicts() {
 /// unaffected.
 #[test]
 fn a_missing_decision_stage_fails_closed() {
-    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
     // production -> production: allowed, so only the missing stage drops it.
-    let f = flat::ip_frame(
-        ip("10.10.1.2"),
-        ip("10.10.2.2"),
-        proto::TCP,
-        &flat::tcp_syn(7, 443),
-    );
+    let (a, b) = (pod_addr("production", V4, 1), pod_addr("production", V4, 2));
+    let f = ip_frame(a, b, proto::TCP, Packet::syn(7, 443));
     for (mode, action) in [(Mode::Enforce, ACTION_SHOT), (Mode::Audit, ACTION_NEXT)] {
         let mut h = harness(mode);
         for hook in Hook::ALL {
@@ -782,7 +674,9 @@ fn a_missing_decision_stage_fails_closed() {
 /// at an agent's start on a node.
 #[test]
 fn verifier_budget_has_headroom() {
-    let h = KernelHarness::stateful(compiled(Mode::Enforce)).expect("loading the datapath");
+    root();
+    let policy = example_policy(Mode::Enforce).expect("the example policy");
+    let h = KernelHarness::stateful(policy).expect("loading the datapath");
     let counts = h.datapath().verified_instructions();
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (name, n) in counts {

@@ -9,33 +9,29 @@
 //! says, that the reference says the same, and the verdict the README
 //! promises. Needs root.
 
-use envfence::datapath::Hook;
+use std::sync::LazyLock;
+
 use envfence::policy::{self, reference, CompiledPolicy, Mode};
 use envfence_ebpf::{proto, stat, verdict};
-use envfence_tests::oracle::{self, Oracle};
+use envfence_tests::fixture::{pod_v4, pod_v6, root};
+use envfence_tests::gen::diff::held_on_both_hooks;
+use envfence_tests::gen::ExtSpec;
+use envfence_tests::oracle;
 use envfence_tests::packet::{ethertype, Ipv4, Ipv6, Packet};
 use envfence_tests::testrun::KernelHarness;
 
-const TEST4: [u8; 4] = [10, 30, 1, 2];
-const PROD4: [u8; 4] = [10, 10, 1, 2];
-const PROD4B: [u8; 4] = [10, 10, 2, 2];
 const GSO: u32 = 1448;
 
-/// fd00:<a.b as hex digits>:<c>::<d>: 10.30.1.2 -> fd00:30:1::2.
-fn v6(a: [u8; 4]) -> [u8; 16] {
-    let mut x = [0u8; 16];
-    x[0] = 0xfd;
-    x[3] = ((a[1] / 10) << 4) | (a[1] % 10);
-    x[5] = a[2];
-    x[15] = a[3];
-    x
-}
+// The example lab's test1, prod1 and prod2.
+static TEST4: LazyLock<[u8; 4]> = LazyLock::new(|| pod_v4("test", 1).octets());
+static PROD4: LazyLock<[u8; 4]> = LazyLock::new(|| pod_v4("production", 1).octets());
+static PROD4B: LazyLock<[u8; 4]> = LazyLock::new(|| pod_v4("production", 2).octets());
+static TEST6: LazyLock<[u8; 16]> = LazyLock::new(|| pod_v6("test", 1).octets());
+static PROD6: LazyLock<[u8; 16]> = LazyLock::new(|| pod_v6("production", 1).octets());
+static PROD6B: LazyLock<[u8; 16]> = LazyLock::new(|| pod_v6("production", 2).octets());
 
 fn harness_with(src: &str) -> KernelHarness {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests load eBPF programs: run them as root"
-    );
+    root();
     let p = oracle::parse(src, "example").expect("valid policy");
     KernelHarness::new(policy::compile(&p)).expect("loading the datapath")
 }
@@ -47,20 +43,8 @@ fn harness() -> KernelHarness {
 /// Kernel == oracle on both hooks, reference == oracle; returns the outcome and the
 /// statistics that moved on ingress.
 fn check(h: &KernelHarness, what: &str, f: &[u8], gso: u32) -> (reference::Outcome, Vec<u32>) {
-    let skb = reference::Skb { gso_size: gso };
-    let outcome =
-        Oracle::held_to_reference(&h.policy, f, skb).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    let (want_action, want_tag) = envfence_tests::gen::diff::expected(&outcome, &h.policy);
-    let mut stats = Vec::new();
-    for hook in Hook::ALL {
-        let got = h.run_gso(hook, f, gso).expect("test run");
-        let ctx = format!("{what} on {} ({outcome:?}): kernel {got:?}", hook.as_str());
-        assert_eq!(got.action, want_action, "action: {ctx}");
-        assert_eq!(got.mark, want_tag, "decision tag: {ctx}");
-        if hook == Hook::Ingress {
-            stats = got.stats_moved.iter().map(|(i, _)| *i).collect();
-        }
-    }
+    let (outcome, runs) = held_on_both_hooks(h, f, gso).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let stats = runs[0].stats_moved.iter().map(|(i, _)| *i).collect();
     (outcome, stats)
 }
 
@@ -111,8 +95,8 @@ fn tcp_data(dport: u16, n: usize) -> Vec<u8> {
 fn big_tcp_ipv4_total_length_zero() {
     let h = harness();
     for (what, src, dst, want) in [
-        ("test -> prod", TEST4, PROD4, verdict::DROP),
-        ("prod -> prod", PROD4, PROD4B, verdict::ALLOW),
+        ("test -> prod", *TEST4, *PROD4, verdict::DROP),
+        ("prod -> prod", *PROD4, *PROD4B, verdict::ALLOW),
     ] {
         let mut f = v4_frame(src, dst, proto::TCP, &tcp_data(8080, 1400));
         f[16] = 0;
@@ -137,7 +121,7 @@ fn big_tcp_ipv4_total_length_zero() {
 fn ipv6_payload_length_zero_gso_and_jumbograms() {
     let h = harness();
     // BIG TCP IPv6 without a hop-by-hop header.
-    let mut f = v6_frame(v6(TEST4), v6(PROD4), proto::TCP, &tcp_data(8080, 1400));
+    let mut f = v6_frame(*TEST6, *PROD6, proto::TCP, &tcp_data(8080, 1400));
     f[18] = 0;
     f[19] = 0;
     let (o, stats) = check(&h, "big tcp v6", &f, GSO);
@@ -150,7 +134,7 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
     let mut hbh = vec![proto::TCP, 0, 0xc2, 4];
     hbh.extend(70_000u32.to_be_bytes());
     hbh.extend(tcp_data(8080, 100));
-    let mut f = v6_frame(v6(TEST4), v6(PROD4), proto::HOPOPTS, &hbh);
+    let mut f = v6_frame(*TEST6, *PROD6, proto::HOPOPTS, &hbh);
     f[18] = 0;
     f[19] = 0;
     let (o, _) = check(&h, "jumbo hbh, gso", &f, GSO);
@@ -166,11 +150,11 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
 
     // The bypass of the issue: VXLAN inside IPv6 with payload length 0,
     // outer prod -> prod, inner test -> prod: opened and dropped.
-    let udp = ipv4(TEST4, PROD4, proto::TCP, &tcp_data(8080, 0))
+    let udp = ipv4(*TEST4, *PROD4, proto::TCP, &tcp_data(8080, 0))
         .ethernet(&[])
         .vxlan(0x08, 42)
         .udp(40000, 4789);
-    let mut f = v6_frame(v6(PROD4), v6(PROD4B), proto::UDP, udp.bytes());
+    let mut f = v6_frame(*PROD6, *PROD6B, proto::UDP, udp.bytes());
     f[18] = 0;
     f[19] = 0;
     let (o, _) = check(&h, "vxlan in big tcp v6", &f, GSO);
@@ -189,8 +173,8 @@ fn mpls_frame(ethertype: u16, labels: usize, bos: bool, payload: &[u8]) -> Vec<u
 #[test]
 fn mpls_label_stacks() {
     let h = harness();
-    let ip4 = ipv4(TEST4, PROD4, proto::TCP, &tcp_syn(1, 8080)).into_bytes();
-    let ip6 = ipv6(v6(TEST4), v6(PROD4), proto::TCP, &tcp_syn(1, 8080)).into_bytes();
+    let ip4 = ipv4(*TEST4, *PROD4, proto::TCP, &tcp_syn(1, 8080)).into_bytes();
+    let ip6 = ipv6(*TEST6, *PROD6, proto::TCP, &tcp_syn(1, 8080)).into_bytes();
     for (et, n) in [(0x8847u16, 1usize), (0x8847, 3), (0x8848, 2), (0x8847, 6)] {
         for (fam, ip) in [("v4", &ip4), ("v6", &ip6)] {
             let what = format!("mpls {et:#x} {n} labels {fam}");
@@ -233,8 +217,8 @@ fn pppoe_frame(ver_type: u8, code: u8, ppp: &[u8], payload: &[u8]) -> Vec<u8> {
 fn pppoe_sessions() {
     let h = harness();
     let udp = Packet::data(b"x").udp(1, 9000).into_bytes();
-    let ip4 = ipv4(TEST4, PROD4, proto::UDP, &udp).into_bytes();
-    let ip6 = ipv6(v6(TEST4), v6(PROD4), proto::UDP, &udp).into_bytes();
+    let ip4 = ipv4(*TEST4, *PROD4, proto::UDP, &udp).into_bytes();
+    let ip6 = ipv6(*TEST6, *PROD6, proto::UDP, &udp).into_bytes();
     for (what, ppp, ip) in [
         ("ipv4", &[0x00u8, 0x21][..], &ip4),
         ("ipv6", &[0x00, 0x57][..], &ip6),
@@ -274,13 +258,13 @@ fn pppoe_sessions() {
 
 fn vxlan_frame(port: u16, header: [u8; 8], inner: &[u8]) -> Vec<u8> {
     let udp = Packet::data(inner).push(&header).udp(40000, port);
-    v4_frame(PROD4, PROD4B, proto::UDP, udp.bytes())
+    v4_frame(*PROD4, *PROD4B, proto::UDP, udp.bytes())
 }
 
 #[test]
 fn policy_tunnel_ports_and_vxlan_gpe() {
     let h = harness();
-    let ip_inner = ipv4(TEST4, PROD4, proto::TCP, &tcp_syn(1, 8080));
+    let ip_inner = ipv4(*TEST4, *PROD4, proto::TCP, &tcp_syn(1, 8080));
     let eth_inner = ip_inner.clone().ethernet(&[]).into_bytes();
     let ip_inner = ip_inner.into_bytes();
     let vx = [0x08, 0, 0, 0, 0, 0, 42, 0];
@@ -328,28 +312,19 @@ fn policy_tunnel_ports_and_vxlan_gpe() {
     assert!(!judged(&o, "8472").tunneled);
 }
 
-/// A routing header: (type, segments left, addresses, last entry).
+/// A routing header ([`ExtSpec::routing`]) of `rtype` with `left`
+/// segments left and `addrs`, then next header `next`.
 fn routing(rtype: u8, left: u8, addrs: &[[u8; 16]], next: u8) -> Vec<u8> {
-    let units = u8::try_from(addrs.len() * 2).unwrap_or(0);
-    let mut h = vec![next, units, rtype, left];
-    if rtype == 4 {
-        h.extend([u8::try_from(addrs.len()).unwrap_or(1) - 1, 0, 0, 0]);
-    } else {
-        h.extend([0, 0, 0, 0]);
-    }
-    for a in addrs {
-        h.extend(a);
-    }
-    h
+    ExtSpec::routing(rtype, left, addrs).bytes(next)
 }
 
 #[test]
 fn ipv6_routing_headers_final_destination() {
     let h = harness();
     let tcp = tcp_syn(1, 8080);
-    let prod = v6(PROD4);
-    let prod_b = v6(PROD4B);
-    let test = v6(TEST4);
+    let prod = *PROD6;
+    let prod_b = *PROD6B;
+    let test = *TEST6;
     // test -> prod (hop) ... ending in test: allowed? test->test; and
     // test -> test hop ending in prod: must be dropped.
     for (what, rtype, left, addrs, dst, want) in [
@@ -424,7 +399,7 @@ fn dccp_ports_are_read() {
     let h = harness();
     let mut d = tcp_syn(5000, 53);
     d.truncate(16);
-    let (o, _) = check(&h, "dccp", &v4_frame(TEST4, PROD4, proto::DCCP, &d), 0);
+    let (o, _) = check(&h, "dccp", &v4_frame(*TEST4, *PROD4, proto::DCCP, &d), 0);
     let j = judged(&o, "dccp");
     assert_eq!(
         (j.l4, j.sport, j.dport),

@@ -14,9 +14,11 @@ use anyhow::{ensure, Context as _, Result};
 use envfence::datapath::Hook;
 use envfence::policy::{Mode, SourceCheck, SourceMode};
 use envfence_ebpf::{stat, tag, verdict};
+use envfence_tests::fixture::{env_host, pod_addr};
 use envfence_tests::gen::diff::example_policy;
+use envfence_tests::lab::Family::{V4, V6};
 use envfence_tests::lab::{require_root, Lab};
-use envfence_tests::packet::{ip_frame, Packet};
+use envfence_tests::packet::{ip_frame, v6_octets, Packet};
 use envfence_tests::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
 
 /// What the check must answer.
@@ -28,298 +30,107 @@ enum Want {
     Spoofed(&'static str),
 }
 
-struct Case {
-    /// The node's interface the frame arrives on.
-    iface: &'static str,
-    mode: SourceMode,
-    peer: bool,
-    src: &'static str,
-    dst: &'static str,
-    want: Want,
-}
-
-const fn case(
-    iface: &'static str,
-    mode: SourceMode,
-    peer: bool,
-    src: &'static str,
-    dst: &'static str,
-    want: Want,
-) -> Case {
-    Case {
-        iface,
-        mode,
-        peer,
-        src,
-        dst,
-        want,
-    }
-}
+/// (the node's interface the frame arrives on, its check, whether it
+/// trusts peer addresses, source, destination, the answer).
+type Case = (&'static str, SourceMode, bool, IpAddr, IpAddr, Want);
 
 use SourceMode::{Loose, Off, Strict};
 use Want::{Accepted, Spoofed};
 
-/// The lab node routes 10.30.1.0/24 and fd00:30:1::/64 through
-/// `veth-test1`, 10.10.1.0/24 and fd00:10:1::/64 through `veth-prod1`; the
-/// test adds a blackhole route for 10.10.8.0/24 and `10.10.1.99` as a peer
-/// address of `veth-test1`.
-const CASES: &[Case] = &[
-    // The pod's own addresses, routed back through its veth.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "10.30.1.2",
-        "10.10.1.2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "fd00:30:1::2",
-        "fd00:10:1::2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "::ffff:10.30.1.2",
-        "::ffff:10.10.1.2",
-        Accepted,
-    ),
-    // Another pod's address: its route leaves through another veth.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "10.10.1.2",
-        "10.10.2.2",
-        Spoofed("route-via-other-interface"),
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "fd00:10:1::2",
-        "fd00:10:2::2",
-        Spoofed("route-via-other-interface"),
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "::ffff:10.10.1.2",
-        "::ffff:10.10.2.2",
-        Spoofed("route-via-other-interface"),
-    ),
-    // An address of an environment that no route covers.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "10.10.9.9",
-        "10.10.1.2",
-        Spoofed("no-unicast-route"),
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "fd00:10::9:9",
-        "fd00:10:1::2",
-        Spoofed("no-unicast-route"),
-    ),
-    // A blackhole route.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "10.10.8.8",
-        "10.10.1.2",
-        Spoofed("no-route"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "10.10.8.8",
-        "10.10.1.2",
-        Spoofed("no-route"),
-    ),
-    // A node address claimed from outside.
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "10.10.1.1",
-        "10.10.2.2",
-        Spoofed("no-unicast-route"),
-    ),
-    // Loose: any unicast route will do.
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "10.10.1.2",
-        "10.10.2.2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "fd00:10:1::2",
-        "fd00:10:2::2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "10.10.9.9",
-        "10.10.1.2",
-        Spoofed("no-unicast-route"),
-    ),
-    // Peer addresses: accepted on the veth they sit behind, only when the
-    // interface trusts them.
-    case(
-        "veth-test1",
-        Strict,
-        true,
-        "10.10.1.99",
-        "10.10.2.2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "10.10.1.99",
-        "10.10.2.2",
-        Spoofed("route-via-other-interface"),
-    ),
-    case(
-        "veth-prod1",
-        Strict,
-        true,
-        "10.10.1.99",
-        "10.10.2.2",
-        Accepted,
-    ),
-    case(
-        "veth-prod2",
-        Strict,
-        true,
-        "10.10.1.99",
-        "10.10.2.2",
-        Spoofed("route-via-other-interface"),
-    ),
-    // Off: nothing checked.
-    case("veth-test1", Off, false, "10.10.9.9", "10.10.1.2", Accepted),
-    // Scope rules, decided before any route.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "0.0.0.0",
-        "255.255.255.255",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "0.0.0.0",
-        "224.0.0.22",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "0.0.0.0",
-        "10.10.1.2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "::",
-        "ff02::1:ff00:2",
-        Accepted,
-    ),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "::",
-        "fd00:10:1::2",
-        Spoofed("martian"),
-    ),
-    case("veth-test1", Strict, false, "fe80::1", "ff02::2", Accepted),
-    case("veth-test1", Strict, false, "fe80::1", "fe80::2", Accepted),
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "fe80::1",
-        "fd00:10:1::2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "224.0.0.1",
-        "10.10.1.2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "255.255.255.255",
-        "10.10.1.2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "127.0.0.1",
-        "10.10.1.2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "ff02::1",
-        "fd00:10:1::2",
-        Spoofed("martian"),
-    ),
-    case(
-        "veth-test1",
-        Loose,
-        false,
-        "::1",
-        "fd00:10:1::2",
-        Spoofed("martian"),
-    ),
-    // A global source towards a multicast group (neighbour solicitation
-    // from a global address) is checked by route like any other.
-    case(
-        "veth-test1",
-        Strict,
-        false,
-        "fd00:30:1::2",
-        "ff02::1:ff00:1",
-        Accepted,
-    ),
-];
+/// The production host `offset` past the network's start (IPv4).
+fn prod_host(offset: u128) -> IpAddr {
+    env_host("production", V4, offset)
+}
+
+/// The blackhole route the test adds: a /24 of production no pod uses.
+fn blackhole() -> String {
+    format!("{}/24", prod_host(0x0800))
+}
+
+/// The address peers claim: a production host behind `veth-test1`.
+fn peer() -> IpAddr {
+    prod_host(0x0163)
+}
+
+/// The lab node routes each pod's /24 and /64 through its veth (test1's
+/// through `veth-test1`, prod1's through `veth-prod1` ...); the test adds
+/// the [`blackhole`] route and [`peer`] as a peer address of `veth-test1`
+/// and `veth-prod1`.
+fn cases() -> Vec<Case> {
+    let ip = |s: &str| s.parse::<IpAddr>().expect("a literal address");
+    let mapped = |a: IpAddr| IpAddr::V6(v6_octets(a).into());
+    let (t4, p4, q4) = (
+        pod_addr("test", V4, 1),
+        pod_addr("production", V4, 1),
+        pod_addr("production", V4, 2),
+    );
+    let (t6, p6, q6) = (
+        pod_addr("test", V6, 1),
+        pod_addr("production", V6, 1),
+        pod_addr("production", V6, 2),
+    );
+    let t1 = "veth-test1";
+    // Production hosts no route covers, one behind the blackhole route,
+    // and the node's own address on prod1's link.
+    let (unrouted4, unrouted6) = (prod_host(0x0909), env_host("production", V6, 0x9_0009));
+    let (blackholed, node) = (prod_host(0x0808), prod_host(0x0101));
+    let via_other = Spoofed("route-via-other-interface");
+    let (no_unicast, martian) = (Spoofed("no-unicast-route"), Spoofed("martian"));
+    vec![
+        // The pod's own addresses, routed back through its veth.
+        (t1, Strict, false, t4, p4, Accepted),
+        (t1, Strict, false, t6, p6, Accepted),
+        (t1, Strict, false, mapped(t4), mapped(p4), Accepted),
+        // Another pod's address: its route leaves through another veth.
+        (t1, Strict, false, p4, q4, via_other),
+        (t1, Strict, false, p6, q6, via_other),
+        (t1, Strict, false, mapped(p4), mapped(q4), via_other),
+        // An address of an environment that no route covers.
+        (t1, Strict, false, unrouted4, p4, no_unicast),
+        (t1, Strict, false, unrouted6, p6, no_unicast),
+        // A blackhole route.
+        (t1, Strict, false, blackholed, p4, Spoofed("no-route")),
+        (t1, Loose, false, blackholed, p4, Spoofed("no-route")),
+        // A node address claimed from outside.
+        (t1, Loose, false, node, q4, no_unicast),
+        // Loose: any unicast route will do.
+        (t1, Loose, false, p4, q4, Accepted),
+        (t1, Loose, false, p6, q6, Accepted),
+        (t1, Loose, false, unrouted4, p4, no_unicast),
+        // Peer addresses: accepted on the veth they sit behind, only when the
+        // interface trusts them.
+        (t1, Strict, true, peer(), q4, Accepted),
+        (t1, Strict, false, peer(), q4, via_other),
+        ("veth-prod1", Strict, true, peer(), q4, Accepted),
+        ("veth-prod2", Strict, true, peer(), q4, via_other),
+        // Off: nothing checked.
+        (t1, Off, false, unrouted4, p4, Accepted),
+        // Scope rules, decided before any route.
+        (
+            t1,
+            Strict,
+            false,
+            ip("0.0.0.0"),
+            ip("255.255.255.255"),
+            Accepted,
+        ),
+        (t1, Strict, false, ip("0.0.0.0"), ip("224.0.0.22"), Accepted),
+        (t1, Strict, false, ip("0.0.0.0"), p4, martian),
+        (t1, Strict, false, ip("::"), ip("ff02::1:ff00:2"), Accepted),
+        (t1, Strict, false, ip("::"), p6, martian),
+        (t1, Strict, false, ip("fe80::1"), ip("ff02::2"), Accepted),
+        (t1, Strict, false, ip("fe80::1"), ip("fe80::2"), Accepted),
+        (t1, Strict, false, ip("fe80::1"), p6, martian),
+        (t1, Loose, false, ip("224.0.0.1"), p4, martian),
+        (t1, Loose, false, ip("255.255.255.255"), p4, martian),
+        (t1, Loose, false, ip("127.0.0.1"), p4, martian),
+        (t1, Loose, false, ip("ff02::1"), p6, martian),
+        (t1, Loose, false, ip("::1"), p6, martian),
+        // A global source towards a multicast group (neighbour solicitation
+        // from a global address) is checked by route like any other.
+        (t1, Strict, false, t6, ip("ff02::1:ff00:1"), Accepted),
+    ]
+}
 
 fn ifindex(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).with_context(|| format!("ifindex of {name}"))
@@ -335,21 +146,19 @@ fn run_cases(mode: Mode) -> Result<()> {
     let policy = example_policy(mode)?;
     let dst_env = |dst: IpAddr| policy.lookup_env(dst).0;
     let mut h = KernelHarness::new(policy.clone())?;
-    let peer: IpAddr = "10.10.1.99".parse()?;
     for iface in ["veth-test1", "veth-prod1"] {
         h.datapath_mut()
-            .set_peer_addresses(ifindex(iface)?, &[peer])?;
+            .set_peer_addresses(ifindex(iface)?, &[peer()])?;
     }
     let mut failures = Vec::new();
-    for (i, c) in CASES.iter().enumerate() {
-        let src: IpAddr = c.src.parse()?;
-        let dst: IpAddr = c.dst.parse()?;
+    let cases = cases();
+    for (i, &(iface, check_mode, peers, src, dst, want)) in cases.iter().enumerate() {
         let check = SourceCheck {
-            mode: c.mode,
-            peer_addresses: c.peer,
+            mode: check_mode,
+            peer_addresses: peers,
             entry: None,
         };
-        let idx = ifindex(c.iface)?;
+        let idx = ifindex(iface)?;
         h.datapath_mut().set_source_check(idx, check)?;
         let spoofed_before = h.stat(stat::SPOOFED_STRICT)? + h.stat(stat::SPOOFED_LOOSE)?;
         let (action, mark) = h.run_on(Hook::Ingress, &udp(src, dst, 40000 + i as u16), 0, idx)?;
@@ -357,12 +166,10 @@ fn run_cases(mode: Mode) -> Result<()> {
             h.stat(stat::SPOOFED_STRICT)? + h.stat(stat::SPOOFED_LOOSE)? - spoofed_before;
         let events = h.events()?;
         let what = format!(
-            "{mode:?} {} {:?}{} {src} -> {dst}",
-            c.iface,
-            c.mode,
-            if c.peer { "+peer" } else { "" }
+            "{mode:?} {iface} {check_mode:?}{} {src} -> {dst}",
+            if peers { "+peer" } else { "" }
         );
-        match c.want {
+        match want {
             Spoofed(result) => {
                 let want_mark = tag::judged(verdict::SPOOFED, 0, dst_env(dst));
                 let want_action = if mode == Mode::Audit {
@@ -401,20 +208,20 @@ fn run_cases(mode: Mode) -> Result<()> {
         failures.is_empty(),
         "{} of {} cases wrong:\n{}",
         failures.len(),
-        CASES.len(),
+        cases.len(),
         failures.join("\n")
     );
     Ok(())
 }
 
-/// Every case of [`CASES`], in enforce and audit mode.
+/// Every case of [`cases`], in enforce and audit mode.
 #[test]
 fn source_check_against_the_node_routes() -> Result<()> {
     require_root()?;
     let lab = Lab::example()?;
     envfence_tests::netns::ip_batch(
         lab.node_ns(),
-        &["route add blackhole 10.10.8.0/24".to_owned()],
+        &[format!("route add blackhole {}", blackhole())],
     )?;
     for mode in [Mode::Enforce, Mode::Audit] {
         lab.in_ns("node", || run_cases(mode))??;
@@ -434,7 +241,8 @@ fn no_forwarding_strict_refuses_loose_counts_unverified() -> Result<()> {
         let policy = example_policy(Mode::Enforce)?;
         let mut h = KernelHarness::new(policy)?;
         let idx = ifindex("veth-test1")?;
-        let f = udp("10.30.1.2".parse()?, "10.10.1.2".parse()?, 40000);
+        let (test, prod) = (pod_addr("test", V4, 1), pod_addr("production", V4, 1));
+        let f = udp(test, prod, 40000);
         let strict = SourceCheck {
             mode: Strict,
             peer_addresses: false,

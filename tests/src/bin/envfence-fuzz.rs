@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use envfence_tests::gen::diff::{self, Engine, Options};
 use envfence_tests::gen::routes::{run_on_routes, RouteLab, SOURCE_CLASSES};
+use envfence_tests::oracle::describe::describe;
 
 #[derive(Parser)]
 #[command(
@@ -95,7 +96,8 @@ fn run(args: Args) -> Result<bool> {
             if reference != outcome {
                 println!("  the reference differs: {reference:?}");
             }
-            print!("{}", envfence_tests::decode::describe(&case.frame));
+            let gso = case.gso_size != 0;
+            print!("{}", describe(&case.frame, gso));
         }
         return Ok(true);
     }

@@ -17,15 +17,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use envfence::datapath::Hook;
 use envfence::policy::{self, reference, rpf, CompiledPolicy, Mode};
 use envfence_ebpf::{tag, verdict};
 
 use super::{fnv1a, from_hex, kernel_refuses, to_hex, Gen, Kind};
-use crate::decode;
-use crate::oracle::{self, Oracle};
-use crate::testrun::{KernelHarness, ACTION_NEXT, ACTION_SHOT};
+use crate::oracle::{self, describe::describe, Oracle};
+use crate::testrun::{KernelHarness, KernelResult, ACTION_NEXT, ACTION_SHOT};
 
 /// Seed of a run when none is given (`ENVFENCE_FUZZ_SEED` overrides it in
 /// the tests).
@@ -83,6 +82,31 @@ pub fn expected(outcome: &reference::Outcome, policy: &CompiledPolicy) -> (u32, 
         reference::Outcome::Spoofed(s) => tag::judged(verdict::SPOOFED, 0, s.dst_env),
     };
     (action, t)
+}
+
+/// The oracle's outcome of `frame` in a skb of `gso_size` (the reference
+/// held to it) and what the kernel did with it on each hook, ingress
+/// first: `Err` unless every run ended in the action and decision tag the
+/// outcome means ([`expected`]).
+pub fn held_on_both_hooks(
+    h: &KernelHarness,
+    frame: &[u8],
+    gso_size: u32,
+) -> Result<(reference::Outcome, Vec<KernelResult>)> {
+    let skb = reference::Skb { gso_size };
+    let outcome = Oracle::held_to_reference(&h.policy, frame, skb)?;
+    let want = expected(&outcome, &h.policy);
+    let mut runs = Vec::new();
+    for hook in Hook::ALL {
+        let got = h.run_gso(hook, frame, gso_size)?;
+        ensure!(
+            (got.action, got.mark) == want,
+            "on {}, the oracle's {outcome:?} means (action, tag) {want:?}; kernel {got:?}",
+            hook.as_str()
+        );
+        runs.push(got);
+    }
+    Ok((outcome, runs))
 }
 
 fn action_name(a: u32) -> String {
@@ -221,7 +245,7 @@ impl Mismatch {
             let _ = writeln!(s, "  reference outcome: {}", self.reference_outcome);
         }
         let _ = writeln!(s, "  hex: {}", to_hex(&self.frame));
-        s.push_str(&decode::describe(&self.frame));
+        s.push_str(&describe(&self.frame, self.gso_size != 0));
         s
     }
 

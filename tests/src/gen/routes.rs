@@ -19,9 +19,12 @@ use anyhow::{Context, Result};
 use envfence::policy::rpf::{self, IfaceCheck, Route, RouteKind, Routes};
 use envfence::policy::{SourceCheck, SourceMode};
 use envfence_ebpf::source;
+use ipnet::IpNet;
 
 use super::diff::{outcome_classes, Checked, Engine, Options, Report};
 use super::{seeded, Draw as _, Gen, Rng};
+use crate::fixture::{env_host, env_net, pod_addr};
+use crate::lab::Family;
 use crate::netns::{self, PREFIX};
 use crate::packet::{ip_frame, Packet};
 
@@ -60,50 +63,76 @@ const IFACES: &[Iface] = &[
     iface("efr6", Some((Loose, false)), false, true),
 ];
 
-/// (prefix, what, interface): `dev` routes, `blackhole` / `unreachable` /
-/// `prohibit` routes, and `local` addresses (an address on the interface).
-const ROUTES: &[(&str, &str, &str)] = &[
-    ("10.10.1.0/24", "dev", "efr0"),
-    ("10.10.0.0/16", "dev", "efr1"),
-    ("10.10.3.2/32", "local", "efr1"),
-    ("10.30.1.0/24", "dev", "efr2"),
-    ("10.30.0.0/16", "dev", "efr0"),
-    ("10.30.3.0/24", "blackhole", ""),
-    ("10.20.0.0/16", "dev", "efr4"),
-    ("10.20.2.0/24", "dev", "efr5"),
-    ("10.20.3.0/24", "prohibit", ""),
-    ("10.40.0.0/16", "dev", "efr6"),
-    ("10.40.3.0/24", "unreachable", ""),
-    ("10.0.0.0/24", "dev", "efr3"),
-    ("192.0.2.0/24", "dev", "efr2"),
-    ("fd00:10:1::/48", "dev", "efr0"),
-    ("fd00:10::/32", "dev", "efr1"),
-    ("fd00:10:3::2/128", "local", "efr1"),
-    ("fd00:30:1::/48", "dev", "efr2"),
-    ("fd00:30::/32", "dev", "efr0"),
-    ("fd00:30:3::/48", "blackhole", ""),
-    ("fd00:20::/32", "dev", "efr4"),
-    ("fd00:20:2::/48", "dev", "efr5"),
-    ("fd00:20:3::/48", "prohibit", ""),
-    ("fd00:40::/32", "dev", "efr6"),
-    ("fd00:40:3::/48", "unreachable", ""),
-    ("fd00:0:0:1::/64", "dev", "efr3"),
-    ("2001:db8::/32", "dev", "efr5"),
+/// Where a route lab prefix sits in an environment of the example policy
+/// ([`env_net`]), in each family.
+#[derive(Clone, Copy)]
+enum At {
+    /// The environment's network.
+    Env,
+    /// Pod `n`'s /24 (IPv4) or /48 (IPv6), as [`pod_addr`] lays them out.
+    Pod(u8),
+    /// Pod `n`'s address alone.
+    Host(u8),
+}
+
+use At::{Env, Host, Pod};
+
+/// (environment, prefix, what, interface), in both families: `dev`
+/// routes, `blackhole` / `unreachable` / `prohibit` routes, and `local`
+/// addresses (an address on the interface).
+const ROUTES: &[(&str, At, &str, &str)] = &[
+    ("production", Pod(1), "dev", "efr0"),
+    ("production", Env, "dev", "efr1"),
+    ("production", Host(3), "local", "efr1"),
+    ("test", Pod(1), "dev", "efr2"),
+    ("test", Env, "dev", "efr0"),
+    ("test", Pod(3), "blackhole", ""),
+    ("staging", Env, "dev", "efr4"),
+    ("staging", Pod(2), "dev", "efr5"),
+    ("staging", Pod(3), "prohibit", ""),
+    ("dev", Env, "dev", "efr6"),
+    ("dev", Pod(3), "unreachable", ""),
+    ("ops", Env, "dev", "efr3"),
 ];
 
-/// (interface, address): addresses configured on the far end of a veth
-/// (`EF_PEERS`); only interfaces that trust their peer accept them.
-const PEERS: &[(&str, &str)] = &[
-    ("efr0", "10.10.2.2"),
-    ("efr0", "10.30.3.2"),
-    ("efr0", "192.0.2.2"),
-    ("efr0", "fd00:10:2::2"),
-    ("efr0", "fd00:30:3::2"),
-    ("efr1", "10.10.1.2"),
-    ("efr1", "fd00:10:1::2"),
-    ("efr5", "10.20.2.2"),
-    ("efr5", "10.30.1.3"),
-];
+/// The documentation prefixes (in no environment) and their interfaces,
+/// IPv4 then IPv6.
+const WORLD: [(&str, &str); 2] = [("192.0.2.0/24", "efr2"), ("2001:db8::/32", "efr5")];
+
+/// The prefix of `at` in `env`'s network of `family`.
+fn prefix(env: &str, at: At, family: Family) -> Result<IpNet> {
+    let (pod_bits, host_len) = match family {
+        Family::V4 => (8, 32),
+        Family::V6 => (80, 128),
+    };
+    let (addr, len) = match at {
+        Env => return Ok(env_net(env, family)),
+        Pod(n) => (
+            env_host(env, family, u128::from(n) << pod_bits),
+            host_len - pod_bits,
+        ),
+        Host(n) => (pod_addr(env, family, n), host_len),
+    };
+    IpNet::new(addr, len).with_context(|| format!("{addr}/{len}"))
+}
+
+/// (interface, address): addresses configured on the far end of a veth;
+/// only interfaces that trust their peer accept them.
+fn peer_addresses() -> [(&'static str, IpAddr); 9] {
+    use Family::{V4, V6};
+    [
+        ("efr0", pod_addr("production", V4, 2)),
+        ("efr0", pod_addr("test", V4, 3)),
+        ("efr0", IpAddr::from([192, 0, 2, 2])),
+        ("efr0", pod_addr("production", V6, 2)),
+        ("efr0", pod_addr("test", V6, 3)),
+        ("efr1", pod_addr("production", V4, 1)),
+        ("efr1", pod_addr("production", V6, 1)),
+        ("efr5", pod_addr("staging", V4, 2)),
+        // Host 3 of test pod 1's /24, next to the pod.
+        ("efr5", env_host("test", V4, 0x0103)),
+    ]
+}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -200,7 +229,14 @@ impl RouteLab {
         };
         let mut lines = Vec::new();
         let mut routes = Vec::new();
-        for &(net, what, dev) in ROUTES {
+        let mut table = Vec::new();
+        for (family, (world, world_dev)) in [Family::V4, Family::V6].into_iter().zip(WORLD) {
+            for &(env, at, what, dev) in ROUTES {
+                table.push((prefix(env, at, family)?, what, dev));
+            }
+            table.push((world.parse().context("a world prefix")?, "dev", world_dev));
+        }
+        for (net, what, dev) in table {
             let (line, kind, ifindex) = match what {
                 "dev" => (
                     format!("route add {net} dev {dev}"),
@@ -211,7 +247,7 @@ impl RouteLab {
                     // No duplicate address detection: usable at once.
                     format!(
                         "addr add {net} dev {dev}{}",
-                        if net.contains(':') { " nodad" } else { "" }
+                        if net.addr().is_ipv6() { " nodad" } else { "" }
                     ),
                     RouteKind::Local,
                     0,
@@ -219,13 +255,7 @@ impl RouteLab {
                 refused => (format!("route add {refused} {net}"), RouteKind::Refused, 0),
             };
             lines.push(line);
-            routes.push(Route {
-                net: net
-                    .parse()
-                    .with_context(|| format!("route lab prefix {net}"))?,
-                kind,
-                ifindex,
-            });
+            routes.push(Route { net, kind, ifindex });
         }
         netns::ip_batch(&self.node_ns, &lines)?;
         let mut node = rpf::Node {
@@ -250,9 +280,8 @@ impl RouteLab {
             }
         }
         let mut peers = BTreeSet::new();
-        for &(dev, addr) in PEERS {
-            let a: IpAddr = addr.parse().with_context(|| format!("peer {addr}"))?;
-            peers.insert((index_of(dev)?, a));
+        for (dev, addr) in peer_addresses() {
+            peers.insert((index_of(dev)?, addr));
         }
         node.peers = peers;
         self.ifindexes = ifindexes;

@@ -29,10 +29,10 @@ use anyhow::{bail, Context, Result};
 
 use super::catalog::{eth, v4, v6};
 use super::{
-    ethertype, ipproto, ExtSpec, GreSpec, Inner, L3Spec, L4Spec, LenField, UdpBody, GENEVE_PORT,
-    VXLAN_PORT,
+    ethertype, ipproto, ExtSpec, GreSpec, L4Spec, LenField, UdpBody, GENEVE_PORT, VXLAN_PORT,
 };
-use crate::lab::{Lab, UdpReceiver, NODE, POD_IF};
+use crate::fixture::env_host;
+use crate::lab::{Family, Lab, UdpReceiver, NODE, POD_IF};
 use crate::netns;
 
 /// How long a probe that must arrive may take.
@@ -80,20 +80,11 @@ fn last_os_error(what: &str) -> anyhow::Error {
     anyhow::anyhow!("{what}: {}", std::io::Error::last_os_error())
 }
 
-fn ifindex(ifname: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(ifname)?;
-    // SAFETY: a NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if idx == 0 {
-        return Err(last_os_error(&format!("if_nametoindex({ifname})")));
-    }
-    Ok(idx)
-}
-
 /// An AF_PACKET socket of the calling thread's namespace bound to `ifname`;
 /// `proto` is the EtherType to receive (0: send only).
 fn packet_socket(ifname: &str, proto: u16) -> Result<OwnedFd> {
-    let idx = ifindex(ifname)?;
+    let idx = nix::net::if_::if_nametoindex(ifname)
+        .with_context(|| format!("if_nametoindex({ifname})"))?;
     let proto_be = i32::from(proto.to_be());
     // SAFETY: plain socket(2); the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto_be) };
@@ -389,7 +380,7 @@ pub fn vlan_scenario(lab: &Lab) -> Result<Scenario> {
                 dst,
                 udp_l4(sport, dport, format!("vlan {tags_name}").as_bytes()),
             );
-            let mut f = eth(&[], L3Spec::V4(Box::new(ip)));
+            let mut f = eth(&[], ip);
             f.dst_mac = node_mac;
             f.src_mac = test_mac;
             f.vlans = tpids.iter().map(|t| (*t, 0u16)).collect();
@@ -547,47 +538,18 @@ pub struct VxlanAddrs {
     pub peer6: Ipv6Addr,
 }
 
-/// The host `offset` past the network of `env`'s first CIDR of the family
-/// (IPv4 when `v4`) in the example policy.
-pub fn env_host(env: &str, v4: bool, offset: u128) -> Result<IpAddr> {
-    let p = envfence::policy::parse(
-        envfence::policy::EXAMPLE_POLICY,
-        envfence::policy::EXAMPLE_ORIGIN,
-    )
-    .map_err(|e| anyhow::anyhow!("the example policy: {e}"))?;
-    let e = p
-        .environment(env)
-        .with_context(|| format!("no environment {env} in the example policy"))?;
-    let net = e
-        .cidrs
-        .iter()
-        .find(|n| n.addr().is_ipv4() == v4)
-        .with_context(|| format!("{env} has no CIDR of that family"))?;
-    let addr = match net {
-        ipnet::IpNet::V4(n) => {
-            let off = u32::try_from(offset).context("offset")?;
-            IpAddr::V4(Ipv4Addr::from(u32::from(n.network()).wrapping_add(off)))
-        }
-        ipnet::IpNet::V6(n) => {
-            IpAddr::V6(Ipv6Addr::from(u128::from(n.network()).wrapping_add(offset)))
-        }
-    };
-    anyhow::ensure!(net.contains(&addr), "{addr} is outside {net}");
-    Ok(addr)
-}
-
 impl VxlanAddrs {
     /// test x.x.99.1, production x.x.98.1 and x.x.99.2 (IPv6: the same in
     /// the third group).
     pub fn example() -> Result<VxlanAddrs> {
         let v4 = |env: &str, off: u128| -> Result<Ipv4Addr> {
-            match env_host(env, true, off)? {
+            match env_host(env, Family::V4, off) {
                 IpAddr::V4(a) => Ok(a),
                 IpAddr::V6(a) => bail!("{a} is not IPv4"),
             }
         };
         let v6 = |env: &str, off: u128| -> Result<Ipv6Addr> {
-            match env_host(env, false, (off >> 8) << 80 | (off & 0xff))? {
+            match env_host(env, Family::V6, (off >> 8) << 80 | (off & 0xff)) {
                 IpAddr::V6(a) => Ok(a),
                 IpAddr::V4(a) => bail!("{a} is not IPv6"),
             }
@@ -622,58 +584,25 @@ pub fn vxlan_scenario_on(lab: &Lab, dev: &str, port: u16) -> Result<Scenario> {
     let link = |local: Ipv4Addr, remote: Ipv4Addr, mac: &str| {
         format!("link add {dev} address {mac} type vxlan id 42 local {local} remote {remote} dstport {port} dev {POD_IF}")
     };
-    ip_batch(
-        lab,
-        "prod1",
-        &[
-            link(p1, p2, mac1),
-            format!("link set {dev} mtu 1400 up"),
-            format!("addr add {}/32 dev {dev}", a.test4),
-            format!("addr add {}/32 dev {dev}", a.prod4),
-            format!("addr add {}/128 dev {dev} nodad", a.test6),
-            format!("addr add {}/128 dev {dev} nodad", a.prod6),
-            format!("route add {}/32 dev {dev}", a.peer4),
-            format!("route add {}/128 dev {dev}", a.peer6),
-            format!(
-                "neigh add {} lladdr {mac2} dev {dev} nud permanent",
-                a.peer4
-            ),
-            format!(
-                "neigh add {} lladdr {mac2} dev {dev} nud permanent",
-                a.peer6
-            ),
-        ],
-    )?;
-    ip_batch(
-        lab,
-        "prod2",
-        &[
-            link(p2, p1, mac2),
-            format!("link set {dev} mtu 1400 up"),
-            format!("addr add {}/32 dev {dev}", a.peer4),
-            format!("addr add {}/128 dev {dev} nodad", a.peer6),
-            format!("route add {}/32 dev {dev}", a.test4),
-            format!("route add {}/32 dev {dev}", a.prod4),
-            format!("route add {}/128 dev {dev}", a.test6),
-            format!("route add {}/128 dev {dev}", a.prod6),
-            format!(
-                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
-                a.test4
-            ),
-            format!(
-                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
-                a.prod4
-            ),
-            format!(
-                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
-                a.test6
-            ),
-            format!(
-                "neigh add {} lladdr {mac1} dev {dev} nud permanent",
-                a.prod6
-            ),
-        ],
-    )?;
+    let route = |a: &dyn std::fmt::Display, len: u8| format!("route add {a}/{len} dev {dev}");
+    let neigh = |a: &dyn std::fmt::Display, mac: &str| {
+        format!("neigh add {a} lladdr {mac} dev {dev} nud permanent")
+    };
+    let up = format!("link set {dev} mtu 1400 up");
+    let mut prod1 = vec![link(p1, p2, mac1), up.clone()];
+    prod1.extend([a.test4, a.prod4].map(|x| format!("addr add {x}/32 dev {dev}")));
+    prod1.extend([a.test6, a.prod6].map(|x| format!("addr add {x}/128 dev {dev} nodad")));
+    prod1.extend([route(&a.peer4, 32), route(&a.peer6, 128)]);
+    prod1.extend([neigh(&a.peer4, mac2), neigh(&a.peer6, mac2)]);
+    ip_batch(lab, "prod1", &prod1)?;
+    let mut prod2 = vec![link(p2, p1, mac2), up];
+    prod2.push(format!("addr add {}/32 dev {dev}", a.peer4));
+    prod2.push(format!("addr add {}/128 dev {dev} nodad", a.peer6));
+    prod2.extend([route(&a.test4, 32), route(&a.prod4, 32)]);
+    prod2.extend([route(&a.test6, 128), route(&a.prod6, 128)]);
+    prod2.extend([neigh(&a.test4, mac1), neigh(&a.prod4, mac1)]);
+    prod2.extend([neigh(&a.test6, mac1), neigh(&a.prod6, mac1)]);
+    ip_batch(lab, "prod2", &prod2)?;
     let rx4 = Arc::new(lab.udp_receiver("prod2", a.peer4.into(), 9000)?);
     let rx6 = Arc::new(lab.udp_receiver("prod2", a.peer6.into(), 9000)?);
     let ns = ns_of(lab, "prod1")?;
@@ -775,7 +704,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         list.push((
             format!("ipip, {inner_name}"),
             prod2_v4,
-            inner4(s4, d4, &m).build(),
+            inner4(s4, d4, &m).packet().into_bytes(),
             ipproto::IPIP,
             forbidden,
         ));
@@ -799,7 +728,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         list.push((
             format!("ipv4 in ipv6, {inner_name}"),
             prod2_v6,
-            inner4(s4, d4, &m).build(),
+            inner4(s4, d4, &m).packet().into_bytes(),
             ipproto::IPIP,
             forbidden,
         ));
@@ -809,10 +738,11 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
             ("gre over ipv6", 0x2000, prod2_v6),
         ] {
             let m = mark(&format!("{gname} {inner_name}"));
+            let inner = inner4(s4, d4, &m).into();
             let g = GreSpec {
                 flags,
                 proto: ethertype::IPV4,
-                inner: Inner::Ip4(Box::new(inner4(s4, d4, &m))),
+                inner,
             };
             list.push((
                 format!("{gname}, {inner_name}"),
@@ -823,11 +753,10 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
             ));
         }
         let m = mark(&format!("gre-teb {inner_name}"));
-        let inner_eth = eth(&[], L3Spec::V4(Box::new(inner4(s4, d4, &m))));
         let g = GreSpec {
             flags: 0,
             proto: ethertype::TEB,
-            inner: Inner::Eth(Box::new(inner_eth.clone())),
+            inner: eth(&[], inner4(s4, d4, &m)).into(),
         };
         list.push((
             format!("gre carrying ethernet, {inner_name}"),
@@ -842,7 +771,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         let geneve = UdpBody::Geneve {
             opt_words: 2,
             proto: ethertype::TEB,
-            inner: Inner::Eth(Box::new(eth(&[], L3Spec::V4(Box::new(inner4(s4, d4, &m)))))),
+            inner: eth(&[], inner4(s4, d4, &m)).into(),
         };
         list.push((
             format!("geneve, {inner_name}"),
@@ -855,10 +784,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         let vx = UdpBody::Vxlan {
             flags: 0x08,
             vni: 7,
-            inner: Inner::Eth(Box::new(eth(
-                &[],
-                L3Spec::V6(Box::new(v6(s6, d6, udp_l4(44000, 9000, &m)))),
-            ))),
+            inner: eth(&[], v6(s6, d6, udp_l4(44000, 9000, &m))).into(),
         };
         list.push((
             format!("vxlan (crafted) over ipv6, {inner_name}"),
@@ -870,11 +796,10 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
     }
     // A tunnel in a tunnel: GRE carrying IPIP, every address production.
     let m = mark("gre-ipip nested");
-    let mid = v4(p4, q4, L4Spec::Ip4(Box::new(inner4(p4, q4, &m))));
     let g = GreSpec {
         flags: 0,
         proto: ethertype::IPV4,
-        inner: Inner::Ip4(Box::new(mid)),
+        inner: v4(p4, q4, inner4(p4, q4, &m).into()).into(),
     };
     list.push((
         "gre carrying ipip, all production (tunnel too deep)".into(),

@@ -5,19 +5,16 @@
 //! 4385) and a PPPoE session (RFC 2516, PPP protocol field per RFC 1661,
 //! compressed when its first byte is odd).
 //!
-//! Limits (the datapath's, README "How envfence handles ..."): two VLAN
-//! tags, a third is `VlanTooDeep`; six MPLS labels, a seventh without
+//! Limits ([`Limits::DATAPATH`](super::window::Limits)): two VLAN tags,
+//! a third is `VlanTooDeep`; six MPLS labels, a seventh without
 //! bottom-of-stack is `MplsTooDeep`.
 
 use envfence::policy::reference::{Encap, NonIpKind};
-use envfence_ebpf::parse_limits::MAX_MPLS_LABELS;
 use etherparse::{Ethernet2HeaderSlice, SingleVlanHeaderSlice};
 
+use super::describe::{ethertype_name, mac};
 use super::window::Window;
 use super::{Net, Stop};
-
-/// VLAN tags the datapath walks in the frame data at tc.
-pub(crate) const MAX_VLAN_TAGS: usize = 2;
 
 /// What an EtherType leads the walk to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,21 +91,33 @@ pub(crate) fn ethernet(w: &Window, off: usize) -> Result<Link, Stop> {
     let eth = w
         .from(off)
         .and_then(|s| Ethernet2HeaderSlice::from_slice(s).ok())
-        .ok_or(Stop::NoFrame)?;
+        .ok_or_else(|| w.cut(off, "ethernet", 14, Stop::NoFrame))?;
     let mut at = off + eth.slice().len();
     let mut ethertype = eth.ether_type().0;
+    w.note(off, || {
+        let (src, dst) = (mac(&eth.source()), mac(&eth.destination()));
+        format!(
+            "ethernet {src} > {dst} type {ethertype:#06x} ({})",
+            ethertype_name(ethertype)
+        )
+    });
     let mut tags = 0;
     while next_of(ethertype) == Next::Tag {
-        if tags == MAX_VLAN_TAGS {
+        if tags == w.limits.vlan_tags {
             return Err(Stop::VlanTooDeep);
         }
         let tag = w
             .from(at)
             .and_then(|s| SingleVlanHeaderSlice::from_slice(s).ok())
-            .ok_or(Stop::Malformed)?;
+            .ok_or_else(|| w.cut(at, "vlan tag", 4, Stop::Malformed))?;
         ethertype = tag.ether_type().0;
-        at += tag.slice().len();
         tags += 1;
+        w.note(at, || {
+            let tci = u16::from_be_bytes([tag.slice()[0], tag.slice()[1]]);
+            let (pcp, vid, name) = (tci >> 13, tci & 0x0fff, ethertype_name(ethertype));
+            format!("vlan #{tags} pcp {pcp} vid {vid} type {ethertype:#06x} ({name})")
+        });
+        at += tag.slice().len();
     }
     let plain = |carries| Link {
         carries,
@@ -117,7 +126,10 @@ pub(crate) fn ethernet(w: &Window, off: usize) -> Result<Link, Stop> {
     Ok(match next_of(ethertype) {
         Next::Mpls => mpls(w, at)?,
         Next::PppoeSession => pppoe(w, at)?,
-        Next::Other(kind) => plain(Carries::NotIp(kind)),
+        Next::Other(kind) => {
+            w.note(at, || format!("payload ({} bytes, not IP)", w.left(at)));
+            plain(Carries::NotIp(kind))
+        }
         n => plain(ip_at(n, at).map_or(Carries::NotIp(NonIpKind::Other), Carries::Ip)),
     })
 }
@@ -127,11 +139,17 @@ pub(crate) fn ethernet(w: &Window, off: usize) -> Result<Link, Stop> {
 fn mpls(w: &Window, start: usize) -> Result<Link, Stop> {
     const ENTRY: usize = 4;
     const BOTTOM_OF_STACK: u32 = 1 << 8;
-    for n in 0..MAX_MPLS_LABELS {
+    for n in 0..w.limits.mpls_labels {
         let at = start + n * ENTRY;
-        let entry = w.take(at, ENTRY).ok_or(Stop::Malformed)?;
+        let entry = w
+            .take(at, ENTRY)
+            .ok_or_else(|| w.cut(at, "mpls label", ENTRY, Stop::Malformed))?;
         let word = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        if word & BOTTOM_OF_STACK == 0 {
+        let bottom = word & BOTTOM_OF_STACK != 0;
+        w.note(at, || {
+            format!("mpls #{} label {} bottom {bottom}", n + 1, word >> 12)
+        });
+        if !bottom {
             continue;
         }
         let payload = at + ENTRY;
@@ -158,7 +176,16 @@ fn mpls(w: &Window, start: usize) -> Result<Link, Stop> {
 /// PPP protocol field: one byte when its first byte is odd (RFC 1661 6.5
 /// protocol-field compression), else two.
 fn pppoe(w: &Window, start: usize) -> Result<Link, Stop> {
-    let head = w.take(start, PPPOE_LEN + 1).ok_or(Stop::Malformed)?;
+    let head = w
+        .take(start, PPPOE_LEN + 1)
+        .ok_or_else(|| w.cut(start, "pppoe", PPPOE_LEN + 1, Stop::Malformed))?;
+    w.note(start, || {
+        let session = u16::from_be_bytes([head[2], head[3]]);
+        format!(
+            "pppoe ver/type {:#04x} code {} session {session}",
+            head[0], head[1]
+        )
+    });
     if head[0] != PPPOE_SESSION_VER_TYPE || head[1] != 0 {
         return Err(Stop::Malformed);
     }

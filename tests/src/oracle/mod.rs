@@ -6,7 +6,9 @@
 //! from the RFCs and the README's table "How envfence handles ...", as
 //! tables of numbers and what they lead to ([`link`], [`net`], [`upper`]);
 //! the decision comes from the policy model, not the compiled maps
-//! ([`decide`]); the parse window is stated once ([`window`]).
+//! ([`decide`]); the parse window and the walk's other bounds are stated
+//! once ([`window`]). The same walk without bounds describes a frame for
+//! a reader, header by header ([`describe`]): the harness's one decoder.
 //!
 //! The walk: the outer frame's link layers, its IP packet and upper layer;
 //! when that carries a tunnel (IPIP, IPv6-in-IP, GRE, a UDP tunnel port),
@@ -21,6 +23,7 @@
 //! `KernelHarness` keeps.
 
 mod decide;
+pub mod describe;
 mod link;
 mod net;
 mod upper;
@@ -131,6 +134,46 @@ struct Read {
     inner: Option<Layer>,
 }
 
+/// Reads a frame to the end of what decides: its link layers, its IP
+/// packet and, when that carries a tunnel, the inner packet, which must
+/// not carry another.
+fn read(w: &Window, tunnels: &Tunnels) -> std::result::Result<Read, Stop> {
+    let frame = link::ethernet(w, 0)?;
+    let Carries::Ip(at) = frame.carries else {
+        let Carries::NotIp(kind) = frame.carries else {
+            unreachable!("Carries has two variants");
+        };
+        return Err(Stop::NonIp(kind));
+    };
+    let outer = net::packet(w, at, tunnels)?;
+    let w = &w.inner();
+    let inner_at = match outer.inner {
+        None => None,
+        Some(Inner::Unreadable) => return Err(Stop::Malformed),
+        Some(Inner::Ip(net)) => Some(net),
+        Some(Inner::Ethernet(off)) => match link::ethernet(w, off) {
+            Ok(l) => match l.carries {
+                Carries::Ip(net) => Some(net),
+                // Not IP inside: the outer packet alone is judged.
+                Carries::NotIp(_) => None,
+            },
+            Err(Stop::NoFrame) => return Err(Stop::Malformed),
+            Err(stop) => return Err(stop),
+        },
+    };
+    let inner = inner_at
+        .map(|net| net::packet(w, net, tunnels))
+        .transpose()?;
+    if inner.as_ref().is_some_and(|i| i.inner.is_some()) {
+        return Err(Stop::TunnelTooDeep);
+    }
+    Ok(Read {
+        outer,
+        encap: frame.encap,
+        inner,
+    })
+}
+
 /// The independent classifier of one policy.
 #[derive(Clone, Debug)]
 pub struct Oracle {
@@ -210,7 +253,7 @@ impl Oracle {
 
     /// The outcome of a frame whose skb says `skb`.
     pub fn classify_skb(&self, frame: &[u8], skb: Skb) -> Outcome {
-        match self.read(Window::new(frame, skb.gso_size != 0)) {
+        match read(&Window::new(frame, skb.gso_size != 0), &self.tunnels) {
             Ok(read) => self.judge(read),
             Err(stop) => stop.outcome(),
         }
@@ -220,7 +263,7 @@ impl Oracle {
     /// readable packet whose outer source the node's routes refuse is
     /// [`Outcome::Spoofed`].
     pub fn classify_on(&self, frame: &[u8], node: &rpf::Node, ifindex: u32) -> Outcome {
-        let read = match self.read(Window::new(frame, false)) {
+        let read = match read(&Window::new(frame, false), &self.tunnels) {
             Ok(read) => read,
             Err(stop) => return stop.outcome(),
         };
@@ -241,44 +284,8 @@ impl Oracle {
     /// The outer (source, destination) of a frame (not GSO) read up to a
     /// judgement: what the source check looks at.
     pub fn outer_addresses(&self, frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
-        let read = self.read(Window::new(frame, false)).ok()?;
+        let read = read(&Window::new(frame, false), &self.tunnels).ok()?;
         Some((read.outer.src, read.outer.dst))
-    }
-
-    fn read(&self, w: Window) -> std::result::Result<Read, Stop> {
-        let frame = link::ethernet(&w, 0)?;
-        let Carries::Ip(at) = frame.carries else {
-            let Carries::NotIp(kind) = frame.carries else {
-                unreachable!("Carries has two variants");
-            };
-            return Err(Stop::NonIp(kind));
-        };
-        let outer = net::packet(&w, at, &self.tunnels)?;
-        let inner_at = match outer.inner {
-            None => None,
-            Some(Inner::Unreadable) => return Err(Stop::Malformed),
-            Some(Inner::Ip(net)) => Some(net),
-            Some(Inner::Ethernet(off)) => match link::ethernet(&w, off) {
-                Ok(l) => match l.carries {
-                    Carries::Ip(net) => Some(net),
-                    // Not IP inside: the outer packet alone is judged.
-                    Carries::NotIp(_) => None,
-                },
-                Err(Stop::NoFrame) => return Err(Stop::Malformed),
-                Err(stop) => return Err(stop),
-            },
-        };
-        let inner = inner_at
-            .map(|net| net::packet(&w, net, &self.tunnels))
-            .transpose()?;
-        if inner.as_ref().is_some_and(|i| i.inner.is_some()) {
-            return Err(Stop::TunnelTooDeep);
-        }
-        Ok(Read {
-            outer,
-            encap: frame.encap,
-            inner,
-        })
     }
 
     /// The judgement of one layer towards `dst`.

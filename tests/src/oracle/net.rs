@@ -11,9 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use envfence::policy::reference::L4Seen;
 use envfence::policy::Tunnels;
-use envfence_ebpf::parse_limits::MAX_IPV6_EXT;
 use etherparse::{Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice};
 
+use super::describe::{self, proto_name};
 use super::upper;
 use super::window::Window;
 use super::{Layer, Net, Stop};
@@ -66,6 +66,10 @@ pub(crate) fn packet(w: &Window, net: Net, tunnels: &Tunnels) -> Result<Layer, S
 }
 
 fn ipv4(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
+    match w.take(l3, 20) {
+        Some(fixed) => w.note(l3, || describe::ipv4(fixed, w.left(l3))),
+        None => return Err(w.cut(l3, "ipv4", 20, Stop::Malformed)),
+    }
     let h = w
         .from(l3)
         .and_then(|s| Ipv4HeaderSlice::from_slice(s).ok())
@@ -118,6 +122,10 @@ fn zero_length(w: &Window, l3: usize, next: u8) -> Result<(usize, bool, bool), S
 }
 
 fn ipv6(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
+    match w.take(l3, IPV6_FIXED) {
+        Some(fixed) => w.note(l3, || describe::ipv6(fixed, w.left(l3 + IPV6_FIXED))),
+        None => return Err(w.cut(l3, "ipv6", IPV6_FIXED, Stop::Malformed)),
+    }
     let h = w
         .from(l3)
         .and_then(|s| Ipv6HeaderSlice::from_slice(s).ok())
@@ -139,13 +147,17 @@ fn ipv6(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
     layer.jumbo = jumbo;
     let end = l3 + IPV6_FIXED + payload;
     let mut at = l3 + IPV6_FIXED;
-    for _ in 0..MAX_IPV6_EXT {
+    for n in 1..=w.limits.ipv6_ext {
         let Some(size) = extension(layer.proto) else {
             upper::read(w, at, end.saturating_sub(at), &mut layer, tunnels);
             return Ok(layer);
         };
+        let name = proto_name(layer.proto);
         let fixed = match (size, w.take(at, 8)) {
             (ExtSize::Opaque, _) | (_, None) => {
+                w.note(at, || {
+                    format!("ext #{n} {name}: nothing after it can be read")
+                });
                 layer.l4 = L4Seen::NoPorts;
                 return Ok(layer);
             }
@@ -156,6 +168,25 @@ fn ipv6(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
             ExtSize::Units4 => (usize::from(fixed[1]) + 2) * 4,
             _ => 8,
         };
+        w.note(at, || {
+            let next = format!("next {} ({})", fixed[0], proto_name(fixed[0]));
+            match size {
+                ExtSize::Fragment => {
+                    let fo = u16::from_be_bytes([fixed[2], fixed[3]]);
+                    let non_first = if fo >> 3 != 0 {
+                        " NON-FIRST FRAGMENT"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "ext #{n} fragment {next} offset {} M {}{non_first}",
+                        fo >> 3,
+                        fo & 1
+                    )
+                }
+                _ => format!("ext #{n} {name} {next} len {length}"),
+            }
+        });
         if size == ExtSize::Fragment {
             let frag = Ipv6FragmentHeaderSlice::from_slice(fixed).map_err(|_| Stop::Malformed)?;
             if frag.fragment_offset().value() != 0 {
@@ -171,6 +202,7 @@ fn ipv6(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
                     // the packet's path cannot be told.
                     return Err(Stop::Malformed);
                 }
+                w.note(at, || format!("routing: final destination {last}"));
                 layer.final_dst = Some(last);
             }
         }
@@ -178,6 +210,7 @@ fn ipv6(w: &Window, l3: usize, tunnels: &Tunnels) -> Result<Layer, Stop> {
         at += length;
     }
     if extension(layer.proto).is_some() {
+        w.note(at, || "extension headers past the walk's bound".into());
         layer.ext_too_deep = true;
         layer.l4 = L4Seen::NoPorts;
         return Ok(layer);

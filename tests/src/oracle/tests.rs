@@ -7,10 +7,10 @@
 //! kernel.
 
 use envfence::policy::reference::{Encap, L4Seen, NonIpKind, Outcome, Skb};
-use envfence::policy::{Mode, EXAMPLE_POLICY};
+use envfence::policy::Mode;
 use envfence_ebpf::verdict::{ALLOW, AUDIT, DROP, LOG};
 
-use super::{parse, Oracle};
+use super::Oracle;
 
 const DEV: u32 = 1;
 const OPS: u32 = 2;
@@ -19,24 +19,13 @@ const STAGING: u32 = 4;
 const TEST: u32 = 5;
 
 fn oracle(mode: Mode) -> Oracle {
-    let src = match mode {
-        Mode::Enforce => EXAMPLE_POLICY.to_owned(),
-        Mode::Audit => EXAMPLE_POLICY.replacen("mode: enforce", "mode: audit", 1),
-    };
-    Oracle::new(&parse(&src, "example").expect("the example policy is valid"))
+    let policy = crate::gen::diff::example_policy(mode).expect("the example policy is valid");
+    Oracle::clone(&Oracle::of(&policy).expect("its model"))
 }
 
-/// Bytes from hex with spaces.
-fn hx(s: &str) -> Vec<u8> {
-    let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
-    digits
-        .chunks(2)
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).expect("ascii"), 16).expect("hex"))
-        .collect()
-}
-
+/// The bytes of hex parts (spaces ignored).
 fn frame(parts: &[&str]) -> Vec<u8> {
-    parts.iter().flat_map(|p| hx(p)).collect()
+    crate::gen::from_hex(&parts.concat()).expect("hex")
 }
 
 const MACS: &str = "02 00 00 00 00 01 02 00 00 00 00 02";
@@ -211,30 +200,17 @@ fn limits_too_deep() {
 fn judged_by_the_example_policy() {
     let o = oracle(Mode::Enforce);
     let tcp = |src, dst, l4| frame(&[MACS, "08 00", &v4(40, 0, 6, src, dst), l4]);
-    assert_eq!(
-        vsdr(&o.classify(&tcp(TEST4, PROD4, TCP_8080))),
-        (DROP, TEST, PROD, 1)
-    );
-    assert_eq!(
-        vsdr(&o.classify(&tcp(TEST4, PROD4, TCP_53))),
-        (ALLOW, TEST, PROD, 4)
-    );
-    assert_eq!(
-        vsdr(&o.classify(&tcp(DEV4, PROD4, TCP_53))),
-        (DROP, DEV, PROD, 1)
-    );
-    assert_eq!(
-        vsdr(&o.classify(&tcp(STAGING4, PROD4, TCP_8080))),
-        (AUDIT, STAGING, PROD, 3)
-    );
-    assert_eq!(
-        vsdr(&o.classify(&tcp(OPS4, PROD4, TCP_8080))),
-        (LOG, OPS, PROD, 5)
-    );
-    assert_eq!(
-        vsdr(&o.classify(&tcp(PROD4, WORLD4, TCP_8080))),
-        (ALLOW, PROD, 0, 0)
-    );
+    for (src, dst, l4, want) in [
+        (TEST4, PROD4, TCP_8080, (DROP, TEST, PROD, 1)),
+        (TEST4, PROD4, TCP_53, (ALLOW, TEST, PROD, 4)),
+        (DEV4, PROD4, TCP_53, (DROP, DEV, PROD, 1)),
+        (STAGING4, PROD4, TCP_8080, (AUDIT, STAGING, PROD, 3)),
+        (OPS4, PROD4, TCP_8080, (LOG, OPS, PROD, 5)),
+        (PROD4, WORLD4, TCP_8080, (ALLOW, PROD, 0, 0)),
+    ] {
+        let got = vsdr(&o.classify(&tcp(src, dst, l4)));
+        assert_eq!(got, want, "{src} > {dst} {l4}");
+    }
     let udp = frame(&[MACS, "08 00", &v4(28, 0, 17, TEST4, PROD4), UDP_53]);
     let j = o.classify(&udp);
     assert_eq!(vsdr(&j), (ALLOW, TEST, PROD, 4));
@@ -451,7 +427,7 @@ fn a_read_may_start_at_byte_448() {
         ])
     };
     let at_448 = shape(42);
-    assert_eq!(&at_448[448..452], &hx("9c 40 00 35")[..]);
+    assert_eq!(&at_448[448..452], &frame(&["9c 40 00 35"])[..]);
     let j = o.classify(&at_448);
     // Inner test -> production TCP 53: allowed; the outer ops ->
     // production (log) is stricter and decides.

@@ -10,6 +10,7 @@
 use envfence::policy::reference::L4Seen;
 use envfence::policy::{TunnelKind, Tunnels};
 
+use super::describe::{ethertype_name, proto_name};
 use super::window::Window;
 use super::{Inner, Layer, Net};
 
@@ -105,15 +106,24 @@ pub(crate) fn not_here(layer: &mut Layer) {
 /// Reads the upper layer at `off`; `len` is what the IP length leaves it.
 pub(crate) fn read(w: &Window, off: usize, len: usize, layer: &mut Layer, tunnels: &Tunnels) {
     layer.l4 = L4Seen::Other;
+    let name = proto_name(layer.proto);
     match upper(layer.proto) {
         Some(Upper::Ports) => {
             let Some(ports) = w.take(off, 4).filter(|_| len >= 4) else {
+                w.cut(off, name, 4, super::Stop::Malformed);
                 layer.l4 = L4Seen::NoPorts;
                 return;
             };
             layer.sport = u16::from_be_bytes([ports[0], ports[1]]);
             layer.dport = u16::from_be_bytes([ports[2], ports[3]]);
             layer.l4 = L4Seen::Ports;
+            w.note(off, || {
+                let udp_len = w.take(off + 4, 2).filter(|_| layer.proto == UDP);
+                let udp_len = udp_len.map_or(String::new(), |l| {
+                    format!(" len {}", u16::from_be_bytes([l[0], l[1]]))
+                });
+                format!("{name} {} > {}{udp_len}", layer.sport, layer.dport)
+            });
             if layer.proto == UDP {
                 if let Some(kind) = tunnels.kind(layer.dport) {
                     layer.inner = udp_tunnel(w, off + UDP_HEADER, kind);
@@ -124,12 +134,21 @@ pub(crate) fn read(w: &Window, off: usize, len: usize, layer: &mut Layer, tunnel
             if let Some(tc) = w.take(off, 2).filter(|_| len >= 2) {
                 layer.sport = u16::from(tc[0]);
                 layer.dport = u16::from(tc[1]);
+                w.note(off, || format!("{name} type {} code {}", tc[0], tc[1]));
             }
         }
-        Some(Upper::Encapsulates(4)) => layer.inner = Some(Inner::Ip(Net::V4(off))),
-        Some(Upper::Encapsulates(_)) => layer.inner = Some(Inner::Ip(Net::V6(off))),
+        Some(Upper::Encapsulates(4)) => {
+            w.note(off, || "ipip: inner ipv4".into());
+            layer.inner = Some(Inner::Ip(Net::V4(off)));
+        }
+        Some(Upper::Encapsulates(_)) => {
+            w.note(off, || "ipv6-in-ip: inner ipv6".into());
+            layer.inner = Some(Inner::Ip(Net::V6(off)));
+        }
         Some(Upper::Gre) => layer.inner = gre(w, off),
-        None => {}
+        None => w.note(off, || {
+            format!("{} ({name}) payload, {len} bytes", layer.proto)
+        }),
     }
 }
 
@@ -141,13 +160,29 @@ fn gre(w: &Window, off: usize) -> Option<Inner> {
         u16::from_be_bytes([h[0], h[1]]),
         u16::from_be_bytes([h[2], h[3]]),
     );
-    if flags & (GRE_ROUTING | GRE_VERSION) != 0 {
-        return None;
-    }
     let optional = [GRE_CHECKSUM, GRE_KEY, GRE_SEQUENCE]
         .iter()
         .filter(|bit| flags & **bit != 0)
         .count();
+    w.note(off, || {
+        let bits = [
+            (GRE_CHECKSUM, 'C'),
+            (GRE_ROUTING, 'R'),
+            (GRE_KEY, 'K'),
+            (GRE_SEQUENCE, 'S'),
+        ];
+        let set: String = bits
+            .iter()
+            .filter(|(b, _)| flags & b != 0)
+            .map(|(_, c)| c)
+            .collect();
+        let (version, name) = (flags & GRE_VERSION, ethertype_name(protocol));
+        let len = 4 + 4 * optional;
+        format!("gre flags [{set}] version {version} type {protocol:#06x} ({name}) header {len} B")
+    });
+    if flags & (GRE_ROUTING | GRE_VERSION) != 0 {
+        return None;
+    }
     Some(inner_at(by_ethertype(protocol)?, off + 4 + 4 * optional))
 }
 
@@ -155,6 +190,22 @@ fn gre(w: &Window, off: usize) -> Option<Inner> {
 /// when it names nothing envfence decapsulates (judged on the outer).
 fn udp_tunnel(w: &Window, header: usize, kind: TunnelKind) -> Option<Inner> {
     let payload = header + TUNNEL_HEADER;
+    w.note(header, || match (kind, w.take(header, TUNNEL_HEADER)) {
+        (_, None) => format!("{kind:?}: TRUNCATED"),
+        (TunnelKind::Vxlan, Some(h)) => {
+            let vni = u32::from_be_bytes([0, h[4], h[5], h[6]]);
+            format!("vxlan flags {:#04x} vni {vni}", h[0])
+        }
+        (TunnelKind::Geneve, Some(h)) => {
+            let t = u16::from_be_bytes([h[2], h[3]]);
+            let (version, options) = (h[0] >> 6, usize::from(h[0] & 0x3f) * 4);
+            let name = ethertype_name(t);
+            format!("geneve version {version} options {options} B type {t:#06x} ({name})")
+        }
+        (TunnelKind::VxlanGpe, Some(h)) => {
+            format!("vxlan-gpe flags {:#04x} next protocol {}", h[0], h[3])
+        }
+    });
     let Some(g) = w.take(header, 4) else {
         // VXLAN reads nothing of its header; the others cannot tell.
         return Some(match kind {
