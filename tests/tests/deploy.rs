@@ -985,11 +985,8 @@ fn service_and_servicemonitor_reach_the_agent() {
 #[test]
 fn image_is_tagged_with_the_workspace_version() {
     let k = yaml_docs_of(&deploy().join("base/kustomization.yaml"));
-    let images = k[0]["images"].as_array().expect("images in deploy/base");
-    let image = images
-        .iter()
-        .find(|i| i["name"] == "envfence")
-        .expect("an images entry for envfence");
+    let image = entry(&k[0]["images"], "name", &json!("envfence"))
+        .expect("an images entry for envfence in deploy/base");
     assert_eq!(image["newTag"], env!("CARGO_PKG_VERSION"));
     let objects = base_objects();
     let rendered = agent_container(daemonset(&objects))["image"]
@@ -1034,9 +1031,8 @@ fn own_policy_overlay_replaces_the_example() {
     assert_eq!(cm["data"]["policy.yaml"], policy);
     assert_eq!(cm["metadata"]["namespace"], "envfence");
     let volumes = &pod_spec(daemonset(&objects))["volumes"];
-    assert!(volumes.as_array().is_some_and(|vs| vs
-        .iter()
-        .any(|v| v["configMap"]["name"] == "envfence-policy")));
+    let policy_volume = |v: &Value| v["configMap"]["name"] == "envfence-policy";
+    assert!(list(volumes).iter().any(policy_volume));
 }
 
 /// deploy/uninstall is the base with one change: the agent detaches and
@@ -1620,15 +1616,13 @@ fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
         let agent = agent_container(ds);
         let file = arg_value(agent, "--audit-file")
             .unwrap_or_else(|| panic!("{at}: the agent writes no audit log"));
-        let mount = agent["volumeMounts"]
-            .as_array()
-            .and_then(|ms| {
-                ms.iter().find(|m| {
-                    m["mountPath"]
-                        .as_str()
-                        .is_some_and(|p| file.starts_with(&format!("{p}/")))
-                })
-            })
+        let holds_file = |m: &&Value| {
+            let dir = m["mountPath"].as_str();
+            dir.is_some_and(|d| file.starts_with(&format!("{d}/")))
+        };
+        let mount = list(&agent["volumeMounts"])
+            .iter()
+            .find(holds_file)
             .unwrap_or_else(|| panic!("{at}: no volume holds {file}"));
         assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
         let volumes = &pod_spec(ds)["volumes"];
