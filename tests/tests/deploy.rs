@@ -1081,13 +1081,11 @@ fn generated_prometheus_rule(rules: &str) -> String {
         if t == "---" || t == "..." {
             continue;
         }
-        if t.is_empty() {
-            out.push('\n');
-        } else {
+        if !t.is_empty() {
             out.push_str("  ");
             out.push_str(t);
-            out.push('\n');
         }
+        out.push('\n');
     }
     out
 }

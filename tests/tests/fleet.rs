@@ -607,14 +607,9 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         }
     }
     let top_rule = by("rule")?;
-    assert!(
-        top_rule["rows"]
-            .as_array()
-            .context("rows")?
-            .iter()
-            .any(|r| r["rule"] == "dev-to-staging" && r["packets"] == 13),
-        "{top_rule}"
-    );
+    let rule_rows = top_rule["rows"].as_array().context("rows")?;
+    let dev_to_staging = |r: &Value| r["rule"] == "dev-to-staging" && r["packets"] == 13;
+    assert!(rule_rows.iter().any(dev_to_staging), "{top_rule}");
 
     // status: three agents up, their policies and interfaces.
     let status = json1(&["status"], &[0])?;
