@@ -98,16 +98,21 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running `{}`: {e}", describe(cmd)))
 }
 
+/// stdout then stderr of a finished command.
+fn both(out: &Output) -> String {
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    String::from_utf8_lossy(stdout).into_owned() + &String::from_utf8_lossy(stderr)
+}
+
 /// Runs `cmd`; its stdout when it exits 0, a panic with its output otherwise.
 fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
+    let what = describe(cmd);
     assert!(
         out.status.success(),
-        "`{}` failed ({}):\n{}{}",
-        describe(cmd),
+        "`{what}` failed ({}):\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        both(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -209,8 +214,13 @@ fn daemonset(objects: &[Value]) -> &Value {
     find(objects, "DaemonSet", "envfence")
 }
 
+/// The pod template's spec.
+fn pod_spec(ds: &Value) -> &Value {
+    &ds["spec"]["template"]["spec"]
+}
+
 fn agent_container(ds: &Value) -> &Value {
-    let containers = &ds["spec"]["template"]["spec"]["containers"];
+    let containers = &pod_spec(ds)["containers"];
     entry(containers, "name", &json!("agent")).expect("the DaemonSet has a container named agent")
 }
 
@@ -219,12 +229,11 @@ fn entry<'a>(list: &'a Value, key: &str, value: &Value) -> Option<&'a Value> {
     list.as_array()?.iter().find(|e| e[key] == *value)
 }
 
-/// `--flag VALUE` in an argument list.
-fn arg_value<'a>(args: &'a [Value], flag: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .and_then(Value::as_str)
+/// `--flag VALUE` in a container's args.
+fn arg_value<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+    let args = container["args"].as_array()?;
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1)?.as_str()
 }
 
 /// Compares a generated copy with what it is generated from; with
@@ -264,27 +273,20 @@ fn every_kustomization_renders() {
         );
     }
     for dir in &dirs {
+        let at = rel(dir);
         let objects = render_objects(dir);
-        assert!(!objects.is_empty(), "{} renders nothing", rel(dir));
+        assert!(!objects.is_empty(), "{at} renders nothing");
         for o in &objects {
             assert!(
                 o["apiVersion"].is_string() && o["kind"].is_string(),
-                "{}: object without apiVersion/kind: {o}",
-                rel(dir)
+                "{at}: object without apiVersion/kind: {o}"
             );
-            assert!(
-                o["metadata"]["name"].is_string(),
-                "{}: unnamed {o}",
-                rel(dir)
-            );
+            assert!(o["metadata"]["name"].is_string(), "{at}: unnamed {o}");
             if o["kind"] != "Namespace" {
                 assert_eq!(
-                    o["metadata"]["namespace"],
-                    "envfence",
-                    "{}: {} {} is not in the envfence namespace",
-                    rel(dir),
-                    o["kind"],
-                    o["metadata"]["name"]
+                    o["metadata"]["namespace"], "envfence",
+                    "{at}: {} {} is not in the envfence namespace",
+                    o["kind"], o["metadata"]["name"]
                 );
             }
         }
@@ -310,6 +312,7 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
     let validate = venv_tool("kubernetes-validate");
     let scratch = Scratch::new("validate");
     for dir in kustomizations() {
+        let at = rel(&dir);
         let rendered = render(&dir);
         let objects = yaml_docs(&rendered);
         let file = scratch.write("rendered.yaml", &rendered);
@@ -321,33 +324,25 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
             let out = run(Command::new(&validate)
                 .args(["--strict", "-k", version])
                 .arg(&file));
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let text = both(&out);
             assert!(
                 out.status.success(),
-                "{} does not validate against Kubernetes {version}:\n{text}",
-                rel(&dir)
+                "{at} does not validate against Kubernetes {version}:\n{text}"
             );
             let passed = text
                 .lines()
                 .filter(|l| l.contains(" passed for resource "))
                 .count();
             assert_eq!(
-                passed,
-                builtin,
-                "{} against {version}: {passed} of {builtin} objects validated:\n{text}",
-                rel(&dir)
+                passed, builtin,
+                "{at} against {version}: {passed} of {builtin} objects validated:\n{text}"
             );
             for line in text.lines().filter(|l| l.starts_with("WARN")) {
                 assert!(
                     CRD_KINDS
                         .iter()
                         .any(|k| line.contains(&format!("schema for kind {k} "))),
-                    "{} against {version}: {line}",
-                    rel(&dir)
+                    "{at} against {version}: {line}"
                 );
             }
         }
@@ -358,8 +353,7 @@ fn rendered_objects_validate_against_the_kubernetes_schemas() {
             let problems = crd_problems(o);
             assert!(
                 problems.is_empty(),
-                "{}: {} {}:\n{}",
-                rel(&dir),
+                "{at}: {} {}:\n{}",
                 o["kind"],
                 o["metadata"]["name"],
                 problems.join("\n")
@@ -387,10 +381,15 @@ fn keys(obj: &Value, at: &str, allowed: &str, required: &str, problems: &mut Vec
     }
 }
 
+/// The elements of `v` (none unless an array).
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The elements of `v` with their paths `at[i]` (none unless an array).
 fn items<'a>(v: &'a Value, at: &str) -> Vec<(String, &'a Value)> {
-    let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
-    all.iter()
+    list(v)
+        .iter()
         .enumerate()
         .map(|(i, e)| (format!("{at}[{i}]"), e))
         .collect()
@@ -607,7 +606,7 @@ const HOST_PATHS: &[&str] = &["/sys/fs/bpf", "/run/envfence", "/var/log/envfence
 /// lose what keeps it running (probes, resources).
 fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
     let mut p = Vec::new();
-    let pod = &ds["spec"]["template"]["spec"];
+    let pod = pod_spec(ds);
     if pod["hostNetwork"] != true {
         p.push("hostNetwork must be true: the agent attaches to the node's interfaces".into());
     }
@@ -622,10 +621,9 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
     if pod["priorityClassName"] != "system-node-critical" {
         p.push("priorityClassName must be system-node-critical".into());
     }
-    let tolerates_all = pod["tolerations"].as_array().is_some_and(|ts| {
-        ts.iter()
-            .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null())
-    });
+    let tolerates_all = list(&pod["tolerations"])
+        .iter()
+        .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null());
     if !tolerates_all {
         p.push("tolerations must include {operator: Exists} (every node)".into());
     }
@@ -633,46 +631,34 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
     if strategy["type"] != "RollingUpdate" || strategy["rollingUpdate"]["maxUnavailable"] != 1 {
         p.push("updateStrategy must be RollingUpdate with maxUnavailable 1".into());
     }
-    for v in pod["volumes"].as_array().cloned().unwrap_or_default() {
+    for v in list(&pod["volumes"]) {
         if let Some(path) = v["hostPath"]["path"].as_str() {
             if !HOST_PATHS.contains(&path) {
                 p.push(format!("hostPath volume {path} is none of {HOST_PATHS:?}"));
             }
         }
     }
-    let all: Vec<Value> = ["initContainers", "containers", "ephemeralContainers"]
-        .iter()
-        .flat_map(|k| pod[*k].as_array().cloned().unwrap_or_default())
-        .collect();
-    for c in &all {
+    let all = ["initContainers", "containers", "ephemeralContainers"].map(|k| list(&pod[k]));
+    for c in all.concat() {
         let name = c["name"].as_str().unwrap_or("?");
         let sc = &c["securityContext"];
         if sc["privileged"] == true {
             p.push(format!("container {name} is privileged"));
         }
-        if sc["allowPrivilegeEscalation"] != false {
-            p.push(format!(
-                "container {name}: allowPrivilegeEscalation must be false"
-            ));
+        for (field, must) in [
+            ("allowPrivilegeEscalation", false),
+            ("readOnlyRootFilesystem", true),
+        ] {
+            if sc[field] != must {
+                p.push(format!("container {name}: {field} must be {must}"));
+            }
         }
-        if sc["readOnlyRootFilesystem"] != true {
-            p.push(format!(
-                "container {name}: readOnlyRootFilesystem must be true"
-            ));
-        }
-        let drops: Vec<String> = sc["capabilities"]["drop"]
-            .as_array()
-            .map(|d| d.iter().map(cap_name).collect())
-            .unwrap_or_default();
-        if !drops.iter().any(|d| d == "ALL") {
+        let drops = list(&sc["capabilities"]["drop"]);
+        if !drops.iter().any(|d| cap_name(d) == "ALL") {
             p.push(format!("container {name}: capabilities.drop must be [ALL]"));
         }
-        for add in sc["capabilities"]["add"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
-            let cap = cap_name(&add);
+        for add in list(&sc["capabilities"]["add"]) {
+            let cap = cap_name(add);
             if !caps.contains(&cap) {
                 p.push(format!(
                     "container {name} adds capability {cap}, outside deploy/capabilities.txt {caps:?} \
@@ -680,7 +666,7 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
                 ));
             }
         }
-        for m in c["volumeMounts"].as_array().cloned().unwrap_or_default() {
+        for m in list(&c["volumeMounts"]) {
             if m["mountPropagation"] == "Bidirectional" {
                 p.push(format!(
                     "container {name}: Bidirectional propagation on {} (only privileged \
@@ -694,10 +680,10 @@ fn daemonset_problems(ds: &Value, caps: &BTreeSet<String>) -> Vec<String> {
         p.push("no container named agent".into());
         return p;
     };
-    let added: BTreeSet<String> = agent["securityContext"]["capabilities"]["add"]
-        .as_array()
-        .map(|a| a.iter().map(cap_name).collect())
-        .unwrap_or_default();
+    let added: BTreeSet<String> = list(&agent["securityContext"]["capabilities"]["add"])
+        .iter()
+        .map(cap_name)
+        .collect();
     if &added != caps {
         p.push(format!(
             "the agent must add exactly {caps:?} (deploy/capabilities.txt), it adds {added:?}"
@@ -869,10 +855,7 @@ fn least_privilege_policy_catches_each_regression() {
             Remove,
         ),
     ];
-    assert_eq!(
-        good["spec"]["template"]["spec"]["containers"][0]["name"],
-        "agent"
-    );
+    assert_eq!(pod_spec(&good)["containers"][0]["name"], "agent");
     for (what, expected, path, op) in mutations {
         let mut ds = good.clone();
         let path = path.replacen("c/", "containers/0/", 1);
@@ -909,8 +892,7 @@ fn configmap_policy_is_the_example_and_passes_policy_check() {
     let objects = base_objects();
     let ds = daemonset(&objects);
     let agent = agent_container(ds);
-    let args = agent["args"].as_array().cloned().unwrap_or_default();
-    let config = arg_value(&args, "--config").expect("the agent runs with --config FILE");
+    let config = arg_value(agent, "--config").expect("the agent runs with --config FILE");
     let (dir, key) = config
         .rsplit_once('/')
         .expect("--config is an absolute path");
@@ -921,7 +903,7 @@ fn configmap_policy_is_the_example_and_passes_policy_check() {
         mount["subPath"].is_null(),
         "no subPath: an edited ConfigMap must reach the file"
     );
-    let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+    let volumes = &pod_spec(ds)["volumes"];
     let volume = entry(volumes, "name", &mount["name"]).expect("the policy volume");
     let cm_name = volume["configMap"]["name"]
         .as_str()
@@ -942,9 +924,8 @@ fn configmap_policy_is_the_example_and_passes_policy_check() {
     let out = run(Command::new(bin).args(["policy", "check"]).arg(&file));
     assert!(
         out.status.success(),
-        "envfence policy check refuses the ConfigMap's policy:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "envfence policy check refuses the ConfigMap's policy:\n{}",
+        both(&out)
     );
 }
 
@@ -966,8 +947,7 @@ fn service_and_servicemonitor_reach_the_agent() {
     let container_port = entry(&agent["ports"], "name", &metrics).expect("an agent metrics port");
     assert_eq!(svc_port["targetPort"], "metrics");
     assert_eq!(svc_port["port"], container_port["containerPort"]);
-    let args = agent["args"].as_array().cloned().unwrap_or_default();
-    let addr = arg_value(&args, "--metrics-addr").expect("--metrics-addr");
+    let addr = arg_value(agent, "--metrics-addr").expect("--metrics-addr");
     assert_eq!(
         addr.rsplit_once(':').map(|(_, p)| p),
         container_port["containerPort"]
@@ -1005,11 +985,8 @@ fn service_and_servicemonitor_reach_the_agent() {
 #[test]
 fn image_is_tagged_with_the_workspace_version() {
     let k = yaml_docs_of(&deploy().join("base/kustomization.yaml"));
-    let images = k[0]["images"].as_array().expect("images in deploy/base");
-    let image = images
-        .iter()
-        .find(|i| i["name"] == "envfence")
-        .expect("an images entry for envfence");
+    let image = entry(&k[0]["images"], "name", &json!("envfence"))
+        .expect("an images entry for envfence in deploy/base");
     assert_eq!(image["newTag"], env!("CARGO_PKG_VERSION"));
     let objects = base_objects();
     let rendered = agent_container(daemonset(&objects))["image"]
@@ -1053,10 +1030,9 @@ fn own_policy_overlay_replaces_the_example() {
     let cm = find(&objects, "ConfigMap", "envfence-policy");
     assert_eq!(cm["data"]["policy.yaml"], policy);
     assert_eq!(cm["metadata"]["namespace"], "envfence");
-    let volumes = &daemonset(&objects)["spec"]["template"]["spec"]["volumes"];
-    assert!(volumes.as_array().is_some_and(|vs| vs
-        .iter()
-        .any(|v| v["configMap"]["name"] == "envfence-policy")));
+    let volumes = &pod_spec(daemonset(&objects))["volumes"];
+    let policy_volume = |v: &Value| v["configMap"]["name"] == "envfence-policy";
+    assert!(list(volumes).iter().any(policy_volume));
 }
 
 /// deploy/uninstall is the base with one change: the agent detaches and
@@ -1105,13 +1081,11 @@ fn generated_prometheus_rule(rules: &str) -> String {
         if t == "---" || t == "..." {
             continue;
         }
-        if t.is_empty() {
-            out.push('\n');
-        } else {
+        if !t.is_empty() {
             out.push_str("  ");
             out.push_str(t);
-            out.push('\n');
         }
+        out.push('\n');
     }
     out
 }
@@ -1180,9 +1154,8 @@ fn containerfile_passes_hadolint() {
         .arg(deploy().join("Containerfile")));
     assert!(
         out.status.success(),
-        "hadolint deploy/Containerfile:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "hadolint deploy/Containerfile:\n{}",
+        both(&out)
     );
 }
 
@@ -1305,17 +1278,16 @@ fn quantity(v: &Value, milli: bool) -> u64 {
         Value::Number(n) => n.to_string(),
         other => panic!("not a quantity: {other}"),
     };
-    let (num, mult): (&str, f64) = if let Some(n) = s.strip_suffix("Gi") {
-        (n, 1024.0 * 1024.0 * 1024.0)
-    } else if let Some(n) = s.strip_suffix("Mi") {
-        (n, 1024.0 * 1024.0)
-    } else if let Some(n) = s.strip_suffix("Ki") {
-        (n, 1024.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 1.0)
-    } else {
-        (s.as_str(), if milli { 1000.0 } else { 1.0 })
-    };
+    let suffixes = [
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Ki", 1024.0),
+        ("m", 1.0),
+    ];
+    let (num, mult) = suffixes
+        .iter()
+        .find_map(|&(suffix, mult)| Some((s.strip_suffix(suffix)?, mult)))
+        .unwrap_or((s.as_str(), if milli { 1000.0 } else { 1.0 }));
     let n: f64 = num.parse().unwrap_or_else(|_| panic!("bad quantity {s}"));
     (n * mult) as u64
 }
@@ -1323,24 +1295,34 @@ fn quantity(v: &Value, milli: bool) -> u64 {
 /// A memory cgroup of its own for the agent (v1 or v2), removed on drop.
 struct MemCgroup {
     dir: PathBuf,
-    v2: bool,
+    /// Its files of the highest and the current memory use (v1's or v2's).
+    peak_file: &'static str,
+    current_file: &'static str,
 }
 
 impl MemCgroup {
     fn create(name: &str) -> Result<MemCgroup> {
         let v1 = Path::new("/sys/fs/cgroup/memory");
         let v2 = Path::new("/sys/fs/cgroup");
-        let (dir, is_v2) = if v1.join("memory.max_usage_in_bytes").is_file() {
-            (v1.join(name), false)
+        let (dir, peak_file, current_file) = if v1.join("memory.max_usage_in_bytes").is_file() {
+            (
+                v1.join(name),
+                "memory.max_usage_in_bytes",
+                "memory.usage_in_bytes",
+            )
         } else if fs::read_to_string(v2.join("cgroup.subtree_control"))
             .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
         {
-            (v2.join(name), true)
+            (v2.join(name), "memory.peak", "memory.current")
         } else {
             bail!("no memory cgroup controller (v1 at /sys/fs/cgroup/memory, or v2 with memory enabled)");
         };
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(MemCgroup { dir, v2: is_v2 })
+        Ok(MemCgroup {
+            dir,
+            peak_file,
+            current_file,
+        })
     }
 
     fn read(&self, file: &str) -> Result<u64> {
@@ -1355,19 +1337,11 @@ impl MemCgroup {
     /// The highest memory use, everything the kernel charged (the process's
     /// pages, and the eBPF maps and programs it created).
     fn peak(&self) -> Result<u64> {
-        self.read(if self.v2 {
-            "memory.peak"
-        } else {
-            "memory.max_usage_in_bytes"
-        })
+        self.read(self.peak_file)
     }
 
     fn current(&self) -> Result<u64> {
-        self.read(if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        })
+        self.read(self.current_file)
     }
 }
 
@@ -1383,7 +1357,6 @@ impl Drop for MemCgroup {
     }
 }
 
-/// user + system CPU time of a process, in seconds.
 /// Bytes the agent's per-CPU eBPF maps take for each CPU, at most (every
 /// entry filled), read from the kernel (`/proc/PID/fdinfo` of its map fds):
 /// they grow with the node's CPU count, so a 2-CPU lab underestimates a big
@@ -1539,20 +1512,15 @@ fn agent_fits_in_its_resources() -> Result<()> {
         std::thread::sleep(next_round.saturating_duration_since(Instant::now()));
         next_round += Duration::from_secs_f64(150.0 / rate);
         // New flows every round: each socket has a new source port.
-        flows += lab.in_ns("test1", move || -> Result<u64> {
-            for _ in 0..100 {
-                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-                s.send_to(b"forbidden", (prod1, 9000))?;
-            }
-            Ok(100)
-        })??;
-        flows += lab.in_ns("ops1", move || -> Result<u64> {
-            for _ in 0..50 {
-                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-                s.send_to(b"logged", (prod1, 9000))?;
-            }
-            Ok(50)
-        })??;
+        for (pod, payload, n) in [("test1", &b"forbidden"[..], 100), ("ops1", b"logged", 50)] {
+            flows += lab.in_ns(pod, move || -> Result<u64> {
+                for _ in 0..n {
+                    let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    s.send_to(payload, (prod1, 9000))?;
+                }
+                Ok(n)
+            })??;
+        }
         lab.udp_send("prod2", prod1, 9000, &[0u8; 1400], 200)?;
         if Instant::now() >= next_scrape {
             lab.http_get(NODE, METRICS_ADDR, "/metrics")?;
@@ -1640,43 +1608,38 @@ fn quantities_parse() {
 #[test]
 fn audit_log_is_on_by_default_on_a_host_path_and_bounded() {
     for dir in kustomizations() {
+        let at = rel(&dir);
         let objects = render_objects(&dir);
         let ds = daemonset(&objects);
         let agent = agent_container(ds);
-        let args = agent["args"].as_array().cloned().unwrap_or_default();
-        let file = arg_value(&args, "--audit-file")
-            .unwrap_or_else(|| panic!("{}: the agent writes no audit log", rel(&dir)));
-        let mount = agent["volumeMounts"]
-            .as_array()
-            .and_then(|ms| {
-                ms.iter().find(|m| {
-                    m["mountPath"]
-                        .as_str()
-                        .is_some_and(|p| file.starts_with(&format!("{p}/")))
-                })
-            })
-            .unwrap_or_else(|| panic!("{}: no volume holds {file}", rel(&dir)));
+        let file = arg_value(agent, "--audit-file")
+            .unwrap_or_else(|| panic!("{at}: the agent writes no audit log"));
+        let holds_file = |m: &&Value| {
+            let dir = m["mountPath"].as_str();
+            dir.is_some_and(|d| file.starts_with(&format!("{d}/")))
+        };
+        let mount = list(&agent["volumeMounts"])
+            .iter()
+            .find(holds_file)
+            .unwrap_or_else(|| panic!("{at}: no volume holds {file}"));
         assert_ne!(mount["readOnly"], true, "{file} is on a read-only mount");
-        let volumes = &ds["spec"]["template"]["spec"]["volumes"];
+        let volumes = &pod_spec(ds)["volumes"];
         let volume = entry(volumes, "name", &mount["name"]).expect("the audit volume");
         assert_eq!(
-            volume["hostPath"]["path"],
-            "/var/log/envfence",
-            "{}: the audit log must outlive the pod (a hostPath)",
-            rel(&dir)
+            volume["hostPath"]["path"], "/var/log/envfence",
+            "{at}: the audit log must outlive the pod (a hostPath)"
         );
         // Bounded: the current file and the rotated ones.
         let n = |flag: &str| -> u64 {
-            arg_value(&args, flag)
-                .unwrap_or_else(|| panic!("{}: {flag} is not set", rel(&dir)))
+            arg_value(agent, flag)
+                .unwrap_or_else(|| panic!("{at}: {flag} is not set"))
                 .parse()
                 .unwrap_or_else(|e| panic!("{flag}: {e}"))
         };
         let bound = n("--audit-max-bytes") * (n("--audit-keep") + 1);
         assert!(
             bound > 0 && bound <= 1 << 30,
-            "{}: the audit log may grow to {bound} bytes",
-            rel(&dir)
+            "{at}: the audit log may grow to {bound} bytes"
         );
         // The revision of change records from the pod's annotation.
         let rev = entry(&agent["env"], "name", &json!("ENVFENCE_POLICY_REVISION"))

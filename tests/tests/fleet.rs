@@ -28,7 +28,7 @@ use envfence_tests::lab::{wait_until, Family, Lab, NODE};
 use envfence_tests::netns;
 use envfence_tests::prom::{self, Server};
 use ipnet::Ipv4Net;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Scrape (and evaluation) interval of the lab's Prometheus.
 const SCRAPE: Duration = Duration::from_secs(1);
@@ -44,13 +44,13 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn example_policy() -> Result<String> {
-    Ok(envfence::policy::EXAMPLE_POLICY.to_owned())
+fn example_policy() -> String {
+    envfence::policy::EXAMPLE_POLICY.to_owned()
 }
 
 /// The example policy with one more rule: dev -> staging dropped.
 fn other_policy() -> Result<String> {
-    let text = example_policy()?;
+    let text = example_policy();
     let marker = "rules:\n";
     ensure!(text.contains(marker), "no rules: in the example policy");
     Ok(text.replacen(
@@ -61,7 +61,7 @@ fn other_policy() -> Result<String> {
 }
 
 fn audit_policy() -> Result<String> {
-    let text = example_policy()?;
+    let text = example_policy();
     let line = "\nmode: enforce";
     ensure!(text.contains(line), "the example policy has no {line:?}");
     Ok(text.replacen(line, "\nmode: audit  ", 1))
@@ -201,6 +201,10 @@ fn stdout(o: &Output) -> String {
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+/// Both streams, for error messages.
+fn both(o: &Output) -> String {
+    stdout(o) + &stderr(o)
+}
 
 /// `envfence fleet ARGS -o json`, parsed; `codes` are the accepted exit
 /// codes.
@@ -211,17 +215,11 @@ fn fleet_json(mon: &Lab, bin: &Path, url: &str, args: &[&str], codes: &[i32]) ->
     let code = out.status.code().unwrap_or(-1);
     ensure!(
         codes.contains(&code),
-        "envfence fleet {all:?} exited {code}:\n{}{}",
-        stdout(&out),
-        stderr(&out)
+        "envfence fleet {all:?} exited {code}:\n{}",
+        both(&out)
     );
-    serde_json::from_str(&stdout(&out)).with_context(|| {
-        format!(
-            "envfence fleet {all:?}: not JSON:\n{}{}",
-            stdout(&out),
-            stderr(&out)
-        )
-    })
+    serde_json::from_str(&stdout(&out))
+        .with_context(|| format!("envfence fleet {all:?}: not JSON:\n{}", both(&out)))
 }
 
 /// (src_env, dst_env, verdict) -> packets of the agent's violation series.
@@ -259,6 +257,11 @@ fn report_cells(
             .insert(k, c[field].as_u64().context("count")?);
     }
     Ok(out)
+}
+
+/// A JSON string's text ("" for anything else).
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_owned()
 }
 
 fn node_status<'a>(status: &'a Value, node: &str) -> Result<&'a Value> {
@@ -402,7 +405,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let t0 = unix_now().floor() - 2.0;
     // The monitoring namespace: a lab without pods.
     let mon = Lab::new(&[])?;
-    let a = start_node("node-a", 1, &example_policy()?, &mon, dir.path(), &bin)?;
+    let a = start_node("node-a", 1, &example_policy(), &mon, dir.path(), &bin)?;
     let b = start_node("node-b", 2, &audit_policy()?, &mon, dir.path(), &bin)?;
     let c = start_node("node-c", 3, &other_policy()?, &mon, dir.path(), &bin)?;
     let nodes = [&a, &b, &c];
@@ -455,6 +458,9 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         p1.query("up"),
         p1.process.stderr_tail(20)
     );
+    // `envfence fleet` against the first Prometheus: JSON, and the table.
+    let json1 = |args: &[&str], codes: &[i32]| fleet_json(&mon, &bin, &p1.url(), args, codes);
+    let table1 = |args: &[&str]| fleet(&mon, &bin, &p1.url(), args);
 
     // Three nodes, three policies: the job disagrees on its policy
     // (EnvfencePolicyHashDisagreement), and no policy is the majority, so
@@ -499,22 +505,13 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // The agents' own counters: the truth the fleet view must equal.
     let pair_key = ["src_env", "dst_env", "verdict"];
     let rule_key = ["rule", "verdict"];
-    let mut want_pairs = BTreeMap::new();
-    let mut want_bytes = BTreeMap::new();
-    let mut want_rules = BTreeMap::new();
-    for n in nodes {
-        for (want, metric, key) in [
-            (&mut want_pairs, "envfence_packets_total", &pair_key[..]),
-            (&mut want_bytes, "envfence_bytes_total", &pair_key[..]),
-            (
-                &mut want_rules,
-                "envfence_rule_packets_total",
-                &rule_key[..],
-            ),
-        ] {
-            want.insert(n.name.to_owned(), agent_cells(&n.agent, metric, key)?);
-        }
-    }
+    let want = |metric: &str, key: &[&str]| -> Result<BTreeMap<_, _>> {
+        let cells = |n: &&Node| Ok((n.name.to_owned(), agent_cells(&n.agent, metric, key)?));
+        nodes.iter().map(cells).collect()
+    };
+    let want_pairs = want("envfence_packets_total", &pair_key)?;
+    let want_bytes = want("envfence_bytes_total", &pair_key)?;
+    let want_rules = want("envfence_rule_packets_total", &rule_key)?;
     let cell = |node: &str, k: [&str; 3]| {
         want_pairs[node]
             .get(&k.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -539,24 +536,16 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let range = ["--from", &rfc3339(t0), "--to", &rfc3339(t1)];
 
     // violations: exactly the agents' cells, packets and bytes.
-    let mut args = vec!["violations"];
-    args.extend(range);
-    let v1 = fleet_json(&mon, &bin, &p1.url(), &args, &[0])?;
-    assert_eq!(
-        report_cells(&v1, "pairs", &pair_key, "packets")?,
-        want_pairs,
-        "violations (packets) vs the agents' /metrics"
-    );
-    assert_eq!(
-        report_cells(&v1, "pairs", &pair_key, "bytes")?,
-        want_bytes,
-        "violations (bytes) vs the agents' /metrics"
-    );
-    assert_eq!(
-        report_cells(&v1, "rules", &rule_key, "packets")?,
-        want_rules,
-        "violations by rule vs the agents' /metrics"
-    );
+    let args = [&["violations"][..], &range].concat();
+    let v1 = json1(&args, &[0])?;
+    for (list, key, field, want, what) in [
+        ("pairs", &pair_key[..], "packets", &want_pairs, "(packets)"),
+        ("pairs", &pair_key, "bytes", &want_bytes, "(bytes)"),
+        ("rules", &rule_key, "packets", &want_rules, "by rule"),
+    ] {
+        let got = report_cells(&v1, list, key, field)?;
+        assert_eq!(&got, want, "violations {what} vs the agents' /metrics");
+    }
     assert_eq!(v1["total"]["packets"].as_u64(), Some(total));
     let seconds = v1["seconds"].as_u64().context("seconds")?;
     assert_eq!(seconds, (t1 - t0) as u64);
@@ -566,11 +555,10 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     let pps = first["packets_per_second"].as_f64().context("rate")?;
     assert!((pps - 37.0 / seconds as f64).abs() < 1e-9, "{pps}");
     // The table says the same.
-    let table = fleet(&mon, &bin, &p1.url(), &args)?;
-    ensure!(table.status.success(), "{}", stderr(&table));
-    let text = stdout(&table);
-    println!("$ envfence fleet violations\n{text}");
-    let squash = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    let out = table1(&args)?;
+    ensure!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    println!("$ envfence fleet violations\n{table}");
     for needle in [
         "node-a test production drop 37",
         "node-a staging production audit 5",
@@ -579,45 +567,24 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         "node-c dev-to-staging drop 13",
     ] {
         ensure!(
-            text.lines().any(|l| squash(l).starts_with(needle)),
-            "no row {needle:?} in:\n{text}"
+            table.lines().any(|l| squash(l).starts_with(needle)),
+            "no row {needle:?} in:\n{table}"
         );
     }
     // Only drops.
-    let mut args_drop = args.clone();
-    args_drop.extend(["--verdict", "drop"]);
-    let vd = fleet_json(&mon, &bin, &p1.url(), &args_drop, &[0])?;
+    let vd = json1(&[&args[..], &["--verdict", "drop"]].concat(), &[0])?;
     assert_eq!(vd["total"]["packets"].as_u64(), Some(37 + 13 + 7));
 
     // top: by pair over the nodes, by node, by rule.
-    let mut targs = vec!["top"];
-    targs.extend(range);
-    let by = |b: &str| -> Result<Value> {
-        let mut a = targs.clone();
-        a.extend(["--by", b]);
-        fleet_json(&mon, &bin, &p1.url(), &a, &[0])
-    };
+    let by = |b: &str| json1(&[&["top"][..], &range, &["--by", b]].concat(), &[0]);
     let top_pair = by("pair")?;
     let row0 = &top_pair["rows"][0];
-    assert_eq!(
-        (
-            &row0["src_env"],
-            &row0["dst_env"],
-            &row0["verdict"],
-            &row0["packets"]
-        ),
-        (
-            &Value::from("test"),
-            &Value::from("production"),
-            &Value::from("drop"),
-            &Value::from(37 + 7)
-        ),
-        "{top_pair}"
-    );
-    assert_eq!(row0["nodes"], serde_json::json!(["node-a", "node-c"]));
+    let row0_fields = ["src_env", "dst_env", "verdict", "packets"].map(|k| &row0[k]);
+    let want_row0 = json!(["test", "production", "drop", 37 + 7]);
+    assert_eq!(json!(row0_fields), want_row0, "{top_pair}");
+    assert_eq!(row0["nodes"], json!(["node-a", "node-c"]));
     let top_node = by("node")?;
     let rows = top_node["rows"].as_array().context("rows")?;
-    let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let per_node: BTreeMap<String, u64> = rows
         .iter()
         .map(|r| {
@@ -640,17 +607,12 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         }
     }
     let top_rule = by("rule")?;
-    assert!(
-        top_rule["rows"]
-            .as_array()
-            .context("rows")?
-            .iter()
-            .any(|r| r["rule"] == "dev-to-staging" && r["packets"] == 13),
-        "{top_rule}"
-    );
+    let rule_rows = top_rule["rows"].as_array().context("rows")?;
+    let dev_to_staging = |r: &Value| r["rule"] == "dev-to-staging" && r["packets"] == 13;
+    assert!(rule_rows.iter().any(dev_to_staging), "{top_rule}");
 
     // status: three agents up, their policies and interfaces.
-    let status = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0])?;
+    let status = json1(&["status"], &[0])?;
     assert_eq!(
         (status["up"].as_u64(), status["down"].as_u64()),
         (Some(3), Some(0))
@@ -676,92 +638,70 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         assert!(age < 5.0, "{} last scraped {age:.1}s ago", n.name);
     }
     assert_eq!(node_status(&status, "node-b")?["mode"], "audit");
-    let table = fleet(&mon, &bin, &p1.url(), &["status"])?;
+    let table = table1(&["status"])?;
     println!("$ envfence fleet status\n{}", stdout(&table));
     ensure!(table.status.success(), "{}", stderr(&table));
 
     // drift against the example file: b (hash, audit) and c (hash).
     let example = repo().join("agent/policy/example.yaml");
     let example = example.display().to_string();
-    let d = fleet_json(
-        &mon,
-        &bin,
-        &p1.url(),
-        &["drift", "--policy", &example],
-        &[3],
-    )?;
-    let kinds = |d: &Value| -> Vec<(String, String)> {
-        let findings = d["findings"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let d = json1(&["drift", "--policy", &example], &[3])?;
+    // The findings as sorted "node/kind".
+    let kinds = |d: &Value| -> Vec<String> {
+        let findings = d["findings"].as_array().map(Vec::as_slice);
         let mut v: Vec<_> = findings
+            .unwrap_or_default()
             .iter()
-            .map(|f| (text(&f["node"]), text(&f["kind"])))
+            .map(|f| format!("{}/{}", text(&f["node"]), text(&f["kind"])))
             .collect();
         v.sort();
         v
     };
-    let pair = |n: &str, k: &str| (n.to_owned(), k.to_owned());
     assert_eq!(
         kinds(&d),
-        vec![
-            pair("node-b", "audit"),
-            pair("node-b", "policy"),
-            pair("node-c", "policy")
-        ],
+        ["node-b/audit", "node-b/policy", "node-c/policy"],
         "{d}"
     );
     // By majority: three policies, no majority (a tie), only the audit.
-    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[3])?;
-    assert_eq!(d["ties"], serde_json::json!(["envfence"]), "{d}");
-    assert_eq!(kinds(&d), vec![pair("node-b", "audit")]);
+    let d = json1(&["drift"], &[3])?;
+    assert_eq!(d["ties"], json!(["envfence"]), "{d}");
+    assert_eq!(kinds(&d), ["node-b/audit"]);
     // c takes the example policy (hot reload): a and c are the majority.
-    std::fs::write(&c.policy, example_policy()?)?;
+    std::fs::write(&c.policy, example_policy())?;
     let reloaded = wait_until(Duration::from_secs(20), || {
-        fleet_json(&mon, &bin, &p1.url(), &["status"], &[0])
+        json1(&["status"], &[0])
             .is_ok_and(|s| node_status(&s, "node-c").is_ok_and(|n| n["policy_generation"] == 2))
     });
     ensure!(reloaded, "node-c never showed generation 2");
-    let d = fleet_json(&mon, &bin, &p1.url(), &["drift"], &[3])?;
-    assert_eq!(
-        kinds(&d),
-        vec![pair("node-b", "audit"), pair("node-b", "policy")],
-        "{d}"
-    );
-    let table = fleet(&mon, &bin, &p1.url(), &["drift"])?;
-    println!("$ envfence fleet drift\n{}", stdout(&table));
-    ensure!(
-        stdout(&table).contains("(2 of 3 agents)"),
-        "{}",
-        stdout(&table)
-    );
+    let d = json1(&["drift"], &[3])?;
+    assert_eq!(kinds(&d), ["node-b/audit", "node-b/policy"], "{d}");
+    let table = stdout(&table1(&["drift"])?);
+    println!("$ envfence fleet drift\n{table}");
+    ensure!(table.contains("(2 of 3 agents)"), "{table}");
 
     // The federating and the remote_write-receiving Prometheus answer the
     // same, with the same numbers.
     let same = |url: &str, what: &str| -> Result<()> {
-        let mut last = Value::Null;
-        let ok = wait_until(Duration::from_secs(30), || {
-            let Ok(v) = fleet_json(&mon, &bin, url, &args, &[0]) else {
-                return false;
-            };
-            last = v;
-            without_url(&last) == without_url(&v1)
-        });
+        // The last answer of `url` to `args`, once it equals `first` as
+        // `norm` sees them (or when 30 s are up).
+        let settle = |args: &[&str], codes: &[i32], first: &Value, norm: fn(&Value) -> Value| {
+            let mut last = Value::Null;
+            let ok = wait_until(Duration::from_secs(30), || {
+                let Ok(v) = fleet_json(&mon, &bin, url, args, codes) else {
+                    return false;
+                };
+                last = v;
+                norm(&last) == norm(first)
+            });
+            (ok, last)
+        };
+        let (ok, last) = settle(&args, &[0], &v1, without_url);
         ensure!(
             ok,
             "{what} violations differ:\n{last}\nvs the first Prometheus:\n{v1}"
         );
-        let mut last = Value::Null;
-        let first = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 3])?;
-        let ok = wait_until(Duration::from_secs(30), || {
-            let Ok(v) = fleet_json(&mon, &bin, url, &["status"], &[0, 3]) else {
-                return false;
-            };
-            last = v;
-            comparable_status(&last) == comparable_status(&first)
-        });
+        let first = json1(&["status"], &[0, 3])?;
+        let (ok, last) = settle(&["status"], &[0, 3], &first, comparable_status);
         ensure!(ok, "{what} status differs:\n{last}\nvs\n{first}");
         let d2 = fleet_json(&mon, &bin, url, &["drift"], &[3])?;
         assert_eq!(kinds(&d2), kinds(&d), "{what} drift");
@@ -778,7 +718,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         .signal(nix::sys::signal::Signal::SIGKILL)?;
     let mut shown = None;
     while killed.elapsed() < Duration::from_secs(10) {
-        let s = fleet_json(&mon, &bin, &p1.url(), &["status"], &[0, 3])?;
+        let s = json1(&["status"], &[0, 3])?;
         if node_status(&s, "node-c")?["state"] == "down" {
             shown = Some((killed.elapsed(), s));
             break;
@@ -794,20 +734,16 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     assert_eq!((s["up"].as_u64(), s["down"].as_u64()), (Some(2), Some(1)));
     // Its last known policy is still shown.
     assert_eq!(node_status(&s, "node-c")?["policy_generation"], 2);
-    let out = fleet(&mon, &bin, &p1.url(), &["status"])?;
+    let out = table1(&["status"])?;
+    let table = stdout(&out);
     assert_eq!(
         out.status.code(),
         Some(3),
         "status exits 3 with a node down"
     );
-    println!("$ envfence fleet status\n{}", stdout(&out));
-    ensure!(
-        stdout(&out)
-            .lines()
-            .any(|l| l.starts_with("node-c") && l.contains("DOWN")),
-        "{}",
-        stdout(&out)
-    );
+    println!("$ envfence fleet status\n{table}");
+    let down = |l: &str| l.starts_with("node-c") && l.contains("DOWN");
+    ensure!(table.lines().any(down), "{table}");
     // The federating one too.
     let down2 = wait_until(Duration::from_secs(10), || {
         fleet_json(&mon, &bin, &p2.url(), &["status"], &[3])
@@ -820,9 +756,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
         let out = fleet(&mon, &bin, url, args)?;
         ensure!(
             out.status.code() == Some(1),
-            "fleet {args:?} should fail: {}{}",
-            stdout(&out),
-            stderr(&out)
+            "fleet {args:?} should fail: {}",
+            both(&out)
         );
         Ok(stderr(&out))
     };
@@ -866,7 +801,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     );
     // ... and --node-label instance names nodes by address.
     let args = ["status", "--node-label", "instance"];
-    let s = fleet_json(&mon, &bin, &p1.url(), &args, &[3])?;
+    let s = json1(&args, &[3])?;
     assert_eq!(s["nodes"].as_array().map(Vec::len), Some(4), "{s}");
 
     drop((p1, p2, p3));
