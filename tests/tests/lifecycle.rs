@@ -35,7 +35,7 @@ use envfence_tests::lab::probe::{
 };
 use envfence_tests::lab::{wait_until, Lab, TcpListenHandle, UdpReceiver, NODE};
 use envfence_tests::lifecycle::{
-    agent_options, bad_policy, base_policy, count_opens, flip_policy, write_atomically,
+    agent_options, bad_policy, base_policy, count_opens, flip_policy, policy_on, write_atomically,
     ConfigMapDir,
 };
 use envfence_tests::netns;
@@ -1230,17 +1230,21 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
     let keep = w.state_dir().join("keep.txt");
     std::fs::write(&keep, "not envfence's")?;
     let saved = w.state_dir().join(format!("policy-v{ABI}.json"));
+    let left_alone = || -> Result<()> {
+        ensure!(!saved.exists(), "the saved policy stays");
+        ensure!(
+            other.is_dir() && keep.is_file(),
+            "something not envfence's was removed"
+        );
+        Ok(())
+    };
 
     let agent = w.start(&["--detach-on-exit"])?;
     w.assert_enforcing(&rx, "with --detach-on-exit")?;
     ensure!(saved.exists() && w.pins.link_pins().len() == 14);
     sigterm(&agent)?;
     w.assert_nothing_left("after --detach-on-exit")?;
-    ensure!(!saved.exists(), "the saved policy stays");
-    ensure!(
-        other.is_dir() && keep.is_file(),
-        "something not envfence's was removed"
-    );
+    left_alone()?;
 
     let agent = w.start(&[])?;
     w.assert_enforcing(&rx, "before the kill")?;
@@ -1264,12 +1268,7 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
     );
     ensure!(out.status.success(), "cleanup failed: {}", out.status);
     w.assert_nothing_left("after envfence cleanup")?;
-    ensure!(!saved.exists(), "the saved policy stays");
-    ensure!(
-        other.is_dir() && keep.is_file(),
-        "something not envfence's was removed"
-    );
-    Ok(())
+    left_alone()
 }
 
 /// A pinned layout of the previous ABI (the agent's pins moved from
@@ -1366,10 +1365,8 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
     // While no agent runs: one interface removed, the selection narrowed.
     netns::ip(&["-n", w.node_ns(), "link", "del", "vethgone"])?;
     let narrow = ["veth-prod*", "veth-staging*", "veth-dev*", "veth-ops*"];
-    write_atomically(
-        &w.config(),
-        &envfence_tests::lifecycle::policy_on("", &narrow),
-    )?;
+    let narrow_policy = policy_on("", &narrow);
+    write_atomically(&w.config(), &narrow_policy)?;
     let agent = w.start(&[])?;
     let selected: Vec<u32> = ifaces
         .iter()
@@ -1415,10 +1412,7 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
         wait_until(Duration::from_secs(2), || w.pins.attached(test1)),
         "veth-test1 not attached again"
     );
-    write_atomically(
-        &w.config(),
-        &envfence_tests::lifecycle::policy_on("", &narrow),
-    )?;
+    write_atomically(&w.config(), &narrow_policy)?;
     w.generation_reached(&agent, g + 2, "reload to the narrow selection")?;
     check("reloaded to a narrower selection")?;
     sigterm(&agent)
