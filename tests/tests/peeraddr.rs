@@ -219,8 +219,8 @@ fn apply(view: &mut View, seen: &Seen) {
     }
 }
 
-/// The addresses of `pod0` in `ns` according to `ip -j`.
-fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
+/// Every `addr_info` entry of `pod0` in `ns` according to `ip -j`.
+fn ip_addr_info(ns: &str) -> Result<Vec<serde_json::Value>> {
     let out = Command::new("ip")
         .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
         .output()
@@ -233,14 +233,22 @@ fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// The addresses of `pod0` in `ns` according to `ip -j`.
+fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
     let mut addrs = BTreeSet::new();
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            let local = info["local"]
-                .as_str()
-                .with_context(|| format!("addr_info without local: {info}"))?;
-            addrs.insert(local.parse().with_context(|| format!("address {local}"))?);
-        }
+    for info in ip_addr_info(ns)? {
+        let local = info["local"]
+            .as_str()
+            .with_context(|| format!("addr_info without local: {info}"))?;
+        addrs.insert(local.parse().with_context(|| format!("address {local}"))?);
     }
     Ok(addrs)
 }
@@ -248,20 +256,11 @@ fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
 /// The boolean `flag` (`tentative`, `deprecated`) of `addr` on pod0 in
 /// `ns` per `ip -j` (`None` when absent, as `ip` omits false flags).
 fn ip_flag(ns: &str, addr: IpAddr, flag: &str) -> Result<Option<bool>> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
-        .output()
-        .context("running `ip addr show`")?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            if info["local"].as_str() == Some(addr.to_string().as_str()) {
-                return Ok(info[flag].as_bool());
-            }
-        }
-    }
-    bail!("{addr} is not on {POD_IF} in {ns}")
+    let info = ip_addr_info(ns)?
+        .into_iter()
+        .find(|info| info["local"].as_str() == Some(addr.to_string().as_str()))
+        .with_context(|| format!("{addr} is not on {POD_IF} in {ns}"))?;
+    Ok(info[flag].as_bool())
 }
 
 fn peer_added(ifindex: u32, addr: IpAddr) -> PeerEvent {
@@ -397,23 +396,19 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
             let v6 = Ipv6Addr::new(0xfd00, 0x71, 1, 0, 0, 0, 0x77, i as u16);
             (IpAddr::V6(v6), format!("{v6}/128"))
         };
-        let from = watcher.events.len();
-        let t0 = Instant::now();
-        pod_ip_addr(&ns_a, &["add", &arg, "nodad"])?;
-        let done = Instant::now();
-        ip_took.push(done - t0);
-        let at = watcher.expect(from, &peer_added(a, addr))?;
-        added.push(at.saturating_duration_since(t0));
-        after_exit.push(at.saturating_duration_since(done));
-
-        let from = watcher.events.len();
-        let t0 = Instant::now();
-        pod_ip_addr(&ns_a, &["del", &arg])?;
-        let done = Instant::now();
-        ip_took.push(done - t0);
-        let at = watcher.expect(from, &peer_removed(a, addr))?;
-        removed.push(at.saturating_duration_since(t0));
-        after_exit.push(at.saturating_duration_since(done));
+        for (args, want, took) in [
+            (&["add", &arg, "nodad"][..], peer_added(a, addr), &mut added),
+            (&["del", &arg], peer_removed(a, addr), &mut removed),
+        ] {
+            let from = watcher.events.len();
+            let t0 = Instant::now();
+            pod_ip_addr(&ns_a, args)?;
+            let done = Instant::now();
+            ip_took.push(done - t0);
+            let at = watcher.expect(from, &want)?;
+            took.push(at.saturating_duration_since(t0));
+            after_exit.push(at.saturating_duration_since(done));
+        }
     }
     summary("Added after the start of `ip addr add`", added);
     summary("Removed after the start of `ip addr del`", removed);
