@@ -76,6 +76,9 @@ trait PeerWatch {
     fn arrival(&self, from: usize, want: &PeerEvent) -> Option<Instant>;
     /// Waits for `want` (after position `from`); its arrival time.
     fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant>;
+    /// Waits up to `timeout` for an event after position `from` that `is`;
+    /// whether one came.
+    fn saw(&mut self, from: usize, timeout: Duration, is: impl Fn(&Seen) -> bool) -> Result<bool>;
 }
 
 impl PeerWatch for Watcher {
@@ -91,13 +94,13 @@ impl PeerWatch for Watcher {
     }
 
     fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant> {
-        self.wait_for(DEADLINE, |seen| {
-            seen[from..]
-                .iter()
-                .any(|(_, s)| matches!(s, Seen::Peer(e) if e == want))
-        })?;
+        self.saw(from, DEADLINE, |s| matches!(s, Seen::Peer(e) if e == want))?;
         self.arrival(from, want)
             .with_context(|| format!("no {want:?} within {DEADLINE:?}"))
+    }
+
+    fn saw(&mut self, from: usize, timeout: Duration, is: impl Fn(&Seen) -> bool) -> Result<bool> {
+        self.wait_for(timeout, |seen| seen[from..].iter().any(|(_, s)| is(s)))
     }
 }
 
@@ -502,11 +505,9 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     let from = watcher.events.len();
     lab.add_veth(&node, "pxa", "pxb")?;
     netns::ip(&["-n", &node, "addr", "add", "10.73.0.1/32", "dev", "pxb"])?;
-    let appeared = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| {
-            matches!(s, Seen::Link(LinkEvent::Added(l))
-                if l.name == "pxa" && l.peer.is_some_and(|p| p.nsid.is_none()))
-        })
+    let appeared = watcher.saw(from, DEADLINE, |s| {
+        matches!(s, Seen::Link(LinkEvent::Added(l))
+            if l.name == "pxa" && l.peer.is_some_and(|p| p.nsid.is_none()))
     })?;
     assert!(appeared, "pxa appears with a same-namespace peer");
     let pxa = watcher.events[from..]
@@ -517,12 +518,10 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         })
         .context("pxa seen above")?;
     let local: IpAddr = "10.73.0.1".parse()?;
-    let known = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| match s {
-            Seen::Tracked(i, addrs) => *i == pxa && addrs.contains(&local),
-            Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == pxa && *addr == local,
-            _ => false,
-        })
+    let known = watcher.saw(from, DEADLINE, |s| match s {
+        Seen::Tracked(i, addrs) => *i == pxa && addrs.contains(&local),
+        Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == pxa && *addr == local,
+        _ => false,
     })?;
     assert!(known, "{local} on pxb is known as pxa's peer address");
     let from = watcher.events.len();
@@ -534,11 +533,11 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     // watcher untracks it and carries on without an error.
     let from = watcher.events.len();
     netns::delete_namespace(&ns_b)?;
-    let vanished = watcher.wait_for(Duration::from_secs(5), |seen| {
-        seen[from..].iter().any(
-            |(_, s)| matches!(s, Seen::Link(LinkEvent::Removed { ifindex, .. }) if *ifindex == b),
-        )
-    })?;
+    let vanished = watcher.saw(
+        from,
+        Duration::from_secs(5),
+        |s| matches!(s, Seen::Link(LinkEvent::Removed { ifindex, .. }) if *ifindex == b),
+    )?;
     assert!(vanished, "veth-b is removed when pod b's namespace goes");
     let from = watcher.events.len();
     pod_ip_addr(&ns_a, &["add", "10.71.1.99/32"])?;
@@ -629,12 +628,10 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
     let from = watcher.events.len();
     pod_ip_addr(&ns_b, &["add", "10.71.2.77/32"])?;
     let want: IpAddr = "10.71.2.77".parse()?;
-    let seen = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| match s {
-            Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == b && *addr == want,
-            Seen::Peer(PeerEvent::Resync(map)) => map.get(&b).is_some_and(|v| v.contains(&want)),
-            _ => false,
-        })
+    let seen = watcher.saw(from, DEADLINE, |s| match s {
+        Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == b && *addr == want,
+        Seen::Peer(PeerEvent::Resync(map)) => map.get(&b).is_some_and(|v| v.contains(&want)),
+        _ => false,
     })?;
     assert!(seen, "{want} seen on veth-b after the resyncs");
     eprintln!(
