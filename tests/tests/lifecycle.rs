@@ -35,7 +35,7 @@ use envfence_tests::lab::probe::{
 };
 use envfence_tests::lab::{wait_until, Lab, TcpListenHandle, UdpReceiver, NODE};
 use envfence_tests::lifecycle::{
-    agent_options, bad_policy, base_policy, count_opens, flip_policy, write_atomically,
+    agent_options, bad_policy, base_policy, count_opens, flip_policy, policy_on, write_atomically,
     ConfigMapDir,
 };
 use envfence_tests::netns;
@@ -425,17 +425,13 @@ fn sigterm(agent: &Agent) -> Result<()> {
     agent.stop_ok(Duration::from_secs(15))
 }
 
-fn metric(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-    agent.metric(name, labels)
-}
-
 /// `envfence_policy_reloads_total{result}`.
 fn reloads(agent: &Agent, result: &str) -> Result<f64> {
-    metric(agent, RELOADS, &[("result", result)])
+    agent.metric(RELOADS, &[("result", result)])
 }
 
 fn generation(agent: &Agent) -> Result<u64> {
-    Ok(metric(agent, GENERATION, &[])? as u64)
+    Ok(agent.metric(GENERATION, &[])? as u64)
 }
 
 fn stderr_has(agent: &Agent, needle: &str) -> bool {
@@ -511,7 +507,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
         ("dst_env", "production"),
         ("verdict", "drop"),
     ];
-    let dropped_before = metric(&agent, "envfence_packets_total", &drop_labels)?;
+    let dropped_before = agent.metric("envfence_packets_total", &drop_labels)?;
     let killed = Instant::now();
     agent.kill()?;
     std::thread::sleep(Duration::from_secs(2));
@@ -524,7 +520,7 @@ fn kill_9_under_probes_never_gaps() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut guarded = guard.finish(&rx)?;
-    let dropped_after = metric(&agent, "envfence_packets_total", &drop_labels)?;
+    let dropped_after = agent.metric("envfence_packets_total", &drop_labels)?;
     let gen1 = generation(&agent)?;
 
     let marks = [(killed, "during"), (ready, "after")];
@@ -646,11 +642,8 @@ fn fifty_reloads_under_probes_are_atomic() -> Result<()> {
                     match window {
                         Some((staging_blocked, ..)) => {
                             checked += 1;
-                            let blocked = if k == 0 {
-                                *staging_blocked
-                            } else {
-                                !*staging_blocked
-                            };
+                            // staging1 (k = 0) is blocked with staging, dev1 the reverse.
+                            let blocked = *staging_blocked == (k == 0);
                             if r.outcome.connected() == blocked {
                                 problems.push(format!(
                                     "{}: {:?} {:?} after the start, while the policy {} it was in force",
@@ -830,11 +823,7 @@ fn configmap_data_swap_reloads() -> Result<()> {
     );
     ensure!(reloads(&agent, "failure")? == 1.0);
     ensure!(reloads(&agent, "success")? == 3.0);
-    let ts = metric(
-        &agent,
-        "envfence_policy_last_reload_success_timestamp_seconds",
-        &[],
-    )?;
+    let ts = agent.metric("envfence_policy_last_reload_success_timestamp_seconds", &[])?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_secs_f64();
@@ -869,7 +858,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     let agent = w.start(&[])?;
     let lab_links = w.pins.link_pins();
     ensure!(lab_links.len() == 14, "lab link pins: {lab_links:?}");
-    let baseline = metric(&agent, "envfence_attached_interfaces", &[])?;
+    let baseline = agent.metric("envfence_attached_interfaces", &[])?;
     ensure!(baseline == 7.0, "attached interfaces at start: {baseline}");
 
     // A watcher inside the node namespace: ifindexes of the new veths, and
@@ -920,11 +909,6 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     };
     let churned = || churn.lock().unwrap_or_else(|p| p.into_inner());
     let snapshot = || churned().clone();
-    let ip_node = |args: &[&str]| -> Result<()> {
-        let mut full = vec!["-n", w.node_ns()];
-        full.extend_from_slice(args);
-        netns::ip(&full)
-    };
     let began = Instant::now();
     for i in 0..N {
         let name = format!("vethc{i}");
@@ -941,7 +925,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
         w.lab.add_veth(NODE, &name, &format!("pc{i}"))?;
         churned()[i].exists = Some(Instant::now());
         if i % 2 == 0 {
-            ip_node(&["link", "set", &name, "up"])?;
+            netns::ip(&["-n", w.node_ns(), "link", "set", &name, "up"])?;
         }
     }
     let created_in = began.elapsed();
@@ -981,7 +965,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     ensure!(late.is_empty(), "attached later than 1 s: {late:?}");
     ensure!(
         wait_until(Duration::from_secs(2), || {
-            metric(&agent, "envfence_attached_interfaces", &[]).ok() == Some(7.0 + N as f64)
+            agent.metric("envfence_attached_interfaces", &[]).ok() == Some(7.0 + N as f64)
         }),
         "envfence_attached_interfaces is not {}",
         7 + N
@@ -1002,7 +986,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     for i in 0..N {
         let name = format!("vethc{i}");
         churned()[i].deleted = Some(Instant::now());
-        ip_node(&["link", "del", &name])?;
+        netns::ip(&["-n", w.node_ns(), "link", "del", &name])?;
     }
     let removed_in = began.elapsed();
     let all_gone = wait_until(Duration::from_secs(5), || {
@@ -1038,7 +1022,7 @@ fn hundred_veths_attached_within_a_second_and_forgotten() -> Result<()> {
     ensure!(entries.len() == 7, "ATTACHED entries: {entries:?}");
     ensure!(
         wait_until(Duration::from_secs(2), || {
-            metric(&agent, "envfence_attached_interfaces", &[]).ok() == Some(7.0)
+            agent.metric("envfence_attached_interfaces", &[]).ok() == Some(7.0)
         }),
         "envfence_attached_interfaces did not come back to 7"
     );
@@ -1188,7 +1172,7 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     ensure!(reloads(&agent, "failure")? == 1.0);
     ensure!(reloads(&agent, "success")? == 0.0);
     ensure!(generation(&agent)? == good_gen, "generation changed");
-    ensure!(metric(&agent, "envfence_attached_interfaces", &[])? == 7.0);
+    ensure!(agent.metric("envfence_attached_interfaces", &[])? == 7.0);
     check_one_program_per_hook(w.node_ns(), LAB_IFACES)?;
     adopted(&before, &w.link_ids()?, "invalid policy over a pinned one")?;
     // The file fixed: picked up by the watch.
@@ -1230,17 +1214,21 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
     let keep = w.state_dir().join("keep.txt");
     std::fs::write(&keep, "not envfence's")?;
     let saved = w.state_dir().join(format!("policy-v{ABI}.json"));
+    let left_alone = || -> Result<()> {
+        ensure!(!saved.exists(), "the saved policy stays");
+        ensure!(
+            other.is_dir() && keep.is_file(),
+            "something not envfence's was removed"
+        );
+        Ok(())
+    };
 
     let agent = w.start(&["--detach-on-exit"])?;
     w.assert_enforcing(&rx, "with --detach-on-exit")?;
     ensure!(saved.exists() && w.pins.link_pins().len() == 14);
     sigterm(&agent)?;
     w.assert_nothing_left("after --detach-on-exit")?;
-    ensure!(!saved.exists(), "the saved policy stays");
-    ensure!(
-        other.is_dir() && keep.is_file(),
-        "something not envfence's was removed"
-    );
+    left_alone()?;
 
     let agent = w.start(&[])?;
     w.assert_enforcing(&rx, "before the kill")?;
@@ -1264,12 +1252,7 @@ fn detach_on_exit_and_cleanup_leave_nothing() -> Result<()> {
     );
     ensure!(out.status.success(), "cleanup failed: {}", out.status);
     w.assert_nothing_left("after envfence cleanup")?;
-    ensure!(!saved.exists(), "the saved policy stays");
-    ensure!(
-        other.is_dir() && keep.is_file(),
-        "something not envfence's was removed"
-    );
-    Ok(())
+    left_alone()
 }
 
 /// A pinned layout of the previous ABI (the agent's pins moved from
@@ -1366,10 +1349,8 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
     // While no agent runs: one interface removed, the selection narrowed.
     netns::ip(&["-n", w.node_ns(), "link", "del", "vethgone"])?;
     let narrow = ["veth-prod*", "veth-staging*", "veth-dev*", "veth-ops*"];
-    write_atomically(
-        &w.config(),
-        &envfence_tests::lifecycle::policy_on("", &narrow),
-    )?;
+    let narrow_policy = policy_on("", &narrow);
+    write_atomically(&w.config(), &narrow_policy)?;
     let agent = w.start(&[])?;
     let selected: Vec<u32> = ifaces
         .iter()
@@ -1401,7 +1382,7 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
             "{what}: link pins {pins:?}"
         );
         check_one_program_per_hook(w.node_ns(), &narrow.map(|p| p.trim_end_matches('*')))?;
-        ensure!(metric(&agent, "envfence_attached_interfaces", &[])? == selected.len() as f64);
+        ensure!(agent.metric("envfence_attached_interfaces", &[])? == selected.len() as f64);
         // test1's packets are now judged at prod1's egress.
         w.assert_enforcing(&rx, what)
     };
@@ -1415,10 +1396,7 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
         wait_until(Duration::from_secs(2), || w.pins.attached(test1)),
         "veth-test1 not attached again"
     );
-    write_atomically(
-        &w.config(),
-        &envfence_tests::lifecycle::policy_on("", &narrow),
-    )?;
+    write_atomically(&w.config(), &narrow_policy)?;
     w.generation_reached(&agent, g + 2, "reload to the narrow selection")?;
     check("reloaded to a narrower selection")?;
     sigterm(&agent)

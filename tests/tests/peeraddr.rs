@@ -76,6 +76,9 @@ trait PeerWatch {
     fn arrival(&self, from: usize, want: &PeerEvent) -> Option<Instant>;
     /// Waits for `want` (after position `from`); its arrival time.
     fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant>;
+    /// Waits up to `timeout` for an event after position `from` that `is`;
+    /// whether one came.
+    fn saw(&mut self, from: usize, timeout: Duration, is: impl Fn(&Seen) -> bool) -> Result<bool>;
 }
 
 impl PeerWatch for Watcher {
@@ -91,13 +94,13 @@ impl PeerWatch for Watcher {
     }
 
     fn expect(&mut self, from: usize, want: &PeerEvent) -> Result<Instant> {
-        self.wait_for(DEADLINE, |seen| {
-            seen[from..]
-                .iter()
-                .any(|(_, s)| matches!(s, Seen::Peer(e) if e == want))
-        })?;
+        self.saw(from, DEADLINE, |s| matches!(s, Seen::Peer(e) if e == want))?;
         self.arrival(from, want)
             .with_context(|| format!("no {want:?} within {DEADLINE:?}"))
+    }
+
+    fn saw(&mut self, from: usize, timeout: Duration, is: impl Fn(&Seen) -> bool) -> Result<bool> {
+        self.wait_for(timeout, |seen| seen[from..].iter().any(|(_, s)| is(s)))
     }
 }
 
@@ -219,8 +222,8 @@ fn apply(view: &mut View, seen: &Seen) {
     }
 }
 
-/// The addresses of `pod0` in `ns` according to `ip -j`.
-fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
+/// Every `addr_info` entry of `pod0` in `ns` according to `ip -j`.
+fn ip_addr_info(ns: &str) -> Result<Vec<serde_json::Value>> {
     let out = Command::new("ip")
         .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
         .output()
@@ -233,14 +236,22 @@ fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
     }
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .collect())
+}
+
+/// The addresses of `pod0` in `ns` according to `ip -j`.
+fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
     let mut addrs = BTreeSet::new();
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            let local = info["local"]
-                .as_str()
-                .with_context(|| format!("addr_info without local: {info}"))?;
-            addrs.insert(local.parse().with_context(|| format!("address {local}"))?);
-        }
+    for info in ip_addr_info(ns)? {
+        let local = info["local"]
+            .as_str()
+            .with_context(|| format!("addr_info without local: {info}"))?;
+        addrs.insert(local.parse().with_context(|| format!("address {local}"))?);
     }
     Ok(addrs)
 }
@@ -248,20 +259,11 @@ fn ip_addrs(ns: &str) -> Result<BTreeSet<IpAddr>> {
 /// The boolean `flag` (`tentative`, `deprecated`) of `addr` on pod0 in
 /// `ns` per `ip -j` (`None` when absent, as `ip` omits false flags).
 fn ip_flag(ns: &str, addr: IpAddr, flag: &str) -> Result<Option<bool>> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
-        .output()
-        .context("running `ip addr show`")?;
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
-    for link in json.as_array().into_iter().flatten() {
-        for info in link["addr_info"].as_array().into_iter().flatten() {
-            if info["local"].as_str() == Some(addr.to_string().as_str()) {
-                return Ok(info[flag].as_bool());
-            }
-        }
-    }
-    bail!("{addr} is not on {POD_IF} in {ns}")
+    let info = ip_addr_info(ns)?
+        .into_iter()
+        .find(|info| info["local"].as_str() == Some(addr.to_string().as_str()))
+        .with_context(|| format!("{addr} is not on {POD_IF} in {ns}"))?;
+    Ok(info[flag].as_bool())
 }
 
 fn peer_added(ifindex: u32, addr: IpAddr) -> PeerEvent {
@@ -397,23 +399,19 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
             let v6 = Ipv6Addr::new(0xfd00, 0x71, 1, 0, 0, 0, 0x77, i as u16);
             (IpAddr::V6(v6), format!("{v6}/128"))
         };
-        let from = watcher.events.len();
-        let t0 = Instant::now();
-        pod_ip_addr(&ns_a, &["add", &arg, "nodad"])?;
-        let done = Instant::now();
-        ip_took.push(done - t0);
-        let at = watcher.expect(from, &peer_added(a, addr))?;
-        added.push(at.saturating_duration_since(t0));
-        after_exit.push(at.saturating_duration_since(done));
-
-        let from = watcher.events.len();
-        let t0 = Instant::now();
-        pod_ip_addr(&ns_a, &["del", &arg])?;
-        let done = Instant::now();
-        ip_took.push(done - t0);
-        let at = watcher.expect(from, &peer_removed(a, addr))?;
-        removed.push(at.saturating_duration_since(t0));
-        after_exit.push(at.saturating_duration_since(done));
+        for (args, want, took) in [
+            (&["add", &arg, "nodad"][..], peer_added(a, addr), &mut added),
+            (&["del", &arg], peer_removed(a, addr), &mut removed),
+        ] {
+            let from = watcher.events.len();
+            let t0 = Instant::now();
+            pod_ip_addr(&ns_a, args)?;
+            let done = Instant::now();
+            ip_took.push(done - t0);
+            let at = watcher.expect(from, &want)?;
+            took.push(at.saturating_duration_since(t0));
+            after_exit.push(at.saturating_duration_since(done));
+        }
     }
     summary("Added after the start of `ip addr add`", added);
     summary("Removed after the start of `ip addr del`", removed);
@@ -507,11 +505,9 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     let from = watcher.events.len();
     lab.add_veth(&node, "pxa", "pxb")?;
     netns::ip(&["-n", &node, "addr", "add", "10.73.0.1/32", "dev", "pxb"])?;
-    let appeared = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| {
-            matches!(s, Seen::Link(LinkEvent::Added(l))
-                if l.name == "pxa" && l.peer.is_some_and(|p| p.nsid.is_none()))
-        })
+    let appeared = watcher.saw(from, DEADLINE, |s| {
+        matches!(s, Seen::Link(LinkEvent::Added(l))
+            if l.name == "pxa" && l.peer.is_some_and(|p| p.nsid.is_none()))
     })?;
     assert!(appeared, "pxa appears with a same-namespace peer");
     let pxa = watcher.events[from..]
@@ -522,12 +518,10 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
         })
         .context("pxa seen above")?;
     let local: IpAddr = "10.73.0.1".parse()?;
-    let known = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| match s {
-            Seen::Tracked(i, addrs) => *i == pxa && addrs.contains(&local),
-            Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == pxa && *addr == local,
-            _ => false,
-        })
+    let known = watcher.saw(from, DEADLINE, |s| match s {
+        Seen::Tracked(i, addrs) => *i == pxa && addrs.contains(&local),
+        Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == pxa && *addr == local,
+        _ => false,
     })?;
     assert!(known, "{local} on pxb is known as pxa's peer address");
     let from = watcher.events.len();
@@ -539,11 +533,11 @@ fn peer_addresses_follow_the_pods() -> Result<()> {
     // watcher untracks it and carries on without an error.
     let from = watcher.events.len();
     netns::delete_namespace(&ns_b)?;
-    let vanished = watcher.wait_for(Duration::from_secs(5), |seen| {
-        seen[from..].iter().any(
-            |(_, s)| matches!(s, Seen::Link(LinkEvent::Removed { ifindex, .. }) if *ifindex == b),
-        )
-    })?;
+    let vanished = watcher.saw(
+        from,
+        Duration::from_secs(5),
+        |s| matches!(s, Seen::Link(LinkEvent::Removed { ifindex, .. }) if *ifindex == b),
+    )?;
     assert!(vanished, "veth-b is removed when pod b's namespace goes");
     let from = watcher.events.len();
     pod_ip_addr(&ns_a, &["add", "10.71.1.99/32"])?;
@@ -634,12 +628,10 @@ fn a_flood_into_a_small_buffer_resyncs_to_the_exact_set() -> Result<()> {
     let from = watcher.events.len();
     pod_ip_addr(&ns_b, &["add", "10.71.2.77/32"])?;
     let want: IpAddr = "10.71.2.77".parse()?;
-    let seen = watcher.wait_for(DEADLINE, |seen| {
-        seen[from..].iter().any(|(_, s)| match s {
-            Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == b && *addr == want,
-            Seen::Peer(PeerEvent::Resync(map)) => map.get(&b).is_some_and(|v| v.contains(&want)),
-            _ => false,
-        })
+    let seen = watcher.saw(from, DEADLINE, |s| match s {
+        Seen::Peer(PeerEvent::Added { ifindex, addr }) => *ifindex == b && *addr == want,
+        Seen::Peer(PeerEvent::Resync(map)) => map.get(&b).is_some_and(|v| v.contains(&want)),
+        _ => false,
     })?;
     assert!(seen, "{want} seen on veth-b after the resyncs");
     eprintln!(

@@ -23,41 +23,27 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 /// Every metric the agent exports (agent/src/metrics/). The end-to-end
 /// test checks that each one is really on /metrics.
-const EXPORTED: &[&str] = &[
-    "envfence_packets_total",
-    "envfence_bytes_total",
-    "envfence_rule_packets_total",
-    "envfence_rule_bytes_total",
-    "envfence_datapath_total",
-    "envfence_attached_interfaces",
-    "envfence_interface_attach_failures_total",
-    "envfence_policy_info",
-    "envfence_policy_generation",
-    "envfence_policy_reloads_total",
-    "envfence_policy_last_reload_success_timestamp_seconds",
-    "envfence_map_entries",
-    "envfence_map_capacity",
-    "envfence_build_info",
-    "envfence_policy_changes_total",
-];
+const EXPORTED: &str = "envfence_packets_total envfence_bytes_total envfence_rule_packets_total \
+    envfence_rule_bytes_total envfence_datapath_total envfence_attached_interfaces \
+    envfence_interface_attach_failures_total envfence_policy_info envfence_policy_generation \
+    envfence_policy_reloads_total envfence_policy_last_reload_success_timestamp_seconds \
+    envfence_map_entries envfence_map_capacity envfence_build_info envfence_policy_changes_total";
 /// Metrics Prometheus itself makes for every target.
-const PROMETHEUS_MADE: &[&str] = &["up"];
+const PROMETHEUS_MADE: &str = "up";
 
 /// The alerts deploy/prometheus/envfence-rules.yml must have.
-const ALERTS: &[&str] = &[
-    "EnvfenceForbiddenFlowDropped",
-    "EnvfenceForbiddenFlowPassedInAudit",
-    "EnvfenceAgentDown",
-    "EnvfenceAgentAbsent",
-    "EnvfenceEventsLost",
-    "EnvfenceConntrackFull",
-    "EnvfencePolicyReloadFailing",
-    "EnvfenceNoInterfaceAttached",
-    "EnvfenceAuditModeUnexpected",
-    "EnvfencePolicyDrift",
-    "EnvfencePolicyChanged",
-    "EnvfencePolicyHashDisagreement",
-];
+const ALERTS: &str = "EnvfenceForbiddenFlowDropped EnvfenceForbiddenFlowPassedInAudit \
+    EnvfenceAgentDown EnvfenceAgentAbsent EnvfenceEventsLost EnvfenceConntrackFull \
+    EnvfencePolicyReloadFailing EnvfenceNoInterfaceAttached EnvfenceAuditModeUnexpected \
+    EnvfencePolicyDrift EnvfencePolicyChanged EnvfencePolicyHashDisagreement";
+
+/// The metrics a query may use: the exported ones and Prometheus' own.
+fn allowed_metrics() -> BTreeSet<&'static str> {
+    EXPORTED
+        .split_whitespace()
+        .chain(PROMETHEUS_MADE.split_whitespace())
+        .collect()
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -214,36 +200,31 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 #[test]
 fn metric_names_are_found_in_promql() {
-    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(
-        metric_names(
+    let cases: &[(&str, &[&str])] = &[
+        (
             r#"sum by (src_env, dst_env) (increase(envfence_packets_total{verdict="drop"}[5m])) > 0
-               or sum by (job) (envfence_packets_total{verdict="drop"} unless envfence_packets_total offset 5m)"#
+               or sum by (job) (envfence_packets_total{verdict="drop"} unless envfence_packets_total offset 5m)"#,
+            &["envfence_packets_total"],
         ),
-        set(&["envfence_packets_total"])
-    );
-    assert_eq!(
-        metric_names(
-            r#"topk(10, sum without(instance) (rate(envfence_bytes_total{job=~"$job", x="a{b}"}[$__rate_interval]))) / on(job) group_left(mode) envfence_policy_info"#
+        (
+            r#"topk(10, sum without(instance) (rate(envfence_bytes_total{job=~"$job", x="a{b}"}[$__rate_interval]))) / on(job) group_left(mode) envfence_policy_info"#,
+            &["envfence_bytes_total", "envfence_policy_info"],
         ),
-        set(&["envfence_bytes_total", "envfence_policy_info"])
-    );
-    assert_eq!(
-        metric_names(r#"count(up{job=~"$job"} == 0) or vector(0)"#),
-        set(&["up"])
-    );
-    assert_eq!(
-        metric_names(r#"absent(up{job=~".*envfence.*"})"#),
-        set(&["up"])
-    );
-    assert_eq!(
-        metric_names(r#"label_values(envfence_build_info{job=~"$job"}, instance)"#),
-        set(&["envfence_build_info"])
-    );
-    assert_eq!(
-        metric_names("node_cpu_seconds_total * 1e3 + something_else"),
-        set(&["node_cpu_seconds_total", "something_else"])
-    );
+        (r#"count(up{job=~"$job"} == 0) or vector(0)"#, &["up"]),
+        (r#"absent(up{job=~".*envfence.*"})"#, &["up"]),
+        (
+            r#"label_values(envfence_build_info{job=~"$job"}, instance)"#,
+            &["envfence_build_info"],
+        ),
+        (
+            "node_cpu_seconds_total * 1e3 + something_else",
+            &["node_cpu_seconds_total", "something_else"],
+        ),
+    ];
+    for (expr, want) in cases {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(metric_names(expr), want, "{expr}");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -255,7 +236,10 @@ fn rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
     let out = promtool(&["check".as_ref(), "rules".as_ref(), rules.as_os_str()])?;
     println!("{out}");
     ensure!(
-        out.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
+        out.contains(&format!(
+            "SUCCESS: {} rules found",
+            ALERTS.split_whitespace().count()
+        )),
         "{out}"
     );
     ensure!(
@@ -275,8 +259,8 @@ fn rules_pass_promtool_check_and_their_unit_tests() -> Result<()> {
 fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
     let rules = alert_rules()?;
     let names: BTreeSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ALERTS.iter().copied().collect::<BTreeSet<_>>());
-    let allowed: BTreeSet<&str> = EXPORTED.iter().chain(PROMETHEUS_MADE).copied().collect();
+    assert_eq!(names, ALERTS.split_whitespace().collect::<BTreeSet<_>>());
+    let allowed = allowed_metrics();
     for (name, rule) in &rules {
         let severity = rule["labels"]["severity"].as_str().unwrap_or("");
         assert!(
@@ -323,17 +307,25 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
             }
         }
     }
-    for alert in ALERTS {
+    for alert in ALERTS.split_whitespace() {
         assert!(
-            fires.contains(*alert),
+            fires.contains(alert),
             "no promtool case where {alert} fires"
         );
         assert!(
-            silent.contains(*alert),
+            silent.contains(alert),
             "no promtool case where {alert} stays silent"
         );
     }
     Ok(())
+}
+
+/// deploy/grafana's dashboard.
+fn dashboard() -> Result<Value> {
+    let path = repo().join("deploy/grafana/envfence-dashboard.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).context("dashboard JSON")
 }
 
 /// Every `expr` of the dashboard's panels and every query of its variables.
@@ -355,9 +347,7 @@ fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
 
 #[test]
 fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
-    let path = repo().join("deploy/grafana/envfence-dashboard.json");
-    let text = std::fs::read_to_string(&path)?;
-    let dash: Value = serde_json::from_str(&text).context("dashboard JSON")?;
+    let dash = dashboard()?;
     ensure!(dash["title"].as_str().is_some_and(|t| !t.is_empty()));
     let panels = dash["panels"].as_array().context("panels")?;
     let mut ids = BTreeSet::new();
@@ -376,7 +366,7 @@ fn dashboard_parses_and_uses_only_exported_metrics() -> Result<()> {
     }
     let mut queries = Vec::new();
     dashboard_queries(&dash, &mut queries);
-    let allowed: BTreeSet<&str> = EXPORTED.iter().chain(PROMETHEUS_MADE).copied().collect();
+    let allowed = allowed_metrics();
     let mut used = BTreeSet::new();
     for q in &queries {
         let names = metric_names(q);
@@ -540,7 +530,7 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
     if std::env::var_os("EFL_DUMP_METRICS").is_some() {
         println!("{text}");
     }
-    for m in EXPORTED {
+    for m in EXPORTED.split_whitespace() {
         ensure!(
             text.lines().any(|l| l.starts_with(&format!("# TYPE {m} "))),
             "{m} is not on /metrics:\n{text}"
@@ -549,11 +539,8 @@ fn real_prometheus_counts_every_dropped_packet_and_alerts() -> Result<()> {
 
     // Every dashboard query is valid PromQL for this Prometheus, and the
     // main panels have data.
-    let dash: Value = serde_json::from_str(&std::fs::read_to_string(
-        repo().join("deploy/grafana/envfence-dashboard.json"),
-    )?)?;
     let mut queries = Vec::new();
-    dashboard_queries(&dash, &mut queries);
+    dashboard_queries(&dashboard()?, &mut queries);
     let mut with_data = 0;
     for q in queries.iter().filter(|q| !q.starts_with("label_values(")) {
         let q = q
