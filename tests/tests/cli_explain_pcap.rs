@@ -137,6 +137,17 @@ fn jsonl(run: &Run) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// The arguments `explain --pcap FILE ARGS... -o jsonl`.
+fn explain_args<'a>(file: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["explain", "--pcap", file], args, &["-o", "jsonl"]].concat()
+}
+
+/// `envfence explain --pcap FILE ARGS... -o jsonl`, a JSON value a line.
+fn explain_jsonl(file: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    let file = file.display().to_string();
+    jsonl(&cli(&explain_args(&file, args))?.ok()?)
+}
+
 /// A bpffs directory of this test's own, removed at the end.
 struct PinRoot(PathBuf);
 
@@ -198,27 +209,16 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
     dp.apply_policy(&compiled, None, Duration::from_secs(3600))?;
     dp.set_source_check(LO_IFINDEX, SourceCheck::OFF)?;
     let state_dir = tmp.path().join("state");
+    let generation = PinnedState::open(&pins.0)?.config()?.generation;
     state::save(
         &state_dir,
         &SavedPolicy::new(
             policy::EXAMPLE_ORIGIN.into(),
             policy::EXAMPLE_POLICY.into(),
             &compiled,
-            1,
+            generation,
         ),
     )?;
-    let generation = PinnedState::open(&pins.0)?.config()?.generation;
-    if generation != 1 {
-        state::save(
-            &state_dir,
-            &SavedPolicy::new(
-                policy::EXAMPLE_ORIGIN.into(),
-                policy::EXAMPLE_POLICY.into(),
-                &compiled,
-                generation,
-            ),
-        )?;
-    }
 
     // Every frame through the kernel, in capture order.
     let before = counted(&pins.0)?;
@@ -243,7 +243,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         }
     }
 
-    let example = example_file(tmp.path())?;
+    let example = example_file(tmp.path())?.display().to_string();
     let (pin_root, state_s) = (
         pins.0.display().to_string(),
         state_dir.display().to_string(),
@@ -257,26 +257,13 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
     ] {
         let file = tmp.path().join(name);
         pcap::write(&file, &capture(format, linktype, &frames))?;
-        let file_s = file.display().to_string();
         let started = std::time::Instant::now();
-        let pinned = cli(&[
-            "explain",
-            "--pcap",
-            &file_s,
-            "--pin-root",
-            &pin_root,
-            "--state-dir",
-            &state_s,
-            "-o",
-            "jsonl",
-        ])?
-        .ok()?;
+        let lines = explain_jsonl(&file, &["--pin-root", &pin_root, "--state-dir", &state_s])?;
         eprintln!(
             "{name}: {} packets explained from the pinned maps in {:.2?}",
             frames.len(),
             started.elapsed()
         );
-        let lines = jsonl(&pinned)?;
         ensure!(
             lines.len() == frames.len(),
             "{name}: {} lines for {} frames",
@@ -292,6 +279,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
                 )
             };
             ensure!(line["index"] == i as u64 + 1, "{}", ctx());
+            let action = if *dropped { "drop" } else { "pass" };
             let reason = line["reason"].as_str().unwrap_or("");
             let hedge =
                 reason.contains("would pass as reply") || reason.contains("passes as related if");
@@ -312,11 +300,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
                         kv
                     } else {
                         ensure!(said_verdict == kv, "verdict: {}", ctx());
-                        ensure!(
-                            line["action"] == if *dropped { "drop" } else { "pass" },
-                            "action: {}",
-                            ctx()
-                        );
+                        ensure!(line["action"] == action, "action: {}", ctx());
                         said_verdict
                     };
                     ensure!(
@@ -332,11 +316,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
                         "judged by explain only: {}",
                         ctx()
                     );
-                    ensure!(
-                        line["action"] == if *dropped { "drop" } else { "pass" },
-                        "action: {}",
-                        ctx()
-                    );
+                    ensure!(line["action"] == action, "action: {}", ctx());
                 }
             }
         }
@@ -345,17 +325,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             "{name}: explain's verdicts {judged_by_verdict:?}, the kernel counted {delta:?}"
         );
         // The policy file gives the same answers, names included.
-        let from_file = cli(&[
-            "explain",
-            "--pcap",
-            &file_s,
-            "--policy",
-            &example.display().to_string(),
-            "-o",
-            "jsonl",
-        ])?
-        .ok()?;
-        let file_lines = jsonl(&from_file)?;
+        let file_lines = explain_jsonl(&file, &["--policy", &example])?;
         ensure!(
             file_lines.len() == lines.len(),
             "{name}: --policy gave {} lines",
@@ -406,18 +376,11 @@ fn corrupt_captures_fail_with_the_packet_index() -> Result<()> {
         6,
         Pkt::syn(40000, 5432),
     );
-    let good = classic(
-        65535,
-        1,
-        &[(frame.len() as u32, &frame), (frame.len() as u32, &frame)],
-    );
+    let rec = (frame.len() as u32, frame.as_slice());
+    let good = classic(65535, 1, &[rec, rec]);
     let ng = pcap::encode(&pcap::ethernet_capture(
         Format::PcapNg,
-        vec![
-            (frame.clone(), None),
-            (frame.clone(), None),
-            (frame.clone(), None),
-        ],
+        vec![(frame.clone(), None); 3],
     ))?;
     // pcapng: spoil the third packet's block length (blocks: SHB, IDB,
     // then one EPB per packet).
@@ -431,12 +394,7 @@ fn corrupt_captures_fail_with_the_packet_index() -> Result<()> {
     let third = starts[4];
     let mut bad_len = ng.clone();
     bad_len[third + 4..third + 8].copy_from_slice(&7u32.to_le_bytes());
-    let mut sll = Vec::new();
-    sll.extend(classic(
-        65535,
-        SLL,
-        &[(frame.len() as u32, &frame), (10, &[0u8; 10])],
-    ));
+    let sll = classic(65535, SLL, &[rec, (10, &[0u8; 10])]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "cut-in-header.pcap",
@@ -451,18 +409,10 @@ fn corrupt_captures_fail_with_the_packet_index() -> Result<()> {
         ("bad-block-length.pcapng", bad_len, "packet 3"),
         (
             "absurd-snaplen.pcap",
-            classic(
-                u32::MAX,
-                1,
-                &[(frame.len() as u32, &frame), (0xfff0_0000, &frame)],
-            ),
+            classic(u32::MAX, 1, &[rec, (0xfff0_0000, &frame)]),
             "packet 2",
         ),
-        (
-            "unknown-link.pcap",
-            classic(65535, 147, &[(frame.len() as u32, &frame)]),
-            "packet 1",
-        ),
+        ("unknown-link.pcap", classic(65535, 147, &[rec]), "packet 1"),
         ("short-cooked.pcap", sll, "packet 2"),
         ("empty.pcap", Vec::new(), "before packet 1"),
         (
@@ -475,7 +425,7 @@ fn corrupt_captures_fail_with_the_packet_index() -> Result<()> {
         let path = tmp.path().join(name);
         std::fs::write(&path, &bytes)?;
         let p = path.display().to_string();
-        let run = cli(&["explain", "--pcap", &p, "--policy", &example, "-o", "jsonl"])?.code(1)?;
+        let run = cli(&explain_args(&p, &["--policy", &example]))?.code(1)?;
         let err = run.stderr.trim_end();
         ensure!(!err.contains("panicked"), "{name}: {err}");
         ensure!(
@@ -503,11 +453,7 @@ fn filters_summary_and_json_shape() -> Result<()> {
         "--policy",
         example.as_str(),
     ];
-    let with = |extra: &[&str]| -> Result<Run> {
-        let mut a: Vec<&str> = base.to_vec();
-        a.extend_from_slice(extra);
-        cli(&a)?.ok()
-    };
+    let with = |extra: &[&str]| -> Result<Run> { cli(&[&base[..], extra].concat())?.ok() };
     let all = jsonl(&with(&["-o", "jsonl"])?)?;
     let drops = jsonl(&with(&["-o", "jsonl", "--verdict", "drop"])?)?;
     let want: Vec<&Value> = all.iter().filter(|l| l["action"] == "drop").collect();
@@ -783,18 +729,7 @@ fn lab_capture_predicts_what_the_agent_drops() -> Result<()> {
         delivered == vec![3, 3, 3, 3],
         "without the agent: delivered {delivered:?}"
     );
-    let lines = jsonl(
-        &cli(&[
-            "explain",
-            "--pcap",
-            &without.display().to_string(),
-            "--policy",
-            &example.display().to_string(),
-            "-o",
-            "jsonl",
-        ])?
-        .ok()?,
-    )?;
+    let lines = explain_jsonl(&without, &["--policy", &example.display().to_string()])?;
     let of_flow = |lines: &[Value], port: u16| -> Vec<Value> {
         lines
             .iter()
@@ -845,19 +780,8 @@ fn lab_capture_predicts_what_the_agent_drops() -> Result<()> {
         "explain of the capture without the agent predicted drops {predicted:?}; with the agent delivered {delivered:?}"
     );
     // The capture with the agent, explained from the agent's pinned maps.
-    let run = cli_in(
-        &lab,
-        &[
-            "explain",
-            "--pcap",
-            &with.display().to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "-o",
-            "jsonl",
-        ],
-    )?
-    .ok()?;
+    let (with_s, state_s) = (with.display().to_string(), state.display().to_string());
+    let run = cli_in(&lab, &explain_args(&with_s, &["--state-dir", &state_s]))?.ok()?;
     let lines = jsonl(&run)?;
     let mut checked = 0;
     for (i, (_, _, port)) in flows.iter().enumerate() {

@@ -71,7 +71,7 @@ fn regression_cases_kernel_equals_reference() {
     let mut failures = Vec::new();
     for (path, frame, gso_size) in &cases {
         for foreign_iif in [false, true] {
-            match engine.check_gso(frame, true, foreign_iif, *gso_size) {
+            match engine.check(frame, true, foreign_iif, None, *gso_size) {
                 Ok(Checked::Agreed(_)) | Ok(Checked::Refused) => {}
                 Ok(Checked::Mismatched(ms)) => {
                     for mut m in ms {
@@ -107,7 +107,7 @@ fn refused_frames_are_exactly_the_predicted_ones() {
         for len in 14..=80 {
             let mut f = Packet::new().eth(&vlans, et).into_bytes();
             f.resize(len.max(f.len()), 0x45);
-            match engine.check(&f, true, false) {
+            match engine.check(&f, true, false, None, 0) {
                 Ok(Checked::Refused) => {
                     assert!(kernel_refuses(&f));
                     refused += 1;
@@ -142,7 +142,7 @@ fn engine_reports_a_disagreement() {
         6,
         Packet::syn(1234, 8080),
     );
-    let Checked::Mismatched(ms) = engine.check(&f, true, false).expect("check") else {
+    let Checked::Mismatched(ms) = engine.check(&f, true, false, None, 0).expect("check") else {
         panic!("no mismatch found");
     };
     assert_eq!(

@@ -219,24 +219,14 @@ impl Mismatch {
                 .unwrap_or_default()
         );
         let _ = writeln!(s, "  {}", self.disagreement());
-        let _ = writeln!(
-            s,
-            "  oracle:    {} / {}",
-            action_name(self.expected.0),
-            describe_tag(self.expected.1, policy)
-        );
-        let _ = writeln!(
-            s,
-            "  reference: {} / {}",
-            action_name(self.reference.0),
-            describe_tag(self.reference.1, policy)
-        );
-        let _ = writeln!(
-            s,
-            "  kernel:    {} / {}",
-            action_name(self.got.0),
-            describe_tag(self.got.1, policy)
-        );
+        for (who, (action, t)) in [
+            ("oracle:   ", self.expected),
+            ("reference:", self.reference),
+            ("kernel:   ", self.got),
+        ] {
+            let (action, t) = (action_name(action), describe_tag(t, policy));
+            let _ = writeln!(s, "  {who} {action} / {t}");
+        }
         if self.gso_size != 0 {
             let _ = writeln!(s, "  a GSO skb: gso_size {}", self.gso_size);
         }
@@ -354,40 +344,15 @@ impl Engine {
     /// Runs `frame` through the ingress program of both modes, and through
     /// egress too when `egress` (with `ingress_ifindex` 0 or, when
     /// `foreign_iif`, an interface envfence is not attached to: judged
-    /// either way). `Err` is reserved for failures of the harness itself,
-    /// including an EINVAL the prediction did not expect or a predicted
-    /// refusal the kernel did not make.
-    pub fn check(&self, frame: &[u8], egress: bool, foreign_iif: bool) -> Result<Checked> {
-        self.check_gso(frame, egress, foreign_iif, 0)
-    }
-
-    /// [`Engine::check`] of a frame whose skb has `gso_size` (non-zero: a
-    /// GSO packet, as BIG TCP makes them).
-    pub fn check_gso(
-        &self,
-        frame: &[u8],
-        egress: bool,
-        foreign_iif: bool,
-        gso_size: u32,
-    ) -> Result<Checked> {
-        self.check_full(frame, egress, foreign_iif, None, gso_size)
-    }
-
-    /// [`Engine::check`] with the frame entering device `ifindex` of `node`
-    /// (`Some((node, ifindex))`; the calling thread must be in that node's
-    /// namespace): the ingress runs check its source against the node's
-    /// routes, in the kernel and in the reference ([`reference::classify_on`]).
-    pub fn check_on(
-        &self,
-        frame: &[u8],
-        egress: bool,
-        foreign_iif: bool,
-        on: Option<(&rpf::Node, u32)>,
-    ) -> Result<Checked> {
-        self.check_full(frame, egress, foreign_iif, on, 0)
-    }
-
-    fn check_full(
+    /// either way), in a skb of `gso_size` (non-zero: a GSO packet, as BIG
+    /// TCP makes them). With `on` (`Some((node, ifindex))`; the calling
+    /// thread must be in that node's namespace) the frame enters device
+    /// `ifindex` of `node`: the ingress runs check its source against the
+    /// node's routes, in the kernel and in the reference
+    /// ([`reference::classify_on`]). `Err` is reserved for failures of the
+    /// harness itself, including an EINVAL the prediction did not expect or
+    /// a predicted refusal the kernel did not make.
+    pub fn check(
         &self,
         frame: &[u8],
         egress: bool,
@@ -683,18 +648,12 @@ impl Report {
             self.skipped,
             self.mismatched_cases
         );
-        let kinds: Vec<String> = self
-            .by_kind
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        let _ = writeln!(s, "  by kind: {}", kinds.join(", "));
-        let classes: Vec<String> = self
-            .classes
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
-        let _ = writeln!(s, "  outcomes: {}", classes.join(", "));
+        let counts = |m: &BTreeMap<&str, u64>| {
+            let counts: Vec<String> = m.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            counts.join(", ")
+        };
+        let _ = writeln!(s, "  by kind: {}", counts(&self.by_kind));
+        let _ = writeln!(s, "  outcomes: {}", counts(&self.classes));
         s
     }
 }
@@ -715,7 +674,7 @@ pub fn run_differential(engine: &Engine, opts: &Options) -> Result<Report> {
         report.generated += 1;
         let egress = n.is_multiple_of(egress_every);
         let foreign = (n / egress_every) % 2 == 1;
-        match engine.check_gso(&case.frame, egress, foreign, case.gso_size)? {
+        match engine.check(&case.frame, egress, foreign, None, case.gso_size)? {
             Checked::Refused => {
                 report.skipped += 1;
                 continue;
@@ -796,7 +755,7 @@ pub fn check_frames(
     let mut mismatches = Vec::new();
     let (mut compared, mut refused) = (0, 0);
     for (origin, frame, gso_size) in frames {
-        let mut checked = engine.check_gso(frame, true, false, *gso_size)?;
+        let mut checked = engine.check(frame, true, false, None, *gso_size)?;
         let mut origin = origin.clone();
         let mut frame_seen = frame.clone();
         if let Checked::Refused = checked {
@@ -806,7 +765,7 @@ pub fn check_frames(
             }
             frame_seen = wrap_in_vlan(frame);
             origin.push_str(" (refused untagged; wrapped in an 802.1Q tag)");
-            checked = engine.check_gso(&frame_seen, true, false, *gso_size)?;
+            checked = engine.check(&frame_seen, true, false, None, *gso_size)?;
         }
         match checked {
             Checked::Refused => bail!("{origin}: refused even behind a VLAN tag"),

@@ -396,7 +396,7 @@ pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<
         };
         let idx = pick.pick(&lab.ifindexes);
         let egress = n.is_multiple_of(egress_every);
-        match engine.check_on(&frame, egress, false, Some((&lab.node, idx)))? {
+        match engine.check(&frame, egress, false, Some((&lab.node, idx)), 0)? {
             Checked::Refused => {
                 report.skipped += 1;
                 continue;

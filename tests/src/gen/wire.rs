@@ -279,16 +279,9 @@ pub fn table(arrivals: &[Arrival]) -> String {
     arrivals
         .iter()
         .map(|a| {
-            format!(
-                "  {:<60} {:<9} {}",
-                a.name,
-                if a.forbidden {
-                    "must stop"
-                } else {
-                    "must pass"
-                },
-                if a.arrived { "ARRIVED" } else { "stopped" }
-            )
+            let must = if a.forbidden { "stop" } else { "pass" };
+            let did = if a.arrived { "ARRIVED" } else { "stopped" };
+            format!("  {:<60} must {must} {did}", a.name)
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -321,6 +314,7 @@ fn udp_l4(sport: u16, dport: u16, data: &[u8]) -> L4Spec {
 /// in the data, past the parser's two, and are dropped as `vlan_too_deep`
 /// (enforce mode), allowed flows included.
 pub fn vlan_scenario(lab: &Lab) -> Result<Scenario> {
+    use ethertype::{QINQ, VLAN};
     let node_mac = mac_of(lab, NODE, &lab.pod("test1")?.node_if())?;
     let test_mac = mac_of(lab, "test1", POD_IF)?;
     let test1 = v4_of(lab, "test1")?;
@@ -334,45 +328,19 @@ pub fn vlan_scenario(lab: &Lab) -> Result<Scenario> {
     let mut probes = Vec::new();
     let tag_sets: [(&str, Vec<u16>); 7] = [
         ("no tag", vec![]),
-        ("1 tag (802.1Q)", vec![ethertype::VLAN]),
-        ("1 tag (802.1ad)", vec![ethertype::QINQ]),
-        (
-            "2 tags (802.1ad, 802.1Q)",
-            vec![ethertype::QINQ, ethertype::VLAN],
-        ),
-        (
-            "3 tags",
-            vec![ethertype::QINQ, ethertype::VLAN, ethertype::VLAN],
-        ),
-        (
-            "4 tags",
-            vec![
-                ethertype::QINQ,
-                ethertype::VLAN,
-                ethertype::VLAN,
-                ethertype::VLAN,
-            ],
-        ),
-        ("5 tags", vec![ethertype::VLAN; 5]),
+        ("1 tag (802.1Q)", vec![VLAN]),
+        ("1 tag (802.1ad)", vec![QINQ]),
+        ("2 tags (802.1ad, 802.1Q)", vec![QINQ, VLAN]),
+        ("3 tags", vec![QINQ, VLAN, VLAN]),
+        ("4 tags", vec![QINQ, VLAN, VLAN, VLAN]),
+        ("5 tags", vec![VLAN; 5]),
     ];
     for (i, (tags_name, tpids)) in tag_sets.iter().enumerate() {
         let too_deep = tpids.len() >= 4;
-        for (what, dst, dport, rx, forbidden) in [
-            (
-                "test1 -> prod1 udp/9000",
-                prod1,
-                9000u16,
-                rx_forbidden.clone(),
-                true,
-            ),
-            ("test1 -> prod1 udp/53", prod1, 53, rx_dns.clone(), too_deep),
-            (
-                "test1 -> staging1 udp/9000",
-                staging1,
-                9000,
-                rx_staging.clone(),
-                too_deep,
-            ),
+        for (to, dst, dport, rx, forbidden) in [
+            ("prod1", prod1, 9000u16, &rx_forbidden, true),
+            ("prod1", prod1, 53, &rx_dns, too_deep),
+            ("staging1", staging1, 9000, &rx_staging, too_deep),
         ] {
             let sport = 41000 + i as u16;
             let ip = v4(
@@ -386,9 +354,9 @@ pub fn vlan_scenario(lab: &Lab) -> Result<Scenario> {
             f.vlans = tpids.iter().map(|t| (*t, 0u16)).collect();
             let frame = f.build();
             let key = SocketAddr::new(IpAddr::from(test1), sport);
-            let lab_ns = ns.clone();
+            let (lab_ns, rx) = (ns.clone(), Arc::clone(rx));
             probes.push(Probe::new(
-                format!("{what}, {tags_name}"),
+                format!("test1 -> {to} udp/{dport}, {tags_name}"),
                 forbidden,
                 move || send_frames_ns(&lab_ns, POD_IF, std::slice::from_ref(&frame)),
                 move || rx.count_from_addr(key),
@@ -447,72 +415,32 @@ pub fn fragment_scenario(lab: &Lab) -> Result<Scenario> {
     ip_batch(lab, NODE, &node_cmds)?;
     let mut probes = Vec::new();
     let mut receivers: Vec<Arc<UdpReceiver>> = Vec::new();
-    let test_ns = ns_of(lab, "test1")?;
-    let prod_ns = ns_of(lab, "prod1")?;
-    for (fam, test1, prod1, prod2) in [
-        (
-            "ipv4",
-            IpAddr::from(v4_of(lab, "test1")?),
-            IpAddr::from(v4_of(lab, "prod1")?),
-            IpAddr::from(v4_of(lab, "prod2")?),
-        ),
-        (
-            "ipv6",
-            IpAddr::from(v6_of(lab, "test1")?),
-            IpAddr::from(v6_of(lab, "prod1")?),
-            IpAddr::from(v6_of(lab, "prod2")?),
-        ),
-    ] {
+    for (fam, family, base) in [("ipv4", Family::V4, 42000), ("ipv6", Family::V6, 42100)] {
+        let ip = |pod: &str| -> Result<IpAddr> { Ok(lab.pod(pod)?.ip(family)) };
+        let (prod1, prod2) = (ip("prod1")?, ip("prod2")?);
         let rx_dns = Arc::new(lab.udp_receiver("prod1", prod1, 53)?);
         let rx_9000 = Arc::new(lab.udp_receiver("prod1", prod1, 9000)?);
         let rx_prod2 = Arc::new(lab.udp_receiver("prod2", prod2, 9000)?);
         receivers.extend([rx_dns.clone(), rx_9000.clone(), rx_prod2.clone()]);
-        let base = if fam == "ipv4" { 42000 } else { 42100 };
-        for (i, (what, ns, src, dst, rx, size, forbidden)) in [
-            (
-                "test1 -> prod1 udp/53, 100 B (one packet)",
-                &test_ns,
-                test1,
-                SocketAddr::new(prod1, 53),
-                rx_dns.clone(),
-                100,
-                false,
-            ),
-            (
-                "test1 -> prod1 udp/53, 3000 B (fragments)",
-                &test_ns,
-                test1,
-                SocketAddr::new(prod1, 53),
-                rx_dns.clone(),
-                3000,
-                true,
-            ),
-            (
-                "test1 -> prod1 udp/9000, 3000 B (fragments)",
-                &test_ns,
-                test1,
-                SocketAddr::new(prod1, 9000),
-                rx_9000.clone(),
-                3000,
-                true,
-            ),
-            (
-                "prod1 -> prod2 udp/9000, 3000 B (fragments)",
-                &prod_ns,
-                prod1,
-                SocketAddr::new(prod2, 9000),
-                rx_prod2.clone(),
-                3000,
-                false,
-            ),
+        for (i, (from, to, port, rx, size, forbidden)) in [
+            ("test1", "prod1", 53, &rx_dns, 100, false),
+            ("test1", "prod1", 53, &rx_dns, 3000, true),
+            ("test1", "prod1", 9000, &rx_9000, 3000, true),
+            ("prod1", "prod2", 9000, &rx_prod2, 3000, false),
         ]
         .into_iter()
         .enumerate()
         {
-            let bind = SocketAddr::new(src, base + i as u16);
-            let ns = ns.clone();
+            let shape = if size > SMALL_MTU as usize {
+                "fragments"
+            } else {
+                "one packet"
+            };
+            let bind = SocketAddr::new(ip(from)?, base + i as u16);
+            let dst = SocketAddr::new(ip(to)?, port);
+            let (ns, rx) = (ns_of(lab, from)?, Arc::clone(rx));
             probes.push(Probe::new(
-                format!("{what} {fam}"),
+                format!("{from} -> {to} udp/{port}, {size} B ({shape}) {fam}"),
                 forbidden,
                 move || send_udp_ns(&ns, bind, dst, size),
                 move || rx.count_from_addr(bind),
@@ -607,44 +535,22 @@ pub fn vxlan_scenario_on(lab: &Lab, dev: &str, port: u16) -> Result<Scenario> {
     let rx6 = Arc::new(lab.udp_receiver("prod2", a.peer6.into(), 9000)?);
     let ns = ns_of(lab, "prod1")?;
     let mut probes = Vec::new();
-    for (i, (what, src, dst, rx, forbidden)) in [
-        (
-            "inner test -> production (ipv4)",
-            IpAddr::from(a.test4),
-            IpAddr::from(a.peer4),
-            rx4.clone(),
-            true,
-        ),
-        (
-            "inner production -> production (ipv4)",
-            a.prod4.into(),
-            a.peer4.into(),
-            rx4.clone(),
-            false,
-        ),
-        (
-            "inner test -> production (ipv6)",
-            a.test6.into(),
-            a.peer6.into(),
-            rx6.clone(),
-            true,
-        ),
-        (
-            "inner production -> production (ipv6)",
-            a.prod6.into(),
-            a.peer6.into(),
-            rx6.clone(),
-            false,
-        ),
+    let (peer4, peer6) = (IpAddr::from(a.peer4), IpAddr::from(a.peer6));
+    for (i, (env, src, dst, rx, forbidden)) in [
+        ("test", IpAddr::from(a.test4), peer4, &rx4, true),
+        ("production", a.prod4.into(), peer4, &rx4, false),
+        ("test", a.test6.into(), peer6, &rx6, true),
+        ("production", a.prod6.into(), peer6, &rx6, false),
     ]
     .into_iter()
     .enumerate()
     {
+        let fam = if src.is_ipv4() { "ipv4" } else { "ipv6" };
         let bind = SocketAddr::new(src, 43000 + i as u16);
         let dst = SocketAddr::new(dst, 9000);
-        let ns = ns.clone();
+        let (ns, rx) = (ns.clone(), Arc::clone(rx));
         probes.push(Probe::new(
-            format!("vxlan/{port} prod1 -> prod2, {what}"),
+            format!("vxlan/{port} prod1 -> prod2, inner {env} -> production ({fam})"),
             forbidden,
             move || send_udp_ns(&ns, bind, dst, 200),
             move || rx.count_from_addr(bind),
@@ -678,8 +584,7 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         v6_of(lab, "prod1")?,
         v6_of(lab, "prod2")?,
     );
-    let prod2_v4 = IpAddr::from(q4);
-    let prod2_v6 = IpAddr::from(q6);
+    let (prod2_v4, prod2_v6) = (IpAddr::from(q4), IpAddr::from(q6));
     let ns = ns_of(lab, "prod1")?;
     let mut list: Vec<(String, IpAddr, Vec<u8>, u8, bool)> = Vec::new(); // (name, outer dst, payload, proto, forbidden)
     let mut markers = Vec::new();
@@ -700,38 +605,22 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         ("inner test -> production", true, (t4, p4), (t6, p6)),
         ("inner production -> production", false, (p4, q4), (p6, q6)),
     ] {
-        let m = mark(&format!("ipip {inner_name}"));
-        list.push((
-            format!("ipip, {inner_name}"),
-            prod2_v4,
-            inner4(s4, d4, &m).packet().into_bytes(),
-            ipproto::IPIP,
-            forbidden,
-        ));
-        let m = mark(&format!("6in4 {inner_name}"));
-        list.push((
-            format!("ipv6 in ipv4, {inner_name}"),
-            prod2_v4,
-            inner6(s6, d6, &m),
-            ipproto::IPV6,
-            forbidden,
-        ));
-        let m = mark(&format!("6in6 {inner_name}"));
-        list.push((
-            format!("ipv6 in ipv6, {inner_name}"),
-            prod2_v6,
-            inner6(s6, d6, &m),
-            ipproto::IPV6,
-            forbidden,
-        ));
-        let m = mark(&format!("4in6 {inner_name}"));
-        list.push((
-            format!("ipv4 in ipv6, {inner_name}"),
-            prod2_v6,
-            inner4(s4, d4, &m).packet().into_bytes(),
-            ipproto::IPIP,
-            forbidden,
-        ));
+        // IP in IP: the protocol says which inner packet (IPIP: IPv4).
+        for (what, name, outer, proto) in [
+            ("ipip", "ipip", prod2_v4, ipproto::IPIP),
+            ("6in4", "ipv6 in ipv4", prod2_v4, ipproto::IPV6),
+            ("6in6", "ipv6 in ipv6", prod2_v6, ipproto::IPV6),
+            ("4in6", "ipv4 in ipv6", prod2_v6, ipproto::IPIP),
+        ] {
+            let m = mark(&format!("{what} {inner_name}"));
+            let payload = if proto == ipproto::IPV6 {
+                inner6(s6, d6, &m)
+            } else {
+                inner4(s4, d4, &m).packet().into_bytes()
+            };
+            let name = format!("{name}, {inner_name}");
+            list.push((name, outer, payload, proto, forbidden));
+        }
         for (gname, flags, outer) in [
             ("gre", 0u16, prod2_v4),
             ("gre with key and sequence", 0x3000, prod2_v4),
@@ -744,13 +633,9 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
                 proto: ethertype::IPV4,
                 inner,
             };
-            list.push((
-                format!("{gname}, {inner_name}"),
-                outer,
-                g.packet().into_bytes(),
-                ipproto::GRE,
-                forbidden,
-            ));
+            let name = format!("{gname}, {inner_name}");
+            let payload = g.packet().into_bytes();
+            list.push((name, outer, payload, ipproto::GRE, forbidden));
         }
         let m = mark(&format!("gre-teb {inner_name}"));
         let g = GreSpec {
@@ -758,13 +643,9 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
             proto: ethertype::TEB,
             inner: eth(&[], inner4(s4, d4, &m)).into(),
         };
-        list.push((
-            format!("gre carrying ethernet, {inner_name}"),
-            prod2_v4,
-            g.packet().into_bytes(),
-            ipproto::GRE,
-            forbidden,
-        ));
+        let name = format!("gre carrying ethernet, {inner_name}");
+        let payload = g.packet().into_bytes();
+        list.push((name, prod2_v4, payload, ipproto::GRE, forbidden));
         // Geneve and VXLAN ride on UDP: sent with IPPROTO_UDP raw sockets
         // would need checksums; a UDP socket does it (see below).
         let m = mark(&format!("geneve {inner_name}"));
@@ -773,26 +654,16 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
             proto: ethertype::TEB,
             inner: eth(&[], inner4(s4, d4, &m)).into(),
         };
-        list.push((
-            format!("geneve, {inner_name}"),
-            prod2_v4,
-            geneve.packet().into_bytes(),
-            0,
-            forbidden,
-        ));
+        let name = format!("geneve, {inner_name}");
+        list.push((name, prod2_v4, geneve.packet().into_bytes(), 0, forbidden));
         let m = mark(&format!("vxlan-crafted {inner_name}"));
         let vx = UdpBody::Vxlan {
             flags: 0x08,
             vni: 7,
             inner: eth(&[], v6(s6, d6, udp_l4(44000, 9000, &m))).into(),
         };
-        list.push((
-            format!("vxlan (crafted) over ipv6, {inner_name}"),
-            prod2_v6,
-            vx.packet().into_bytes(),
-            1,
-            forbidden,
-        ));
+        let name = format!("vxlan (crafted) over ipv6, {inner_name}");
+        list.push((name, prod2_v6, vx.packet().into_bytes(), 1, forbidden));
     }
     // A tunnel in a tunnel: GRE carrying IPIP, every address production.
     let m = mark("gre-ipip nested");
@@ -801,13 +672,9 @@ pub fn crafted_tunnel_scenario(lab: &Lab) -> Result<Scenario> {
         proto: ethertype::IPV4,
         inner: v4(p4, q4, inner4(p4, q4, &m).into()).into(),
     };
-    list.push((
-        "gre carrying ipip, all production (tunnel too deep)".into(),
-        prod2_v4,
-        g.packet().into_bytes(),
-        ipproto::GRE,
-        true,
-    ));
+    let name = "gre carrying ipip, all production (tunnel too deep)".to_owned();
+    let payload = g.packet().into_bytes();
+    list.push((name, prod2_v4, payload, ipproto::GRE, true));
     let sniffer = Arc::new(Sniffer::start(lab, "prod2", POD_IF, markers)?);
     let mut probes = Vec::new();
     for (i, (name, dst, payload, proto, forbidden)) in list.into_iter().enumerate() {
@@ -861,11 +728,7 @@ fn send_ip_ns(ns: &str, dst: IpAddr, proto: u8, payload: &[u8]) -> Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
     let payload = payload.to_vec();
     netns::in_netns(ns, move || -> Result<()> {
-        let domain = if dst.is_ipv4() {
-            Domain::IPV4
-        } else {
-            Domain::IPV6
-        };
+        let domain = Domain::for_address(SocketAddr::new(dst, 0));
         let s = Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(proto))))
             .context("raw socket")?;
         s.send_to(&payload, &SocketAddr::new(dst, 0).into())
