@@ -47,10 +47,12 @@ pub struct PcapArgs<'a> {
     pub no_color: bool,
 }
 
-/// The verdicts `--verdict` takes.
-pub const VERDICTS: [&str; 8] = [
-    "allow", "log", "audit", "drop", "reply", "spoofed", "pass", "related",
-];
+/// Whether `--verdict` takes `v`: a verdict the datapath counts
+/// ([`crate::api::query::is_verdict_name`]), or `pass` (a frame the policy
+/// does not judge, passed).
+fn is_filter_verdict(v: &str) -> bool {
+    v == "pass" || crate::api::query::is_verdict_name(v)
+}
 
 /// One side of a packet as the datapath reads it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -283,8 +285,12 @@ pub fn run(args: PcapArgs) -> anyhow::Result<()> {
 
 fn run_inner(args: PcapArgs) -> anyhow::Result<()> {
     for v in args.verdicts {
-        if !VERDICTS.contains(&v.as_str()) {
-            anyhow::bail!("--verdict {v}: expected one of {}", VERDICTS.join(", "));
+        if !is_filter_verdict(v) {
+            let known: Vec<&str> = (0..envfence_ebpf::NUM_VERDICTS as u8)
+                .map(verdict::name)
+                .chain(["pass"])
+                .collect();
+            anyhow::bail!("--verdict {v}: expected one of {}", known.join(", "));
         }
     }
     let file = args.file;
