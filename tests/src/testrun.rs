@@ -203,6 +203,7 @@ impl KernelHarness {
             no_conntrack,
             conntrack_capacity,
             log_level: 0,
+            object: None,
         })
         .context("loading the eBPF programs (root needed)")?;
         dp.apply_policy(&policy, None, std::time::Duration::from_secs(3600))?;

@@ -37,3 +37,43 @@ fn testrun_part_runs_and_tabulates() -> Result<()> {
     assert_eq!(results.goals().len(), 2 * 2 * 3 * 2);
     Ok(())
 }
+
+/// `cargo xtask bench --baseline REV`: the same object loaded as the
+/// baseline (an A/A run) gives table a6, a row per size, family, kind and
+/// measure, and one goal per measure; the ratios are figures near 1.
+#[test]
+fn testrun_part_compares_a_baseline_build() -> Result<()> {
+    require_root()?;
+    let dir = tempfile::tempdir()?;
+    let object = dir.path().join("envfence-ebpf");
+    std::fs::write(&object, envfence::datapath::EBPF_OBJECT)?;
+    let mut p = Params::smoke();
+    p.baseline = Some(testrun::Baseline {
+        object,
+        name: "same".into(),
+    });
+    let mut lines = Vec::new();
+    let results = testrun::measure(&p, &mut |l| lines.push(l.to_string()))?;
+    // A versus line after every row's line.
+    assert_eq!(lines.len(), 2 * results.rows.len());
+    for r in &results.rows {
+        let v = r.versus.as_ref().expect("a baseline was loaded");
+        for k in 0..4 {
+            assert!(v.baseline[k].is_finite() && v.baseline[k] > 0.0, "{r:?}");
+            let [q, lo, hi] = v.ratio[k];
+            assert!(lo <= q && q <= hi, "{r:?}");
+            // The same object on both sides: well inside a factor of 3.
+            assert!(q > 0.33 && q < 3.0, "A/A ratio {q} in {r:?}");
+        }
+    }
+    let tables = results.tables();
+    assert_eq!(tables.len(), 5);
+    let a6 = &tables[4];
+    assert!(a6.title.starts_with("a6."), "{}", a6.title);
+    assert_eq!(a6.rows.len(), results.rows.len() * 4);
+    assert!(a6.to_markdown().contains("baseline same"));
+    let goals = results.goals();
+    // The plain test's goals plus one per measure against the baseline.
+    assert_eq!(goals.len(), 2 * 2 * 3 * 2 + 3);
+    Ok(())
+}

@@ -205,6 +205,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         no_conntrack: false,
         conntrack_capacity: None,
         log_level: 0,
+        object: None,
     })?;
     dp.apply_policy(&compiled, None, Duration::from_secs(3600))?;
     dp.set_source_check(LO_IFINDEX, SourceCheck::OFF)?;

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: setup, release builds of the agent, the bench and
-//! the storm test, then `target/release/envfence-bench` as root.
+//! the storm test (and `--baseline REV`'s eBPF object), then
+//! `target/release/envfence-bench` as root.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -14,10 +15,18 @@ pub struct BenchArgs {
     pub only: Vec<String>,
     /// Write docs/benchmarks.md even for a --quick or --only run.
     pub write: bool,
+    /// A revision whose eBPF object the TestRun part measures beside this
+    /// tree's, in the same rounds (table a6).
+    pub baseline: Option<String>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     crate::setup::setup()?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(crate::baseline::build)
+        .transpose()?;
     run(&mut cargo(["build", "--release", "-p", "envfence"]))?;
     crate::util::build_tests_bin("envfence-bench")?;
     let release = target_dir().join("release");
@@ -29,6 +38,10 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.quick {
         cmd.arg("--quick");
+    }
+    if let Some(b) = &baseline {
+        cmd.arg("--baseline-object").arg(&b.object);
+        cmd.args(["--baseline-name", &b.name]);
     }
     for part in &args.only {
         cmd.args(["--only", part]);

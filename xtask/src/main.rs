@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, test, demo and lab for envfence.
 
+mod baseline;
 mod bench;
 mod fuzz;
 mod lab;
@@ -51,6 +52,10 @@ enum Cmd {
         /// Also write docs/benchmarks.md for a --quick or --only run.
         #[arg(long)]
         write: bool,
+        /// Measure this revision's eBPF object beside this tree's in the
+        /// same TestRun rounds (table a6, ratios pair by pair).
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// The kernel-vs-reference differential engine on N generated frames
     /// (release build; needs root). Mismatches land in
@@ -91,7 +96,17 @@ fn main() -> ExitCode {
         Cmd::Build => build().map(|()| ExitCode::SUCCESS),
         Cmd::Test { fail_fast } => test(fail_fast),
         Cmd::Demo => demo(),
-        Cmd::Bench { quick, only, write } => bench::bench(bench::BenchArgs { quick, only, write }),
+        Cmd::Bench {
+            quick,
+            only,
+            write,
+            baseline,
+        } => bench::bench(bench::BenchArgs {
+            quick,
+            only,
+            write,
+            baseline,
+        }),
         Cmd::Fuzz { cases, seed } => fuzz::fuzz(cases, seed.as_deref()),
         Cmd::Lab { action } => lab_cmd(action).map(|()| ExitCode::SUCCESS),
     };

@@ -198,6 +198,7 @@ async fn start(opts: DaemonOptions) -> anyhow::Result<Started> {
         no_conntrack: false,
         conntrack_capacity: None,
         log_level: opts.datapath_log,
+        object: None,
     })
     .context("loading envfence's eBPF programs")?;
     if dp.was_pinned() {

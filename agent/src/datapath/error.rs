@@ -8,6 +8,12 @@ use thiserror::Error;
 pub enum DatapathError {
     #[error("loading the eBPF object failed (are you root, with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON?): {0}")]
     Load(#[source] Box<aya::EbpfError>),
+    #[error("reading the eBPF object {path}: {source}")]
+    Object {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the eBPF object has no {kind} named {name}: it does not match this agent's ABI")]
     Missing {
         kind: &'static str,

@@ -40,6 +40,10 @@ pub struct LoadOptions {
     pub conntrack_capacity: Option<u32>,
     /// Datapath log level (aya-log: 0 off, 1 error … 5 trace).
     pub log_level: u8,
+    /// Load this eBPF object file instead of the one built into the agent:
+    /// another build of the same ABI (the benchmark runs a baseline
+    /// revision's object beside this one). `None`: the built-in object.
+    pub object: Option<PathBuf>,
 }
 
 /// The loaded eBPF object: programs, maps, and the interfaces it is attached
@@ -86,8 +90,19 @@ impl Datapath {
                 loader.map_pin_path(name, p.map_path(name));
             }
         }
+        let from_file;
+        let object = match &options.object {
+            Some(path) => {
+                from_file = std::fs::read(path).map_err(|source| DatapathError::Object {
+                    path: path.clone(),
+                    source,
+                })?;
+                &from_file[..]
+            }
+            None => EBPF_OBJECT,
+        };
         let mut ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in [
             program_names::DECIDE,

@@ -199,15 +199,24 @@ fn pick<P>(quick: bool, q: fn() -> P, f: fn() -> P) -> P {
 /// A datapath as the bench loads it: decision tag compiled out, `lo`
 /// without a source check.
 fn load(no_verdict_cache: bool, no_conntrack: bool) -> anyhow::Result<Datapath> {
-    let mut dp = Datapath::load_with(LoadOptions {
-        debug_tag_decision: false,
-        pin_root: None,
+    load_with(LoadOptions {
         no_verdict_cache,
         no_conntrack,
-        conntrack_capacity: None,
-        log_level: 0,
+        ..LoadOptions::default()
     })
-    .context("loading the eBPF programs (root needed)")?;
+}
+
+/// [`load`] of another build's object file (a baseline).
+fn load_object(object: &Path) -> anyhow::Result<Datapath> {
+    load_with(LoadOptions {
+        object: Some(object.to_path_buf()),
+        ..LoadOptions::default()
+    })
+    .with_context(|| format!("the baseline object {}", object.display()))
+}
+
+fn load_with(options: LoadOptions) -> anyhow::Result<Datapath> {
+    let mut dp = Datapath::load_with(options).context("loading the eBPF programs (root needed)")?;
     dp.set_source_check(crate::testrun::LO_IFINDEX, SourceCheck::OFF)?;
     Ok(dp)
 }
@@ -264,6 +273,8 @@ pub struct Options {
     pub agent: PathBuf,
     /// The `storm` integration test executable (part d), if built.
     pub storm_test: Option<PathBuf>,
+    /// Another build's eBPF object that part a measures envfence against.
+    pub baseline: Option<testrun::Baseline>,
 }
 
 /// The whole run.
@@ -288,7 +299,10 @@ pub fn run(opts: &Options) -> Report {
         let q = opts.quick;
         let result = match part {
             Part::Testrun => testrun::section(
-                &pick(q, testrun::Params::quick, testrun::Params::full),
+                &testrun::Params {
+                    baseline: opts.baseline.clone(),
+                    ..pick(q, testrun::Params::quick, testrun::Params::full)
+                },
                 &mut log,
             ),
             Part::Throughput => {

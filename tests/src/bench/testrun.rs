@@ -17,7 +17,12 @@
 //!   small enough for a per-CPU flow cache to hold.
 //!
 //! Each figure is taken for envfence as the agent loads it and for the same
-//! object loaded with its verdict cache off.
+//! object loaded with its verdict cache off. With a [`Baseline`] (another
+//! build's object, e.g. `cargo xtask bench --baseline REV`), that object is
+//! loaded too, with the same policy, and run in the same rounds as envfence
+//! and the empty program, so that each round gives one envfence/baseline
+//! pair measured side by side: table a6 holds the median of the pairs'
+//! ratios, which holds when the machine's speed drifts between rounds.
 //!
 //! Every packet's TC action is checked (allowed: `TCX_NEXT`, dropped:
 //! `TC_ACT_SHOT`) so the figures are of the path they claim. The debug
@@ -25,6 +30,7 @@
 //! interval is 1 h: a dropped flow's event is written on its first packet,
 //! not on the measured steady-state packets.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -34,7 +40,7 @@ use envfence::datapath::{Datapath, Hook};
 
 use super::synth::{self, Flow, Kind, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
-use super::{load, measured_at, Goal, Part, Section};
+use super::{load, load_object, measured_at, Goal, Part, Section};
 use crate::lab::Family;
 use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
@@ -52,6 +58,17 @@ pub struct Params {
     pub spread_repeat: u32,
     pub spread_rounds: usize,
     pub seed: u64,
+    /// Another build of the eBPF object, measured beside this one.
+    pub baseline: Option<Baseline>,
+}
+
+/// Another build of the eBPF object (of the same ABI) to measure against.
+#[derive(Clone, Debug)]
+pub struct Baseline {
+    /// The object file.
+    pub object: PathBuf,
+    /// What the tables call it (a revision).
+    pub name: String,
 }
 
 impl Params {
@@ -66,6 +83,7 @@ impl Params {
             spread_repeat: 1,
             spread_rounds: 5,
             seed: 1,
+            baseline: None,
         }
     }
     /// `--quick`: a smoke run of every code path.
@@ -79,6 +97,7 @@ impl Params {
             spread_repeat: 1,
             spread_rounds: 3,
             seed: 1,
+            baseline: None,
         }
     }
     /// The smallest run that exercises everything (the smoke test).
@@ -92,6 +111,7 @@ impl Params {
             spread_repeat: 1,
             spread_rounds: 2,
             seed: 1,
+            baseline: None,
         }
     }
 }
@@ -102,6 +122,10 @@ pub enum Measure {
     Hot,
     WorkingSet,
     Spread,
+}
+
+impl Measure {
+    const ALL: [Measure; 3] = [Measure::Hot, Measure::WorkingSet, Measure::Spread];
 }
 
 /// The figures of one (family, packet kind, size), ns per packet.
@@ -115,6 +139,44 @@ pub struct Row {
     pub ns: [[f64; 3]; 3],
     /// The first packet: envfence, envfence without cache.
     pub first: [f64; 2],
+    /// envfence against the baseline build, when there is one.
+    pub versus: Option<Versus>,
+}
+
+/// envfence against the baseline build: by [`Measure`], then the first
+/// packet.
+#[derive(Clone, Debug)]
+pub struct Versus {
+    /// The baseline's ns per packet (median of its rounds or runs).
+    pub baseline: [f64; 4],
+    /// envfence / baseline pair by pair (a round, a hot run): median,
+    /// smallest, largest. The first packet is one pair.
+    pub ratio: [[f64; 3]; 4],
+    /// envfence − baseline pair by pair, median (ns).
+    pub diff: [f64; 4],
+}
+
+impl Versus {
+    /// From the paired figures of each measure (envfence's, the baseline's).
+    fn of(pairs: [(&[f64], &[f64]); 4]) -> Versus {
+        let mut v = Versus {
+            baseline: [f64::NAN; 4],
+            ratio: [[f64::NAN; 3]; 4],
+            diff: [f64::NAN; 4],
+        };
+        for (k, (env, base)) in pairs.into_iter().enumerate() {
+            let q: Vec<f64> = env.iter().zip(base).map(|(e, b)| e / b).collect();
+            let d: Vec<f64> = env.iter().zip(base).map(|(e, b)| e - b).collect();
+            v.baseline[k] = median(base);
+            v.ratio[k] = [
+                median(&q),
+                q.iter().copied().fold(f64::INFINITY, f64::min),
+                q.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            ];
+            v.diff[k] = median(&d);
+        }
+        v
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -131,15 +193,17 @@ enum Prog {
     Envfence,
     /// envfence loaded with its verdict cache turned off.
     NoCache,
+    /// The baseline build's object, as the agent loads it.
+    Baseline,
 }
 
 impl Prog {
-    const ALL: [Prog; 3] = [Prog::Empty, Prog::Envfence, Prog::NoCache];
     fn name(self) -> &'static str {
         match self {
             Prog::Empty => "empty",
             Prog::Envfence => "envfence",
             Prog::NoCache => "envfence without cache",
+            Prog::Baseline => "baseline",
         }
     }
     fn index(self) -> usize {
@@ -147,26 +211,61 @@ impl Prog {
     }
 }
 
-/// Two datapaths with one policy: the shipping one and one with the
-/// verdict cache off. The empty program comes from the first.
+/// The datapaths of one policy: the shipping one, one with the verdict
+/// cache off, and the baseline build's. The empty program comes from the
+/// first.
 struct Loaded {
     dp: Datapath,
     no_cache: Datapath,
+    baseline: Option<Datapath>,
 }
 
 impl Loaded {
+    fn new(p: &Params) -> Result<Loaded> {
+        Ok(Loaded {
+            dp: load(false, false)?,
+            no_cache: load(true, false)?,
+            baseline: p
+                .baseline
+                .as_ref()
+                .map(|b| load_object(&b.object))
+                .transpose()?,
+        })
+    }
+    fn all(&mut self) -> impl Iterator<Item = &mut Datapath> {
+        [&mut self.dp, &mut self.no_cache]
+            .into_iter()
+            .chain(self.baseline.as_mut())
+    }
     fn prog(&mut self, which: Prog) -> Result<&SchedClassifier> {
         Ok(match which {
             Prog::Empty => self.dp.empty_program()?,
             Prog::Envfence => self.dp.program(Hook::Ingress)?,
             Prog::NoCache => self.no_cache.program(Hook::Ingress)?,
+            Prog::Baseline => match &mut self.baseline {
+                Some(b) => b.program(Hook::Ingress)?,
+                None => bail!("no baseline object was loaded"),
+            },
         })
+    }
+    /// The programs run in the same rounds: the empty one, envfence, and
+    /// the baseline's.
+    fn interleaved(&self) -> Vec<Prog> {
+        let mut v = vec![Prog::Empty, Prog::Envfence];
+        v.extend(self.baseline.as_ref().map(|_| Prog::Baseline));
+        v
+    }
+    /// Every program measured.
+    fn every(&self) -> Vec<Prog> {
+        let mut v = vec![Prog::Empty, Prog::Envfence, Prog::NoCache];
+        v.extend(self.baseline.as_ref().map(|_| Prog::Baseline));
+        v
     }
 }
 
 fn expected_action(which: Prog, kind: Kind) -> u32 {
     match (which, kind) {
-        (Prog::Envfence | Prog::NoCache, Kind::Dropped) => ACTION_SHOT,
+        (Prog::Envfence | Prog::NoCache | Prog::Baseline, Kind::Dropped) => ACTION_SHOT,
         _ => ACTION_NEXT,
     }
 }
@@ -198,11 +297,11 @@ fn drain(events: &mut [RingBuf<MapData>]) {
     }
 }
 
-/// The programs in a rotating order (round `r`), so none always goes first.
-fn order(r: usize) -> [Prog; 3] {
-    let mut o = Prog::ALL;
-    o.rotate_left(r % 3);
-    o
+/// `progs` in a rotating order (round `r`), so none always goes first.
+fn order(mut progs: Vec<Prog>, r: usize) -> Vec<Prog> {
+    let n = progs.len().max(1);
+    progs.rotate_left(r % n);
+    progs
 }
 
 /// Keeps the calling thread on the CPU it runs on for its lifetime (the
@@ -237,24 +336,23 @@ impl Drop for Pinned {
     }
 }
 
-/// `spread_rounds` steady-state passes over `flows`: the empty program
-/// and envfence alternating (which goes first alternates too), then the
-/// cache-less variant's rounds. Mean ns per packet of each pass, by program.
+/// Figures by program ([`Prog::index`]).
+type ByProg = [Vec<f64>; 4];
+
+/// `spread_rounds` steady-state passes over `flows`: the empty program,
+/// envfence (and the baseline) in each round (which goes first rotates),
+/// then the cache-less variant's rounds. Mean ns per packet of each pass,
+/// by program.
 fn steady(
     l: &mut Loaded,
     flows: &[Flow],
     p: &Params,
     kind: Kind,
     events: &mut [RingBuf<MapData>],
-) -> Result<[Vec<f64>; 3]> {
-    let mut out: [Vec<f64>; 3] = Default::default();
+) -> Result<ByProg> {
+    let mut out = ByProg::default();
     for r in 0..p.spread_rounds {
-        let pair = if r % 2 == 0 {
-            [Prog::Empty, Prog::Envfence]
-        } else {
-            [Prog::Envfence, Prog::Empty]
-        };
-        for which in pair {
+        for which in order(l.interleaved(), r) {
             out[which.index()].push(pass(l, which, flows, p.spread_repeat, kind)?);
         }
         drain(events);
@@ -273,47 +371,60 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     let mut apply_times = Vec::new();
     for &n in &p.sizes {
         let policy = SynthPolicy::generate(n, p.seed)?;
-        let mut l = Loaded {
-            dp: load(false, false)?,
-            no_cache: load(true, false)?,
-        };
+        let mut l = Loaded::new(p)?;
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
         apply_times.push((n, t.elapsed()));
-        l.no_cache
-            .apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
-        let mut events = [l.dp.take_events()?, l.no_cache.take_events()?];
+        let mut events = vec![l.dp.take_events()?];
+        for dp in l.all().skip(1) {
+            dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+            events.push(dp.take_events()?);
+        }
         for family in [Family::V4, Family::V6] {
             for kind in Kind::ALL {
                 let flows = synth::flows(&policy, family, kind, p.spread_flows, p.seed)?;
                 // First packets: every flow is new to the datapaths.
-                let mut first = [f64::NAN; 3];
-                for which in [Prog::Envfence, Prog::NoCache] {
-                    first[which.index()] = pass(&mut l, which, &flows, 1, kind)?;
+                let mut first = ByProg::default();
+                for which in l.every().into_iter().skip(1) {
+                    first[which.index()].push(pass(&mut l, which, &flows, 1, kind)?);
                 }
                 drain(&mut events);
-                // Steady state: envfence and the empty program interleaved;
-                // the cache-less variant in rounds of its own, so that its
-                // trie walks do not evict envfence's state from the CPU's
-                // caches between envfence's passes.
+                // Steady state: envfence, the empty program (and the
+                // baseline) interleaved; the cache-less variant in rounds of
+                // its own, so that its trie walks do not evict envfence's
+                // state from the CPU's caches between envfence's passes.
                 let spread = steady(&mut l, &flows, p, kind, &mut events)?;
                 // The working set: the first flows of the set, warmed once,
                 // then rounds as above.
                 let ws = &flows[..p.working_set.min(flows.len())];
-                pass(&mut l, Prog::Envfence, ws, 1, kind)?;
+                for which in l.interleaved().into_iter().skip(1) {
+                    pass(&mut l, which, ws, 1, kind)?;
+                }
                 let small = steady(&mut l, ws, p, kind, &mut events)?;
                 // Hot: one flow repeated, a different flow each run.
-                let mut hot: [Vec<f64>; 3] = Default::default();
+                let mut hot = ByProg::default();
                 for r in 0..p.hot_runs {
                     let i = r * flows.len() / p.hot_runs.max(1);
-                    for which in order(r) {
+                    for which in order(l.every(), r) {
                         let ns = pass(&mut l, which, &flows[i..=i], p.hot_repeat, kind)?;
                         hot[which.index()].push(ns);
                     }
                     drain(&mut events);
                 }
-                let m = |v: &[Vec<f64>; 3]| [median(&v[0]), median(&v[1]), median(&v[2])];
-                let first = [first[Prog::Envfence.index()], first[Prog::NoCache.index()]];
+                let m = |v: &ByProg| [median(&v[0]), median(&v[1]), median(&v[2])];
+                let (env, base) = (Prog::Envfence.index(), Prog::Baseline.index());
+                let versus = l.baseline.as_ref().map(|_| {
+                    fn pair(v: &ByProg, env: usize, base: usize) -> (&[f64], &[f64]) {
+                        (&v[env][..], &v[base][..])
+                    }
+                    Versus::of([
+                        pair(&hot, env, base),
+                        pair(&small, env, base),
+                        pair(&spread, env, base),
+                        pair(&first, env, base),
+                    ])
+                });
+                let first = [median(&first[env]), median(&first[Prog::NoCache.index()])];
                 let ns = [m(&hot), m(&small), m(&spread)];
                 let row = Row {
                     family,
@@ -321,6 +432,7 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                     cidrs: n,
                     ns,
                     first,
+                    versus,
                 };
                 let [h, w, sp] = ns;
                 log(&format!(
@@ -330,6 +442,13 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
                     kind.name(),
                     h[0], h[1], h[2], w[0], w[1], w[2], sp[0], sp[1], sp[2], first[0], first[1],
                 ));
+                if let Some(v) = &row.versus {
+                    let q = |k: usize| v.ratio[k][0];
+                    log(&format!(
+                        "testrun:   envfence / baseline: hot {:.3}  working set {:.3}  spread {:.3}  first packet {:.3}",
+                        q(0), q(1), q(2), q(3)
+                    ));
+                }
                 rows.push(row);
             }
         }
@@ -429,7 +548,49 @@ impl Results {
         spread.note("As a2 with a larger set of flows: whatever the datapath caches per CPU must hold this many flows for them to stay cached.");
         spread.note("In a2 and a3, envfence and the empty program alternate pass by pass; the cache-less variant runs its passes after them (interleaving its trie walks would evict envfence's state from the CPU caches between envfence's passes).");
         first.note("The first pass over freshly loaded datapaths: every flow is new (the cache misses and is filled; a dropped flow writes its event, report interval 1 h).");
-        vec![hot, small, spread, first]
+        let mut tables = vec![hot, small, spread, first];
+        tables.extend(self.versus_table());
+        tables
+    }
+
+    /// a6: envfence against the baseline build (None without one).
+    fn versus_table(&self) -> Option<Table> {
+        let b = self.params.baseline.as_ref()?;
+        let p = &self.params;
+        let mut t = Table::new(
+            format!("a6. envfence against the baseline build {}, measured side by side in the same rounds, ns/packet", b.name),
+            &format!("family | packet | CIDRs | measure | empty | baseline {} | envfence | envfence − baseline | envfence / baseline | pair range", b.name),
+        );
+        let measures = [
+            "hot".to_string(),
+            format!("{} flows", thousands(p.working_set as f64)),
+            format!("{} flows", thousands(p.spread_flows as f64)),
+            "first packet".to_string(),
+        ];
+        for r in &self.rows {
+            let Some(v) = &r.versus else { continue };
+            for (k, measure) in measures.iter().enumerate() {
+                let (empty, env) = match Measure::ALL.get(k) {
+                    Some(&m) => (r.ns[m as usize][0], r.ns[m as usize][1]),
+                    None => (r.ns[Measure::Spread as usize][0], r.first[0]),
+                };
+                let [q, lo, hi] = v.ratio[k];
+                t.row(vec![
+                    r.family.name().into(),
+                    r.kind.name().into(),
+                    thousands(r.cidrs as f64),
+                    measure.clone(),
+                    fmt(empty, 0),
+                    fmt(v.baseline[k], 0),
+                    fmt(env, 0),
+                    delta(v.diff[k]),
+                    format!("{q:.3}×"),
+                    format!("{lo:.3}–{hi:.3}"),
+                ]);
+            }
+        }
+        t.note(format!("baseline {}: {} (another build's eBPF object, loaded by this agent with the same options and policy). In each round of a2/a3 and each hot run, the empty program, envfence and the baseline run one after another (the order rotates): each round is one envfence/baseline pair. envfence / baseline is the median of the pairs' ratios of whole per-packet times (TestRun's per-call cost included), the range their smallest and largest; envfence − baseline the median of the pairs' differences. The first packet is one pair (one pass each).", b.name, b.object.display()));
+        Some(t)
     }
 
     /// The goals at the largest size measured.
@@ -457,7 +618,7 @@ impl Results {
                 ));
             }
             if let Some(b) = self.base(r) {
-                for (k, measure) in measures {
+                for &(k, measure) in &measures {
                     let (env, base) = (r.ns[k][1], b.ns[k][1]);
                     let q = env / base;
                     goals.push(Goal::new(
@@ -471,9 +632,47 @@ impl Results {
                 }
             }
         }
+        goals.extend(self.versus_goals());
+        goals
+    }
+
+    /// With a baseline: per measure, the worst row's median pair ratio
+    /// over every size.
+    fn versus_goals(&self) -> Vec<Goal> {
+        let Some(b) = &self.params.baseline else {
+            return Vec::new();
+        };
+        let mut goals = Vec::new();
+        let names = ["hot", "working set", "spread"];
+        for (k, measure) in names.iter().enumerate() {
+            let worst = self
+                .rows
+                .iter()
+                .filter_map(|r| r.versus.as_ref().map(|v| (r, v.ratio[k][0])))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            let Some((r, q)) = worst else { continue };
+            goals.push(Goal::new(
+                format!(
+                    "no slower than baseline {} (median pair ratio ≤ {VERSUS_TOLERANCE:.2}) at every size: {measure}, worst row",
+                    b.name
+                ),
+                format!(
+                    "{q:.3}× ({} {} at {} CIDRs)",
+                    r.family.name(),
+                    r.kind.name(),
+                    thousands(r.cidrs as f64)
+                ),
+                q <= VERSUS_TOLERANCE,
+            ));
+        }
         goals
     }
 }
+
+/// How much slower than the baseline a median pair ratio may be and still
+/// count as no slower: the spread of an A/A run (the baseline the same
+/// object) on this machine.
+const VERSUS_TOLERANCE: f64 = 1.02;
 
 /// The section of the report.
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
@@ -482,6 +681,9 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     s.intro.push(
         "envfence's ingress program and an empty TC program (returns TCX_NEXT) are loaded side by side from one object and run interleaved on the same frames with BPF_PROG_TEST_RUN; the kernel reports the mean time per run. Δ over empty is what envfence adds to a packet.".into(),
     );
+    if let Some(b) = &p.baseline {
+        s.intro.push(format!("The baseline build {} ({}) is loaded beside them with the same policy and run in the same rounds: table a6 compares envfence with it pair by pair.", b.name, b.object.display()));
+    }
     s.tables = results.tables();
     let mut load = Table::new(
         "a5. Writing the synthetic policy into the maps (for reference)",

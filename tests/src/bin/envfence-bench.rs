@@ -33,6 +33,14 @@ struct Args {
     /// Write the report as Markdown here (e.g. docs/benchmarks.md).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Another build's eBPF object (same ABI) that part a measures
+    /// envfence against, side by side (`cargo xtask bench --baseline REV`
+    /// builds one).
+    #[arg(long)]
+    baseline_object: Option<PathBuf>,
+    /// What the tables call the baseline (default: the object's path).
+    #[arg(long, requires = "baseline_object")]
+    baseline_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +76,17 @@ fn run() -> Result<ExitCode> {
             std::fs::canonicalize(&t).with_context(|| format!("no storm test at {}", t.display()))
         })
         .transpose()?;
+    let baseline = args
+        .baseline_object
+        .map(|object| {
+            let object = std::fs::canonicalize(&object)
+                .with_context(|| format!("no baseline object at {}", object.display()))?;
+            let name = args
+                .baseline_name
+                .unwrap_or_else(|| object.display().to_string());
+            anyhow::Ok(bench::testrun::Baseline { object, name })
+        })
+        .transpose()?;
     let parts = if args.only.is_empty() {
         Part::ALL.to_vec()
     } else {
@@ -78,6 +97,7 @@ fn run() -> Result<ExitCode> {
         parts,
         agent,
         storm_test,
+        baseline,
     });
     print!("{}", report.summary_text());
     if let Some(out) = &args.out {
