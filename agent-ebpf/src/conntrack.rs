@@ -36,14 +36,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use envfence_ebpf::{
-    abi_map, capacity, ct, family, proto, slot_pair_index, stat, verdict,
+    abi_map, capacity, ct, family, proto, quote, slot_pair_index, stat, verdict,
     walk::{Layer, L4},
     CtEntry, CtKey, FlowKey,
 };
 
 use crate::programs::{bump_stat, decide_parts, is_v4_mapped, lookup_env, Active, CONFIG, PAIRS};
-use crate::quote;
-use crate::skb::{walk::bytes_at, Skb};
+use crate::skb::{
+    walk::{bytes_at, quoted},
+    Skb,
+};
 
 abi_map!(
     CONNTRACK,
@@ -479,7 +481,7 @@ pub fn related(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active)
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let sc = unsafe { &mut *sc };
-    if quote::quoted(ctx, layer, &mut sc.quoted).is_none() {
+    if quoted(Skb::new(ctx), layer, &mut sc.quoted).is_none() {
         return Track::POLICY;
     }
     // The error's destination, as keyed (compared as two words: a 16-byte
