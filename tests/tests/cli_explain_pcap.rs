@@ -70,8 +70,9 @@ fn corpus_frames() -> Result<Vec<Vec<u8>>> {
 
 /// Flows the example policy lets through and tracks (test -> production
 /// DNS), their replies (production -> test: dropped without the flow), a
-/// reply with no flow, and a SYN the other way: the kernel's connection
-/// tracker and explain's tracking within the capture must agree.
+/// reply with no flow, ICMP errors quoting a tracked flow and an untracked
+/// one, and a SYN the other way: the kernel's connection tracker and
+/// explain's tracking within the capture must agree.
 fn flows_and_replies() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for fam in [Family::V4, Family::V6] {
@@ -81,6 +82,17 @@ fn flows_and_replies() -> Vec<Vec<u8>> {
         out.push(ip_frame(p, t, 17, Pkt::data(b"early").udp(53, 41000)));
         out.push(ip_frame(t, p, 17, Pkt::data(b"query").udp(41000, 53)));
         out.push(ip_frame(p, t, 17, Pkt::data(b"answer").udp(53, 41000)));
+        // ICMP errors back to the query's source: one quoting the query
+        // (related), one quoting a query never sent (judged by the policy).
+        let (icmp, unreachable) = match fam {
+            Family::V4 => (1, [3, 3]),
+            Family::V6 => (58, [1, 4]),
+        };
+        for sport in [41000, 41999] {
+            let quoted = Pkt::data(b"query").udp(sport, 53).ip(t, p, 17).into_bytes();
+            let error = Pkt::icmp(unreachable[0], unreachable[1], [0; 4], &quoted);
+            out.push(ip_frame(p, t, icmp, error));
+        }
         out.push(ip_frame(t, p, 6, Pkt::syn(41001, 53)));
         out.push(ip_frame(p, t, 6, Pkt::new().tcp(53, 41001, 0x12)));
         out.push(ip_frame(t, p, 6, Pkt::new().tcp(41001, 53, 0x10)));
@@ -281,8 +293,10 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             ensure!(line["index"] == i as u64 + 1, "{}", ctx());
             let action = if *dropped { "drop" } else { "pass" };
             let reason = line["reason"].as_str().unwrap_or("");
-            let hedge =
-                reason.contains("would pass as reply") || reason.contains("passes as related if");
+            // Only a reply may be hedged: an ICMP error the kernel found
+            // related quotes a flow opened within the capture (the kernel's
+            // table starts empty), and explain must say `related` exactly.
+            let hedge = reason.contains("would pass as reply");
             let said_verdict = line["verdict"].as_str().unwrap_or("");
             match judged {
                 Some((v, s, d)) => {
@@ -290,12 +304,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
                     // A hedged line keeps the policy's verdict and says
                     // what it would be if the kernel tracks the flow: it
                     // counts as what it says it would be.
-                    let claimed = if reason.contains("passes as related if") {
-                        "related"
-                    } else {
-                        "reply"
-                    };
-                    let counted_as = if hedge && kv == claimed {
+                    let counted_as = if hedge && kv == "reply" {
                         hedged += 1;
                         kv
                     } else {
@@ -324,6 +333,12 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             judged_by_verdict == delta,
             "{name}: explain's verdicts {judged_by_verdict:?}, the kernel counted {delta:?}"
         );
+        // The comparison holds errors the kernel found related (to a flow
+        // the capture opened), each said `related` by explain itself.
+        ensure!(
+            delta.get("related").is_some_and(|n| *n > 0),
+            "no related ICMP error among the frames: {delta:?}"
+        );
         // The policy file gives the same answers, names included.
         let file_lines = explain_jsonl(&file, &["--policy", &example])?;
         ensure!(
@@ -345,7 +360,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         );
     }
     eprintln!(
-        "{} frames x 4 captures agree with the kernel ({hedged} hedged replies); counters {delta:?}",
+        "{} frames x 4 captures agree with the kernel ({hedged} hedged lines); counters {delta:?}",
         frames.len()
     );
     Ok(())

@@ -90,7 +90,7 @@ pub struct PacketLine {
     pub src_env_id: Option<u32>,
     pub dst_env_id: Option<u32>,
     pub rule: Option<String>,
-    /// allow, log, audit, drop, reply, spoofed; pass or drop for frames
+    /// allow, log, audit, drop, reply, related, spoofed; pass or drop for frames
     /// the policy does not judge (see `reason`).
     pub verdict: String,
     /// What the datapath does: `pass` or `drop`.
@@ -669,8 +669,15 @@ fn explain_one<T: PolicyTables>(
                             reasons.push("would pass as reply if the kernel tracks the flow it answers (opened before the capture)".into());
                         }
                     }
+                    Tracked::Related { opened_by, rule: r } => {
+                        v = verdict::RELATED;
+                        rule = r;
+                        reasons.push(format!(
+                            "related: an ICMP error quoting the flow packet {opened_by} opened (tracked within the capture)"
+                        ));
+                    }
                     Tracked::MaybeRelated => reasons.push(
-                        "icmp-error: passes as related if it quotes a flow the kernel tracks (not checked)".into(),
+                        "icmp-error: would pass as related if the kernel tracks the flow it quotes (opened before the capture)".into(),
                     ),
                 }
             }
