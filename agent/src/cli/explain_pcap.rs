@@ -565,10 +565,14 @@ fn explain_one<T: PolicyTables>(
             l.wire_len
         ));
     }
-    // An IP packet longer than any IP length field can say is a GSO
-    // packet (BIG TCP writes length 0 into it): the skb says so.
+    // The skb's gso_size as the packet's comment names it (envfence's
+    // corpus records it so); else an IP packet longer than any IP length
+    // field can say is a GSO packet (BIG TCP writes length 0 into it).
     let skb = Skb {
-        gso_size: u32::from(l.wire_len > GSO_ABOVE),
+        gso_size: match p.gso_size() {
+            0 => u32::from(l.wire_len > GSO_ABOVE),
+            n => n,
+        },
     };
     let walked = reference::walk(&l.frame, l.wire_len, skb, tables);
     let outcome = match &walked {
