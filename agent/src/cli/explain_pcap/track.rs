@@ -17,12 +17,16 @@
 //! before the capture began (the kernel's live table is not consulted:
 //! a reply or an error quoting such a flow is hedged), and the timeouts (a
 //! capture spans minutes; the shortest timeout is 10 s after a close). The
-//! transition rules are the kernel's (`agent-ebpf/src/conntrack.rs`)
-//! written again over a map of this capture's flows: the kernel's tracker
-//! works on its hash map and clock in the kernel.
+//! transition rules are the kernel's (`agent-ebpf/src/conntrack.rs`),
+//! which verdict opens or keeps a flow and the RST that ends it shared
+//! with it (`envfence_ebpf::ct_rules`); the rest of them (a SYN or echo
+//! request is never a reply, the order they are asked in) is written
+//! again here over a map of this capture's flows: as a shared function it
+//! costs the kernel's verifier (see `ct_rules`).
 
 use std::collections::HashMap;
 
+use envfence_ebpf::ct_rules::{self, TCP_ACK, TCP_SYN};
 use envfence_ebpf::quote::{self, Quoted};
 use envfence_ebpf::{ct, family, proto, tunnel, verdict, walk::Layer, L4};
 
@@ -39,10 +43,6 @@ mod walked {
 /// ones are not tracked, like in a full kernel table: their replies are
 /// judged by the policy). Bounds the memory a capture of many flows takes.
 const MAX_FLOWS: usize = envfence_ebpf::capacity::CONNTRACK as usize;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 type End = ([u8; 16], u16);
 
@@ -178,11 +178,11 @@ impl Tracker {
         } else {
             return Tracked::Policy;
         };
-        let rst = p == proto::TCP && flags & TCP_RST != 0;
+        let rst = ct_rules::is_rst(p, flags);
         let (fam, src, dst) = normalized(l.family, &l.src, &l.dst);
         let (me, them) = ((src, sport), (dst, dport));
         let key = Key::of(fam, p, me, them);
-        let opens = passes && s.ct & ct::OPENS != 0;
+        let opens = ct_rules::opens(s.verdict, s.ct);
         match self.flows.get(&key).copied() {
             Some(f) if f.opener != me => {
                 if opening || s.ct & ct::REPLIES == 0 {
@@ -262,6 +262,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envfence_ebpf::ct_rules::TCP_RST;
 
     fn tcp(src: u8, dst: u8, sport: u16, dport: u16, flags: u8) -> (Vec<u8>, Layer) {
         let mut frame = vec![0u8; 54];
