@@ -35,15 +35,18 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
+use envfence_ebpf::ct_rules::{self, TCP_ACK, TCP_FIN, TCP_SYN};
 use envfence_ebpf::{
-    abi_map, capacity, ct, family, proto, slot_pair_index, stat, verdict,
+    abi_map, capacity, ct, family, proto, quote, slot_pair_index, stat, verdict,
     walk::{Layer, L4},
     CtEntry, CtKey, FlowKey,
 };
 
 use crate::programs::{bump_stat, decide_parts, is_v4_mapped, lookup_env, Active, CONFIG, PAIRS};
-use crate::quote;
-use crate::skb::{walk::bytes_at, Skb};
+use crate::skb::{
+    walk::{bytes_at, quoted},
+    Skb,
+};
 
 abi_map!(
     CONNTRACK,
@@ -67,11 +70,6 @@ abi_map!(
     CT_SCRATCH,
     pub static CT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 );
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// `BPF_NOEXIST`: insert only a new key (a full table then fails).
 const BPF_NOEXIST: u64 = 1;
@@ -351,7 +349,7 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
     let key = &sc.key;
     // SAFETY: reading the clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    let rst = p == proto::TCP && tcp_flags & TCP_RST != 0;
+    let rst = ct_rules::is_rst(p, tcp_flags);
     let existing = CONNTRACK.get_ptr_mut(key);
     let mut live_from_opener = false;
     if let Some(e) = existing {
@@ -393,7 +391,7 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
             live_from_opener = true;
         }
         let v = judged.verdict;
-        let opens = (v == verdict::ALLOW || v == verdict::LOG) && judged.flags & ct::OPENS != 0;
+        let opens = ct_rules::opens(v, judged.flags);
         if !opens || rst {
             // The flow ends: the policy in force no longer lets its opener
             // through, or a RST closes it (an expired entry just goes).
@@ -425,7 +423,7 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
         return Track::POLICY;
     }
     let v = judged.verdict;
-    if v != verdict::ALLOW && v != verdict::LOG || judged.flags & ct::OPENS == 0 || rst {
+    if !ct_rules::opens(v, judged.flags) || rst {
         return Track::POLICY;
     }
     let state = initial_state(p, tcp_flags);
@@ -479,7 +477,7 @@ pub fn related(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active)
     };
     // SAFETY: this CPU's scratch slot; TC programs do not migrate.
     let sc = unsafe { &mut *sc };
-    if quote::quoted(ctx, layer, &mut sc.quoted).is_none() {
+    if quoted(Skb::new(ctx), layer, &mut sc.quoted).is_none() {
         return Track::POLICY;
     }
     // The error's destination, as keyed (compared as two words: a 16-byte

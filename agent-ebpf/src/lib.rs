@@ -2,13 +2,17 @@
 //! included: [`lpm`]), value and event that crosses between the eBPF
 //! programs (`src/main.rs`) and the agent lives here, and only here.
 //!
-//! Two modules beside it hold the logic both sides run: [`walk`], the
-//! header walk, and [`decide`], the policy decision. The crate is `no_std`
+//! Modules beside it hold the logic both sides run: [`walk`], the header
+//! walk, [`quote`], the packet an ICMP error quotes, [`decide`], the
+//! policy decision, and [`ct_rules`], what a verdict and a RST do to a
+//! tracked flow. The crate is `no_std`
 //! so the eBPF side can use it; the `user` feature adds the `aya::Pod`
 //! impls the agent needs to read and write the maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod ct_rules;
 pub mod decide;
+pub mod quote;
 pub mod walk;
 
 pub use walk::L4;

@@ -1,8 +1,9 @@
 //! The kernel's [`Frame`]: the `__sk_buff` of a TC program, read with
 //! direct packet access (the linear area the hook pulled), its length and
 //! GSO size from the context, and the policy's tunnel ports from
-//! `EF_TUNNEL_PORTS`; and the header walk (`envfence_ebpf::walk_for!`)
-//! instantiated for it ([`walk`]).
+//! `EF_TUNNEL_PORTS`; and the header walk (`envfence_ebpf::walk_for!`,
+//! with the ICMP quote reader `envfence_ebpf::quote_for!`) instantiated
+//! for it ([`walk`]).
 
 use aya_ebpf::programs::TcContext;
 use envfence_ebpf::{tunnel_ports_index, walk::Frame};
@@ -61,7 +62,8 @@ impl Frame for Skb {
     }
 }
 
-/// The header walk over the skb ([`envfence_ebpf::walk`]).
+/// The header walk over the skb ([`envfence_ebpf::walk`]) and the quote
+/// reader ([`envfence_ebpf::quote`]).
 pub mod walk {
     envfence_ebpf::walk_for!(super::Skb);
 }

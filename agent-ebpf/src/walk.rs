@@ -151,8 +151,9 @@ pub enum Reject {
 }
 
 /// Defines the header walk for one concrete [`Frame`] type, in the module
-/// it is invoked in: `pub fn parse(frame: &$frame, pkt, slot)` and `pub fn
-/// bytes_at::<N>(frame, off)`. The walk is written once, here; each side
+/// it is invoked in: `pub fn parse(frame: &$frame, pkt, slot)`, `pub fn
+/// bytes_at::<N>(frame, off)` and the ICMP quote reader `pub fn
+/// quoted(frame, layer, q)` ([`crate::quote_for!`]). The walk is written once, here; each side
 /// instantiates it for its frame (the kernel for the skb, the agent for a
 /// byte slice). Why a macro and not generic functions: the same code made
 /// generic over `F: Frame` costs the verifier 21,000 more instructions on
@@ -718,6 +719,9 @@ macro_rules! walk_for {
                 }
             }
         }
+
+        // The packet an ICMP error quotes, read with this walk's bounds.
+        $crate::quote_for!($frame);
     };
 }
 

@@ -1,6 +1,8 @@
 //! `envfence explain --pcap FILE` as the real binary, held to the kernel:
 //! the corpus' frames (the catalogue's shapes and the lab's real traffic)
-//! written as pcap, pcapng and Linux cooked SLL / SLL2 captures, each frame
+//! written as pcap, pcapng and Linux cooked SLL / SLL2 captures (the GSO
+//! shapes in the pcapng ones only, each packet's comment naming its
+//! `gso_size`), each frame
 //! run through the real ingress program (BPF_PROG_TEST_RUN, connection
 //! tracking on as the agent runs, maps pinned under a temporary bpffs
 //! root), and explain's line for it compared with what the kernel did (TC
@@ -23,6 +25,7 @@ use envfence_ebpf::{tag, verdict};
 use envfence_tests::agent::{Agent, AgentOptions};
 use envfence_tests::cli::{cli, cli_in, run_cmd, Run};
 use envfence_tests::fixture::{agent_lock, pod_addr, root};
+use envfence_tests::gen::catalog::gso_of_comment;
 use envfence_tests::gen::kernel_refuses;
 use envfence_tests::gen::pcap::{self, Capture, Format, Packet};
 use envfence_tests::lab::{Family, Lab, NODE};
@@ -46,8 +49,7 @@ fn example_file(dir: &Path) -> Result<PathBuf> {
 }
 
 /// The Ethernet frames of the corpus' pcap files (not the GSO shapes,
-/// which need a GSO skb; not those BPF_PROG_TEST_RUN refuses), in file
-/// order.
+/// [`gso_frames`]; not those BPF_PROG_TEST_RUN refuses), in file order.
 fn corpus_frames() -> Result<Vec<Vec<u8>>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(corpus())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -68,10 +70,33 @@ fn corpus_frames() -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// A frame, its pcapng comment and its skb's `gso_size`.
+type GsoFrame = (Vec<u8>, Option<String>, u32);
+
+/// The corpus' GSO shapes (`shapes-gso.pcapng`, those BPF_PROG_TEST_RUN
+/// takes): each frame, its packet comment (naming its `gso_size`) and the
+/// `gso_size` the comment names, read by the corpus' own convention
+/// ([`gso_of_comment`]).
+fn gso_frames() -> Result<Vec<GsoFrame>> {
+    let f = corpus().join("shapes-gso.pcapng");
+    let cap = pcap::read(&f)?;
+    ensure!(cap.linktype == pcap::LINKTYPE_ETHERNET, "{}", f.display());
+    Ok(cap
+        .packets
+        .into_iter()
+        .filter(|p| !kernel_refuses(&p.data) && p.data.len() <= MAX_REPLAY)
+        .map(|p| {
+            let gso = gso_of_comment(p.comment.as_deref());
+            (p.data, p.comment, gso)
+        })
+        .collect())
+}
+
 /// Flows the example policy lets through and tracks (test -> production
 /// DNS), their replies (production -> test: dropped without the flow), a
-/// reply with no flow, and a SYN the other way: the kernel's connection
-/// tracker and explain's tracking within the capture must agree.
+/// reply with no flow, ICMP errors quoting a tracked flow and an untracked
+/// one, and a SYN the other way: the kernel's connection tracker and
+/// explain's tracking within the capture must agree.
 fn flows_and_replies() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for fam in [Family::V4, Family::V6] {
@@ -81,6 +106,17 @@ fn flows_and_replies() -> Vec<Vec<u8>> {
         out.push(ip_frame(p, t, 17, Pkt::data(b"early").udp(53, 41000)));
         out.push(ip_frame(t, p, 17, Pkt::data(b"query").udp(41000, 53)));
         out.push(ip_frame(p, t, 17, Pkt::data(b"answer").udp(53, 41000)));
+        // ICMP errors back to the query's source: one quoting the query
+        // (related), one quoting a query never sent (judged by the policy).
+        let (icmp, unreachable) = match fam {
+            Family::V4 => (1, [3, 3]),
+            Family::V6 => (58, [1, 4]),
+        };
+        for sport in [41000, 41999] {
+            let quoted = Pkt::data(b"query").udp(sport, 53).ip(t, p, 17).into_bytes();
+            let error = Pkt::icmp(unreachable[0], unreachable[1], [0; 4], &quoted);
+            out.push(ip_frame(p, t, icmp, error));
+        }
         out.push(ip_frame(t, p, 6, Pkt::syn(41001, 53)));
         out.push(ip_frame(p, t, 6, Pkt::new().tcp(53, 41001, 0x12)));
         out.push(ip_frame(t, p, 6, Pkt::new().tcp(41001, 53, 0x10)));
@@ -115,10 +151,10 @@ fn cooked(linktype: u32, f: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The frames as a capture of `format` and `linktype`.
-fn capture(format: Format, linktype: u32, frames: &[Vec<u8>]) -> Capture {
-    let mut cap =
-        pcap::ethernet_capture(format, frames.iter().map(|f| (f.clone(), None)).collect());
+/// The frames (each with its pcapng comment) as a capture of `format` and
+/// `linktype`.
+fn capture(format: Format, linktype: u32, frames: &[(Vec<u8>, Option<String>)]) -> Capture {
+    let mut cap = pcap::ethernet_capture(format, frames.to_vec());
     if linktype != pcap::LINKTYPE_ETHERNET {
         cap.linktype = linktype;
         for p in &mut cap.packets {
@@ -194,6 +230,16 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
     let mut frames = corpus_frames()?;
     ensure!(frames.len() > 500, "only {} corpus frames", frames.len());
     frames.extend(flows_and_replies());
+    // Then the GSO shapes, last: replayed with their gso_size, and in the
+    // pcapng captures only (a packet comment names the gso_size; a pcap
+    // cannot say it), so the frames before them are judged alike in all.
+    let gso = gso_frames()?;
+    ensure!(
+        gso.len() >= 100 && gso.iter().all(|g| g.2 != 0),
+        "{} GSO frames, not all with a gso_size",
+        gso.len()
+    );
+    let plain = frames.len();
 
     // The real programs, pinned, with the example policy.
     let p = policy::parse(policy::EXAMPLE_POLICY, policy::EXAMPLE_ORIGIN)?;
@@ -225,8 +271,21 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
     let before = counted(&pins.0)?;
     let prog = dp.program(Hook::Ingress)?;
     let mut kernel: Vec<Kernel> = Vec::new();
-    for f in &frames {
-        let out = test_run(prog, f, Some(SkbCtx::default()), 1)?;
+    let mut after_plain = before.clone();
+    let replayed = frames
+        .iter()
+        .map(|f| (f, 0))
+        .chain(gso.iter().map(|g| (&g.0, g.2)));
+    for (i, (f, gso_size)) in replayed.enumerate() {
+        if i == plain {
+            after_plain = counted(&pins.0)?;
+        }
+        let ctx = SkbCtx {
+            gso_size,
+            gso_segs: if gso_size != 0 { 2 } else { 0 },
+            ..SkbCtx::default()
+        };
+        let out = test_run(prog, f, Some(ctx), 1)?;
         let mark = out.ctx.map_or(0, |c| c.mark);
         let judged = (mark & 0xff00_0000 == tag::JUDGED).then_some((
             ((mark >> 16) & 0xff) as u8,
@@ -236,13 +295,28 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         kernel.push((out.action == ACTION_SHOT, judged));
     }
     let after = counted(&pins.0)?;
-    let mut delta: BTreeMap<String, u64> = BTreeMap::new();
-    for (v, n) in &after {
-        let d = n - before.get(v).copied().unwrap_or(0);
-        if d > 0 {
-            delta.insert(v.clone(), d);
+    let delta_of = |from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>| {
+        let mut delta: BTreeMap<String, u64> = BTreeMap::new();
+        for (v, n) in to {
+            let d = n - from.get(v).copied().unwrap_or(0);
+            if d > 0 {
+                delta.insert(v.clone(), d);
+            }
         }
-    }
+        delta
+    };
+    let (delta_plain, delta) = (delta_of(&before, &after_plain), delta_of(&before, &after));
+    ensure!(
+        delta_plain != delta,
+        "the GSO frames changed no counter: {delta:?}"
+    );
+    let plain_frames: Vec<(Vec<u8>, Option<String>)> =
+        frames.iter().map(|f| (f.clone(), None)).collect();
+    let all_frames: Vec<(Vec<u8>, Option<String>)> = plain_frames
+        .iter()
+        .cloned()
+        .chain(gso.iter().map(|g| (g.0.clone(), g.1.clone())))
+        .collect();
 
     let example = example_file(tmp.path())?.display().to_string();
     let (pin_root, state_s) = (
@@ -257,7 +331,12 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         ("sll2.pcapng", Format::PcapNg, SLL2),
     ] {
         let file = tmp.path().join(name);
-        pcap::write(&file, &capture(format, linktype, &frames))?;
+        let (frames, delta) = if format == Format::PcapNg {
+            (&all_frames, &delta)
+        } else {
+            (&plain_frames, &delta_plain)
+        };
+        pcap::write(&file, &capture(format, linktype, frames))?;
         let started = std::time::Instant::now();
         let lines = explain_jsonl(&file, &["--pin-root", &pin_root, "--state-dir", &state_s])?;
         eprintln!(
@@ -282,8 +361,10 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             ensure!(line["index"] == i as u64 + 1, "{}", ctx());
             let action = if *dropped { "drop" } else { "pass" };
             let reason = line["reason"].as_str().unwrap_or("");
-            let hedge =
-                reason.contains("would pass as reply") || reason.contains("passes as related if");
+            // Only a reply may be hedged: an ICMP error the kernel found
+            // related quotes a flow opened within the capture (the kernel's
+            // table starts empty), and explain must say `related` exactly.
+            let hedge = reason.contains("would pass as reply");
             let said_verdict = line["verdict"].as_str().unwrap_or("");
             match judged {
                 Some((v, s, d)) => {
@@ -291,12 +372,7 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
                     // A hedged line keeps the policy's verdict and says
                     // what it would be if the kernel tracks the flow: it
                     // counts as what it says it would be.
-                    let claimed = if reason.contains("passes as related if") {
-                        "related"
-                    } else {
-                        "reply"
-                    };
-                    let counted_as = if hedge && kv == claimed {
+                    let counted_as = if hedge && kv == "reply" {
                         hedged += 1;
                         kv
                     } else {
@@ -322,8 +398,14 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
             }
         }
         ensure!(
-            judged_by_verdict == delta,
+            judged_by_verdict == *delta,
             "{name}: explain's verdicts {judged_by_verdict:?}, the kernel counted {delta:?}"
+        );
+        // The comparison holds errors the kernel found related (to a flow
+        // the capture opened), each said `related` by explain itself.
+        ensure!(
+            delta.get("related").is_some_and(|n| *n > 0),
+            "no related ICMP error among the frames: {delta:?}"
         );
         // The policy file gives the same answers, names included.
         let file_lines = explain_jsonl(&file, &["--policy", &example])?;
@@ -346,8 +428,8 @@ fn explain_pcap_matches_the_kernel_packet_by_packet() -> Result<()> {
         );
     }
     eprintln!(
-        "{} frames x 4 captures agree with the kernel ({hedged} hedged replies); counters {delta:?}",
-        frames.len()
+        "{plain} frames x 4 captures and {} GSO frames x 2 pcapng captures agree with the kernel ({hedged} hedged lines); counters {delta:?}",
+        gso.len()
     );
     Ok(())
 }

@@ -78,6 +78,24 @@ pub struct Packet {
     pub comment: Option<String>,
 }
 
+impl Packet {
+    /// The `gso_size` of the skb the packet was, when its comment names one
+    /// (`gso_size=N` at the comment's start, what envfence's corpus writes
+    /// for the GSO packets it replays: `tests/corpus/shapes-gso.pcapng`);
+    /// 0 otherwise (no comment, another comment, not a number).
+    pub fn gso_size(&self) -> u32 {
+        let Some(rest) = self
+            .comment
+            .as_deref()
+            .and_then(|c| c.strip_prefix("gso_size="))
+        else {
+            return 0;
+        };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        rest[..digits].parse().unwrap_or(0)
+    }
+}
+
 /// What can go wrong reading a capture file.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -646,6 +664,32 @@ fn ts_offset(options: &[PcapNGOption], big_endian: bool) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comment_names_the_gso_size() {
+        let with = |c: Option<&str>| Packet {
+            index: 1,
+            offset: 0,
+            ts_sec: 0,
+            ts_nsec: 0,
+            orig_len: 0,
+            linktype: 1,
+            if_name: None,
+            data: Vec::new(),
+            comment: c.map(str::to_owned),
+        };
+        for (c, want) in [
+            (Some("gso_size=1448; big tcp ipv4 (total length 0)"), 1448),
+            (Some("gso_size=65536"), 65536),
+            (Some("gso_size=0; plain"), 0),
+            (Some("gso_size=; none"), 0),
+            (Some("gso_size=99999999999"), 0),
+            (Some("a comment, gso_size=1448"), 0),
+            (None, 0),
+        ] {
+            assert_eq!(with(c).gso_size(), want, "{c:?}");
+        }
+    }
 
     /// A classic pcap header and records, little- or big-endian.
     pub(crate) fn classic(

@@ -90,7 +90,7 @@ pub struct PacketLine {
     pub src_env_id: Option<u32>,
     pub dst_env_id: Option<u32>,
     pub rule: Option<String>,
-    /// allow, log, audit, drop, reply, spoofed; pass or drop for frames
+    /// allow, log, audit, drop, reply, related, spoofed; pass or drop for frames
     /// the policy does not judge (see `reason`).
     pub verdict: String,
     /// What the datapath does: `pass` or `drop`.
@@ -565,10 +565,14 @@ fn explain_one<T: PolicyTables>(
             l.wire_len
         ));
     }
-    // An IP packet longer than any IP length field can say is a GSO
-    // packet (BIG TCP writes length 0 into it): the skb says so.
+    // The skb's gso_size as the packet's comment names it (envfence's
+    // corpus records it so); else an IP packet longer than any IP length
+    // field can say is a GSO packet (BIG TCP writes length 0 into it).
     let skb = Skb {
-        gso_size: u32::from(l.wire_len > GSO_ABOVE),
+        gso_size: match p.gso_size() {
+            0 => u32::from(l.wire_len > GSO_ABOVE),
+            n => n,
+        },
     };
     let walked = reference::walk(&l.frame, l.wire_len, skb, tables);
     let outcome = match &walked {
@@ -669,8 +673,15 @@ fn explain_one<T: PolicyTables>(
                             reasons.push("would pass as reply if the kernel tracks the flow it answers (opened before the capture)".into());
                         }
                     }
+                    Tracked::Related { opened_by, rule: r } => {
+                        v = verdict::RELATED;
+                        rule = r;
+                        reasons.push(format!(
+                            "related: an ICMP error quoting the flow packet {opened_by} opened (tracked within the capture)"
+                        ));
+                    }
                     Tracked::MaybeRelated => reasons.push(
-                        "icmp-error: passes as related if it quotes a flow the kernel tracks (not checked)".into(),
+                        "icmp-error: would pass as related if the kernel tracks the flow it quotes (opened before the capture)".into(),
                     ),
                 }
             }
