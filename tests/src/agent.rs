@@ -47,9 +47,7 @@ fn locate_or_build() -> Result<PathBuf> {
     let profile_dir = profile_dir()?;
     let bin = profile_dir.join("envfence");
     if std::env::var_os("ENVFENCE_NO_BUILD").is_none_or(|v| v == "0") {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or_else(|| anyhow!("no workspace above {}", env!("CARGO_MANIFEST_DIR")))?;
+        let workspace = crate::fixture::workspace();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace).args(["build", "-p", "envfence"]);

@@ -8,6 +8,7 @@
 //! network: [`pod_addr`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use envfence::policy::{self, Policy};
@@ -21,6 +22,12 @@ pub fn root() {
     if let Err(e) = crate::netns::require_root() {
         panic!("{e:#}");
     }
+}
+
+/// The workspace's root directory (the one above tests/).
+pub fn workspace() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
 }
 
 static AGENT_LOCK: Mutex<()> = Mutex::new(());

@@ -32,13 +32,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use envfence::caps::{self, CapSet};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
-use envfence_tests::fixture::serial;
+use envfence_tests::fixture::{serial, workspace};
 use envfence_tests::lab::{wait_until, Family, Lab, LabProcess, PodSpec, NODE};
-
-fn workspace() -> PathBuf {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
-    tests.parent().unwrap_or(tests).to_path_buf()
-}
 
 /// The DaemonSet's capabilities (deploy/capabilities.txt), as numbers.
 fn deployed() -> Vec<u8> {
