@@ -406,7 +406,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // The shipped alert rules, their 15-minute `for` cut to 2 s: the
     // policy-agreement alerts are evaluated on the real scrapes below.
     let rules = dir.path().join("envfence-rules.yml");
-    let shipped = std::fs::read_to_string(workspace().join("deploy/prometheus/envfence-rules.yml"))?;
+    let shipped =
+        std::fs::read_to_string(workspace().join("deploy/prometheus/envfence-rules.yml"))?;
     ensure!(
         shipped.contains("for: 15m"),
         "the rules lost their for: 15m"
