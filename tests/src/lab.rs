@@ -1018,6 +1018,24 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> Result<String> {
 /// `GET path` from the current namespace, HTTP/1.1 with `Connection: close`;
 /// returns the body of a 200 answer (chunked bodies are decoded).
 pub fn http_get_here(addr: &str, path: &str) -> Result<String> {
+    let (status_line, head, body) = http_exchange(addr, path)?;
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        bail!("GET http://{addr}{path}: {status_line}");
+    }
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        decode_chunked(&body)
+    } else {
+        Ok(body)
+    }
+}
+
+/// `GET path` from the current namespace: the answer's status line, its
+/// headers and its raw body.
+pub fn http_exchange(addr: &str, path: &str) -> Result<(String, String, String)> {
     use std::io::Write;
     let sock = addr
         .to_socket_addrs()
@@ -1041,21 +1059,9 @@ pub fn http_get_here(addr: &str, path: &str) -> Result<String> {
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP answer from {addr}"))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if code != "200" {
-        bail!("GET http://{addr}{path}: {status_line}");
-    }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        decode_chunked(body)
-    } else {
-        Ok(body.to_string())
-    }
+        .ok_or_else(|| anyhow!("malformed HTTP answer from {addr} to GET {path}: {text:?}"))?;
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status_line, head.to_owned(), body.to_owned()))
 }
 
 fn decode_chunked(mut body: &str) -> Result<String> {
