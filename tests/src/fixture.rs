@@ -108,6 +108,22 @@ pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
     host_addr(env, family, n, 2)
 }
 
+/// An address written as a word: `v4:ENV:N` / `v6:ENV:N` is
+/// [`pod_addr`], `mapped:ENV:N` its IPv4 form mapped into IPv6; anything
+/// else a literal address.
+pub fn addr_word(word: &str) -> anyhow::Result<IpAddr> {
+    let pod = |fam, env, n: &str| -> anyhow::Result<IpAddr> { Ok(pod_addr(env, fam, n.parse()?)) };
+    Ok(match word.split(':').collect::<Vec<_>>()[..] {
+        ["v4", env, n] => pod(Family::V4, env, n)?,
+        ["v6", env, n] => pod(Family::V6, env, n)?,
+        ["mapped", env, n] => match pod(Family::V4, env, n)? {
+            IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
+            v6 => v6,
+        },
+        _ => word.parse()?,
+    })
+}
+
 /// Host `host` of the `n`-th /24 (IPv4) or /48 (IPv6) of environment
 /// `env` (see [`pod_addr`]): addresses of the environment the lab has no
 /// pod at, for hosts a test adds.

@@ -11,7 +11,7 @@ use envfence::datapath::Hook;
 use envfence::policy::reference::{L4Seen, NonIpKind, Outcome};
 use envfence::policy::{self, Mode};
 use envfence_ebpf::{proto, stat, tag, verdict};
-use envfence_tests::fixture::{pod_addr, pod_v4, pod_v6, root};
+use envfence_tests::fixture::{addr_word, pod_addr, pod_v4, pod_v6, root};
 use envfence_tests::gen::catalog::catalog;
 use envfence_tests::gen::diff::{example_policy, held_on_both_hooks, wrap_in_vlan};
 use envfence_tests::gen::kernel_refuses;
@@ -164,92 +164,43 @@ fn every_env_pair_audit() {
 /// reader of the policy has (not only against the reference).
 #[test]
 fn example_policy_cases() {
-    use verdict::{ALLOW, AUDIT, DROP, LOG};
     let h = harness(Mode::Enforce);
-    let (test, prod) = (pod_addr("test", V4, 1), pod_addr("production", V4, 1));
-    let tcp = |port| (proto::TCP, Packet::syn(1234, port));
-    let dns = || (proto::UDP, Packet::data(b"q").udp(1234, 53));
-    let (test6, prod6) = (pod_addr("test", V6, 1), pod_addr("production", V6, 1));
+    // what | source, destination ([`addr_word`]), protocol, port, verdict, rule
     let cases = [
-        (
-            "test -> production tcp/8080",
-            test,
-            prod,
-            tcp(8080),
-            DROP,
-            "test-to-prod",
-        ),
-        (
-            "test -> production udp/53 (port rule)",
-            test,
-            prod,
-            dns(),
-            ALLOW,
-            "test-dns-in-prod",
-        ),
-        (
-            "test -> production tcp/53 over IPv6 (port rule)",
-            test6,
-            prod6,
-            tcp(53),
-            ALLOW,
-            "test-dns-in-prod",
-        ),
-        (
-            "dev -> production udp/53 (the port rule is for test only)",
-            pod_addr("dev", V4, 1),
-            prod,
-            dns(),
-            DROP,
-            "test-to-prod",
-        ),
-        (
-            "production -> test icmp",
-            prod,
-            test,
-            (proto::ICMP, Packet::echo(false)),
-            DROP,
-            "prod-to-test",
-        ),
-        (
-            "staging -> production (audit)",
-            pod_addr("staging", V4, 1),
-            prod,
-            tcp(443),
-            AUDIT,
-            "staging-to-prod",
-        ),
-        (
-            "ops -> production (log)",
-            pod_addr("ops", V4, 0),
-            prod,
-            tcp(22),
-            LOG,
-            "ops-to-prod",
-        ),
-        (
-            "production -> production",
-            prod,
-            pod_addr("production", V4, 2),
-            tcp(5432),
-            ALLOW,
-            "default",
-        ),
-        (
-            "v4-mapped test -> production is judged as IPv4",
-            mapped(test),
-            mapped(prod),
-            tcp(80),
-            DROP,
-            "test-to-prod",
-        ),
+        "test -> production tcp/8080 | v4:test:1 v4:production:1 tcp 8080 drop test-to-prod",
+        "test -> production udp/53 (port rule) | v4:test:1 v4:production:1 udp 53 allow \
+         test-dns-in-prod",
+        "test -> production tcp/53 over IPv6 (port rule) | v6:test:1 v6:production:1 tcp 53 \
+         allow test-dns-in-prod",
+        "dev -> production udp/53 (the port rule is for test only) | v4:dev:1 v4:production:1 \
+         udp 53 drop test-to-prod",
+        "production -> test icmp | v4:production:1 v4:test:1 icmp - drop prod-to-test",
+        "staging -> production (audit) | v4:staging:1 v4:production:1 tcp 443 audit \
+         staging-to-prod",
+        "ops -> production (log) | v4:ops:0 v4:production:1 tcp 22 log ops-to-prod",
+        "production -> production | v4:production:1 v4:production:2 tcp 5432 allow default",
+        "v4-mapped test -> production is judged as IPv4 | mapped:test:1 mapped:production:1 \
+         tcp 80 drop test-to-prod",
     ];
-    for (what, src, dst, (p, l4), want_verdict, want_rule) in cases {
+    for case in cases {
+        let (what, rest) = case.split_once(" | ").expect("what | case");
+        let w: Vec<&str> = rest.split(' ').collect();
+        let [src, dst, proto, port, want_verdict, want_rule] = w[..] else {
+            panic!("case {case:?}");
+        };
+        let (src, dst, port) = (addr_word(src), addr_word(dst), port.parse().ok());
+        let (src, dst) = (src.expect("source"), dst.expect("destination"));
+        let (p, l4) = match (proto, port) {
+            ("tcp", Some(port)) => (proto::TCP, Packet::syn(1234, port)),
+            ("udp", Some(port)) => (proto::UDP, Packet::data(b"q").udp(1234, port)),
+            ("icmp", None) => (proto::ICMP, Packet::echo(false)),
+            _ => panic!("{what}: l4 {proto} {port:?}"),
+        };
         let outcome = check(&h, Mode::Enforce, what, &ip_frame(src, dst, p, l4));
         let Outcome::Judged(j) = outcome else {
             panic!("{what}: not judged");
         };
-        assert_eq!(j.verdict, want_verdict, "{what}");
+        assert_eq!(verdict::name(j.verdict), want_verdict, "{what}");
         assert_eq!(h.policy.rule_name(j.rule), want_rule, "{what}");
     }
 }
