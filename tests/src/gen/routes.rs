@@ -424,49 +424,23 @@ pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<
 /// (unspecified, link-local, loopback, multicast, broadcast, IPv4-mapped
 /// forms of them), towards a group, a link-local or a unicast address.
 fn scope_frame(rng: &mut Rng) -> Vec<u8> {
-    const V4_SRC: &[&str] = &[
-        "0.0.0.0",
-        "127.0.0.1",
-        "224.0.0.5",
-        "255.255.255.255",
-        "10.10.1.2",
-        "169.254.1.1",
-    ];
-    const V4_DST: &[&str] = &[
-        "255.255.255.255",
-        "224.0.0.251",
-        "239.1.2.3",
-        "10.10.1.2",
-        "10.30.1.255",
-    ];
-    const V6_SRC: &[&str] = &[
-        "::",
-        "fe80::1",
-        "febf::2",
-        "fec0::1",
-        "::1",
-        "ff02::1",
-        "::ffff:0.0.0.0",
-        "::ffff:127.0.0.1",
-        "::ffff:10.10.1.2",
-        "fd00:10:1::2",
-    ];
-    const V6_DST: &[&str] = &[
-        "ff02::1",
-        "ff02::1:ff00:2",
-        "fe80::2",
-        "fd00:10:1::2",
-        "::ffff:255.255.255.255",
-        "::ffff:224.0.0.251",
-        "::ffff:10.30.1.2",
-    ];
+    const V4_SRC: &str = "0.0.0.0 127.0.0.1 224.0.0.5 255.255.255.255 10.10.1.2 169.254.1.1";
+    const V4_DST: &str = "255.255.255.255 224.0.0.251 239.1.2.3 10.10.1.2 10.30.1.255";
+    const V6_SRC: &str = ":: fe80::1 febf::2 fec0::1 ::1 ff02::1 \
+        ::ffff:0.0.0.0 ::ffff:127.0.0.1 ::ffff:10.10.1.2 fd00:10:1::2";
+    const V6_DST: &str = "ff02::1 ff02::1:ff00:2 fe80::2 fd00:10:1::2 \
+        ::ffff:255.255.255.255 ::ffff:224.0.0.251 ::ffff:10.30.1.2";
     let (srcs, dsts) = if rng.chance(40) {
         (V4_SRC, V4_DST)
     } else {
         (V6_SRC, V6_DST)
     };
+    let (srcs, dsts): (Vec<&str>, Vec<&str>) = (
+        srcs.split_whitespace().collect(),
+        dsts.split_whitespace().collect(),
+    );
     let parse = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
-    let (src, dst) = (parse(rng.pick(srcs)), parse(rng.pick(dsts)));
+    let (src, dst) = (parse(rng.pick(&srcs)), parse(rng.pick(&dsts)));
     let sport = rng.u16();
     ip_frame(
         src,
