@@ -285,20 +285,10 @@ impl Lab {
                 Routing::PerPod => node_if.clone(),
                 Routing::Bridged => BRIDGE.to_owned(),
             };
-            netns::ip(&[
-                "link",
-                "add",
-                &node_if,
-                "netns",
-                &lab.node_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                POD_IF,
-                "netns",
-                &pod.ns,
-            ])
+            let (node_ns, pod_ns) = (&lab.node_ns, &pod.ns);
+            netns::ip_line(&format!(
+                "link add {node_if} netns {node_ns} type veth peer name {POD_IF} netns {pod_ns}"
+            ))
             .with_context(|| format!("creating the veth pair of pod {}", s.name))?;
             node_cmds.push(format!(
                 "addr add {}/{} dev {gw_if}",
@@ -432,9 +422,9 @@ impl Lab {
     /// namespace: interfaces appearing on a node, as a CNI adds them.
     pub fn add_veth(&self, who: &str, name: &str, peer: &str) -> Result<()> {
         let ns = self.ns(who)?;
-        netns::ip(&[
-            "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer,
-        ])
+        netns::ip_line(&format!(
+            "-n {ns} link add {name} type veth peer name {peer}"
+        ))
         .with_context(|| format!("creating the veth pair {name} - {peer} in {ns}"))
     }
 
@@ -678,20 +668,16 @@ impl Lab {
     ) -> Result<()> {
         let (ns, peer_ns) = (self.ns(who)?, peer.ns(peer_who)?);
         ensure!(ns != peer_ns, "a link needs two namespaces, not {ns} twice");
-        netns::ip(&[
-            "link", "add", if_name, "netns", ns, "type", "veth", "peer", "name", peer_if, "netns",
-            peer_ns,
-        ])
+        netns::ip_line(&format!(
+            "link add {if_name} netns {ns} type veth peer name {peer_if} netns {peer_ns}"
+        ))
         .with_context(|| format!("creating the veth pair {ns}/{if_name} - {peer_ns}/{peer_if}"))?;
         for (ns, ifc, a) in [(ns, if_name, addr), (peer_ns, peer_if, peer_addr)] {
-            netns::ip_batch(
-                ns,
-                &[
-                    format!("addr add {a} dev {ifc}"),
-                    format!("link set {ifc} up"),
-                ],
-            )
-            .with_context(|| format!("configuring {ns}/{ifc}"))?;
+            let lines = [
+                format!("addr add {a} dev {ifc}"),
+                format!("link set {ifc} up"),
+            ];
+            netns::ip_batch(ns, &lines).with_context(|| format!("configuring {ns}/{ifc}"))?;
         }
         Ok(())
     }

@@ -255,6 +255,11 @@ pub fn ip(args: &[&str]) -> Result<()> {
     run_ip(args, None).map(drop)
 }
 
+/// [`ip`] of the words of `line` (`ip_line(&format!("-n {ns} link del {name}"))`).
+pub fn ip_line(line: &str) -> Result<()> {
+    ip(&line.split_whitespace().collect::<Vec<_>>())
+}
+
 /// [`ip`], returning what it printed.
 pub fn ip_output(args: &[&str]) -> Result<String> {
     run_ip(args, None)

@@ -175,20 +175,10 @@ impl RouteLab {
         let mut node = vec!["link set lo up".to_owned()];
         let mut peer = vec!["link set lo up".to_owned()];
         for (i, f) in IFACES.iter().enumerate() {
-            netns::ip(&[
-                "-n",
-                &lab.node_ns,
-                "link",
-                "add",
-                f.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("efp{i}"),
-                "netns",
-                &lab.peer_ns,
-            ])?;
+            let (node_ns, peer_ns, name) = (&lab.node_ns, &lab.peer_ns, f.name);
+            netns::ip_line(&format!(
+                "-n {node_ns} link add {name} type veth peer name efp{i} netns {peer_ns}"
+            ))?;
             node.push(format!("link set {} up", f.name));
             peer.push(format!("link set efp{i} up"));
         }
