@@ -127,13 +127,8 @@ impl Launcher {
     fn exec(&self, pid: u32, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &pid.to_string(), "-m", "-n", "--", self.setpriv])
-            .args([
-                "--no-new-privs",
-                "--inh-caps=-all",
-                "--ambient-caps=-all",
-                &self.bounding,
-                "--",
-            ])
+            .args(["--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all"])
+            .args([&self.bounding, "--"])
             .arg(&self.bin)
             .args(args)
             .env("NO_COLOR", "1")
@@ -155,16 +150,11 @@ fn policy_file() -> PathBuf {
 
 /// The agent's default state directory and API socket, as the DaemonSet
 /// uses them (Agent::start_with would choose others).
-const DAEMONSET_DIRS: [&str; 4] = [
-    "--state-dir",
-    "/run/envfence",
-    "--api-socket",
-    "/run/envfence/envfence.sock",
-];
+const DAEMONSET_DIRS: &str = "--state-dir /run/envfence --api-socket /run/envfence/envfence.sock";
 
 /// The options of the DaemonSet's agent: its policy and directories.
 fn daemonset_options() -> AgentOptions {
-    AgentOptions::config(&policy_file()).args(DAEMONSET_DIRS)
+    AgentOptions::config(&policy_file()).args(DAEMONSET_DIRS.split(' '))
 }
 
 /// Whether the agent `p` exited or said it is ready within 60 s.
@@ -188,7 +178,7 @@ fn spawn(lab: &Lab, launcher: &Launcher, skip_check: bool) -> Result<LabProcess>
         .arg("--config")
         .arg(policy_file())
         .args(["--metrics-addr", METRICS_ADDR])
-        .args(DAEMONSET_DIRS)
+        .args(DAEMONSET_DIRS.split(' '))
         .env("NO_COLOR", "1");
     if skip_check {
         cmd.env(caps::SKIP_ENV, "1");

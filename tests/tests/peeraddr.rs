@@ -31,19 +31,13 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// Changes timed one at a time.
 const TIMED: usize = 50;
 
+/// Pods a and b: 10.71.N.2 and fd00:71:N::2 (N = 1, 2).
 fn pods() -> Vec<PodSpec> {
-    vec![
-        PodSpec::new(
-            "a",
-            Ipv4Addr::new(10, 71, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x71, 1, 0, 0, 0, 0, 2),
-        ),
-        PodSpec::new(
-            "b",
-            Ipv4Addr::new(10, 71, 2, 2),
-            Ipv6Addr::new(0xfd00, 0x71, 2, 0, 0, 0, 0, 2),
-        ),
-    ]
+    let pod = |name, n: u8| {
+        let v6 = Ipv6Addr::new(0xfd00, 0x71, n.into(), 0, 0, 0, 0, 2);
+        PodSpec::new(name, Ipv4Addr::new(10, 71, n, 2), v6)
+    };
+    vec![pod("a", 1), pod("b", 2)]
 }
 
 /// The links tracked at the start: name -> (ifindex, peer, addresses).
