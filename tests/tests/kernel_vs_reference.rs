@@ -247,15 +247,22 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], frag: u16, l4: Pa
     })
 }
 
+/// An IPv6 header from pod `src` to pod `dst` (environment, n), next
+/// header `next`.
+fn ipv6(src: (&str, u8), dst: (&str, u8), next: u8) -> Ipv6 {
+    let (src, dst) = (pod_v6(src.0, src.1).octets(), pod_v6(dst.0, dst.1).octets());
+    Ipv6 {
+        src,
+        dst,
+        next,
+        ..Ipv6::default()
+    }
+}
+
 /// An untagged test -> production IPv6 frame: next header `next`, then
 /// `rest`.
 fn test_to_prod6(next: u8, rest: &[u8]) -> Vec<u8> {
-    let ip = Ipv6 {
-        src: pod_v6("test", 1).octets(),
-        dst: pod_v6("production", 1).octets(),
-        next,
-        ..Ipv6::default()
-    };
+    let ip = ipv6(("test", 1), ("production", 1), next);
     Packet::data(rest).ipv6(&ip).ethernet(&[]).into_bytes()
 }
 
@@ -407,12 +414,7 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
         0,
         syn(),
     );
-    let inner6 = syn().ipv6(&Ipv6 {
-        src: pod_v6("test", 1).octets(),
-        dst: pod_v6("production", 1).octets(),
-        next: proto::TCP,
-        ..Ipv6::default()
-    });
+    let inner6 = syn().ipv6(&ipv6(("test", 1), ("production", 1), proto::TCP));
     let inner_eth = inner4.clone().eth(&[], IPV4);
     let allowed_inner = ipv4(prod(3), prod(4), proto::TCP, &[], 0, syn());
     let outer4 = |p, payload| ipv4(prod_a, prod_b, p, &[], 0, payload).eth(&[], IPV4);
@@ -420,12 +422,7 @@ fn tunnels(h: &KernelHarness, mode: Mode) {
     let udp = |port, payload: Packet| outer4(proto::UDP, payload.udp(1000, port));
     let ipv4_in_ipv6 = inner4
         .clone()
-        .ipv6(&Ipv6 {
-            src: pod_v6("production", 1).octets(),
-            dst: pod_v6("production", 2).octets(),
-            next: proto::IPIP,
-            ..Ipv6::default()
-        })
+        .ipv6(&ipv6(("production", 1), ("production", 2), proto::IPIP))
         .eth(&[], IPV6);
     let gre = proto::GRE;
     let cases = [
