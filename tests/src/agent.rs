@@ -47,9 +47,7 @@ fn locate_or_build() -> Result<PathBuf> {
     let profile_dir = profile_dir()?;
     let bin = profile_dir.join("envfence");
     if std::env::var_os("ENVFENCE_NO_BUILD").is_none_or(|v| v == "0") {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .ok_or_else(|| anyhow!("no workspace above {}", env!("CARGO_MANIFEST_DIR")))?;
+        let workspace = crate::fixture::workspace();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace).args(["build", "-p", "envfence"]);
@@ -139,6 +137,35 @@ impl AgentOptions {
         }
     }
 
+    /// `bin agent` with these options, as [`Agent::start_with`] runs it in
+    /// `lab` (its own state directory and API socket unless given).
+    pub fn command(&self, lab: &Lab, bin: &Path) -> Result<Command> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .args(&self.policy_args)
+            .args(["--metrics-addr", &self.metrics_addr])
+            .args(["--report-interval-ms", &self.report_interval_ms.to_string()])
+            .args(&self.extra_args)
+            .env("NO_COLOR", "1");
+        // Agents of parallel labs must not share the host-wide defaults
+        // (/run/envfence): each lab gets its own state dir and API socket
+        // unless the caller chose them. It lives as long as the lab's
+        // namespaces (restarted agents find their saved policy); the sweep
+        // removes it once the lab's process is gone.
+        let given = |flag: &str| self.extra_args.iter().any(|a| a == flag);
+        if !given("--state-dir") || !given("--api-socket") {
+            let dir = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if !given("--state-dir") {
+                cmd.arg("--state-dir").arg(&dir);
+            }
+            if !given("--api-socket") && !given("--no-api") {
+                cmd.arg("--api-socket").arg(dir.join("envfence.sock"));
+            }
+        }
+        Ok(cmd)
+    }
+
     /// These options with `args` appended to the extra arguments.
     pub fn args<S: ToString>(mut self, args: impl IntoIterator<Item = S>) -> AgentOptions {
         self.extra_args
@@ -165,30 +192,7 @@ impl Agent {
     /// Starts the agent with `opts` and waits until it printed the ready line
     /// and answers on /metrics.
     pub fn start_with(lab: &Lab, bin: &Path, opts: &AgentOptions) -> Result<Agent> {
-        let mut cmd = Command::new(bin);
-        cmd.arg("agent")
-            .args(&opts.policy_args)
-            .args(["--metrics-addr", &opts.metrics_addr])
-            .args(["--report-interval-ms", &opts.report_interval_ms.to_string()])
-            .args(&opts.extra_args)
-            .env("NO_COLOR", "1");
-        // Agents of parallel labs must not share the host-wide defaults
-        // (/run/envfence): each lab gets its own state dir and API socket
-        // unless the caller chose them. It lives as long as the lab's
-        // namespaces (restarted agents find their saved policy); the sweep
-        // removes it once the lab's process is gone.
-        let given = |flag: &str| opts.extra_args.iter().any(|a| a == flag);
-        if !given("--state-dir") || !given("--api-socket") {
-            let dir = std::env::temp_dir().join(format!("{}-agent", lab.node_ns()));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if !given("--state-dir") {
-                cmd.arg("--state-dir").arg(&dir);
-            }
-            if !given("--api-socket") && !given("--no-api") {
-                cmd.arg("--api-socket").arg(dir.join("envfence.sock"));
-            }
-        }
-        let process = lab.spawn_in_ns(NODE, cmd)?;
+        let process = lab.spawn_in_ns(NODE, opts.command(lab, bin)?)?;
         let agent = Agent {
             process,
             node_ns: lab.node_ns().to_string(),

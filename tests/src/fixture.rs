@@ -8,6 +8,7 @@
 //! network: [`pod_addr`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use envfence::policy::{self, Policy};
@@ -21,6 +22,12 @@ pub fn root() {
     if let Err(e) = crate::netns::require_root() {
         panic!("{e:#}");
     }
+}
+
+/// The workspace's root directory (the one above tests/).
+pub fn workspace() -> PathBuf {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
 }
 
 static AGENT_LOCK: Mutex<()> = Mutex::new(());
@@ -99,6 +106,22 @@ pub fn env_host(env: &str, family: Family, offset: u128) -> IpAddr {
 /// where the environment's network is that small itself, as `ops`'s).
 pub fn pod_addr(env: &str, family: Family, n: u8) -> IpAddr {
     host_addr(env, family, n, 2)
+}
+
+/// An address written as a word: `v4:ENV:N` / `v6:ENV:N` is
+/// [`pod_addr`], `mapped:ENV:N` its IPv4 form mapped into IPv6; anything
+/// else a literal address.
+pub fn addr_word(word: &str) -> anyhow::Result<IpAddr> {
+    let pod = |fam, env, n: &str| -> anyhow::Result<IpAddr> { Ok(pod_addr(env, fam, n.parse()?)) };
+    Ok(match word.split(':').collect::<Vec<_>>()[..] {
+        ["v4", env, n] => pod(Family::V4, env, n)?,
+        ["v6", env, n] => pod(Family::V6, env, n)?,
+        ["mapped", env, n] => match pod(Family::V4, env, n)? {
+            IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
+            v6 => v6,
+        },
+        _ => word.parse()?,
+    })
 }
 
 /// Host `host` of the `n`-th /24 (IPv4) or /48 (IPv6) of environment

@@ -285,20 +285,10 @@ impl Lab {
                 Routing::PerPod => node_if.clone(),
                 Routing::Bridged => BRIDGE.to_owned(),
             };
-            netns::ip(&[
-                "link",
-                "add",
-                &node_if,
-                "netns",
-                &lab.node_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                POD_IF,
-                "netns",
-                &pod.ns,
-            ])
+            let (node_ns, pod_ns) = (&lab.node_ns, &pod.ns);
+            netns::ip_line(&format!(
+                "link add {node_if} netns {node_ns} type veth peer name {POD_IF} netns {pod_ns}"
+            ))
             .with_context(|| format!("creating the veth pair of pod {}", s.name))?;
             node_cmds.push(format!(
                 "addr add {}/{} dev {gw_if}",
@@ -432,9 +422,9 @@ impl Lab {
     /// namespace: interfaces appearing on a node, as a CNI adds them.
     pub fn add_veth(&self, who: &str, name: &str, peer: &str) -> Result<()> {
         let ns = self.ns(who)?;
-        netns::ip(&[
-            "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer,
-        ])
+        netns::ip_line(&format!(
+            "-n {ns} link add {name} type veth peer name {peer}"
+        ))
         .with_context(|| format!("creating the veth pair {name} - {peer} in {ns}"))
     }
 
@@ -678,20 +668,16 @@ impl Lab {
     ) -> Result<()> {
         let (ns, peer_ns) = (self.ns(who)?, peer.ns(peer_who)?);
         ensure!(ns != peer_ns, "a link needs two namespaces, not {ns} twice");
-        netns::ip(&[
-            "link", "add", if_name, "netns", ns, "type", "veth", "peer", "name", peer_if, "netns",
-            peer_ns,
-        ])
+        netns::ip_line(&format!(
+            "link add {if_name} netns {ns} type veth peer name {peer_if} netns {peer_ns}"
+        ))
         .with_context(|| format!("creating the veth pair {ns}/{if_name} - {peer_ns}/{peer_if}"))?;
         for (ns, ifc, a) in [(ns, if_name, addr), (peer_ns, peer_if, peer_addr)] {
-            netns::ip_batch(
-                ns,
-                &[
-                    format!("addr add {a} dev {ifc}"),
-                    format!("link set {ifc} up"),
-                ],
-            )
-            .with_context(|| format!("configuring {ns}/{ifc}"))?;
+            let lines = [
+                format!("addr add {a} dev {ifc}"),
+                format!("link set {ifc} up"),
+            ];
+            netns::ip_batch(ns, &lines).with_context(|| format!("configuring {ns}/{ifc}"))?;
         }
         Ok(())
     }
@@ -1018,6 +1004,24 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> Result<String> {
 /// `GET path` from the current namespace, HTTP/1.1 with `Connection: close`;
 /// returns the body of a 200 answer (chunked bodies are decoded).
 pub fn http_get_here(addr: &str, path: &str) -> Result<String> {
+    let (status_line, head, body) = http_exchange(addr, path)?;
+    if status_line.split_whitespace().nth(1) != Some("200") {
+        bail!("GET http://{addr}{path}: {status_line}");
+    }
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        decode_chunked(&body)
+    } else {
+        Ok(body)
+    }
+}
+
+/// `GET path` from the current namespace: the answer's status line, its
+/// headers and its raw body.
+pub fn http_exchange(addr: &str, path: &str) -> Result<(String, String, String)> {
     use std::io::Write;
     let sock = addr
         .to_socket_addrs()
@@ -1041,21 +1045,9 @@ pub fn http_get_here(addr: &str, path: &str) -> Result<String> {
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP answer from {addr}"))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if code != "200" {
-        bail!("GET http://{addr}{path}: {status_line}");
-    }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        decode_chunked(body)
-    } else {
-        Ok(body.to_string())
-    }
+        .ok_or_else(|| anyhow!("malformed HTTP answer from {addr} to GET {path}: {text:?}"))?;
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status_line, head.to_owned(), body.to_owned()))
 }
 
 fn decode_chunked(mut body: &str) -> Result<String> {

@@ -252,13 +252,23 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Outpu
 
 /// Runs `ip ARGS`, failing with its stderr when it fails.
 pub fn ip(args: &[&str]) -> Result<()> {
+    run_ip(args, None).map(drop)
+}
+
+/// [`ip`] of the words of `line` (`ip_line(&format!("-n {ns} link del {name}"))`).
+pub fn ip_line(line: &str) -> Result<()> {
+    ip(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// [`ip`], returning what it printed.
+pub fn ip_output(args: &[&str]) -> Result<String> {
     run_ip(args, None)
 }
 
 /// Runs `ip -n NS -batch -` with `lines` on stdin.
 pub fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     let script = lines.join("\n") + "\n";
-    run_ip(&["-n", ns, "-batch", "-"], Some(script.as_bytes()))
+    run_ip(&["-n", ns, "-batch", "-"], Some(script.as_bytes())).map(drop)
 }
 
 /// Runs `cmd` with `stdin` on its standard input (none when `None`) and
@@ -283,7 +293,7 @@ pub fn output_with_stdin(cmd: &mut Command, stdin: Option<&[u8]>, what: &str) ->
         .with_context(|| format!("waiting for {what}"))
 }
 
-fn run_ip(args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
+fn run_ip(args: &[&str], stdin: Option<&[u8]>) -> Result<String> {
     let what = "`ip` (is iproute2 installed? `cargo xtask setup`)";
     let out = output_with_stdin(Command::new("ip").args(args), stdin, what)?;
     if !out.status.success() {
@@ -294,7 +304,7 @@ fn run_ip(args: &[&str], stdin: Option<&[u8]>) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Names of every lab namespace (`efl-*`) that exists now.

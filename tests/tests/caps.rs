@@ -32,13 +32,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use envfence::caps::{self, CapSet};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR, READY_LINE};
-use envfence_tests::fixture::serial;
+use envfence_tests::fixture::{serial, workspace};
 use envfence_tests::lab::{wait_until, Family, Lab, LabProcess, PodSpec, NODE};
-
-fn workspace() -> PathBuf {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
-    tests.parent().unwrap_or(tests).to_path_buf()
-}
 
 /// The DaemonSet's capabilities (deploy/capabilities.txt), as numbers.
 fn deployed() -> Vec<u8> {
@@ -132,13 +127,8 @@ impl Launcher {
     fn exec(&self, pid: u32, args: &[&str]) -> Result<Output> {
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &pid.to_string(), "-m", "-n", "--", self.setpriv])
-            .args([
-                "--no-new-privs",
-                "--inh-caps=-all",
-                "--ambient-caps=-all",
-                &self.bounding,
-                "--",
-            ])
+            .args(["--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all"])
+            .args([&self.bounding, "--"])
             .arg(&self.bin)
             .args(args)
             .env("NO_COLOR", "1")
@@ -160,16 +150,11 @@ fn policy_file() -> PathBuf {
 
 /// The agent's default state directory and API socket, as the DaemonSet
 /// uses them (Agent::start_with would choose others).
-const DAEMONSET_DIRS: [&str; 4] = [
-    "--state-dir",
-    "/run/envfence",
-    "--api-socket",
-    "/run/envfence/envfence.sock",
-];
+const DAEMONSET_DIRS: &str = "--state-dir /run/envfence --api-socket /run/envfence/envfence.sock";
 
 /// The options of the DaemonSet's agent: its policy and directories.
 fn daemonset_options() -> AgentOptions {
-    AgentOptions::config(&policy_file()).args(DAEMONSET_DIRS)
+    AgentOptions::config(&policy_file()).args(DAEMONSET_DIRS.split(' '))
 }
 
 /// Whether the agent `p` exited or said it is ready within 60 s.
@@ -193,7 +178,7 @@ fn spawn(lab: &Lab, launcher: &Launcher, skip_check: bool) -> Result<LabProcess>
         .arg("--config")
         .arg(policy_file())
         .args(["--metrics-addr", METRICS_ADDR])
-        .args(DAEMONSET_DIRS)
+        .args(DAEMONSET_DIRS.split(' '))
         .env("NO_COLOR", "1");
     if skip_check {
         cmd.env(caps::SKIP_ENV, "1");

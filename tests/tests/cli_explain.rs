@@ -10,9 +10,8 @@ use std::net::IpAddr;
 use anyhow::{anyhow, bail, Result};
 use envfence_ebpf::verdict;
 use envfence_tests::cli::*;
-use envfence_tests::fixture::{agent_lock, pod_addr};
+use envfence_tests::fixture::{addr_word, agent_lock};
 use envfence_tests::lab::pins::Pins;
-use envfence_tests::lab::Family;
 use envfence_tests::packet::{ip_frame, Ipv4, Packet};
 use envfence_tests::testrun::{program_of_id, test_run, ACTION_SHOT};
 use serde_json::Value;
@@ -81,9 +80,7 @@ fn explain_5432(s: &Setup, src: &str, config: &str, extra: &[&str]) -> Result<Ru
 
 /// The cases: source, destination, protocol, port (`-`: none), and what
 /// explain and the kernel must say: source env, destination env, verdict,
-/// rule. `v4:ENV:N` / `v6:ENV:N` is [`pod_addr`] (host 2 of the N-th /24 or
-/// /48 of ENV), `mapped:ENV:N` its IPv4 form mapped into IPv6; anything
-/// else a literal address. `fragment`: a non-first fragment of DNS test ->
+/// rule; the addresses are [`addr_word`]s. `fragment`: a non-first fragment of DNS test ->
 /// production, whose ports cannot be read: the strictest verdict of the
 /// pair (the port rule's allow does not count), drop.
 const CASES: [&str; 13] = [
@@ -102,20 +99,6 @@ const CASES: [&str; 13] = [
     "v4:test:3 v4:production:3 udp 53 test production drop test-to-prod fragment",
 ];
 
-/// An address of [`CASES`].
-fn case_addr(word: &str) -> Result<IpAddr> {
-    let pod = |fam, env, n: &str| -> Result<IpAddr> { Ok(pod_addr(env, fam, n.parse()?)) };
-    Ok(match word.split(':').collect::<Vec<_>>()[..] {
-        ["v4", env, n] => pod(Family::V4, env, n)?,
-        ["v6", env, n] => pod(Family::V6, env, n)?,
-        ["mapped", env, n] => match pod(Family::V4, env, n)? {
-            IpAddr::V4(a) => IpAddr::V6(a.to_ipv6_mapped()),
-            v6 => v6,
-        },
-        _ => word.parse()?,
-    })
-}
-
 fn check_explain_against_the_kernel(s: &Setup, status: &Value) -> Result<()> {
     let prog = status["interfaces"][0]["hooks"]
         .as_array()
@@ -133,7 +116,7 @@ fn check_explain_against_the_kernel(s: &Setup, status: &Value) -> Result<()> {
         };
         let want = (want[0], want[1], want[2], want[3]);
         let fragment = w.len() == 9 && w[8] == "fragment";
-        let (src, dst) = (case_addr(src)?, case_addr(dst)?);
+        let (src, dst) = (addr_word(src)?, addr_word(dst)?);
         let port: Option<u16> = port.parse().ok();
         let sport = 51000 + u16::try_from(i)?;
         let (src_s, dst_s) = (src.to_string(), dst.to_string());

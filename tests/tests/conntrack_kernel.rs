@@ -59,10 +59,8 @@ fn the_differential_sees_a_disagreement() {
     let cap = envfence_ebpf::capacity::CONNTRACK;
     let r = ctdiff::run_with(&mut h, 3000, 0x5eed, false, cap).expect("run");
     assert!(r.mismatched_packets > 0, "{r:?}");
-    assert!(
-        r.mismatches.iter().any(|m| m.contains("tables differ")),
-        "{r:?}"
-    );
+    let tables_differ = r.mismatches.iter().any(|m| m.contains("tables differ"));
+    assert!(tables_differ, "{r:?}");
 }
 
 /// A full table costs the state, never the verdict: with a table of 48
@@ -96,6 +94,17 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     Packet::new().tcp(sport, dport, flags).into_bytes()
 }
 
+/// The ids of the test and production environments.
+fn test_prod(h: &KernelHarness) -> (u32, u32) {
+    let id = |env| h.policy.env_id(env).unwrap_or_else(|| panic!("no {env}"));
+    (id("test"), id("production"))
+}
+
+/// (action, mark) of `f` at ingress.
+fn ingress(h: &KernelHarness, f: &[u8]) -> (u32, u32) {
+    h.run_tagged(Hook::Ingress, f, 0).expect("run")
+}
+
 /// test -> production TCP 53 (allowed by its port rule): the handshake's
 /// replies pass as `reply` though production -> test is dropped; the same
 /// server cannot open anything towards test; a RST ends the flow.
@@ -104,27 +113,16 @@ fn dns_over_tcp_replies_pass_and_nothing_rides_on_them() {
     root();
     let h = harness();
     let (t, p) = (host("test", 5), host("production", 53));
-    let (test, prod) = (
-        h.policy.env_id("test").expect("test"),
-        h.policy.env_id("production").expect("production"),
-    );
-    let run = |src, dst, l4: Vec<u8>| {
-        h.run_tagged(Hook::Ingress, &ip_frame(src, dst, 6, Packet::data(&l4)), 0)
-            .expect("run")
-    };
+    let (test, prod) = test_prod(&h);
+    let run = |src, dst, l4: Vec<u8>| ingress(&h, &ip_frame(src, dst, 6, Packet::data(&l4)));
     let reply = (ACTION_NEXT, tag::judged(verdict::REPLY, prod, test));
     let dropped = (ACTION_SHOT, tag::judged(verdict::DROP, prod, test));
-    assert_eq!(
-        run(t, p, tcp(40000, 53, 0x02)),
-        (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod))
-    );
+    let allowed = (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod));
+    assert_eq!(run(t, p, tcp(40000, 53, 0x02)), allowed);
     // A SYN from the server side never rides on the flow.
     assert_eq!(run(p, t, tcp(53, 40000, 0x02)), dropped);
     assert_eq!(run(p, t, tcp(53, 40000, 0x12)), reply);
-    assert_eq!(
-        run(t, p, tcp(40000, 53, 0x10)),
-        (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod))
-    );
+    assert_eq!(run(t, p, tcp(40000, 53, 0x10)), allowed);
     assert_eq!(run(p, t, tcp(53, 40000, 0x18)), reply);
     // Another port of the same hosts is not part of the flow.
     assert_eq!(run(p, t, tcp(53, 40001, 0x18)), dropped);
@@ -147,44 +145,25 @@ fn a_reload_that_forbids_a_flow_ends_it() {
     let f = |src, dst, l4: Vec<u8>| ip_frame(src, dst, 17, Packet::data(&l4));
     let q = f(t, p, Packet::data(b"q").udp(41000, 53).into_bytes());
     let a = f(p, t, Packet::data(b"a").udp(53, 41000).into_bytes());
-    let (test, prod) = (
-        h.policy.env_id("test").expect("test"),
-        h.policy.env_id("production").expect("production"),
-    );
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &q, 0).expect("run").0,
-        ACTION_NEXT
-    );
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &a, 0).expect("run"),
-        (ACTION_NEXT, tag::judged(verdict::REPLY, prod, test))
-    );
+    let (test, prod) = test_prod(&h);
+    let reply = (ACTION_NEXT, tag::judged(verdict::REPLY, prod, test));
+    assert_eq!(ingress(&h, &q).0, ACTION_NEXT);
+    assert_eq!(ingress(&h, &a), reply);
     // Same policy again (a new generation): the flow is judged again, kept.
     h.reload(&variants[0]).expect("reload");
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &a, 0).expect("run"),
-        (ACTION_NEXT, tag::judged(verdict::REPLY, prod, test))
-    );
+    assert_eq!(ingress(&h, &a), reply);
     // Without the DNS exception: the reply is judged by the policy, and so
     // is the next request.
     let ended = h.stat(stat::CONNTRACK_POLICY_ENDED).expect("stat");
     h.reload(&variants[1]).expect("reload");
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &a, 0).expect("run"),
-        (ACTION_SHOT, tag::judged(verdict::DROP, prod, test))
-    );
+    let dropped = (ACTION_SHOT, tag::judged(verdict::DROP, prod, test));
+    assert_eq!(ingress(&h, &a), dropped);
     assert_eq!(
         h.stat(stat::CONNTRACK_POLICY_ENDED).expect("stat"),
         ended + 1
     );
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &q, 0).expect("run").0,
-        ACTION_SHOT
-    );
-    assert_eq!(
-        h.run_tagged(Hook::Ingress, &a, 0).expect("run").0,
-        ACTION_SHOT
-    );
+    assert_eq!(ingress(&h, &q).0, ACTION_SHOT);
+    assert_eq!(ingress(&h, &a).0, ACTION_SHOT);
 }
 
 /// A router in production tells a test client its packet of a tracked
@@ -199,14 +178,8 @@ fn related_errors_pass_and_are_reported() {
     let mut h = harness();
     let (t, p) = (host("test", 5), host("production", 53));
     let router = host("production", 0x0901);
-    let (test, prod) = (
-        h.policy.env_id("test").expect("test"),
-        h.policy.env_id("production").expect("production"),
-    );
-    let run = |src, dst, p, l4: &[u8]| {
-        let f = ip_frame(src, dst, p, Packet::data(l4));
-        h.run_tagged(Hook::Ingress, &f, 0).expect("run")
-    };
+    let (test, prod) = test_prod(&h);
+    let run = |src, dst, p, l4: &[u8]| ingress(&h, &ip_frame(src, dst, p, Packet::data(l4)));
     let syn = tcp(40000, 53, 0x02);
     let r = run(t, p, 6, &syn);
     assert_eq!(r, (ACTION_NEXT, tag::judged(verdict::ALLOW, test, prod)));

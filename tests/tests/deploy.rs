@@ -31,17 +31,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, METRICS_ADDR, READY_LINE};
-use envfence_tests::fixture::root;
+use envfence_tests::fixture::{root, workspace};
 use envfence_tests::lab::procfs::{cpu_seconds, status_kib};
 use envfence_tests::lab::{Family, Lab, NODE};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------- paths, tools
-
-fn workspace() -> PathBuf {
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
-    tests.parent().unwrap_or(tests).to_path_buf()
-}
 
 fn deploy() -> PathBuf {
     workspace().join("deploy")
@@ -762,103 +757,38 @@ fn least_privilege_policy_catches_each_regression() {
     let objects = base_objects();
     let good = daemonset(&objects).clone();
     let caps = deployed_capabilities();
-    /// How a mutation changes the value at its path.
-    enum Op {
-        Set(Value),
-        Push(Value),
-        Pop,
-        Remove,
-    }
-    use Op::*;
-    // Paths below the pod spec; `c/` is the agent's container.
-    let mutations: Vec<(&str, &str, &str, Op)> = vec![
-        (
-            "privileged",
-            "is privileged",
-            "c/securityContext/privileged",
-            Set(json!(true)),
+    // what | what the policy reports | the path below the pod spec (`c/`: the
+    // agent's container, `sc/` its securityContext) | set JSON, push JSON,
+    // pop or remove.
+    let mutations = [
+        "privileged | is privileged | sc/privileged | set true",
+        r#"an extra capability | adds capability SYS_ADMIN | sc/capabilities/add | push "SYS_ADMIN""#,
+        "a capability less | must add exactly | sc/capabilities/add | pop",
+        "no drop ALL | capabilities.drop | sc/capabilities/drop | set []",
+        "writable root | readOnlyRootFilesystem | sc/readOnlyRootFilesystem | remove",
+        "privilege escalation | allowPrivilegeEscalation | sc/allowPrivilegeEscalation | set true",
+        "no liveness probe | no livenessProbe | c/livenessProbe | remove",
+        "no readiness probe | no readinessProbe | c/readinessProbe | remove",
+        concat!(
+            "a privileged init container | container init is privileged | initContainers | set ",
+            r#"[{"name": "init", "image": "busybox", "securityContext": {"privileged": true, "#,
+            r#""allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "#,
+            r#""capabilities": {"drop": ["ALL"]}}}]"#
         ),
-        (
-            "an extra capability",
-            "adds capability SYS_ADMIN",
-            "c/securityContext/capabilities/add",
-            Push(json!("SYS_ADMIN")),
-        ),
-        (
-            "a capability less",
-            "must add exactly",
-            "c/securityContext/capabilities/add",
-            Pop,
-        ),
-        (
-            "no drop ALL",
-            "capabilities.drop",
-            "c/securityContext/capabilities/drop",
-            Set(json!([])),
-        ),
-        (
-            "writable root",
-            "readOnlyRootFilesystem",
-            "c/securityContext/readOnlyRootFilesystem",
-            Remove,
-        ),
-        (
-            "privilege escalation",
-            "allowPrivilegeEscalation",
-            "c/securityContext/allowPrivilegeEscalation",
-            Set(json!(true)),
-        ),
-        (
-            "no liveness probe",
-            "no livenessProbe",
-            "c/livenessProbe",
-            Remove,
-        ),
-        (
-            "no readiness probe",
-            "no readinessProbe",
-            "c/readinessProbe",
-            Remove,
-        ),
-        (
-            "a privileged init container",
-            "container init is privileged",
-            "initContainers",
-            Set(json!([{
-                "name": "init", "image": "busybox",
-                "securityContext": {"privileged": true, "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}
-            }])),
-        ),
-        (
-            "the host's root mounted",
-            "hostPath volume /",
-            "volumes",
-            Push(json!({"name": "root", "hostPath": {"path": "/"}})),
-        ),
-        (
-            "Bidirectional propagation",
-            "Bidirectional",
-            "c/volumeMounts/1/mountPropagation",
-            Set(json!("Bidirectional")),
-        ),
-        (
-            "the API token mounted",
-            "automountServiceAccountToken",
-            "automountServiceAccountToken",
-            Set(json!(true)),
-        ),
-        (
-            "no memory limit",
-            "resources.limits.memory",
-            "c/resources/limits/memory",
-            Remove,
-        ),
+        r#"the host's root mounted | hostPath volume / | volumes | push {"name": "root", "hostPath": {"path": "/"}}"#,
+        r#"Bidirectional propagation | Bidirectional | c/volumeMounts/1/mountPropagation | set "Bidirectional""#,
+        "the API token mounted | automountServiceAccountToken | automountServiceAccountToken | set true",
+        "no memory limit | resources.limits.memory | c/resources/limits/memory | remove",
     ];
     assert_eq!(pod_spec(&good)["containers"][0]["name"], "agent");
-    for (what, expected, path, op) in mutations {
+    for row in mutations {
+        let [what, expected, path, op] = row.split(" | ").collect::<Vec<_>>()[..] else {
+            panic!("a mutation row of four fields: {row}");
+        };
         let mut ds = good.clone();
-        let path = path.replacen("c/", "containers/0/", 1);
+        let path = path
+            .replacen("sc/", "c/securityContext/", 1)
+            .replacen("c/", "containers/0/", 1);
         let (parent, last) = path.rsplit_once('/').unwrap_or(("", &path));
         let parent = format!("/spec/template/spec/{parent}")
             .trim_end_matches('/')
@@ -866,11 +796,14 @@ fn least_privilege_policy_catches_each_regression() {
         let at = ds
             .pointer_mut(&parent)
             .unwrap_or_else(|| panic!("{what}: no {parent}"));
-        match op {
-            Set(v) => at[last] = v,
-            Push(v) => at[last].as_array_mut().expect("a list").push(v),
-            Pop => drop(at[last].as_array_mut().expect("a list").pop()),
-            Remove => drop(at.as_object_mut().expect("a mapping").remove(last)),
+        let (verb, value) = op.split_once(' ').unwrap_or((op, "null"));
+        let value: Value = serde_json::from_str(value).expect("a mutation's JSON");
+        match verb {
+            "set" => at[last] = value,
+            "push" => at[last].as_array_mut().expect("a list").push(value),
+            "pop" => drop(at[last].as_array_mut().expect("a list").pop()),
+            "remove" => drop(at.as_object_mut().expect("a mapping").remove(last)),
+            other => panic!("{what}: unknown change {other}"),
         }
         let problems = daemonset_problems(&ds, &caps).join("\n");
         assert!(

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{ensure, Context, Result};
 use envfence::fleet::queries;
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions};
-use envfence_tests::fixture::serial;
+use envfence_tests::fixture::{serial, workspace};
 use envfence_tests::lab::{wait_until, Family, Lab, NODE};
 use envfence_tests::netns;
 use envfence_tests::prom::{self, Server};
@@ -36,13 +36,6 @@ const PROM1: &str = "127.0.0.1:9090";
 const PROM2: &str = "127.0.0.1:9091";
 const PROM3: &str = "127.0.0.1:9092";
 const METRICS_PORT: u16 = 9477;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
 
 fn example_policy() -> String {
     envfence::policy::EXAMPLE_POLICY.to_owned()
@@ -143,7 +136,7 @@ fn scrape_config(nodes: &[&Node], extra_jobs: &str) -> String {
 /// The first Prometheus' configuration: deploy/prometheus/remote-write.yml
 /// (pointed at the third server) plus the scrape settings and jobs.
 fn prom1_config(nodes: &[&Node], extra_jobs: &str) -> Result<String> {
-    let example = std::fs::read_to_string(repo().join("deploy/prometheus/remote-write.yml"))?;
+    let example = std::fs::read_to_string(workspace().join("deploy/prometheus/remote-write.yml"))?;
     let url = "https://prometheus.ops.example/api/v1/write";
     ensure!(
         example.contains(url) && example.contains("global:\n"),
@@ -169,7 +162,7 @@ fn prom1_config(nodes: &[&Node], extra_jobs: &str) -> Result<String> {
 
 /// The federating Prometheus' configuration: deploy/prometheus/federation.yml.
 fn prom2_config() -> Result<String> {
-    let example = std::fs::read_to_string(repo().join("deploy/prometheus/federation.yml"))?;
+    let example = std::fs::read_to_string(workspace().join("deploy/prometheus/federation.yml"))?;
     let target = "prometheus-k8s.monitoring.svc:9090";
     for needle in [target, "scrape_interval: 30s", "scrape_timeout: 20s"] {
         ensure!(example.contains(needle), "federation.yml lost {needle:?}");
@@ -313,7 +306,7 @@ fn squash(s: &str) -> String {
 
 #[test]
 fn alert_rules_use_the_fleet_queries() -> Result<()> {
-    let path = repo().join("deploy/prometheus/envfence-rules.yml");
+    let path = workspace().join("deploy/prometheus/envfence-rules.yml");
     let doc = yaml_rust2::YamlLoader::load_from_str(&std::fs::read_to_string(&path)?)?;
     let mut exprs = BTreeMap::new();
     for group in doc[0]["groups"].as_vec().context("groups")? {
@@ -341,7 +334,7 @@ fn alert_rules_use_the_fleet_queries() -> Result<()> {
 
 #[test]
 fn dashboard_fleet_tables_use_the_fleet_queries() -> Result<()> {
-    let path = repo().join("deploy/grafana/envfence-dashboard.json");
+    let path = workspace().join("deploy/grafana/envfence-dashboard.json");
     let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     let scope = queries::Scope::grafana();
     for (id, list) in [
@@ -373,7 +366,7 @@ fn dashboard_fleet_tables_use_the_fleet_queries() -> Result<()> {
 
 #[test]
 fn readme_documents_every_fleet_query() -> Result<()> {
-    let path = repo().join("README.md");
+    let path = workspace().join("README.md");
     let text = std::fs::read_to_string(&path)?;
     let (start, end) = ("<!-- fleet-queries -->\n", "<!-- /fleet-queries -->");
     let a = text
@@ -413,7 +406,8 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     // The shipped alert rules, their 15-minute `for` cut to 2 s: the
     // policy-agreement alerts are evaluated on the real scrapes below.
     let rules = dir.path().join("envfence-rules.yml");
-    let shipped = std::fs::read_to_string(repo().join("deploy/prometheus/envfence-rules.yml"))?;
+    let shipped =
+        std::fs::read_to_string(workspace().join("deploy/prometheus/envfence-rules.yml"))?;
     ensure!(
         shipped.contains("for: 15m"),
         "the rules lost their for: 15m"
@@ -643,7 +637,7 @@ fn fleet_view_of_three_nodes_through_real_prometheus() -> Result<()> {
     ensure!(table.status.success(), "{}", stderr(&table));
 
     // drift against the example file: b (hash, audit) and c (hash).
-    let example = repo().join("agent/policy/example.yaml");
+    let example = workspace().join("agent/policy/example.yaml");
     let example = example.display().to_string();
     let d = json1(&["drift", "--policy", &example], &[3])?;
     // The findings as sorted "node/kind".

@@ -184,20 +184,8 @@ fn capture<T>(
     let ifname = lab.pod("prod1")?.node_if();
     let file = dir.join(format!("{ifname}-{name}.pcap"));
     let mut cmd = Command::new("tcpdump");
-    cmd.args([
-        "-i",
-        &ifname,
-        "-n",
-        "-U",
-        "--immediate-mode",
-        "-s",
-        "128",
-        "-Z",
-        "root",
-    ])
-    .arg("-w")
-    .arg(&file)
-    .args(filter);
+    let args = format!("-i {ifname} -n -U --immediate-mode -s 128 -Z root");
+    cmd.args(args.split(' ')).arg("-w").arg(&file).args(filter);
     let dump = lab.spawn_in_ns(NODE, cmd)?;
     ensure!(
         dump.wait_for_stderr("listening on", Duration::from_secs(10)),

@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Result;
 use envfence_tests::agent::{agent_binary, proto, Agent, FlowEvent};
 use envfence_tests::fixture::{root, serial};
-use envfence_tests::lab::{lab_namespaces, wait_until, Family, Lab, PodSpec};
+use envfence_tests::lab::Family::{self, V4};
+use envfence_tests::lab::{lab_namespaces, wait_until, Lab, PodSpec};
 
 const BLOCKED: Duration = Duration::from_millis(1000);
 const PASSES: Duration = Duration::from_secs(5);
@@ -35,6 +36,12 @@ fn remaining(lab_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Nothing of lab `lab_id` is left.
+fn assert_gone(lab_id: &str) {
+    let left = remaining(lab_id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn lab_routes_between_pods_without_agent() -> Result<()> {
     root();
@@ -43,14 +50,12 @@ fn lab_routes_between_pods_without_agent() -> Result<()> {
     assert_eq!(remaining(&id).len(), 8, "node + 7 pods");
     for family in [Family::V4, Family::V6] {
         let (a, b) = (ip(&lab, "test1", family), ip(&lab, "prod1", family));
-        assert!(
-            lab.ping("test1", b, PASSES)?,
-            "ping test1 -> prod1 {family:?}"
-        );
-        assert!(
-            lab.ping("ops1", a, PASSES)?,
-            "ping ops1 -> test1 {family:?}"
-        );
+        for (from, to, ip) in [("test1", "prod1", b), ("ops1", "test1", a)] {
+            assert!(
+                lab.ping(from, ip, PASSES)?,
+                "ping {from} -> {to} {family:?}"
+            );
+        }
         let _l = lab.tcp_listen("prod1", b, 8080)?;
         assert!(lab.tcp_connect("test1", b, 8080, PASSES)?);
         // Nothing listens on 8081: refused at once, not a timeout.
@@ -62,11 +67,7 @@ fn lab_routes_between_pods_without_agent() -> Result<()> {
     // The lab is closed: no route out of it.
     assert!(!lab.ping("test1", "192.0.2.1".parse()?, Duration::from_millis(300))?);
     drop(lab);
-    assert!(
-        remaining(&id).is_empty(),
-        "left behind: {:?}",
-        remaining(&id)
-    );
+    assert_gone(&id);
     Ok(())
 }
 
@@ -87,11 +88,7 @@ fn lab_is_torn_down_when_a_test_panics() {
     }));
     assert!(outcome.is_err());
     assert!(!id.is_empty());
-    assert!(
-        remaining(&id).is_empty(),
-        "left behind: {:?}",
-        remaining(&id)
-    );
+    assert_gone(&id);
 }
 
 #[test]
@@ -147,11 +144,7 @@ impl Running {
         self.agent.stop_ok(Duration::from_secs(10))?;
         let id = self.lab.id().to_string();
         drop(self.lab);
-        assert!(
-            remaining(&id).is_empty(),
-            "left behind: {:?}",
-            remaining(&id)
-        );
+        assert_gone(&id);
         Ok(())
     }
 
@@ -264,10 +257,7 @@ fn agent_metrics_count_every_packet_exactly() -> Result<()> {
     const N: u64 = 25;
     const PAYLOAD: usize = 100;
     let r = running()?;
-    let (staging1, prod1) = (
-        ip(&r.lab, "staging1", Family::V4),
-        ip(&r.lab, "prod1", Family::V4),
-    );
+    let (staging1, prod1) = (ip(&r.lab, "staging1", V4), ip(&r.lab, "prod1", V4));
     let rx = r.lab.udp_receiver("prod1", prod1, 9000)?;
     let labels = [
         ("src_env", "staging"),

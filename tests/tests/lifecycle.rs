@@ -1115,16 +1115,8 @@ fn startup_with_an_invalid_policy() -> Result<()> {
     // Nothing pinned: refuse, load nothing.
     let w = world_on(&bad_policy())?;
     let (_l, rx) = w.traffic()?;
-    let mut cmd = Command::new(&w.bin);
-    cmd.arg("agent")
-        .args(["--config", &w.config().display().to_string()])
-        .args(["--state-dir", &w.state_dir().display().to_string()])
-        .args([
-            "--api-socket",
-            &w.dir.path().join("api.sock").display().to_string(),
-        ])
-        .args(["--metrics-addr", METRICS]);
-    let proc = w.lab.spawn_in_ns(NODE, cmd)?;
+    let opts = agent_options(&w.config(), &w.state_dir(), &[]);
+    let proc = w.lab.spawn_in_ns(NODE, opts.command(&w.lab, &w.bin)?)?;
     let status = proc
         .wait_timeout(Duration::from_secs(30))?
         .ok_or_else(|| anyhow!("the agent with an invalid policy did not exit"))?;

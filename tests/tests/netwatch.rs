@@ -9,12 +9,12 @@
 //! the next one (`efl-<pid>-...`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::{Link, LinkEvent, LinkWatcher, PeerRef};
 use envfence_tests::fixture::serial;
+use envfence_tests::lab::probe::median_max;
 use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::Lab;
 use envfence_tests::netns;
@@ -152,8 +152,7 @@ fn saw(watcher: &mut Watcher, want: &LinkEvent) -> bool {
 }
 
 fn summary(what: &str, sorted: &[Duration]) {
-    let median = sorted[sorted.len() / 2];
-    let max = sorted[sorted.len() - 1];
+    let (median, max) = median_max(sorted);
     eprintln!(
         "netwatch: {what}: {} events, median {median:?}, max {max:?} \
          (from the start of the `ip` command)",
@@ -186,18 +185,8 @@ fn apply(view: &mut View, event: &LinkEvent) {
 
 /// The links of `ns` according to `ip`.
 fn ip_links(ns: &str) -> Result<View> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-o", "link", "show"])
-        .output()
-        .context("running `ip link show`")?;
-    if !out.status.success() {
-        bail!(
-            "`ip -n {ns} -o link show` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     let mut links = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in netns::ip_output(&["-n", ns, "-o", "link", "show"])?.lines() {
         // "7: nwa3@nwb3: <BROADCAST,MULTICAST,UP> mtu ..."
         let mut fields = line.splitn(3, ": ");
         let (Some(index), Some(name), Some(rest)) = (fields.next(), fields.next(), fields.next())

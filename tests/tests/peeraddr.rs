@@ -15,13 +15,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use envfence::netwatch::peers::{PeerError, PeerEvent, PeerWatcher};
 use envfence::netwatch::{LinkEvent, LinkWatcher, PeerRef};
 use envfence_tests::fixture::serial;
+use envfence_tests::lab::probe::median_max;
 use envfence_tests::lab::watch::{Feed, NsWatcher};
 use envfence_tests::lab::{Lab, PodSpec, POD_IF};
 use envfence_tests::netns;
@@ -31,19 +31,13 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// Changes timed one at a time.
 const TIMED: usize = 50;
 
+/// Pods a and b: 10.71.N.2 and fd00:71:N::2 (N = 1, 2).
 fn pods() -> Vec<PodSpec> {
-    vec![
-        PodSpec::new(
-            "a",
-            Ipv4Addr::new(10, 71, 1, 2),
-            Ipv6Addr::new(0xfd00, 0x71, 1, 0, 0, 0, 0, 2),
-        ),
-        PodSpec::new(
-            "b",
-            Ipv4Addr::new(10, 71, 2, 2),
-            Ipv6Addr::new(0xfd00, 0x71, 2, 0, 0, 0, 0, 2),
-        ),
-    ]
+    let pod = |name, n: u8| {
+        let v6 = Ipv6Addr::new(0xfd00, 0x71, n.into(), 0, 0, 0, 0, 2);
+        PodSpec::new(name, Ipv4Addr::new(10, 71, n, 2), v6)
+    };
+    vec![pod("a", 1), pod("b", 2)]
 }
 
 /// The links tracked at the start: name -> (ifindex, peer, addresses).
@@ -224,18 +218,9 @@ fn apply(view: &mut View, seen: &Seen) {
 
 /// Every `addr_info` entry of `pod0` in `ns` according to `ip -j`.
 fn ip_addr_info(ns: &str) -> Result<Vec<serde_json::Value>> {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-j", "addr", "show", "dev", POD_IF])
-        .output()
-        .context("running `ip addr show`")?;
-    if !out.status.success() {
-        bail!(
-            "`ip -n {ns} -j addr show dev {POD_IF}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let out = netns::ip_output(&["-n", ns, "-j", "addr", "show", "dev", POD_IF])?;
     let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+        serde_json::from_str(&out).context("parsing `ip -j addr` output")?;
     Ok(json
         .as_array()
         .into_iter()
@@ -298,10 +283,8 @@ fn wait_link_local(ns: &str) -> Result<()> {
     bail!("{POD_IF} in {ns} got no link-local address within 5 s")
 }
 
-fn summary(what: &str, mut all: Vec<Duration>) {
-    all.sort();
-    let median = all[all.len() / 2];
-    let max = all[all.len() - 1];
+fn summary(what: &str, all: Vec<Duration>) {
+    let (median, max) = median_max(&all);
     eprintln!(
         "peeraddr: {what}: {} events, median {median:?}, max {max:?}",
         all.len()

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use envfence_tests::agent::{agent_binary, Agent, AgentOptions, METRICS_ADDR};
 use envfence_tests::cli::cli_in;
-use envfence_tests::fixture::example_lab;
+use envfence_tests::fixture::{example_lab, workspace};
 use envfence_tests::lab::{wait_until, Family, Lab, NODE};
 use envfence_tests::prom::{promtool, Server as Prometheus};
 use serde_json::Value;
@@ -45,19 +45,12 @@ fn allowed_metrics() -> BTreeSet<&'static str> {
         .collect()
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
-}
-
 fn rules_file() -> PathBuf {
-    repo().join("deploy/prometheus/envfence-rules.yml")
+    workspace().join("deploy/prometheus/envfence-rules.yml")
 }
 
 fn rule_tests() -> Result<Vec<PathBuf>> {
-    let dir = repo().join("deploy/prometheus/tests");
+    let dir = workspace().join("deploy/prometheus/tests");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -322,7 +315,7 @@ fn every_alert_is_labelled_annotated_and_unit_tested() -> Result<()> {
 
 /// deploy/grafana's dashboard.
 fn dashboard() -> Result<Value> {
-    let path = repo().join("deploy/grafana/envfence-dashboard.json");
+    let path = workspace().join("deploy/grafana/envfence-dashboard.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).context("dashboard JSON")

@@ -15,7 +15,7 @@ use envfence::policy::{self, reference, CompiledPolicy, Mode};
 use envfence_ebpf::{proto, stat, verdict};
 use envfence_tests::fixture::{pod_v4, pod_v6, root};
 use envfence_tests::gen::diff::held_on_both_hooks;
-use envfence_tests::gen::ExtSpec;
+use envfence_tests::gen::{zero_outer_length, ExtSpec};
 use envfence_tests::oracle;
 use envfence_tests::packet::{ethertype, Ipv4, Ipv6, Packet};
 use envfence_tests::testrun::KernelHarness;
@@ -99,8 +99,7 @@ fn big_tcp_ipv4_total_length_zero() {
         ("prod -> prod", *PROD4, *PROD4B, verdict::ALLOW),
     ] {
         let mut f = v4_frame(src, dst, proto::TCP, &tcp_data(8080, 1400));
-        f[16] = 0;
-        f[17] = 0;
+        zero_outer_length(&mut f);
         // A GSO packet: judged with the skb's length, counted.
         let (o, stats) = check(&h, &format!("big tcp v4 {what}"), &f, GSO);
         let j = judged(&o, what);
@@ -122,8 +121,7 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
     let h = harness();
     // BIG TCP IPv6 without a hop-by-hop header.
     let mut f = v6_frame(*TEST6, *PROD6, proto::TCP, &tcp_data(8080, 1400));
-    f[18] = 0;
-    f[19] = 0;
+    zero_outer_length(&mut f);
     let (o, stats) = check(&h, "big tcp v6", &f, GSO);
     assert_eq!(judged(&o, "big tcp v6").verdict, verdict::DROP);
     assert!(stats.contains(&stat::LENGTH_FROM_SKB));
@@ -135,8 +133,7 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
     hbh.extend(70_000u32.to_be_bytes());
     hbh.extend(tcp_data(8080, 100));
     let mut f = v6_frame(*TEST6, *PROD6, proto::HOPOPTS, &hbh);
-    f[18] = 0;
-    f[19] = 0;
+    zero_outer_length(&mut f);
     let (o, _) = check(&h, "jumbo hbh, gso", &f, GSO);
     let j = judged(&o, "jumbo hbh gso");
     assert_eq!((j.verdict, j.l4), (verdict::DROP, reference::L4Seen::Ports));
@@ -155,8 +152,7 @@ fn ipv6_payload_length_zero_gso_and_jumbograms() {
         .vxlan(0x08, 42)
         .udp(40000, 4789);
     let mut f = v6_frame(*PROD6, *PROD6B, proto::UDP, udp.bytes());
-    f[18] = 0;
-    f[19] = 0;
+    zero_outer_length(&mut f);
     let (o, _) = check(&h, "vxlan in big tcp v6", &f, GSO);
     let j = judged(&o, "vxlan in plen 0");
     assert!(j.by_inner && j.verdict == verdict::DROP, "{j:?}");
@@ -191,12 +187,8 @@ fn mpls_label_stacks() {
     assert_eq!(o, reference::Outcome::MplsTooDeep);
     assert!(stats.contains(&stat::MPLS_TOO_DEEP));
     // No bottom of stack within the frame: malformed.
-    let (o, _) = check(
-        &h,
-        "no bottom of stack",
-        &mpls_frame(0x8847, 3, false, &[]),
-        0,
-    );
+    let no_bos = mpls_frame(0x8847, 3, false, &[]);
+    let (o, _) = check(&h, "no bottom of stack", &no_bos, 0);
     assert_eq!(o, reference::Outcome::Malformed);
     // A pseudowire control word (first nibble 0): not IP, passed, counted.
     let pw = mpls_frame(0x8847, 2, true, &[0, 0, 0, 1, 0x02, 0, 0, 0, 0, 1]);
@@ -232,28 +224,14 @@ fn pppoe_sessions() {
         );
         assert!(stats.contains(&stat::PPPOE), "{what}");
     }
-    let (o, stats) = check(
-        &h,
-        "lcp",
-        &pppoe_frame(0x11, 0, &[0xc0, 0x21], &[1, 1, 0, 4]),
-        0,
-    );
+    let lcp = pppoe_frame(0x11, 0, &[0xc0, 0x21], &[1, 1, 0, 4]);
+    let (o, stats) = check(&h, "lcp", &lcp, 0);
     assert_eq!(o, reference::Outcome::NonIp(reference::NonIpKind::Pppoe));
     assert!(stats.contains(&stat::NON_IP_PPPOE));
-    let (o, _) = check(
-        &h,
-        "bad version",
-        &pppoe_frame(0x21, 0, &[0, 0x21], &ip4),
-        0,
-    );
-    assert_eq!(o, reference::Outcome::Malformed);
-    let (o, _) = check(
-        &h,
-        "discovery code",
-        &pppoe_frame(0x11, 9, &[0, 0x21], &ip4),
-        0,
-    );
-    assert_eq!(o, reference::Outcome::Malformed);
+    for (what, ver_type, code) in [("bad version", 0x21, 0), ("discovery code", 0x11, 9)] {
+        let (o, _) = check(&h, what, &pppoe_frame(ver_type, code, &[0, 0x21], &ip4), 0);
+        assert_eq!(o, reference::Outcome::Malformed, "{what}");
+    }
 }
 
 fn vxlan_frame(port: u16, header: [u8; 8], inner: &[u8]) -> Vec<u8> {
@@ -287,12 +265,8 @@ fn policy_tunnel_ports_and_vxlan_gpe() {
         assert_eq!(j.by_inner, opened, "{what}: {j:?}");
     }
     // Without the P flag nothing is decapsulated.
-    let (o, _) = check(
-        &h,
-        "gpe no P",
-        &vxlan_frame(4790, [0x08, 0, 0, 1, 0, 0, 1, 0], &ip_inner),
-        0,
-    );
+    let no_p = vxlan_frame(4790, [0x08, 0, 0, 1, 0, 0, 1, 0], &ip_inner);
+    let (o, _) = check(&h, "gpe no P", &no_p, 0);
     assert!(!judged(&o, "gpe no P").tunneled);
     // A port the policy does not list is plain UDP; one it lists is opened.
     let src = policy::EXAMPLE_POLICY.replacen(
@@ -303,12 +277,8 @@ fn policy_tunnel_ports_and_vxlan_gpe() {
     let h2 = harness_with(&src);
     let (o, _) = check(&h2, "vxlan on 9999", &vxlan_frame(9999, vx, &eth_inner), 0);
     assert!(judged(&o, "9999").by_inner);
-    let (o, _) = check(
-        &h2,
-        "8472 no longer vxlan",
-        &vxlan_frame(8472, vx, &eth_inner),
-        0,
-    );
+    let f = vxlan_frame(8472, vx, &eth_inner);
+    let (o, _) = check(&h2, "8472 no longer vxlan", &f, 0);
     assert!(!judged(&o, "8472").tunneled);
 }
 
@@ -322,56 +292,20 @@ fn routing(rtype: u8, left: u8, addrs: &[[u8; 16]], next: u8) -> Vec<u8> {
 fn ipv6_routing_headers_final_destination() {
     let h = harness();
     let tcp = tcp_syn(1, 8080);
-    let prod = *PROD6;
-    let prod_b = *PROD6B;
-    let test = *TEST6;
+    let (prod, prod_b, test) = (*PROD6, *PROD6B, *TEST6);
     // test -> prod (hop) ... ending in test: allowed? test->test; and
     // test -> test hop ending in prod: must be dropped.
-    for (what, rtype, left, addrs, dst, want) in [
-        (
-            "srh hop test, final prod",
-            4u8,
-            1u8,
-            vec![prod, test],
-            test,
-            verdict::DROP,
-        ),
-        (
-            "srh all in test",
-            4,
-            1,
-            vec![test, test],
-            test,
-            verdict::ALLOW,
-        ),
-        (
-            "type 0 hop test, final prod",
-            0,
-            2,
-            vec![test, prod],
-            test,
-            verdict::DROP,
-        ),
-        (
-            "type 2 home address prod",
-            2,
-            1,
-            vec![prod],
-            test,
-            verdict::DROP,
-        ),
-        (
-            "srh segments left 0",
-            4,
-            0,
-            vec![prod, test],
-            test,
-            verdict::ALLOW,
-        ),
+    let (drop, allow) = (verdict::DROP, verdict::ALLOW);
+    for (what, rtype, left, addrs, want) in [
+        ("srh hop test, final prod", 4u8, 1u8, vec![prod, test], drop),
+        ("srh all in test", 4, 1, vec![test, test], allow),
+        ("type 0 hop test, final prod", 0, 2, vec![test, prod], drop),
+        ("type 2 home address prod", 2, 1, vec![prod], drop),
+        ("srh segments left 0", 4, 0, vec![prod, test], allow),
     ] {
         let mut rest = routing(rtype, left, &addrs, proto::TCP);
         rest.extend(&tcp);
-        let f = v6_frame(test, dst, proto::ROUTING, &rest);
+        let f = v6_frame(test, test, proto::ROUTING, &rest);
         let (o, stats) = check(&h, what, &f, 0);
         let j = judged(&o, what);
         assert_eq!(j.verdict, want, "{what}: {j:?}");

@@ -59,16 +59,9 @@ fn peer() -> IpAddr {
 fn cases() -> Vec<Case> {
     let ip = |s: &str| s.parse::<IpAddr>().expect("a literal address");
     let mapped = |a: IpAddr| IpAddr::V6(v6_octets(a).into());
-    let (t4, p4, q4) = (
-        pod_addr("test", V4, 1),
-        pod_addr("production", V4, 1),
-        pod_addr("production", V4, 2),
-    );
-    let (t6, p6, q6) = (
-        pod_addr("test", V6, 1),
-        pod_addr("production", V6, 1),
-        pod_addr("production", V6, 2),
-    );
+    let [[t4, p4, q4], [t6, p6, q6]] = [V4, V6].map(|fam| {
+        [("test", 1), ("production", 1), ("production", 2)].map(|(env, n)| pod_addr(env, fam, n))
+    });
     let t1 = "veth-test1";
     // Production hosts no route covers, one behind the blackhole route,
     // and the node's own address on prod1's link.

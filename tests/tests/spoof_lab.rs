@@ -38,20 +38,12 @@ struct Attempt {
 fn attempts(lab: &Lab) -> Result<Vec<Attempt>> {
     let mut out = Vec::new();
     for fam in [Family::V4, Family::V6] {
-        // A test pod claims production (it would be judged prod -> prod).
-        out.push(Attempt {
-            from: "test1",
-            to: "prod1",
-            src: claimed("production", fam)?,
-            dst: lab.pod("prod1")?.ip(fam),
-        });
-        // A production pod claims test, to send data into test.
-        out.push(Attempt {
-            from: "prod1",
-            to: "test1",
-            src: claimed("test", fam)?,
-            dst: lab.pod("test1")?.ip(fam),
-        });
+        // A test pod claims production (it would be judged prod -> prod);
+        // a production pod claims test, to send data into test.
+        for (from, to, env) in [("test1", "prod1", "production"), ("prod1", "test1", "test")] {
+            let (src, dst) = (claimed(env, fam)?, lab.pod(to)?.ip(fam));
+            out.push(Attempt { from, to, src, dst });
+        }
     }
     Ok(out)
 }

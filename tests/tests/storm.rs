@@ -19,7 +19,6 @@
 //! are exact per-CPU counters either way).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,6 +28,7 @@ use envfence_tests::agent::{agent_binary, Agent, AgentOptions, FlowEvent, METRIC
 use envfence_tests::fixture::example_lab;
 use envfence_tests::lab::procfs::{cpu_seconds, status_kib};
 use envfence_tests::lab::{http_get_here, wait_until, Family, POD_IF};
+use envfence_tests::netns;
 use serde_json::Value;
 
 const STORM: Duration = Duration::from_secs(10);
@@ -94,12 +94,8 @@ fn send(thread: usize, dst: Ipv4Addr, deadline: Option<Instant>) -> Result<(u64,
 
 /// (tx_packets, tx_dropped, rx_packets, rx_dropped) of `ifname` in `ns`.
 fn link_stats(ns: &str, ifname: &str) -> Result<[u64; 4]> {
-    let out = Command::new("ip")
-        .args(["-s", "-j", "-n", ns, "link", "show", "dev", ifname])
-        .output()
-        .context("running ip -s -j link")?;
-    ensure!(out.status.success(), "ip -s link show {ifname} in {ns}");
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let out = netns::ip_output(&["-s", "-j", "-n", ns, "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(&out)?;
     let s = &v[0]["stats64"];
     let n = |dir: &str, k: &str| s[dir][k].as_u64().context("link stat");
     Ok([

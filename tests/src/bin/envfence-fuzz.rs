@@ -138,7 +138,7 @@ fn run(args: Args) -> Result<bool> {
         report.skipped,
         report.mismatched_cases
     );
-    let missing = report.missing_classes();
+    let missing = report.missing(diff::ALL_CLASSES);
     if !missing.is_empty() {
         println!("outcome classes not hit: {}", missing.join(", "));
     }
@@ -201,11 +201,7 @@ fn route_run(cases: u64, seed: u64, egress_every: u64) -> Result<diff::Report> {
         report.skipped,
         report.mismatched_cases
     );
-    let thin: Vec<&str> = SOURCE_CLASSES
-        .iter()
-        .filter(|c| report.classes.get(*c).copied().unwrap_or(0) == 0)
-        .copied()
-        .collect();
+    let thin = report.missing(SOURCE_CLASSES);
     if !thin.is_empty() {
         println!("source-check results not hit: {}", thin.join(", "));
     }

@@ -1026,23 +1026,25 @@ mod tests {
         assert_eq!((j.verdict, j.encap), (verdict::DROP, Encap::Mpls));
         let j = judged("mpls multicast 1 label ipv6 dns test>prod");
         assert_eq!((j.verdict, j.dport), (verdict::ALLOW, 53));
-        assert_eq!(
-            judged("mpls behind an 802.1Q tag test>prod").verdict,
-            verdict::DROP
-        );
-        assert_eq!(
-            outcome("mpls without bottom of stack, frame ends test>prod"),
-            Outcome::Malformed
-        );
-        // The IP header's words read as labels: past the bound.
-        assert_eq!(
-            outcome("mpls without bottom of stack, ip follows test>prod"),
-            Outcome::MplsTooDeep
-        );
-        assert_eq!(
-            outcome("mpls pseudowire control word (not ip) test>prod"),
-            Outcome::NonIp(NonIpKind::Mpls)
-        );
+        for (name, want) in [
+            ("mpls behind an 802.1Q tag", verdict::DROP),
+            ("pppoe session ipv4 dns", verdict::ALLOW),
+            ("big tcp ipv4 dns", verdict::ALLOW),
+        ] {
+            assert_eq!(judged(&format!("{name} test>prod")).verdict, want, "{name}");
+        }
+        use Outcome::{Malformed, MplsTooDeep, NonIp};
+        let (mpls, pppoe) = (NonIp(NonIpKind::Mpls), NonIp(NonIpKind::Pppoe));
+        for (name, want) in [
+            ("mpls without bottom of stack, frame ends", Malformed),
+            // The IP header's words read as labels: past the bound.
+            ("mpls without bottom of stack, ip follows", MplsTooDeep),
+            ("mpls pseudowire control word (not ip)", mpls),
+            ("pppoe session lcp (not ip)", pppoe.clone()),
+            ("pppoe discovery (not ip)", pppoe),
+        ] {
+            assert_eq!(outcome(&format!("{name} test>prod")), want, "{name}");
+        }
         for name in [
             "pppoe session ipv4",
             "pppoe session ipv6",
@@ -1056,14 +1058,6 @@ mod tests {
                 "{name}"
             );
         }
-        assert_eq!(
-            judged("pppoe session ipv4 dns test>prod").verdict,
-            verdict::ALLOW
-        );
-        for name in ["pppoe session lcp (not ip)", "pppoe discovery (not ip)"] {
-            let o = outcome(&format!("{name} test>prod"));
-            assert_eq!(o, Outcome::NonIp(NonIpKind::Pppoe), "{name}");
-        }
         for name in [
             "pppoe session bad version",
             "pppoe session with a discovery code",
@@ -1075,11 +1069,7 @@ mod tests {
             "srv6 segments left > last entry + 1",
             "two routing headers with segments left",
         ] {
-            assert_eq!(
-                outcome(&format!("{name} test>prod")),
-                Outcome::Malformed,
-                "{name}"
-            );
+            assert_eq!(outcome(&format!("{name} test>prod")), Malformed, "{name}");
         }
         let j = judged("jumbo option with the payload length written test>prod");
         assert_eq!((j.verdict, j.l4), (verdict::DROP, L4Seen::Ports));
@@ -1133,7 +1123,6 @@ mod tests {
             assert_eq!(j.verdict, verdict::DROP, "{name}");
             assert_eq!(judged(&format!("{name} prod>prod")).verdict, verdict::ALLOW);
         }
-        assert_eq!(judged("big tcp ipv4 dns test>prod").verdict, verdict::ALLOW);
         let j = judged("big tcp ipv6 srv6, final segment elsewhere test>prod");
         assert!(j.by_final && j.len_from_skb, "{j:?}");
         let j = judged("gso ipv4 with its length written test>prod");

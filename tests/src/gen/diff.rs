@@ -467,91 +467,44 @@ pub fn outcome_classes(o: &reference::Outcome) -> Vec<&'static str> {
                 L4Seen::NoPorts => "l4-no-ports",
                 L4Seen::Other => "l4-other",
             });
-            if j.family == envfence_ebpf::family::V4 {
-                c.push("ipv4");
-            } else {
-                c.push("ipv6");
-            }
-            if j.fragment {
-                c.push("fragment");
-            }
-            if j.ext_too_deep {
-                c.push("ipv6-ext-too-deep");
-            }
-            if j.tunneled {
-                c.push("tunneled");
-            }
-            if j.by_inner {
-                c.push("decided-by-inner");
-            }
-            match j.encap {
-                reference::Encap::Mpls => c.push("mpls"),
-                reference::Encap::Pppoe => c.push("pppoe"),
-                reference::Encap::Ethernet => {}
-            }
-            if j.len_from_skb {
-                c.push("length-from-skb");
-                if j.tunneled {
-                    // The issue-13 bypass: a tunnel inside a length of 0.
-                    c.push("tunnel-in-length-from-skb");
-                }
-            }
-            if j.proto == envfence_ebpf::proto::DCCP && j.l4 == L4Seen::Ports {
-                c.push("dccp-ports");
-            }
-            if j.routed {
-                c.push("routing-final");
-            }
-            if j.by_final {
-                c.push("decided-by-final-destination");
-            }
+            let v4 = j.family == envfence_ebpf::family::V4;
+            c.push(if v4 { "ipv4" } else { "ipv6" });
             let mapped = |a: &std::net::IpAddr| match a {
                 std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
                 _ => false,
             };
-            if mapped(&j.src) || mapped(&j.dst) {
-                c.push("v4-mapped");
-            }
-            if j.l4 == L4Seen::Ports && j.dport == 53 && j.src_env != j.dst_env {
-                c.push("port-53-across-envs");
-            }
+            let ports = j.l4 == L4Seen::Ports;
+            let flags = [
+                (j.fragment, "fragment"),
+                (j.ext_too_deep, "ipv6-ext-too-deep"),
+                (j.tunneled, "tunneled"),
+                (j.by_inner, "decided-by-inner"),
+                (j.encap == reference::Encap::Mpls, "mpls"),
+                (j.encap == reference::Encap::Pppoe, "pppoe"),
+                (j.len_from_skb, "length-from-skb"),
+                // The issue-13 bypass: a tunnel inside a length of 0.
+                (j.len_from_skb && j.tunneled, "tunnel-in-length-from-skb"),
+                (j.proto == envfence_ebpf::proto::DCCP && ports, "dccp-ports"),
+                (j.routed, "routing-final"),
+                (j.by_final, "decided-by-final-destination"),
+                (mapped(&j.src) || mapped(&j.dst), "v4-mapped"),
+                (
+                    ports && j.dport == 53 && j.src_env != j.dst_env,
+                    "port-53-across-envs",
+                ),
+            ];
+            c.extend(flags.into_iter().filter(|f| f.0).map(|f| f.1));
             c
         }
     }
 }
 
 /// Every class [`outcome_classes`] can return.
-pub const ALL_CLASSES: &[&str] = &[
-    "non-ip",
-    "non-ip-mpls",
-    "non-ip-pppoe",
-    "malformed",
-    "vlan-too-deep",
-    "tunnel-too-deep",
-    "verdict-allow",
-    "verdict-log",
-    "verdict-audit",
-    "verdict-drop",
-    "l4-ports",
-    "l4-no-ports",
-    "l4-other",
-    "ipv4",
-    "ipv6",
-    "fragment",
-    "ipv6-ext-too-deep",
-    "tunneled",
-    "decided-by-inner",
-    "mpls",
-    "mpls-too-deep",
-    "pppoe",
-    "length-from-skb",
-    "tunnel-in-length-from-skb",
-    "dccp-ports",
-    "routing-final",
-    "decided-by-final-destination",
-    "v4-mapped",
-    "port-53-across-envs",
-];
+pub const ALL_CLASSES: &str = "non-ip non-ip-mpls non-ip-pppoe malformed vlan-too-deep \
+    tunnel-too-deep verdict-allow verdict-log verdict-audit verdict-drop l4-ports l4-no-ports l4-other \
+    ipv4 ipv6 fragment ipv6-ext-too-deep tunneled decided-by-inner mpls mpls-too-deep \
+    pppoe length-from-skb tunnel-in-length-from-skb dccp-ports routing-final \
+    decided-by-final-destination v4-mapped port-53-across-envs";
 
 /// How to run [`run_differential`].
 #[derive(Clone, Debug)]
@@ -615,9 +568,9 @@ impl Report {
 
     /// The classes of `classes` hit fewer than `min` times, as
     /// `class (count)`.
-    pub fn thin(&self, classes: &[&str], min: u64) -> Vec<String> {
+    pub fn thin(&self, classes: &str, min: u64) -> Vec<String> {
         classes
-            .iter()
+            .split_whitespace()
             .filter_map(|c| {
                 let n = self.classes.get(c).copied().unwrap_or(0);
                 (n < min).then(|| format!("{c} ({n})"))
@@ -625,13 +578,10 @@ impl Report {
             .collect()
     }
 
-    /// Outcome classes never hit.
-    pub fn missing_classes(&self) -> Vec<&'static str> {
-        ALL_CLASSES
-            .iter()
-            .filter(|c| self.classes.get(*c).copied().unwrap_or(0) == 0)
-            .copied()
-            .collect()
+    /// The classes of `classes` (see [`ALL_CLASSES`]) never hit.
+    pub fn missing(&self, classes: &'static str) -> Vec<&'static str> {
+        let hit = |c: &&str| self.classes.get(*c).is_some_and(|n| *n > 0);
+        classes.split_whitespace().filter(|c| !hit(c)).collect()
     }
 
     /// A human summary.

@@ -175,20 +175,10 @@ impl RouteLab {
         let mut node = vec!["link set lo up".to_owned()];
         let mut peer = vec!["link set lo up".to_owned()];
         for (i, f) in IFACES.iter().enumerate() {
-            netns::ip(&[
-                "-n",
-                &lab.node_ns,
-                "link",
-                "add",
-                f.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("efp{i}"),
-                "netns",
-                &lab.peer_ns,
-            ])?;
+            let (node_ns, peer_ns, name) = (&lab.node_ns, &lab.peer_ns, f.name);
+            netns::ip_line(&format!(
+                "-n {node_ns} link add {name} type veth peer name efp{i} netns {peer_ns}"
+            ))?;
             node.push(format!("link set {} up", f.name));
             peer.push(format!("link set efp{i} up"));
         }
@@ -356,19 +346,10 @@ pub fn source_class(found: Option<rpf::SourceFound>) -> &'static str {
 }
 
 /// Every class [`source_class`] returns for a known result, and `spoofed`.
-pub const SOURCE_CLASSES: &[&str] = &[
-    "source-not-checked",
-    "source-route",
-    "source-peer-address",
-    "source-link-scope",
-    "source-unverified",
-    "source-route-via-other-interface",
-    "source-no-route",
-    "source-no-unicast-route",
-    "source-forwarding-disabled",
-    "source-martian",
-    "spoofed",
-];
+pub const SOURCE_CLASSES: &str =
+    "source-not-checked source-route source-peer-address source-link-scope \
+    source-unverified source-route-via-other-interface source-no-route \
+    source-no-unicast-route source-forwarding-disabled source-martian spoofed";
 
 /// The differential run on the route lab: `opts.cases` generated frames,
 /// each entering one of the lab's interfaces (drawn from the seed),
@@ -433,49 +414,23 @@ pub fn run_on_routes(engine: &Engine, lab: &RouteLab, opts: &Options) -> Result<
 /// (unspecified, link-local, loopback, multicast, broadcast, IPv4-mapped
 /// forms of them), towards a group, a link-local or a unicast address.
 fn scope_frame(rng: &mut Rng) -> Vec<u8> {
-    const V4_SRC: &[&str] = &[
-        "0.0.0.0",
-        "127.0.0.1",
-        "224.0.0.5",
-        "255.255.255.255",
-        "10.10.1.2",
-        "169.254.1.1",
-    ];
-    const V4_DST: &[&str] = &[
-        "255.255.255.255",
-        "224.0.0.251",
-        "239.1.2.3",
-        "10.10.1.2",
-        "10.30.1.255",
-    ];
-    const V6_SRC: &[&str] = &[
-        "::",
-        "fe80::1",
-        "febf::2",
-        "fec0::1",
-        "::1",
-        "ff02::1",
-        "::ffff:0.0.0.0",
-        "::ffff:127.0.0.1",
-        "::ffff:10.10.1.2",
-        "fd00:10:1::2",
-    ];
-    const V6_DST: &[&str] = &[
-        "ff02::1",
-        "ff02::1:ff00:2",
-        "fe80::2",
-        "fd00:10:1::2",
-        "::ffff:255.255.255.255",
-        "::ffff:224.0.0.251",
-        "::ffff:10.30.1.2",
-    ];
+    const V4_SRC: &str = "0.0.0.0 127.0.0.1 224.0.0.5 255.255.255.255 10.10.1.2 169.254.1.1";
+    const V4_DST: &str = "255.255.255.255 224.0.0.251 239.1.2.3 10.10.1.2 10.30.1.255";
+    const V6_SRC: &str = ":: fe80::1 febf::2 fec0::1 ::1 ff02::1 \
+        ::ffff:0.0.0.0 ::ffff:127.0.0.1 ::ffff:10.10.1.2 fd00:10:1::2";
+    const V6_DST: &str = "ff02::1 ff02::1:ff00:2 fe80::2 fd00:10:1::2 \
+        ::ffff:255.255.255.255 ::ffff:224.0.0.251 ::ffff:10.30.1.2";
     let (srcs, dsts) = if rng.chance(40) {
         (V4_SRC, V4_DST)
     } else {
         (V6_SRC, V6_DST)
     };
+    let (srcs, dsts): (Vec<&str>, Vec<&str>) = (
+        srcs.split_whitespace().collect(),
+        dsts.split_whitespace().collect(),
+    );
     let parse = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
-    let (src, dst) = (parse(rng.pick(srcs)), parse(rng.pick(dsts)));
+    let (src, dst) = (parse(rng.pick(&srcs)), parse(rng.pick(&dsts)));
     let sport = rng.u16();
     ip_frame(
         src,

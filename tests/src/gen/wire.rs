@@ -51,11 +51,7 @@ fn ns_of(lab: &Lab, who: &str) -> Result<String> {
 /// The MAC address of `ifname` in `who`'s namespace.
 pub fn mac_of(lab: &Lab, who: &str, ifname: &str) -> Result<[u8; 6]> {
     let ns = ns_of(lab, who)?;
-    let out = std::process::Command::new("ip")
-        .args(["-n", &ns, "-o", "link", "show", "dev", ifname])
-        .output()
-        .context("running ip link show")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = netns::ip_output(&["-n", &ns, "-o", "link", "show", "dev", ifname])?;
     let mac = text
         .split_whitespace()
         .skip_while(|w| *w != "link/ether")

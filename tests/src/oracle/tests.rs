@@ -44,6 +44,8 @@ const TCP_8080: &str = "9c 40 1f 90 00 00 00 01 00 00 00 00 50 02 ff ff 00 00 00
 const TCP_53: &str = "9c 40 00 35 00 00 00 01 00 00 00 00 50 02 ff ff 00 00 00 00";
 /// UDP 40000 -> 53, 8 bytes, no payload.
 const UDP_53: &str = "9c 40 00 35 00 08 00 00";
+/// A VXLAN header (flags 0x08, VNI 1).
+const VXLAN_VNI_1: &str = "08 00 00 00 00 00 01 00";
 /// ICMP echo request, 8 bytes.
 const ECHO: &str = "08 00 f7 ff 00 00 00 00";
 
@@ -54,6 +56,16 @@ fn v4(total: u16, frag: u16, proto: u8, src: &str, dst: &str) -> String {
 
 fn v6(payload: u16, next: u8, src: &str, dst: &str) -> String {
     format!("60 00 00 00 {payload:04x} {next:02x} 40 {src} {dst}")
+}
+
+/// An IPv4 frame: [`v4`]'s header, then `rest`.
+fn v4f(total: u16, frag: u16, proto: u8, src: &str, dst: &str, rest: &[&str]) -> Vec<u8> {
+    frame(&[&[MACS, "08 00", &v4(total, frag, proto, src, dst)], rest].concat())
+}
+
+/// An IPv6 frame: [`v6`]'s header, then `rest`.
+fn v6f(payload: u16, next: u8, src: &str, dst: &str, rest: &[&str]) -> Vec<u8> {
+    frame(&[&[MACS, "86 dd", &v6(payload, next, src, dst)], rest].concat())
 }
 
 fn judged(o: &Outcome) -> &envfence::policy::reference::Judgement {
@@ -141,13 +153,14 @@ fn malformed_frames() {
         // MPLS label without bottom of stack, then the frame ends.
         frame(&[MACS, "88 47", "00 01 00 40"]),
         // VXLAN (UDP 4789) whose inner Ethernet frame is missing.
-        frame(&[
-            MACS,
-            "08 00",
-            &v4(36, 0, 17, TEST4, PROD4),
-            "9c 40 12 b5 00 10 00 00",
-            "08 00 00 00 00 00 01 00",
-        ]),
+        v4f(
+            36,
+            0,
+            17,
+            TEST4,
+            PROD4,
+            &["9c 40 12 b5 00 10 00 00", VXLAN_VNI_1],
+        ),
     ];
     for f in cases {
         assert_eq!(o.classify(&f), Outcome::Malformed, "{f:02x?}");
@@ -185,14 +198,7 @@ fn limits_too_deep() {
     // IPIP inside IPIP.
     let inner = v4(40, 0, 6, TEST4, PROD4);
     let middle = v4(60, 0, 4, OPS4, PROD4);
-    let nested = frame(&[
-        MACS,
-        "08 00",
-        &v4(80, 0, 4, DEV4, PROD4),
-        &middle,
-        &inner,
-        TCP_8080,
-    ]);
+    let nested = v4f(80, 0, 4, DEV4, PROD4, &[&middle, &inner, TCP_8080]);
     assert_eq!(o.classify(&nested), Outcome::TunnelTooDeep);
 }
 
@@ -254,25 +260,14 @@ fn hidden_ports_get_the_strictest_verdict() {
     let cut = frame(&[MACS, "08 00", &v4(22, 0, 6, TEST4, PROD4), "9c 40"]);
     assert_eq!(judged(&o.classify(&cut)).l4, L4Seen::NoPorts);
     // IPv6 fragment header with offset 1: no ports, test -> production.
-    let frag6 = frame(&[
-        MACS,
-        "86 dd",
-        &v6(16, 44, TEST6, PROD6),
-        "11 00 00 08 00 00 00 01",
-        UDP_53,
-    ]);
+    let frag6 = v6f(16, 44, TEST6, PROD6, &["11 00 00 08 00 00 00 01", UDP_53]);
     let j = o.classify(&frag6);
     assert_eq!(
         (judged(&j).proto, judged(&j).l4, judged(&j).verdict),
         (17, L4Seen::NoPorts, DROP)
     );
     // ESP: no ports.
-    let esp = frame(&[
-        MACS,
-        "86 dd",
-        &v6(8, 50, TEST6, PROD6),
-        "00 00 00 01 00 00 00 01",
-    ]);
+    let esp = v6f(8, 50, TEST6, PROD6, &["00 00 00 01 00 00 00 01"]);
     assert_eq!(judged(&o.classify(&esp)).l4, L4Seen::NoPorts);
     // Seven destination-options headers: too deep.
     let dst_opts = "3c 00 01 04 00 00 00 00 ".repeat(6) + "06 00 01 04 00 00 00 00";
@@ -298,13 +293,7 @@ fn lengths_of_zero() {
     assert!(judged(&j).len_from_skb);
     assert_eq!(judged(&j).verdict, DROP);
     // A jumbo option under 65536 without GSO: malformed.
-    let jumbo = frame(&[
-        MACS,
-        "86 dd",
-        &v6(0, 0, TEST6, PROD6),
-        "06 00 c2 04 00 00 ff ff",
-        TCP_8080,
-    ]);
+    let jumbo = v6f(0, 0, TEST6, PROD6, &["06 00 c2 04 00 00 ff ff", TCP_8080]);
     assert_eq!(o.classify(&jumbo), Outcome::Malformed);
 }
 
@@ -313,36 +302,36 @@ fn tunnels_and_routing_headers() {
     let o = oracle(Mode::Enforce);
     // ops -> production (log) carrying test -> production TCP 8080 (drop):
     // the inner decides.
-    let ipip = frame(&[
-        MACS,
-        "08 00",
-        &v4(60, 0, 4, OPS4, PROD4),
-        &v4(40, 0, 6, TEST4, PROD4),
-        TCP_8080,
-    ]);
+    let ipip = v4f(
+        60,
+        0,
+        4,
+        OPS4,
+        PROD4,
+        &[&v4(40, 0, 6, TEST4, PROD4), TCP_8080],
+    );
     let j = o.classify(&ipip);
     assert_eq!(vsdr(&j), (DROP, TEST, PROD, 1));
     assert!(judged(&j).tunneled && judged(&j).by_inner);
     // GRE with a key (flags 0x2000), IPv4 inside, ops -> prod inside a
     // test -> prod outer: the outer (drop) decides.
-    let gre = frame(&[
-        MACS,
-        "08 00",
-        &v4(68, 0, 47, TEST4, PROD4),
-        "20 00 08 00 00 00 00 07",
-        &v4(40, 0, 6, OPS4, PROD4),
-        TCP_8080,
-    ]);
+    let gre = v4f(
+        68,
+        0,
+        47,
+        TEST4,
+        PROD4,
+        &[
+            "20 00 08 00 00 00 00 07",
+            &v4(40, 0, 6, OPS4, PROD4),
+            TCP_8080,
+        ],
+    );
     let j = o.classify(&gre);
     assert_eq!(vsdr(&j), (DROP, TEST, PROD, 1));
     assert!(judged(&j).tunneled && !judged(&j).by_inner);
     // GRE version 1 (PPTP): judged on the outer alone.
-    let pptp = frame(&[
-        MACS,
-        "08 00",
-        &v4(28, 0, 47, OPS4, PROD4),
-        "30 01 88 0b 00 00 00 00",
-    ]);
+    let pptp = v4f(28, 0, 47, OPS4, PROD4, &["30 01 88 0b 00 00 00 00"]);
     let j = o.classify(&pptp);
     assert_eq!(
         (vsdr(&j), judged(&j).tunneled),
@@ -350,13 +339,14 @@ fn tunnels_and_routing_headers() {
     );
     // VXLAN on 8472 carrying test -> prod TCP 8080.
     let inner = frame(&[MACS, "08 00", &v4(40, 0, 6, TEST4, PROD4), TCP_8080]);
-    let mut vxlan = frame(&[
-        MACS,
-        "08 00",
-        &v4(20 + 8 + 8 + 54, 0, 17, OPS4, PROD4),
-        "9c 40 21 18 00 46 00 00",
-        "08 00 00 00 00 00 01 00",
-    ]);
+    let mut vxlan = v4f(
+        20 + 8 + 8 + 54,
+        0,
+        17,
+        OPS4,
+        PROD4,
+        &["9c 40 21 18 00 46 00 00", "08 00 00 00 00 00 01 00"],
+    );
     vxlan.extend(&inner);
     let j = o.classify(&vxlan);
     assert_eq!(vsdr(&j), (DROP, TEST, PROD, 1));
@@ -383,14 +373,7 @@ fn the_window_ends_at_448_bytes() {
     let big_opts = format!("3c 2f {}", "00 ".repeat(382));
     let small = "06 01 01 0c 00 00 00 00 00 00 00 00 00 00 00 00";
     let payload = 384 + 16 + 20;
-    let f = frame(&[
-        MACS,
-        "86 dd",
-        &v6(payload, 60, TEST6, PROD6),
-        &big_opts,
-        small,
-        TCP_53,
-    ]);
+    let f = v6f(payload, 60, TEST6, PROD6, &[&big_opts, small, TCP_53]);
     let j = o.classify(&f);
     assert_eq!(judged(&j).l4, L4Seen::NoPorts, "{j:?}");
     assert_eq!(judged(&j).verdict, DROP);
