@@ -73,6 +73,14 @@ fn testrun_part_compares_a_baseline_build() -> Result<()> {
     assert_eq!(a6.rows.len(), results.rows.len() * 4);
     assert!(a6.to_markdown().contains("baseline same"));
     let goals = results.goals();
+    // The same object verifies to the same count on both sides.
+    assert_eq!(results.verified.len(), 3);
+    for (name, env, base) in &results.verified {
+        assert!(env.is_some_and(|n| n > 0), "{name}: {env:?}");
+        assert_eq!(env, base, "{name}: the same object verified differently");
+    }
+    let a7 = results.verified_table().expect("a7 with a baseline");
+    assert_eq!(a7.rows.len(), 3);
     // The plain test's goals plus one per measure against the baseline.
     assert_eq!(goals.len(), 2 * 2 * 3 * 2 + 3);
     Ok(())

@@ -185,6 +185,9 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// (CIDRs, time to write the policy into the maps).
     pub apply_times: Vec<(usize, Duration)>,
+    /// Per program: its name, the instructions the kernel verified for
+    /// envfence's object and for the baseline's (when one was loaded).
+    pub verified: Vec<(&'static str, Option<u32>, Option<u32>)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -247,6 +250,23 @@ impl Loaded {
                 None => bail!("no baseline object was loaded"),
             },
         })
+    }
+    /// The instructions the kernel verified, per program: envfence's and
+    /// the baseline's.
+    fn verified(&self) -> Vec<(&'static str, Option<u32>, Option<u32>)> {
+        let base = self.baseline.as_ref().map(Datapath::verified_instructions);
+        self.dp
+            .verified_instructions()
+            .into_iter()
+            .map(|(name, n)| {
+                let b = base
+                    .iter()
+                    .flatten()
+                    .find(|(other, _)| *other == name)
+                    .and_then(|(_, b)| *b);
+                (name, n, b)
+            })
+            .collect()
     }
     /// The programs run in the same rounds: the empty one, envfence, and
     /// the baseline's.
@@ -369,9 +389,13 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     let _pinned = Pinned::here();
     let mut rows = Vec::new();
     let mut apply_times = Vec::new();
+    let mut verified = Vec::new();
     for &n in &p.sizes {
         let policy = SynthPolicy::generate(n, p.seed)?;
         let mut l = Loaded::new(p)?;
+        if verified.is_empty() {
+            verified = l.verified();
+        }
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
         apply_times.push((n, t.elapsed()));
@@ -457,6 +481,7 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
         params: p.clone(),
         rows,
         apply_times,
+        verified,
     })
 }
 
@@ -593,6 +618,34 @@ impl Results {
         Some(t)
     }
 
+    /// a7: the instructions the kernel verified, envfence against the
+    /// baseline build (None without one).
+    pub fn verified_table(&self) -> Option<Table> {
+        let b = self.params.baseline.as_ref()?;
+        let mut t = Table::new(
+            format!(
+                "a7. Instructions the verifier processed, envfence against the baseline build {}",
+                b.name
+            ),
+            &format!(
+                "program | baseline {} | envfence | envfence − baseline",
+                b.name
+            ),
+        );
+        let count = |n: Option<u32>| {
+            n.map_or_else(|| "not reported".to_string(), |n| thousands(f64::from(n)))
+        };
+        for &(name, env, base) in &self.verified {
+            let diff = match (env, base) {
+                (Some(e), Some(b)) => format!("{:+}", i64::from(e) - i64::from(b)),
+                _ => "–".into(),
+            };
+            t.row(vec![name.into(), count(base), count(env), diff]);
+        }
+        t.note("The kernel's verified_insns of each program as loaded for the first size (the same options as the agent's).");
+        Some(t)
+    }
+
     /// The goals at the largest size measured.
     pub fn goals(&self) -> Vec<Goal> {
         let Some(&largest) = self.params.sizes.iter().max() else {
@@ -697,6 +750,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         ]);
     }
     s.tables.push(load);
+    s.tables.extend(results.verified_table());
     s.goals = results.goals();
     Ok(s)
 }
