@@ -698,34 +698,36 @@ impl Results {
         let mut goals = Vec::new();
         let names = ["hot", "working set", "spread"];
         for (k, measure) in names.iter().enumerate() {
-            let worst = self
+            let ratios: Vec<f64> = self
                 .rows
                 .iter()
-                .filter_map(|r| r.versus.as_ref().map(|v| (r, v.ratio[k][0])))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            let Some((r, q)) = worst else { continue };
+                .filter_map(|r| r.versus.as_ref().map(|v| v.ratio[k][0]))
+                .filter(|q| q.is_finite() && *q > 0.0)
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            let geomean = (ratios.iter().map(|q| q.ln()).sum::<f64>() / ratios.len() as f64).exp();
+            let slower = ratios.iter().filter(|&&q| q > 1.0).count();
             goals.push(Goal::new(
                 format!(
-                    "no slower than baseline {} (median pair ratio ≤ {VERSUS_TOLERANCE:.2}) at every size: {measure}, worst row",
+                    "no slower than baseline {} (geometric mean of the rows' median pair ratios ≤ {VERSUS_TOLERANCE:.2}): {measure}",
                     b.name
                 ),
-                format!(
-                    "{q:.3}× ({} {} at {} CIDRs)",
-                    r.family.name(),
-                    r.kind.name(),
-                    thousands(r.cidrs as f64)
-                ),
-                q <= VERSUS_TOLERANCE,
+                format!("{geomean:.3}× ({slower} of {} rows above 1)", ratios.len()),
+                geomean <= VERSUS_TOLERANCE,
             ));
         }
         goals
     }
 }
 
-/// How much slower than the baseline a median pair ratio may be and still
-/// count as no slower: the spread of an A/A run (the baseline the same
-/// object) on this machine.
-const VERSUS_TOLERANCE: f64 = 1.02;
+/// How much slower than the baseline the rows' geometric mean may be and
+/// still count as no slower. An A/A run (the baseline the same object) on
+/// this machine gave 1.013 hot, 1.030 working set and 1.040 spread, single
+/// rows 0.95–1.16: one row says little, the mean over 16 rows is what
+/// separates a change from the noise.
+const VERSUS_TOLERANCE: f64 = 1.05;
 
 /// The section of the report.
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
