@@ -26,8 +26,9 @@ use envfence_ebpf::{family, stat, tunnel, verdict};
 use super::{rpf, CompiledPolicy, Mode, NonIp};
 
 /// The kernel's header walk ([`envfence_ebpf::walk_for!`]) over a
-/// [`SliceFrame`].
-mod walked {
+/// [`SliceFrame`], with its ICMP quote reader (`quoted`, used by
+/// `explain --pcap`'s tracker).
+pub(crate) mod walked {
     envfence_ebpf::walk_for!(super::SliceFrame<'_>);
 }
 

@@ -10,8 +10,8 @@
 //! RST ends a flow; a packet of the opener the policy no longer passes ends
 //! it; an ICMP error is related when the packet it quotes (read by the
 //! kernel's own quote reader, `envfence_ebpf::quote_for!`, instantiated
-//! here for a byte slice) is of a tracked flow, either direction, and its
-//! source is the error's destination.
+//! for a byte slice in `policy::reference::walked`) is of a tracked flow,
+//! either direction, and its source is the error's destination.
 //!
 //! What it does not model, and says so instead of guessing: flows opened
 //! before the capture began (the kernel's live table is not consulted:
@@ -30,14 +30,7 @@ use envfence_ebpf::ct_rules::{self, TCP_ACK, TCP_SYN};
 use envfence_ebpf::quote::{self, Quoted};
 use envfence_ebpf::{ct, family, proto, tunnel, verdict, walk::Layer, L4};
 
-use crate::policy::reference::{Skb, SliceFrame};
-
-/// The kernel's header walk and quote reader over a byte slice; only the
-/// quote reader is used here (the walk itself runs in `policy::reference`).
-#[allow(dead_code)]
-mod walked {
-    envfence_ebpf::walk_for!(crate::policy::reference::SliceFrame<'_>);
-}
+use crate::policy::reference::{walked, Skb, SliceFrame};
 
 /// Flows remembered at most: the kernel table's default capacity (then new
 /// ones are not tracked, like in a full kernel table: their replies are
