@@ -13,7 +13,7 @@
 use core::borrow::Borrow;
 
 use crate::walk::L4;
-use crate::{PairVerdict, PortKey, RuleVerdict};
+use crate::{PairVerdict, RuleVerdict};
 
 /// Where a decision finds port rules. Lookups may fail (pinned maps are
 /// read with syscalls): [`Tables::Error`] is `Infallible` where they
@@ -26,11 +26,20 @@ pub trait Tables {
     type Rule<'a>: Borrow<RuleVerdict>
     where
         Self: 'a;
-    /// The policy slot whose rules these are (a compiled policy's, which
-    /// is in no slot yet: 0).
-    fn slot(&self) -> u32;
-    /// The port rule of `key`, if there is one.
-    fn port_rule(&self, key: &PortKey) -> Result<Option<Self::Rule<'_>>, Self::Error>;
+    /// The port rule of (`src_env`, `dst_env`, `proto`, destination
+    /// `port`), if there is one. Each table builds its own key
+    /// ([`crate::PortKey::new`], with its slot) right beside its lookup;
+    /// the kernel's hands it to the map by value. A key built here and
+    /// passed down by reference cost the verifier 8,013 more instructions
+    /// in the decision stage (138,081 against 130,068), and 6,227 of them
+    /// (136,295) came from the reference alone.
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<Self::Rule<'_>>, Self::Error>;
 }
 
 /// What gave a verdict.
@@ -76,8 +85,7 @@ pub fn decide<T: Tables>(
     match l4 {
         L4::Ports => {
             if pair.has_port_rules != 0 {
-                let key = PortKey::new(tables.slot(), src_env, dst_env, proto, dport);
-                if let Some(rv) = tables.port_rule(&key)? {
+                if let Some(rv) = tables.port_rule(src_env, dst_env, proto, dport)? {
                     let rv = rv.borrow();
                     return Ok(Decided {
                         verdict: rv.verdict,

@@ -667,12 +667,16 @@ impl Tables for Ports {
     type Rule<'a> = &'a RuleVerdict;
 
     #[inline(always)]
-    fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    #[inline(always)]
-    fn port_rule(&self, key: &PortKey) -> Result<Option<&RuleVerdict>, Self::Error> {
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
+        let key = PortKey::new(self.slot, src_env, dst_env, proto, port);
+        // By value, not `&key`: the reference costs the verifier 6,227
+        // instructions in the decision stage (136,295 against 130,068).
         // SAFETY: the value is read at once (by `decide`), not kept.
         Ok(unsafe { PORTS.get(key) })
     }

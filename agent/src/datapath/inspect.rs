@@ -378,12 +378,10 @@ impl PinnedState {
         port: u16,
     ) -> Result<Option<RuleVerdict>, InspectError> {
         let (src_env, dst_env) = (src_env & (MAX_ENVS - 1), dst_env & (MAX_ENVS - 1));
-        self.port_rule_at(&PortKey::new(slot & 1, src_env, dst_env, proto, port))
-    }
-
-    /// The pinned port rule of `key`, if there is one.
-    fn port_rule_at(&self, key: &PortKey) -> Result<Option<RuleVerdict>, InspectError> {
-        match self.ports.get(key, 0) {
+        match self
+            .ports
+            .get(&PortKey::new(slot & 1, src_env, dst_env, proto, port), 0)
+        {
             Ok(v) => Ok(Some(v)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(read_error(map_names::PORTS)(e)),
@@ -498,12 +496,15 @@ impl Tables for SlotTables<'_> {
     where
         Self: 'a;
 
-    fn slot(&self) -> u32 {
-        self.slot & 1
-    }
-
-    fn port_rule(&self, key: &PortKey) -> Result<Option<RuleVerdict>, InspectError> {
-        self.state.port_rule_at(key)
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<RuleVerdict>, InspectError> {
+        self.state
+            .port_rule(self.slot, src_env, dst_env, proto, port)
     }
 }
 

@@ -503,16 +503,19 @@ impl Tables for CompiledPolicy {
     type Error = std::convert::Infallible;
     type Rule<'a> = &'a RuleVerdict;
 
-    fn slot(&self) -> u32 {
-        0
-    }
-
-    fn port_rule(&self, key: &PortKey) -> Result<Option<&RuleVerdict>, Self::Error> {
-        // Sorted by (src env, dst env, proto, port); the slot is not set.
+    fn port_rule(
+        &self,
+        src_env: u32,
+        dst_env: u32,
+        proto: u8,
+        port: u16,
+    ) -> Result<Option<&RuleVerdict>, Self::Error> {
+        // In no slot yet (0); sorted by (src env, dst env, proto, port).
+        let key = PortKey::new(0, src_env, dst_env, proto, port);
         let order = |k: &PortKey| (k.src_env, k.dst_env, k.proto, k.port);
         let index = self
             .ports
-            .binary_search_by_key(&order(key), |(k, _)| order(k));
+            .binary_search_by_key(&order(&key), |(k, _)| order(k));
         Ok(index
             .ok()
             .and_then(|i| self.ports.get(i))
