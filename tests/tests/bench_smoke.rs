@@ -5,6 +5,7 @@
 //! figures are only checked to be figures.
 
 use anyhow::Result;
+use envfence_tests::bench::synth::Shape;
 use envfence_tests::bench::testrun::{self, Params};
 use envfence_tests::lab::require_root;
 
@@ -83,5 +84,32 @@ fn testrun_part_compares_a_baseline_build() -> Result<()> {
     assert_eq!(a7.rows.len(), 3);
     // The plain test's goals plus one per measure against the baseline.
     assert_eq!(goals.len(), 2 * 2 * 3 * 2 + 3);
+    Ok(())
+}
+
+/// `envfence-bench --shape`: the Kubernetes-sized and adversarial policies
+/// run through the same part; table a8's classifier memory is read from
+/// the kernel, grows with the policy, and doubles when the policy fills
+/// the second slot (the tries hold both slots' entries).
+#[test]
+fn testrun_part_measures_every_policy_shape() -> Result<()> {
+    require_root()?;
+    for shape in [Shape::Kubernetes, Shape::Adversarial] {
+        let mut p = Params::smoke();
+        p.shape = shape;
+        let results = testrun::measure(&p, &mut |_| {})?;
+        assert_eq!(results.rows.len(), p.sizes.len() * 2 * 2, "{shape:?}");
+        assert_eq!(results.memory.len(), p.sizes.len(), "{shape:?}");
+        for (n, [v4, v6, v4_both, v6_both]) in &results.memory {
+            assert!(*v4 > 0 && *v6 > 0, "{shape:?} at {n}: {v4} {v6}");
+            assert_eq!(*v4_both, 2 * v4, "{shape:?} at {n}: IPv4, both slots");
+            assert_eq!(*v6_both, 2 * v6, "{shape:?} at {n}: IPv6, both slots");
+        }
+        let (small, large) = (results.memory[0].1, results.memory[1].1);
+        assert!(
+            large[0] > small[0] && large[1] > small[1],
+            "{shape:?}: {small:?} {large:?}"
+        );
+    }
     Ok(())
 }

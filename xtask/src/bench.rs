@@ -18,6 +18,8 @@ pub struct BenchArgs {
     /// A revision whose eBPF object the TestRun part measures beside this
     /// tree's, in the same rounds (table a6).
     pub baseline: Option<String>,
+    /// The shape of the TestRun part's synthetic policies (default mixed).
+    pub shape: Option<String>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<ExitCode> {
@@ -46,11 +48,15 @@ pub fn bench(args: BenchArgs) -> Result<ExitCode> {
     for part in &args.only {
         cmd.args(["--only", part]);
     }
-    if args.write || (!args.quick && args.only.is_empty()) {
+    if let Some(shape) = &args.shape {
+        cmd.args(["--shape", shape]);
+    }
+    let published = args.shape.as_deref().is_none_or(|s| s == "mixed");
+    if args.write || (!args.quick && args.only.is_empty() && published) {
         cmd.arg("--out")
             .arg(root().join("docs").join("benchmarks.md"));
     } else {
-        eprintln!("xtask bench: a --quick or --only run does not rewrite docs/benchmarks.md (--write does)");
+        eprintln!("xtask bench: a --quick, --only or --shape run does not rewrite docs/benchmarks.md (--write does)");
     }
     let st = status(&mut cmd)?;
     Ok(match st.code() {

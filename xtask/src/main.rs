@@ -56,6 +56,11 @@ enum Cmd {
         /// same TestRun rounds (table a6, ratios pair by pair).
         #[arg(long, value_name = "REV")]
         baseline: Option<String>,
+        /// The shape of the TestRun part's synthetic policies (table a8
+        /// gives their classifier memory); a shape other than mixed does
+        /// not rewrite docs/benchmarks.md unless --write.
+        #[arg(long, value_parser = ["mixed", "kubernetes", "adversarial"])]
+        shape: Option<String>,
     },
     /// The kernel-vs-reference differential engine on N generated frames
     /// (release build; needs root). Mismatches land in
@@ -101,11 +106,13 @@ fn main() -> ExitCode {
             only,
             write,
             baseline,
+            shape,
         } => bench::bench(bench::BenchArgs {
             quick,
             only,
             write,
             baseline,
+            shape,
         }),
         Cmd::Fuzz { cases, seed } => fuzz::fuzz(cases, seed.as_deref()),
         Cmd::Lab { action } => lab_cmd(action).map(|()| ExitCode::SUCCESS),

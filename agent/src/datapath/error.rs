@@ -25,6 +25,8 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("reading the kernel memory of map {map} (/proc/self/fdinfo): {message}")]
+    MapMemory { map: &'static str, message: String },
     #[error("writing map {map} failed: {source}")]
     Map {
         map: &'static str,

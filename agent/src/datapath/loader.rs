@@ -303,6 +303,41 @@ impl Datapath {
         Ok(flows.keys().filter(Result::is_ok).count())
     }
 
+    /// Bytes the kernel charges for map `name`: `memlock` in its fdinfo
+    /// (for LPM tries and hashes allocated on demand, what their entries
+    /// take now; for arrays and preallocated hashes, their whole size).
+    pub fn map_memory(&self, name: &'static str) -> Result<u64, DatapathError> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let missing = DatapathError::Missing { kind: "map", name };
+        let data = match self.ebpf.map(name).ok_or(missing)? {
+            aya::maps::Map::LpmTrie(d)
+            | aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::PerCpuHashMap(d) => d,
+            _ => {
+                return Err(DatapathError::MapMemory {
+                    map: name,
+                    message: "not a trie, hash or array map".into(),
+                })
+            }
+        };
+        let fd = data.fd().as_fd().as_raw_fd();
+        let path = format!("/proc/self/fdinfo/{fd}");
+        let info = std::fs::read_to_string(&path).map_err(|e| DatapathError::MapMemory {
+            map: name,
+            message: format!("{path}: {e}"),
+        })?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| DatapathError::MapMemory {
+                map: name,
+                message: format!("{path} has no memlock line"),
+            })
+    }
+
     /// The interfaces envfence is attached to.
     pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
         self.attachments.values()

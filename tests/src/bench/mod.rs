@@ -275,6 +275,8 @@ pub struct Options {
     pub storm_test: Option<PathBuf>,
     /// Another build's eBPF object that part a measures envfence against.
     pub baseline: Option<testrun::Baseline>,
+    /// The shape of part a's synthetic policies.
+    pub shape: synth::Shape,
 }
 
 /// The whole run.
@@ -301,6 +303,7 @@ pub fn run(opts: &Options) -> Report {
             Part::Testrun => testrun::section(
                 &testrun::Params {
                     baseline: opts.baseline.clone(),
+                    shape: opts.shape,
                     ..pick(q, testrun::Params::quick, testrun::Params::full)
                 },
                 &mut log,

@@ -1,13 +1,18 @@
 //! Synthetic policies of N CIDRs and packets spread over them.
 //!
 //! A policy of N CIDRs holds N IPv4 and N IPv6 prefixes (2N entries in
-//! all) of mixed lengths (/16–/32 for IPv4, /32–/128 for IPv6) over five
-//! environments. The first five prefixes of each family are fixed: the
+//! all) over five environments, in one of three [`Shape`]s: mixed lengths
+//! (/16–/32 for IPv4, /32–/128 for IPv6: the default), Kubernetes-sized
+//! (host addresses, /32 and /128, plus one shorter prefix in a hundred) or
+//! adversarial (nested chains using every prefix length, /1–/32 and
+//! /1–/128). The first five prefixes of each family are fixed: the
 //! example policy's networks of the five environments (where the lab's
 //! pods are: [`crate::fixture::env_net`]), so a lab's flows have known
-//! environments; the others are drawn at random, outside 10/8 and fd00::/8,
-//! so they never shadow the lab's. Rules: test → production is dropped, except 53/udp; everything
-//! else is allowed (the default).
+//! environments; the others are drawn at random from addresses outside
+//! 10/8 and fd00::/8, so only the adversarial shape's shortest prefixes
+//! cover the lab's (which are longer, so they still win). Rules: test →
+//! production is dropped, except 53/udp; everything else is allowed (the
+//! default).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -44,7 +49,12 @@ impl SynthPolicy {
     /// A policy of `n` (≥ 5) CIDRs per family; `seed` chooses the random
     /// ones and their environments.
     pub fn generate(n: usize, seed: u64) -> Result<SynthPolicy> {
-        let (v4, v6) = prefixes(n, seed)?;
+        SynthPolicy::generate_shape(n, Shape::Mixed, seed)
+    }
+
+    /// A policy of `n` (≥ 5) CIDRs per family of `shape`.
+    pub fn generate_shape(n: usize, shape: Shape, seed: u64) -> Result<SynthPolicy> {
+        let (v4, v6) = prefixes(n, shape, seed)?;
         let yaml = yaml(&v4, &v6);
         let parsed = policy::parse(&yaml, &format!("<synthetic policy of {n} CIDRs>"))
             .map_err(|e| anyhow::anyhow!("the synthetic policy does not validate: {e}"))?;
@@ -77,10 +87,67 @@ impl SynthPolicy {
     }
 }
 
+/// Which prefixes a synthetic policy holds (besides the five fixed ones).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Shape {
+    /// Random prefixes of random lengths: /16–/32, /32–/128.
+    #[default]
+    Mixed,
+    /// Host addresses (/32, /128), and one prefix in a hundred shorter
+    /// (/16–/31, /32–/127): at 100,000 CIDRs, 98,995 hosts and 1,000
+    /// prefixes per family.
+    Kubernetes,
+    /// Nested chains: the prefixes of every length (/1–/32, /1–/128) of
+    /// one random address after another, each of a random environment.
+    Adversarial,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 3] = [Shape::Mixed, Shape::Kubernetes, Shape::Adversarial];
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Mixed => "mixed",
+            Shape::Kubernetes => "kubernetes",
+            Shape::Adversarial => "adversarial",
+        }
+    }
+}
+
+/// A random address outside 10/8 and 127/8 (first octet 11–223).
+fn v4_addr(rng: &mut Rng) -> u32 {
+    let first = loop {
+        let f = rng.range(11, 223) as u32;
+        if f != 127 {
+            break f;
+        }
+    };
+    (first << 24) | (rng.random::<u32>() & 0x00ff_ffff)
+}
+
+/// A random global unicast address (2000::/3).
+fn v6_addr(rng: &mut Rng) -> u128 {
+    (rng.random::<u128>() & !(0b111u128 << 125)) | (0b001u128 << 125)
+}
+
+/// The prefix lengths the `i`-th random prefix of a family of `bits`
+/// bits may take in `shape` (one is drawn): mixed and Kubernetes.
+fn lengths(shape: Shape, bits: u8, i: usize) -> (u8, u8) {
+    let shortest = if bits == 32 { 16 } else { 32 };
+    match shape {
+        Shape::Kubernetes if i % 100 != 99 => (bits, bits),
+        Shape::Kubernetes => (shortest, bits - 1),
+        _ => (shortest, bits),
+    }
+}
+
 /// `n` IPv4 and `n` IPv6 prefixes with their environments: the fixed lab
-/// ones first, then random distinct ones.
+/// ones first, then random distinct ones of `shape`.
 #[allow(clippy::type_complexity)]
-fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net, usize)>)> {
+fn prefixes(
+    n: usize,
+    shape: Shape,
+    seed: u64,
+) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net, usize)>)> {
     if n < ENVS.len() {
         bail!("a synthetic policy needs at least {} CIDRs", ENVS.len());
     }
@@ -98,21 +165,44 @@ fn prefixes(n: usize, seed: u64) -> Result<(Vec<(Ipv4Net, usize)>, Vec<(Ipv6Net,
         IpNet::V4(_) => None,
     });
     let mut rng = seeded(seed);
+    // Adversarial: the chain of the current address, one length after
+    // another (the longest first), and a new address when it is done.
+    let mut chain = (0u32, 0u8);
+    let mut drawn = 0usize;
     let v4 = deal(fixed_v4.collect(), n, &mut rng, |rng| {
-        let len = rng.range(16, 32) as u8;
-        let first = loop {
-            let f = rng.range(11, 223) as u32;
-            if f != 127 {
-                break f;
+        drawn += 1;
+        let (addr, len) = if shape == Shape::Adversarial {
+            if chain.1 == 0 {
+                chain = (v4_addr(rng), 32);
             }
+            chain.1 -= 1;
+            (chain.0, chain.1 + 1)
+        } else {
+            // The length first, then the address: the mixed shape's
+            // draws, in the order they always were.
+            let (lo, hi) = lengths(shape, 32, drawn);
+            let len = rng.range(usize::from(lo), usize::from(hi)) as u8;
+            (v4_addr(rng), len)
         };
-        let addr = (first << 24) | (rng.random::<u32>() & 0x00ff_ffff);
         Ok(Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc())
     })?;
+    let mut chain = (0u128, 0u8);
+    let mut drawn = 0usize;
     let v6 = deal(fixed_v6.collect(), n, &mut rng, |rng| {
-        let len = rng.range(32, 128) as u8;
-        // Global unicast 2000::/3.
-        let addr = (rng.random::<u128>() & !(0b111u128 << 125)) | (0b001u128 << 125);
+        drawn += 1;
+        let (addr, len) = if shape == Shape::Adversarial {
+            if chain.1 == 0 {
+                chain = (v6_addr(rng), 128);
+            }
+            chain.1 -= 1;
+            (chain.0, chain.1 + 1)
+        } else {
+            // The length first, then the address: the mixed shape's
+            // draws, in the order they always were.
+            let (lo, hi) = lengths(shape, 128, drawn);
+            let len = rng.range(usize::from(lo), usize::from(hi)) as u8;
+            (v6_addr(rng), len)
+        };
         Ok(Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc())
     })?;
     Ok((v4, v6))
@@ -300,5 +390,65 @@ mod tests {
         // The lab's addresses keep their environments.
         let (env, _) = p.compiled.lookup_env("10.30.1.2".parse().unwrap());
         assert_eq!(p.compiled.env_name(env), "test");
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn lengths_of(p: &SynthPolicy, family: Family) -> Vec<u8> {
+        p.nets(family).iter().map(|(n, _)| n.prefix_len()).collect()
+    }
+
+    #[test]
+    fn kubernetes_shape_is_hosts_and_one_shorter_prefix_in_a_hundred() {
+        let p = SynthPolicy::generate_shape(1_005, Shape::Kubernetes, 3).unwrap();
+        for (family, bits) in [(Family::V4, 32), (Family::V6, 128)] {
+            let lens = lengths_of(&p, family);
+            assert_eq!(lens.len(), 1_005);
+            // Beyond the five fixed prefixes: the 99th, 199th, ... drawn
+            // prefix is shorter, every other one a host.
+            let shorter = lens[5..].iter().filter(|&&l| l < bits).count();
+            assert_eq!(shorter, 10, "{family:?}: {shorter} shorter prefixes");
+            let shortest = if bits == 32 { 16 } else { 32 };
+            assert!(lens[5..].iter().all(|l| (shortest..=bits).contains(l)));
+        }
+        // The lab's addresses keep their environments.
+        let (env, _) = p.compiled.lookup_env("10.30.1.2".parse().unwrap());
+        assert_eq!(p.compiled.env_name(env), "test");
+    }
+
+    #[test]
+    fn adversarial_shape_uses_every_prefix_length_nested() {
+        let p = SynthPolicy::generate_shape(400, Shape::Adversarial, 3).unwrap();
+        for (family, bits) in [(Family::V4, 32u8), (Family::V6, 128)] {
+            let lens: BTreeSet<u8> = lengths_of(&p, family)[5..].iter().copied().collect();
+            assert_eq!(lens, (1..=bits).collect::<BTreeSet<u8>>(), "{family:?}");
+            // The first chain: the longest prefix's address is inside
+            // every prefix drawn after it until the chain ends.
+            let nets = p.nets(family);
+            let host = nets[5].0;
+            assert_eq!(host.prefix_len(), bits);
+            for (net, _) in &nets[6..usize::from(bits) + 5] {
+                assert!(net.contains(&host.addr()), "{net} does not hold {host}");
+            }
+        }
+        // Longer prefixes still win: the lab's addresses keep their
+        // environments under the /1s and /2s.
+        for (addr, env) in [("10.30.1.2", "test"), ("10.10.1.2", "production")] {
+            let (id, _) = p.compiled.lookup_env(addr.parse().unwrap());
+            assert_eq!(p.compiled.env_name(id), env, "{addr}");
+        }
+    }
+
+    #[test]
+    fn the_mixed_shape_is_the_default() {
+        let a = SynthPolicy::generate(300, 9).unwrap();
+        let b = SynthPolicy::generate_shape(300, Shape::Mixed, 9).unwrap();
+        assert_eq!(a.yaml, b.yaml);
+        let lens = lengths_of(&a, Family::V4);
+        assert!(lens[5..].iter().all(|l| (16..=32).contains(l)));
     }
 }

@@ -37,8 +37,9 @@ use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::SchedClassifier;
 use envfence::datapath::{Datapath, Hook};
+use envfence_ebpf::map_names;
 
-use super::synth::{self, Flow, Kind, SynthPolicy};
+use super::synth::{self, Flow, Kind, Shape, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
 use super::{load, load_object, measured_at, Goal, Part, Section};
 use crate::lab::Family;
@@ -60,6 +61,8 @@ pub struct Params {
     pub seed: u64,
     /// Another build of the eBPF object, measured beside this one.
     pub baseline: Option<Baseline>,
+    /// Which prefixes the synthetic policies hold.
+    pub shape: Shape,
 }
 
 /// Another build of the eBPF object (of the same ABI) to measure against.
@@ -84,6 +87,7 @@ impl Params {
             spread_rounds: 5,
             seed: 1,
             baseline: None,
+            shape: Shape::Mixed,
         }
     }
     /// `--quick`: a smoke run of every code path.
@@ -98,6 +102,7 @@ impl Params {
             spread_rounds: 3,
             seed: 1,
             baseline: None,
+            shape: Shape::Mixed,
         }
     }
     /// The smallest run that exercises everything (the smoke test).
@@ -112,6 +117,7 @@ impl Params {
             spread_rounds: 2,
             seed: 1,
             baseline: None,
+            shape: Shape::Mixed,
         }
     }
 }
@@ -185,6 +191,9 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// (CIDRs, time to write the policy into the maps).
     pub apply_times: Vec<(usize, Duration)>,
+    /// (CIDRs, kernel memory of the classifier's maps ENV_V4 and ENV_V6
+    /// with the policy in one slot, then in both), bytes.
+    pub memory: Vec<(usize, [u64; 4])>,
     /// Per program: its name, the instructions the kernel verified for
     /// envfence's object and for the baseline's (when one was loaded).
     pub verified: Vec<(&'static str, Option<u32>, Option<u32>)>,
@@ -389,9 +398,10 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
     let _pinned = Pinned::here();
     let mut rows = Vec::new();
     let mut apply_times = Vec::new();
+    let mut memory = Vec::new();
     let mut verified = Vec::new();
     for &n in &p.sizes {
-        let policy = SynthPolicy::generate(n, p.seed)?;
+        let policy = SynthPolicy::generate_shape(n, p.shape, p.seed)?;
         let mut l = Loaded::new(p)?;
         if verified.is_empty() {
             verified = l.verified();
@@ -399,6 +409,18 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
         apply_times.push((n, t.elapsed()));
+        let classifier = |dp: &Datapath| -> Result<[u64; 2]> {
+            Ok([
+                dp.map_memory(map_names::ENV_V4)?,
+                dp.map_memory(map_names::ENV_V6)?,
+            ])
+        };
+        let one = classifier(&l.dp)?;
+        // Again, into the other slot: both slots hold the policy, as after
+        // a reload.
+        l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+        let both = classifier(&l.dp)?;
+        memory.push((n, [one[0], one[1], both[0], both[1]]));
         let mut events = vec![l.dp.take_events()?];
         for dp in l.all().skip(1) {
             dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
@@ -481,6 +503,7 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
         params: p.clone(),
         rows,
         apply_times,
+        memory,
         verified,
     })
 }
@@ -733,6 +756,10 @@ const VERSUS_TOLERANCE: f64 = 1.05;
 pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     let results = measure(p, log)?;
     let mut s = Section::new(Part::Testrun);
+    s.intro.push(format!(
+        "The policies are synthetic, of the {} shape (`envfence-bench --shape`: mixed, kubernetes, adversarial; see tests/src/bench/synth.rs).",
+        p.shape.name()
+    ));
     s.intro.push(
         "envfence's ingress program and an empty TC program (returns TCX_NEXT) are loaded side by side from one object and run interleaved on the same frames with BPF_PROG_TEST_RUN; the kernel reports the mean time per run. Δ over empty is what envfence adds to a packet.".into(),
     );
@@ -752,6 +779,25 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         ]);
     }
     s.tables.push(load);
+    let mut mem = Table::new(
+        format!(
+            "a8. Kernel memory of the classifier's maps (ENV_V4, ENV_V6: memlock in fdinfo), {} policies",
+            p.shape.name()
+        ),
+        "CIDRs per family | IPv4, one slot | IPv6, one slot | IPv4, both slots | IPv6, both slots | all, both slots",
+    );
+    let mib = |b: u64| format!("{:.2} MiB", b as f64 / 1_048_576.0);
+    for (n, m) in &results.memory {
+        mem.row(vec![
+            thousands(*n as f64),
+            mib(m[0]),
+            mib(m[1]),
+            mib(m[2]),
+            mib(m[3]),
+            mib(m[2] + m[3]),
+        ]);
+    }
+    s.tables.push(mem);
     s.tables.extend(results.verified_table());
     s.goals = results.goals();
     Ok(s)

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use envfence_tests::bench::synth::Shape;
 use envfence_tests::bench::{self, Options, Part};
 use envfence_tests::lab::{require_root, sweep_leftovers};
 
@@ -41,6 +42,11 @@ struct Args {
     /// What the tables call the baseline (default: the object's path).
     #[arg(long, requires = "baseline_object")]
     baseline_name: Option<String>,
+    /// The shape of part a's synthetic policies: mixed lengths (the
+    /// published tables), Kubernetes-sized (hosts and one shorter prefix in
+    /// a hundred) or adversarial (nested chains of every prefix length).
+    #[arg(long, value_enum, default_value_t = Shape::Mixed)]
+    shape: Shape,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +104,7 @@ fn run() -> Result<ExitCode> {
         agent,
         storm_test,
         baseline,
+        shape: args.shape,
     });
     print!("{}", report.summary_text());
     if let Some(out) = &args.out {
