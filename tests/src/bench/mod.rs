@@ -409,13 +409,17 @@ const METHOD: &str = "## How to reproduce\n\n\
 cargo xtask bench            # everything (about 10–15 minutes), writes this file\n\
 cargo xtask bench --quick    # a smoke run of every part, fewer repeats and sizes (prints only)\n\
 cargo xtask bench --only testrun|throughput|control|storm|conntrack\n\
+cargo xtask bench --only testrun --baseline REV   # this tree's datapath against REV's, side by side\n\
+cargo xtask bench --only testrun --shape kubernetes|adversarial   # other policy shapes (table a8: classifier memory)\n\
 ```\n\n\
 `cargo xtask bench` runs `cargo xtask setup`, builds the agent and `envfence-bench` in release, \
 and runs `target/release/envfence-bench` as root. The code is in `tests/src/bench/`. \
 Synthetic policies (`tests/src/bench/synth.rs`) are deterministic: a policy of N CIDRs holds \
 N IPv4 and N IPv6 prefixes (mixed lengths /16–/32 and /32–/128) over five environments \
 (production, staging, test, dev, ops) with a rule dropping test → production (53/udp excepted); \
-the lab's pod subnets are among them, and the random prefixes stay out of 10/8 and fd00::/8.\n\n\
+the lab's pod subnets are among them, and the random prefixes stay out of 10/8 and fd00::/8. \
+`--shape kubernetes` makes them host addresses (/32, /128) with one shorter prefix in a hundred; \
+`--shape adversarial` nested chains of every prefix length (/1–/32, /1–/128).\n\n\
 For scale: a throwaway naive classifier (two `ctx.load` copies and two LPM trie lookups per \
 packet, not envfence) measured with the same TestRun method on this kind of machine went from \
 174 to 371 ns hot and from 330 to 2,558 ns spread between 10 and 100,000 CIDRs (empty program: \

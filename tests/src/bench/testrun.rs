@@ -786,7 +786,10 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
         ),
         "CIDRs per family | IPv4, one slot | IPv6, one slot | IPv4, both slots | IPv6, both slots | all, both slots",
     );
-    let mib = |b: u64| format!("{:.2} MiB", b as f64 / 1_048_576.0);
+    let mib = |b: u64| match b {
+        0..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        _ => format!("{:.2} MiB", b as f64 / 1_048_576.0),
+    };
     for (n, m) in &results.memory {
         mem.row(vec![
             thousands(*n as f64),
