@@ -423,7 +423,11 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
         memory.push((n, [one[0], one[1], both[0], both[1]]));
         let mut events = vec![l.dp.take_events()?];
         for dp in l.all().skip(1) {
-            dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+            // Twice, as envfence's: every datapath measures tries that
+            // hold the policy in both slots.
+            for _ in 0..2 {
+                dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
+            }
             events.push(dp.take_events()?);
         }
         for family in [Family::V4, Family::V6] {
