@@ -129,14 +129,52 @@ fn v6_addr(rng: &mut Rng) -> u128 {
     (rng.random::<u128>() & !(0b111u128 << 125)) | (0b001u128 << 125)
 }
 
-/// The prefix lengths the `i`-th random prefix of a family of `bits`
-/// bits may take in `shape` (one is drawn): mixed and Kubernetes.
-fn lengths(shape: Shape, bits: u8, i: usize) -> (u8, u8) {
-    let shortest = if bits == 32 { 16 } else { 32 };
-    match shape {
-        Shape::Kubernetes if i % 100 != 99 => (bits, bits),
-        Shape::Kubernetes => (shortest, bits - 1),
-        _ => (shortest, bits),
+/// The random prefixes of one family in a shape, as (address, length)
+/// before truncation.
+struct Draws<A> {
+    shape: Shape,
+    /// The family's address width.
+    bits: u8,
+    address: fn(&mut Rng) -> A,
+    /// Prefixes drawn so far.
+    drawn: usize,
+    /// Adversarial: the current chain's address and the length its next
+    /// prefix takes (0: the chain is done).
+    chain: (A, u8),
+}
+
+impl<A: Copy + Default> Draws<A> {
+    fn new(shape: Shape, bits: u8, address: fn(&mut Rng) -> A) -> Self {
+        Draws {
+            shape,
+            bits,
+            address,
+            drawn: 0,
+            chain: (A::default(), 0),
+        }
+    }
+
+    fn next(&mut self, rng: &mut Rng) -> (A, u8) {
+        self.drawn += 1;
+        let shortest = if self.bits == 32 { 16 } else { 32 };
+        let (lo, hi) = match self.shape {
+            Shape::Adversarial => {
+                // One length after another (the longest first), and a new
+                // address when the chain is done.
+                if self.chain.1 == 0 {
+                    self.chain = ((self.address)(rng), self.bits);
+                }
+                self.chain.1 -= 1;
+                return (self.chain.0, self.chain.1 + 1);
+            }
+            Shape::Kubernetes if self.drawn % 100 != 99 => (self.bits, self.bits),
+            Shape::Kubernetes => (shortest, self.bits - 1),
+            Shape::Mixed => (shortest, self.bits),
+        };
+        // The length first, then the address: the mixed shape's draws, in
+        // the order they always were.
+        let len = rng.range(usize::from(lo), usize::from(hi)) as u8;
+        ((self.address)(rng), len)
     }
 }
 
@@ -165,44 +203,14 @@ fn prefixes(
         IpNet::V4(_) => None,
     });
     let mut rng = seeded(seed);
-    // Adversarial: the chain of the current address, one length after
-    // another (the longest first), and a new address when it is done.
-    let mut chain = (0u32, 0u8);
-    let mut drawn = 0usize;
+    let mut draws = Draws::new(shape, 32, v4_addr);
     let v4 = deal(fixed_v4.collect(), n, &mut rng, |rng| {
-        drawn += 1;
-        let (addr, len) = if shape == Shape::Adversarial {
-            if chain.1 == 0 {
-                chain = (v4_addr(rng), 32);
-            }
-            chain.1 -= 1;
-            (chain.0, chain.1 + 1)
-        } else {
-            // The length first, then the address: the mixed shape's
-            // draws, in the order they always were.
-            let (lo, hi) = lengths(shape, 32, drawn);
-            let len = rng.range(usize::from(lo), usize::from(hi)) as u8;
-            (v4_addr(rng), len)
-        };
+        let (addr, len) = draws.next(rng);
         Ok(Ipv4Net::new(Ipv4Addr::from(addr), len)?.trunc())
     })?;
-    let mut chain = (0u128, 0u8);
-    let mut drawn = 0usize;
+    let mut draws = Draws::new(shape, 128, v6_addr);
     let v6 = deal(fixed_v6.collect(), n, &mut rng, |rng| {
-        drawn += 1;
-        let (addr, len) = if shape == Shape::Adversarial {
-            if chain.1 == 0 {
-                chain = (v6_addr(rng), 128);
-            }
-            chain.1 -= 1;
-            (chain.0, chain.1 + 1)
-        } else {
-            // The length first, then the address: the mixed shape's
-            // draws, in the order they always were.
-            let (lo, hi) = lengths(shape, 128, drawn);
-            let len = rng.range(usize::from(lo), usize::from(hi)) as u8;
-            (v6_addr(rng), len)
-        };
+        let (addr, len) = draws.next(rng);
         Ok(Ipv6Net::new(Ipv6Addr::from(addr), len)?.trunc())
     })?;
     Ok((v4, v6))
