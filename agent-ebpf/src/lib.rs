@@ -1,15 +1,17 @@
-//! The kernel-user ABI of envfence: every map name, global, key (LPM keys
-//! included: [`lpm`]), value and event that crosses between the eBPF
+//! The kernel-user ABI of envfence: every map name, global, key (the
+//! classifier's table layout included: [`trie`]), value and event that crosses between the eBPF
 //! programs (`src/main.rs`) and the agent lives here, and only here.
 //!
 //! Modules beside it hold the logic both sides run: [`walk`], the header
-//! walk, [`quote`], the packet an ICMP error quotes, [`decide`], the
+//! walk, [`quote`], the packet an ICMP error quotes, [`classify`], the
+//! environment of an address (the walk of the [`trie`] tables), [`decide`], the
 //! policy decision, and [`ct_rules`], what a verdict and a RST do to a
 //! tracked flow. The crate is `no_std`
 //! so the eBPF side can use it; the `user` feature adds the `aya::Pod`
 //! impls the agent needs to read and write the maps.
 #![cfg_attr(not(test), no_std)]
 
+pub mod classify;
 pub mod ct_rules;
 pub mod decide;
 pub mod quote;
@@ -19,7 +21,7 @@ pub use walk::L4;
 
 /// Bumped whenever a map layout, key, value or event below changes. Pinned
 /// state lives in a directory named after it.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;
 
 /// Environment ids are `0..MAX_ENVS`; id 0 means "in no environment" (the
 /// policy calls it `world`).
@@ -301,12 +303,19 @@ macro_rules! define_map_names {
 }
 
 define_map_names! { $
-    /// LPM trie: (slot, IPv4 prefix) -> environment id, keyed by
-    /// [`super::lpm::v4`].
+    /// Array of [`super::Chunk`]: the IPv4 classifier's chunks (and its
+    /// skips, four to a chunk), slot `s` from [`super::trie::chunk_base`]
+    /// (its first [`super::trie::ROOT_CHUNKS`] are the root).
     ENV_V4 = "EF_ENV_V4";
-    /// LPM trie: (slot, IPv6 prefix) -> environment id, keyed by
-    /// [`super::lpm::v6`].
+    /// Array of [`super::Chunk`]: the IPv6 classifier's chunks, laid out
+    /// as [`ENV_V4`]'s.
     ENV_V6 = "EF_ENV_V6";
+    /// Array of [`super::TriePrefix`]: the IPv4 prefixes a leaf names
+    /// (read by `explain`, never by the datapath), slot `s` from
+    /// [`super::trie::prefix_base`].
+    PREFIX_V4 = "EF_PFX_V4";
+    /// Array of [`super::TriePrefix`]: the IPv6 prefixes a leaf names.
+    PREFIX_V6 = "EF_PFX_V6";
     /// Array indexed by [`super::slot_pair_index`]: verdict of an
     /// environment pair.
     PAIRS = "EF_PAIRS";
@@ -356,6 +365,10 @@ define_map_names! { $
     CONNTRACK = "EF_CONNTRACK";
     /// Per-CPU scratch space of the connection tracker (kernel-internal).
     CT_SCRATCH = "EF_CT_SCRATCH";
+    /// Per-CPU array of one [`super::Chunk`]-sized slot: the address the
+    /// classifier's walk reads (kernel-internal: its first two words are
+    /// the address's (high, low) bits, see [`super::trie::words_v6`]).
+    CLASSIFY_ARG = "EF_CLASSIFY";
     /// Program array: the hooks' second stage ([`super::STAGE_DECIDE`]).
     /// Pinned with the maps, so the pinned hooks keep their second stage
     /// while no agent runs.
@@ -705,104 +718,138 @@ pub mod parse_limits {
     pub const MAX_MPLS_LABELS: usize = 6;
 }
 
-/// Keys of the LPM tries [`map_names::ENV_V4`] and [`map_names::ENV_V6`]:
-/// the policy slot's byte, then the address; the prefix length counts the
-/// slot byte's 8 bits. A key is (prefix length, data), what both aya's and
-/// aya-ebpf's `lpm_trie::Key::new` take.
-pub mod lpm {
-    /// Key data of [`super::map_names::ENV_V4`].
-    pub type V4 = [u8; 5];
-    /// Key data of [`super::map_names::ENV_V6`].
-    pub type V6 = [u8; 17];
-    /// Bits of the slot byte in a key's prefix length.
-    pub const SLOT_BITS: u32 = 8;
+/// The layout of the classifier's tables ([`map_names::ENV_V4`] and the
+/// maps beside it), which [`crate::classify`] walks and the agent's
+/// compiler (`agent/src/policy/classifier.rs`) writes: a multibit trie
+/// with leaf pushing, a stride of 16 bits at the root and 4 below it, whose
+/// chains of one-way nodes are compressed into skip records.
+///
+/// An entry (a `u32`) is one of three things, told by its top two bits:
+/// - a leaf ([`TAG_LEAF`]): environment id in the low [`ENV_BITS`] bits,
+///   then the prefix's index + 1 in the policy's sorted prefix list
+///   ([`crate::TriePrefix`]; 0: no prefix, the address is in `world`);
+/// - a chunk ([`TAG_CHUNK`]): the index (within the slot) of the
+///   [`crate::Chunk`] whose entry the next 4 address bits select;
+/// - a skip ([`TAG_SKIP`]): chunk index << 2 | quarter of the skip record
+///   to compare the next bits with. A record is a quarter of a chunk (four
+///   entries): the bits to compare (high word, low word), the entry the
+///   walk goes on at when they are equal, and the leaf it ends at when
+///   not | their length << [`LEN_SHIFT`]. Skips and chunks share one map,
+///   so that the kernel's walk reads one map per step.
+///
+/// Sizes are fixed at load: a compressed trie of `n` prefixes has at most
+/// `2n - 1` chunks below the root (each holds a prefix's end or splits
+/// paths) and at most two skips above each of them (a chain is cut at bit
+/// 64): `n` chunks of skips, so [`CHUNKS`] holds every policy
+/// [`crate::capacity`] admits.
+pub mod trie {
+    use crate::capacity;
 
-    /// The prefix length of a key of an address prefix `prefix_len` bits
-    /// long (32 or 128: a lookup of one address).
+    /// Address bits the root resolves (its 65,536 entries).
+    pub const ROOT_BITS: u32 = 16;
+    /// Address bits a chunk resolves.
+    pub const STRIDE: u32 = 4;
+    /// Entries of a chunk.
+    pub const FANOUT: usize = 1 << STRIDE;
+    /// Chunks of the root, the first of every slot.
+    pub const ROOT_CHUNKS: u32 = 1 << (ROOT_BITS - STRIDE);
+    /// Most chunk or skip steps below the root: IPv4.
+    pub const STEPS_V4: usize = ((32 - ROOT_BITS) / STRIDE) as usize;
+    /// Most chunk or skip steps below the root: IPv6.
+    pub const STEPS_V6: usize = ((128 - ROOT_BITS) / STRIDE) as usize;
+    /// Where an entry's tag starts.
+    pub const TAG_SHIFT: u32 = 30;
+    /// Tag of a leaf.
+    pub const TAG_LEAF: u32 = 0;
+    /// Tag of a chunk reference.
+    pub const TAG_CHUNK: u32 = 1;
+    /// Tag of a skip reference.
+    pub const TAG_SKIP: u32 = 2;
+    /// The index bits of a chunk or skip reference.
+    pub const INDEX_MASK: u32 = (1 << TAG_SHIFT) - 1;
+    /// Bits of a leaf's environment id.
+    pub const ENV_BITS: u32 = 6;
+    /// The bits of a leaf (a skip's miss entry holds its length above).
+    pub const LEAF_MASK: u32 = (1 << LEN_SHIFT) - 1;
+    /// Where a skip's length (in bits) starts in its miss entry.
+    pub const LEN_SHIFT: u32 = 24;
+    /// Bits of a skip reference that name its quarter of the chunk.
+    pub const SKIP_QUARTER_BITS: u32 = 2;
+    /// Entries of one skip record.
+    pub const SKIP_ENTRIES: usize = 4;
+    /// Most bits one skip compares: a skip never crosses bit 64.
+    pub const MAX_SKIP_BITS: u32 = 64;
+
+    /// Chunks of one slot of one family: the root, `2n` chunks, and `4n`
+    /// skips four to a chunk.
+    pub const CHUNKS: u32 = ROOT_CHUNKS + 3 * capacity::ENV_V4;
+
+    const _: () = assert!(capacity::ENV_V4 == capacity::ENV_V6);
+    const _: () = assert!((capacity::ENV_V4 as u64 + 1) << ENV_BITS <= LEAF_MASK as u64 + 1);
+    const _: () = assert!(CHUNKS << SKIP_QUARTER_BITS <= INDEX_MASK);
+
+    /// A leaf: environment `env`, prefix number `prefix` (index + 1; 0 for
+    /// none).
     #[inline(always)]
-    pub const fn key_len(prefix_len: u8) -> u32 {
-        SLOT_BITS + prefix_len as u32
+    pub const fn leaf(env: u32, prefix: u32) -> u32 {
+        (env & ((1 << ENV_BITS) - 1)) | (prefix << ENV_BITS)
     }
 
-    /// The key data of IPv4 address (or prefix) `addr` in policy `slot`
-    /// (0 or 1).
+    /// A reference to chunk `index`.
     #[inline(always)]
-    pub const fn v4_data(slot: u32, addr: [u8; 4]) -> V4 {
-        [slot as u8, addr[0], addr[1], addr[2], addr[3]]
+    pub const fn chunk(index: u32) -> u32 {
+        (TAG_CHUNK << TAG_SHIFT) | (index & INDEX_MASK)
     }
 
-    /// The key data of IPv6 address (or prefix) `addr` in policy `slot`
-    /// (0 or 1).
+    /// A reference to the skip in quarter `quarter` (0..4) of chunk
+    /// `chunk`.
     #[inline(always)]
-    pub fn v6_data(slot: u32, addr: &[u8; 16]) -> V6 {
-        let mut data = [0u8; 17];
-        data[0] = slot as u8;
-        data[1..].copy_from_slice(addr);
-        data
+    pub const fn skip(chunk: u32, quarter: u32) -> u32 {
+        (TAG_SKIP << TAG_SHIFT) | (((chunk << SKIP_QUARTER_BITS) | (quarter & 3)) & INDEX_MASK)
     }
 
-    /// The key (prefix length, data) of IPv4 prefix `addr/prefix_len` in
-    /// policy `slot`.
+    /// The environment id of a leaf.
     #[inline(always)]
-    pub const fn v4(slot: u32, addr: [u8; 4], prefix_len: u8) -> (u32, V4) {
-        (key_len(prefix_len), v4_data(slot, addr))
+    pub const fn leaf_env(leaf: u32) -> u32 {
+        leaf & ((1 << ENV_BITS) - 1)
     }
 
-    /// The key (prefix length, data) of IPv6 prefix `addr/prefix_len` in
-    /// policy `slot`.
+    /// The prefix number (index + 1, 0 for none) of a leaf.
     #[inline(always)]
-    pub fn v6(slot: u32, addr: &[u8; 16], prefix_len: u8) -> (u32, V6) {
-        (key_len(prefix_len), v6_data(slot, addr))
+    pub const fn leaf_prefix(leaf: u32) -> u32 {
+        (leaf & LEAF_MASK) >> ENV_BITS
     }
 
-    /// The (slot, address, prefix length) of an IPv4 key; None for a key
-    /// no [`v4`] makes.
-    pub fn v4_prefix(key_len: u32, data: &V4) -> Option<(u32, [u8; 4], u8)> {
-        let len = u8::try_from(key_len.checked_sub(SLOT_BITS)?).ok()?;
-        (len <= 32).then_some((
-            u32::from(data[0]),
-            [data[1], data[2], data[3], data[4]],
-            len,
-        ))
+    /// The map index of chunk `index` of `slot`.
+    #[inline(always)]
+    pub const fn chunk_base(slot: u32) -> u32 {
+        (slot & 1) * CHUNKS
     }
 
-    /// The (slot, address, prefix length) of an IPv6 key; None for a key
-    /// no [`v6`] makes.
-    pub fn v6_prefix(key_len: u32, data: &V6) -> Option<(u32, [u8; 16], u8)> {
-        let len = u8::try_from(key_len.checked_sub(SLOT_BITS)?).ok()?;
-        let mut addr = [0u8; 16];
-        addr.copy_from_slice(&data[1..]);
-        (len <= 128).then_some((u32::from(data[0]), addr, len))
+    /// The map index of prefix 0 of `slot`.
+    #[inline(always)]
+    pub const fn prefix_base(slot: u32) -> u32 {
+        (slot & 1) * capacity::ENV_V4
     }
 
-    #[cfg(test)]
-    mod tests {
-        use super::*;
+    /// The 128 address bits a walk reads, as (high, low) words: an IPv4
+    /// address fills the top 32 bits.
+    #[inline(always)]
+    pub fn words_v4(a: [u8; 4]) -> (u64, u64) {
+        ((u32::from_be_bytes(a) as u64) << 32, 0)
+    }
 
-        #[test]
-        fn keys_round_trip() {
-            let (len, data) = v4(1, [10, 30, 0, 0], 16);
-            assert_eq!((len, data), (24, [1, 10, 30, 0, 0]));
-            assert_eq!(v4_prefix(len, &data), Some((1, [10, 30, 0, 0], 16)));
-            let a = [0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-            let (len, data) = v6(0, &a, 128);
-            assert_eq!(len, 136);
-            assert_eq!(data[0], 0);
-            assert_eq!(data[1..], a);
-            assert_eq!(v6_prefix(len, &data), Some((0, a, 128)));
-            // Keys no constructor makes.
-            assert_eq!(v4_prefix(7, &data4()), None);
-            assert_eq!(v4_prefix(8 + 33, &data4()), None);
-            assert_eq!(v6_prefix(8 + 129, &data), None);
-        }
-
-        fn data4() -> V4 {
-            [0; 5]
-        }
+    /// The (high, low) words of an IPv6 address.
+    #[inline(always)]
+    pub fn words_v6(a: &[u8; 16]) -> (u64, u64) {
+        let mut hi = [0u8; 8];
+        let mut lo = [0u8; 8];
+        hi.copy_from_slice(&a[..8]);
+        lo.copy_from_slice(&a[8..]);
+        (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
     }
 }
 
-/// Address family tags used in keys and events.
 pub mod family {
     pub const V4: u8 = 4;
     pub const V6: u8 = 6;
@@ -907,6 +954,33 @@ impl PortKey {
             _pad2: 0,
         }
     }
+}
+
+/// 16 classifier entries ([`trie`]): the next 4 address bits pick one.
+/// One cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub entries: [u32; trie::FANOUT],
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        Chunk {
+            entries: [0; trie::FANOUT],
+        }
+    }
+}
+
+/// A prefix of the classifier, named by a leaf (for `explain`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TriePrefix {
+    /// The network address (IPv4: the first 4 bytes).
+    pub addr: [u8; 16],
+    pub len: u8,
+    pub env: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Value of a port rule.
@@ -1151,9 +1225,13 @@ mod pod {
     unsafe impl aya::Pod for TunnelPorts {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for Chunk {}
+    unsafe impl aya::Pod for TriePrefix {}
 }
 
 // Layout checks: the kernel and the agent must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<Chunk>() == 64);
+const _: () = assert!(core::mem::size_of::<TriePrefix>() == 20);
 const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);

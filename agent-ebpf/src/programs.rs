@@ -8,20 +8,21 @@ use aya_ebpf::{
     bindings::{tcx_action_base::TCX_NEXT, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
-    maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
-    },
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::TcContext,
 };
 use envfence_ebpf::{
-    abi_global, abi_map, capacity, config_flags, counter_index,
+    abi_global, abi_map, capacity,
+    classify::{walk, Address, TrieTables},
+    config_flags, counter_index,
     decide::{decide, Tables},
-    direction, lpm, parse_limits, rule_counter_index, slot_pair_index, source, stat, tag, verdict,
+    direction, parse_limits, rule_counter_index, slot_pair_index, source, stat, tag, trie, verdict,
     verdict_slot,
     walk::{non_ip_stat, Layer, Packet, Reject, ENCAP_MPLS, ENCAP_PPPOE, L4},
-    CachedVerdict, Config, Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict, PeerKey,
-    PortKey, RuleVerdict, TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN, MAX_ENVS, PAIRS_LEN,
-    RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE, TUNNEL_ENTRIES_PER_SLOT,
+    CachedVerdict, Chunk, Config, Counter, Event, FlowKey, FlowState, IfConfig, PairVerdict,
+    PeerKey, PortKey, RuleVerdict, TriePrefix, TunnelPorts, VerdictKey, VerdictSlot, COUNTERS_LEN,
+    MAX_ENVS, PAIRS_LEN, RULE_COUNTERS_LEN, RULE_SOURCE_CHECK, SLOTS, STAGE_DECIDE,
+    TUNNEL_ENTRIES_PER_SLOT,
 };
 
 use crate::conntrack::{self, Track};
@@ -30,11 +31,23 @@ use crate::source::Checked;
 
 abi_map!(
     ENV_V4,
-    static ENV_V4: LpmTrie<lpm::V4, u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V4, 0);
+    static ENV_V4: Array<Chunk> = Array::with_max_entries(SLOTS * trie::CHUNKS, 0);
 );
 abi_map!(
     ENV_V6,
-    static ENV_V6: LpmTrie<lpm::V6, u32> = LpmTrie::with_max_entries(SLOTS * capacity::ENV_V6, 0);
+    static ENV_V6: Array<Chunk> = Array::with_max_entries(SLOTS * trie::CHUNKS, 0);
+);
+abi_map!(
+    PREFIX_V4,
+    static PREFIX_V4: Array<TriePrefix> = Array::with_max_entries(SLOTS * capacity::ENV_V4, 0);
+);
+abi_map!(
+    PREFIX_V6,
+    static PREFIX_V6: Array<TriePrefix> = Array::with_max_entries(SLOTS * capacity::ENV_V6, 0);
+);
+abi_map!(
+    CLASSIFY_ARG,
+    static CLASSIFY_ARG: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 );
 abi_map!(
     PAIRS,
@@ -490,32 +503,92 @@ fn malformed(index: u32, audit: bool) -> i32 {
     }
 }
 
+/// What a walk reads, in this CPU's slot of [`CLASSIFY_ARG`]: the
+/// address's (high, low) words and the slot's first chunk, written by the
+/// walk's function first, read afresh at every step (`V6`: the IPv6
+/// map). Held in a register across the walk's map reads, the three spilled
+/// to the stack, and the deepest call chain (decision, tracker, walk) has
+/// 512 bytes for all.
+struct Walk<const V6: bool>(*mut [u64; 3]);
+
+impl<const V6: bool> Walk<V6> {
+    #[inline(always)]
+    fn read(&self, i: usize) -> u64 {
+        // SAFETY: this CPU's slot of CLASSIFY_ARG (a map value: valid for
+        // the whole program run); `i` is below 3.
+        unsafe { core::ptr::read_volatile(&(*self.0)[i % 3]) }
+    }
+}
+
+impl<const V6: bool> Address for Walk<V6> {
+    #[inline(always)]
+    fn word(&self, low: bool) -> u64 {
+        self.read(usize::from(low))
+    }
+}
+
+impl<const V6: bool> TrieTables for Walk<V6> {
+    type Error = core::convert::Infallible;
+    type Chunk<'a> = &'a Chunk;
+
+    #[inline(always)]
+    fn chunk(&self, index: u32) -> Result<Option<&'static Chunk>, Self::Error> {
+        let map = if V6 { &ENV_V6 } else { &ENV_V4 };
+        Ok(map.get((self.read(2) as u32).wrapping_add(index)))
+    }
+}
+
+/// The environment id of `addr` in policy `slot`: the classifier's walk
+/// (`envfence_ebpf::classify`) over this slot's tables.
 #[inline(always)]
 pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
-    let s = slot as u8;
-    let id = if fam == envfence_ebpf::family::V4 || is_v4_mapped(addr) {
+    let v4 = fam == envfence_ebpf::family::V4 || is_v4_mapped(addr);
+    let (hi, lo) = if v4 {
         let off = if fam == envfence_ebpf::family::V4 {
             0
         } else {
             12
         };
-        // The layout of `envfence_ebpf::lpm::v4`, built in place: a key
-        // built by a function and copied out costs the verifier up to
-        // 25,000 instructions over the decision stage's paths.
-        let key = Key::new(
-            lpm::key_len(32),
-            [s, addr[off], addr[off + 1], addr[off + 2], addr[off + 3]],
-        );
-        ENV_V4.get(&key).copied().unwrap_or(0)
+        trie::words_v4([addr[off], addr[off + 1], addr[off + 2], addr[off + 3]])
     } else {
-        // `envfence_ebpf::lpm::v6`, built in place likewise.
-        let mut data: lpm::V6 = [0u8; 17];
-        data[0] = s;
-        data[1..].copy_from_slice(addr);
-        let key = Key::new(lpm::key_len(128), data);
-        ENV_V6.get(&key).copied().unwrap_or(0)
+        trie::words_v6(addr)
     };
-    id & (MAX_ENVS - 1)
+    if v4 {
+        ef_classify_v4(hi, slot)
+    } else {
+        ef_classify_v6(hi, lo, slot)
+    }
+}
+
+/// The walk of the IPv4 tables for what [`CLASSIFY_ARG`] holds (see
+/// [`Walk`]), as a global function: the verifier checks it once, not at
+/// each of the decision stage's paths that classify (inlined, it took the
+/// decision stage past the one-million-instruction budget).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_v4(hi: u64, slot: u32) -> u32 {
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe { *arg = [hi, 0, u64::from(trie::chunk_base(slot))] };
+    let w = Walk::<false>(arg);
+    let Ok(leaf) = walk::<_, _, { trie::STEPS_V4 }>(&w, &w);
+    trie::leaf_env(leaf) & (MAX_ENVS - 1)
+}
+
+/// The walk of the IPv6 tables (see [`ef_classify_v4`]).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_v6(hi: u64, lo: u64, slot: u32) -> u32 {
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe { *arg = [hi, lo, u64::from(trie::chunk_base(slot))] };
+    let w = Walk::<true>(arg);
+    let Ok(leaf) = walk::<_, _, { trie::STEPS_V6 }>(&w, &w);
+    trie::leaf_env(leaf) & (MAX_ENVS - 1)
 }
 
 /// `::ffff:a.b.c.d` is judged as the IPv4 address it carries.

@@ -25,6 +25,19 @@ pub enum DatapathError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("the classifier needs {needed} entries of map {name}, which holds {capacity} per policy slot: the policy was not installed, the one in force stays")]
+    Capacity {
+        name: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+    #[error("writing map {map} in a batch failed after {written} entries: {source}")]
+    Batch {
+        map: &'static str,
+        written: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading the kernel memory of map {map} (/proc/self/fdinfo): {message}")]
     MapMemory { map: &'static str, message: String },
     #[error("writing map {map} failed: {source}")]

@@ -12,15 +12,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{
-    lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData, MapError, PerCpuArray,
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use envfence_ebpf::classify::{walk_v4, walk_v6, TrieTables};
 use envfence_ebpf::{
     counter_index,
     decide::{self, By, Tables},
-    lpm, map_names, slot_pair_index, stat, Config, Counter, IfConfig, PairVerdict, PeerKey,
-    PortKey, RuleVerdict, TunnelPorts, MAX_ENVS, NUM_VERDICTS, TUNNEL_ENTRIES_PER_SLOT,
+    map_names, slot_pair_index, stat, trie, Chunk, Config, Counter, IfConfig, PairVerdict, PeerKey,
+    PortKey, RuleVerdict, TriePrefix, TunnelPorts, MAX_ENVS, NUM_VERDICTS, TUNNEL_ENTRIES_PER_SLOT,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -70,8 +68,8 @@ fn read_error(map: &'static str) -> impl FnOnce(MapError) -> InspectError {
 pub struct PinnedState {
     dir: PathBuf,
     config: Array<MapData, Config>,
-    v4: LpmTrie<MapData, lpm::V4, u32>,
-    v6: LpmTrie<MapData, lpm::V6, u32>,
+    v4: PinnedTrie,
+    v6: PinnedTrie,
     pairs: Array<MapData, PairVerdict>,
     ports: HashMap<MapData, PortKey, RuleVerdict>,
     attached: HashMap<MapData, u32, u32>,
@@ -153,8 +151,8 @@ impl PinnedState {
         }
         Ok(Self {
             config: open_typed(&layout, map_names::CONFIG)?,
-            v4: open_typed(&layout, map_names::ENV_V4)?,
-            v6: open_typed(&layout, map_names::ENV_V6)?,
+            v4: PinnedTrie::open(&layout, [map_names::ENV_V4, map_names::PREFIX_V4])?,
+            v6: PinnedTrie::open(&layout, [map_names::ENV_V6, map_names::PREFIX_V6])?,
             pairs: open_typed(&layout, map_names::PAIRS)?,
             ports: open_typed(&layout, map_names::PORTS)?,
             attached: open_typed(&layout, map_names::ATTACHED)?,
@@ -258,21 +256,13 @@ impl PinnedState {
     }
 
     fn id_v4(&self, a: Ipv4Addr, slot: u32) -> Result<u32, InspectError> {
-        let (len, data) = lpm::v4(slot, a.octets(), 32);
-        match self.v4.get(&Key::new(len, data), 0) {
-            Ok(id) => Ok(id & (MAX_ENVS - 1)),
-            Err(MapError::KeyNotFound) => Ok(0),
-            Err(e) => Err(read_error(map_names::ENV_V4)(e)),
-        }
+        let leaf = walk_v4(&self.v4.in_slot(slot), a.octets()).map_err(self.v4.error())?;
+        Ok(trie::leaf_env(leaf))
     }
 
     fn id_v6(&self, a: Ipv6Addr, slot: u32) -> Result<u32, InspectError> {
-        let (len, data) = lpm::v6(slot, &a.octets(), 128);
-        match self.v6.get(&Key::new(len, data), 0) {
-            Ok(id) => Ok(id & (MAX_ENVS - 1)),
-            Err(MapError::KeyNotFound) => Ok(0),
-            Err(e) => Err(read_error(map_names::ENV_V6)(e)),
-        }
+        let leaf = walk_v6(&self.v6.in_slot(slot), &a.octets()).map_err(self.v6.error())?;
+        Ok(trie::leaf_env(leaf))
     }
 
     /// The [`envfence_ebpf::tunnel`] kind of every UDP port (indexed by
@@ -311,50 +301,26 @@ impl PinnedState {
     }
 
     fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let id = self.id_v4(a, slot)?;
-        let mut best: Option<Ipv4Net> = None;
-        for key in self.v4.keys() {
-            let key = key.map_err(read_error(map_names::ENV_V4))?;
-            let Some((s, addr, len)) = lpm::v4_prefix(key.prefix_len(), &key.data()) else {
-                continue;
-            };
-            if s != slot {
-                continue;
-            }
-            let Ok(net) = Ipv4Net::new(Ipv4Addr::from(addr), len) else {
-                continue;
-            };
-            if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
-                best = Some(net);
-            }
-        }
+        let leaf = walk_v4(&self.v4.in_slot(slot), a.octets()).map_err(self.v4.error())?;
+        let prefix = self.v4.prefix(leaf, slot)?.and_then(|p| {
+            let [a, b, c, d, ..] = p.addr;
+            Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p.len).ok()
+        });
         Ok(EnvMatch {
-            id,
-            prefix: best.map(IpNet::V4),
+            id: trie::leaf_env(leaf),
+            prefix: prefix.map(IpNet::V4),
         })
     }
 
     fn lookup_v6(&self, a: Ipv6Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let id = self.id_v6(a, slot)?;
-        let mut best: Option<Ipv6Net> = None;
-        for key in self.v6.keys() {
-            let key = key.map_err(read_error(map_names::ENV_V6))?;
-            let Some((s, addr, len)) = lpm::v6_prefix(key.prefix_len(), &key.data()) else {
-                continue;
-            };
-            if s != slot {
-                continue;
-            }
-            let Ok(net) = Ipv6Net::new(Ipv6Addr::from(addr), len) else {
-                continue;
-            };
-            if net.contains(&a) && best.is_none_or(|b| b.prefix_len() < len) {
-                best = Some(net);
-            }
-        }
+        let leaf = walk_v6(&self.v6.in_slot(slot), &a.octets()).map_err(self.v6.error())?;
+        let prefix = self
+            .v6
+            .prefix(leaf, slot)?
+            .and_then(|p| Ipv6Net::new(Ipv6Addr::from(p.addr), p.len).ok());
         Ok(EnvMatch {
-            id,
-            prefix: best.map(IpNet::V6),
+            id: trie::leaf_env(leaf),
+            prefix: prefix.map(IpNet::V6),
         })
     }
 
@@ -505,6 +471,69 @@ impl Tables for SlotTables<'_> {
     ) -> Result<Option<RuleVerdict>, InspectError> {
         self.state
             .port_rule(self.slot, src_env, dst_env, proto, port)
+    }
+}
+
+/// One family's pinned classifier tables ([`envfence_ebpf::trie`]).
+struct PinnedTrie {
+    chunks: Array<MapData, Chunk>,
+    prefixes: Array<MapData, TriePrefix>,
+    names: [&'static str; 2],
+}
+
+/// A [`PinnedTrie`] read in one slot.
+struct SlotTrie<'a> {
+    trie: &'a PinnedTrie,
+    slot: u32,
+}
+
+impl PinnedTrie {
+    fn open(layout: &pins::PinLayout, names: [&'static str; 2]) -> Result<Self, InspectError> {
+        Ok(PinnedTrie {
+            chunks: open_typed(layout, names[0])?,
+            prefixes: open_typed(layout, names[1])?,
+            names,
+        })
+    }
+
+    fn in_slot(&self, slot: u32) -> SlotTrie<'_> {
+        SlotTrie { trie: self, slot }
+    }
+
+    /// The error of a failed walk.
+    fn error(&self) -> impl FnOnce(MapError) -> InspectError {
+        read_error(self.names[0])
+    }
+
+    /// The prefix `leaf` names in `slot`.
+    fn prefix(&self, leaf: u32, slot: u32) -> Result<Option<TriePrefix>, InspectError> {
+        let Some(index) = trie::leaf_prefix(leaf).checked_sub(1) else {
+            return Ok(None);
+        };
+        match self.prefixes.get(&(trie::prefix_base(slot) + index), 0) {
+            Ok(p) => Ok(Some(p)),
+            Err(MapError::OutOfBounds { .. }) => Ok(None),
+            Err(e) => Err(read_error(self.names[1])(e)),
+        }
+    }
+}
+
+impl TrieTables for SlotTrie<'_> {
+    type Error = MapError;
+    type Chunk<'b>
+        = Chunk
+    where
+        Self: 'b;
+
+    fn chunk(&self, index: u32) -> Result<Option<Chunk>, MapError> {
+        let Some(i) = index.checked_add(trie::chunk_base(self.slot)) else {
+            return Ok(None);
+        };
+        match self.trie.chunks.get(&i, 0) {
+            Ok(c) => Ok(Some(c)),
+            Err(MapError::OutOfBounds { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

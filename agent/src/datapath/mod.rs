@@ -3,6 +3,7 @@
 //! read its counters.
 
 mod attach;
+mod batch;
 mod conntrack;
 mod counters;
 mod error;

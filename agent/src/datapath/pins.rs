@@ -23,9 +23,11 @@ pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/envfence";
 /// scratch so that a hook of one agent and the stage of the next (written
 /// into the table when it loads, before it takes the links over) read the
 /// same packet.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 19] = [
     map_names::ENV_V4,
     map_names::ENV_V6,
+    map_names::PREFIX_V4,
+    map_names::PREFIX_V6,
     map_names::PAIRS,
     map_names::PORTS,
     map_names::COUNTERS,

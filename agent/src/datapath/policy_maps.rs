@@ -8,15 +8,16 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    maps::{Array, HashMap, MapData},
     Ebpf,
 };
 use envfence_ebpf::{
-    config_flags, lpm, map_names, slot_pair_index, tunnel_ports_index, Config, PairVerdict,
-    PortKey, RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
+    config_flags, map_names, slot_pair_index, trie, tunnel_ports_index, Chunk, Config, PairVerdict,
+    PortKey, RuleVerdict, TriePrefix, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
 };
 
 use super::{counters::CounterReader, DatapathError};
+use crate::policy::classifier::{Classifier, FamilyTables};
 use crate::policy::{CompiledPolicy, Mode, NonIp, SourceCheck};
 
 /// What an install did.
@@ -98,37 +99,10 @@ pub(super) fn install(
     })
 }
 
-/// Removes every LPM and port entry of `slot`.
+/// Removes every port entry of `slot` (the classifier's tables are
+/// overwritten whole: an entry past the new tables' end is unreachable).
 fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
     let s = slot as u8;
-    {
-        let mut v4: LpmTrie<&mut MapData, lpm::V4, u32> = typed_map(ebpf, map_names::ENV_V4)?;
-        let stale: Vec<Key<lpm::V4>> = v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                lpm::v4_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
-            })
-            .collect();
-        for key in &stale {
-            v4.remove(key)
-                .map_err(DatapathError::map(map_names::ENV_V4))?;
-        }
-    }
-    {
-        let mut v6: LpmTrie<&mut MapData, lpm::V6, u32> = typed_map(ebpf, map_names::ENV_V6)?;
-        let stale: Vec<Key<lpm::V6>> = v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                lpm::v6_prefix(k.prefix_len(), &k.data()).is_some_and(|(ks, ..)| ks == slot)
-            })
-            .collect();
-        for key in &stale {
-            v6.remove(key)
-                .map_err(DatapathError::map(map_names::ENV_V6))?;
-        }
-    }
     let mut ports: HashMap<&mut MapData, PortKey, RuleVerdict> = typed_map(ebpf, map_names::PORTS)?;
     let stale: Vec<PortKey> = ports
         .keys()
@@ -145,21 +119,13 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
 
 fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(), DatapathError> {
     let s = slot as u8;
-    {
-        let mut v4: LpmTrie<&mut MapData, lpm::V4, u32> = typed_map(ebpf, map_names::ENV_V4)?;
-        for (net, id) in &policy.v4 {
-            let (len, data) = lpm::v4(slot, net.network().octets(), net.prefix_len());
-            v4.insert(&Key::new(len, data), id, 0)
-                .map_err(DatapathError::map(map_names::ENV_V4))?;
-        }
-    }
-    {
-        let mut v6: LpmTrie<&mut MapData, lpm::V6, u32> = typed_map(ebpf, map_names::ENV_V6)?;
-        for (net, id) in &policy.v6 {
-            let (len, data) = lpm::v6(slot, &net.network().octets(), net.prefix_len());
-            v6.insert(&Key::new(len, data), id, 0)
-                .map_err(DatapathError::map(map_names::ENV_V6))?;
-        }
+    let classifier = Classifier::build(policy);
+    let families = [
+        (&classifier.v4, map_names::ENV_V4, map_names::PREFIX_V4),
+        (&classifier.v6, map_names::ENV_V6, map_names::PREFIX_V6),
+    ];
+    for (tables, chunks, prefixes) in families {
+        write_tables(ebpf, tables, slot, chunks, prefixes)?;
     }
     {
         let mut pairs: Array<&mut MapData, PairVerdict> = typed_map(ebpf, map_names::PAIRS)?;
@@ -192,6 +158,42 @@ fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(),
             .insert(key, value, 0)
             .map_err(DatapathError::map(map_names::PORTS))?;
     }
+    Ok(())
+}
+
+/// Writes one family's classifier tables into `slot` (the slot the
+/// datapath does not read). A policy's tables always fit (see
+/// [`envfence_ebpf::trie`]); the check keeps a compiler bug from writing
+/// into the other slot.
+fn write_tables(
+    ebpf: &mut Ebpf,
+    tables: &FamilyTables,
+    slot: u32,
+    chunks: &'static str,
+    prefixes: &'static str,
+) -> Result<(), DatapathError> {
+    let full = |name: &'static str, len: usize, capacity: u32| {
+        if u32::try_from(len).is_ok_and(|n| n <= capacity) {
+            Ok(())
+        } else {
+            Err(DatapathError::Capacity {
+                name,
+                needed: len,
+                capacity,
+            })
+        }
+    };
+    full(chunks, tables.chunks.len(), trie::CHUNKS)?;
+    full(
+        prefixes,
+        tables.prefixes.len(),
+        envfence_ebpf::capacity::ENV_V4,
+    )?;
+    // Typed once: aya checks the value size against the map's.
+    let _: Array<&mut MapData, TriePrefix> = typed_map(ebpf, prefixes)?;
+    super::batch::set_array(ebpf, prefixes, trie::prefix_base(slot), &tables.prefixes)?;
+    let _: Array<&mut MapData, Chunk> = typed_map(ebpf, chunks)?;
+    super::batch::set_array(ebpf, chunks, trie::chunk_base(slot), &tables.chunks)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! beats `default`; two rules giving one pair (or one port of a pair)
 //! different verdicts, or one CIDR in two environments, are errors.
 
+pub mod classifier;
 mod compile;
 mod conflicts;
 mod conntrack;

@@ -37,7 +37,8 @@ use anyhow::{bail, Result};
 use aya::maps::{MapData, RingBuf};
 use aya::programs::SchedClassifier;
 use envfence::datapath::{Datapath, Hook};
-use envfence_ebpf::map_names;
+use envfence::policy::classifier::{Classifier, FamilyTables};
+use envfence_ebpf::{map_names, Chunk, TriePrefix};
 
 use super::synth::{self, Flow, Kind, Shape, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
@@ -191,8 +192,10 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// (CIDRs, time to write the policy into the maps).
     pub apply_times: Vec<(usize, Duration)>,
-    /// (CIDRs, kernel memory of the classifier's maps ENV_V4 and ENV_V6
-    /// with the policy in one slot, then in both), bytes.
+    /// (CIDRs, [IPv4, IPv6] bytes of the policy's classifier tables in
+    /// one slot (chunks and prefixes), then [IPv4, IPv6] kernel memory of
+    /// the classifier's maps (ENV_V4 + PREFIX_V4, ENV_V6 + PREFIX_V6, both
+    /// slots: arrays, charged whole at load)).
     pub memory: Vec<(usize, [u64; 4])>,
     /// Per program: its name, the instructions the kernel verified for
     /// envfence's object and for the baseline's (when one was loaded).
@@ -409,18 +412,26 @@ pub fn measure(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Results> {
         let t = Instant::now();
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
         apply_times.push((n, t.elapsed()));
-        let classifier = |dp: &Datapath| -> Result<[u64; 2]> {
-            Ok([
-                dp.map_memory(map_names::ENV_V4)?,
-                dp.map_memory(map_names::ENV_V6)?,
-            ])
-        };
-        let one = classifier(&l.dp)?;
         // Again, into the other slot: both slots hold the policy, as after
         // a reload.
         l.dp.apply_policy(&policy.compiled, None, Duration::from_secs(3600))?;
-        let both = classifier(&l.dp)?;
-        memory.push((n, [one[0], one[1], both[0], both[1]]));
+        let kernel = |chunks, prefixes| -> Result<u64> {
+            Ok(l.dp.map_memory(chunks)? + l.dp.map_memory(prefixes)?)
+        };
+        let tables = Classifier::build(&policy.compiled);
+        let used = |t: &FamilyTables| {
+            (t.chunks.len() * std::mem::size_of::<Chunk>()
+                + t.prefixes.len() * std::mem::size_of::<TriePrefix>()) as u64
+        };
+        memory.push((
+            n,
+            [
+                used(&tables.v4),
+                used(&tables.v6),
+                kernel(map_names::ENV_V4, map_names::PREFIX_V4)?,
+                kernel(map_names::ENV_V6, map_names::PREFIX_V6)?,
+            ],
+        ));
         let mut events = vec![l.dp.take_events()?];
         for dp in l.all().skip(1) {
             // Twice, as envfence's: every datapath measures tries that
@@ -785,10 +796,10 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     s.tables.push(load);
     let mut mem = Table::new(
         format!(
-            "a8. Kernel memory of the classifier's maps (ENV_V4, ENV_V6: memlock in fdinfo), {} policies",
+            "a8. Memory of the classifier, {} policies: the policy's tables (chunks and prefixes, one slot), and the kernel memory of the maps (memlock in fdinfo; arrays sized for the largest policy, both slots)",
             p.shape.name()
         ),
-        "CIDRs per family | IPv4, one slot | IPv6, one slot | IPv4, both slots | IPv6, both slots | all, both slots",
+        "CIDRs per family | IPv4 tables, one slot | IPv6 tables, one slot | IPv4 maps, kernel | IPv6 maps, kernel | all maps, kernel",
     );
     let mib = |b: u64| match b {
         0..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
