@@ -102,15 +102,25 @@ fn testrun_part_measures_every_policy_shape() -> Result<()> {
         assert_eq!(results.memory.len(), p.sizes.len(), "{shape:?}");
         for (n, [v4, v6, v4_maps, v6_maps]) in &results.memory {
             assert!(*v4 > 0 && *v6 > 0, "{shape:?} at {n}: {v4} {v6}");
-            assert!(2 * v4 <= *v4_maps, "{shape:?} at {n}: IPv4 {v4} of {v4_maps}");
-            assert!(2 * v6 <= *v6_maps, "{shape:?} at {n}: IPv6 {v6} of {v6_maps}");
+            assert!(
+                2 * v4 <= *v4_maps,
+                "{shape:?} at {n}: IPv4 {v4} of {v4_maps}"
+            );
+            assert!(
+                2 * v6 <= *v6_maps,
+                "{shape:?} at {n}: IPv6 {v6} of {v6_maps}"
+            );
         }
         let (small, large) = (results.memory[0].1, results.memory[1].1);
         assert!(
             large[0] > small[0] && large[1] > small[1],
             "{shape:?}: {small:?} {large:?}"
         );
-        assert_eq!(small[2..], large[2..], "{shape:?}: the maps are preallocated");
+        assert_eq!(
+            small[2..],
+            large[2..],
+            "{shape:?}: the maps are preallocated"
+        );
     }
     Ok(())
 }
