@@ -304,8 +304,11 @@ macro_rules! define_map_names {
 
 define_map_names! { $
     /// Array of [`super::Chunk`]: the IPv4 classifier's chunks (and its
-    /// skips, four to a chunk), slot `s` from [`super::trie::chunk_base`]
-    /// (its first [`super::trie::ROOT_CHUNKS`] are the root).
+    /// skips, four to a chunk), one pool of [`super::trie::CHUNKS`] for
+    /// both slots: slot `s`'s tables start at
+    /// `Config::slot_chunk_base[s][0]` (their first
+    /// [`super::trie::ROOT_CHUNKS`] are the root; see
+    /// [`super::trie::place`]).
     ENV_V4 = "EF_ENV_V4";
     /// Array of [`super::Chunk`]: the IPv6 classifier's chunks, laid out
     /// as [`ENV_V4`]'s.
@@ -740,8 +743,9 @@ pub mod parse_limits {
 /// Sizes are fixed at load: a compressed trie of `n` prefixes has at most
 /// `2n - 1` chunks below the root (each holds a prefix's end or splits
 /// paths) and at most two skips above each of them (a chain is cut at bit
-/// 64): `n` chunks of skips, so [`CHUNKS`] holds every policy
-/// [`crate::capacity`] admits.
+/// 64): `n` chunks of skips, so [`SLOT_CHUNKS`] holds every policy
+/// [`crate::capacity`] admits, and the pool of [`CHUNKS`] any two that fit
+/// side by side.
 pub mod trie {
     use crate::capacity;
 
@@ -780,9 +784,38 @@ pub mod trie {
     /// Most bits one skip compares: a skip never crosses bit 64.
     pub const MAX_SKIP_BITS: u32 = 64;
 
-    /// Chunks of one slot of one family: the root, `2n` chunks, and `4n`
-    /// skips four to a chunk.
-    pub const CHUNKS: u32 = ROOT_CHUNKS + 3 * capacity::ENV_V4;
+    /// Most chunks one policy's tables of one family take: the root, `2n`
+    /// chunks, and `4n` skips four to a chunk.
+    pub const SLOT_CHUNKS: u32 = ROOT_CHUNKS + 3 * capacity::ENV_V4;
+
+    /// Chunks of one family's pool, shared by both slots: the policy in
+    /// force and the one being installed must fit side by side (one that
+    /// does not is refused, and the one in force stays). Two policies of
+    /// `2n` chunks each fit: the mixed shape takes 1.83 chunks a prefix
+    /// (IPv6), so two of them at [`crate::capacity`] do; a worst-case
+    /// policy ([`SLOT_CHUNKS`]) fits beside any of a root and `n` chunks. A pool
+    /// per slot sized for the worst case would take 49% more memory.
+    pub const CHUNKS: u32 = 2 * (ROOT_CHUNKS + 2 * capacity::ENV_V4);
+
+    /// Where slot tables of `len` chunks go in the pool so that they leave
+    /// the other slot's `other` chunks (at `other_base`) untouched: slot 0
+    /// at the pool's start, slot 1 at its end. `None` when the two do not
+    /// fit side by side.
+    #[inline(always)]
+    pub const fn place(slot: u32, len: u32, other_base: u32, other: u32) -> Option<u32> {
+        if len > CHUNKS {
+            return None;
+        }
+        let base = if slot & 1 == 0 { 0 } else { CHUNKS - len };
+        let (start, end) = (base as u64, base as u64 + len as u64);
+        let other_start = other_base as u64;
+        let other_end = other_start + other as u64;
+        if other != 0 && start < other_end && other_start < end {
+            None
+        } else {
+            Some(base)
+        }
+    }
 
     const _: () = assert!(capacity::ENV_V4 == capacity::ENV_V6);
     const _: () = assert!((capacity::ENV_V4 as u64 + 1) << ENV_BITS <= LEAF_MASK as u64 + 1);
@@ -818,12 +851,6 @@ pub mod trie {
     #[inline(always)]
     pub const fn leaf_prefix(leaf: u32) -> u32 {
         (leaf & LEAF_MASK) >> ENV_BITS
-    }
-
-    /// The map index of chunk `index` of `slot`.
-    #[inline(always)]
-    pub const fn chunk_base(slot: u32) -> u32 {
-        (slot & 1) * CHUNKS
     }
 
     /// The map index of prefix 0 of `slot`.
@@ -1019,6 +1046,12 @@ pub struct Config {
     pub slot_audit_mode: [u32; 2],
     /// Per slot: [`config_flags`] of the policy.
     pub slot_flags: [u32; 2],
+    /// Per slot, per family (IPv4, IPv6): where the slot's classifier
+    /// tables start in the family's pool ([`trie::place`]).
+    pub slot_chunk_base: [[u32; 2]; 2],
+    /// Per slot, per family: how many chunks the slot's tables take (the
+    /// next install places its tables beside them).
+    pub slot_chunks: [[u32; 2]; 2],
     /// Connection-tracking timeouts in seconds, indexed by `ct::T_*`
     /// (written with the flip: the policy in force sets them). A flow's
     /// expiry is computed when one of its packets is seen.
@@ -1236,7 +1269,7 @@ const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 const _: () = assert!(ct::TIMEOUTS <= 8);

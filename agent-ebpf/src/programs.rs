@@ -31,11 +31,11 @@ use crate::source::Checked;
 
 abi_map!(
     ENV_V4,
-    static ENV_V4: Array<Chunk> = Array::with_max_entries(SLOTS * trie::CHUNKS, 0);
+    static ENV_V4: Array<Chunk> = Array::with_max_entries(trie::CHUNKS, 0);
 );
 abi_map!(
     ENV_V6,
-    static ENV_V6: Array<Chunk> = Array::with_max_entries(SLOTS * trie::CHUNKS, 0);
+    static ENV_V6: Array<Chunk> = Array::with_max_entries(trie::CHUNKS, 0);
 );
 abi_map!(
     PREFIX_V4,
@@ -47,7 +47,7 @@ abi_map!(
 );
 abi_map!(
     CLASSIFY_ARG,
-    static CLASSIFY_ARG: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+    static CLASSIFY_ARG: PerCpuArray<[u64; 4]> = PerCpuArray::with_max_entries(1, 0);
 );
 abi_map!(
     PAIRS,
@@ -304,6 +304,7 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
     let dir = pkt.dir;
     let active = policy_in(pkt.slot);
     let slot = active.slot;
+    ef_set_tables(slot);
     // At the ingress of an attached interface the source must be one the
     // node routes back through it; a packet that fails is `spoofed` and is
     // never judged (or counted) under the environment it claims. Only the
@@ -451,7 +452,7 @@ fn spoofed(
     checked: Checked,
     len: u32,
 ) -> i32 {
-    let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
+    let dst_env = lookup_env(layer.family, &layer.dst);
     tag(ctx, tag::judged(verdict::SPOOFED, 0, dst_env));
     bump_stat(if mode == source::STRICT {
         stat::SPOOFED_STRICT
@@ -504,19 +505,20 @@ fn malformed(index: u32, audit: bool) -> i32 {
 }
 
 /// What a walk reads, in this CPU's slot of [`CLASSIFY_ARG`]: the
-/// address's (high, low) words and the slot's first chunk, written by the
-/// walk's function first, read afresh at every step (`V6`: the IPv6
-/// map). Held in a register across the walk's map reads, the three spilled
-/// to the stack, and the deepest call chain (decision, tracker, walk) has
-/// 512 bytes for all.
-struct Walk<const V6: bool>(*mut [u64; 3]);
+/// address's (high, low) words, written by the walk's function first, and
+/// where the packet's policy's tables start in the IPv4 and IPv6 pools,
+/// written by [`ef_set_tables`] when the decision stage starts; read afresh
+/// at every step (`V6`: the IPv6 map). Held in a register across the
+/// walk's map reads, the four spilled to the stack, and the deepest call
+/// chain (decision, tracker, walk) has 512 bytes for all.
+struct Walk<const V6: bool>(*mut [u64; 4]);
 
 impl<const V6: bool> Walk<V6> {
     #[inline(always)]
     fn read(&self, i: usize) -> u64 {
         // SAFETY: this CPU's slot of CLASSIFY_ARG (a map value: valid for
-        // the whole program run); `i` is below 3.
-        unsafe { core::ptr::read_volatile(&(*self.0)[i % 3]) }
+        // the whole program run); `i` is below 4.
+        unsafe { core::ptr::read_volatile(&(*self.0)[i % 4]) }
     }
 }
 
@@ -534,14 +536,15 @@ impl<const V6: bool> TrieTables for Walk<V6> {
     #[inline(always)]
     fn chunk(&self, index: u32) -> Result<Option<&'static Chunk>, Self::Error> {
         let map = if V6 { &ENV_V6 } else { &ENV_V4 };
-        Ok(map.get((self.read(2) as u32).wrapping_add(index)))
+        Ok(map.get((self.read(2 + usize::from(V6)) as u32).wrapping_add(index)))
     }
 }
 
-/// The environment id of `addr` in policy `slot`: the classifier's walk
-/// (`envfence_ebpf::classify`) over this slot's tables.
+/// The environment id of `addr` under the packet's policy: the
+/// classifier's walk (`envfence_ebpf::classify`) over the tables
+/// [`ef_set_tables`] chose for its slot.
 #[inline(always)]
-pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
+pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
     let v4 = fam == envfence_ebpf::family::V4 || is_v4_mapped(addr);
     let (hi, lo) = if v4 {
         let off = if fam == envfence_ebpf::family::V4 {
@@ -554,9 +557,9 @@ pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
         trie::words_v6(addr)
     };
     if v4 {
-        ef_classify_v4(hi, slot)
+        ef_classify_v4(hi)
     } else {
-        ef_classify_v6(hi, lo, slot)
+        ef_classify_v6(hi, lo)
     }
 }
 
@@ -566,12 +569,15 @@ pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
 /// decision stage past the one-million-instruction budget).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn ef_classify_v4(hi: u64, slot: u32) -> u32 {
+pub extern "C" fn ef_classify_v4(hi: u64) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot.
-    unsafe { *arg = [hi, 0, u64::from(trie::chunk_base(slot))] };
+    unsafe {
+        (*arg)[0] = hi;
+        (*arg)[1] = 0;
+    }
     let w = Walk::<false>(arg);
     let Ok(leaf) = walk::<_, _, { trie::STEPS_V4 }>(&w, &w);
     trie::leaf_env(leaf) & (MAX_ENVS - 1)
@@ -580,15 +586,41 @@ pub extern "C" fn ef_classify_v4(hi: u64, slot: u32) -> u32 {
 /// The walk of the IPv6 tables (see [`ef_classify_v4`]).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn ef_classify_v6(hi: u64, lo: u64, slot: u32) -> u32 {
+pub extern "C" fn ef_classify_v6(hi: u64, lo: u64) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot.
-    unsafe { *arg = [hi, lo, u64::from(trie::chunk_base(slot))] };
+    unsafe {
+        (*arg)[0] = hi;
+        (*arg)[1] = lo;
+    }
     let w = Walk::<true>(arg);
     let Ok(leaf) = walk::<_, _, { trie::STEPS_V6 }>(&w, &w);
     trie::leaf_env(leaf) & (MAX_ENVS - 1)
+}
+
+/// Points this CPU's walks at the tables of policy `slot`: where they
+/// start in the IPv4 and IPv6 pools (`Config::slot_chunk_base`), into
+/// [`CLASSIFY_ARG`]. Called once as the decision stage starts, so every
+/// walk of the packet reads the slot its [`Active`] names; a global
+/// function so that its map reads take no room in the decision's frame.
+/// Without a config, the pools' start: a zeroed root, every address world.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_set_tables(slot: u32) -> u32 {
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    let base = CONFIG
+        .get(0)
+        .map_or([0, 0], |c| c.slot_chunk_base[(slot & 1) as usize]);
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[2] = u64::from(base[0]);
+        (*arg)[3] = u64::from(base[1]);
+    }
+    1
 }
 
 /// `::ffff:a.b.c.d` is judged as the IPv4 address it carries.
@@ -695,8 +727,8 @@ fn judge_layer<'a>(
             };
         }
     }
-    let src_env = lookup_env(layer.family, &layer.src, active.slot);
-    let dst_env = lookup_env(layer.family, dst, active.slot);
+    let src_env = lookup_env(layer.family, &layer.src);
+    let dst_env = lookup_env(layer.family, dst);
     let dport = if layer.l4 == L4::Ports {
         layer.dport
     } else {

@@ -31,6 +31,13 @@ pub enum DatapathError {
         needed: usize,
         capacity: u32,
     },
+    #[error("the new policy's classifier needs {needed} chunks of map {name}; the policy in force takes {in_use} of its {pool}, and the two must fit side by side until the flip: the policy was not installed, the one in force stays")]
+    PoolFull {
+        name: &'static str,
+        needed: usize,
+        in_use: u32,
+        pool: u32,
+    },
     #[error("writing map {map} in a batch failed after {written} entries: {source}")]
     Batch {
         map: &'static str,

@@ -255,13 +255,21 @@ impl PinnedState {
         }
     }
 
+    /// Where `slot`'s classifier tables of `family` (0 IPv4, 1 IPv6) start
+    /// in the family's pool, as the datapath reads it.
+    fn chunk_base(&self, slot: u32, family: usize) -> Result<u32, InspectError> {
+        Ok(self.config()?.slot_chunk_base[(slot & 1) as usize][family & 1])
+    }
+
     fn id_v4(&self, a: Ipv4Addr, slot: u32) -> Result<u32, InspectError> {
-        let leaf = walk_v4(&self.v4.in_slot(slot), a.octets()).map_err(self.v4.error())?;
+        let leaf =
+            walk_v4(&self.v4.at(self.chunk_base(slot, 0)?), a.octets()).map_err(self.v4.error())?;
         Ok(trie::leaf_env(leaf))
     }
 
     fn id_v6(&self, a: Ipv6Addr, slot: u32) -> Result<u32, InspectError> {
-        let leaf = walk_v6(&self.v6.in_slot(slot), &a.octets()).map_err(self.v6.error())?;
+        let leaf = walk_v6(&self.v6.at(self.chunk_base(slot, 1)?), &a.octets())
+            .map_err(self.v6.error())?;
         Ok(trie::leaf_env(leaf))
     }
 
@@ -301,7 +309,8 @@ impl PinnedState {
     }
 
     fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let leaf = walk_v4(&self.v4.in_slot(slot), a.octets()).map_err(self.v4.error())?;
+        let leaf =
+            walk_v4(&self.v4.at(self.chunk_base(slot, 0)?), a.octets()).map_err(self.v4.error())?;
         let prefix = self.v4.prefix(leaf, slot)?.and_then(|p| {
             let [a, b, c, d, ..] = p.addr;
             Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p.len).ok()
@@ -313,7 +322,8 @@ impl PinnedState {
     }
 
     fn lookup_v6(&self, a: Ipv6Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let leaf = walk_v6(&self.v6.in_slot(slot), &a.octets()).map_err(self.v6.error())?;
+        let leaf = walk_v6(&self.v6.at(self.chunk_base(slot, 1)?), &a.octets())
+            .map_err(self.v6.error())?;
         let prefix = self
             .v6
             .prefix(leaf, slot)?
@@ -484,7 +494,7 @@ struct PinnedTrie {
 /// A [`PinnedTrie`] read in one slot.
 struct SlotTrie<'a> {
     trie: &'a PinnedTrie,
-    slot: u32,
+    base: u32,
 }
 
 impl PinnedTrie {
@@ -496,8 +506,9 @@ impl PinnedTrie {
         })
     }
 
-    fn in_slot(&self, slot: u32) -> SlotTrie<'_> {
-        SlotTrie { trie: self, slot }
+    /// The tables of the slot whose classifier starts at `base`.
+    fn at(&self, base: u32) -> SlotTrie<'_> {
+        SlotTrie { trie: self, base }
     }
 
     /// The error of a failed walk.
@@ -526,7 +537,7 @@ impl TrieTables for SlotTrie<'_> {
         Self: 'b;
 
     fn chunk(&self, index: u32) -> Result<Option<Chunk>, MapError> {
-        let Some(i) = index.checked_add(trie::chunk_base(self.slot)) else {
+        let Some(i) = index.checked_add(self.base) else {
             return Ok(None);
         };
         match self.trie.chunks.get(&i, 0) {

@@ -54,8 +54,12 @@ pub(super) fn install(
     let prior_rules: &[String] = prior.map_or(&[], |p| &p.rule_names);
     let current = current_config(ebpf)?;
     let target = 1 - (current.active_slot & 1);
+    let classifier = Classifier::build(policy);
+    // Placed before anything is written: a policy whose tables do not fit
+    // beside the one in force is refused with the maps untouched.
+    let placed = place(&classifier, &current, target)?;
     clear_slot(ebpf, target)?;
-    write_slot(ebpf, policy, target)?;
+    write_slot(ebpf, policy, &classifier, &placed, target)?;
     for (id, name) in policy.env_names.iter().enumerate().skip(1) {
         let renamed = prior_envs.get(id).is_none_or(|prior| prior != name);
         if !name.is_empty() && renamed {
@@ -83,6 +87,8 @@ pub(super) fn install(
         0
     };
     next.ct_timeout_s = policy.conntrack.config_timeouts();
+    next.slot_chunk_base[target as usize] = placed.map(|p| p.base);
+    next.slot_chunks[target as usize] = placed.map(|p| p.len);
     let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
     // First the new slot's parameters (the datapath does not read them yet),
     // then the flip.
@@ -117,15 +123,66 @@ fn clear_slot(ebpf: &mut Ebpf, slot: u32) -> Result<(), DatapathError> {
     Ok(())
 }
 
-fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(), DatapathError> {
-    let s = slot as u8;
-    let classifier = Classifier::build(policy);
+/// Where one family's tables go in its pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Placed {
+    base: u32,
+    len: u32,
+}
+
+/// Places both families' tables of `classifier` for slot `target` beside
+/// the other slot's (as `current` records them), or says which family's do
+/// not fit and how many chunks are free.
+fn place(
+    classifier: &Classifier,
+    current: &Config,
+    target: u32,
+) -> Result<[Placed; 2], DatapathError> {
+    let other = (1 - target) as usize;
     let families = [
         (&classifier.v4, map_names::ENV_V4, map_names::PREFIX_V4),
         (&classifier.v6, map_names::ENV_V6, map_names::PREFIX_V6),
     ];
-    for (tables, chunks, prefixes) in families {
-        write_tables(ebpf, tables, slot, chunks, prefixes)?;
+    let mut placed = [Placed { base: 0, len: 0 }; 2];
+    for (f, (tables, chunks, prefixes)) in families.into_iter().enumerate() {
+        let in_use = current.slot_chunks[other][f];
+        let refused = || DatapathError::PoolFull {
+            name: chunks,
+            needed: tables.chunks.len(),
+            in_use,
+            pool: trie::CHUNKS,
+        };
+        let len = u32::try_from(tables.chunks.len()).map_err(|_| refused())?;
+        let base = trie::place(target, len, current.slot_chunk_base[other][f], in_use)
+            .ok_or_else(refused)?;
+        if u32::try_from(tables.prefixes.len())
+            .map_or(true, |n| n > envfence_ebpf::capacity::ENV_V4)
+        {
+            return Err(DatapathError::Capacity {
+                name: prefixes,
+                needed: tables.prefixes.len(),
+                capacity: envfence_ebpf::capacity::ENV_V4,
+            });
+        }
+        placed[f] = Placed { base, len };
+    }
+    Ok(placed)
+}
+
+fn write_slot(
+    ebpf: &mut Ebpf,
+    policy: &CompiledPolicy,
+    classifier: &Classifier,
+    placed: &[Placed; 2],
+    slot: u32,
+) -> Result<(), DatapathError> {
+    let s = slot as u8;
+    let families = [
+        (&classifier.v4, map_names::ENV_V4, map_names::PREFIX_V4),
+        (&classifier.v6, map_names::ENV_V6, map_names::PREFIX_V6),
+    ];
+    for ((tables, chunks, prefixes), at) in families.into_iter().zip(placed) {
+        write_tables(ebpf, tables, slot, at.base, chunks, prefixes)?;
     }
     {
         let mut pairs: Array<&mut MapData, PairVerdict> = typed_map(ebpf, map_names::PAIRS)?;
@@ -161,39 +218,22 @@ fn write_slot(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u32) -> Result<(),
     Ok(())
 }
 
-/// Writes one family's classifier tables into `slot` (the slot the
-/// datapath does not read). A policy's tables always fit (see
-/// [`envfence_ebpf::trie`]); the check keeps a compiler bug from writing
-/// into the other slot.
+/// Writes one family's classifier tables for `slot` (the slot the
+/// datapath does not read) at `base` of the pool, where [`place`] put
+/// them, and its prefixes into the slot's part of the prefix map.
 fn write_tables(
     ebpf: &mut Ebpf,
     tables: &FamilyTables,
     slot: u32,
+    base: u32,
     chunks: &'static str,
     prefixes: &'static str,
 ) -> Result<(), DatapathError> {
-    let full = |name: &'static str, len: usize, capacity: u32| {
-        if u32::try_from(len).is_ok_and(|n| n <= capacity) {
-            Ok(())
-        } else {
-            Err(DatapathError::Capacity {
-                name,
-                needed: len,
-                capacity,
-            })
-        }
-    };
-    full(chunks, tables.chunks.len(), trie::CHUNKS)?;
-    full(
-        prefixes,
-        tables.prefixes.len(),
-        envfence_ebpf::capacity::ENV_V4,
-    )?;
     // Typed once: aya checks the value size against the map's.
     let _: Array<&mut MapData, TriePrefix> = typed_map(ebpf, prefixes)?;
     super::batch::set_array(ebpf, prefixes, trie::prefix_base(slot), &tables.prefixes)?;
     let _: Array<&mut MapData, Chunk> = typed_map(ebpf, chunks)?;
-    super::batch::set_array(ebpf, chunks, trie::chunk_base(slot), &tables.chunks)?;
+    super::batch::set_array(ebpf, chunks, base, &tables.chunks)?;
     Ok(())
 }
 
@@ -205,4 +245,110 @@ where
         .map_mut(name)
         .ok_or(DatapathError::Missing { kind: "map", name })?;
     T::try_from(map).map_err(DatapathError::map(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(v4: u32, v6: u32) -> Classifier {
+        let family = |n: u32| FamilyTables {
+            chunks: vec![Chunk::default(); n as usize],
+            prefixes: Vec::new(),
+        };
+        Classifier {
+            v4: family(v4),
+            v6: family(v6),
+        }
+    }
+
+    /// The config of a datapath whose slot `slot` holds tables of `len`
+    /// chunks (both families) where `place` put them.
+    fn holding(slot: usize, base: u32, len: u32) -> Config {
+        let mut c = Config {
+            active_slot: slot as u32,
+            ..Config::default()
+        };
+        c.slot_chunk_base[slot] = [base, base];
+        c.slot_chunks[slot] = [len, len];
+        c
+    }
+
+    #[test]
+    fn slot_zero_starts_the_pool_and_slot_one_ends_it() {
+        let fresh = Config::default();
+        let p = place(&tables(5_000, 7_000), &fresh, 1).expect("fits an empty pool");
+        assert_eq!(
+            p[0],
+            Placed {
+                base: trie::CHUNKS - 5_000,
+                len: 5_000
+            }
+        );
+        assert_eq!(
+            p[1],
+            Placed {
+                base: trie::CHUNKS - 7_000,
+                len: 7_000
+            }
+        );
+        let in_force = holding(1, trie::CHUNKS - 5_000, 5_000);
+        let p = place(&tables(9_000, 9_000), &in_force, 0).expect("fits beside it");
+        assert_eq!(
+            p,
+            [Placed {
+                base: 0,
+                len: 9_000
+            }; 2]
+        );
+    }
+
+    #[test]
+    fn a_worst_case_policy_fits_beside_any_of_up_to_the_rest_of_the_pool() {
+        let rest = trie::CHUNKS - trie::SLOT_CHUNKS;
+        assert_eq!(rest, trie::ROOT_CHUNKS + envfence_ebpf::capacity::ENV_V4);
+        for slot in [0, 1] {
+            let base = if slot == 0 { 0 } else { trie::CHUNKS - rest };
+            let in_force = holding(slot, base, rest);
+            let target = 1 - slot as u32;
+            let p = place(
+                &tables(trie::SLOT_CHUNKS, trie::SLOT_CHUNKS),
+                &in_force,
+                target,
+            )
+            .expect("a worst-case policy fits");
+            let end = u64::from(p[0].base) + u64::from(p[0].len);
+            assert!(end <= u64::from(trie::CHUNKS));
+            assert!(p[0].base >= base + rest || end <= u64::from(base));
+        }
+    }
+
+    #[test]
+    fn tables_that_do_not_fit_beside_the_policy_in_force_are_refused_by_name() {
+        let in_use = trie::CHUNKS / 2 + 1;
+        let in_force = holding(0, 0, in_use);
+        let err =
+            place(&tables(10, trie::CHUNKS / 2), &in_force, 1).expect_err("one chunk too many");
+        match &err {
+            DatapathError::PoolFull {
+                name,
+                needed,
+                in_use: used,
+                pool,
+            } => {
+                assert_eq!(*name, map_names::ENV_V6, "the IPv4 tables fit: {err}");
+                assert_eq!(*needed, (trie::CHUNKS / 2) as usize);
+                assert_eq!((*used, *pool), (in_use, trie::CHUNKS));
+            }
+            other => panic!("not PoolFull: {other}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.contains("EF_ENV_V6") && text.contains("the one in force stays"),
+            "{text}"
+        );
+        // One chunk less fits exactly against it.
+        let p = place(&tables(10, trie::CHUNKS / 2 - 1), &in_force, 1).expect("fits exactly");
+        assert_eq!(p[1].base, in_use);
+    }
 }
