@@ -33,9 +33,23 @@ fn testrun_part_runs_and_tabulates() -> Result<()> {
         assert!(t.rows.iter().all(|row| row.len() == t.headers.len()));
         assert!(t.to_markdown().contains(&t.title));
     }
-    // A goal per (family, kind, measure: hot, working set, spread) and goal
-    // kind at the largest size.
-    assert_eq!(results.goals().len(), 2 * 2 * 3 * 2);
+    // Three goals per (family, kind) at the largest size: 20,000 flows
+    // against the smallest size and against a bound, hot against a bound.
+    assert_eq!(results.goals().len(), 2 * 2 * 3);
+    // Two charts (hot, spread), a line per family, packet and variant.
+    let figures = results.figures(Shape::Mixed);
+    assert_eq!(figures.len(), 2);
+    for f in &figures {
+        assert!(f.file.ends_with("-mixed.svg"), "{}", f.file);
+        assert_eq!(f.svg.matches("<polyline").count(), 2 * 2 * 2, "{}", f.file);
+        let sizes = p.sizes.len();
+        assert_eq!(
+            f.svg.matches("<circle").count(),
+            2 * 2 * 2 * sizes,
+            "{}",
+            f.file
+        );
+    }
     Ok(())
 }
 
@@ -83,7 +97,7 @@ fn testrun_part_compares_a_baseline_build() -> Result<()> {
     let a7 = results.verified_table().expect("a7 with a baseline");
     assert_eq!(a7.rows.len(), 3);
     // The plain test's goals plus one per measure against the baseline.
-    assert_eq!(goals.len(), 2 * 2 * 3 * 2 + 3);
+    assert_eq!(goals.len(), 2 * 2 * 3 + 3);
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 pub mod conntrack;
 pub mod control;
 pub mod machine;
+pub mod plot;
 pub mod source;
 pub mod storm;
 pub mod synth;
@@ -58,6 +59,8 @@ pub struct Section {
     pub intro: Vec<String>,
     pub tables: Vec<Table>,
     pub goals: Vec<Goal>,
+    /// Charts, shown after the tables and written beside the Markdown.
+    pub figures: Vec<plot::Figure>,
     /// Verbatim lines (e.g. another program's output).
     pub verbatim: Vec<String>,
     pub error: Option<String>,
@@ -111,6 +114,9 @@ impl Section {
         for t in &self.tables {
             out.push_str(&t.to_markdown());
             out.push('\n');
+        }
+        for f in &self.figures {
+            out.push_str(&format!("![{}]({})\n\n", f.alt, f.file));
         }
         if !self.verbatim.is_empty() {
             out.push_str("```\n");
@@ -372,6 +378,11 @@ impl Report {
             out.push_str(&format!("  MISS  {}: {}\n", g.goal, g.figure));
         }
         out
+    }
+
+    /// Every section's charts (written beside docs/benchmarks.md).
+    pub fn figures(&self) -> impl Iterator<Item = &plot::Figure> {
+        self.sections.iter().flat_map(|s| s.figures.iter())
     }
 
     /// docs/benchmarks.md.

@@ -42,7 +42,7 @@ use envfence_ebpf::{map_names, Chunk, TriePrefix};
 
 use super::synth::{self, Flow, Kind, Shape, SynthPolicy};
 use super::table::{delta, fmt, median, ratio, thousands, Table};
-use super::{load, load_object, measured_at, Goal, Part, Section};
+use super::{load, load_object, measured_at, plot, Goal, Part, Section};
 use crate::lab::Family;
 use crate::testrun::{timed, ACTION_NEXT, ACTION_SHOT};
 
@@ -733,6 +733,65 @@ impl Results {
         goals
     }
 
+    /// The charts: Δ over empty against CIDRs, hot and with the 20,000
+    /// flows of a3, a line per family, packet and variant (with and
+    /// without the verdict cache).
+    pub fn figures(&self, shape: Shape) -> Vec<plot::Figure> {
+        let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+        let spread = format!("{} flows", thousands(self.params.spread_flows as f64));
+        let measures = [
+            (Measure::Hot, "hot", "one flow repeated"),
+            (Measure::Spread, "spread", spread.as_str()),
+        ];
+        let mut figures = Vec::new();
+        for (measure, file, what) in measures {
+            let mut series = Vec::new();
+            let mut lines: Vec<(Family, Kind)> = Vec::new();
+            for r in &self.rows {
+                if !lines.contains(&(r.family, r.kind)) {
+                    lines.push((r.family, r.kind));
+                }
+            }
+            for (i, &(family, kind)) in lines.iter().enumerate() {
+                for (variant, dashed, suffix) in [(1, false, ""), (2, true, ", no cache")] {
+                    let points = self
+                        .rows
+                        .iter()
+                        .filter(|r| r.family == family && r.kind == kind)
+                        .map(|r| {
+                            let ns = r.ns[measure as usize];
+                            (r.cidrs as f64, ns[variant] - ns[0])
+                        })
+                        .collect();
+                    series.push(plot::Series {
+                        name: format!("{} {}{suffix}", family.name(), kind.name()),
+                        color: colors[i % colors.len()],
+                        dashed,
+                        points,
+                    });
+                }
+            }
+            let chart = plot::Chart {
+                title: format!(
+                    "ns envfence adds to a packet, {what} ({} policies)",
+                    shape.name()
+                ),
+                x_label: "CIDRs per family (log scale)".into(),
+                y_label: "Δ over the empty program, ns".into(),
+                series,
+            };
+            figures.push(plot::Figure {
+                file: format!("benchmarks-{file}-{}.svg", shape.name()),
+                alt: format!(
+                    "Δ over empty against CIDRs, {what}, {} policies: envfence (solid) and without the verdict cache (dashed)",
+                    shape.name()
+                ),
+                svg: chart.to_svg(),
+            });
+        }
+        figures
+    }
+
     /// With a baseline: per measure, the worst row's median pair ratio
     /// over every size.
     fn versus_goals(&self) -> Vec<Goal> {
@@ -823,6 +882,7 @@ pub fn section(p: &Params, log: &mut dyn FnMut(&str)) -> Result<Section> {
     }
     s.tables.push(mem);
     s.tables.extend(results.verified_table());
+    s.figures = results.figures(p.shape);
     s.goals = results.goals();
     Ok(s)
 }

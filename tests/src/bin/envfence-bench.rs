@@ -114,6 +114,11 @@ fn run() -> Result<ExitCode> {
         std::fs::write(out, report.markdown())
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("envfence-bench: wrote {}", out.display());
+        for f in report.figures() {
+            let path = out.with_file_name(&f.file);
+            std::fs::write(&path, &f.svg).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("envfence-bench: wrote {}", path.display());
+        }
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS
