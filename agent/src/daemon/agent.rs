@@ -210,6 +210,8 @@ impl Agent {
                 prior,
             },
         );
+        // The classifier's build tables are freed by now.
+        release_freed_memory();
         Ok(())
     }
 
@@ -389,6 +391,8 @@ impl Agent {
             generation,
         );
         self.reconcile();
+        drop(prior);
+        release_freed_memory();
     }
 
     /// Generation of the policy in force.
@@ -648,4 +652,17 @@ fn policy_text_digest(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
+}
+
+/// Gives the heap's free pages back to the kernel after a reload: the old
+/// policy, its copy and the new classifier's build tables are freed by
+/// then, but glibc keeps freed memory (and raises its mmap threshold after
+/// freeing large blocks), so that without this the RSS after a reload of
+/// 100,000 CIDRs was nearly twice the RSS after the first load.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
