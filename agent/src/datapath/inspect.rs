@@ -3,9 +3,11 @@
 //! `envfence status` shows when the agent is down. Nothing here writes.
 //!
 //! The decision is the datapath's own (`envfence_ebpf::decide`, over the
-//! pinned `PAIRS` and `PORTS` of the active slot of `CONFIG`), after a
-//! longest-prefix lookup of each address in `ENV_V4`/`ENV_V6` (keys of
-//! `envfence_ebpf::lpm`; an IPv4-mapped IPv6 address is looked up as IPv4).
+//! pinned `PAIRS` and `PORTS` of the active slot of `CONFIG`), after the
+//! classifier's walk of each address through the slot's tables in
+//! `ENV_V4`/`ENV_V6` (`envfence_ebpf::classify`, the datapath's walk; the
+//! prefix it ends at from `PREFIX_V4`/`PREFIX_V6`; an IPv4-mapped IPv6
+//! address is looked up as IPv4).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -81,7 +83,7 @@ pub struct PinnedState {
     tunnel_ports: Array<MapData, TunnelPorts>,
 }
 
-/// The environment an address is in, as the kernel's LPM trie says.
+/// The environment an address is in, as the kernel's classifier says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvMatch {
     /// Environment id (0: `world`, in none).

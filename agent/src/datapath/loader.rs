@@ -304,7 +304,7 @@ impl Datapath {
     }
 
     /// Bytes the kernel charges for map `name`: `memlock` in its fdinfo
-    /// (for LPM tries and hashes allocated on demand, what their entries
+    /// (for hashes allocated on demand, what their entries
     /// take now; for arrays and preallocated hashes, their whole size).
     pub fn map_memory(&self, name: &'static str) -> Result<u64, DatapathError> {
         use std::os::fd::{AsFd as _, AsRawFd as _};

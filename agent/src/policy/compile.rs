@@ -223,7 +223,7 @@ fn stable_names(names: &[String], prior: &[String], zero: &str) -> Vec<String> {
 
 type Prefixes = (Vec<(Ipv4Net, u32)>, Vec<(Ipv6Net, u32)>);
 
-/// The LPM entries, sorted by prefix; of two equal prefixes the first kept.
+/// The classifier's prefixes, sorted; of two equal prefixes the first kept.
 fn prefixes(policy: &Policy, ids: &HashMap<&str, u32>) -> Prefixes {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for env in &policy.environments {

@@ -605,7 +605,7 @@ impl Results {
         let [mut hot, mut small, mut spread] = by_measure;
         hot.note("CIDRs: prefixes per family (the policy holds as many IPv4 as IPv6 prefixes), mixed lengths /16–/32 and /32–/128 over 5 environments.");
         hot.note("Allowed packets: any environment pair but test → production, TCP SYN; dropped: test → production. Every packet's TC action is checked.");
-        hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet does both LPM lookups). Ratio: the figure at this size over the same program's at the smallest size.");
+        hot.note("envfence: as the agent loads it (per-CPU verdict cache on); without cache: the same object loaded with the cache off (every packet walks the classifier for both addresses). Ratio: the figure at this size over the same program's at the smallest size.");
         hot.note("The bench thread is pinned to one CPU while measuring (the cache is per CPU, as a flow stays on one CPU).");
         small.note("Steady state: each round runs every flow of the set once more after a first pass. The empty program's figure is TestRun's own per-call cost (timer, skb set-up) and is subtracted in Δ. The working set is the first flows of the a3 set.");
         spread.note("As a2 with a larger set of flows: whatever the datapath caches per CPU must hold this many flows for them to stay cached.");
