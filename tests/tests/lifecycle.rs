@@ -1393,3 +1393,45 @@ fn restart_with_fewer_interfaces_leaves_no_stale_entry() -> Result<()> {
     check("reloaded to a narrower selection")?;
     sigterm(&agent)
 }
+
+/// The classifier's fill on /metrics: `envfence_map_entries` of
+/// `EF_ENV_V4`/`EF_ENV_V6` are the chunks both slots' tables take, out of
+/// `envfence_map_capacity`, the pool (a reload needs its tables' worth of
+/// the rest); `EF_PFX_*` count both slots' prefixes. After the first load
+/// one slot holds tables (a root and a few chunks), after a reload both.
+#[test]
+fn map_fill_counts_the_classifier_pool_of_both_slots() -> Result<()> {
+    use envfence_ebpf::trie;
+    let w = world_on(&flip_policy(true))?;
+    let agent = w.start(&[])?;
+    const ENTRIES: &str = "envfence_map_entries";
+    let root = f64::from(trie::ROOT_CHUNKS);
+    for map in ["EF_ENV_V4", "EF_ENV_V6"] {
+        let cap = agent.metric("envfence_map_capacity", &[("map", map)])?;
+        ensure!(cap == f64::from(trie::CHUNKS), "{map}: capacity {cap}");
+        let first = agent.metric(ENTRIES, &[("map", map)])?;
+        ensure!(
+            first > root && first < 2.0 * root,
+            "{map}: {first} chunks after the first load (one slot: a root of {root} and a few)"
+        );
+    }
+    let prefixes_first = agent.metric(ENTRIES, &[("map", "EF_PFX_V4")])?;
+    ensure!(prefixes_first >= 1.0, "EF_PFX_V4: {prefixes_first}");
+    let gen0 = generation(&agent)?;
+    write_atomically(&w.config(), &flip_policy(false))?;
+    w.generation_reached(&agent, gen0 + 1, "the reload")?;
+    for map in ["EF_ENV_V4", "EF_ENV_V6"] {
+        let both = agent.metric(ENTRIES, &[("map", map)])?;
+        ensure!(
+            both > 2.0 * root && both < 4.0 * root,
+            "{map}: {both} chunks after a reload (two slots)"
+        );
+    }
+    // The two policies have the same CIDRs: twice the prefixes.
+    let prefixes_both = agent.metric(ENTRIES, &[("map", "EF_PFX_V4")])?;
+    ensure!(
+        prefixes_both == 2.0 * prefixes_first,
+        "EF_PFX_V4: {prefixes_both} after the reload, {prefixes_first} before"
+    );
+    agent.stop_ok(Duration::from_secs(15))
+}

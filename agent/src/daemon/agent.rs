@@ -59,6 +59,8 @@ enum Publish<'a> {
         slot: u32,
         source: String,
         prior: Option<&'a CompiledPolicy>,
+        /// Chunks of each classifier pool both slots take now.
+        chunks_in_use: [u32; 2],
     },
     /// A previous agent's policy, still pinned, named by the saved copy
     /// read from `origin`.
@@ -208,6 +210,7 @@ impl Agent {
                 slot: installed.slot,
                 source,
                 prior,
+                chunks_in_use: installed.chunks_in_use,
             },
         );
         // The classifier's build tables are freed by now.
@@ -258,11 +261,17 @@ impl Agent {
             rules: compiled.rule_names.clone(),
         };
         self.metrics.set_policy(u64::from(generation), &compiled);
-        if let Publish::Installed { source, prior, .. } = &how {
+        if let Publish::Installed {
+            source,
+            prior,
+            chunks_in_use,
+            ..
+        } = &how
+        {
             self.metrics.reloads.with_label_values(&["success"]).inc();
             self.metrics.last_reload.set(unix_now());
             self.save(&compiled, source, generation);
-            self.set_map_entries(&compiled, *prior);
+            self.set_map_entries(&compiled, *prior, *chunks_in_use);
         }
         let origin = match &how {
             Publish::Installed { .. } => self.opts.policy.origin(),
@@ -315,7 +324,12 @@ impl Agent {
     }
 
     /// The policy maps' fill: both slots (the new policy and the one before).
-    fn set_map_entries(&self, compiled: &CompiledPolicy, prior: Option<&CompiledPolicy>) {
+    fn set_map_entries(
+        &self,
+        compiled: &CompiledPolicy,
+        prior: Option<&CompiledPolicy>,
+        chunks_in_use: [u32; 2],
+    ) {
         let both = |f: fn(&CompiledPolicy) -> usize| {
             let n = f(compiled) + prior.map_or(0, f);
             i64::try_from(n).unwrap_or(i64::MAX)
@@ -323,9 +337,15 @@ impl Agent {
         let entries = &self.metrics.map_entries;
         entries
             .with_label_values(&[envfence_ebpf::map_names::ENV_V4])
-            .set(both(|c| c.v4.len()));
+            .set(i64::from(chunks_in_use[0]));
         entries
             .with_label_values(&[envfence_ebpf::map_names::ENV_V6])
+            .set(i64::from(chunks_in_use[1]));
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::PREFIX_V4])
+            .set(both(|c| c.v4.len()));
+        entries
+            .with_label_values(&[envfence_ebpf::map_names::PREFIX_V6])
             .set(both(|c| c.v6.len()));
         entries
             .with_label_values(&[envfence_ebpf::map_names::PORTS])

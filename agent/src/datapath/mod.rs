@@ -27,14 +27,25 @@ pub use source_maps::peer_key;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/envfence-ebpf"));
 
-/// (map, max entries) of the maps whose fill is exported.
-pub const MAP_CAPACITIES: [(&str, u32); 9] = [
+/// (map, max entries) of the maps whose fill is exported. The classifier's
+/// chunk maps count the chunks of their pool that both slots take (a
+/// reload whose tables do not fit in the rest is refused); the prefix
+/// maps count prefixes.
+pub const MAP_CAPACITIES: [(&str, u32); 11] = [
     (
         envfence_ebpf::map_names::ENV_V4,
-        envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V4,
+        envfence_ebpf::trie::CHUNKS,
     ),
     (
         envfence_ebpf::map_names::ENV_V6,
+        envfence_ebpf::trie::CHUNKS,
+    ),
+    (
+        envfence_ebpf::map_names::PREFIX_V4,
+        envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V4,
+    ),
+    (
+        envfence_ebpf::map_names::PREFIX_V6,
         envfence_ebpf::SLOTS * envfence_ebpf::capacity::ENV_V6,
     ),
     (

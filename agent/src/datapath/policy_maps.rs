@@ -27,6 +27,10 @@ pub struct Installed {
     pub generation: u32,
     /// The slot it is in.
     pub slot: u32,
+    /// Chunks of each family's classifier pool (IPv4, IPv6) that both
+    /// slots' tables take now: the next install needs its own tables'
+    /// worth of the rest.
+    pub chunks_in_use: [u32; 2],
 }
 
 /// The datapath's configuration as the kernel holds it now.
@@ -99,9 +103,11 @@ pub(super) fn install(
     config
         .set(0, next, 0)
         .map_err(DatapathError::map(map_names::CONFIG))?;
+    let chunks_in_use = [0, 1].map(|f| next.slot_chunks[0][f] + next.slot_chunks[1][f]);
     Ok(Installed {
         generation,
         slot: target,
+        chunks_in_use,
     })
 }
 
