@@ -306,9 +306,8 @@ define_map_names! { $
     /// Array of [`super::Chunk`]: the IPv4 classifier's chunks (and its
     /// skips, four to a chunk), one pool of [`super::trie::CHUNKS`] for
     /// both slots: slot `s`'s tables start at
-    /// `Config::slot_chunk_base[s][0]` (their first
-    /// [`super::trie::ROOT_CHUNKS`] are the root; see
-    /// [`super::trie::place`]).
+    /// [`super::trie::slot_base`] (their first
+    /// [`super::trie::ROOT_CHUNKS`] are the root).
     ENV_V4 = "EF_ENV_V4";
     /// Array of [`super::Chunk`]: the IPv6 classifier's chunks, laid out
     /// as [`ENV_V4`]'s.
@@ -797,23 +796,16 @@ pub mod trie {
     /// per slot sized for the worst case would take 49% more memory.
     pub const CHUNKS: u32 = 2 * (ROOT_CHUNKS + 2 * capacity::ENV_V4);
 
-    /// Where slot tables of `len` chunks go in the pool so that they leave
-    /// the other slot's `other` chunks (at `other_base`) untouched: slot 0
-    /// at the pool's start, slot 1 at its end. `None` when the two do not
-    /// fit side by side.
+    /// Where the tables of `slot`, `len` chunks, start in the pool: slot 0
+    /// at the pool's start, slot 1 ending at its end, so that the tables
+    /// of both slots stay whole while they fit together (`len` of both at
+    /// most [`CHUNKS`]: what an install checks).
     #[inline(always)]
-    pub const fn place(slot: u32, len: u32, other_base: u32, other: u32) -> Option<u32> {
-        if len > CHUNKS {
-            return None;
-        }
-        let base = if slot & 1 == 0 { 0 } else { CHUNKS - len };
-        let (start, end) = (base as u64, base as u64 + len as u64);
-        let other_start = other_base as u64;
-        let other_end = other_start + other as u64;
-        if other != 0 && start < other_end && other_start < end {
-            None
+    pub const fn slot_base(slot: u32, len: u32) -> u32 {
+        if slot & 1 == 0 {
+            0
         } else {
-            Some(base)
+            CHUNKS.saturating_sub(len)
         }
     }
 
@@ -1046,11 +1038,8 @@ pub struct Config {
     pub slot_audit_mode: [u32; 2],
     /// Per slot: [`config_flags`] of the policy.
     pub slot_flags: [u32; 2],
-    /// Per slot, per family (IPv4, IPv6): where the slot's classifier
-    /// tables start in the family's pool ([`trie::place`]).
-    pub slot_chunk_base: [[u32; 2]; 2],
-    /// Per slot, per family: how many chunks the slot's tables take (the
-    /// next install places its tables beside them).
+    /// Per slot, per family (IPv4, IPv6): how many chunks the slot's
+    /// classifier tables take; they start at [`trie::slot_base`].
     pub slot_chunks: [[u32; 2]; 2],
     /// Connection-tracking timeouts in seconds, indexed by `ct::T_*`
     /// (written with the flip: the policy in force sets them). A flow's
@@ -1269,7 +1258,7 @@ const _: () = assert!(core::mem::size_of::<PairVerdict>() == 8);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RuleVerdict>() == 4);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 104);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 32);
 const _: () = assert!(ct::TIMEOUTS <= 8);

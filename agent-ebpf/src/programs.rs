@@ -601,7 +601,8 @@ pub extern "C" fn ef_classify_v6(hi: u64, lo: u64) -> u32 {
 }
 
 /// Points this CPU's walks at the tables of policy `slot`: where they
-/// start in the IPv4 and IPv6 pools (`Config::slot_chunk_base`), into
+/// start in the IPv4 and IPv6 pools ([`trie::slot_base`] of the slot's
+/// `Config::slot_chunks`), into
 /// [`CLASSIFY_ARG`]. Called once as the decision stage starts, so every
 /// walk of the packet reads the slot its [`Active`] names; a global
 /// function so that its map reads take no room in the decision's frame.
@@ -612,13 +613,13 @@ pub extern "C" fn ef_set_tables(slot: u32) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
-    let base = CONFIG
+    let len = CONFIG
         .get(0)
-        .map_or([0, 0], |c| c.slot_chunk_base[(slot & 1) as usize]);
+        .map_or([0, 0], |c| c.slot_chunks[(slot & 1) as usize]);
     // SAFETY: this CPU's slot.
     unsafe {
-        (*arg)[2] = u64::from(base[0]);
-        (*arg)[3] = u64::from(base[1]);
+        (*arg)[2] = u64::from(trie::slot_base(slot, len[0]));
+        (*arg)[3] = u64::from(trie::slot_base(slot, len[1]));
     }
     1
 }

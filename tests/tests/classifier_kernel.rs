@@ -28,32 +28,27 @@ const PROBES: usize = 3_000;
 fn draw(rng: &mut Rng, p: &SynthPolicy) -> IpAddr {
     let v4 = rng.random_bool(0.5);
     let pick = rng.random_range(0..4u8);
-    if v4 {
-        let any: u32 = rng.random();
+    let any: u128 = rng.random();
+    // The prefix's first address and length, in an address of `width` bits.
+    let (base, len, width) = if v4 {
         let (net, _) = p.v4[rng.random_range(0..p.v4.len())];
-        let host = u32::MAX
-            .checked_shr(u32::from(net.prefix_len()))
-            .unwrap_or(0);
-        let base = u32::from(net.network());
-        IpAddr::V4(Ipv4Addr::from(match pick {
-            0 => base,
-            1 => base | host,
-            2 => base | (host & any),
-            _ => any,
-        }))
+        (u128::from(u32::from(net.network())), net.prefix_len(), 32)
     } else {
-        let any: u128 = rng.random();
         let (net, _) = p.v6[rng.random_range(0..p.v6.len())];
-        let host = u128::MAX
-            .checked_shr(u32::from(net.prefix_len()))
-            .unwrap_or(0);
-        let base = u128::from(net.network());
-        IpAddr::V6(Ipv6Addr::from(match pick {
-            0 => base,
-            1 => base | host,
-            2 => base | (host & any),
-            _ => any,
-        }))
+        (u128::from(net.network()), net.prefix_len(), 128)
+    };
+    let all = u128::MAX >> (128 - width);
+    let host = all.checked_shr(u32::from(len)).unwrap_or(0);
+    let a = match pick {
+        0 => base,
+        1 => base | host,
+        2 => base | (host & any),
+        _ => any & all,
+    };
+    if v4 {
+        IpAddr::V4(Ipv4Addr::from(a as u32))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(a))
     }
 }
 

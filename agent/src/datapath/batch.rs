@@ -6,9 +6,12 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::{maps::Map, Ebpf, Pod};
+use aya::{
+    maps::{Array, Map, MapData},
+    Ebpf, Pod,
+};
 
-use super::DatapathError;
+use super::{policy_maps::typed_map, DatapathError};
 
 /// `BPF_MAP_UPDATE_BATCH` (include/uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -34,13 +37,16 @@ const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
 /// one syscall holds the CPU.
 const PER_CALL: usize = 65_536;
 
-/// Sets `values[i]` at index `first + i` of array map `name`.
+/// Sets `values[i]` at index `first + i` of array map `name`, whose
+/// values must be `V`s.
 pub(super) fn set_array<V: Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     first: u32,
     values: &[V],
 ) -> Result<(), DatapathError> {
+    // Typed first: aya checks the map's value size against `V`'s.
+    let _: Array<&mut MapData, V> = typed_map(ebpf, name)?;
     let missing = DatapathError::Missing {
         kind: "array map",
         name,
@@ -69,7 +75,7 @@ pub(super) fn set_array<V: Pod>(
         // SAFETY: `attr` is the kernel's `batch` layout (asserted above);
         // `keys` and `values` point at `count` keys and values of the map's
         // key (u32) and value (`V`, the map's value type: aya checked its
-        // size when the map was typed) sizes, alive for the call.
+        // size above) sizes, alive for the call.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -81,7 +87,8 @@ pub(super) fn set_array<V: Pod>(
         if rc != 0 {
             return Err(DatapathError::Batch {
                 map: name,
-                written: attr.count,
+                // The kernel counts what this call wrote.
+                written: start.saturating_sub(first).saturating_add(attr.count),
                 source: std::io::Error::last_os_error(),
             });
         }

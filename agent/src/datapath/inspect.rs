@@ -228,51 +228,64 @@ impl PinnedState {
             .collect()
     }
 
-    /// The environment of `ip` in policy slot `slot`.
+    /// The environment of `ip` in policy slot `slot`, and the prefix that
+    /// put it there.
     pub fn lookup_env(&self, ip: IpAddr, slot: u32) -> Result<EnvMatch, InspectError> {
         let s = slot & 1;
+        let (leaf, prefix) = match self.walk(ip, s)? {
+            Walked::V4(leaf) => (
+                leaf,
+                self.v4.prefix(leaf, s)?.and_then(|p| {
+                    let [a, b, c, d, ..] = p.addr;
+                    Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p.len)
+                        .ok()
+                        .map(IpNet::V4)
+                }),
+            ),
+            Walked::V6(leaf) => (
+                leaf,
+                self.v6.prefix(leaf, s)?.and_then(|p| {
+                    Ipv6Net::new(Ipv6Addr::from(p.addr), p.len)
+                        .ok()
+                        .map(IpNet::V6)
+                }),
+            ),
+        };
+        Ok(EnvMatch {
+            id: trie::leaf_env(leaf),
+            prefix,
+        })
+    }
+
+    /// The environment id of `ip` in policy slot `slot`, as the datapath
+    /// looks it up (one walk; [`PinnedState::lookup_env`] also names the
+    /// prefix).
+    pub fn env_id(&self, ip: IpAddr, slot: u32) -> Result<u32, InspectError> {
+        let (Walked::V4(leaf) | Walked::V6(leaf)) = self.walk(ip, slot & 1)?;
+        Ok(trie::leaf_env(leaf))
+    }
+
+    /// The datapath's walk of `ip` through the tables of `slot` (an
+    /// IPv4-mapped IPv6 address walks the IPv4 tables, as in the kernel).
+    fn walk(&self, ip: IpAddr, slot: u32) -> Result<Walked, InspectError> {
+        // Where the slot's tables start in the family's pool, as the
+        // datapath reads it.
+        let base = |family: usize| -> Result<u32, InspectError> {
+            let len = self.config()?.slot_chunks[(slot & 1) as usize][family];
+            Ok(trie::slot_base(slot, len))
+        };
         let v4 = match ip {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(a) => a.to_ipv4_mapped(),
         };
         match (v4, ip) {
-            (Some(a), _) => self.lookup_v4(a, s),
-            (None, IpAddr::V6(a)) => self.lookup_v6(a, s),
-            // An IPv4 address always has `v4`.
-            (None, IpAddr::V4(a)) => self.lookup_v4(a, s),
+            (Some(a), _) | (None, IpAddr::V4(a)) => walk_v4(&self.v4.at(base(0)?), a.octets())
+                .map(Walked::V4)
+                .map_err(self.v4.error()),
+            (None, IpAddr::V6(a)) => walk_v6(&self.v6.at(base(1)?), &a.octets())
+                .map(Walked::V6)
+                .map_err(self.v6.error()),
         }
-    }
-
-    /// The environment id of `ip` in policy slot `slot`, as the datapath
-    /// looks it up (one longest-prefix lookup; [`PinnedState::lookup_env`]
-    /// also names the prefix).
-    pub fn env_id(&self, ip: IpAddr, slot: u32) -> Result<u32, InspectError> {
-        let s = slot & 1;
-        match ip {
-            IpAddr::V4(a) => self.id_v4(a, s),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => self.id_v4(v4, s),
-                None => self.id_v6(a, s),
-            },
-        }
-    }
-
-    /// Where `slot`'s classifier tables of `family` (0 IPv4, 1 IPv6) start
-    /// in the family's pool, as the datapath reads it.
-    fn chunk_base(&self, slot: u32, family: usize) -> Result<u32, InspectError> {
-        Ok(self.config()?.slot_chunk_base[(slot & 1) as usize][family & 1])
-    }
-
-    fn id_v4(&self, a: Ipv4Addr, slot: u32) -> Result<u32, InspectError> {
-        let leaf =
-            walk_v4(&self.v4.at(self.chunk_base(slot, 0)?), a.octets()).map_err(self.v4.error())?;
-        Ok(trie::leaf_env(leaf))
-    }
-
-    fn id_v6(&self, a: Ipv6Addr, slot: u32) -> Result<u32, InspectError> {
-        let leaf = walk_v6(&self.v6.at(self.chunk_base(slot, 1)?), &a.octets())
-            .map_err(self.v6.error())?;
-        Ok(trie::leaf_env(leaf))
     }
 
     /// The [`envfence_ebpf::tunnel`] kind of every UDP port (indexed by
@@ -308,32 +321,6 @@ impl PinnedState {
         };
         let d = decide::decide(&tables, &pair, src_env, dst_env, l4, proto, dport)?;
         Ok((d, pair))
-    }
-
-    fn lookup_v4(&self, a: Ipv4Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let leaf =
-            walk_v4(&self.v4.at(self.chunk_base(slot, 0)?), a.octets()).map_err(self.v4.error())?;
-        let prefix = self.v4.prefix(leaf, slot)?.and_then(|p| {
-            let [a, b, c, d, ..] = p.addr;
-            Ipv4Net::new(Ipv4Addr::new(a, b, c, d), p.len).ok()
-        });
-        Ok(EnvMatch {
-            id: trie::leaf_env(leaf),
-            prefix: prefix.map(IpNet::V4),
-        })
-    }
-
-    fn lookup_v6(&self, a: Ipv6Addr, slot: u32) -> Result<EnvMatch, InspectError> {
-        let leaf = walk_v6(&self.v6.at(self.chunk_base(slot, 1)?), &a.octets())
-            .map_err(self.v6.error())?;
-        let prefix = self
-            .v6
-            .prefix(leaf, slot)?
-            .and_then(|p| Ipv6Net::new(Ipv6Addr::from(p.addr), p.len).ok());
-        Ok(EnvMatch {
-            id: trie::leaf_env(leaf),
-            prefix: prefix.map(IpNet::V6),
-        })
     }
 
     /// The pair entry of (src, dst) in `slot`.
@@ -484,6 +471,12 @@ impl Tables for SlotTables<'_> {
         self.state
             .port_rule(self.slot, src_env, dst_env, proto, port)
     }
+}
+
+/// The leaf a walk ended at, by the family's tables it walked.
+enum Walked {
+    V4(u32),
+    V6(u32),
 }
 
 /// One family's pinned classifier tables ([`envfence_ebpf::trie`]).

@@ -12,8 +12,8 @@ use aya::{
     Ebpf,
 };
 use envfence_ebpf::{
-    config_flags, map_names, slot_pair_index, trie, tunnel_ports_index, Chunk, Config, PairVerdict,
-    PortKey, RuleVerdict, TriePrefix, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
+    config_flags, map_names, slot_pair_index, trie, tunnel_ports_index, Config, PairVerdict,
+    PortKey, RuleVerdict, TunnelPorts, TUNNEL_PORTS_PER_ENTRY,
 };
 
 use super::{counters::CounterReader, DatapathError};
@@ -91,7 +91,6 @@ pub(super) fn install(
         0
     };
     next.ct_timeout_s = policy.conntrack.config_timeouts();
-    next.slot_chunk_base[target as usize] = placed.map(|p| p.base);
     next.slot_chunks[target as usize] = placed.map(|p| p.len);
     let mut config: Array<&mut MapData, Config> = typed_map(ebpf, map_names::CONFIG)?;
     // First the new slot's parameters (the datapath does not read them yet),
@@ -137,8 +136,9 @@ struct Placed {
 }
 
 /// Places both families' tables of `classifier` for slot `target` beside
-/// the other slot's (as `current` records them), or says which family's do
-/// not fit and how many chunks are free.
+/// the other slot's (as `current` records their lengths; each slot's base
+/// follows from its length, [`trie::slot_base`]), or says which family's
+/// do not fit and how many chunks the other slot takes.
 fn place(
     classifier: &Classifier,
     current: &Config,
@@ -159,8 +159,10 @@ fn place(
             pool: trie::CHUNKS,
         };
         let len = u32::try_from(tables.chunks.len()).map_err(|_| refused())?;
-        let base = trie::place(target, len, current.slot_chunk_base[other][f], in_use)
-            .ok_or_else(refused)?;
+        if u64::from(len) + u64::from(in_use) > u64::from(trie::CHUNKS) {
+            return Err(refused());
+        }
+        let base = trie::slot_base(target, len);
         if u32::try_from(tables.prefixes.len())
             .map_or(true, |n| n > envfence_ebpf::capacity::ENV_V4)
         {
@@ -235,10 +237,7 @@ fn write_tables(
     chunks: &'static str,
     prefixes: &'static str,
 ) -> Result<(), DatapathError> {
-    // Typed once: aya checks the value size against the map's.
-    let _: Array<&mut MapData, TriePrefix> = typed_map(ebpf, prefixes)?;
     super::batch::set_array(ebpf, prefixes, trie::prefix_base(slot), &tables.prefixes)?;
-    let _: Array<&mut MapData, Chunk> = typed_map(ebpf, chunks)?;
     super::batch::set_array(ebpf, chunks, base, &tables.chunks)?;
     Ok(())
 }
@@ -256,6 +255,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envfence_ebpf::Chunk;
 
     fn tables(v4: u32, v6: u32) -> Classifier {
         let family = |n: u32| FamilyTables {
@@ -269,13 +269,12 @@ mod tests {
     }
 
     /// The config of a datapath whose slot `slot` holds tables of `len`
-    /// chunks (both families) where `place` put them.
-    fn holding(slot: usize, base: u32, len: u32) -> Config {
+    /// chunks (both families), at `trie::slot_base`.
+    fn holding(slot: usize, len: u32) -> Config {
         let mut c = Config {
             active_slot: slot as u32,
             ..Config::default()
         };
-        c.slot_chunk_base[slot] = [base, base];
         c.slot_chunks[slot] = [len, len];
         c
     }
@@ -298,7 +297,7 @@ mod tests {
                 len: 7_000
             }
         );
-        let in_force = holding(1, trie::CHUNKS - 5_000, 5_000);
+        let in_force = holding(1, 5_000);
         let p = place(&tables(9_000, 9_000), &in_force, 0).expect("fits beside it");
         assert_eq!(
             p,
@@ -315,7 +314,7 @@ mod tests {
         assert_eq!(rest, trie::ROOT_CHUNKS + envfence_ebpf::capacity::ENV_V4);
         for slot in [0, 1] {
             let base = if slot == 0 { 0 } else { trie::CHUNKS - rest };
-            let in_force = holding(slot, base, rest);
+            let in_force = holding(slot, rest);
             let target = 1 - slot as u32;
             let p = place(
                 &tables(trie::SLOT_CHUNKS, trie::SLOT_CHUNKS),
@@ -332,7 +331,7 @@ mod tests {
     #[test]
     fn tables_that_do_not_fit_beside_the_policy_in_force_are_refused_by_name() {
         let in_use = trie::CHUNKS / 2 + 1;
-        let in_force = holding(0, 0, in_use);
+        let in_force = holding(0, in_use);
         let err =
             place(&tables(10, trie::CHUNKS / 2), &in_force, 1).expect_err("one chunk too many");
         match &err {

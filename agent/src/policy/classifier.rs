@@ -10,12 +10,10 @@
 //! leaf) compressed into skips.
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
-use envfence_ebpf::classify::{walk_v4, walk_v6, TrieTables};
+use envfence_ebpf::classify::TrieTables;
 use envfence_ebpf::trie::{self, FANOUT, MAX_SKIP_BITS, ROOT_BITS, SKIP_ENTRIES, STRIDE};
 use envfence_ebpf::{Chunk, TriePrefix};
-use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::CompiledPolicy;
 
@@ -59,30 +57,6 @@ impl Classifier {
             v4: FamilyTables::build(&v4, true),
             v6: FamilyTables::build(&v6, false),
         }
-    }
-
-    /// The environment id of IPv4 address `a` and the prefix that matched,
-    /// by the datapath's walk over these tables.
-    pub fn lookup_v4(&self, a: Ipv4Addr) -> (u32, Option<Ipv4Net>) {
-        let Ok(leaf) = walk_v4(&self.v4, a.octets());
-        let prefix = self.v4.prefix(leaf).and_then(|p| {
-            Ipv4Net::new(
-                Ipv4Addr::new(p.addr[0], p.addr[1], p.addr[2], p.addr[3]),
-                p.len,
-            )
-            .ok()
-        });
-        (trie::leaf_env(leaf), prefix)
-    }
-
-    /// The environment id of IPv6 address `a` and the prefix that matched.
-    pub fn lookup_v6(&self, a: Ipv6Addr) -> (u32, Option<Ipv6Net>) {
-        let Ok(leaf) = walk_v6(&self.v6, &a.octets());
-        let prefix = self
-            .v6
-            .prefix(leaf)
-            .and_then(|p| Ipv6Net::new(Ipv6Addr::from(p.addr), p.len).ok());
-        (trie::leaf_env(leaf), prefix)
     }
 }
 
