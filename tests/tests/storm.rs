@@ -159,6 +159,16 @@ fn settle(agent: &Agent, printed_before: u64, emitted_before: u64) -> Result<Cou
     Ok(now)
 }
 
+/// The metric families an answer holds, by name, for a failure message.
+fn families(text: &str) -> String {
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    names.join(", ")
+}
+
 #[derive(Default)]
 struct Poll {
     answers: u64,
@@ -211,8 +221,18 @@ fn event_storm_counts_exactly_and_keeps_the_agent_bounded() -> Result<()> {
                     let latency = t.elapsed();
                     let mut p = poll.lock().unwrap_or_else(|e| e.into_inner());
                     match answer {
-                        Ok(text) if text.contains("envfence_packets_total") => p.answers += 1,
-                        Ok(_) => p.failures.push("an answer without counters".into()),
+                        // The datapath statistics are exported on every
+                        // scrape, zero or not, unless reading the kernel
+                        // failed (then all its families vanish);
+                        // envfence_packets_total has no series until the
+                        // first packet is counted, which the first poll can
+                        // precede.
+                        Ok(text) if text.contains("envfence_datapath_total{") => p.answers += 1,
+                        Ok(text) => p.failures.push(format!(
+                            "an answer without the kernel's counters ({} bytes, families: {})",
+                            text.len(),
+                            families(&text)
+                        )),
                         Err(e) => p.failures.push(format!("{e:#}")),
                     }
                     p.max_latency = p.max_latency.max(latency);
