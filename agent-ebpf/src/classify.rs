@@ -48,21 +48,90 @@ impl Address for [u64; 2] {
 /// `STEPS` is the family's bound. A walk that does not reach a leaf within
 /// it (no table the compiler writes does that), or reads a chunk out of
 /// range, ends in no environment.
-///
-/// Written for the verifier: one map read per step whatever the entry
-/// (a chunk's index, or the index of the chunk holding the skip), and no
-/// branch on the position (an address reads its word without one), so
-/// that it need not follow each position apart (a branch on it made the
-/// walk's states grow past the budget).
 #[inline(always)]
 pub fn walk<T: TrieTables, A: Address, const STEPS: usize>(t: &T, a: &A) -> Result<u32, T::Error> {
-    // The root is read as a chunk step: its chunk is the address's first
-    // 12 bits, its entry the next 4 (one map read in the code, one key).
-    let mut e = trie::chunk((a.word(false) >> (64 - trie::ROOT_BITS + trie::STRIDE)) as u32);
-    let mut pos: u32 = trie::ROOT_BITS - trie::STRIDE;
+    let mut c = Cursor::start(a);
     for _ in 0..=STEPS {
+        if c.done() {
+            break;
+        }
+        c.step(t, a)?;
+    }
+    Ok(c.leaf())
+}
+
+/// The leaves of addresses `a` and `b` (of one family), walked in
+/// lockstep: each step reads `a`'s chunk, then `b`'s, so that the CPU has
+/// both reads in flight at once (neither depends on the other) where two
+/// walks one after the other wait for each cache miss in turn. The same
+/// steps as [`walk`]: `walk_pair(t, a, b) == (walk(t, a), walk(t, b))`.
+#[inline(always)]
+pub fn walk_pair<T: TrieTables, A: Address, B: Address, const STEPS: usize>(
+    t: &T,
+    a: &A,
+    b: &B,
+) -> Result<(u32, u32), T::Error> {
+    let mut ca = Cursor::start(a);
+    let mut cb = Cursor::start(b);
+    for _ in 0..=STEPS {
+        if ca.done() && cb.done() {
+            break;
+        }
+        ca.step(t, a)?;
+        cb.step(t, b)?;
+    }
+    Ok((ca.leaf(), cb.leaf()))
+}
+
+/// Where a walk stands: the entry it reads next (a chunk or skip
+/// reference; a leaf when it is done) and the address bits consumed.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    e: u32,
+    pos: u32,
+}
+
+impl Cursor {
+    /// Before the first step. The root is read as a chunk step: its chunk
+    /// is the address's first 12 bits, its entry the next 4 (one map read
+    /// in the code, one key).
+    #[inline(always)]
+    fn start<A: Address>(a: &A) -> Cursor {
+        Cursor {
+            e: trie::chunk((a.word(false) >> (64 - trie::ROOT_BITS + trie::STRIDE)) as u32),
+            pos: trie::ROOT_BITS - trie::STRIDE,
+        }
+    }
+
+    /// Whether the walk holds its leaf.
+    #[inline(always)]
+    fn done(&self) -> bool {
+        self.e >> TAG_SHIFT == TAG_LEAF
+    }
+
+    /// The leaf, or no environment for a walk cut short by its bound.
+    #[inline(always)]
+    fn leaf(&self) -> u32 {
+        if self.done() {
+            self.e
+        } else {
+            0
+        }
+    }
+
+    /// One step: the chunk or skip the entry names, read once; nothing
+    /// when the walk is done.
+    ///
+    /// Written for the verifier: one map read per step whatever the entry
+    /// (a chunk's index, or the index of the chunk holding the skip), and
+    /// no branch on the position (an address reads its word without one),
+    /// so that it need not follow each position apart (a branch on it made
+    /// the walk's states grow past the budget).
+    #[inline(always)]
+    fn step<T: TrieTables, A: Address>(&mut self, t: &T, a: &A) -> Result<(), T::Error> {
+        let e = self.e;
         if e >> TAG_SHIFT == TAG_LEAF {
-            return Ok(e);
+            return Ok(());
         }
         // A skip's reference is (chunk << 2 | quarter).
         let shift = if e >> TAG_SHIFT == TAG_SKIP {
@@ -71,11 +140,14 @@ pub fn walk<T: TrieTables, A: Address, const STEPS: usize>(t: &T, a: &A) -> Resu
             0
         };
         let Some(c) = t.chunk((e & INDEX_MASK) >> shift)? else {
-            return Ok(0);
+            // Out of range: no environment (a leaf ends the walk).
+            self.e = 0;
+            return Ok(());
         };
         let c: &Chunk = c.borrow();
         // Every step is a multiple of 4 bits and a skip never crosses bit
         // 64: the masks only tell the verifier the shifts are in range.
+        let pos = self.pos;
         let word = a.word(pos >= 64);
         let at = pos & 60;
         if e >> TAG_SHIFT == TAG_SKIP {
@@ -87,17 +159,19 @@ pub fn walk<T: TrieTables, A: Address, const STEPS: usize>(t: &T, a: &A) -> Resu
             // The top `len` bits (1..=64).
             let mask = !((u64::MAX >> 1) >> (len.wrapping_sub(1) & 63));
             if ((word << at) ^ bits) & mask != 0 {
-                return Ok(miss_len & LEAF_MASK);
+                // The miss entry's leaf (its tag bits are clear).
+                self.e = miss_len & LEAF_MASK;
+                return Ok(());
             }
-            e = next;
-            pos = (pos + len) & 127;
+            self.e = next;
+            self.pos = (pos + len) & 127;
         } else {
             let nibble = (word >> (60 - at)) as u32 & 15;
-            e = c.entries[nibble as usize];
-            pos = (pos + trie::STRIDE) & 127;
+            self.e = c.entries[nibble as usize];
+            self.pos = (pos + trie::STRIDE) & 127;
         }
+        Ok(())
     }
-    Ok(if e >> TAG_SHIFT == TAG_LEAF { e } else { 0 })
 }
 
 /// The leaf of IPv4 address `a`.

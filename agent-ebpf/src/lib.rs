@@ -367,9 +367,9 @@ define_map_names! { $
     CONNTRACK = "EF_CONNTRACK";
     /// Per-CPU scratch space of the connection tracker (kernel-internal).
     CT_SCRATCH = "EF_CT_SCRATCH";
-    /// Per-CPU array of one [`super::Chunk`]-sized slot: the address the
-    /// classifier's walk reads (kernel-internal: its first two words are
-    /// the address's (high, low) bits, see [`super::trie::words_v6`]).
+    /// Per-CPU array of one slot of six words: what the classifier's walks
+    /// read (kernel-internal: two addresses' (high, low) bits, see
+    /// [`super::trie::words_v6`], then the IPv4 and IPv6 tables' bases).
     CLASSIFY_ARG = "EF_CLASSIFY";
     /// Program array: the hooks' second stage ([`super::STAGE_DECIDE`]).
     /// Pinned with the maps, so the pinned hooks keep their second stage

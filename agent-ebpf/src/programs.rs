@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use envfence_ebpf::{
     abi_global, abi_map, capacity,
-    classify::{walk, Address, TrieTables},
+    classify::{walk, walk_pair, Address, TrieTables},
     config_flags, counter_index,
     decide::{decide, Tables},
     direction, parse_limits, rule_counter_index, slot_pair_index, source, stat, tag, trie, verdict,
@@ -47,7 +47,7 @@ abi_map!(
 );
 abi_map!(
     CLASSIFY_ARG,
-    static CLASSIFY_ARG: PerCpuArray<[u64; 4]> = PerCpuArray::with_max_entries(1, 0);
+    static CLASSIFY_ARG: PerCpuArray<[u64; 6]> = PerCpuArray::with_max_entries(1, 0);
 );
 abi_map!(
     PAIRS,
@@ -338,10 +338,10 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
     // final destination of either's routing header: the strictest verdict
     // applies (the first judged on a tie: outer before inner, current
     // destination before final).
-    let mut j = judge_both(&pkt.outer, active, !pkt.has_inner);
+    let mut j = judge_both(&pkt.outer, 0, active, !pkt.has_inner);
     if pkt.has_inner {
         bump_stat(stat::TUNNELED);
-        let ji = judge_both(&pkt.inner, active, false);
+        let ji = judge_both(&pkt.inner, walked::INNER, active, false);
         if ji.verdict > j.verdict {
             j = ji;
         }
@@ -504,45 +504,49 @@ fn malformed(index: u32, audit: bool) -> i32 {
     }
 }
 
-/// What a walk reads, in this CPU's slot of [`CLASSIFY_ARG`]: the
-/// address's (high, low) words, written by the walk's function first, and
-/// where the packet's policy's tables start in the IPv4 and IPv6 pools,
-/// written by [`ef_set_tables`] when the decision stage starts; read afresh
-/// at every step (`V6`: the IPv6 map). Held in a register across the
-/// walk's map reads, the four spilled to the stack, and the deepest call
-/// chain (decision, tracker, walk) has 512 bytes for all.
-struct Walk<const V6: bool>(*mut [u64; 4]);
+/// What the walks read, in this CPU's slot of [`CLASSIFY_ARG`]: the two
+/// addresses' (high, low) words (0–1 and 2–3), written by the walk's
+/// function first, and where the packet's policy's tables start in the
+/// IPv4 and IPv6 pools (4 and 5), written by [`ef_set_tables`] when the
+/// decision stage starts; read afresh at every step. Held in a register
+/// across the walk's map reads, none of them takes a stack slot of their
+/// own: the deepest call chain (decision, tracker, walk) has 512 bytes for
+/// all.
+type WalkArg = *mut [u64; 6];
 
-impl<const V6: bool> Walk<V6> {
-    #[inline(always)]
-    fn read(&self, i: usize) -> u64 {
-        // SAFETY: this CPU's slot of CLASSIFY_ARG (a map value: valid for
-        // the whole program run); `i` is below 4.
-        unsafe { core::ptr::read_volatile(&(*self.0)[i % 4]) }
-    }
-}
+/// The address whose words are at `AT` and `AT + 1` of [`WalkArg`].
+struct Words<const AT: usize>(WalkArg);
 
-impl<const V6: bool> Address for Walk<V6> {
+impl<const AT: usize> Address for Words<AT> {
     #[inline(always)]
     fn word(&self, low: bool) -> u64 {
-        self.read(usize::from(low))
+        // SAFETY: this CPU's slot of CLASSIFY_ARG (a map value: valid for
+        // the whole program run); the index is below 6.
+        unsafe { core::ptr::read_volatile(&(*self.0)[(AT + usize::from(low)) % 6]) }
     }
 }
 
-impl<const V6: bool> TrieTables for Walk<V6> {
+/// The chunks of one family (`V6`: the IPv6 pool) from the packet's
+/// policy's base in [`WalkArg`].
+struct Pool<const V6: bool>(WalkArg);
+
+impl<const V6: bool> TrieTables for Pool<V6> {
     type Error = core::convert::Infallible;
     type Chunk<'a> = &'a Chunk;
 
     #[inline(always)]
     fn chunk(&self, index: u32) -> Result<Option<&'static Chunk>, Self::Error> {
         let map = if V6 { &ENV_V6 } else { &ENV_V4 };
-        Ok(map.get((self.read(2 + usize::from(V6)) as u32).wrapping_add(index)))
+        // SAFETY: as in `Words::word`.
+        let base = unsafe { core::ptr::read_volatile(&(*self.0)[4 + usize::from(V6)]) };
+        Ok(map.get((base as u32).wrapping_add(index)))
     }
 }
 
 /// The environment id of `addr` under the packet's policy: the
 /// classifier's walk (`envfence_ebpf::classify`) over the tables
-/// [`ef_set_tables`] chose for its slot.
+/// [`ef_set_tables`] chose for its slot (`::ffff:a.b.c.d` is the IPv4
+/// address it carries).
 #[inline(always)]
 pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
     let v4 = fam == envfence_ebpf::family::V4 || is_v4_mapped(addr);
@@ -563,41 +567,143 @@ pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
     }
 }
 
-/// The walk of the IPv4 tables for what [`CLASSIFY_ARG`] holds (see
-/// [`Walk`]), as a global function: the verifier checks it once, not at
-/// each of the decision stage's paths that classify (inlined, it took the
-/// decision stage past the one-million-instruction budget).
+/// Which addresses of the scratch packet [`ef_classify_layer`] walks.
+mod walked {
+    /// The inner layer's (else the outer's).
+    pub const INNER: u32 = 1;
+    /// The source and the routing header's final destination (else the
+    /// destination).
+    pub const FINAL: u32 = 2;
+}
+
+/// The environment ids of the source and destination of a layer of this
+/// CPU's scratch packet (`which`: [`walked`]), walked in lockstep when
+/// both are of one family (see [`ef_classify_pair_v4`]), one after the
+/// other otherwise (a mapped address beside a plain IPv6 one): the
+/// source's id in bits 0–7, the destination's in bits 8–15. A global
+/// function that reads the addresses itself: the decision's frame holds
+/// none of their words (its 320 bytes are the most the deepest call chain
+/// leaves it).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn ef_classify_v4(hi: u64) -> u32 {
+pub extern "C" fn ef_classify_layer(which: u32) -> u32 {
+    let Some(pkt) = SCRATCH.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, written by the hook that called the
+    // decision stage on this CPU.
+    let pkt = unsafe { &*pkt };
+    let layer = if which & walked::INNER != 0 {
+        &pkt.inner
+    } else {
+        &pkt.outer
+    };
+    let dst = if which & walked::FINAL != 0 {
+        &layer.final_dst
+    } else {
+        &layer.dst
+    };
+    let fam = layer.family;
+    let v4 = |a: &[u8; 16]| fam == envfence_ebpf::family::V4 || is_v4_mapped(a);
+    let (src4, dst4) = (v4(&layer.src), v4(dst));
+    if src4 != dst4 {
+        return lookup_env(fam, &layer.src) | (lookup_env(fam, dst) << 8);
+    }
+    if src4 {
+        let off = if fam == envfence_ebpf::family::V4 {
+            0
+        } else {
+            12
+        };
+        let at = |a: &[u8; 16]| trie::words_v4([a[off], a[off + 1], a[off + 2], a[off + 3]]).0;
+        ef_classify_pair_v4(at(&layer.src), at(dst))
+    } else {
+        let (s_hi, s_lo) = trie::words_v6(&layer.src);
+        let (d_hi, d_lo) = trie::words_v6(dst);
+        ef_classify_pair_v6(s_hi, s_lo, d_hi, d_lo)
+    }
+}
+
+/// The walk of the IPv4 tables for address `a` (its high word; see
+/// [`WalkArg`]): its environment id. A global function: the verifier
+/// checks it once, not at each of the decision stage's paths that
+/// classify (inlined, it took the decision stage past the
+/// one-million-instruction budget).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_v4(a: u64) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot.
     unsafe {
-        (*arg)[0] = hi;
+        (*arg)[0] = a;
         (*arg)[1] = 0;
     }
-    let w = Walk::<false>(arg);
-    let Ok(leaf) = walk::<_, _, { trie::STEPS_V4 }>(&w, &w);
-    trie::leaf_env(leaf) & (MAX_ENVS - 1)
+    let Ok(x) = walk::<_, _, { trie::STEPS_V4 }>(&Pool::<false>(arg), &Words::<0>(arg));
+    trie::leaf_env(x) & (MAX_ENVS - 1)
 }
 
 /// The walk of the IPv6 tables (see [`ef_classify_v4`]).
 #[no_mangle]
 #[inline(never)]
-pub extern "C" fn ef_classify_v6(hi: u64, lo: u64) -> u32 {
+pub extern "C" fn ef_classify_v6(a_hi: u64, a_lo: u64) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot.
     unsafe {
-        (*arg)[0] = hi;
-        (*arg)[1] = lo;
+        (*arg)[0] = a_hi;
+        (*arg)[1] = a_lo;
     }
-    let w = Walk::<true>(arg);
-    let Ok(leaf) = walk::<_, _, { trie::STEPS_V6 }>(&w, &w);
-    trie::leaf_env(leaf) & (MAX_ENVS - 1)
+    let Ok(x) = walk::<_, _, { trie::STEPS_V6 }>(&Pool::<true>(arg), &Words::<0>(arg));
+    trie::leaf_env(x) & (MAX_ENVS - 1)
+}
+
+/// The walks of the IPv4 tables for addresses `a` and `b` in lockstep
+/// (see [`ef_classify_v4`]): `a`'s environment id in bits 0–7, `b`'s in
+/// bits 8–15.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_pair_v4(a: u64, b: u64) -> u32 {
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[0] = a;
+        (*arg)[1] = 0;
+        (*arg)[2] = b;
+        (*arg)[3] = 0;
+    }
+    let Ok((x, y)) = walk_pair::<_, _, _, { trie::STEPS_V4 }>(
+        &Pool::<false>(arg),
+        &Words::<0>(arg),
+        &Words::<2>(arg),
+    );
+    (trie::leaf_env(x) & (MAX_ENVS - 1)) | ((trie::leaf_env(y) & (MAX_ENVS - 1)) << 8)
+}
+
+/// The walks of the IPv6 tables in lockstep (see [`ef_classify_pair_v4`]).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_pair_v6(a_hi: u64, a_lo: u64, b_hi: u64, b_lo: u64) -> u32 {
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[0] = a_hi;
+        (*arg)[1] = a_lo;
+        (*arg)[2] = b_hi;
+        (*arg)[3] = b_lo;
+    }
+    let Ok((x, y)) = walk_pair::<_, _, _, { trie::STEPS_V6 }>(
+        &Pool::<true>(arg),
+        &Words::<0>(arg),
+        &Words::<2>(arg),
+    );
+    (trie::leaf_env(x) & (MAX_ENVS - 1)) | ((trie::leaf_env(y) & (MAX_ENVS - 1)) << 8)
 }
 
 /// Points this CPU's walks at the tables of policy `slot`: where they
@@ -618,8 +724,8 @@ pub extern "C" fn ef_set_tables(slot: u32) -> u32 {
         .map_or([0, 0], |c| c.slot_chunks[(slot & 1) as usize]);
     // SAFETY: this CPU's slot.
     unsafe {
-        (*arg)[2] = u64::from(trie::slot_base(slot, len[0]));
-        (*arg)[3] = u64::from(trie::slot_base(slot, len[1]));
+        (*arg)[4] = u64::from(trie::slot_base(slot, len[0]));
+        (*arg)[5] = u64::from(trie::slot_base(slot, len[1]));
     }
     1
 }
@@ -647,7 +753,7 @@ struct Judged<'a> {
 /// One layer judged for its destination and, when a routing header names
 /// one, for its final destination: the stricter verdict.
 #[inline(always)]
-fn judge_both(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
+fn judge_both(layer: &Layer, inner: u32, active: Active, cacheable: bool) -> Judged<'_> {
     if layer.fragment {
         bump_stat(stat::FRAGMENTS);
     }
@@ -661,11 +767,17 @@ fn judge_both(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
         bump_stat(stat::JUMBOGRAMS);
     }
     if !layer.has_final {
-        return judge_layer(layer, &layer.dst, active, cacheable);
+        return judge_layer(layer, &layer.dst, inner, active, cacheable);
     }
     bump_stat(stat::ROUTING_FINAL);
-    let j = judge_layer(layer, &layer.dst, active, false);
-    let jf = judge_layer(layer, &layer.final_dst, active, false);
+    let j = judge_layer(layer, &layer.dst, inner, active, false);
+    let jf = judge_layer(
+        layer,
+        &layer.final_dst,
+        inner | walked::FINAL,
+        active,
+        false,
+    );
     if jf.verdict > j.verdict {
         jf
     } else {
@@ -677,6 +789,7 @@ fn judge_both(layer: &Layer, active: Active, cacheable: bool) -> Judged<'_> {
 fn judge_layer<'a>(
     layer: &'a Layer,
     dst: &'a [u8; 16],
+    which: u32,
     active: Active,
     cacheable: bool,
 ) -> Judged<'a> {
@@ -728,8 +841,9 @@ fn judge_layer<'a>(
             };
         }
     }
-    let src_env = lookup_env(layer.family, &layer.src);
-    let dst_env = lookup_env(layer.family, dst);
+    // `layer` and `dst` are in the scratch packet, where `which` names them.
+    let envs = ef_classify_layer(which);
+    let (src_env, dst_env) = (envs & (MAX_ENVS - 1), (envs >> 8) & (MAX_ENVS - 1));
     let dport = if layer.l4 == L4::Ports {
         layer.dport
     } else {

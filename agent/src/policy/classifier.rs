@@ -343,6 +343,7 @@ mod tests {
             "{} chunks",
             t.chunks.len()
         );
+        let mut prev = (0u128, scan(&ps, width, 0));
         for i in 0..20_000 {
             let a = match i % 4 {
                 // Inside a prefix, its first and last address.
@@ -364,17 +365,34 @@ mod tests {
             let hi = (a >> 64) as u64;
             let lo = a as u64;
             let Ok(leaf) = envfence_ebpf::classify::walk::<_, _, { trie::STEPS_V6 }>(&t, &[hi, lo]);
-            let got_prefix = t.prefix(leaf).map(|p| {
-                let mut bytes = [0u8; 16];
-                let k = if width == 32 { 4 } else { 16 };
-                bytes[..k].copy_from_slice(&p.addr[..k]);
-                (u128::from_be_bytes(bytes), p.len)
-            });
+            let got = |leaf: u32| {
+                let prefix = t.prefix(leaf).map(|p| {
+                    let mut bytes = [0u8; 16];
+                    let k = if width == 32 { 4 } else { 16 };
+                    bytes[..k].copy_from_slice(&p.addr[..k]);
+                    (u128::from_be_bytes(bytes), p.len)
+                });
+                (trie::leaf_env(leaf), prefix)
+            };
             assert_eq!(
-                (trie::leaf_env(leaf), got_prefix),
+                got(leaf),
                 (want, want_prefix),
                 "width {width} shape {shape} n {n} seed {seed:#x}: address {a:#034x}"
             );
+            // The lockstep walk of this address beside the previous one
+            // (walks of different lengths: either may end first).
+            let (p, p_want) = prev;
+            let Ok((x, y)) = envfence_ebpf::classify::walk_pair::<_, _, _, { trie::STEPS_V6 }>(
+                &t,
+                &[(p >> 64) as u64, p as u64],
+                &[hi, lo],
+            );
+            assert_eq!(
+                (got(x), got(y)),
+                (p_want, (want, want_prefix)),
+                "width {width} shape {shape} n {n} seed {seed:#x}: pair {p:#034x}, {a:#034x}"
+            );
+            prev = (a, (want, want_prefix));
         }
     }
 
