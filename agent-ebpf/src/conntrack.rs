@@ -31,7 +31,6 @@
 //!   without state (its replies by the policy) and counted.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     maps::{HashMap, PerCpuArray},
     programs::TcContext,
 };
@@ -298,10 +297,11 @@ fn remove(key: &CtKey, why: u32) {
 }
 
 /// Looks the packet `layer` up and updates its flow; `judged` is what the
-/// policy says of it. For a reply or related packet of a `log` flow, `fwd`
+/// policy says of it, `now` the packet's time (`bpf_ktime_get_ns`, read
+/// once per packet: its report uses it too). For a reply or related packet of a `log` flow, `fwd`
 /// is set to the flow as its reports name it.
 #[inline(never)]
-pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -> Track {
+pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active, now: u64) -> Track {
     let active = *active;
     let frame = Skb::new(ctx);
     let Some(sc) = CT_SCRATCH.get_ptr_mut(0) else {
@@ -347,8 +347,6 @@ pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -
     );
     let from_a = key_of(&mut sc.key, fam, p, (&sc.src, &sc.dst), sport, dport);
     let key = &sc.key;
-    // SAFETY: reading the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
     let rst = ct_rules::is_rst(p, tcp_flags);
     let existing = CONNTRACK.get_ptr_mut(key);
     let mut live_from_opener = false;
@@ -465,9 +463,15 @@ pub fn is_icmp_error(layer: &Layer) -> bool {
 }
 
 /// An ICMP error: related when it quotes a packet of a live flow and goes
-/// back to that packet's source.
+/// back to that packet's source (`now`: as in [`track`]).
 #[inline(never)]
-pub fn related(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active) -> Track {
+pub fn related(
+    ctx: &TcContext,
+    layer: &Layer,
+    judged: &Policy,
+    active: &Active,
+    now: u64,
+) -> Track {
     let active = *active;
     if judged.flags & ct::REPLIES == 0 || layer.fragment || layer.ext_too_deep {
         return Track::POLICY;
@@ -510,8 +514,6 @@ pub fn related(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active)
     };
     // SAFETY: a live map value.
     let e = unsafe { &mut *e };
-    // SAFETY: reading the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
     if now >= e.expires_ns {
         return Track::POLICY;
     }

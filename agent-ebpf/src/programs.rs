@@ -350,6 +350,9 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
     // pass (see `crate::conntrack`); tunnelled packets, and packets whose
     // routing header names a final destination, are judged by the policy
     // alone (a tracked tuple never carries a packet on to another hop).
+    // The packet's time, read once: by the tracker, else when it is
+    // reported (0 until then).
+    let mut now = 0u64;
     let mut hit = Track {
         verdict: 0,
         flow_verdict: 0,
@@ -370,10 +373,12 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
             rule: j.rule,
             flags: j.ct,
         };
+        // SAFETY: reading the clock.
+        now = unsafe { bpf_ktime_get_ns() };
         hit = if conntrack::is_icmp_error(&pkt.outer) {
-            conntrack::related(ctx, &pkt.outer, &judged, &active)
+            conntrack::related(ctx, &pkt.outer, &judged, &active, now)
         } else {
-            conntrack::track(ctx, &pkt.outer, &judged, &active)
+            conntrack::track(ctx, &pkt.outer, &judged, &active, now)
         };
         if hit.verdict != 0 {
             j.verdict = hit.verdict;
@@ -409,13 +414,13 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
         if let Some(sc) = conntrack::CT_SCRATCH.get_ptr_mut(0) {
             // SAFETY: this CPU's scratch slot, written by the tracker.
             let fwd = unsafe { (*sc).fwd };
-            report_flow(ctx, fwd, envs, rule, dir, len, slot, checked);
+            report_flow(ctx, fwd, envs, rule, (dir, len, slot, now), checked);
         }
     } else if v != verdict::ALLOW && v != verdict::REPLY {
         // Everything but plain allowed packets and replies is reported:
         // a `related` ICMP error (path MTU, unreachable) is reported as
         // itself, under the forward flow's rule.
-        report(ctx, &j, dir, len, slot, checked);
+        report(ctx, &j, (dir, len, slot, now), checked);
     }
     if v == verdict::DROP {
         ACT_SHOT
@@ -472,7 +477,7 @@ fn spoofed(
         rule: RULE_SOURCE_CHECK,
         ct: 0,
     };
-    report(ctx, &j, direction::INGRESS, len, active.slot, checked);
+    report(ctx, &j, (direction::INGRESS, len, active.slot, 0), checked);
     if active.audit {
         TCX_NEXT
     } else {
@@ -927,7 +932,7 @@ pub(crate) fn decide_parts(
 /// event (counted as lost), never the verdict, and the packets it carried are
 /// kept for the next report.
 #[inline(always)]
-fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Checked) {
+fn report(ctx: &TcContext, j: &Judged, packet: PacketOf, checked: Checked) {
     let pkt = j.layer;
     let flow = FlowKey {
         src: pkt.src,
@@ -939,34 +944,31 @@ fn report(ctx: &TcContext, j: &Judged, dir: u8, len: u32, slot: u32, checked: Ch
         verdict: j.verdict,
         _pad: 0,
     };
-    report_flow(
-        ctx,
-        flow,
-        (j.src_env, j.dst_env),
-        j.rule,
-        dir,
-        len,
-        slot,
-        checked,
-    );
+    report_flow(ctx, flow, (j.src_env, j.dst_env), j.rule, packet, checked);
 }
 
+/// What a report says of the packet: its direction, length, policy slot
+/// and time (0: not read yet).
+type PacketOf = (u8, u32, u32, u64);
+
 /// [`report`] of `flow` (judged between the environments `envs` by `rule`).
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn report_flow(
     ctx: &TcContext,
     flow: FlowKey,
     envs: (u32, u32),
     rule: u16,
-    dir: u8,
-    len: u32,
-    slot: u32,
+    packet: PacketOf,
     checked: Checked,
 ) {
     let (src_env, dst_env) = envs;
-    // SAFETY: reading the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let (dir, len, slot, now) = packet;
+    let now = if now != 0 {
+        now
+    } else {
+        // SAFETY: reading the clock.
+        unsafe { bpf_ktime_get_ns() }
+    };
     let interval = CONFIG
         .get(0)
         .map_or(DEFAULT_REPORT_INTERVAL_NS, |c| c.report_interval_ns);
