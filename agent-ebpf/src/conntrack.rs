@@ -268,8 +268,8 @@ fn forward_flow(key: &CtKey, e: &CtEntry, out: &mut FlowKey) {
 #[inline(always)]
 fn rejudge(key: &CtKey, e: &mut CtEntry, active: &Active) -> bool {
     let (src, _, dst, dport) = opener_side(key, e);
-    let s = lookup_env(key.family, src);
-    let d = lookup_env(key.family, dst);
+    let s = lookup_env(key.family, src, active.slot);
+    let d = lookup_env(key.family, dst, active.slot);
     let l4 = if key.proto == proto::TCP || key.proto == proto::UDP || key.proto == proto::SCTP {
         L4::Ports
     } else {

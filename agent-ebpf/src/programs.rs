@@ -304,7 +304,6 @@ fn decide_parsed(ctx: &TcContext) -> i32 {
     let dir = pkt.dir;
     let active = policy_in(pkt.slot);
     let slot = active.slot;
-    ef_set_tables(slot);
     // At the ingress of an attached interface the source must be one the
     // node routes back through it; a packet that fails is `spoofed` and is
     // never judged (or counted) under the environment it claims. Only the
@@ -457,7 +456,7 @@ fn spoofed(
     checked: Checked,
     len: u32,
 ) -> i32 {
-    let dst_env = lookup_env(layer.family, &layer.dst);
+    let dst_env = lookup_env(layer.family, &layer.dst, active.slot);
     tag(ctx, tag::judged(verdict::SPOOFED, 0, dst_env));
     bump_stat(if mode == source::STRICT {
         stat::SPOOFED_STRICT
@@ -512,8 +511,8 @@ fn malformed(index: u32, audit: bool) -> i32 {
 /// What the walks read, in this CPU's slot of [`CLASSIFY_ARG`]: the two
 /// addresses' (high, low) words (0–1 and 2–3), written by the walk's
 /// function first, and where the packet's policy's tables start in the
-/// IPv4 and IPv6 pools (4 and 5), written by [`ef_set_tables`] when the
-/// decision stage starts; read afresh at every step. Held in a register
+/// IPv4 and IPv6 pools (4 and 5), written by [`ef_set_tables`] before the
+/// walk; read afresh at every step. Held in a register
 /// across the walk's map reads, none of them takes a stack slot of their
 /// own: the deepest call chain (decision, tracker, walk) has 512 bytes for
 /// all.
@@ -548,12 +547,12 @@ impl<const V6: bool> TrieTables for Pool<V6> {
     }
 }
 
-/// The environment id of `addr` under the packet's policy: the
-/// classifier's walk (`envfence_ebpf::classify`) over the tables
-/// [`ef_set_tables`] chose for its slot (`::ffff:a.b.c.d` is the IPv4
-/// address it carries).
+/// The environment id of `addr` under the policy in `slot`: the
+/// classifier's walk (`envfence_ebpf::classify`) over that slot's tables
+/// (`::ffff:a.b.c.d` is the IPv4 address it carries).
 #[inline(always)]
-pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16]) -> u32 {
+pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
+    ef_set_tables(slot);
     let v4 = fam == envfence_ebpf::family::V4 || is_v4_mapped(addr);
     let (hi, lo) = if v4 {
         let off = if fam == envfence_ebpf::family::V4 {
@@ -598,6 +597,9 @@ pub extern "C" fn ef_classify_layer(which: u32) -> u32 {
     // SAFETY: this CPU's scratch slot, written by the hook that called the
     // decision stage on this CPU.
     let pkt = unsafe { &*pkt };
+    // The packet's policy (its `Active::slot`).
+    let slot = pkt.slot & 1;
+    ef_set_tables(slot);
     let layer = if which & walked::INNER != 0 {
         &pkt.inner
     } else {
@@ -612,7 +614,7 @@ pub extern "C" fn ef_classify_layer(which: u32) -> u32 {
     let v4 = |a: &[u8; 16]| fam == envfence_ebpf::family::V4 || is_v4_mapped(a);
     let (src4, dst4) = (v4(&layer.src), v4(dst));
     if src4 != dst4 {
-        return lookup_env(fam, &layer.src) | (lookup_env(fam, dst) << 8);
+        return lookup_env(fam, &layer.src, slot) | (lookup_env(fam, dst, slot) << 8);
     }
     if src4 {
         let off = if fam == envfence_ebpf::family::V4 {
@@ -713,11 +715,12 @@ pub extern "C" fn ef_classify_pair_v6(a_hi: u64, a_lo: u64, b_hi: u64, b_lo: u64
 
 /// Points this CPU's walks at the tables of policy `slot`: where they
 /// start in the IPv4 and IPv6 pools ([`trie::slot_base`] of the slot's
-/// `Config::slot_chunks`), into
-/// [`CLASSIFY_ARG`]. Called once as the decision stage starts, so every
-/// walk of the packet reads the slot its [`Active`] names; a global
-/// function so that its map reads take no room in the decision's frame.
-/// Without a config, the pools' start: a zeroed root, every address world.
+/// `Config::slot_chunks`), into [`CLASSIFY_ARG`]. Called before every
+/// walk of a packet ([`lookup_env`], [`ef_classify_layer`]) with the slot
+/// its [`Active`] names, so that a packet whose verdict is cached walks
+/// nothing and sets nothing; a global function so that its map reads take
+/// no room in the decision's frame. Without a config, the pools' start: a
+/// zeroed root, every address world.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn ef_set_tables(slot: u32) -> u32 {
