@@ -298,8 +298,9 @@ fn remove(key: &CtKey, why: u32) {
 
 /// Looks the packet `layer` up and updates its flow; `judged` is what the
 /// policy says of it, `now` the packet's time (`bpf_ktime_get_ns`, read
-/// once per packet: its report uses it too). For a reply or related packet of a `log` flow, `fwd`
-/// is set to the flow as its reports name it.
+/// once per packet: its report uses it too). For a reply or related
+/// packet of a `log` flow, `fwd` is set to the flow as its reports name
+/// it.
 #[inline(never)]
 pub fn track(ctx: &TcContext, layer: &Layer, judged: &Policy, active: &Active, now: u64) -> Track {
     let active = *active;

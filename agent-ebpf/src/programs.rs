@@ -512,10 +512,10 @@ fn malformed(index: u32, audit: bool) -> i32 {
 /// addresses' (high, low) words (0–1 and 2–3), written by the walk's
 /// function first, and where the packet's policy's tables start in the
 /// IPv4 and IPv6 pools (4 and 5), written by [`ef_set_tables`] before the
-/// walk; read afresh at every step. Held in a register
-/// across the walk's map reads, none of them takes a stack slot of their
-/// own: the deepest call chain (decision, tracker, walk) has 512 bytes for
-/// all.
+/// walk; read afresh at every step rather than held across the walk's map
+/// reads, which keeps the walks' frames small (24 bytes for one address,
+/// 56 for a pair): the deepest call chain (decision, tracker, walk) has
+/// 512 bytes for all.
 type WalkArg = *mut [u64; 6];
 
 /// The address whose words are at `AT` and `AT + 1` of [`WalkArg`].
