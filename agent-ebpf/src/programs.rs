@@ -548,19 +548,11 @@ impl<const V6: bool> TrieTables for Pool<V6> {
 }
 
 /// The environment id of `addr` under the policy in `slot`: the
-/// classifier's walk (`envfence_ebpf::classify`) over that slot's tables.
+/// classifier's walk (`envfence_ebpf::classify`) over that slot's tables
+/// (`::ffff:a.b.c.d` is the IPv4 address it carries).
 #[inline(always)]
 pub(crate) fn lookup_env(fam: u8, addr: &[u8; 16], slot: u32) -> u32 {
     ef_set_tables(slot);
-    let (v4, hi, lo) = walk_words(fam, addr);
-    walk_one(v4, hi, lo)
-}
-
-/// Whether `addr` of a layer of family `fam` is walked in the IPv4 tables
-/// (`::ffff:a.b.c.d` is the IPv4 address it carries), and its walk's
-/// (high, low) words.
-#[inline(always)]
-fn walk_words(fam: u8, addr: &[u8; 16]) -> (bool, u64, u64) {
     let v4 = fam == envfence_ebpf::family::V4 || is_v4_mapped(addr);
     let (hi, lo) = if v4 {
         let off = if fam == envfence_ebpf::family::V4 {
@@ -572,12 +564,6 @@ fn walk_words(fam: u8, addr: &[u8; 16]) -> (bool, u64, u64) {
     } else {
         trie::words_v6(addr)
     };
-    (v4, hi, lo)
-}
-
-/// The single walk of the family `v4` names (tables already set).
-#[inline(always)]
-fn walk_one(v4: bool, hi: u64, lo: u64) -> u32 {
     if v4 {
         ef_classify_v4(hi)
     } else {
@@ -612,7 +598,8 @@ pub extern "C" fn ef_classify_layer(which: u32) -> u32 {
     // decision stage on this CPU.
     let pkt = unsafe { &*pkt };
     // The packet's policy (its `Active::slot`).
-    ef_set_tables(pkt.slot & 1);
+    let slot = pkt.slot & 1;
+    ef_set_tables(slot);
     let layer = if which & walked::INNER != 0 {
         &pkt.inner
     } else {
@@ -623,75 +610,107 @@ pub extern "C" fn ef_classify_layer(which: u32) -> u32 {
     } else {
         &layer.dst
     };
-    let (s4, s_hi, s_lo) = walk_words(layer.family, &layer.src);
-    let (d4, d_hi, d_lo) = walk_words(layer.family, dst);
-    match (s4, d4) {
-        (true, true) => ef_classify_pair_v4(s_hi, d_hi),
-        (false, false) => ef_classify_pair_v6(s_hi, s_lo, d_hi, d_lo),
-        _ => walk_one(s4, s_hi, s_lo) | (walk_one(d4, d_hi, d_lo) << 8),
+    let fam = layer.family;
+    let v4 = |a: &[u8; 16]| fam == envfence_ebpf::family::V4 || is_v4_mapped(a);
+    let (src4, dst4) = (v4(&layer.src), v4(dst));
+    if src4 != dst4 {
+        return lookup_env(fam, &layer.src, slot) | (lookup_env(fam, dst, slot) << 8);
+    }
+    if src4 {
+        let off = if fam == envfence_ebpf::family::V4 {
+            0
+        } else {
+            12
+        };
+        let at = |a: &[u8; 16]| trie::words_v4([a[off], a[off + 1], a[off + 2], a[off + 3]]).0;
+        ef_classify_pair_v4(at(&layer.src), at(dst))
+    } else {
+        let (s_hi, s_lo) = trie::words_v6(&layer.src);
+        let (d_hi, d_lo) = trie::words_v6(dst);
+        ef_classify_pair_v6(s_hi, s_lo, d_hi, d_lo)
     }
 }
 
-/// The walks of one family (`V6`: the IPv6 tables, `STEPS` its bound) for
-/// the address of `words` 0–1, and with `PAIR` in lockstep with the
-/// address of `words` 2–3 (see [`WalkArg`]): the first address's
-/// environment id in bits 0–7, the second's in bits 8–15.
-#[inline(always)]
-fn classify<const V6: bool, const STEPS: usize, const PAIR: bool>(words: [u64; 4]) -> u32 {
+/// The walk of the IPv4 tables for address `a` (its high word; see
+/// [`WalkArg`]): its environment id. A global function: the verifier
+/// checks it once, not at each of the decision stage's paths that
+/// classify (inlined, it took the decision stage past the
+/// one-million-instruction budget).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn ef_classify_v4(a: u64) -> u32 {
     let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot.
     unsafe {
-        (*arg)[0] = words[0];
-        (*arg)[1] = words[1];
-        if PAIR {
-            (*arg)[2] = words[2];
-            (*arg)[3] = words[3];
-        }
+        (*arg)[0] = a;
+        (*arg)[1] = 0;
     }
-    let env = |leaf: u32| trie::leaf_env(leaf) & (MAX_ENVS - 1);
-    let (pool, a) = (Pool::<V6>(arg), Words::<0>(arg));
-    if PAIR {
-        let Ok((x, y)) = walk_pair::<_, _, _, STEPS>(&pool, &a, &Words::<2>(arg));
-        env(x) | (env(y) << 8)
-    } else {
-        let Ok(x) = walk::<_, _, STEPS>(&pool, &a);
-        env(x)
-    }
-}
-
-/// The walk of the IPv4 tables for address `a` (its high word): its
-/// environment id. The walks are global functions: the verifier checks
-/// each once, not at each of the decision stage's paths that classify
-/// (inlined, they took the decision stage past the
-/// one-million-instruction budget).
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn ef_classify_v4(a: u64) -> u32 {
-    classify::<false, { trie::STEPS_V4 }, false>([a, 0, 0, 0])
+    let Ok(x) = walk::<_, _, { trie::STEPS_V4 }>(&Pool::<false>(arg), &Words::<0>(arg));
+    trie::leaf_env(x) & (MAX_ENVS - 1)
 }
 
 /// The walk of the IPv6 tables (see [`ef_classify_v4`]).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn ef_classify_v6(a_hi: u64, a_lo: u64) -> u32 {
-    classify::<true, { trie::STEPS_V6 }, false>([a_hi, a_lo, 0, 0])
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[0] = a_hi;
+        (*arg)[1] = a_lo;
+    }
+    let Ok(x) = walk::<_, _, { trie::STEPS_V6 }>(&Pool::<true>(arg), &Words::<0>(arg));
+    trie::leaf_env(x) & (MAX_ENVS - 1)
 }
 
 /// The walks of the IPv4 tables for addresses `a` and `b` in lockstep
-/// (see [`classify`]).
+/// (see [`ef_classify_v4`]): `a`'s environment id in bits 0–7, `b`'s in
+/// bits 8–15.
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn ef_classify_pair_v4(a: u64, b: u64) -> u32 {
-    classify::<false, { trie::STEPS_V4 }, true>([a, 0, b, 0])
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[0] = a;
+        (*arg)[1] = 0;
+        (*arg)[2] = b;
+        (*arg)[3] = 0;
+    }
+    let Ok((x, y)) = walk_pair::<_, _, _, { trie::STEPS_V4 }>(
+        &Pool::<false>(arg),
+        &Words::<0>(arg),
+        &Words::<2>(arg),
+    );
+    (trie::leaf_env(x) & (MAX_ENVS - 1)) | ((trie::leaf_env(y) & (MAX_ENVS - 1)) << 8)
 }
 
-/// The walks of the IPv6 tables in lockstep (see [`classify`]).
+/// The walks of the IPv6 tables in lockstep (see [`ef_classify_pair_v4`]).
 #[no_mangle]
 #[inline(never)]
 pub extern "C" fn ef_classify_pair_v6(a_hi: u64, a_lo: u64, b_hi: u64, b_lo: u64) -> u32 {
-    classify::<true, { trie::STEPS_V6 }, true>([a_hi, a_lo, b_hi, b_lo])
+    let Some(arg) = CLASSIFY_ARG.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot.
+    unsafe {
+        (*arg)[0] = a_hi;
+        (*arg)[1] = a_lo;
+        (*arg)[2] = b_hi;
+        (*arg)[3] = b_lo;
+    }
+    let Ok((x, y)) = walk_pair::<_, _, _, { trie::STEPS_V6 }>(
+        &Pool::<true>(arg),
+        &Words::<0>(arg),
+        &Words::<2>(arg),
+    );
+    (trie::leaf_env(x) & (MAX_ENVS - 1)) | ((trie::leaf_env(y) & (MAX_ENVS - 1)) << 8)
 }
 
 /// Points this CPU's walks at the tables of policy `slot`: where they
